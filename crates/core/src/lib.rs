@@ -1,0 +1,21 @@
+//! tern's sans-IO replication core.
+//!
+//! Everything here is a plain state machine: it never touches a socket, a file, a clock,
+//! a thread or a random source. Drivers (the tokio server in `tern-server`, the
+//! deterministic simulator) feed it events with the current time and drain the
+//! [`replica::Output`]s it produces. The driving contract is written at the top of
+//! [`replica`].
+//!
+//! Layout:
+//! - [`types`]: positions, entries, ack modes, read levels, log formats.
+//! - [`message`]: what replicas say to each other on the data path.
+//! - [`replica`]: leader log shipping, ack accounting (async / semi-sync / sync / `w=`),
+//!   follower acceptance, lag measurement, linearizable read barriers.
+
+pub mod message;
+pub mod replica;
+pub mod types;
+
+pub use message::Message;
+pub use replica::{Config, Output, ReadError, Replica, Status, WriteError};
+pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};

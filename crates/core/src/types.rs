@@ -1,0 +1,238 @@
+//! Plain values shared by the core, the storage engine and the drivers.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node's name as given in `--cluster` (`n1`, `n2`, ...).
+pub type NodeId = String;
+
+/// Time as seen by the core: microseconds on the driver's monotonic clock.
+///
+/// The core never reads a clock; every handler receives `now` from its driver.
+/// Invariants: non-decreasing across calls into one `Replica`.
+pub type Micros = u64;
+
+/// A place in the replicated log: the leader epoch that wrote the entry and its index.
+///
+/// Every write response carries one; `level=session&after=<position>` waits for it.
+/// Index 0 is "before the first entry".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub index: u64,
+}
+
+impl Position {
+    pub const ZERO: Position = Position { epoch: 0, index: 0 };
+
+    pub fn new(epoch: u64, index: u64) -> Position {
+        Position { epoch, index }
+    }
+}
+
+impl fmt::Display for Position {
+    /// Rendered as `epoch.index`, the form clients pass back in `after=`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.index)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    /// Accepts `epoch.index` (as returned by writes) or a bare `index`.
+    fn from_str(text: &str) -> Result<Position, String> {
+        let bad = || format!("bad position {text:?}: expected EPOCH.INDEX, as returned in a write's \"position\"");
+        match text.split_once('.') {
+            Some((epoch, index)) => Ok(Position {
+                epoch: epoch.trim().parse().map_err(|_| bad())?,
+                index: index.trim().parse().map_err(|_| bad())?,
+            }),
+            None => Ok(Position { epoch: 0, index: text.trim().parse().map_err(|_| bad())? }),
+        }
+    }
+}
+
+/// One replicated log entry. The payload is opaque to the core: the storage engine
+/// encodes a statement batch or a row changeset into it and decodes it on apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: u64,
+    pub epoch: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Entry {
+    pub fn position(&self) -> Position {
+        Position { epoch: self.epoch, index: self.index }
+    }
+}
+
+/// The cluster default for when a write is acknowledged (`--ack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckMode {
+    /// After the leader's local durable commit.
+    Async,
+    /// After the leader and enough followers to make a majority have it durably.
+    SemiSync,
+    /// After every in-sync follower (and at least a majority) has it durably.
+    Sync,
+}
+
+impl AckMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AckMode::Async => "async",
+            AckMode::SemiSync => "semi-sync",
+            AckMode::Sync => "sync",
+        }
+    }
+
+    pub fn requirement(self) -> AckRequirement {
+        match self {
+            AckMode::Async => AckRequirement::Nodes(1),
+            AckMode::SemiSync => AckRequirement::Majority,
+            AckMode::Sync => AckRequirement::AllInSync,
+        }
+    }
+}
+
+impl std::str::FromStr for AckMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<AckMode, String> {
+        match text {
+            "async" => Ok(AckMode::Async),
+            "semi-sync" | "semisync" | "semi" => Ok(AckMode::SemiSync),
+            "sync" => Ok(AckMode::Sync),
+            other => Err(format!("unknown ack mode {other:?}: expected async, semi-sync or sync")),
+        }
+    }
+}
+
+/// How many durable copies a single write waits for (the per-request `w=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckRequirement {
+    /// This many nodes, the leader included (`w=1` is the leader alone).
+    Nodes(usize),
+    /// A majority of the cluster, the leader included (`w=majority`).
+    Majority,
+    /// Every in-sync follower, and never fewer than a majority (`--ack sync`).
+    AllInSync,
+    /// Every member of the cluster (`w=all`).
+    All,
+}
+
+impl AckRequirement {
+    /// Parses `w=`: `1`, `2`, ..., `majority`, `all`.
+    pub fn parse(text: &str) -> Result<AckRequirement, String> {
+        match text {
+            "majority" => Ok(AckRequirement::Majority),
+            "all" => Ok(AckRequirement::All),
+            "sync" => Ok(AckRequirement::AllInSync),
+            number => match number.parse::<usize>() {
+                Ok(count) if count >= 1 => Ok(AckRequirement::Nodes(count)),
+                _ => Err(format!("bad w={number:?}: expected 1, 2, ..., majority or all")),
+            },
+        }
+    }
+}
+
+/// Read consistency, per request (`level=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadLevel {
+    /// This node, however stale.
+    None,
+    /// This node while its measured lag is under a bound, else the leader.
+    Bounded,
+    /// This node once it has applied the session's position (read-your-writes).
+    Session,
+    /// The leader, without confirming it still is the leader.
+    Weak,
+    /// The leader, after a quorum confirms its leadership and what the read saw is committed.
+    Strong,
+    /// Same guarantee as `Strong` in tern (rqlite distinguishes them by mechanism).
+    Linearizable,
+}
+
+impl ReadLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadLevel::None => "none",
+            ReadLevel::Bounded => "bounded",
+            ReadLevel::Session => "session",
+            ReadLevel::Weak => "weak",
+            ReadLevel::Strong => "strong",
+            ReadLevel::Linearizable => "linearizable",
+        }
+    }
+}
+
+impl std::str::FromStr for ReadLevel {
+    type Err = String;
+    fn from_str(text: &str) -> Result<ReadLevel, String> {
+        match text {
+            "none" => Ok(ReadLevel::None),
+            "bounded" => Ok(ReadLevel::Bounded),
+            "session" => Ok(ReadLevel::Session),
+            "weak" => Ok(ReadLevel::Weak),
+            "strong" => Ok(ReadLevel::Strong),
+            "linearizable" => Ok(ReadLevel::Linearizable),
+            other => Err(format!(
+                "unknown read level {other:?}: expected none, bounded, session, weak, strong or linearizable"
+            )),
+        }
+    }
+}
+
+/// Replication log format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFormat {
+    /// SQL text plus parameters, non-deterministic functions rewritten to literals.
+    Statement,
+    /// Per-transaction row images (SQLite session changesets), DDL as statements.
+    Row,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Statement => "statement",
+            LogFormat::Row => "row",
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(text: &str) -> Result<LogFormat, String> {
+        match text {
+            "statement" => Ok(LogFormat::Statement),
+            "row" => Ok(LogFormat::Row),
+            "physical" => Err("log format \"physical\" is not built yet: use statement or row".to_string()),
+            other => Err(format!("unknown log format {other:?}: expected statement or row")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_round_trips_through_text() {
+        let position = Position::new(3, 1234);
+        assert_eq!(position.to_string(), "3.1234");
+        assert_eq!("3.1234".parse::<Position>().unwrap(), position);
+        assert_eq!("17".parse::<Position>().unwrap(), Position::new(0, 17));
+        assert!("x.1".parse::<Position>().is_err());
+    }
+
+    #[test]
+    fn w_parses_every_documented_form() {
+        assert_eq!(AckRequirement::parse("1").unwrap(), AckRequirement::Nodes(1));
+        assert_eq!(AckRequirement::parse("majority").unwrap(), AckRequirement::Majority);
+        assert_eq!(AckRequirement::parse("all").unwrap(), AckRequirement::All);
+        assert!(AckRequirement::parse("0").is_err());
+        assert!(AckRequirement::parse("most").is_err());
+    }
+}

@@ -1,0 +1,599 @@
+//! The SQLite engine of one node: executes writes and captures them as log entries
+//! (leader), applies entries (follower), keeps the replication log, makes and installs
+//! snapshots, and serves reads.
+//!
+//! Architecture invariant: the replication log (`_tern_log`) and the data live in the same
+//! SQLite database and change in the same transaction. After any crash the database holds
+//! exactly the entries up to `_tern_meta.last_index` and their effects, no more, no less.
+//! Every write transaction commits with `synchronous=FULL` in WAL mode, so a commit that
+//! returned is on disk; many client requests share one commit (group commit).
+
+use crate::rewrite::make_deterministic;
+use crate::session::{apply_changeset, Session};
+use crate::sql::{Params, SqlValue, Statement, StatementResult};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tern_core::{Entry, LogFormat, Position};
+
+pub const DATABASE_FILE: &str = "data.db";
+
+/// A storage failure that is an operating condition (disk, corruption, divergence),
+/// not a problem with a client's SQL (those are per-statement results).
+#[derive(Debug)]
+pub struct StorageError(pub String);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(error: rusqlite::Error) -> StorageError {
+        StorageError(format!("sqlite: {error}"))
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(error: std::io::Error) -> StorageError {
+        StorageError(format!("io: {error}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// One change inside a log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// Re-executed on followers: every statement in the statement format, and schema or
+    /// other non-row statements in the row format.
+    Sql { sql: String, params: Params },
+    /// Row images recorded by SQLite's session extension (row format).
+    Rows(Vec<u8>),
+}
+
+/// What one log entry carries: the changes of one client request, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub changes: Vec<Change>,
+}
+
+impl Payload {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding a payload to memory cannot fail")
+    }
+
+    /// # Errors
+    /// If the bytes are not a payload (corruption or version mismatch).
+    pub fn decode(bytes: &[u8]) -> Result<Payload> {
+        postcard::from_bytes(bytes).map_err(|error| StorageError(format!("undecodable log entry: {error}")))
+    }
+}
+
+/// A client write: statements executed in order; with `transaction`, all or nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub statements: Vec<Statement>,
+    pub transaction: bool,
+}
+
+/// What executing one request produced on the leader.
+#[derive(Clone, Debug)]
+pub struct Executed {
+    pub results: Vec<StatementResult>,
+    /// The log entry holding the request's changes; `None` if it changed nothing.
+    pub entry: Option<Entry>,
+}
+
+pub struct Engine {
+    connection: Connection,
+    directory: PathBuf,
+    format: LogFormat,
+    /// Last entry in the log. Invariants: equals `_tern_meta` last_index/last_epoch on disk.
+    last: Position,
+    /// Lowest index still held in `_tern_log` (entries below were compacted away).
+    first_index: u64,
+}
+
+fn configure_writer(connection: &Connection) -> Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    connection.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _tern_log (idx INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, payload BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS _tern_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    )?;
+    Ok(())
+}
+
+fn read_meta(connection: &Connection, key: &str) -> Result<Option<u64>> {
+    Ok(connection.query_row("SELECT value FROM _tern_meta WHERE key = ?1", [key], |row| row.get::<_, i64>(0)).optional()?.map(|value| value as u64))
+}
+
+fn write_meta(connection: &Connection, key: &str, value: u64) -> Result<()> {
+    connection.execute("INSERT INTO _tern_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value as i64])?;
+    Ok(())
+}
+
+/// Keywords that begin statements whose effect is rows (recorded by the session
+/// extension in the row format); anything else is shipped as SQL.
+fn changes_rows(sql: &str) -> bool {
+    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    matches!(first.to_ascii_uppercase().as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES")
+}
+
+fn bind(statement: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<()> {
+    match params {
+        Params::None => {}
+        Params::Positional(values) => {
+            for (position, value) in values.iter().enumerate() {
+                statement.raw_bind_parameter(position + 1, Value::from(value))?;
+            }
+        }
+        Params::Named(values) => {
+            for (name, value) in values {
+                let index = [":", "@", "$", ""]
+                    .iter()
+                    .find_map(|prefix| statement.parameter_index(&format!("{prefix}{name}")).ok().flatten())
+                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+                statement.raw_bind_parameter(index, Value::from(value))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one statement and reports it the way rqlite does. Statements that return rows
+/// produce a query result; others report rows affected and the last rowid.
+pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> StatementResult {
+    let outcome = (|| -> rusqlite::Result<StatementResult> {
+        let mut statement = connection.prepare(sql)?;
+        bind(&mut statement, params)?;
+        if statement.column_count() > 0 {
+            let columns: Vec<String> = statement.column_names().map(|name| name.to_string()).collect();
+            let types: Vec<String> = statement
+                .columns()
+                .map(|column| column.decl_type().map(str::to_ascii_lowercase).unwrap_or_default())
+                .collect();
+            let count = columns.len();
+            let mut values = Vec::new();
+            let mut rows = statement.raw_query();
+            while let Some(row) = rows.next()? {
+                let mut line = Vec::with_capacity(count);
+                for index in 0..count {
+                    line.push(SqlValue::from(row.get::<_, Value>(index)?));
+                }
+                values.push(line);
+            }
+            Ok(StatementResult { is_query: true, columns, types, values, ..StatementResult::default() })
+        } else {
+            statement.raw_execute()?;
+            Ok(StatementResult {
+                last_insert_id: connection.last_insert_rowid(),
+                rows_affected: connection.changes() as i64,
+                ..StatementResult::default()
+            })
+        }
+    })();
+    outcome.unwrap_or_else(|error| StatementResult::error(describe(&error)))
+}
+
+fn describe(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_read_only(connection: &Connection, sql: &str) -> bool {
+    connection.prepare(sql).map(|statement| statement.readonly()).unwrap_or(false)
+}
+
+impl Engine {
+    /// Opens (or creates) the database in `directory` and recovers the log position.
+    ///
+    /// # Errors
+    /// If the directory or database cannot be created or read.
+    pub fn open(directory: &Path, format: LogFormat) -> Result<Engine> {
+        std::fs::create_dir_all(directory)?;
+        let connection = Connection::open(directory.join(DATABASE_FILE))?;
+        configure_writer(&connection)?;
+        let mut engine = Engine { connection, directory: directory.to_path_buf(), format, last: Position::ZERO, first_index: 1 };
+        engine.load_position()?;
+        Ok(engine)
+    }
+
+    fn load_position(&mut self) -> Result<()> {
+        let index = read_meta(&self.connection, "last_index")?.unwrap_or(0);
+        let epoch = read_meta(&self.connection, "last_epoch")?.unwrap_or(0);
+        self.last = Position::new(epoch, index);
+        self.first_index = read_meta(&self.connection, "first_index")?.unwrap_or(1);
+        Ok(())
+    }
+
+    pub fn last(&self) -> Position {
+        self.last
+    }
+
+    pub fn format(&self) -> LogFormat {
+        self.format
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.directory.join(DATABASE_FILE)
+    }
+
+    /// Leader: executes `requests` in one durable transaction (group commit), each in its
+    /// own savepoint, and appends one log entry per request that changed something.
+    ///
+    /// # Errors
+    /// If the transaction cannot commit; then nothing of the batch happened.
+    pub fn execute_batch(&mut self, epoch: u64, requests: &[WriteRequest]) -> Result<Vec<Executed>> {
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = self.execute_in_transaction(epoch, requests);
+        match outcome {
+            Ok((executed, last)) => match self.connection.execute_batch("COMMIT") {
+                Ok(()) => {
+                    self.last = last;
+                    Ok(executed)
+                }
+                Err(error) => {
+                    let _ = self.connection.execute_batch("ROLLBACK");
+                    Err(error.into())
+                }
+            },
+            Err(error) => {
+                let _ = self.connection.execute_batch("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    fn execute_in_transaction(&self, epoch: u64, requests: &[WriteRequest]) -> Result<(Vec<Executed>, Position)> {
+        let mut last = self.last;
+        let mut executed = Vec::with_capacity(requests.len());
+        for request in requests {
+            self.connection.execute_batch("SAVEPOINT request")?;
+            let (results, changes) = self.execute_request(request)?;
+            let failed = results.iter().any(|result| result.error.is_some());
+            if request.transaction && failed {
+                self.connection.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                executed.push(Executed { results, entry: None });
+                continue;
+            }
+            let entry = if changes.is_empty() {
+                None
+            } else {
+                let entry = Entry { index: last.index + 1, epoch, payload: Payload { changes }.encode() };
+                self.connection.execute(
+                    "INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)",
+                    params![entry.index as i64, entry.epoch as i64, entry.payload],
+                )?;
+                last = entry.position();
+                Some(entry)
+            };
+            self.connection.execute_batch("RELEASE request")?;
+            executed.push(Executed { results, entry });
+        }
+        if last != self.last {
+            write_meta(&self.connection, "last_index", last.index)?;
+            write_meta(&self.connection, "last_epoch", last.epoch)?;
+        }
+        Ok((executed, last))
+    }
+
+    /// Executes one request's statements, returning per-statement results and the
+    /// changes to log. Client errors are results; only storage failures are `Err`.
+    fn execute_request(&self, request: &WriteRequest) -> Result<(Vec<StatementResult>, Vec<Change>)> {
+        let mut results = Vec::with_capacity(request.statements.len());
+        let mut changes = Vec::new();
+        let mut session = match self.format {
+            LogFormat::Row => Some(Session::start(&self.connection)?),
+            LogFormat::Statement => None,
+        };
+        for statement in &request.statements {
+            if request.transaction && results.iter().any(|result: &StatementResult| result.error.is_some()) {
+                break;
+            }
+            let sql = match self.format {
+                LogFormat::Statement => match make_deterministic(&self.connection, &statement.sql) {
+                    Ok(Some(rewritten)) => rewritten,
+                    Ok(None) => statement.sql.clone(),
+                    Err(refusal) => {
+                        results.push(StatementResult::error(refusal.to_string()));
+                        continue;
+                    }
+                },
+                LogFormat::Row => statement.sql.clone(),
+            };
+            if is_read_only(&self.connection, &sql) {
+                results.push(run_statement(&self.connection, &sql, &statement.params));
+                continue;
+            }
+            let ships_as_sql = self.format == LogFormat::Statement || !changes_rows(&sql);
+            if ships_as_sql && session.is_some() {
+                // Row images must not span a schema change: close them off first.
+                let rows = session.take().expect("checked above").changeset()?;
+                if !rows.is_empty() {
+                    changes.push(Change::Rows(rows));
+                }
+            }
+            // Each statement gets a savepoint so a failing one leaves no partial effects.
+            self.connection.execute_batch("SAVEPOINT statement")?;
+            let result = run_statement(&self.connection, &sql, &statement.params);
+            if result.error.is_some() {
+                self.connection.execute_batch("ROLLBACK TO statement; RELEASE statement")?;
+            } else {
+                self.connection.execute_batch("RELEASE statement")?;
+                if ships_as_sql {
+                    changes.push(Change::Sql { sql, params: statement.params.clone() });
+                }
+            }
+            results.push(result);
+            if self.format == LogFormat::Row && session.is_none() {
+                session = Some(Session::start(&self.connection)?);
+            }
+        }
+        if let Some(session) = session {
+            let rows = session.changeset()?;
+            if !rows.is_empty() {
+                changes.push(Change::Rows(rows));
+            }
+        }
+        Ok((results, changes))
+    }
+
+    /// Follower: applies entries and appends them to the log in one durable transaction.
+    ///
+    /// # Errors
+    /// If an entry does not continue the log, cannot be decoded or does not apply (the
+    /// replicas diverged); nothing of the batch is applied then.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Position> {
+        let Some(last_entry) = entries.last() else { return Ok(self.last) };
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = (|| -> Result<()> {
+            let mut expected = self.last.index + 1;
+            for entry in entries {
+                if entry.index != expected {
+                    return Err(StorageError(format!("entry {} does not continue the log at {}", entry.index, expected - 1)));
+                }
+                expected += 1;
+                self.apply_payload(&Payload::decode(&entry.payload)?)?;
+                self.connection.execute(
+                    "INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)",
+                    params![entry.index as i64, entry.epoch as i64, entry.payload],
+                )?;
+            }
+            write_meta(&self.connection, "last_index", last_entry.index)?;
+            write_meta(&self.connection, "last_epoch", last_entry.epoch)?;
+            Ok(())
+        })();
+        match outcome.and_then(|()| Ok(self.connection.execute_batch("COMMIT")?)) {
+            Ok(()) => {
+                self.last = last_entry.position();
+                Ok(self.last)
+            }
+            Err(error) => {
+                let _ = self.connection.execute_batch("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    fn apply_payload(&self, payload: &Payload) -> Result<()> {
+        for change in &payload.changes {
+            match change {
+                Change::Sql { sql, params } => {
+                    let result = run_statement(&self.connection, sql, params);
+                    if let Some(error) = result.error {
+                        return Err(StorageError(format!("replicated statement failed on this replica ({error}): {sql}")));
+                    }
+                }
+                Change::Rows(changeset) => {
+                    // The leader's triggers already ran and their effects are in the changeset.
+                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+                    let applied = apply_changeset(&self.connection, changeset);
+                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+                    applied?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max_entries` / about `max_bytes` of entries from `from_index`.
+    /// `None` if `from_index` was compacted away (the reader needs a snapshot).
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn read_log(&self, from_index: u64, max_entries: usize, max_bytes: usize) -> Result<Option<Vec<Entry>>> {
+        if from_index < self.first_index {
+            return Ok(None);
+        }
+        let mut statement = self.connection.prepare_cached("SELECT idx, epoch, payload FROM _tern_log WHERE idx >= ?1 ORDER BY idx LIMIT ?2")?;
+        let mut rows = statement.query(params![from_index as i64, max_entries as i64])?;
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let entry = Entry { index: row.get::<_, i64>(0)? as u64, epoch: row.get::<_, i64>(1)? as u64, payload: row.get(2)? };
+            bytes += entry.payload.len();
+            entries.push(entry);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    /// Drops log entries so that only the newest `retain` remain. Followers that need
+    /// older ones get a snapshot instead.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn compact(&mut self, retain: u64) -> Result<()> {
+        let first_kept = self.last.index.saturating_sub(retain) + 1;
+        if first_kept <= self.first_index {
+            return Ok(());
+        }
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = (|| -> Result<()> {
+            self.connection.execute("DELETE FROM _tern_log WHERE idx < ?1", [first_kept as i64])?;
+            write_meta(&self.connection, "first_index", first_kept)?;
+            Ok(())
+        })();
+        match outcome.and_then(|()| Ok(self.connection.execute_batch("COMMIT")?)) {
+            Ok(()) => {
+                self.first_index = first_kept;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self.connection.execute_batch("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// Writes a consistent copy of the whole database (data, log and position) to `target`
+    /// and returns the position it holds.
+    ///
+    /// # Errors
+    /// On a SQLite or file system failure.
+    pub fn write_snapshot(&self, target: &Path) -> Result<Position> {
+        let _ = std::fs::remove_file(target);
+        self.connection.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+        Ok(self.last)
+    }
+
+    /// Replaces this node's database with a snapshot file received from the leader.
+    ///
+    /// # Errors
+    /// If the file is not a tern database or cannot be moved into place.
+    pub fn install_snapshot(&mut self, snapshot: &Path) -> Result<Position> {
+        {
+            let check = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            read_meta(&check, "last_index")?.ok_or_else(|| StorageError("snapshot has no tern position".into()))?;
+        }
+        let database = self.database_path();
+        // Close our connection before the file is replaced under it.
+        let placeholder = Connection::open_in_memory()?;
+        let old = std::mem::replace(&mut self.connection, placeholder);
+        old.close().map_err(|(_, error)| StorageError::from(error))?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+        }
+        std::fs::rename(snapshot, &database)?;
+        if let Ok(directory) = std::fs::File::open(&self.directory) {
+            let _ = directory.sync_all();
+        }
+        self.connection = Connection::open(&database)?;
+        configure_writer(&self.connection)?;
+        self.load_position()?;
+        Ok(self.last)
+    }
+
+    /// Per-table checksums of user tables, for comparing replicas in tests and tooling.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {
+        table_checksums(&self.connection)
+    }
+}
+
+/// `(table, rows, checksum)` for every user table, in name order. The checksum is
+/// order-independent over rows (FNV-1a of each row's rendered values, summed).
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)>> {
+    let tables: Vec<String> = connection
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_tern_%' ORDER BY name")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut sums = Vec::new();
+    for table in tables {
+        let mut statement = connection.prepare(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
+        let columns = statement.column_count();
+        let mut rows = statement.query([])?;
+        let (mut count, mut sum) = (0u64, 0u64);
+        while let Some(row) = rows.next()? {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for index in 0..columns {
+                let value: Value = row.get(index)?;
+                for byte in format!("{value:?}|").bytes() {
+                    hash ^= u64::from(byte);
+                    hash = hash.wrapping_mul(0x100_0000_01b3);
+                }
+            }
+            count += 1;
+            sum = sum.wrapping_add(hash);
+        }
+        sums.push((table, count, sum));
+    }
+    Ok(sums)
+}
+
+/// A read-only connection for serving queries while the writer works (WAL readers see
+/// the last committed state and never block the writer).
+pub struct Reader {
+    connection: Connection,
+}
+
+impl Reader {
+    /// # Errors
+    /// If the database cannot be opened.
+    pub fn open(directory: &Path) -> Result<Reader> {
+        let connection = Connection::open_with_flags(
+            directory.join(DATABASE_FILE),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Reader { connection })
+    }
+
+    /// Runs the statements in one read transaction (one consistent snapshot) and returns
+    /// their results with the log index that snapshot contains.
+    ///
+    /// # Errors
+    /// On a SQLite failure outside the statements themselves.
+    pub fn query(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, u64)> {
+        self.connection.execute_batch("BEGIN")?;
+        let observed = read_meta(&self.connection, "last_index");
+        let results = statements
+            .iter()
+            .map(|statement| {
+                if is_read_only(&self.connection, &statement.sql) || self.connection.prepare(&statement.sql).is_err() {
+                    run_statement(&self.connection, &statement.sql, &statement.params)
+                } else {
+                    StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request")
+                }
+            })
+            .collect();
+        self.connection.execute_batch("COMMIT")?;
+        Ok((results, observed?.unwrap_or(0)))
+    }
+
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {
+        table_checksums(&self.connection)
+    }
+}
+
+/// True if every statement only reads (decided by SQLite's own `sqlite3_stmt_readonly`).
+/// Statements that fail to prepare count as reads, so their error comes from the read path.
+pub fn all_read_only(reader: &Reader, statements: &[Statement]) -> bool {
+    statements.iter().all(|statement| is_read_only(&reader.connection, &statement.sql) || reader.connection.prepare(&statement.sql).is_err())
+}

@@ -1,0 +1,16 @@
+//! tern's SQLite engine.
+//!
+//! Layout:
+//! - [`engine`]: the writer (execute + capture on the leader, apply on followers), the
+//!   durable replication log kept in the same database, snapshots, and read-only readers.
+//! - [`rewrite`]: making statements deterministic for the statement log format.
+//! - [`session`]: the only unsafe code: SQLite's session extension for row images.
+//! - [`sql`]: requests and results in rqlite's shapes.
+
+pub mod engine;
+pub mod rewrite;
+pub mod session;
+pub mod sql;
+
+pub use engine::{all_read_only, Change, Engine, Executed, Payload, Reader, StorageError, WriteRequest, DATABASE_FILE};
+pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};

@@ -1,0 +1,228 @@
+//! Requests and results in the shapes of rqlite's HTTP API, plus the conversions between
+//! them, JSON and SQLite. These cross the peer link when a follower forwards a request,
+//! so they are plain serde types (postcard-friendly: no untagged or skipped fields).
+
+use rusqlite::types::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value as Json};
+
+/// A SQL value as carried in parameters, results and the statement log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<Value> for SqlValue {
+    fn from(value: Value) -> SqlValue {
+        match value {
+            Value::Null => SqlValue::Null,
+            Value::Integer(number) => SqlValue::Integer(number),
+            Value::Real(number) => SqlValue::Real(number),
+            Value::Text(text) => SqlValue::Text(text),
+            Value::Blob(bytes) => SqlValue::Blob(bytes),
+        }
+    }
+}
+
+impl From<&SqlValue> for Value {
+    fn from(value: &SqlValue) -> Value {
+        match value {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(number) => Value::Integer(*number),
+            SqlValue::Real(number) => Value::Real(*number),
+            SqlValue::Text(text) => Value::Text(text.clone()),
+            SqlValue::Blob(bytes) => Value::Blob(bytes.clone()),
+        }
+    }
+}
+
+impl SqlValue {
+    /// JSON as rqlite renders it: blobs as base64 strings.
+    pub fn to_json(&self) -> Json {
+        match self {
+            SqlValue::Null => Json::Null,
+            SqlValue::Integer(number) => json!(number),
+            SqlValue::Real(number) => serde_json::Number::from_f64(*number).map_or(Json::Null, Json::Number),
+            SqlValue::Text(text) => Json::String(text.clone()),
+            SqlValue::Blob(bytes) => Json::String(base64(bytes)),
+        }
+    }
+
+    /// A parameter from JSON. Booleans become 0/1 as in SQLite.
+    ///
+    /// # Errors
+    /// Arrays and objects, which have no SQL value.
+    pub fn from_json(value: &Json) -> Result<SqlValue, String> {
+        Ok(match value {
+            Json::Null => SqlValue::Null,
+            Json::Bool(flag) => SqlValue::Integer(i64::from(*flag)),
+            Json::Number(number) => match number.as_i64() {
+                Some(integer) => SqlValue::Integer(integer),
+                None => SqlValue::Real(number.as_f64().ok_or_else(|| format!("number {number} is out of range"))?),
+            },
+            Json::String(text) => SqlValue::Text(text.clone()),
+            other => return Err(format!("parameter {other} is not a SQL value (expected null, number, string or boolean)")),
+        })
+    }
+}
+
+/// Standard base64 with padding, as rqlite uses for BLOB values.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let group = (u32::from(chunk[0]) << 16) | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8) | u32::from(*chunk.get(2).unwrap_or(&0));
+        for position in 0..4 {
+            if position <= chunk.len() {
+                text.push(ALPHABET[((group >> (18 - 6 * position)) & 63) as usize] as char);
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Params {
+    None,
+    Positional(Vec<SqlValue>),
+    Named(Vec<(String, SqlValue)>),
+}
+
+/// One SQL statement with its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Params,
+}
+
+impl Statement {
+    pub fn new(sql: impl Into<String>) -> Statement {
+        Statement { sql: sql.into(), params: Params::None }
+    }
+}
+
+/// Parses an rqlite request body: a JSON array whose items are SQL strings or
+/// `[sql, param, ...]` / `[sql, {"name": value}]` arrays.
+///
+/// # Errors
+/// A message saying what is wrong with the body, for a 400 response.
+pub fn parse_statements(body: &[u8]) -> Result<Vec<Statement>, String> {
+    let json: Json = serde_json::from_slice(body).map_err(|error| format!("request body is not valid JSON: {error}"))?;
+    let Json::Array(items) = json else {
+        return Err("request body must be a JSON array of statements, e.g. [\"SELECT 1\"]".to_string());
+    };
+    items.iter().enumerate().map(|(position, item)| statement_from_json(item).map_err(|error| format!("statement {position}: {error}"))).collect()
+}
+
+fn statement_from_json(item: &Json) -> Result<Statement, String> {
+    match item {
+        Json::String(sql) => Ok(Statement::new(sql.clone())),
+        Json::Array(parts) => {
+            let Some(Json::String(sql)) = parts.first() else {
+                return Err("a parameterized statement is an array whose first item is the SQL string".to_string());
+            };
+            let params = match &parts[1..] {
+                [] => Params::None,
+                [Json::Object(named)] => Params::Named(
+                    named
+                        .iter()
+                        .map(|(name, value)| Ok((name.clone(), SqlValue::from_json(value)?)))
+                        .collect::<Result<_, String>>()?,
+                ),
+                positional => Params::Positional(positional.iter().map(SqlValue::from_json).collect::<Result<_, String>>()?),
+            };
+            Ok(Statement { sql: sql.clone(), params })
+        }
+        other => Err(format!("expected a SQL string or [sql, params...] array, got {other}")),
+    }
+}
+
+/// The outcome of one statement, as rqlite reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatementResult {
+    /// Set for statements that return rows (queries).
+    pub is_query: bool,
+    pub columns: Vec<String>,
+    pub types: Vec<String>,
+    pub values: Vec<Vec<SqlValue>>,
+    pub last_insert_id: i64,
+    pub rows_affected: i64,
+    pub error: Option<String>,
+}
+
+impl StatementResult {
+    pub fn error(message: impl Into<String>) -> StatementResult {
+        StatementResult { error: Some(message.into()), ..StatementResult::default() }
+    }
+
+    pub fn to_json(&self) -> Json {
+        let mut object = Map::new();
+        if let Some(error) = &self.error {
+            object.insert("error".into(), Json::String(error.clone()));
+        } else if self.is_query {
+            object.insert("columns".into(), json!(self.columns));
+            object.insert("types".into(), json!(self.types));
+            if !self.values.is_empty() {
+                let rows: Vec<Json> = self.values.iter().map(|row| Json::Array(row.iter().map(SqlValue::to_json).collect())).collect();
+                object.insert("values".into(), Json::Array(rows));
+            }
+        } else {
+            object.insert("last_insert_id".into(), json!(self.last_insert_id));
+            object.insert("rows_affected".into(), json!(self.rows_affected));
+        }
+        Json::Object(object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_rqlite_statement_form() {
+        let body = br#"["CREATE TABLE t (a)", ["INSERT INTO t VALUES (?, ?)", 1, "x"], ["INSERT INTO t VALUES (:a)", {"a": 2.5}], ["SELECT 1"]]"#;
+        let statements = parse_statements(body).unwrap();
+        assert_eq!(statements[0], Statement::new("CREATE TABLE t (a)"));
+        assert_eq!(statements[1].params, Params::Positional(vec![SqlValue::Integer(1), SqlValue::Text("x".into())]));
+        assert_eq!(statements[2].params, Params::Named(vec![("a".into(), SqlValue::Real(2.5))]));
+        assert_eq!(statements[3].params, Params::None);
+    }
+
+    #[test]
+    fn malformed_bodies_are_explained() {
+        assert!(parse_statements(b"[\"SELECT 1\"").unwrap_err().contains("not valid JSON"));
+        assert!(parse_statements(b"{\"q\": 1}").unwrap_err().contains("JSON array"));
+        assert!(parse_statements(b"[[1, 2]]").unwrap_err().starts_with("statement 0:"));
+        assert!(parse_statements(b"[[\"SELECT ?\", [1]]]").unwrap_err().contains("not a SQL value"));
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn results_render_like_rqlite() {
+        let write = StatementResult { last_insert_id: 3, rows_affected: 1, ..Default::default() };
+        assert_eq!(write.to_json(), json!({"last_insert_id": 3, "rows_affected": 1}));
+        let query = StatementResult {
+            is_query: true,
+            columns: vec!["id".into()],
+            types: vec!["integer".into()],
+            values: vec![vec![SqlValue::Integer(1)]],
+            ..Default::default()
+        };
+        assert_eq!(query.to_json(), json!({"columns": ["id"], "types": ["integer"], "values": [[1]]}));
+        assert_eq!(StatementResult::error("boom").to_json(), json!({"error": "boom"}));
+    }
+}
