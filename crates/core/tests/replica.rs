@@ -1,0 +1,269 @@
+//! The replica state machine, fed events one at a time, with the exact outputs it must
+//! produce. Each test names the rule it checks.
+
+use tern_core::{AckMode, AckRequirement, Config, Entry, Message, Output, Position, ReadError, Replica, WriteError};
+
+fn members() -> Vec<String> {
+    vec!["n1".into(), "n2".into(), "n3".into()]
+}
+
+fn entry(index: u64) -> Entry {
+    Entry { index, epoch: 1, payload: vec![index as u8] }
+}
+
+fn drain(replica: &mut Replica) -> Vec<Output> {
+    std::iter::from_fn(|| replica.poll_output()).collect()
+}
+
+fn leader(ack: AckMode) -> Replica {
+    let mut replica = Replica::new(Config::new("n1", members(), "n1", ack), Position::ZERO, 0);
+    drain(&mut replica); // initial heartbeats
+    replica
+}
+
+fn follower(id: &str) -> Replica {
+    let mut replica = Replica::new(Config::new(id, members(), "n1", AckMode::SemiSync), Position::ZERO, 0);
+    assert!(drain(&mut replica).is_empty(), "a follower says nothing until the leader does");
+    replica
+}
+
+fn append(prev_index: u64, entries: Vec<Entry>, leader_last: u64, read_seq: u64) -> Message {
+    Message::Append { epoch: 1, leader: "n1".into(), prev_index, entries, commit_index: 0, leader_last, read_seq }
+}
+
+fn ack(durable: u64, read_seq: u64) -> Message {
+    Message::AppendAck { epoch: 1, durable: Position::new(1, durable), next_index: durable + 1, read_seq, rejected: false }
+}
+
+fn send(to: &str, message: Message) -> Output {
+    Output::Send { to: to.into(), message }
+}
+
+#[test]
+fn leader_ships_each_new_entry_to_every_follower() {
+    let mut replica = leader(AckMode::SemiSync);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
+    assert_eq!(
+        drain(&mut replica),
+        vec![send("n2", append(0, vec![entry(1)], 1, 0)), send("n3", append(0, vec![entry(1)], 1, 0))]
+    );
+}
+
+#[test]
+fn semi_sync_acknowledges_when_one_follower_of_three_has_it_durably() {
+    let mut replica = leader(AckMode::SemiSync);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckMode::SemiSync.requirement())]);
+    drain(&mut replica);
+    replica.on_message(20, &"n3".into(), ack(1, 0));
+    assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }]);
+    // The second copy changes nothing further.
+    replica.on_message(21, &"n2".into(), ack(1, 0));
+    assert_eq!(drain(&mut replica), vec![]);
+}
+
+#[test]
+fn async_acknowledges_on_the_leaders_own_durable_commit() {
+    let mut replica = leader(AckMode::Async);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckMode::Async.requirement())]);
+    let outputs = drain(&mut replica);
+    assert_eq!(outputs.last(), Some(&Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }));
+}
+
+#[test]
+fn w_all_waits_for_every_member() {
+    let mut replica = leader(AckMode::Async);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::All)]);
+    drain(&mut replica);
+    replica.on_message(20, &"n2".into(), ack(1, 0));
+    assert_eq!(drain(&mut replica), vec![]);
+    replica.on_message(30, &"n3".into(), ack(1, 0));
+    assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }]);
+}
+
+#[test]
+fn w_beyond_the_cluster_size_is_refused_at_once() {
+    let mut replica = leader(AckMode::Async);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Nodes(4))]);
+    let outputs = drain(&mut replica);
+    assert_eq!(outputs[0], Output::WriteDone { tag: 7, result: Err(WriteError::Unsatisfiable { requested: 4, members: 3 }) });
+}
+
+#[test]
+fn sync_waits_for_every_in_sync_follower_and_drops_a_silent_one() {
+    let mut replica = leader(AckMode::Sync);
+    // Both followers catch up, so both are in sync.
+    replica.on_leader_appended(10, vec![entry(1)], vec![]);
+    drain(&mut replica);
+    replica.on_message(20, &"n2".into(), ack(1, 0));
+    replica.on_message(20, &"n3".into(), ack(1, 0));
+    drain(&mut replica);
+
+    replica.on_leader_appended(30, vec![entry(2)], vec![(8, 2, AckRequirement::AllInSync)]);
+    drain(&mut replica);
+    replica.on_message(40, &"n2".into(), ack(2, 0));
+    assert_eq!(drain(&mut replica), vec![], "n3 is in sync and has not acknowledged");
+
+    // n3 stays silent past the in-sync timeout (1 s): it leaves the set, the write completes.
+    replica.on_message(1_000_000, &"n2".into(), ack(2, 0));
+    drain(&mut replica);
+    replica.on_tick(40 + 1_000_001);
+    let outputs = drain(&mut replica);
+    assert!(outputs.contains(&Output::WriteDone { tag: 8, result: Ok(Position::new(1, 2)) }), "{outputs:?}");
+    let status = replica.status(40 + 1_000_001);
+    assert!(status.followers.iter().any(|follower| follower.id == "n2" && follower.in_sync));
+    assert!(status.followers.iter().any(|follower| follower.id == "n3" && !follower.in_sync));
+}
+
+#[test]
+fn sync_never_counts_fewer_than_a_majority() {
+    let mut replica = leader(AckMode::Sync);
+    // No follower has ever been in sync; a sync write still needs a majority.
+    replica.on_leader_appended(10, vec![entry(1)], vec![(9, 1, AckRequirement::AllInSync)]);
+    let outputs = drain(&mut replica);
+    assert!(!outputs.iter().any(|output| matches!(output, Output::WriteDone { .. })));
+    replica.on_message(20, &"n2".into(), ack(1, 0));
+    assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 9, result: Ok(Position::new(1, 1)) }]);
+}
+
+#[test]
+fn a_write_not_replicated_in_time_reports_an_unknown_outcome() {
+    let mut replica = leader(AckMode::SemiSync);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
+    drain(&mut replica);
+    replica.on_tick(10 + 10_000_000);
+    let outputs = drain(&mut replica);
+    let done = outputs.iter().find(|output| matches!(output, Output::WriteDone { .. })).unwrap();
+    assert_eq!(
+        done,
+        &Output::WriteDone {
+            tag: 7,
+            result: Err(WriteError::Timeout { position: Position::new(1, 1), acked_by: 1, needed: "a majority".into() })
+        }
+    );
+}
+
+#[test]
+fn follower_persists_before_it_acknowledges() {
+    let mut replica = follower("n2");
+    replica.on_message(5, &"n1".into(), append(0, vec![entry(1), entry(2)], 2, 0));
+    assert_eq!(drain(&mut replica), vec![Output::Persist { entries: vec![entry(1), entry(2)] }]);
+    replica.on_persisted(6, Position::new(1, 2));
+    assert_eq!(
+        drain(&mut replica),
+        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 2), next_index: 3, read_seq: 0, rejected: false })]
+    );
+}
+
+#[test]
+fn follower_skips_duplicates_and_rejects_gaps() {
+    let mut replica = follower("n2");
+    replica.on_message(5, &"n1".into(), append(0, vec![entry(1)], 1, 0));
+    drain(&mut replica);
+    // Entry 1 again plus entry 2: only entry 2 is new.
+    replica.on_message(6, &"n1".into(), append(0, vec![entry(1), entry(2)], 2, 0));
+    assert_eq!(drain(&mut replica), vec![Output::Persist { entries: vec![entry(2)] }]);
+    // Entry 5 after 2: entries 3 and 4 were lost in transit.
+    replica.on_message(7, &"n1".into(), append(4, vec![entry(5)], 5, 0));
+    assert_eq!(
+        drain(&mut replica),
+        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 3, read_seq: 0, rejected: true })]
+    );
+}
+
+#[test]
+fn leader_resends_from_what_a_rejecting_follower_expects() {
+    let mut replica = leader(AckMode::SemiSync);
+    replica.on_leader_appended(10, vec![entry(1), entry(2), entry(3)], vec![]);
+    drain(&mut replica);
+    replica.on_message(
+        20,
+        &"n2".into(),
+        Message::AppendAck { epoch: 1, durable: Position::new(1, 1), next_index: 2, read_seq: 0, rejected: true },
+    );
+    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![entry(2), entry(3)], 3, 0))]);
+}
+
+#[test]
+fn follower_stale_epoch_leader_is_told_and_ignored() {
+    let mut replica = Replica::new(Config { epoch: 2, ..Config::new("n2", members(), "n1", AckMode::SemiSync) }, Position::ZERO, 0);
+    replica.on_message(5, &"n1".into(), append(0, vec![entry(1)], 1, 0));
+    assert_eq!(
+        drain(&mut replica),
+        vec![send("n1", Message::AppendAck { epoch: 2, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true })]
+    );
+}
+
+#[test]
+fn linearizable_read_waits_for_a_quorum_round_and_for_what_it_saw_to_be_committed() {
+    let mut replica = leader(AckMode::Async);
+    replica.on_leader_appended(10, vec![entry(1)], vec![]);
+    drain(&mut replica);
+    replica.on_read_barrier(20, 99, 1);
+    // A heartbeat round (read_seq 1) goes to both followers.
+    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 1, 1)), send("n3", append(1, vec![], 1, 1))]);
+    // An ack of an older round proves nothing about leadership now.
+    replica.on_message(30, &"n2".into(), ack(0, 0));
+    assert_eq!(drain(&mut replica), vec![]);
+    // A current-round ack that lacks entry 1: leadership confirmed but the read saw an uncommitted write.
+    replica.on_message(31, &"n3".into(), ack(0, 1));
+    assert_eq!(drain(&mut replica), vec![]);
+    replica.on_message(32, &"n2".into(), ack(1, 1));
+    assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 99, result: Ok(()) }]);
+}
+
+#[test]
+fn linearizable_read_on_a_follower_is_refused_with_the_leader() {
+    let mut replica = follower("n2");
+    replica.on_read_barrier(1, 5, 0);
+    assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 5, result: Err(ReadError::NotLeader { leader: "n1".into() }) }]);
+}
+
+#[test]
+fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
+    let config = Config { tail_cache_bytes: 2, ..Config::new("n1", members(), "n1", AckMode::SemiSync) };
+    let mut replica = Replica::new(config, Position::ZERO, 0);
+    drain(&mut replica);
+    for index in 1..=3 {
+        replica.on_leader_appended(10, vec![entry(index)], vec![]);
+    }
+    drain(&mut replica);
+    // n2 restarted with nothing: the leader must resend from 1, which left the cache.
+    replica.on_message(20, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true });
+    assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n2".into(), from_index: 1 }]);
+    replica.on_log_read(21, &"n2".into(), vec![entry(1), entry(2)]);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1), entry(2)], 3, 0)), send("n2", append(2, vec![entry(3)], 3, 0))]);
+
+    replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true });
+    assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n3".into(), from_index: 1 }]);
+    replica.on_log_compacted(31, &"n3".into());
+    assert_eq!(drain(&mut replica), vec![Output::SendSnapshot { to: "n3".into() }]);
+}
+
+#[test]
+fn follower_lag_is_the_time_since_it_last_had_everything() {
+    let mut replica = follower("n2");
+    assert_eq!(replica.lag_us(0), None, "no contact yet");
+    replica.on_message(1_000, &"n1".into(), append(0, vec![], 0, 0));
+    drain(&mut replica);
+    assert_eq!(replica.lag_us(1_500), Some(500));
+    // The leader is at 1 now; we only get there once persisted.
+    replica.on_message(2_000, &"n1".into(), append(0, vec![entry(1)], 1, 0));
+    drain(&mut replica);
+    assert_eq!(replica.lag_us(2_500), Some(1_500));
+    replica.on_persisted(3_000, Position::new(1, 1));
+    drain(&mut replica);
+    assert_eq!(replica.lag_us(3_000), Some(1_000), "fresh as of when the leader said 1");
+}
+
+#[test]
+fn leader_reports_per_follower_lag_from_the_oldest_missing_write() {
+    let mut replica = leader(AckMode::Async);
+    replica.on_leader_appended(1_000, vec![entry(1)], vec![]);
+    replica.on_leader_appended(2_000, vec![entry(2)], vec![]);
+    replica.on_message(2_100, &"n2".into(), ack(2, 0));
+    replica.on_message(2_100, &"n3".into(), ack(1, 0));
+    let status = replica.status(5_000);
+    let lag: Vec<(String, u64)> = status.followers.iter().map(|follower| (follower.id.clone(), follower.lag_us)).collect();
+    assert_eq!(lag, vec![("n2".into(), 0), ("n3".into(), 3_000)]);
+    assert_eq!(status.commit_index, 2);
+}
