@@ -1,1 +1,179 @@
-fn main() {}
+//! The `tern` binary: `tern server` runs one node, `tern demo` an in-process multi-region
+//! cluster with a workload, `tern bench` a benchmark on real processes.
+
+mod bench;
+mod cluster;
+mod demo;
+mod stats;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use tern_core::{AckMode, LogFormat};
+use tern_server::{parse_cluster, NodeConfig, WanLatency};
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "A geo-replicated SQL database on SQLite, in which replication is the product")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Server(ServerArgs),
+    /// Start an in-process 3-region cluster with emulated WAN latency, run an e-commerce
+    /// workload, print what was measured, then keep serving until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Start a 3-node cluster of real processes on loopback and measure writes/s and
+    /// latency per ack mode and client count.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// This node's id; must appear in --cluster.
+    #[arg(long, default_value = "n1")]
+    id: String,
+    /// The region this node runs in (shown in /status and used for WAN emulation).
+    #[arg(long, default_value = "local")]
+    region: String,
+    /// Directory for this node's data; the database is <data>/data.db.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address for the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    http: String,
+    /// Address for node-to-node traffic.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    peer: String,
+    /// Every member as ID=PEER_ADDR, comma separated (default: this node alone).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The leader (default: the first id in --cluster).
+    #[arg(long)]
+    leader: Option<String>,
+    /// How writes are logged and shipped: statement or row.
+    #[arg(long, default_value = "row")]
+    log_format: String,
+    /// When a write is acknowledged by default: async, semi-sync or sync (per request: w=).
+    #[arg(long, default_value = "semi-sync")]
+    ack: String,
+    /// Emulated one-way WAN latency between regions, e.g. us-east:eu-west=40,us-east:antarctica=75.
+    #[arg(long, default_value = "")]
+    wan: String,
+    /// Largest accepted request body, in bytes (larger requests get 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Log entries kept after compaction; followers further behind receive a snapshot.
+    #[arg(long, default_value_t = 100_000)]
+    log_retain: u64,
+    /// Leader heartbeat interval, milliseconds.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// A follower silent for this long leaves the in-sync set used by --ack sync, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    in_sync_timeout_ms: u64,
+    /// A write not acknowledged as asked within this long fails as "outcome unknown", milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    write_timeout_ms: u64,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> Result<NodeConfig, String> {
+        let peer_addr = self.peer.parse().map_err(|error| format!("bad --peer {:?}: {error}", self.peer))?;
+        let http_addr = self.http.parse().map_err(|error| format!("bad --http {:?}: {error}", self.http))?;
+        let cluster = match &self.cluster {
+            Some(text) => parse_cluster(text)?,
+            None => vec![(self.id.clone(), peer_addr)],
+        };
+        if !cluster.iter().any(|(id, _)| *id == self.id) {
+            return Err(format!("--id {} is not a member of --cluster", self.id));
+        }
+        let leader = self.leader.clone().unwrap_or_else(|| cluster[0].0.clone());
+        if !cluster.iter().any(|(id, _)| *id == leader) {
+            return Err(format!("--leader {leader} is not a member of --cluster"));
+        }
+        let mut regions = std::collections::BTreeMap::new();
+        regions.insert(self.id.clone(), self.region.clone());
+        Ok(NodeConfig {
+            data_dir: self.data.clone().unwrap_or_else(|| PathBuf::from(&self.id)),
+            region: self.region,
+            http_addr,
+            peer_addr,
+            cluster,
+            leader,
+            log_format: self.log_format.parse()?,
+            ack: self.ack.parse()?,
+            wan: WanLatency::parse(&self.wan)?,
+            regions,
+            max_body_bytes: self.max_body_bytes,
+            log_retain: self.log_retain.max(1),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(1)),
+            in_sync_timeout: Duration::from_millis(self.in_sync_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            id: self.id,
+        })
+    }
+}
+
+pub fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    text.parse()
+}
+
+pub fn parse_ack(text: &str) -> Result<AckMode, String> {
+    text.parse()
+}
+
+fn init_tracing() {
+    let filter = std::env::var("TERN_LOG").unwrap_or_else(|_| "info".to_string());
+    let level = match filter.as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let outcome = match cli.command {
+        Command::Server(args) => run_server(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(message) = outcome {
+        eprintln!("tern: {message}");
+        std::process::exit(2);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| format!("cannot start the runtime: {error}"))
+}
+
+fn run_server(args: ServerArgs) -> Result<(), String> {
+    let config = args.into_config()?;
+    runtime()?.block_on(async move {
+        let node = tern_server::serve(config).await?;
+        let config = &node.config;
+        tracing::info!(
+            "node {} ({}) serving HTTP on {} and peers on {}; leader {}, {} log, --ack {}; data in {}",
+            config.id,
+            config.region,
+            node.http_addr.lock().expect("http addr lock"),
+            config.peer_addr,
+            config.leader,
+            config.log_format.name(),
+            config.ack.name(),
+            config.data_dir.display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        Ok(())
+    })
+}

@@ -39,6 +39,8 @@ pub struct Config {
     pub max_bytes_per_append: usize,
     /// Most entries a follower may have in flight (sent, not acknowledged).
     pub max_inflight_entries: u64,
+    /// How long to wait for a follower to acknowledge a snapshot before sending another.
+    pub snapshot_timeout_us: Micros,
     /// Bytes of recent entries kept in memory for shipping; older ones are read back
     /// from the durable log through `Output::ReadLog`.
     pub tail_cache_bytes: usize,
@@ -59,7 +61,8 @@ impl Config {
             resend_timeout_us: 500_000,
             max_entries_per_append: 512,
             max_bytes_per_append: 1 << 20,
-            max_inflight_entries: 16_384,
+            max_inflight_entries: 4_096,
+            snapshot_timeout_us: 60_000_000,
             tail_cache_bytes: 64 << 20,
         }
     }
@@ -165,8 +168,12 @@ struct Progress {
     in_sync: bool,
     /// An `Output::ReadLog` for this follower is outstanding.
     fetching: bool,
-    /// An `Output::SendSnapshot` for this follower is outstanding.
+    /// An `Output::SendSnapshot` for this follower is outstanding, or a sent snapshot
+    /// has not been acknowledged yet; nothing else is shipped meanwhile.
     snapshotting: bool,
+    /// A snapshot at this index was sent; shipping resumes once the follower acks it, or
+    /// at the deadline if it never does.
+    snapshot_wait: Option<(u64, Micros)>,
 }
 
 #[derive(Debug)]
@@ -263,6 +270,7 @@ impl Replica {
                         in_sync: false,
                         fetching: false,
                         snapshotting: false,
+                        snapshot_wait: None,
                     };
                     (member.clone(), progress)
                 })
@@ -474,13 +482,18 @@ impl Replica {
         }
     }
 
-    /// Leader: the snapshot stream to `to` ended (installed or failed). Shipping resumes
-    /// from what the follower next acknowledges.
-    pub fn on_snapshot_finished(&mut self, now: Micros, to: &NodeId) {
+    /// Leader: the snapshot for `to` was handed to the transport (`Some(position)`) or
+    /// could not be made (`None`). Shipping resumes once the follower acknowledges the
+    /// snapshot's position, or after `snapshot_timeout_us` if it never does.
+    pub fn on_snapshot_finished(&mut self, now: Micros, to: &NodeId, sent: Option<Position>) {
+        let timeout = self.config.snapshot_timeout_us;
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(to) else { return };
-        progress.snapshotting = false;
         progress.last_sent_at = now;
+        match sent {
+            Some(position) => progress.snapshot_wait = Some((position.index, now + timeout)),
+            None => progress.snapshotting = false,
+        }
     }
 
     /// The transport (re)connected to `peer`: anything in flight may be gone.
@@ -512,6 +525,16 @@ impl Replica {
             follower.ack_owed = self.accepted.index > self.last.index;
             self.send_ack(false);
         }
+    }
+
+    /// Follower: a `Persist` could not be applied (it did not continue the local log, or
+    /// the disk failed). Everything accepted beyond the durable end is forgotten and the
+    /// leader is asked to resend from there.
+    pub fn on_persist_failed(&mut self, _now: Micros) {
+        let Role::Follower(follower) = &mut self.role else { return };
+        self.accepted = self.last;
+        follower.ack_owed = false;
+        self.send_ack(true);
     }
 
     /// Follower: a snapshot taken at `position` replaced the local database and log.
@@ -617,6 +640,10 @@ impl Replica {
         if progress.matched >= last_index {
             progress.in_sync = true;
         }
+        if progress.snapshot_wait.is_some_and(|(index, _)| durable.index >= index) {
+            progress.snapshot_wait = None;
+            progress.snapshotting = false;
+        }
         if rejected {
             progress.next = next_index.max(progress.matched + 1).min(last_index + 1);
         } else if progress.next <= progress.matched {
@@ -636,6 +663,10 @@ impl Replica {
             let silent = progress.last_ack_at.is_none_or(|at| now.saturating_sub(at) > in_sync_timeout);
             if silent {
                 progress.in_sync = false;
+            }
+            if progress.snapshot_wait.is_some_and(|(_, deadline)| now >= deadline) {
+                progress.snapshot_wait = None;
+                progress.snapshotting = false;
             }
             let waiting = progress.next > progress.matched + 1;
             if waiting && !progress.fetching && !progress.snapshotting && now.saturating_sub(progress.last_sent_at) > resend_timeout {

@@ -1,1 +1,42 @@
+//! tern's runtime: a tokio server that drives the sans-IO core (`tern-core`) and the SQLite
+//! engine (`tern-storage`), the peer transport, and the rqlite-compatible HTTP API.
+//!
+//! Layout:
+//! - [`config`]: node configuration and WAN latency emulation settings.
+//! - [`node`]: the replica loop, the storage thread, and the write and read paths.
+//! - [`transport`]: node-to-node TCP with handshakes, reconnects and emulated WAN latency.
+//! - [`wire`]: node-to-node frames.
+//! - [`http`]: the HTTP API.
+//! - [`client`]: a small blocking HTTP client for tests, the demo and benchmarks.
 
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod transport;
+pub mod wire;
+
+pub use config::{parse_cluster, NodeConfig, WanLatency};
+pub use node::{Node, ReadOptions};
+
+use std::sync::Arc;
+
+/// Starts a node and its HTTP server; returns once both are listening.
+///
+/// # Errors
+/// If storage cannot be opened or an address cannot be bound.
+pub async fn serve(mut config: NodeConfig) -> Result<Arc<Node>, String> {
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
+    // The real address (port 0 becomes a free port) goes into peer handshakes.
+    config.http_addr = listener.local_addr().map_err(|error| error.to_string())?;
+    let node = Node::start(config).await?;
+    let app = http::router(node.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server stopped: {error}");
+        }
+    });
+    Ok(node)
+}

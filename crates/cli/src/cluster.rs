@@ -1,0 +1,140 @@
+//! Starting whole clusters: in-process (the demo) or as real `tern server` processes
+//! (the benchmark).
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_core::{AckMode, LogFormat};
+use tern_server::client::HttpClient;
+use tern_server::{Node, NodeConfig, WanLatency};
+
+/// A free TCP port on loopback (bound, then released for the node to take).
+pub fn free_addr() -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| format!("no free port: {error}"))?;
+    listener.local_addr().map_err(|error| error.to_string())
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(purpose: &str) -> Result<PathBuf, String> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|since| since.as_nanos()).unwrap_or(0);
+    let directory = std::env::temp_dir().join(format!("tern-{purpose}-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&directory).map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    Ok(directory)
+}
+
+/// One node of a cluster to start: id and region; the first is the leader.
+pub struct Member {
+    pub id: String,
+    pub region: String,
+}
+
+pub struct ClusterSpec {
+    pub members: Vec<Member>,
+    pub log_format: LogFormat,
+    pub ack: AckMode,
+    pub wan: WanLatency,
+    pub data_dir: PathBuf,
+}
+
+/// Starts every member in this process, connected over loopback TCP.
+///
+/// # Errors
+/// If a node cannot start.
+pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, String> {
+    let mut cluster = Vec::new();
+    for member in &spec.members {
+        cluster.push((member.id.clone(), free_addr()?));
+    }
+    let regions: BTreeMap<String, String> = spec.members.iter().map(|member| (member.id.clone(), member.region.clone())).collect();
+    let mut nodes = Vec::new();
+    for (member, (_, peer_addr)) in spec.members.iter().zip(&cluster) {
+        let config = NodeConfig {
+            id: member.id.clone(),
+            region: member.region.clone(),
+            data_dir: spec.data_dir.join(&member.id),
+            http_addr: "127.0.0.1:0".parse().expect("literal address"),
+            peer_addr: *peer_addr,
+            cluster: cluster.clone(),
+            leader: spec.members[0].id.clone(),
+            log_format: spec.log_format,
+            ack: spec.ack,
+            wan: spec.wan.clone(),
+            regions: regions.clone(),
+            max_body_bytes: 8 << 20,
+            log_retain: 100_000,
+            heartbeat_interval: Duration::from_millis(50),
+            in_sync_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(10),
+        };
+        nodes.push(tern_server::serve(config).await?);
+    }
+    Ok(nodes)
+}
+
+/// A `tern server` child process.
+pub struct ServerProcess {
+    pub id: String,
+    pub http: String,
+    pub child: Child,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `count` real server processes from this binary, the first as leader.
+///
+/// # Errors
+/// If a process cannot be spawned.
+pub fn start_processes(count: usize, data_dir: &Path, extra: &[String]) -> Result<Vec<ServerProcess>, String> {
+    let binary = std::env::current_exe().map_err(|error| error.to_string())?;
+    let mut peers = Vec::new();
+    let mut https = Vec::new();
+    for number in 1..=count {
+        peers.push((format!("n{number}"), free_addr()?));
+        https.push(free_addr()?);
+    }
+    let cluster = peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
+    let mut processes = Vec::new();
+    for ((id, peer), http) in peers.iter().zip(&https) {
+        let child = Command::new(&binary)
+            .args(["server", "--id", id, "--data"])
+            .arg(data_dir.join(id))
+            .args(["--http", &http.to_string(), "--peer", &peer.to_string(), "--cluster", &cluster])
+            .args(extra)
+            .env("TERN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
+        processes.push(ServerProcess { id: id.clone(), http: http.to_string(), child });
+    }
+    Ok(processes)
+}
+
+/// Waits until every address answers `/readyz` with 200.
+///
+/// # Errors
+/// If one does not become ready within `timeout`.
+pub fn wait_ready(addresses: &[String], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    for address in addresses {
+        let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(2));
+        loop {
+            if client.get("/readyz").is_ok_and(|reply| reply.status == 200) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("node at {address} did not become ready within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}

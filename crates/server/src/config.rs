@@ -1,0 +1,137 @@
+//! Configuration of one node, shared by `tern server` and the in-process demo cluster.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tern_core::{AckMode, LogFormat, NodeId};
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub region: String,
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    /// Every member's peer address, this node included, in `--cluster` order.
+    pub cluster: Vec<(NodeId, SocketAddr)>,
+    pub leader: NodeId,
+    pub log_format: LogFormat,
+    pub ack: AckMode,
+    /// Emulated one-way WAN latency between regions, applied by the peer transport.
+    pub wan: WanLatency,
+    /// Regions known up front (the demo knows them all); others are learned from handshakes.
+    pub regions: BTreeMap<NodeId, String>,
+    /// Requests with larger bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// Log entries kept after compaction; a follower further behind gets a snapshot.
+    pub log_retain: u64,
+    pub heartbeat_interval: Duration,
+    pub in_sync_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn members(&self) -> Vec<NodeId> {
+        self.cluster.iter().map(|(id, _)| id.clone()).collect()
+    }
+}
+
+/// One-way latency per unordered pair of regions.
+#[derive(Clone, Debug, Default)]
+pub struct WanLatency {
+    pairs: BTreeMap<(String, String), Duration>,
+}
+
+impl WanLatency {
+    pub fn none() -> WanLatency {
+        WanLatency::default()
+    }
+
+    /// The demo's geography: us-east↔eu-west 40 ms, us-east↔antarctica 75 ms,
+    /// eu-west↔antarctica 90 ms, one way.
+    pub fn demo_default() -> WanLatency {
+        WanLatency::parse("us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90").expect("the default is well formed")
+    }
+
+    /// Parses `a:b=MS,c:d=MS`.
+    ///
+    /// # Errors
+    /// A message naming the malformed item.
+    pub fn parse(text: &str) -> Result<WanLatency, String> {
+        let mut latency = WanLatency::default();
+        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let parsed = item.split_once('=').and_then(|(pair, ms)| {
+                let (a, b) = pair.split_once(':')?;
+                Some((a.trim().to_string(), b.trim().to_string(), ms.trim().parse::<u64>().ok()?))
+            });
+            let Some((a, b, ms)) = parsed else {
+                return Err(format!("bad WAN latency {item:?}: expected REGION:REGION=MILLISECONDS"));
+            };
+            latency.set(&a, &b, Duration::from_millis(ms));
+        }
+        Ok(latency)
+    }
+
+    pub fn set(&mut self, a: &str, b: &str, one_way: Duration) {
+        let key = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
+        self.pairs.insert(key, one_way);
+    }
+
+    pub fn one_way(&self, a: &str, b: &str) -> Duration {
+        if a == b {
+            return Duration::ZERO;
+        }
+        let key = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
+        self.pairs.get(&key).copied().unwrap_or(Duration::ZERO)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// Parses `n1=127.0.0.1:7001,n2=...`.
+///
+/// # Errors
+/// A message naming the malformed item.
+pub fn parse_cluster(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, String> {
+    let mut members: Vec<(NodeId, SocketAddr)> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            return Err(format!("bad cluster member {item:?}: expected ID=HOST:PORT"));
+        };
+        let addr: SocketAddr = addr.trim().parse().map_err(|error| format!("bad address in cluster member {item:?}: {error}"))?;
+        if members.iter().any(|(known, _)| known == id.trim()) {
+            return Err(format!("node {:?} appears twice in --cluster", id.trim()));
+        }
+        members.push((id.trim().to_string(), addr));
+    }
+    if members.is_empty() {
+        return Err("--cluster names no nodes".to_string());
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan_latency_is_symmetric_and_zero_within_a_region() {
+        let latency = WanLatency::demo_default();
+        assert_eq!(latency.one_way("eu-west", "us-east"), Duration::from_millis(40));
+        assert_eq!(latency.one_way("antarctica", "eu-west"), Duration::from_millis(90));
+        assert_eq!(latency.one_way("us-east", "us-east"), Duration::ZERO);
+        assert!(WanLatency::parse("a:b").is_err());
+    }
+
+    #[test]
+    fn cluster_parsing_rejects_duplicates_and_bad_addresses() {
+        let members = parse_cluster("n1=127.0.0.1:7001, n2=127.0.0.1:7002").unwrap();
+        assert_eq!(members[1].0, "n2");
+        assert!(parse_cluster("n1=127.0.0.1:7001,n1=127.0.0.1:7002").unwrap_err().contains("twice"));
+        assert!(parse_cluster("n1=localhost").is_err());
+        assert!(parse_cluster("").is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! The HTTP API, compatible with rqlite's so its clients work unmodified, plus tern's
+//! extensions: `w=` per write, a `position` in every write response, `level=session`
+//! with `after=`, and `level=bounded` with `max_lag_ms=`.
+
+use crate::node::{Node, ReadOptions};
+use crate::wire::{ReadReply, RequestError, WriteReply};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_core::{AckRequirement, Position, ReadLevel};
+use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
+
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config.max_body_bytes;
+    Router::new()
+        .route("/db/execute", post(execute))
+        .route("/db/query", get(query).post(query))
+        .route("/db/request", post(request))
+        .route("/status", get(status))
+        .route("/readyz", get(readyz))
+        .route("/nodes", get(nodes))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+/// Query-string parameters; flags like `?transaction` have an empty value.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(raw: Option<String>) -> Params {
+        let raw = raw.unwrap_or_default();
+        Params(
+            raw.split('&')
+                .filter(|part| !part.is_empty())
+                .map(|part| {
+                    let (key, value) = part.split_once('=').unwrap_or((part, ""));
+                    (percent_decode(key), percent_decode(value))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(name, _)| name == key).map(|(_, value)| value.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|value| !matches!(value, "false" | "0"))
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let hex = |byte: u8| (byte as char).to_digit(16).map(|digit| digit as u8);
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => decoded.push(b' '),
+            b'%' if index + 2 < bytes.len() => match (hex(bytes[index + 1]), hex(bytes[index + 2])) {
+                (Some(high), Some(low)) => {
+                    decoded.push(high * 16 + low);
+                    index += 2;
+                }
+                _ => decoded.push(b'%'),
+            },
+            byte => decoded.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn error_response(error: &RequestError) -> Response {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json!({ "error": error.message });
+    if let Some(leader) = &error.leader {
+        body["leader"] = json!(leader);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error_response(&RequestError::new(400, message))
+}
+
+fn results_json(results: &[StatementResult]) -> Vec<Value> {
+    results.iter().map(StatementResult::to_json).collect()
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1.5s or 1m");
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "us" | "µs" => value / 1_000_000.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn not_ready(node: &Node) -> Option<Response> {
+    let published = node.published();
+    (!published.ready).then(|| {
+        error_response(&RequestError::new(503, format!("node {} is not ready: it has not reached leader {} yet", node.config.id, published.leader)))
+    })
+}
+
+fn write_options(params: &Params) -> Result<Option<AckRequirement>, String> {
+    params.get("w").map(AckRequirement::parse).transpose()
+}
+
+fn write_response(reply: WriteReply, started: Instant, params: &Params) -> Response {
+    if let Some(error) = &reply.error {
+        if reply.results.is_empty() {
+            return error_response(error);
+        }
+    }
+    let mut body = json!({ "results": results_json(&reply.results) });
+    if let Some(position) = reply.position {
+        body["position"] = json!(position.to_string());
+    }
+    if let Some(error) = &reply.error {
+        // Executed on the leader, but not acknowledged as asked: the outcome is unknown.
+        body["error"] = json!(error.message);
+        let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (status, Json(body)).into_response();
+    }
+    if params.flag("timings") {
+        body["time"] = json!(started.elapsed().as_secs_f64());
+    }
+    Json(body).into_response()
+}
+
+async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let params = Params::parse(raw);
+    if let Some(response) = not_ready(&node) {
+        return response;
+    }
+    let statements = match parse_statements(&body) {
+        Ok(statements) => statements,
+        Err(message) => return bad_request(message),
+    };
+    if statements.is_empty() {
+        return Json(json!({ "results": [] })).into_response();
+    }
+    let requirement = match write_options(&params) {
+        Ok(requirement) => requirement,
+        Err(message) => return bad_request(message),
+    };
+    let request = WriteRequest { statements, transaction: params.flag("transaction") };
+    let reply = node.write(request, requirement).await;
+    write_response(reply, started, &params)
+}
+
+fn read_options(params: &Params) -> Result<ReadOptions, String> {
+    let level = match params.get("level") {
+        Some(level) => level.parse::<ReadLevel>()?,
+        // rqlite's default is weak; a read naming a position is a session read.
+        None if params.get("after").is_some() => ReadLevel::Session,
+        None => ReadLevel::Weak,
+    };
+    let after = params.get("after").map(str::parse::<Position>).transpose()?;
+    if level == ReadLevel::Session && after.is_none() {
+        return Err("level=session needs after=<position> (the \"position\" of a write response)".to_string());
+    }
+    let max_lag = params
+        .get("max_lag_ms")
+        .map(|ms| ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad max_lag_ms={ms:?}: expected milliseconds")))
+        .transpose()?;
+    let freshness = params.get("freshness").map(parse_duration).transpose()?;
+    let timeout = params.get("timeout").map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(5));
+    Ok(ReadOptions { level, after, max_lag, freshness, timeout })
+}
+
+fn read_response(reply: ReadReply, started: Instant, params: &Params) -> Response {
+    if let Some(error) = &reply.error {
+        return error_response(error);
+    }
+    let mut body = json!({ "results": results_json(&reply.results) });
+    if params.flag("timings") {
+        body["time"] = json!(started.elapsed().as_secs_f64());
+    }
+    Json(body).into_response()
+}
+
+async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let params = Params::parse(raw);
+    if let Some(response) = not_ready(&node) {
+        return response;
+    }
+    let statements = if let Some(sql) = params.get("q") {
+        vec![Statement::new(sql)]
+    } else if body.is_empty() {
+        return bad_request("no query: pass q=<SQL> or a JSON array of statements in the body");
+    } else {
+        match parse_statements(&body) {
+            Ok(statements) => statements,
+            Err(message) => return bad_request(message),
+        }
+    };
+    let options = match read_options(&params) {
+        Ok(options) => options,
+        Err(message) => return bad_request(message),
+    };
+    let reply = node.read(statements, options).await;
+    read_response(reply, started, &params)
+}
+
+/// rqlite's unified endpoint: reads take the read path at `level=`; anything that writes
+/// goes to the leader as one request (its reads run there too).
+async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let params = Params::parse(raw);
+    if let Some(response) = not_ready(&node) {
+        return response;
+    }
+    let statements = match parse_statements(&body) {
+        Ok(statements) => statements,
+        Err(message) => return bad_request(message),
+    };
+    if node.all_read_only(statements.clone()).await {
+        let options = match read_options(&params) {
+            Ok(options) => options,
+            Err(message) => return bad_request(message),
+        };
+        let reply = node.read(statements, options).await;
+        return read_response(reply, started, &params);
+    }
+    let requirement = match write_options(&params) {
+        Ok(requirement) => requirement,
+        Err(message) => return bad_request(message),
+    };
+    let request = WriteRequest { statements, transaction: params.flag("transaction") };
+    let reply = node.write(request, requirement).await;
+    write_response(reply, started, &params)
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    let Some(status) = node.status().await else {
+        return error_response(&RequestError::new(503, "replica loop stopped"));
+    };
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let followers: Vec<Value> = status
+        .followers
+        .iter()
+        .map(|follower| {
+            let info = peers.get(&follower.id).cloned().unwrap_or_default();
+            json!({
+                "id": follower.id,
+                "region": info.region,
+                "connected": info.connected,
+                "position": Position::new(status.epoch, follower.matched).to_string(),
+                "applied_index": follower.matched,
+                "lag_ms": follower.lag_us as f64 / 1000.0,
+                "in_sync": follower.in_sync,
+                "last_ack_ms_ago": follower.last_ack_ago_us.map(|us| us as f64 / 1000.0),
+            })
+        })
+        .collect();
+    let published = node.published();
+    let body = json!({
+        "node": {
+            "id": node.config.id,
+            "region": node.config.region,
+            "role": if status.is_leader { "leader" } else { "follower" },
+            "leader": status.leader,
+            "epoch": status.epoch,
+            "applied": status.last.to_string(),
+            "applied_index": status.last.index,
+            "commit_index": status.commit_index,
+            "ready": published.ready,
+            "lag_ms": status.lag_us.map(|us| us as f64 / 1000.0),
+            "http_addr": node.http_addr.lock().expect("http addr lock").clone(),
+            "peer_addr": node.config.peer_addr.to_string(),
+        },
+        "replication": {
+            "topology": "single-leader",
+            "log_format": node.config.log_format.name(),
+            "ack": node.config.ack.name(),
+            "followers": followers,
+        },
+    });
+    Json(body).into_response()
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    match not_ready(&node) {
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]node {} not ready\n", node.config.id)).into_response(),
+        None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader)).into_response(),
+    }
+}
+
+/// rqlite's `/nodes` shape: one object per node, keyed by id.
+async fn nodes(State(node): State<Arc<Node>>) -> Response {
+    let published = node.published();
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let mut body = serde_json::Map::new();
+    for (id, addr) in &node.config.cluster {
+        let (api_addr, region, reachable) = if *id == node.config.id {
+            (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true)
+        } else {
+            let info = peers.get(id).cloned().unwrap_or_default();
+            (info.http_addr, info.region, info.connected)
+        };
+        body.insert(
+            id.clone(),
+            json!({
+                "id": id,
+                "api_addr": if api_addr.is_empty() { Value::Null } else { json!(format!("http://{api_addr}")) },
+                "addr": addr.to_string(),
+                "region": region,
+                "reachable": reachable,
+                "leader": *id == published.leader,
+                "voter": true,
+            }),
+        );
+    }
+    Json(Value::Object(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_percent_escapes_and_flags() {
+        let params = Params::parse(Some("q=SELECT%20*%20FROM+t%3B&transaction&level=none&bad=%zz".into()));
+        assert_eq!(params.get("q"), Some("SELECT * FROM t;"));
+        assert!(params.flag("transaction"));
+        assert!(!params.flag("timings"));
+        assert_eq!(params.get("bad"), Some("%zz"));
+    }
+
+    #[test]
+    fn durations_accept_rqlite_forms() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn read_options_explain_what_is_wrong() {
+        let options = |text: &str| read_options(&Params::parse(Some(text.into())));
+        assert!(options("level=eventual").unwrap_err().contains("unknown read level"));
+        assert!(options("level=session").unwrap_err().contains("after="));
+        assert_eq!(options("after=1.5").unwrap().level, ReadLevel::Session);
+        assert_eq!(options("").unwrap().level, ReadLevel::Weak);
+        assert_eq!(options("level=bounded&max_lag_ms=20").unwrap().max_lag, Some(Duration::from_millis(20)));
+    }
+}

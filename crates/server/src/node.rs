@@ -1,0 +1,753 @@
+//! One running node: the replica loop (a tokio task driving the sans-IO core), the storage
+//! thread (the only writer to SQLite), a pool of read-only connections, and the request
+//! paths the HTTP API calls.
+//!
+//! Write path on the leader: HTTP handler → storage thread (group commit: every request
+//! queued while the previous commit was fsyncing goes into the next transaction) →
+//! `Event::Appended` → core (ships entries, counts acks) → `Output::WriteDone` → reply.
+//! On a follower the same request is forwarded to the leader over the peer link.
+
+use crate::config::NodeConfig;
+use crate::transport;
+use crate::wire::{Frame, ReadReply, RequestError, WriteReply};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use tern_core::{AckRequirement, Config, Entry, Message, Output, Position, ReadError, ReadLevel, Replica, Status, WriteError};
+use tern_storage::{Engine, Reader, Statement, StatementResult, WriteRequest};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the replica loop reacts to.
+pub(crate) enum Event {
+    Peer { from: String, message: Message },
+    PeerConnected(String),
+    Appended { entries: Vec<Entry>, writes: Vec<PendingWrite> },
+    Persisted(Position),
+    PersistFailed,
+    LogRead { to: String, from_index: u64, entries: Option<Vec<Entry>> },
+    SnapshotReady { to: String, path: PathBuf, position: Position },
+    SnapshotSent { to: String, position: Option<Position> },
+    SnapshotInstalled(Position),
+    ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
+    Status { reply: oneshot::Sender<Status> },
+}
+
+/// A write executed on the leader, waiting for its copies.
+pub(crate) struct PendingWrite {
+    index: u64,
+    requirement: AckRequirement,
+    results: Vec<StatementResult>,
+    reply: oneshot::Sender<WriteReply>,
+}
+
+/// Work for the storage thread.
+pub(crate) enum StorageCommand {
+    Execute { request: WriteRequest, requirement: AckRequirement, reply: oneshot::Sender<WriteReply> },
+    Apply { entries: Vec<Entry> },
+    ReadLog { to: String, from_index: u64 },
+    MakeSnapshot { to: String },
+    InstallSnapshot { path: PathBuf },
+    Checksums { reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>> },
+}
+
+/// What the replica loop publishes for request handlers after every event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub last: Position,
+    pub is_leader: bool,
+    pub leader: String,
+    pub epoch: u64,
+    /// Driver-clock time (µs) at which this node last knew it had everything the leader had.
+    pub fresh_as_of_us: Option<u64>,
+    /// Leader: always. Follower: once it has heard from the leader.
+    pub ready: bool,
+}
+
+/// What the HTTP layer learns about other nodes from handshakes.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    pub region: String,
+    pub http_addr: String,
+    pub connected: bool,
+}
+
+enum ForwardReply {
+    Write(WriteReply),
+    Read(ReadReply),
+}
+
+/// Options of a read request.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    pub level: ReadLevel,
+    /// `level=session`: the position to wait for.
+    pub after: Option<Position>,
+    /// `level=bounded`: serve locally only while lag is under this.
+    pub max_lag: Option<Duration>,
+    /// `level=none`: refuse if this node's lag exceeds this (rqlite's `freshness`).
+    pub freshness: Option<Duration>,
+    /// How long a session read may wait.
+    pub timeout: Duration,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    started: Instant,
+    events: mpsc::UnboundedSender<Event>,
+    storage: Mutex<std_mpsc::Sender<StorageCommand>>,
+    published: watch::Receiver<Published>,
+    pub(crate) peers: Mutex<BTreeMap<String, PeerInfo>>,
+    outbound: BTreeMap<String, mpsc::UnboundedSender<(Instant, Frame)>>,
+    readers: Mutex<Vec<Reader>>,
+    /// Bumped when a snapshot replaces the database file: older readers are discarded.
+    reader_generation: Arc<AtomicU64>,
+    forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
+    next_forward_id: AtomicU64,
+    /// The actual HTTP address (after binding port 0).
+    pub http_addr: Mutex<String>,
+}
+
+fn storage_gone() -> RequestError {
+    RequestError::new(503, "this node's storage has stopped")
+}
+
+impl Node {
+    /// Opens storage, starts the storage thread, the replica loop and the peer transport.
+    ///
+    /// # Errors
+    /// If the database cannot be opened or the peer address cannot be bound.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>, String> {
+        let engine = Engine::open(&config.data_dir, config.log_format)
+            .map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
+        let recovered = engine.last();
+        let started = Instant::now();
+
+        let mut core_config = Config::new(config.id.clone(), config.members(), config.leader.clone(), config.ack);
+        core_config.heartbeat_interval_us = config.heartbeat_interval.as_micros() as u64;
+        core_config.in_sync_timeout_us = config.in_sync_timeout.as_micros() as u64;
+        core_config.write_timeout_us = config.write_timeout.as_micros() as u64;
+        let epoch = core_config.epoch.max(recovered.epoch);
+        let replica = Replica::new(core_config, recovered, 0);
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (storage_tx, storage_rx) = std_mpsc::channel();
+        let initial = Published {
+            last: recovered,
+            is_leader: replica.is_leader(),
+            leader: config.leader.clone(),
+            epoch,
+            fresh_as_of_us: None,
+            ready: replica.is_leader(),
+        };
+        let (published_tx, published_rx) = watch::channel(initial);
+
+        let mut outbound = BTreeMap::new();
+        let mut outbound_receivers = Vec::new();
+        let mut peers = BTreeMap::new();
+        for (id, addr) in &config.cluster {
+            if *id == config.id {
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            outbound.insert(id.clone(), tx);
+            outbound_receivers.push((id.clone(), *addr, rx));
+            let region = config.regions.get(id).cloned().unwrap_or_default();
+            peers.insert(id.clone(), PeerInfo { region, ..PeerInfo::default() });
+        }
+
+        let reader_generation = Arc::new(AtomicU64::new(0));
+        let node = Arc::new(Node {
+            http_addr: Mutex::new(config.http_addr.to_string()),
+            config,
+            started,
+            events: events_tx.clone(),
+            storage: Mutex::new(storage_tx),
+            published: published_rx,
+            peers: Mutex::new(peers),
+            outbound,
+            readers: Mutex::new(Vec::new()),
+            reader_generation: reader_generation.clone(),
+            forwards: Mutex::new(HashMap::new()),
+            next_forward_id: AtomicU64::new(1),
+        });
+
+        let storage_context = StorageContext {
+            engine,
+            events: events_tx,
+            epoch,
+            log_retain: node.config.log_retain,
+            reader_generation,
+            node_id: node.config.id.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("tern-storage-{}", node.config.id))
+            .spawn(move || storage_context.run(storage_rx))
+            .map_err(|error| format!("cannot start the storage thread: {error}"))?;
+
+        let listener = tokio::net::TcpListener::bind(node.config.peer_addr)
+            .await
+            .map_err(|error| format!("cannot listen for peers on {}: {error}", node.config.peer_addr))?;
+        tokio::spawn(transport::accept_loop(node.clone(), listener));
+        for (id, addr, rx) in outbound_receivers {
+            tokio::spawn(transport::outbound_loop(node.clone(), id, addr, rx));
+        }
+        tokio::spawn(run_replica(node.clone(), replica, events_rx, published_tx));
+        Ok(node)
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    pub fn published(&self) -> Published {
+        self.published.borrow().clone()
+    }
+
+    /// This node's lag behind the leader (zero on the leader), if known.
+    pub fn lag(&self) -> Option<Duration> {
+        let published = self.published();
+        if published.is_leader {
+            return Some(Duration::ZERO);
+        }
+        published.fresh_as_of_us.map(|at| Duration::from_micros(self.now_us().saturating_sub(at)))
+    }
+
+    pub(crate) fn post(&self, event: Event) {
+        // The replica loop only ends with the process.
+        let _ = self.events.send(event);
+    }
+
+    fn storage_send(&self, command: StorageCommand) -> bool {
+        self.storage.lock().expect("storage sender lock is never poisoned").send(command).is_ok()
+    }
+
+    pub(crate) fn send_to(&self, to: &str, frame: Frame) {
+        if let Some(channel) = self.outbound.get(to) {
+            let _ = channel.send((Instant::now(), frame));
+        }
+    }
+
+    /// Emulated one-way latency to `peer`, from the regions of both ends.
+    pub(crate) fn wan_delay(&self, peer: &str) -> Duration {
+        if self.config.wan.is_empty() {
+            return Duration::ZERO;
+        }
+        let peers = self.peers.lock().expect("peers lock");
+        let region = peers.get(peer).map(|info| info.region.clone()).unwrap_or_default();
+        self.config.wan.one_way(&self.config.region, &region)
+    }
+
+    // ---- writes ----
+
+    /// Executes a write on the leader (forwarding it there from a follower) and waits
+    /// for the acknowledgement the request asked for.
+    pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
+        let published = self.published();
+        if published.is_leader {
+            return self.write_local(request, requirement).await;
+        }
+        let frame_id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.forwards.lock().expect("forwards lock").insert(frame_id, tx);
+        self.send_to(&published.leader, Frame::ForwardWrite { id: frame_id, request, requirement });
+        let wait = self.config.write_timeout + Duration::from_secs(5);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(ForwardReply::Write(reply))) => reply,
+            _ => {
+                self.forwards.lock().expect("forwards lock").remove(&frame_id);
+                let mut error = RequestError::new(
+                    503,
+                    format!("leader {} did not answer the forwarded write in time: its outcome is unknown", published.leader),
+                );
+                error.leader = Some(published.leader);
+                WriteReply { results: Vec::new(), position: None, error: Some(error) }
+            }
+        }
+    }
+
+    pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
+        let published = self.published();
+        if !published.is_leader {
+            let mut error = RequestError::new(503, format!("not the leader; leader is {}", published.leader));
+            error.leader = Some(published.leader);
+            return WriteReply { results: Vec::new(), position: None, error: Some(error) };
+        }
+        let requirement = requirement.unwrap_or(self.config.ack.requirement());
+        let (reply, rx) = oneshot::channel();
+        if !self.storage_send(StorageCommand::Execute { request, requirement, reply }) {
+            return WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) };
+        }
+        rx.await.unwrap_or_else(|_| WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) })
+    }
+
+    // ---- reads ----
+
+    /// Serves a read at the requested consistency level.
+    pub async fn read(&self, statements: Vec<Statement>, options: ReadOptions) -> ReadReply {
+        let published = self.published();
+        match options.level {
+            ReadLevel::None => {
+                if let Some(freshness) = options.freshness {
+                    let lag = self.lag();
+                    if lag.is_none_or(|lag| lag > freshness) {
+                        return read_error(503, format!("this node's data is staler than freshness={freshness:?} (lag {lag:?})"));
+                    }
+                }
+                self.read_here(statements).await.0
+            }
+            ReadLevel::Bounded => {
+                let bound = options.max_lag.unwrap_or(Duration::from_secs(1));
+                if self.lag().is_some_and(|lag| lag <= bound) {
+                    self.read_here(statements).await.0
+                } else {
+                    self.read_at_leader(statements, ReadLevel::Weak).await
+                }
+            }
+            ReadLevel::Session => {
+                let after = options.after.unwrap_or(Position::ZERO);
+                let mut watcher = self.published.clone();
+                let reached = tokio::time::timeout(options.timeout, watcher.wait_for(|published| published.last.index >= after.index))
+                    .await
+                    .is_ok_and(|waited| waited.is_ok());
+                match reached {
+                    true => self.read_here(statements).await.0,
+                    false => read_error(
+                        503,
+                        format!(
+                            "this node has not applied position {after} within {:?} (it is at {}); retry, or read with level=weak",
+                            options.timeout,
+                            self.published().last
+                        ),
+                    ),
+                }
+            }
+            ReadLevel::Weak | ReadLevel::Strong | ReadLevel::Linearizable => {
+                if published.is_leader {
+                    self.read_as_leader(statements, options.level).await
+                } else {
+                    self.read_at_leader(statements, options.level).await
+                }
+            }
+        }
+    }
+
+    async fn read_at_leader(&self, statements: Vec<Statement>, level: ReadLevel) -> ReadReply {
+        let published = self.published();
+        if published.is_leader {
+            return self.read_as_leader(statements, level).await;
+        }
+        let frame_id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.forwards.lock().expect("forwards lock").insert(frame_id, tx);
+        self.send_to(&published.leader, Frame::ForwardRead { id: frame_id, statements, level });
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(ForwardReply::Read(reply))) => reply,
+            _ => {
+                self.forwards.lock().expect("forwards lock").remove(&frame_id);
+                read_error(503, format!("leader {} did not answer the forwarded read in time", published.leader))
+            }
+        }
+    }
+
+    pub(crate) async fn read_as_leader(&self, statements: Vec<Statement>, level: ReadLevel) -> ReadReply {
+        if !self.published().is_leader {
+            return read_error(503, format!("not the leader; leader is {}", self.published().leader));
+        }
+        let (reply, observed_index) = self.read_here(statements).await;
+        if reply.error.is_some() || matches!(level, ReadLevel::Weak) {
+            return reply;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.post(Event::ReadBarrier { observed_index, reply: tx });
+        match rx.await {
+            Ok(Ok(())) => reply,
+            Ok(Err(error)) => read_error(503, format!("linearizable read refused: {error}")),
+            Err(_) => read_error(503, "replica loop stopped"),
+        }
+    }
+
+    /// Runs the statements on a local read-only connection; returns the reply and the
+    /// log index the read's snapshot contained.
+    async fn read_here(&self, statements: Vec<Statement>) -> (ReadReply, u64) {
+        let generation = self.reader_generation.load(Ordering::Acquire);
+        let pooled = self.readers.lock().expect("readers lock").pop();
+        let directory = self.config.data_dir.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let reader = match pooled {
+                Some(reader) => reader,
+                None => Reader::open(&directory).map_err(|error| error.to_string())?,
+            };
+            let outcome = reader.query(&statements).map_err(|error| error.to_string());
+            Ok::<_, String>((reader, outcome))
+        })
+        .await;
+        match outcome {
+            Ok(Ok((reader, Ok((results, observed))))) => {
+                if self.reader_generation.load(Ordering::Acquire) == generation {
+                    let mut readers = self.readers.lock().expect("readers lock");
+                    if readers.len() < 16 {
+                        readers.push(reader);
+                    }
+                }
+                (ReadReply { results, error: None }, observed)
+            }
+            Ok(Ok((_, Err(error)))) | Ok(Err(error)) => (read_error(500, error), 0),
+            Err(join_error) => (read_error(500, join_error.to_string()), 0),
+        }
+    }
+
+    /// True if every statement only reads (so `/db/request` can take the read path).
+    pub async fn all_read_only(&self, statements: Vec<Statement>) -> bool {
+        let directory = self.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || Reader::open(&directory).map(|reader| tern_storage::all_read_only(&reader, &statements)).unwrap_or(false))
+            .await
+            .unwrap_or(false)
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.post(Event::Status { reply: tx });
+        rx.await.ok()
+    }
+
+    /// Per-table `(name, rows, checksum)` of this node's data.
+    pub async fn checksums(&self) -> Result<Vec<(String, u64, u64)>, String> {
+        let (reply, rx) = oneshot::channel();
+        if !self.storage_send(StorageCommand::Checksums { reply }) {
+            return Err("storage stopped".into());
+        }
+        rx.await.map_err(|_| "storage stopped".to_string())?
+    }
+
+    // ---- frames from peers ----
+
+    pub(crate) fn on_frame(self: &Arc<Node>, from: &str, frame: Frame, snapshot_file: &mut Option<std::fs::File>) {
+        match frame {
+            Frame::Hello(_) => {}
+            Frame::Replica(message) => self.post(Event::Peer { from: from.to_string(), message }),
+            Frame::ForwardWrite { id, request, requirement } => {
+                let node = self.clone();
+                let origin = from.to_string();
+                tokio::spawn(async move {
+                    let reply = node.write_local(request, requirement).await;
+                    node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
+                });
+            }
+            Frame::ForwardRead { id, statements, level } => {
+                let node = self.clone();
+                let origin = from.to_string();
+                tokio::spawn(async move {
+                    let reply = node.read_as_leader(statements, level).await;
+                    node.send_to(&origin, Frame::ForwardReadReply { id, reply });
+                });
+            }
+            Frame::ForwardWriteReply { id, reply } => {
+                if let Some(waiter) = self.forwards.lock().expect("forwards lock").remove(&id) {
+                    let _ = waiter.send(ForwardReply::Write(reply));
+                }
+            }
+            Frame::ForwardReadReply { id, reply } => {
+                if let Some(waiter) = self.forwards.lock().expect("forwards lock").remove(&id) {
+                    let _ = waiter.send(ForwardReply::Read(reply));
+                }
+            }
+            Frame::SnapshotChunk { offset, bytes, done } => self.on_snapshot_chunk(offset, &bytes, done, snapshot_file),
+        }
+    }
+
+    fn incoming_snapshot_path(&self) -> PathBuf {
+        self.config.data_dir.join("snapshot-incoming.db")
+    }
+
+    fn on_snapshot_chunk(&self, offset: u64, bytes: &[u8], done: Option<Position>, file: &mut Option<std::fs::File>) {
+        use std::io::Write;
+        let path = self.incoming_snapshot_path();
+        if offset == 0 {
+            *file = std::fs::File::create(&path).ok();
+        }
+        let Some(handle) = file.as_mut() else { return };
+        if handle.write_all(bytes).is_err() {
+            tracing::error!("cannot write incoming snapshot to {}", path.display());
+            *file = None;
+            return;
+        }
+        if let Some(position) = done {
+            let synced = handle.sync_all().is_ok();
+            *file = None;
+            if synced {
+                tracing::info!("snapshot at {position} received; installing");
+                self.storage_send(StorageCommand::InstallSnapshot { path });
+            }
+        }
+    }
+}
+
+fn read_error(status: u16, message: impl Into<String>) -> ReadReply {
+    ReadReply { results: Vec::new(), error: Some(RequestError::new(status, message)) }
+}
+
+/// The replica loop: the only place the core lives. It turns events into core calls and
+/// core outputs into sends, storage commands and replies.
+async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::UnboundedReceiver<Event>, published: watch::Sender<Published>) {
+    let mut writes: HashMap<u64, PendingWrite> = HashMap::new();
+    let mut reads: HashMap<u64, oneshot::Sender<Result<(), ReadError>>> = HashMap::new();
+    let mut next_tag: u64 = 1;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard_from_leader = replica.is_leader();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => Some(event),
+                None => return,
+            },
+            _ = tick.tick() => None,
+        };
+        let now = node.now_us();
+        match event {
+            None => replica.on_tick(now),
+            Some(event) => {
+                let mut next = Some(event);
+                // Handle everything already queued before draining outputs once.
+                while let Some(event) = next.take() {
+                    match event {
+                        Event::Peer { from, message } => {
+                            if matches!(message, Message::Append { .. }) {
+                                heard_from_leader = true;
+                            }
+                            replica.on_message(now, &from, message);
+                        }
+                        Event::PeerConnected(peer) => replica.on_peer_connected(now, &peer),
+                        Event::Appended { entries, writes: new_writes } => {
+                            let mut waiters = Vec::with_capacity(new_writes.len());
+                            for write in new_writes {
+                                let tag = next_tag;
+                                next_tag += 1;
+                                waiters.push((tag, write.index, write.requirement));
+                                writes.insert(tag, write);
+                            }
+                            replica.on_leader_appended(now, entries, waiters);
+                        }
+                        Event::Persisted(position) => replica.on_persisted(now, position),
+                        Event::PersistFailed => replica.on_persist_failed(now),
+                        Event::LogRead { to, from_index, entries } => match entries {
+                            Some(entries) if entries.first().is_some_and(|entry| entry.index == from_index) => replica.on_log_read(now, &to, entries),
+                            Some(_) => replica.on_log_read(now, &to, Vec::new()),
+                            None => replica.on_log_compacted(now, &to),
+                        },
+                        Event::SnapshotReady { to, path, position } => {
+                            tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position));
+                        }
+                        Event::SnapshotSent { to, position } => replica.on_snapshot_finished(now, &to, position),
+                        Event::SnapshotInstalled(position) => replica.on_snapshot_installed(now, position),
+                        Event::ReadBarrier { observed_index, reply } => {
+                            let tag = next_tag;
+                            next_tag += 1;
+                            reads.insert(tag, reply);
+                            replica.on_read_barrier(now, tag, observed_index);
+                        }
+                        Event::Status { reply } => {
+                            let _ = reply.send(replica.status(now));
+                        }
+                    }
+                    if let Ok(event) = events.try_recv() {
+                        next = Some(event);
+                    }
+                }
+            }
+        }
+        while let Some(output) = replica.poll_output() {
+            match output {
+                Output::Send { to, message } => node.send_to(&to, Frame::Replica(message)),
+                Output::Persist { entries } => {
+                    node.storage_send(StorageCommand::Apply { entries });
+                }
+                Output::ReadLog { to, from_index } => {
+                    node.storage_send(StorageCommand::ReadLog { to, from_index });
+                }
+                Output::SendSnapshot { to } => {
+                    node.storage_send(StorageCommand::MakeSnapshot { to });
+                }
+                Output::WriteDone { tag, result } => {
+                    let Some(write) = writes.remove(&tag) else { continue };
+                    let reply = match result {
+                        Ok(position) => WriteReply { results: write.results, position: Some(position), error: None },
+                        Err(error) => {
+                            let status = match error {
+                                WriteError::Unsatisfiable { .. } => 400,
+                                WriteError::Timeout { .. } | WriteError::NotLeader { .. } => 503,
+                            };
+                            WriteReply { results: write.results, position: None, error: Some(RequestError::new(status, error.to_string())) }
+                        }
+                    };
+                    let _ = write.reply.send(reply);
+                }
+                Output::ReadDone { tag, result } => {
+                    if let Some(reply) = reads.remove(&tag) {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        let lag = replica.lag_us(now);
+        let next_published = Published {
+            last: replica.last(),
+            is_leader: replica.is_leader(),
+            leader: replica.leader().clone(),
+            epoch: replica.epoch(),
+            fresh_as_of_us: lag.map(|lag| now.saturating_sub(lag)),
+            ready: heard_from_leader,
+        };
+        published.send_if_modified(|current| {
+            if *current != next_published {
+                *current = next_published;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The storage thread's state: the only SQLite writer of this node.
+struct StorageContext {
+    engine: Engine,
+    events: mpsc::UnboundedSender<Event>,
+    epoch: u64,
+    log_retain: u64,
+    reader_generation: Arc<AtomicU64>,
+    node_id: String,
+}
+
+/// Most requests committed in one transaction.
+const MAX_GROUP_COMMIT: usize = 1024;
+
+impl StorageContext {
+    fn run(mut self, commands: std_mpsc::Receiver<StorageCommand>) {
+        let mut queued: Option<StorageCommand> = None;
+        loop {
+            let first = match queued.take() {
+                Some(command) => command,
+                None => match commands.recv() {
+                    Ok(command) => command,
+                    Err(_) => return,
+                },
+            };
+            match first {
+                StorageCommand::Execute { request, requirement, reply } => {
+                    let mut batch = vec![(request, requirement, reply)];
+                    while batch.len() < MAX_GROUP_COMMIT {
+                        match commands.try_recv() {
+                            Ok(StorageCommand::Execute { request, requirement, reply }) => batch.push((request, requirement, reply)),
+                            Ok(other) => {
+                                queued = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.execute(batch);
+                }
+                StorageCommand::Apply { mut entries } => {
+                    while entries.len() < 8 * MAX_GROUP_COMMIT {
+                        match commands.try_recv() {
+                            Ok(StorageCommand::Apply { entries: more }) => entries.extend(more),
+                            Ok(other) => {
+                                queued = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    match self.engine.apply(&entries) {
+                        Ok(position) => {
+                            let _ = self.events.send(Event::Persisted(position));
+                            self.maybe_compact();
+                        }
+                        Err(error) => {
+                            tracing::error!(node = %self.node_id, "cannot apply entries {}..: {error}", entries[0].index);
+                            let _ = self.events.send(Event::PersistFailed);
+                        }
+                    }
+                }
+                StorageCommand::ReadLog { to, from_index } => {
+                    let entries = match self.engine.read_log(from_index, 512, 4 << 20) {
+                        Ok(entries) => entries,
+                        Err(error) => {
+                            tracing::error!("cannot read the log: {error}");
+                            Some(Vec::new())
+                        }
+                    };
+                    let _ = self.events.send(Event::LogRead { to, from_index, entries });
+                }
+                StorageCommand::MakeSnapshot { to } => {
+                    let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
+                    match self.engine.write_snapshot(&path) {
+                        Ok(position) => {
+                            tracing::info!("snapshot at {position} made for {to}");
+                            let _ = self.events.send(Event::SnapshotReady { to, path, position });
+                        }
+                        Err(error) => {
+                            tracing::error!("cannot make a snapshot for {to}: {error}");
+                            let _ = self.events.send(Event::SnapshotSent { to, position: None });
+                        }
+                    }
+                }
+                StorageCommand::InstallSnapshot { path } => match self.engine.install_snapshot(&path) {
+                    Ok(position) => {
+                        self.reader_generation.fetch_add(1, Ordering::AcqRel);
+                        tracing::info!("snapshot installed at {position}");
+                        let _ = self.events.send(Event::SnapshotInstalled(position));
+                    }
+                    Err(error) => tracing::error!("cannot install snapshot: {error}"),
+                },
+                StorageCommand::Checksums { reply } => {
+                    let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)>) {
+        let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
+        match self.engine.execute_batch(self.epoch, &requests) {
+            Ok(executed) => {
+                let mut entries = Vec::new();
+                let mut writes = Vec::new();
+                for (executed, (_, requirement, reply)) in executed.into_iter().zip(batch) {
+                    match executed.entry {
+                        Some(entry) => {
+                            writes.push(PendingWrite { index: entry.index, requirement, results: executed.results, reply });
+                            entries.push(entry);
+                        }
+                        None => {
+                            let _ = reply.send(WriteReply { results: executed.results, position: None, error: None });
+                        }
+                    }
+                }
+                if !entries.is_empty() {
+                    let _ = self.events.send(Event::Appended { entries, writes });
+                    self.maybe_compact();
+                }
+            }
+            Err(error) => {
+                tracing::error!("write batch failed: {error}");
+                for (_, _, reply) in batch {
+                    let _ = reply.send(WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(500, format!("storage failure: {error}"))) });
+                }
+            }
+        }
+    }
+
+    /// Keeps the log near `log_retain` entries, compacting in steps so it is rare.
+    fn maybe_compact(&mut self) {
+        let held = self.engine.last().index.saturating_sub(self.engine.first_index()) + 1;
+        if held > self.log_retain + self.log_retain / 4 + 64 {
+            if let Err(error) = self.engine.compact(self.log_retain) {
+                tracing::error!("log compaction failed: {error}");
+            }
+        }
+    }
+}

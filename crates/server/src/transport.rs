@@ -1,0 +1,175 @@
+//! The peer transport: one outbound TCP connection per peer for what this node sends,
+//! inbound connections for what peers send. Each connection opens with a `Hello`, which is
+//! how nodes learn each other's regions and HTTP addresses.
+//!
+//! WAN emulation lives here (these machines have no `tc netem`): every frame is held
+//! until its enqueue time plus the one-way latency between the two regions, which keeps
+//! frames in order and lets many be in flight at once, as on a real long link.
+
+use crate::node::{Event, Node, PeerInfo};
+use crate::wire::{read_frame, write_frame, Frame, Hello};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_core::Position;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Keeps a connection to `peer` open and writes every frame queued for it. While the
+/// peer is unreachable, queued frames are dropped: the core resends what matters.
+pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<(Instant, Frame)>) {
+    loop {
+        let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                while frames.try_recv().is_ok() {}
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                while frames.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut writer = BufWriter::with_capacity(256 << 10, stream);
+        let hello = Hello {
+            id: node.config.id.clone(),
+            region: node.config.region.clone(),
+            http_addr: node.http_addr.lock().expect("http addr lock").clone(),
+        };
+        if write_frame(&mut writer, &Frame::Hello(hello)).await.is_err() || writer.flush().await.is_err() {
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
+        }
+        tracing::debug!("connected to {peer} at {addr}");
+        node.post(Event::PeerConnected(peer.clone()));
+        if pump(&node, &peer, &mut writer, &mut frames).await.is_err() {
+            tracing::debug!("connection to {peer} lost");
+            set_connected(&node, &peer, false);
+            tokio::time::sleep(RECONNECT_DELAY).await;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Writes frames until the channel closes (`Ok`) or the socket fails (`Err`).
+async fn pump(
+    node: &Node,
+    peer: &str,
+    writer: &mut BufWriter<TcpStream>,
+    frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>,
+) -> std::io::Result<()> {
+    loop {
+        let Some((enqueued, frame)) = frames.recv().await else { return Ok(()) };
+        let due = enqueued + node.wan_delay(peer);
+        if due > Instant::now() {
+            writer.flush().await?;
+            tokio::time::sleep_until(due.into()).await;
+        }
+        write_frame(writer, &frame).await?;
+        // Flush only when nothing else is ready: consecutive frames share a syscall.
+        let mut pending = true;
+        while pending {
+            match frames.try_recv() {
+                Ok((enqueued, frame)) => {
+                    let due = enqueued + node.wan_delay(peer);
+                    if due > Instant::now() {
+                        writer.flush().await?;
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    write_frame(writer, &frame).await?;
+                }
+                Err(_) => pending = false,
+            }
+        }
+        writer.flush().await?;
+    }
+}
+
+fn set_connected(node: &Node, peer: &str, connected: bool) {
+    if let Some(info) = node.peers.lock().expect("peers lock").get_mut(peer) {
+        info.connected = connected;
+    }
+}
+
+pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(inbound(node.clone(), stream));
+            }
+            Err(error) => {
+                tracing::warn!("accepting a peer connection failed: {error}");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Reads one peer's frames. The first must be a `Hello` from a member of the cluster.
+async fn inbound(node: Arc<Node>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::with_capacity(256 << 10, stream);
+    let mut buffer = Vec::new();
+    let hello = match read_frame(&mut reader, &mut buffer).await {
+        Ok(Some(Frame::Hello(hello))) => hello,
+        _ => return,
+    };
+    if !node.config.cluster.iter().any(|(id, _)| *id == hello.id) || hello.id == node.config.id {
+        tracing::warn!("refused a peer connection from unknown node {:?} (not in --cluster)", hello.id);
+        return;
+    }
+    let from = hello.id.clone();
+    {
+        let mut peers = node.peers.lock().expect("peers lock");
+        let info = peers.entry(from.clone()).or_insert_with(PeerInfo::default);
+        info.region = hello.region;
+        info.http_addr = hello.http_addr;
+        info.connected = true;
+    }
+    let mut snapshot_file = None;
+    loop {
+        match read_frame(&mut reader, &mut buffer).await {
+            Ok(Some(frame)) => node.on_frame(&from, frame, &mut snapshot_file),
+            Ok(None) => return,
+            Err(error) => {
+                tracing::debug!("connection from {from} ended: {error}");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a snapshot file to `to` in chunks, then tells the replica loop it is done.
+pub(crate) async fn stream_snapshot(node: Arc<Node>, to: String, path: PathBuf, position: Position) {
+    let file = path.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&file);
+        let _ = std::fs::remove_file(&file);
+        bytes
+    })
+    .await
+    .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())));
+    let sent = match outcome {
+        Ok(bytes) => {
+            let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect() };
+            let count = chunks.len();
+            for (number, chunk) in chunks.into_iter().enumerate() {
+                let done = (number + 1 == count).then_some(position);
+                let offset = (number * SNAPSHOT_CHUNK_BYTES) as u64;
+                node.send_to(&to, Frame::SnapshotChunk { offset, bytes: chunk.to_vec(), done });
+            }
+            tracing::info!("snapshot at {position} ({} bytes) queued for {to}", bytes.len());
+            Some(position)
+        }
+        Err(error) => {
+            tracing::error!("cannot read snapshot {}: {error}", path.display());
+            None
+        }
+    };
+    node.post(Event::SnapshotSent { to, position: sent });
+}

@@ -1,0 +1,89 @@
+//! Node-to-node frames: a little-endian `u32` length, then a postcard-encoded [`Frame`].
+
+use serde::{Deserialize, Serialize};
+use tern_core::{AckRequirement, Message, NodeId, Position, ReadLevel};
+use tern_storage::{Statement, StatementResult, WriteRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Frames larger than this are refused (snapshot chunks and appends stay far below).
+pub const MAX_FRAME_BYTES: usize = 256 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub id: NodeId,
+    pub region: String,
+    pub http_addr: String,
+}
+
+/// The outcome of a write, as the HTTP layer reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WriteReply {
+    pub results: Vec<StatementResult>,
+    /// Set when the request changed something and was acknowledged as asked.
+    pub position: Option<Position>,
+    /// Set when the request as a whole failed (not per statement): not leader, timeout.
+    pub error: Option<RequestError>,
+}
+
+/// A failure of a whole request, with the HTTP status it maps to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestError {
+    pub status: u16,
+    pub message: String,
+    /// Known leader, for clients to retry against.
+    pub leader: Option<NodeId>,
+}
+
+impl RequestError {
+    pub fn new(status: u16, message: impl Into<String>) -> RequestError {
+        RequestError { status, message: message.into(), leader: None }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadReply {
+    pub results: Vec<StatementResult>,
+    pub error: Option<RequestError>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Frame {
+    Hello(Hello),
+    Replica(Message),
+    ForwardWrite { id: u64, request: WriteRequest, requirement: Option<AckRequirement> },
+    ForwardWriteReply { id: u64, reply: WriteReply },
+    ForwardRead { id: u64, statements: Vec<Statement>, level: ReadLevel },
+    ForwardReadReply { id: u64, reply: ReadReply },
+    /// A piece of a snapshot file; `done` on the last one, which names its position.
+    SnapshotChunk { offset: u64, bytes: Vec<u8>, done: Option<Position> },
+}
+
+/// # Errors
+/// On a socket error.
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(writer: &mut W, frame: &Frame) -> std::io::Result<()> {
+    let bytes = postcard::to_stdvec(frame).expect("encoding a frame to memory cannot fail");
+    writer.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
+    writer.write_all(&bytes).await
+}
+
+/// `Ok(None)` on a clean end of stream.
+///
+/// # Errors
+/// On a socket error, an oversized frame or undecodable bytes.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &mut Vec<u8>) -> std::io::Result<Option<Frame>> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("peer frame of {length} bytes is over the limit")));
+    }
+    buffer.resize(length, 0);
+    reader.read_exact(buffer).await?;
+    postcard::from_bytes(buffer)
+        .map(Some)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable peer frame: {error}")))
+}
