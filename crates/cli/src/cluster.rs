@@ -76,7 +76,6 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
 
 /// A `tern server` child process.
 pub struct ServerProcess {
-    pub id: String,
     pub http: String,
     pub child: Child,
 }
@@ -113,7 +112,7 @@ pub fn start_processes(count: usize, data_dir: &Path, extra: &[String]) -> Resul
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
-        processes.push(ServerProcess { id: id.clone(), http: http.to_string(), child });
+        processes.push(ServerProcess { http: http.to_string(), child });
     }
     Ok(processes)
 }

@@ -713,22 +713,18 @@ impl StorageContext {
     fn execute(&mut self, batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)>) {
         let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
         match self.engine.execute_batch(self.epoch, &requests) {
-            Ok(executed) => {
-                let mut entries = Vec::new();
+            Ok(outcome) => {
                 let mut writes = Vec::new();
-                for (executed, (_, requirement, reply)) in executed.into_iter().zip(batch) {
-                    match executed.entry {
-                        Some(entry) => {
-                            writes.push(PendingWrite { index: entry.index, requirement, results: executed.results, reply });
-                            entries.push(entry);
-                        }
-                        None => {
-                            let _ = reply.send(WriteReply { results: executed.results, position: None, error: None });
+                for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {
+                    match &outcome.entry {
+                        Some(entry) if changed => writes.push(PendingWrite { index: entry.index, requirement, results, reply }),
+                        _ => {
+                            let _ = reply.send(WriteReply { results, position: None, error: None });
                         }
                     }
                 }
-                if !entries.is_empty() {
-                    let _ = self.events.send(Event::Appended { entries, writes });
+                if let Some(entry) = outcome.entry {
+                    let _ = self.events.send(Event::Appended { entries: vec![entry], writes });
                     self.maybe_compact();
                 }
             }

@@ -4,7 +4,7 @@
 //!
 //! Architecture invariant: the replication log (`_tern_log`) and the data live in the same
 //! SQLite database and change in the same transaction. After any crash the database holds
-//! exactly the entries up to `_tern_meta.last_index` and their effects, no more, no less.
+//! exactly the entries of `_tern_log` and their effects, no more, no less.
 //! Every write transaction commits with `synchronous=FULL` in WAL mode, so a commit that
 //! returned is on disk; many client requests share one commit (group commit).
 
@@ -81,19 +81,42 @@ pub struct WriteRequest {
     pub transaction: bool,
 }
 
-/// What executing one request produced on the leader.
+/// What executing a batch of requests produced on the leader.
 #[derive(Clone, Debug)]
-pub struct Executed {
-    pub results: Vec<StatementResult>,
-    /// The log entry holding the request's changes; `None` if it changed nothing.
+pub struct Batch {
+    /// Per request, per statement.
+    pub results: Vec<Vec<StatementResult>>,
+    /// Per request: did it change the database (so its reply waits for the entry's acks)?
+    pub changed: Vec<bool>,
+    /// The log entry holding the whole batch's changes; `None` if nothing changed.
     pub entry: Option<Entry>,
+}
+
+/// Changes captured so far in a batch: finished ones, and the open session recording rows.
+struct Capture<'connection> {
+    session: Option<Session<'connection>>,
+    changes: Vec<Change>,
+}
+
+impl Capture<'_> {
+    /// Moves the rows recorded so far into `changes`; the caller starts a new session
+    /// when more rows are to be recorded.
+    fn flush_rows(&mut self) -> Result<()> {
+        if let Some(session) = self.session.take() {
+            let rows = session.changeset()?;
+            if !rows.is_empty() {
+                self.changes.push(Change::Rows(rows));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Engine {
     connection: Connection,
     directory: PathBuf,
     format: LogFormat,
-    /// Last entry in the log. Invariants: equals `_tern_meta` last_index/last_epoch on disk.
+    /// Last entry in the log. Invariants: equals the newest `_tern_log` row on disk.
     last: Position,
     /// Lowest index still held in `_tern_log` (entries below were compacted away).
     first_index: u64,
@@ -117,6 +140,16 @@ fn read_meta(connection: &Connection, key: &str) -> Result<Option<u64>> {
 fn write_meta(connection: &Connection, key: &str, value: u64) -> Result<()> {
     connection.execute("INSERT INTO _tern_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value as i64])?;
     Ok(())
+}
+
+/// The position of the newest log entry. Compaction always keeps the newest entries, so
+/// the log's last row is the database's position (no separate counter to keep in step).
+fn last_logged(connection: &Connection) -> Result<Position> {
+    let last = connection
+        .prepare_cached("SELECT epoch, idx FROM _tern_log ORDER BY idx DESC LIMIT 1")?
+        .query_row([], |row| Ok(Position::new(row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)))
+        .optional()?;
+    Ok(last.unwrap_or(Position::ZERO))
 }
 
 /// Keywords that begin statements whose effect is rows (recorded by the session
@@ -151,7 +184,7 @@ fn bind(statement: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::R
 /// produce a query result; others report rows affected and the last rowid.
 pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> StatementResult {
     let outcome = (|| -> rusqlite::Result<StatementResult> {
-        let mut statement = connection.prepare(sql)?;
+        let mut statement = connection.prepare_cached(sql)?;
         bind(&mut statement, params)?;
         if statement.column_count() > 0 {
             let columns: Vec<String> = statement.column_names().map(|name| name.to_string()).collect();
@@ -190,7 +223,7 @@ fn describe(error: &rusqlite::Error) -> String {
 }
 
 fn is_read_only(connection: &Connection, sql: &str) -> bool {
-    connection.prepare(sql).map(|statement| statement.readonly()).unwrap_or(false)
+    connection.prepare_cached(sql).map(|statement| statement.readonly()).unwrap_or(false)
 }
 
 impl Engine {
@@ -202,15 +235,14 @@ impl Engine {
         std::fs::create_dir_all(directory)?;
         let connection = Connection::open(directory.join(DATABASE_FILE))?;
         configure_writer(&connection)?;
+        connection.set_prepared_statement_cache_capacity(256);
         let mut engine = Engine { connection, directory: directory.to_path_buf(), format, last: Position::ZERO, first_index: 1 };
         engine.load_position()?;
         Ok(engine)
     }
 
     fn load_position(&mut self) -> Result<()> {
-        let index = read_meta(&self.connection, "last_index")?.unwrap_or(0);
-        let epoch = read_meta(&self.connection, "last_epoch")?.unwrap_or(0);
-        self.last = Position::new(epoch, index);
+        self.last = last_logged(&self.connection)?;
         self.first_index = read_meta(&self.connection, "first_index")?.unwrap_or(1);
         Ok(())
     }
@@ -232,18 +264,20 @@ impl Engine {
     }
 
     /// Leader: executes `requests` in one durable transaction (group commit), each in its
-    /// own savepoint, and appends one log entry per request that changed something.
+    /// own savepoint, and appends one log entry holding the changes of the whole batch.
     ///
     /// # Errors
     /// If the transaction cannot commit; then nothing of the batch happened.
-    pub fn execute_batch(&mut self, epoch: u64, requests: &[WriteRequest]) -> Result<Vec<Executed>> {
+    pub fn execute_batch(&mut self, epoch: u64, requests: &[WriteRequest]) -> Result<Batch> {
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = self.execute_in_transaction(epoch, requests);
         match outcome {
-            Ok((executed, last)) => match self.connection.execute_batch("COMMIT") {
+            Ok(batch) => match self.connection.execute_batch("COMMIT") {
                 Ok(()) => {
-                    self.last = last;
-                    Ok(executed)
+                    if let Some(entry) = &batch.entry {
+                        self.last = entry.position();
+                    }
+                    Ok(batch)
                 }
                 Err(error) => {
                     let _ = self.connection.execute_batch("ROLLBACK");
@@ -257,50 +291,63 @@ impl Engine {
         }
     }
 
-    fn execute_in_transaction(&self, epoch: u64, requests: &[WriteRequest]) -> Result<(Vec<Executed>, Position)> {
-        let mut last = self.last;
-        let mut executed = Vec::with_capacity(requests.len());
-        for request in requests {
-            self.connection.execute_batch("SAVEPOINT request")?;
-            let (results, changes) = self.execute_request(request)?;
-            let failed = results.iter().any(|result| result.error.is_some());
-            if request.transaction && failed {
-                self.connection.execute_batch("ROLLBACK TO request; RELEASE request")?;
-                executed.push(Executed { results, entry: None });
-                continue;
-            }
-            let entry = if changes.is_empty() {
-                None
-            } else {
-                let entry = Entry { index: last.index + 1, epoch, payload: Payload { changes }.encode() };
-                self.connection.execute(
-                    "INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)",
-                    params![entry.index as i64, entry.epoch as i64, entry.payload],
-                )?;
-                last = entry.position();
-                Some(entry)
-            };
-            self.connection.execute_batch("RELEASE request")?;
-            executed.push(Executed { results, entry });
-        }
-        if last != self.last {
-            write_meta(&self.connection, "last_index", last.index)?;
-            write_meta(&self.connection, "last_epoch", last.epoch)?;
-        }
-        Ok((executed, last))
+    fn run_cached(&self, sql: &str) -> Result<()> {
+        self.connection.prepare_cached(sql)?.execute([])?;
+        Ok(())
     }
 
-    /// Executes one request's statements, returning per-statement results and the
-    /// changes to log. Client errors are results; only storage failures are `Err`.
-    fn execute_request(&self, request: &WriteRequest) -> Result<(Vec<StatementResult>, Vec<Change>)> {
-        let mut results = Vec::with_capacity(request.statements.len());
-        let mut changes = Vec::new();
-        let mut session = match self.format {
-            LogFormat::Row => Some(Session::start(&self.connection)?),
-            LogFormat::Statement => None,
+    fn execute_in_transaction(&self, epoch: u64, requests: &[WriteRequest]) -> Result<Batch> {
+        // The row-format session starts lazily, before the first statement that changes rows.
+        let mut capture = Capture { session: None, changes: Vec::new() };
+        let mut results = Vec::with_capacity(requests.len());
+        let mut changed = Vec::with_capacity(requests.len());
+        for request in requests {
+            if self.format == LogFormat::Row && request.statements.iter().any(|statement| !changes_rows(&statement.sql)) {
+                // Close off earlier requests' row images so that rolling this request
+                // back can drop exactly its own changes.
+                capture.flush_rows()?;
+            }
+            let mark = capture.changes.len();
+            self.run_cached("SAVEPOINT request")?;
+            let (request_results, wrote) = self.execute_request(request, &mut capture)?;
+            let failed = request_results.iter().any(|result| result.error.is_some());
+            if request.transaction && failed {
+                self.run_cached("ROLLBACK TO request")?;
+                self.run_cached("RELEASE request")?;
+                capture.changes.truncate(mark);
+                changed.push(false);
+            } else {
+                self.run_cached("RELEASE request")?;
+                changed.push(wrote);
+            }
+            results.push(request_results);
+        }
+        capture.flush_rows()?;
+        let entry = if capture.changes.is_empty() {
+            None
+        } else {
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
+            self.append_log(&entry)?;
+            Some(entry)
         };
+        Ok(Batch { results, changed, entry })
+    }
+
+    fn append_log(&self, entry: &Entry) -> Result<()> {
+        self.connection
+            .prepare_cached("INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)")?
+            .execute(params![entry.index as i64, entry.epoch as i64, entry.payload])?;
+        Ok(())
+    }
+
+    /// Executes one request's statements, returning per-statement results and whether
+    /// any statement that writes succeeded. Client errors are results; only storage
+    /// failures are `Err`.
+    fn execute_request<'connection>(&'connection self, request: &WriteRequest, capture: &mut Capture<'connection>) -> Result<(Vec<StatementResult>, bool)> {
+        let mut results: Vec<StatementResult> = Vec::with_capacity(request.statements.len());
+        let mut wrote = false;
         for statement in &request.statements {
-            if request.transaction && results.iter().any(|result: &StatementResult| result.error.is_some()) {
+            if request.transaction && results.iter().any(|result| result.error.is_some()) {
                 break;
             }
             let sql = match self.format {
@@ -319,36 +366,28 @@ impl Engine {
                 continue;
             }
             let ships_as_sql = self.format == LogFormat::Statement || !changes_rows(&sql);
-            if ships_as_sql && session.is_some() {
+            if ships_as_sql {
                 // Row images must not span a schema change: close them off first.
-                let rows = session.take().expect("checked above").changeset()?;
-                if !rows.is_empty() {
-                    changes.push(Change::Rows(rows));
-                }
+                capture.flush_rows()?;
+            } else if capture.session.is_none() {
+                capture.session = Some(Session::start(&self.connection)?);
             }
             // Each statement gets a savepoint so a failing one leaves no partial effects.
-            self.connection.execute_batch("SAVEPOINT statement")?;
+            self.run_cached("SAVEPOINT statement")?;
             let result = run_statement(&self.connection, &sql, &statement.params);
             if result.error.is_some() {
-                self.connection.execute_batch("ROLLBACK TO statement; RELEASE statement")?;
+                self.run_cached("ROLLBACK TO statement")?;
+                self.run_cached("RELEASE statement")?;
             } else {
-                self.connection.execute_batch("RELEASE statement")?;
+                self.run_cached("RELEASE statement")?;
+                wrote = true;
                 if ships_as_sql {
-                    changes.push(Change::Sql { sql, params: statement.params.clone() });
+                    capture.changes.push(Change::Sql { sql, params: statement.params.clone() });
                 }
             }
             results.push(result);
-            if self.format == LogFormat::Row && session.is_none() {
-                session = Some(Session::start(&self.connection)?);
-            }
         }
-        if let Some(session) = session {
-            let rows = session.changeset()?;
-            if !rows.is_empty() {
-                changes.push(Change::Rows(rows));
-            }
-        }
-        Ok((results, changes))
+        Ok((results, wrote))
     }
 
     /// Follower: applies entries and appends them to the log in one durable transaction.
@@ -367,13 +406,8 @@ impl Engine {
                 }
                 expected += 1;
                 self.apply_payload(&Payload::decode(&entry.payload)?)?;
-                self.connection.execute(
-                    "INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)",
-                    params![entry.index as i64, entry.epoch as i64, entry.payload],
-                )?;
+                self.append_log(entry)?;
             }
-            write_meta(&self.connection, "last_index", last_entry.index)?;
-            write_meta(&self.connection, "last_epoch", last_entry.epoch)?;
             Ok(())
         })();
         match outcome.and_then(|()| Ok(self.connection.execute_batch("COMMIT")?)) {
@@ -439,7 +473,7 @@ impl Engine {
     /// # Errors
     /// On a SQLite failure.
     pub fn compact(&mut self, retain: u64) -> Result<()> {
-        let first_kept = self.last.index.saturating_sub(retain) + 1;
+        let first_kept = self.last.index.saturating_sub(retain.max(1)) + 1;
         if first_kept <= self.first_index {
             return Ok(());
         }
@@ -483,7 +517,9 @@ impl Engine {
     pub fn install_snapshot(&mut self, snapshot: &Path) -> Result<Position> {
         {
             let check = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            read_meta(&check, "last_index")?.ok_or_else(|| StorageError("snapshot has no tern position".into()))?;
+            if last_logged(&check)? == Position::ZERO {
+                return Err(StorageError("snapshot holds no tern log position".into()));
+            }
         }
         let database = self.database_path();
         // Close our connection before the file is replaced under it.
@@ -499,6 +535,7 @@ impl Engine {
         }
         self.connection = Connection::open(&database)?;
         configure_writer(&self.connection)?;
+        self.connection.set_prepared_statement_cache_capacity(256);
         self.load_position()?;
         Ok(self.last)
     }
@@ -570,7 +607,7 @@ impl Reader {
     /// On a SQLite failure outside the statements themselves.
     pub fn query(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, u64)> {
         self.connection.execute_batch("BEGIN")?;
-        let observed = read_meta(&self.connection, "last_index");
+        let observed = last_logged(&self.connection).map(|position| position.index);
         let results = statements
             .iter()
             .map(|statement| {
@@ -582,7 +619,7 @@ impl Reader {
             })
             .collect();
         self.connection.execute_batch("COMMIT")?;
-        Ok((results, observed?.unwrap_or(0)))
+        Ok((results, observed?))
     }
 
     /// # Errors

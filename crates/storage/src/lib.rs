@@ -12,5 +12,5 @@ pub mod rewrite;
 pub mod session;
 pub mod sql;
 
-pub use engine::{all_read_only, Change, Engine, Executed, Payload, Reader, StorageError, WriteRequest, DATABASE_FILE};
+pub use engine::{all_read_only, Batch, Change, Engine, Payload, Reader, StorageError, WriteRequest, DATABASE_FILE};
 pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};
