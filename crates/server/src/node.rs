@@ -275,6 +275,13 @@ impl Node {
             return WriteReply { results: Vec::new(), position: None, error: Some(error) };
         }
         let requirement = requirement.unwrap_or(self.config.ack.requirement());
+        let members = self.config.cluster.len();
+        if let AckRequirement::Nodes(requested) = requirement {
+            if requested > members {
+                let message = WriteError::Unsatisfiable { requested, members }.to_string();
+                return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(400, message)) };
+            }
+        }
         let (reply, rx) = oneshot::channel();
         if !self.storage_send(StorageCommand::Execute { request, requirement, reply }) {
             return WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) };

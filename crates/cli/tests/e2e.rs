@@ -1,0 +1,324 @@
+//! End-to-end: real `tern server` processes on loopback, spoken to over the HTTP API,
+//! killed with SIGKILL and restarted. Ports are picked free; node logs are kept in the
+//! scratch directory named in any failure.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn writes_on_the_leader_and_forwarded_from_followers_are_read_at_every_level() {
+    let cluster = Cluster::start("levels", 3, &[]);
+    let mut leader = cluster.leader().client();
+    let reply = execute(&mut leader, "", table("items"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // A write sent to a follower is forwarded to the leader transparently.
+    let mut follower = cluster.nodes[1].client();
+    let reply = execute(&mut follower, "", json!([["INSERT INTO items (v) VALUES (?)", "from n2"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["results"][0]["rows_affected"], 1);
+    let position = reply.body["position"].as_str().expect("writes carry a position").to_string();
+    assert!(position.starts_with("1."), "{position}");
+    let reply = execute(&mut leader, "", json!([["INSERT INTO items (v) VALUES (?)", "from n1"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // w=all: once acknowledged, every follower has it, so a local read sees it at once.
+    let reply = execute(&mut cluster.nodes[2].client(), "?w=all", json!([["INSERT INTO items (v) VALUES (?)", "from n3, w=all"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for node in &cluster.nodes {
+        assert_eq!(count(&mut node.client(), "SELECT count(*) FROM items", "level=none"), 3, "level=none on {}", node.id);
+    }
+
+    let after = reply.body["position"].as_str().unwrap().to_string();
+    for node in &cluster.nodes {
+        let mut client = node.client();
+        for level in ["level=weak", "level=strong", "level=linearizable", "level=bounded&max_lag_ms=5000", &format!("level=session&after={after}")] {
+            assert_eq!(count(&mut client, "SELECT count(*) FROM items", level), 3, "{level} on {}", node.id);
+        }
+        // rqlite clients that send no level get weak reads; POST with a JSON body works too.
+        let reply = client.post_json("/db/query", &json!(["SELECT v FROM items ORDER BY id"])).unwrap();
+        assert_eq!(rows(&reply), vec![json!(["from n2"]), json!(["from n1"]), json!(["from n3, w=all"])]);
+        assert_eq!(reply.body["results"][0]["columns"], json!(["v"]));
+        assert_eq!(reply.body["results"][0]["types"], json!(["text"]));
+    }
+
+    // /db/request takes reads and writes together.
+    let reply = client_request(&mut follower, json!(["INSERT INTO items (v) VALUES ('mixed')", "SELECT count(*) FROM items"]));
+    assert_eq!(reply["results"][1]["values"][0][0], 4, "{reply}");
+    let reply = client_request(&mut follower, json!(["SELECT count(*) FROM items"]));
+    assert_eq!(reply["results"][0]["values"][0][0], 4, "{reply}");
+}
+
+fn client_request(client: &mut tern_server::client::HttpClient, statements: Value) -> Value {
+    let reply = client.post_json("/db/request?level=strong", &statements).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+#[test]
+fn session_reads_on_any_follower_see_the_sessions_own_write() {
+    let cluster = Cluster::start("session", 3, &["--ack", "async"]);
+    execute(&mut cluster.leader().client(), "?w=all", table("carts"));
+    let mut writer = cluster.nodes[1].client();
+    let mut reader = cluster.nodes[2].client();
+    for round in 0..50 {
+        // w=1: acknowledged before any follower has it, so only the session level promises the read.
+        let reply = execute(&mut writer, "?w=1", json!([["INSERT INTO carts (v) VALUES (?)", format!("item {round}")]]));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let position = reply.body["position"].as_str().unwrap();
+        let seen = count(&mut reader, "SELECT count(*) FROM carts", &format!("level=session&after={position}"));
+        assert_eq!(seen, round + 1, "session read after {position} missed the session's own write");
+    }
+    // A position this node will not reach in time is a clear 503, not a stale answer.
+    let reply = query(&mut reader, "SELECT count(*) FROM carts", "level=session&after=1.999999&timeout=200ms");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body["error"].as_str().unwrap().contains("has not applied position 1.999999"), "{}", reply.body);
+}
+
+#[test]
+fn non_deterministic_functions_store_identical_values_on_every_node() {
+    for format in ["statement", "row"] {
+        let cluster = Cluster::start(&format!("nondeterministic-{format}"), 3, &["--log-format", format]);
+        let mut leader = cluster.leader().client();
+        execute(&mut leader, "", json!(["CREATE TABLE facts (id INTEGER PRIMARY KEY, r INTEGER, b BLOB, t TEXT, c TEXT, u INTEGER)"]));
+        let reply = execute(
+            &mut leader,
+            "?w=all",
+            json!([
+                "INSERT INTO facts (r, b, t, c, u) VALUES (random(), randomblob(8), datetime('now'), CURRENT_TIMESTAMP, unixepoch('now'))",
+                "INSERT INTO facts (r, b, t, c, u) VALUES (random(), randomblob(8), strftime('%Y-%m-%d %H:%M:%f', 'now'), CURRENT_TIME, last_insert_rowid())",
+                "UPDATE facts SET t = datetime('now', '+1 day') WHERE id = 2"
+            ]),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.body["results"].as_array().unwrap().iter().all(|result| result["error"].is_null()), "{format}: {}", reply.body);
+        let contents: Vec<Vec<Value>> = cluster.nodes.iter().map(|node| rows(&query(&mut node.client(), "SELECT * FROM facts ORDER BY id", "level=none"))).collect();
+        assert_eq!(contents[0].len(), 2);
+        assert_eq!(contents[0], contents[1], "{format}: n2 differs from n1");
+        assert_eq!(contents[0], contents[2], "{format}: n3 differs from n1");
+
+        if format == "statement" {
+            // One literal cannot stand for random() evaluated per row: refused by name.
+            let reply = execute(&mut leader, "", json!(["UPDATE facts SET r = random()"]));
+            let error = reply.body["results"][0]["error"].as_str().unwrap_or_default().to_string();
+            assert!(error.contains("random()"), "{}", reply.body);
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let cluster = Cluster::start("bad-input", 3, &["--max-body-bytes", "4096"]);
+    let mut leader = cluster.leader().client();
+    execute(&mut leader, "?w=all", json!(["CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)", "INSERT INTO accounts (name) VALUES ('ada')"]));
+    let mut follower = cluster.nodes[1].client();
+
+    let reply = follower.request("POST", "/db/execute", Some(b"[\"INSERT INTO accounts (name) VALUES ('x')\"")).unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(reply.body["error"].as_str().unwrap().contains("not valid JSON"), "{}", reply.body);
+
+    let reply = execute(&mut follower, "", json!(["INSERT INTO acounts (name) VALUES ('x')", "INSRT INTO accounts VALUES (1)"]));
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["results"][0]["error"].as_str().unwrap().contains("no such table: acounts"), "{}", reply.body);
+    assert!(reply.body["results"][1]["error"].as_str().unwrap().contains("syntax error"), "{}", reply.body);
+
+    let reply = query(&mut follower, "SELECT 1", "level=eventual");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body["error"].as_str().unwrap().contains("unknown read level"), "{}", reply.body);
+
+    let reply = execute(&mut follower, "?w=4", json!(["INSERT INTO accounts (name) VALUES ('w4')"]));
+    assert_eq!(reply.status, 400, "{}", reply.body);
+
+    let huge = "x".repeat(8192);
+    let reply = execute(&mut follower, "", json!([["INSERT INTO accounts (name) VALUES (?)", huge]]));
+    assert_eq!(reply.status, 413, "{}", reply.body);
+
+    // A constraint violation inside ?transaction rolls the whole batch back.
+    let reply = execute(&mut follower, "?transaction", json!(["INSERT INTO accounts (name) VALUES ('bob')", "INSERT INTO accounts (name) VALUES ('ada')"]));
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["results"][1]["error"].as_str().unwrap().contains("UNIQUE"), "{}", reply.body);
+    // Without it, only the failing statement is rolled back.
+    let reply = execute(&mut follower, "?w=all", json!(["INSERT INTO accounts (name) VALUES ('cy')", "INSERT INTO accounts (name) VALUES ('ada')"]));
+    assert!(reply.body["results"][1]["error"].is_string(), "{}", reply.body);
+
+    let reply = query(&mut follower, "INSERT INTO accounts (name) VALUES ('sneaky')", "level=none");
+    assert!(reply.body["results"][0]["error"].as_str().unwrap_or_default().contains("attempt to change"), "{}", reply.body);
+
+    for node in &cluster.nodes {
+        let names = rows(&query(&mut node.client(), "SELECT name FROM accounts ORDER BY id", "level=none"));
+        assert_eq!(names, vec![json!(["ada"]), json!(["cy"])], "on {}", node.id);
+    }
+}
+
+#[test]
+fn a_node_that_has_not_reached_its_leader_is_not_ready() {
+    let mut cluster = Cluster::new("not-ready", 3, &[]);
+    cluster.nodes[1].start();
+    let mut follower = cluster.nodes[1].client();
+    eventually(LONG, "n2 to answer HTTP", || follower.get("/readyz").is_ok());
+    assert_eq!(follower.get("/readyz").unwrap().status, 503);
+    let reply = query(&mut follower, "SELECT 1", "level=none");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body["error"].as_str().unwrap().contains("not ready"), "{}", reply.body);
+    cluster.nodes[0].start();
+    wait_node_ready(&cluster.nodes[1]);
+    assert_eq!(count(&mut follower, "SELECT 41 + 1", "level=none"), 42);
+}
+
+#[test]
+fn status_and_nodes_report_roles_positions_and_followers() {
+    let cluster = Cluster::start("status", 3, &["--ack", "sync"]);
+    let mut leader = cluster.leader().client();
+    execute(&mut leader, "?w=all", table("t"));
+    eventually(LONG, "both followers in sync", || {
+        let status = leader.get("/status").unwrap().body;
+        status["replication"]["followers"].as_array().unwrap().iter().all(|follower| follower["in_sync"] == true)
+    });
+    let status = leader.get("/status").unwrap().body;
+    assert_eq!(status["node"]["role"], "leader");
+    assert_eq!(status["node"]["epoch"], 1);
+    assert_eq!(status["node"]["applied"], "1.1");
+    assert_eq!(status["replication"]["log_format"], "row");
+    assert_eq!(status["replication"]["ack"], "sync");
+    let followers = status["replication"]["followers"].as_array().unwrap();
+    assert_eq!(followers.len(), 2);
+    assert_eq!(followers[0]["region"], "eu-west");
+    assert_eq!(followers[0]["position"], "1.1");
+
+    let follower_status = cluster.nodes[2].client().get("/status").unwrap().body;
+    assert_eq!(follower_status["node"]["role"], "follower");
+    assert_eq!(follower_status["node"]["leader"], "n1");
+    assert_eq!(follower_status["node"]["applied"], "1.1");
+
+    let nodes = cluster.nodes[2].client().get("/nodes").unwrap().body;
+    assert_eq!(nodes["n1"]["leader"], true);
+    assert_eq!(nodes["n1"]["api_addr"], format!("http://{}", cluster.nodes[0].http));
+    assert_eq!(nodes["n2"]["leader"], false);
+}
+
+/// Writes rows `first..first+count` one request at a time, recording which were
+/// acknowledged; stops early when `stop` is set.
+fn write_rows(node_http: &str, first: u64, count: u64, acknowledged: &Mutex<Vec<u64>>, stop: &AtomicBool, progress: &AtomicU64) {
+    let mut client = tern_server::client::HttpClient::new(node_http).with_timeout(Duration::from_secs(15));
+    for id in first..first + count {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let outcome = client.post_json("/db/execute", &json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", id, format!("row {id}")]]));
+        if let Ok(reply) = outcome {
+            if reply.status == 200 && reply.body["results"][0]["error"].is_null() {
+                acknowledged.lock().unwrap().push(id);
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn ledger_rows(node: &ServerNode) -> Vec<Value> {
+    rows(&query(&mut node.client(), "SELECT id, v FROM ledger ORDER BY id", "level=none"))
+}
+
+#[test]
+fn a_follower_killed_during_1000_writes_catches_up_to_identical_content() {
+    let mut cluster = Cluster::start("follower-kill", 3, &[]);
+    execute(&mut cluster.leader().client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (http, acknowledged, stop, progress) = (cluster.leader().http.clone(), acknowledged.clone(), stop.clone(), progress.clone());
+        std::thread::spawn(move || write_rows(&http, 1, 1000, &acknowledged, &stop, &progress))
+    };
+    eventually(LONG, "200 writes", || progress.load(Ordering::Relaxed) >= 200);
+    cluster.nodes[2].kill();
+    eventually(LONG, "600 writes", || progress.load(Ordering::Relaxed) >= 600);
+    cluster.nodes[2].start();
+    writer.join().unwrap();
+    assert_eq!(acknowledged.lock().unwrap().len(), 1000, "semi-sync writes go on with one follower down");
+
+    let target = applied_index(&mut cluster.leader().client());
+    let mut restarted = cluster.nodes[2].client();
+    eventually(LONG, "n3 to catch up", || applied_index(&mut restarted) == target);
+    let expected = ledger_rows(&cluster.nodes[0]);
+    assert_eq!(expected.len(), 1000);
+    for node in &cluster.nodes[1..] {
+        assert_eq!(ledger_rows(node), expected, "{} differs from the leader", node.id);
+    }
+}
+
+#[test]
+fn a_leader_killed_and_restarted_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start("leader-kill", 3, &[]);
+    execute(&mut cluster.leader().client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4u64)
+        .map(|writer| {
+            let (http, acknowledged, stop, progress) = (cluster.leader().http.clone(), acknowledged.clone(), stop.clone(), progress.clone());
+            std::thread::spawn(move || write_rows(&http, writer * 100_000 + 1, 100_000, &acknowledged, &stop, &progress))
+        })
+        .collect();
+    eventually(LONG, "300 writes", || progress.load(Ordering::Relaxed) >= 300);
+    cluster.nodes[0].kill();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 300, "{} acknowledged", acknowledged.len());
+
+    cluster.nodes[0].start();
+    wait_node_ready(&cluster.nodes[0]);
+    let present: std::collections::HashSet<i64> = ledger_rows(&cluster.nodes[0]).iter().map(|row| row[0].as_i64().unwrap()).collect();
+    let missing: Vec<u64> = acknowledged.iter().copied().filter(|id| !present.contains(&(*id as i64))).collect();
+    assert!(missing.is_empty(), "acknowledged writes missing after the leader's restart: {missing:?}\n{}", cluster.logs());
+
+    // Writes resume, and the followers converge on the restarted leader's content.
+    let reply = execute(&mut cluster.nodes[1].client(), "?w=all", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 999_999_999, "after restart"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let expected = ledger_rows(&cluster.nodes[0]);
+    for node in &cluster.nodes[1..] {
+        assert_eq!(ledger_rows(node), expected, "{} differs from the leader", node.id);
+    }
+}
+
+#[test]
+fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted() {
+    let mut cluster = Cluster::new("snapshot", 3, &["--log-retain", "20"]);
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    wait_node_ready(&cluster.nodes[0]);
+    wait_node_ready(&cluster.nodes[1]);
+    let mut leader = cluster.leader().client();
+    execute(&mut leader, "", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
+    for id in 1..=300 {
+        let reply = execute(&mut leader, "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", id, format!("row {id}")]]));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // Restarting the leader empties its in-memory cache of recent entries, so what n3
+    // needs can only come from the durable log, which no longer holds entry 1.
+    cluster.nodes[0].kill();
+    cluster.nodes[0].start();
+    wait_node_ready(&cluster.nodes[0]);
+    // n3 starts empty, so it must get a snapshot first.
+    cluster.nodes[2].start();
+    wait_node_ready(&cluster.nodes[2]);
+    let target = applied_index(&mut leader);
+    let mut newcomer = cluster.nodes[2].client();
+    eventually(LONG, "n3 to catch up from a snapshot", || applied_index(&mut newcomer) >= target);
+    // And it keeps following after the snapshot.
+    let reply = execute(&mut leader, "?w=all", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 301, "after snapshot"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(ledger_rows(&cluster.nodes[2]), ledger_rows(&cluster.nodes[0]));
+    assert!(cluster.nodes[2].log_text().contains("snapshot installed"), "n3 caught up without a snapshot?\n{}", cluster.logs());
+}

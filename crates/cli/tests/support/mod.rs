@@ -1,0 +1,192 @@
+//! A supervisor for real `tern server` processes on loopback: start, SIGKILL, SIGSTOP,
+//! restart, and talk to them over HTTP. Every node logs to `<dir>/<id>.log`.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tern_server::client::{encode_query_value, HttpClient, Reply};
+
+pub fn free_port_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("loopback has free ports");
+    listener.local_addr().expect("bound socket has an address").to_string()
+}
+
+pub struct ServerNode {
+    pub id: String,
+    pub http: String,
+    pub peer: String,
+    pub data: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServerNode {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file opens");
+        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .arg("server")
+            .args(&self.args)
+            .env("TERN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("tern binary starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs, only what was fsynced survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill succeeds");
+            child.wait().expect("wait succeeds");
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("node is running");
+        let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+    }
+
+    pub fn client(&self) -> HttpClient {
+        HttpClient::new(&self.http).with_timeout(Duration::from_secs(30))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<ServerNode>,
+}
+
+impl Cluster {
+    /// `count` nodes, n1 the leader, all started, each with the same extra flags.
+    pub fn start(name: &str, count: usize, extra: &[&str]) -> Cluster {
+        let cluster = Cluster::new(name, count, extra);
+        let mut cluster = cluster;
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Like `start` but leaves every node stopped.
+    pub fn new(name: &str, count: usize, extra: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("tern-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let specs: Vec<(String, String, String)> = (1..=count).map(|number| (format!("n{number}"), free_port_addr(), free_port_addr())).collect();
+        let members = specs.iter().map(|(id, _, peer)| format!("{id}={peer}")).collect::<Vec<_>>().join(",");
+        let regions = ["us-east", "eu-west", "antarctica", "ap-south", "sa-east"];
+        let nodes = specs
+            .iter()
+            .enumerate()
+            .map(|(index, (id, http, peer))| {
+                let data = dir.join(id);
+                let mut args: Vec<String> = vec![
+                    "--id".into(),
+                    id.clone(),
+                    "--region".into(),
+                    regions[index % regions.len()].into(),
+                    "--data".into(),
+                    data.display().to_string(),
+                    "--http".into(),
+                    http.clone(),
+                    "--peer".into(),
+                    peer.clone(),
+                    "--cluster".into(),
+                    members.clone(),
+                ];
+                args.extend(extra.iter().map(|arg| arg.to_string()));
+                ServerNode { id: id.clone(), http: http.clone(), peer: peer.clone(), data, args, log: dir.join(format!("{id}.log")), child: None }
+            })
+            .collect();
+        Cluster { dir, nodes }
+    }
+
+    pub fn wait_ready(&self) {
+        for node in &self.nodes {
+            if node.child.is_some() {
+                wait_node_ready(node);
+            }
+        }
+    }
+
+    pub fn leader(&self) -> &ServerNode {
+        &self.nodes[0]
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|node| format!("---- {} ----\n{}", node.id, node.log_text())).collect()
+    }
+}
+
+pub fn wait_node_ready(node: &ServerNode) {
+    let mut client = node.client().with_timeout(Duration::from_secs(2));
+    eventually(Duration::from_secs(30), &format!("{} to become ready", node.id), || client.get("/readyz").is_ok_and(|reply| reply.status == 200));
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds, or panics naming what was awaited.
+pub fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn execute(client: &mut HttpClient, query: &str, statements: Value) -> Reply {
+    client.post_json(&format!("/db/execute{query}"), &statements).expect("node answers")
+}
+
+/// `GET /db/query?q=...&<params>`.
+pub fn query(client: &mut HttpClient, sql: &str, params: &str) -> Reply {
+    let separator = if params.is_empty() { "" } else { "&" };
+    client.get(&format!("/db/query?q={}{separator}{params}", encode_query_value(sql))).expect("node answers")
+}
+
+/// The rows of the first result of a successful query.
+pub fn rows(reply: &Reply) -> Vec<Value> {
+    assert_eq!(reply.status, 200, "query failed: {}", reply.body);
+    assert!(reply.body["results"][0]["error"].is_null(), "query failed: {}", reply.body);
+    reply.body["results"][0]["values"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn count(client: &mut HttpClient, sql: &str, params: &str) -> i64 {
+    rows(&query(client, sql, params))[0][0].as_i64().expect("count is an integer")
+}
+
+pub fn applied_index(client: &mut HttpClient) -> u64 {
+    client.get("/status").expect("status answers").body["node"]["applied_index"].as_u64().expect("applied_index present")
+}
+
+pub fn table(name: &str) -> Value {
+    json!([format!("CREATE TABLE {name} (id INTEGER PRIMARY KEY, v TEXT)")])
+}
