@@ -11,10 +11,20 @@ use tern_core::{AckMode, LogFormat};
 use tern_server::client::HttpClient;
 use tern_server::{Node, NodeConfig, WanLatency};
 
-/// A free TCP port on loopback (bound, then released for the node to take).
+/// A free TCP port on loopback (bound, then released for the node to take). Ports come
+/// from below Linux's ephemeral range (32768+), so an outgoing connection cannot take the
+/// port between this check and the node's bind.
 pub fn free_addr() -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| format!("no free port: {error}"))?;
-    listener.local_addr().map_err(|error| error.to_string())
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
+    for _ in 0..22_000 {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 10_000 + (base - 10_000 + offset) % 22_000;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().map_err(|error| error.to_string());
+        }
+    }
+    Err("no free port on 127.0.0.1 between 10000 and 32000".to_string())
 }
 
 /// A fresh scratch directory under the system temp dir.

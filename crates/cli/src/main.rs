@@ -4,6 +4,7 @@
 mod bench;
 mod cluster;
 mod demo;
+mod sim;
 mod stats;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     /// Start a 3-node cluster of real processes on loopback and measure writes/s and
     /// latency per ack mode and client count.
     Bench(bench::BenchArgs),
+    /// Run the deterministic cluster simulator with faults and check its properties.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -145,6 +148,7 @@ fn main() {
         Command::Server(args) => run_server(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     if let Err(message) = outcome {
         eprintln!("tern: {message}");

@@ -625,8 +625,8 @@ impl Replica {
         read_seq: u64,
         rejected: bool,
     ) {
-        if epoch > self.epoch {
-            // A newer epoch exists; with a static leader this is a misconfiguration.
+        if epoch != self.epoch {
+            // An ack from another epoch says nothing about this leader's log.
             return;
         }
         let last_index = self.last.index;

@@ -10,9 +10,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_server::client::{encode_query_value, HttpClient, Reply};
 
+/// A loopback address whose port is free now. Ports come from below Linux's ephemeral
+/// range (32768+), so outgoing client connections cannot take one between this check and
+/// the server's bind; a per-process counter keeps parallel tests apart.
 pub fn free_port_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("loopback has free ports");
-    listener.local_addr().expect("bound socket has an address").to_string()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
+    loop {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 10_000 + (base - 10_000 + offset) % 22_000;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("bound socket has an address").to_string();
+        }
+    }
 }
 
 pub struct ServerNode {

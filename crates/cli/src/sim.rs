@@ -1,0 +1,124 @@
+//! `tern sim`: run many seeds of the deterministic simulator and report violations.
+
+use clap::Args;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+use tern_sim::{run_seed, Options, SeedReport};
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed (seeds run from here upwards).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Nodes in the simulated cluster (3 to 7).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Default ack mode: async, semi-sync or sync.
+    #[arg(long, default_value = "semi-sync")]
+    ack: String,
+    /// Log format (the simulated storage model is the same for every format).
+    #[arg(long, default_value = "row")]
+    log_format: String,
+    /// Faults to inject: none, crash, partition or all.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Client operations per seed during the fault phase.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Write the event trace of the (single) seed to this file.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
+    /// Losses of writes acknowledged with fewer than a majority of copies are the
+    /// expected outcome (async honesty): succeed only if at least one seed finds one.
+    #[arg(long)]
+    expect_loss: bool,
+}
+
+pub fn run(args: SimArgs) -> Result<(), String> {
+    if !(3..=7).contains(&args.nodes) {
+        return Err(format!("--nodes {} is out of range: the simulator runs 3 to 7 nodes", args.nodes));
+    }
+    crate::parse_log_format(&args.log_format)?;
+    let options = Options {
+        nodes: args.nodes,
+        ack: crate::parse_ack(&args.ack)?,
+        faults: args.faults.parse()?,
+        steps: args.steps,
+        log_format: args.log_format.clone(),
+    };
+    if args.trace.is_some() && args.seeds != 1 {
+        return Err("--trace needs --seeds 1".to_string());
+    }
+    let started = Instant::now();
+    let next = AtomicU64::new(args.seed);
+    let end = args.seed + args.seeds;
+    let reports: Mutex<Vec<SeedReport>> = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |count| count.get()).min(args.seeds.max(1) as usize);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                let report = run_seed(&options, seed, args.trace.is_some());
+                reports.lock().expect("reports lock").push(report);
+            });
+        }
+    });
+    let mut reports = reports.into_inner().expect("reports lock");
+    reports.sort_by_key(|report| report.seed);
+    if let (Some(path), Some(trace)) = (&args.trace, reports.first().and_then(|report| report.trace.as_ref())) {
+        std::fs::write(path, trace).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    }
+
+    let mut violating = 0;
+    let mut seeds_with_loss = 0;
+    let mut operations = 0;
+    for report in &reports {
+        operations += report.operations;
+        let loss_is_violation = !args.expect_loss;
+        if report.lost_async > 0 {
+            seeds_with_loss += 1;
+        }
+        let mut problems = report.violations.clone();
+        if report.lost_async > 0 {
+            let line = format!("{} acknowledged write(s) with fewer than a majority of copies lost with the leader", report.lost_async);
+            if loss_is_violation {
+                problems.push(line);
+            } else {
+                println!("seed {}: expected loss: {line}", report.seed);
+            }
+        }
+        if !problems.is_empty() {
+            violating += 1;
+            println!("seed {} FAILED: {}", report.seed, problems.join("; "));
+            println!("  replay: {}", options.replay_command(report.seed));
+        }
+    }
+    println!(
+        "seeds: {}, passed: {}, violations: {}  ({} nodes, --ack {}, --faults {}, {} client operations, {:.1} s)",
+        reports.len(),
+        reports.len() - violating,
+        violating,
+        options.nodes,
+        options.ack.name(),
+        options.faults.name(),
+        operations,
+        started.elapsed().as_secs_f64()
+    );
+    if args.expect_loss {
+        if seeds_with_loss == 0 {
+            return Err(format!("--expect-loss: no seed lost an acknowledged write; the durability checker would be vacuous ({} seeds)", reports.len()));
+        }
+        println!("async honesty: {seeds_with_loss} of {} seeds lost acknowledged writes, as async permits", reports.len());
+    }
+    if violating > 0 {
+        return Err(format!("{violating} seed(s) violated a property"));
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! Checker 1, "no acknowledged write lost": every write acknowledged with a requirement
+//! that promises a majority of durable copies (`semi-sync`, `sync`, `w=majority`,
+//! `w=all`) is in every node's log once the cluster has healed and settled.
+//!
+//! Checker 6, "async honesty", reads the same data: writes acknowledged with fewer copies
+//! (`w=1`, the `async` default) that are missing are counted separately. They may be lost
+//! when the leader is lost; a simulator that can never find such a loss would prove that
+//! checker 1 is vacuous.
+
+use crate::history::{is_durable_requirement, Op, OpKind, Outcome};
+use crate::world::Node;
+use std::collections::BTreeSet;
+
+pub struct LostWrites {
+    /// Durable-requirement writes missing somewhere: violations.
+    pub violations: Vec<String>,
+    /// Acknowledged `w=1`-style writes missing somewhere: expected under async.
+    pub lost_async: Vec<u64>,
+}
+
+pub fn check(history: &[Op], nodes: &[Node]) -> LostWrites {
+    let members = nodes.len();
+    let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.iter().map(|entry| write_id(&entry.payload)).collect()).collect();
+    let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
+    for op in history {
+        let (OpKind::Write { write_id: id, requirement, .. }, Outcome::WriteOk(position)) = (&op.kind, &op.outcome) else { continue };
+        let missing: Vec<&str> = nodes.iter().zip(&held).filter(|(_, ids)| !ids.contains(id)).map(|(node, _)| node.id.as_str()).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        if is_durable_requirement(*requirement, members) {
+            result.violations.push(format!(
+                "lost acknowledged write {id} ({requirement:?}, acknowledged at {position}): missing on {}",
+                missing.join(", ")
+            ));
+        } else {
+            result.lost_async.push(*id);
+        }
+    }
+    result
+}
+
+pub fn write_id(payload: &[u8]) -> u64 {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&payload[..8]);
+    u64::from_le_bytes(id)
+}
