@@ -36,6 +36,16 @@ struct Point {
     latency: Samples,
 }
 
+impl Point {
+    fn writes_per_second(&self) -> f64 {
+        self.writes as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, percent: f64) -> String {
+        self.latency.percentile(percent).map_or("-".into(), millis)
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let clients: Vec<usize> = args
         .clients
@@ -77,9 +87,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 "  {:<10} {:>3} client(s): {:>8.0} writes/s  p50 {:>6} ms  p99 {:>6} ms  ({} writes, {} errors)",
                 point.ack,
                 point.clients,
-                point.writes as f64 / point.elapsed.as_secs_f64(),
-                point.latency.percentile(50.0).map_or("-".into(), millis),
-                point.latency.percentile(99.0).map_or("-".into(), millis),
+                point.writes_per_second(),
+                point.percentile_ms(50.0),
+                point.percentile_ms(99.0),
                 point.writes,
                 point.errors
             );
@@ -88,14 +98,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     println!("\n| ack | clients | writes/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
     for point in &points {
-        println!(
-            "| {} | {} | {:.0} | {} | {} |",
-            point.ack,
-            point.clients,
-            point.writes as f64 / point.elapsed.as_secs_f64(),
-            point.latency.percentile(50.0).map_or("-".into(), millis),
-            point.latency.percentile(99.0).map_or("-".into(), millis)
-        );
+        println!("| {} | {} | {:.0} | {} | {} |", point.ack, point.clients, point.writes_per_second(), point.percentile_ms(50.0), point.percentile_ms(99.0));
     }
     drop(processes);
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -96,8 +96,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         }
         if !problems.is_empty() {
             violating += 1;
-            println!("seed {} FAILED: {}", report.seed, problems.join("; "));
-            println!("  replay: {}", options.replay_command(report.seed));
+            println!("seed {} FAILED (replay: {}): {}", report.seed, options.replay_command(report.seed), problems.join("; "));
         }
     }
     println!(

@@ -141,10 +141,26 @@ fn write_response(reply: WriteReply, started: Instant, params: &Params) -> Respo
         let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return (status, Json(body)).into_response();
     }
+    with_timings(body, started, params)
+}
+
+/// rqlite's `?timings`: the request's duration in seconds.
+fn with_timings(mut body: Value, started: Instant, params: &Params) -> Response {
     if params.flag("timings") {
         body["time"] = json!(started.elapsed().as_secs_f64());
     }
     Json(body).into_response()
+}
+
+/// The write half shared by `/db/execute` and `/db/request`.
+async fn write_path(node: &Node, statements: Vec<Statement>, params: &Params, started: Instant) -> Response {
+    let requirement = match write_options(params) {
+        Ok(requirement) => requirement,
+        Err(message) => return bad_request(message),
+    };
+    let request = WriteRequest { statements, transaction: params.flag("transaction") };
+    let reply = node.write(request, requirement).await;
+    write_response(reply, started, params)
 }
 
 async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
@@ -160,13 +176,7 @@ async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: B
     if statements.is_empty() {
         return Json(json!({ "results": [] })).into_response();
     }
-    let requirement = match write_options(&params) {
-        Ok(requirement) => requirement,
-        Err(message) => return bad_request(message),
-    };
-    let request = WriteRequest { statements, transaction: params.flag("transaction") };
-    let reply = node.write(request, requirement).await;
-    write_response(reply, started, &params)
+    write_path(&node, statements, &params, started).await
 }
 
 fn read_options(params: &Params) -> Result<ReadOptions, String> {
@@ -193,11 +203,7 @@ fn read_response(reply: ReadReply, started: Instant, params: &Params) -> Respons
     if let Some(error) = &reply.error {
         return error_response(error);
     }
-    let mut body = json!({ "results": results_json(&reply.results) });
-    if params.flag("timings") {
-        body["time"] = json!(started.elapsed().as_secs_f64());
-    }
-    Json(body).into_response()
+    with_timings(json!({ "results": results_json(&reply.results) }), started, params)
 }
 
 async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
@@ -244,13 +250,7 @@ async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: B
         let reply = node.read(statements, options).await;
         return read_response(reply, started, &params);
     }
-    let requirement = match write_options(&params) {
-        Ok(requirement) => requirement,
-        Err(message) => return bad_request(message),
-    };
-    let request = WriteRequest { statements, transaction: params.flag("transaction") };
-    let reply = node.write(request, requirement).await;
-    write_response(reply, started, &params)
+    write_path(&node, statements, &params, started).await
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {

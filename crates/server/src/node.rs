@@ -248,15 +248,10 @@ impl Node {
         if published.is_leader {
             return self.write_local(request, requirement).await;
         }
-        let frame_id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.forwards.lock().expect("forwards lock").insert(frame_id, tx);
-        self.send_to(&published.leader, Frame::ForwardWrite { id: frame_id, request, requirement });
         let wait = self.config.write_timeout + Duration::from_secs(5);
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(ForwardReply::Write(reply))) => reply,
+        match self.forward(&published.leader, wait, |id| Frame::ForwardWrite { id, request, requirement }).await {
+            Some(ForwardReply::Write(reply)) => reply,
             _ => {
-                self.forwards.lock().expect("forwards lock").remove(&frame_id);
                 let mut error = RequestError::new(
                     503,
                     format!("leader {} did not answer the forwarded write in time: its outcome is unknown", published.leader),
@@ -265,6 +260,20 @@ impl Node {
                 WriteReply { results: Vec::new(), position: None, error: Some(error) }
             }
         }
+    }
+
+    /// Sends a request frame to `leader` and waits up to `wait` for the matching reply
+    /// frame (`None` if none came; the request's outcome is then unknown).
+    async fn forward(&self, leader: &str, wait: Duration, frame: impl FnOnce(u64) -> Frame) -> Option<ForwardReply> {
+        let id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.forwards.lock().expect("forwards lock").insert(id, tx);
+        self.send_to(leader, frame(id));
+        let reply = tokio::time::timeout(wait, rx).await.ok().and_then(Result::ok);
+        if reply.is_none() {
+            self.forwards.lock().expect("forwards lock").remove(&id);
+        }
+        reply
     }
 
     pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
@@ -345,16 +354,9 @@ impl Node {
         if published.is_leader {
             return self.read_as_leader(statements, level).await;
         }
-        let frame_id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.forwards.lock().expect("forwards lock").insert(frame_id, tx);
-        self.send_to(&published.leader, Frame::ForwardRead { id: frame_id, statements, level });
-        match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(ForwardReply::Read(reply))) => reply,
-            _ => {
-                self.forwards.lock().expect("forwards lock").remove(&frame_id);
-                read_error(503, format!("leader {} did not answer the forwarded read in time", published.leader))
-            }
+        match self.forward(&published.leader, Duration::from_secs(10), |id| Frame::ForwardRead { id, statements, level }).await {
+            Some(ForwardReply::Read(reply)) => reply,
+            _ => read_error(503, format!("leader {} did not answer the forwarded read in time", published.leader)),
         }
     }
 
