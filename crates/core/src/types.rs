@@ -191,6 +191,9 @@ pub enum LogFormat {
     Statement,
     /// Per-transaction row images (SQLite session changesets), DDL as statements.
     Row,
+    /// SQLite's own write-ahead-log page images, one whole transaction per entry;
+    /// followers' database files become byte-identical to the leader's.
+    Physical,
 }
 
 impl LogFormat {
@@ -198,6 +201,7 @@ impl LogFormat {
         match self {
             LogFormat::Statement => "statement",
             LogFormat::Row => "row",
+            LogFormat::Physical => "physical",
         }
     }
 }
@@ -208,8 +212,8 @@ impl std::str::FromStr for LogFormat {
         match text {
             "statement" => Ok(LogFormat::Statement),
             "row" => Ok(LogFormat::Row),
-            "physical" => Err("log format \"physical\" is not built yet: use statement or row".to_string()),
-            other => Err(format!("unknown log format {other:?}: expected statement or row")),
+            "physical" => Ok(LogFormat::Physical),
+            other => Err(format!("unknown log format {other:?}: expected statement, row or physical")),
         }
     }
 }

@@ -11,6 +11,7 @@
 use crate::rewrite::make_deterministic;
 use crate::session::{apply_changeset, Session};
 use crate::sql::{Params, SqlValue, Statement, StatementResult};
+use crate::wal::WalTail;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,8 @@ pub enum Change {
     Sql { sql: String, params: Params },
     /// Row images recorded by SQLite's session extension (row format).
     Rows(Vec<u8>),
+    /// Page images of committed transactions, read from the leader's WAL (physical format).
+    Pages { page_size: u32, database_pages: u32, pages: Vec<(u32, Vec<u8>)> },
 }
 
 /// What one log entry carries: the changes of one client request, in order.
@@ -116,10 +119,76 @@ pub struct Engine {
     connection: Connection,
     directory: PathBuf,
     format: LogFormat,
-    /// Last entry in the log. Invariants: equals the newest `_tern_log` row on disk.
+    /// Last entry applied. Invariants: logical formats: the newest `_tern_log` row in the
+    /// database; physical: `_tern_meta.applied_index/epoch` inside the database's own pages.
     last: Position,
-    /// Lowest index still held in `_tern_log` (entries below were compacted away).
+    /// Lowest index still held in the log (entries below were compacted away).
     first_index: u64,
+    /// Physical format only: the log lives in `log.db`, since the data file's pages are
+    /// the leader's and may hold nothing of the follower's own.
+    separate_log: Option<Connection>,
+    /// Physical format only: where reading the leader's WAL stands.
+    wal: Option<WalTail>,
+    /// Statement format: rewrite non-deterministic functions to literals (default on;
+    /// off only to demonstrate the divergence it prevents).
+    rewrite_statements: bool,
+    /// WAL frames written since the last checkpoint (physical format).
+    commits_since_checkpoint: u64,
+}
+
+pub const LOG_FILE: &str = "log.db";
+
+/// Physical format: checkpoint the WAL into the database file after this many commits
+/// (only ever after their frames are durable in the log).
+const CHECKPOINT_EVERY_COMMITS: u64 = 256;
+
+/// A request that must run outside any transaction (`VACUUM`); it is executed alone.
+pub fn is_maintenance(request: &WriteRequest) -> bool {
+    request.statements.iter().any(|statement| first_keyword(&statement.sql).eq_ignore_ascii_case("VACUUM"))
+}
+
+fn first_keyword(sql: &str) -> &str {
+    sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("")
+}
+
+fn configure_physical_data(connection: &Connection) -> Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    connection.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+/// Physical format: after every commit, drop this connection's page cache so the next
+/// transaction reads page 1 afresh. SQLite sets the file change counter (header bytes
+/// 24..28) of a committed page 1 to one more than the counter it last *read*; with fresh
+/// reads on leader and followers alike, each commit that writes page 1 moves the counter
+/// by exactly one on both sides, and the files stay byte-identical.
+fn forget_cached_pages(connection: &Connection) -> Result<()> {
+    connection.execute_batch("PRAGMA shrink_memory")?;
+    Ok(())
+}
+
+/// The position a database holds: physical databases record it in their own pages,
+/// logical ones are at their newest log row.
+fn database_position(connection: &Connection) -> Result<Position> {
+    let recorded = connection
+        .query_row("SELECT (SELECT value FROM _tern_meta WHERE key = 'applied_epoch'), (SELECT value FROM _tern_meta WHERE key = 'applied_index')", [], |row| {
+            Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+        })
+        .optional();
+    match recorded {
+        Ok(Some((Some(epoch), Some(index)))) => Ok(Position::new(epoch as u64, index as u64)),
+        _ => {
+            let has_log: bool = connection.query_row("SELECT count(*) FROM sqlite_schema WHERE name = '_tern_log'", [], |row| row.get::<_, i64>(0))? > 0;
+            if has_log {
+                last_logged(connection)
+            } else {
+                Ok(Position::ZERO)
+            }
+        }
+    }
 }
 
 fn configure_writer(connection: &Connection) -> Result<()> {
@@ -152,11 +221,24 @@ fn last_logged(connection: &Connection) -> Result<Position> {
     Ok(last.unwrap_or(Position::ZERO))
 }
 
+fn append_log(log: &Connection, entry: &Entry) -> Result<()> {
+    log.prepare_cached("INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)")?
+        .execute(params![entry.index as i64, entry.epoch as i64, entry.payload])?;
+    Ok(())
+}
+
+/// Physical format: the leader writes its position into every transaction it ships.
+fn record_position(connection: &Connection, position: Position) -> Result<()> {
+    connection.execute_batch("CREATE TABLE IF NOT EXISTS _tern_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")?;
+    write_meta(connection, "applied_index", position.index)?;
+    write_meta(connection, "applied_epoch", position.epoch)?;
+    Ok(())
+}
+
 /// Keywords that begin statements whose effect is rows (recorded by the session
 /// extension in the row format); anything else is shipped as SQL.
 fn changes_rows(sql: &str) -> bool {
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    matches!(first.to_ascii_uppercase().as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES")
+    matches!(first_keyword(sql).to_ascii_uppercase().as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES")
 }
 
 fn bind(statement: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<()> {
@@ -234,16 +316,80 @@ impl Engine {
     pub fn open(directory: &Path, format: LogFormat) -> Result<Engine> {
         std::fs::create_dir_all(directory)?;
         let connection = Connection::open(directory.join(DATABASE_FILE))?;
-        configure_writer(&connection)?;
-        connection.set_prepared_statement_cache_capacity(256);
-        let mut engine = Engine { connection, directory: directory.to_path_buf(), format, last: Position::ZERO, first_index: 1 };
+        let (separate_log, wal) = if format == LogFormat::Physical {
+            configure_physical_data(&connection)?;
+            let log = Connection::open(directory.join(LOG_FILE))?;
+            configure_writer(&log)?;
+            log.set_prepared_statement_cache_capacity(64);
+            (Some(log), Some(WalTail::new(&directory.join(DATABASE_FILE))))
+        } else {
+            configure_writer(&connection)?;
+            connection.set_prepared_statement_cache_capacity(256);
+            (None, None)
+        };
+        let mut engine = Engine {
+            connection,
+            directory: directory.to_path_buf(),
+            format,
+            last: Position::ZERO,
+            first_index: 1,
+            separate_log,
+            wal,
+            rewrite_statements: true,
+            commits_since_checkpoint: 0,
+        };
         engine.load_position()?;
+        if engine.format == LogFormat::Physical {
+            // Everything in the WAL is accounted for (logged, or cut off by the log reset
+            // in load_position), so start each run with an empty WAL.
+            engine.checkpoint()?;
+        }
         Ok(engine)
     }
 
+    /// Statement format: turn the rewriting of non-deterministic functions off (on by
+    /// default). Off lets replicas diverge; it exists to demonstrate that.
+    pub fn set_statement_rewrite(&mut self, enabled: bool) {
+        self.rewrite_statements = enabled;
+    }
+
+    fn log(&self) -> &Connection {
+        self.separate_log.as_ref().unwrap_or(&self.connection)
+    }
+
     fn load_position(&mut self) -> Result<()> {
-        self.last = last_logged(&self.connection)?;
-        self.first_index = read_meta(&self.connection, "first_index")?.unwrap_or(1);
+        self.last = database_position(&self.connection)?;
+        self.first_index = read_meta(self.log(), "first_index")?.unwrap_or(1);
+        if self.format == LogFormat::Physical {
+            let logged = last_logged(self.log())?;
+            if logged.index < self.last.index || self.first_index > self.last.index + 1 {
+                // The data committed entries the log did not record (a crash between the
+                // two commits): the log restarts after the data's position, so a follower
+                // that needs earlier entries receives a snapshot.
+                self.reset_log_after(self.last.index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reset_log_after(&mut self, index: u64) -> Result<()> {
+        let log = self.log();
+        log.execute_batch("BEGIN IMMEDIATE")?;
+        log.execute("DELETE FROM _tern_log", [])?;
+        write_meta(log, "first_index", index + 1)?;
+        log.execute_batch("COMMIT")?;
+        self.first_index = index + 1;
+        Ok(())
+    }
+
+    /// Copies the WAL into the database file and truncates it (physical format: only
+    /// called once every committed frame is durable in the log).
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.commits_since_checkpoint = 0;
         Ok(())
     }
 
@@ -269,11 +415,21 @@ impl Engine {
     /// # Errors
     /// If the transaction cannot commit; then nothing of the batch happened.
     pub fn execute_batch(&mut self, epoch: u64, requests: &[WriteRequest]) -> Result<Batch> {
+        if let [request] = requests {
+            if is_maintenance(request) {
+                return self.execute_maintenance(epoch, request);
+            }
+        }
+        assert!(!requests.iter().any(is_maintenance), "maintenance requests are executed alone");
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = self.execute_in_transaction(epoch, requests);
         match outcome {
-            Ok(batch) => match self.connection.execute_batch("COMMIT") {
+            Ok(mut batch) => match self.connection.execute_batch("COMMIT") {
                 Ok(()) => {
+                    if self.format == LogFormat::Physical && batch.changed.iter().any(|changed| *changed) {
+                        forget_cached_pages(&self.connection)?;
+                        batch.entry = Some(self.log_committed_pages(epoch)?);
+                    }
                     if let Some(entry) = &batch.entry {
                         self.last = entry.position();
                     }
@@ -289,6 +445,58 @@ impl Engine {
                 Err(error)
             }
         }
+    }
+
+    /// `VACUUM` (alone in its request): runs outside any transaction. In the physical
+    /// format its page images are shipped; the logical formats have no rows to ship, so it
+    /// stays a local operation.
+    fn execute_maintenance(&mut self, epoch: u64, request: &WriteRequest) -> Result<Batch> {
+        let mut results = Vec::new();
+        for statement in &request.statements {
+            if !first_keyword(&statement.sql).eq_ignore_ascii_case("VACUUM") {
+                results.push(StatementResult::error("VACUUM must be sent alone in its request"));
+                continue;
+            }
+            results.push(run_statement(&self.connection, &statement.sql, &statement.params));
+        }
+        let ran = results.iter().any(|result| result.error.is_none());
+        if self.format != LogFormat::Physical || !ran {
+            return Ok(Batch { results: vec![results], changed: vec![false], entry: None });
+        }
+        let next = Position::new(epoch, self.last.index + 1);
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        record_position(&self.connection, next)?;
+        self.connection.execute_batch("COMMIT")?;
+        forget_cached_pages(&self.connection)?;
+        let entry = self.log_committed_pages(epoch)?;
+        self.last = entry.position();
+        Ok(Batch { results: vec![results], changed: vec![true], entry: Some(entry) })
+    }
+
+    /// Physical format, leader: reads the transactions just committed from the WAL and
+    /// appends them to the log as one entry (durably, before anyone is told about it).
+    fn log_committed_pages(&mut self, epoch: u64) -> Result<Entry> {
+        let committed = self
+            .wal
+            .as_mut()
+            .expect("physical engines tail their WAL")
+            .read_committed()?
+            .ok_or_else(|| StorageError("a committed transaction is missing from the WAL".into()))?;
+        let change = Change::Pages {
+            page_size: committed.page_size,
+            database_pages: committed.database_pages,
+            pages: committed.pages.into_iter().collect(),
+        };
+        let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: vec![change] }.encode() };
+        let log = self.log();
+        log.execute_batch("BEGIN IMMEDIATE")?;
+        append_log(log, &entry)?;
+        log.execute_batch("COMMIT")?;
+        self.commits_since_checkpoint += 1;
+        if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
+            self.checkpoint()?;
+        }
+        Ok(entry)
     }
 
     fn run_cached(&self, sql: &str) -> Result<()> {
@@ -323,22 +531,24 @@ impl Engine {
             results.push(request_results);
         }
         capture.flush_rows()?;
+        if self.format == LogFormat::Physical {
+            // The entry is made from the WAL after commit; the position goes into the
+            // transaction itself so the data file always knows where it stands.
+            if changed.iter().any(|changed| *changed) {
+                record_position(&self.connection, Position::new(epoch, self.last.index + 1))?;
+            }
+            return Ok(Batch { results, changed, entry: None });
+        }
         let entry = if capture.changes.is_empty() {
             None
         } else {
             let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
-            self.append_log(&entry)?;
+            append_log(&self.connection, &entry)?;
             Some(entry)
         };
         Ok(Batch { results, changed, entry })
     }
 
-    fn append_log(&self, entry: &Entry) -> Result<()> {
-        self.connection
-            .prepare_cached("INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)")?
-            .execute(params![entry.index as i64, entry.epoch as i64, entry.payload])?;
-        Ok(())
-    }
 
     /// Executes one request's statements, returning per-statement results and whether
     /// any statement that writes succeeded. Client errors are results; only storage
@@ -351,6 +561,7 @@ impl Engine {
                 break;
             }
             let sql = match self.format {
+                LogFormat::Statement if !self.rewrite_statements => statement.sql.clone(),
                 LogFormat::Statement => match make_deterministic(&self.connection, &statement.sql) {
                     Ok(Some(rewritten)) => rewritten,
                     Ok(None) => statement.sql.clone(),
@@ -359,17 +570,21 @@ impl Engine {
                         continue;
                     }
                 },
-                LogFormat::Row => statement.sql.clone(),
+                LogFormat::Row | LogFormat::Physical => statement.sql.clone(),
             };
             if is_read_only(&self.connection, &sql) {
                 results.push(run_statement(&self.connection, &sql, &statement.params));
                 continue;
             }
-            let ships_as_sql = self.format == LogFormat::Statement || !changes_rows(&sql);
+            let ships_as_sql = match self.format {
+                LogFormat::Statement => true,
+                LogFormat::Row => !changes_rows(&sql),
+                LogFormat::Physical => false,
+            };
             if ships_as_sql {
                 // Row images must not span a schema change: close them off first.
                 capture.flush_rows()?;
-            } else if capture.session.is_none() {
+            } else if self.format == LogFormat::Row && capture.session.is_none() {
                 capture.session = Some(Session::start(&self.connection)?);
             }
             // Each statement gets a savepoint so a failing one leaves no partial effects.
@@ -406,13 +621,31 @@ impl Engine {
                 }
                 expected += 1;
                 self.apply_payload(&Payload::decode(&entry.payload)?)?;
-                self.append_log(entry)?;
+                if self.separate_log.is_none() {
+                    append_log(&self.connection, entry)?;
+                }
             }
             Ok(())
         })();
         match outcome.and_then(|()| Ok(self.connection.execute_batch("COMMIT")?)) {
             Ok(()) => {
                 self.last = last_entry.position();
+                if self.format == LogFormat::Physical {
+                    forget_cached_pages(&self.connection)?;
+                }
+                if let Some(log) = &self.separate_log {
+                    // Physical: the data file already records its position; a crash before
+                    // this commit only shortens the log (load_position then resets it).
+                    log.execute_batch("BEGIN IMMEDIATE")?;
+                    for entry in entries {
+                        append_log(log, entry)?;
+                    }
+                    log.execute_batch("COMMIT")?;
+                    self.commits_since_checkpoint += 1;
+                    if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
+                        self.checkpoint()?;
+                    }
+                }
                 Ok(self.last)
             }
             Err(error) => {
@@ -429,6 +662,24 @@ impl Engine {
                     let result = run_statement(&self.connection, sql, params);
                     if let Some(error) = result.error {
                         return Err(StorageError(format!("replicated statement failed on this replica ({error}): {sql}")));
+                    }
+                }
+                Change::Pages { page_size, database_pages, pages } => {
+                    if self.format != LogFormat::Physical {
+                        return Err(StorageError("a physical entry reached a node running a logical log format".into()));
+                    }
+                    let local_page_size: u32 = self.connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+                    if local_page_size != *page_size {
+                        return Err(StorageError(format!("page size {page_size} from the leader, {local_page_size} here")));
+                    }
+                    let mut write = self.connection.prepare_cached("INSERT INTO sqlite_dbpage (pgno, data) VALUES (?1, ?2)")?;
+                    for (page, image) in pages {
+                        write.execute(params![page, image])?;
+                    }
+                    let count: u32 = self.connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                    if count > *database_pages {
+                        // Inserting NULL at page N truncates the file to N-1 pages (VACUUM shrank it).
+                        write.execute(params![database_pages + 1, rusqlite::types::Null])?;
                     }
                 }
                 Change::Rows(changeset) => {
@@ -452,7 +703,7 @@ impl Engine {
         if from_index < self.first_index {
             return Ok(None);
         }
-        let mut statement = self.connection.prepare_cached("SELECT idx, epoch, payload FROM _tern_log WHERE idx >= ?1 ORDER BY idx LIMIT ?2")?;
+        let mut statement = self.log().prepare_cached("SELECT idx, epoch, payload FROM _tern_log WHERE idx >= ?1 ORDER BY idx LIMIT ?2")?;
         let mut rows = statement.query(params![from_index as i64, max_entries as i64])?;
         let mut entries = Vec::new();
         let mut bytes = 0;
@@ -477,19 +728,20 @@ impl Engine {
         if first_kept <= self.first_index {
             return Ok(());
         }
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let log = self.log();
+        log.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = (|| -> Result<()> {
-            self.connection.execute("DELETE FROM _tern_log WHERE idx < ?1", [first_kept as i64])?;
-            write_meta(&self.connection, "first_index", first_kept)?;
+            log.execute("DELETE FROM _tern_log WHERE idx < ?1", [first_kept as i64])?;
+            write_meta(log, "first_index", first_kept)?;
             Ok(())
         })();
-        match outcome.and_then(|()| Ok(self.connection.execute_batch("COMMIT")?)) {
+        match outcome.and_then(|()| Ok(log.execute_batch("COMMIT")?)) {
             Ok(()) => {
                 self.first_index = first_kept;
                 Ok(())
             }
             Err(error) => {
-                let _ = self.connection.execute_batch("ROLLBACK");
+                let _ = log.execute_batch("ROLLBACK");
                 Err(error)
             }
         }
@@ -506,8 +758,36 @@ impl Engine {
     /// On a SQLite or file system failure.
     pub fn write_snapshot(&self, target: &Path) -> Result<Position> {
         let _ = std::fs::remove_file(target);
-        self.connection.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
-        Ok(self.last)
+        if self.format != LogFormat::Physical {
+            self.connection.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+            return Ok(self.last);
+        }
+        // Physical: the follower's file must be the leader's, page for page, so the
+        // snapshot is the raw pages (from the WAL and the file, in one read transaction).
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(target)?);
+        self.connection.execute_batch("BEGIN")?;
+        let outcome = (|| -> Result<Position> {
+            let position = database_position(&self.connection)?;
+            let mut statement = self.connection.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                file.write_all(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+            }
+            Ok(position)
+        })();
+        self.connection.execute_batch("COMMIT")?;
+        let position = outcome?;
+        file.into_inner().map_err(|error| StorageError(error.to_string()))?.sync_all()?;
+        Ok(position)
+    }
+
+    /// Physical format: a hash of every page of the database (FNV-1a), in page order.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn page_hashes(&self) -> Result<Vec<u64>> {
+        page_hashes(&self.connection)
     }
 
     /// Replaces this node's database with a snapshot file received from the leader.
@@ -517,7 +797,7 @@ impl Engine {
     pub fn install_snapshot(&mut self, snapshot: &Path) -> Result<Position> {
         {
             let check = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            if last_logged(&check)? == Position::ZERO {
+            if database_position(&check)? == Position::ZERO {
                 return Err(StorageError("snapshot holds no tern log position".into()));
             }
         }
@@ -534,8 +814,17 @@ impl Engine {
             let _ = directory.sync_all();
         }
         self.connection = Connection::open(&database)?;
-        configure_writer(&self.connection)?;
-        self.connection.set_prepared_statement_cache_capacity(256);
+        if self.format == LogFormat::Physical {
+            configure_physical_data(&self.connection)?;
+            if let Some(wal) = &mut self.wal {
+                wal.reset();
+            }
+            let position = database_position(&self.connection)?;
+            self.reset_log_after(position.index)?;
+        } else {
+            configure_writer(&self.connection)?;
+            self.connection.set_prepared_statement_cache_capacity(256);
+        }
         self.load_position()?;
         Ok(self.last)
     }
@@ -545,8 +834,32 @@ impl Engine {
     /// # Errors
     /// On a SQLite failure.
     pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {
+        if self.format == LogFormat::Physical {
+            // The applying connection does not notice schema changes that arrive as pages.
+            let fresh = Connection::open_with_flags(self.database_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            return table_checksums(&fresh);
+        }
         table_checksums(&self.connection)
     }
+}
+
+/// FNV-1a of each page of the database, in page order, read in one transaction.
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn page_hashes(connection: &Connection) -> Result<Vec<u64>> {
+    let mut statement = connection.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")?;
+    let mut rows = statement.query([])?;
+    let mut hashes = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)? {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x100_0000_01b3);
+        }
+        hashes.push(hash);
+    }
+    Ok(hashes)
 }
 
 /// `(table, rows, checksum)` for every user table, in name order. The checksum is
@@ -607,7 +920,7 @@ impl Reader {
     /// On a SQLite failure outside the statements themselves.
     pub fn query(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, u64)> {
         self.connection.execute_batch("BEGIN")?;
-        let observed = last_logged(&self.connection).map(|position| position.index);
+        let observed = database_position(&self.connection).map(|position| position.index);
         let results = statements
             .iter()
             .map(|statement| {
@@ -626,6 +939,29 @@ impl Reader {
     /// On a SQLite failure.
     pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {
         table_checksums(&self.connection)
+    }
+
+    /// The position this reader's database holds and the hash of each of its pages, read
+    /// in one transaction.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn page_hashes(&self) -> Result<(Position, Vec<u64>)> {
+        self.connection.execute_batch("BEGIN")?;
+        let outcome = database_position(&self.connection).and_then(|position| Ok((position, page_hashes(&self.connection)?)));
+        self.connection.execute_batch("COMMIT")?;
+        outcome
+    }
+
+    /// The position and per-table checksums, read in one transaction.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn checksums_at_position(&self) -> Result<(Position, Vec<(String, u64, u64)>)> {
+        self.connection.execute_batch("BEGIN")?;
+        let outcome = database_position(&self.connection).and_then(|position| Ok((position, table_checksums(&self.connection)?)));
+        self.connection.execute_batch("COMMIT")?;
+        outcome
     }
 }
 

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod rewrite;
 pub mod session;
 pub mod sql;
+pub mod wal;
 
-pub use engine::{all_read_only, Batch, Change, Engine, Payload, Reader, StorageError, WriteRequest, DATABASE_FILE};
+pub use engine::{all_read_only, is_maintenance, page_hashes, Batch, Change, Engine, Payload, Reader, StorageError, WriteRequest, DATABASE_FILE};
 pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};

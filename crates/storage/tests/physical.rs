@@ -1,0 +1,140 @@
+//! The physical log format: followers applying the leader's WAL page images end with a
+//! database file byte-identical to the leader's, through schema changes, large updates,
+//! VACUUM, snapshots and crashes between the data and log commits.
+
+use tern_core::{Entry, LogFormat, Position};
+use tern_storage::{Engine, Reader, Statement, WriteRequest};
+
+fn request(statements: &[&str]) -> WriteRequest {
+    WriteRequest { statements: statements.iter().map(|sql| Statement::new(*sql)).collect(), transaction: false }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("tern-physical-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    directory
+}
+
+fn execute(leader: &mut Engine, statements: &[&str]) -> Entry {
+    let batch = leader.execute_batch(1, &[request(statements)]).unwrap();
+    for result in &batch.results[0] {
+        assert!(result.error.is_none(), "{statements:?}: {:?}", result.error);
+    }
+    batch.entry.expect("the request changed the database")
+}
+
+fn workload() -> Vec<Vec<&'static str>> {
+    vec![
+        vec!["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)", "CREATE INDEX items_name ON items (name)"],
+        vec!["WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO items (name, qty) SELECT 'item ' || x, x FROM n"],
+        vec!["UPDATE items SET qty = qty + 1"],
+        vec!["DELETE FROM items WHERE id > 2000"],
+        vec!["VACUUM"],
+        vec!["ALTER TABLE items ADD COLUMN note TEXT", "INSERT INTO items (name, qty, note) VALUES ('last', 1, randomblob(10))"],
+    ]
+}
+
+fn file_bytes(directory: &std::path::Path) -> Vec<u8> {
+    std::fs::read(directory.join("data.db")).unwrap()
+}
+
+#[test]
+fn followers_become_byte_identical_through_ddl_updates_and_vacuum() {
+    let root = scratch("identical");
+    let (leader_dir, follower_dir) = (root.join("leader"), root.join("follower"));
+    {
+        let mut leader = Engine::open(&leader_dir, LogFormat::Physical).unwrap();
+        let mut follower = Engine::open(&follower_dir, LogFormat::Physical).unwrap();
+        let mut sizes = Vec::new();
+        for statements in workload() {
+            let entry = execute(&mut leader, &statements);
+            sizes.push(std::fs::metadata(leader_dir.join("data.db")).map(|meta| meta.len()).unwrap_or(0));
+            follower.apply(&[entry]).unwrap();
+        }
+        assert_eq!(leader.last(), Position::new(1, 6));
+        assert_eq!(follower.last(), Position::new(1, 6));
+        assert_eq!(follower.table_checksums().unwrap(), leader.table_checksums().unwrap());
+        assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap());
+    }
+    // Closing checkpoints both WALs into the files, which must now be the same bytes.
+    assert_eq!(file_bytes(&leader_dir), file_bytes(&follower_dir));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn vacuum_shrinks_the_follower_too() {
+    let root = scratch("vacuum");
+    let mut leader = Engine::open(&root.join("leader"), LogFormat::Physical).unwrap();
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
+    for statements in &workload()[..4] {
+        follower.apply(&[execute(&mut leader, statements)]).unwrap();
+    }
+    let before = follower.page_hashes().unwrap().len();
+    follower.apply(&[execute(&mut leader, &["VACUUM"])]).unwrap();
+    let after = follower.page_hashes().unwrap().len();
+    assert!(after < before, "VACUUM after deleting 80% of rows shrinks the database ({before} -> {after} pages)");
+    assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap());
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_follower_reader_keeps_its_snapshot_across_an_apply() {
+    let root = scratch("snapshot-isolation");
+    let mut leader = Engine::open(&root.join("leader"), LogFormat::Physical).unwrap();
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
+    follower.apply(&[execute(&mut leader, &["CREATE TABLE t (v INTEGER)", "INSERT INTO t VALUES (1)"])]).unwrap();
+    let reader = rusqlite::Connection::open(root.join("follower").join("data.db")).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let count = |connection: &rusqlite::Connection| -> i64 { connection.query_row("SELECT count(*) FROM t", [], |row| row.get(0)).unwrap() };
+    assert_eq!(count(&reader), 1);
+    follower.apply(&[execute(&mut leader, &["INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)"])]).unwrap();
+    assert_eq!(count(&reader), 1, "a read transaction sees one consistent snapshot");
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(count(&reader), 3);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn snapshots_are_page_copies_and_catch_up_continues_after_them() {
+    let root = scratch("snapshot");
+    let (leader_dir, follower_dir) = (root.join("leader"), root.join("follower"));
+    {
+        let mut leader = Engine::open(&leader_dir, LogFormat::Physical).unwrap();
+        for statements in &workload()[..3] {
+            execute(&mut leader, statements);
+        }
+        leader.compact(1).unwrap();
+        assert!(leader.read_log(1, 10, 1 << 20).unwrap().is_none());
+        let snapshot = root.join("snapshot.db");
+        assert_eq!(leader.write_snapshot(&snapshot).unwrap(), Position::new(1, 3));
+        let mut follower = Engine::open(&follower_dir, LogFormat::Physical).unwrap();
+        assert_eq!(follower.install_snapshot(&snapshot).unwrap(), Position::new(1, 3));
+        let entry = execute(&mut leader, &workload()[3]);
+        follower.apply(&[entry]).unwrap();
+        assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap());
+        let reader = Reader::open(&follower_dir).unwrap();
+        assert_eq!(reader.page_hashes().unwrap().0, Position::new(1, 4));
+    }
+    assert_eq!(file_bytes(&leader_dir), file_bytes(&follower_dir));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn data_ahead_of_the_log_after_a_crash_resets_the_log_to_force_a_snapshot() {
+    let root = scratch("ahead");
+    let directory = root.join("leader");
+    {
+        let mut leader = Engine::open(&directory, LogFormat::Physical).unwrap();
+        execute(&mut leader, &["CREATE TABLE t (v)"]);
+        execute(&mut leader, &["INSERT INTO t VALUES (1)"]);
+    }
+    // Simulate a crash after the data commit of entry 2 but before its log commit.
+    let log = rusqlite::Connection::open(directory.join("log.db")).unwrap();
+    log.execute("DELETE FROM _tern_log WHERE idx = 2", []).unwrap();
+    drop(log);
+    let leader = Engine::open(&directory, LogFormat::Physical).unwrap();
+    assert_eq!(leader.last(), Position::new(1, 2), "the data file knows its position");
+    assert_eq!(leader.first_index(), 3);
+    assert!(leader.read_log(1, 10, 1 << 20).unwrap().is_none(), "earlier entries now come from a snapshot");
+    let _ = std::fs::remove_dir_all(root);
+}
