@@ -78,6 +78,7 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             heartbeat_interval: Duration::from_millis(50),
             in_sync_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(10),
+            statement_rewrite: true,
         };
         nodes.push(tern_server::serve(config).await?);
     }

@@ -32,6 +32,37 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the deterministic cluster simulator with faults and check its properties.
     Sim(sim::SimArgs),
+    /// Compare every replica's data (table checksums; page hashes for --log-format physical).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// HTTP address of any node of the cluster.
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    http: String,
+}
+
+fn run_verify(args: VerifyArgs) -> Result<(), String> {
+    let mut client = tern_server::client::HttpClient::new(&args.http);
+    let reply = client.get("/db/verify").map_err(|error| format!("cannot reach {}: {error}", args.http))?;
+    if reply.status != 200 {
+        return Err(format!("{} answered {}: {}", args.http, reply.status, reply.body));
+    }
+    let verdict = reply.body;
+    for node in verdict["nodes"].as_array().into_iter().flatten() {
+        let pages = node["pages"].as_u64().map_or(String::new(), |pages| format!(", {pages} pages"));
+        println!("{}: at {}, {} tables{pages}", node["id"].as_str().unwrap_or("?"), node["position"].as_str().unwrap_or("?"), node["tables"]);
+    }
+    for difference in verdict["differences"].as_array().into_iter().flatten() {
+        println!("DIFFERENCE: {}", difference.as_str().unwrap_or_default());
+    }
+    if verdict["agree"] == true {
+        println!("replicas agree ({} format)", verdict["log_format"].as_str().unwrap_or("?"));
+        Ok(())
+    } else {
+        Err("replicas do not agree".to_string())
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -81,6 +112,11 @@ pub struct ServerArgs {
     /// A write not acknowledged as asked within this long fails as "outcome unknown", milliseconds.
     #[arg(long, default_value_t = 10_000)]
     write_timeout_ms: u64,
+    /// Statement format only: rewrite non-deterministic functions to literals on the
+    /// leader (on), or let every replica evaluate them itself (off: replicas diverge;
+    /// `tern verify` shows where).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    statement_rewrite: String,
 }
 
 impl ServerArgs {
@@ -116,6 +152,7 @@ impl ServerArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(1)),
             in_sync_timeout: Duration::from_millis(self.in_sync_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            statement_rewrite: self.statement_rewrite == "on",
             id: self.id,
         })
     }
@@ -149,6 +186,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Verify(args) => run_verify(args),
     };
     if let Err(message) = outcome {
         eprintln!("tern: {message}");
@@ -176,8 +214,13 @@ fn run_server(args: ServerArgs) -> Result<(), String> {
             config.ack.name(),
             config.data_dir.display()
         );
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|error| error.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: checkpointing the database");
+        node.shutdown().await;
         Ok(())
     })
 }

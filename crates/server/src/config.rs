@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     pub in_sync_timeout: Duration,
     pub write_timeout: Duration,
+    /// Statement format: rewrite non-deterministic functions to literals (`--statement-rewrite`).
+    pub statement_rewrite: bool,
 }
 
 impl NodeConfig {

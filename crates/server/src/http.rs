@@ -25,6 +25,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(status))
         .route("/readyz", get(readyz))
         .route("/nodes", get(nodes))
+        .route("/db/verify", get(verify))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -291,6 +292,10 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
             "http_addr": node.http_addr.lock().expect("http addr lock").clone(),
             "peer_addr": node.config.peer_addr.to_string(),
         },
+        "log": {
+            "entries": node.log_stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+            "bytes": node.log_stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        },
         "replication": {
             "topology": "single-leader",
             "log_format": node.config.log_format.name(),
@@ -306,6 +311,44 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]node {} not ready\n", node.config.id)).into_response(),
         None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader)).into_response(),
     }
+}
+
+/// `?local`: this node's report. Otherwise every node's report, compared.
+async fn verify(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let local = match node.verify_local().await {
+        Ok(report) => report,
+        Err(error) => return error_response(&RequestError::new(500, format!("cannot read this node's data: {error}"))),
+    };
+    if params.flag("local") {
+        return Json(local).into_response();
+    }
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let mut reports = vec![local];
+    for (id, _) in &node.config.cluster {
+        if *id == node.config.id {
+            continue;
+        }
+        let address = peers.get(id).map(|info| info.http_addr.clone()).unwrap_or_default();
+        let id = id.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            if address.is_empty() {
+                return json!({"id": id, "error": "HTTP address unknown (no handshake yet)"});
+            }
+            let mut client = crate::client::HttpClient::new(&address).with_timeout(Duration::from_secs(30));
+            match client.get("/db/verify?local") {
+                Ok(reply) if reply.status == 200 => reply.body,
+                Ok(reply) => json!({"id": id, "error": format!("answered {}: {}", reply.status, reply.body)}),
+                Err(error) => json!({"id": id, "error": format!("unreachable: {error}")}),
+            }
+        })
+        .await
+        .unwrap_or_else(|error| json!({"error": error.to_string()}));
+        reports.push(report);
+    }
+    let mut verdict = crate::verify::compare(&reports);
+    verdict["log_format"] = json!(node.config.log_format.name());
+    Json(verdict).into_response()
 }
 
 /// rqlite's `/nodes` shape: one object per node, keyed by id.

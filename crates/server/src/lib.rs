@@ -7,6 +7,7 @@
 //! - [`transport`]: node-to-node TCP with handshakes, reconnects and emulated WAN latency.
 //! - [`wire`]: node-to-node frames.
 //! - [`http`]: the HTTP API.
+//! - [`verify`]: comparing replicas for `tern verify`.
 //! - [`client`]: a small blocking HTTP client for tests, the demo and benchmarks.
 
 pub mod client;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod transport;
+pub mod verify;
 pub mod wire;
 
 pub use config::{parse_cluster, NodeConfig, WanLatency};

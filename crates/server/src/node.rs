@@ -50,6 +50,15 @@ pub(crate) enum StorageCommand {
     MakeSnapshot { to: String },
     InstallSnapshot { path: PathBuf },
     Checksums { reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>> },
+    /// Checkpoint and close the database (clean shutdown), then stop the thread.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Counters of what this node appended to its log (leader) or applied (follower).
+#[derive(Default)]
+pub struct LogStats {
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 /// What the replica loop publishes for request handlers after every event.
@@ -107,6 +116,7 @@ pub struct Node {
     next_forward_id: AtomicU64,
     /// The actual HTTP address (after binding port 0).
     pub http_addr: Mutex<String>,
+    pub log_stats: Arc<LogStats>,
 }
 
 fn storage_gone() -> RequestError {
@@ -119,8 +129,9 @@ impl Node {
     /// # Errors
     /// If the database cannot be opened or the peer address cannot be bound.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, String> {
-        let engine = Engine::open(&config.data_dir, config.log_format)
+        let mut engine = Engine::open(&config.data_dir, config.log_format)
             .map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
+        engine.set_statement_rewrite(config.statement_rewrite);
         let recovered = engine.last();
         let started = Instant::now();
 
@@ -171,10 +182,12 @@ impl Node {
             reader_generation: reader_generation.clone(),
             forwards: Mutex::new(HashMap::new()),
             next_forward_id: AtomicU64::new(1),
+            log_stats: Arc::new(LogStats::default()),
         });
 
         let storage_context = StorageContext {
             engine,
+            stats: node.log_stats.clone(),
             events: events_tx,
             epoch,
             log_retain: node.config.log_retain,
@@ -421,6 +434,37 @@ impl Node {
         rx.await.ok()
     }
 
+    /// Clean shutdown: checkpoints the database so `data.db` is complete on its own.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.storage_send(StorageCommand::Shutdown { reply }) {
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        }
+    }
+
+    /// What `tern verify` compares: this node's position and, read in the same
+    /// transaction, per-table checksums (logical formats) or page hashes (physical).
+    pub async fn verify_local(&self) -> Result<serde_json::Value, String> {
+        let directory = self.config.data_dir.clone();
+        let physical = self.config.log_format == tern_core::LogFormat::Physical;
+        let id = self.config.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = Reader::open(&directory).map_err(|error| error.to_string())?;
+            let (position, tables) = reader.checksums_at_position().map_err(|error| error.to_string())?;
+            let tables: Vec<serde_json::Value> =
+                tables.into_iter().map(|(name, rows, sum)| serde_json::json!({"table": name, "rows": rows, "checksum": format!("{sum:016x}")})).collect();
+            let mut report = serde_json::json!({"id": id, "position": position.to_string(), "tables": tables});
+            if physical {
+                let (page_position, hashes) = reader.page_hashes().map_err(|error| error.to_string())?;
+                report["page_position"] = serde_json::json!(page_position.to_string());
+                report["pages"] = serde_json::json!(hashes.iter().map(|hash| format!("{hash:016x}")).collect::<Vec<_>>());
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+
     /// Per-table `(name, rows, checksum)` of this node's data.
     pub async fn checksums(&self) -> Result<Vec<(String, u64, u64)>, String> {
         let (reply, rx) = oneshot::channel();
@@ -623,6 +667,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
 /// The storage thread's state: the only SQLite writer of this node.
 struct StorageContext {
     engine: Engine,
+    stats: Arc<LogStats>,
     events: mpsc::UnboundedSender<Event>,
     epoch: u64,
     log_retain: u64,
@@ -646,10 +691,14 @@ impl StorageContext {
             };
             match first {
                 StorageCommand::Execute { request, requirement, reply } => {
+                    let alone = tern_storage::is_maintenance(&request);
                     let mut batch = vec![(request, requirement, reply)];
-                    while batch.len() < MAX_GROUP_COMMIT {
+                    while !alone && batch.len() < MAX_GROUP_COMMIT {
                         match commands.try_recv() {
-                            Ok(StorageCommand::Execute { request, requirement, reply }) => batch.push((request, requirement, reply)),
+                            // VACUUM runs outside any transaction, so it never joins a group.
+                            Ok(StorageCommand::Execute { request, requirement, reply }) if !tern_storage::is_maintenance(&request) => {
+                                batch.push((request, requirement, reply))
+                            }
                             Ok(other) => {
                                 queued = Some(other);
                                 break;
@@ -672,6 +721,8 @@ impl StorageContext {
                     }
                     match self.engine.apply(&entries) {
                         Ok(position) => {
+                            self.stats.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                            self.stats.bytes.fetch_add(entries.iter().map(|entry| entry.payload.len() as u64).sum(), Ordering::Relaxed);
                             let _ = self.events.send(Event::Persisted(position));
                             self.maybe_compact();
                         }
@@ -715,6 +766,14 @@ impl StorageContext {
                 StorageCommand::Checksums { reply } => {
                     let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
                 }
+                StorageCommand::Shutdown { reply } => {
+                    if let Err(error) = self.engine.checkpoint() {
+                        tracing::warn!("checkpoint at shutdown failed: {error}");
+                    }
+                    drop(self.engine);
+                    let _ = reply.send(());
+                    return;
+                }
             }
         }
     }
@@ -733,6 +792,8 @@ impl StorageContext {
                     }
                 }
                 if let Some(entry) = outcome.entry {
+                    self.stats.entries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(entry.payload.len() as u64, Ordering::Relaxed);
                     let _ = self.events.send(Event::Appended { entries: vec![entry], writes });
                     self.maybe_compact();
                 }

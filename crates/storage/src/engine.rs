@@ -611,6 +611,15 @@ impl Engine {
     /// If an entry does not continue the log, cannot be decoded or does not apply (the
     /// replicas diverged); nothing of the batch is applied then.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Position> {
+        if self.format == LogFormat::Physical && entries.len() > 1 {
+            // One commit per leader commit: SQLite moves page 1's change counter once per
+            // commit, so merging the leader's transactions would leave the follower's
+            // counter behind and the files no longer byte-identical.
+            for entry in entries {
+                self.apply(std::slice::from_ref(entry))?;
+            }
+            return Ok(self.last);
+        }
         let Some(last_entry) = entries.last() else { return Ok(self.last) };
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = (|| -> Result<()> {

@@ -62,6 +62,21 @@ fn followers_become_byte_identical_through_ddl_updates_and_vacuum() {
 }
 
 #[test]
+fn a_follower_catching_up_many_entries_at_once_still_matches_byte_for_byte() {
+    let root = scratch("batched");
+    let (leader_dir, follower_dir) = (root.join("leader"), root.join("follower"));
+    {
+        let mut leader = Engine::open(&leader_dir, LogFormat::Physical).unwrap();
+        let entries: Vec<Entry> = workload().iter().map(|statements| execute(&mut leader, statements)).collect();
+        let mut follower = Engine::open(&follower_dir, LogFormat::Physical).unwrap();
+        follower.apply(&entries).unwrap();
+        assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap());
+    }
+    assert_eq!(file_bytes(&leader_dir), file_bytes(&follower_dir));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
 fn vacuum_shrinks_the_follower_too() {
     let root = scratch("vacuum");
     let mut leader = Engine::open(&root.join("leader"), LogFormat::Physical).unwrap();

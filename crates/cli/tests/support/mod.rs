@@ -58,6 +58,19 @@ impl ServerNode {
         }
     }
 
+    /// SIGTERM and wait: a clean shutdown (the database is checkpointed).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+            assert!(status.success());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().expect("wait works").is_none() {
+                assert!(Instant::now() < deadline, "{} did not stop within 30 s of SIGTERM", self.id);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("node is running");
         let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill runs");
