@@ -22,9 +22,14 @@ pub struct BenchArgs {
     /// Bytes per written value.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
-    /// Log format of the cluster: statement or row.
+    /// Log format of the cluster: statement, row or physical.
     #[arg(long, default_value = "row")]
     log_format: String,
+    /// Instead: compare the log formats (statement, row, physical) on three workloads
+    /// (single-row insert, UPDATE of 10,000 rows, bulk insert of 10,000 rows), reporting
+    /// bytes shipped per transaction and transactions per second.
+    #[arg(long)]
+    formats: bool,
 }
 
 struct Point {
@@ -47,6 +52,9 @@ impl Point {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    if args.formats {
+        return compare_formats(&args);
+    }
     let clients: Vec<usize> = args
         .clients
         .split(',')
@@ -147,4 +155,107 @@ fn measure(leader: &str, ack: &str, w: &str, clients: usize, value_size: usize, 
         point.latency.extend(latency);
     }
     point
+}
+
+/// One workload of the format comparison: a setup and the request each client repeats.
+struct Workload {
+    name: &'static str,
+    setup: serde_json::Value,
+    request: serde_json::Value,
+    clients: usize,
+}
+
+fn format_workloads() -> Vec<Workload> {
+    let value = "x".repeat(256);
+    vec![
+        Workload {
+            name: "single-row insert (8 clients)",
+            setup: json!(["CREATE TABLE single (id INTEGER PRIMARY KEY, v TEXT)"]),
+            request: json!([["INSERT INTO single (v) VALUES (?)", value]]),
+            clients: 8,
+        },
+        Workload {
+            name: "UPDATE of 10,000 rows",
+            setup: json!([
+                "CREATE TABLE wide (id INTEGER PRIMARY KEY, qty INTEGER, name TEXT)",
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO wide (qty, name) SELECT x, 'item ' || x FROM n"
+            ]),
+            request: json!(["UPDATE wide SET qty = qty + 1"]),
+            clients: 1,
+        },
+        Workload {
+            name: "bulk insert of 10,000 rows",
+            setup: json!(["CREATE TABLE bulk (id INTEGER PRIMARY KEY, qty INTEGER, name TEXT)"]),
+            request: json!([
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO bulk (qty, name) SELECT x, 'item ' || x FROM n"
+            ]),
+            clients: 1,
+        },
+    ]
+}
+
+fn log_counters(client: &mut HttpClient) -> Result<(u64, u64), String> {
+    let status = client.get("/status").map_err(|error| format!("status: {error}"))?.body;
+    Ok((status["log"]["entries"].as_u64().unwrap_or(0), status["log"]["bytes"].as_u64().unwrap_or(0)))
+}
+
+fn compare_formats(args: &BenchArgs) -> Result<(), String> {
+    let duration = Duration::from_secs(args.duration);
+    println!("tern bench --formats: 3 tern server processes on loopback per format, semi-sync, {} s per workload", args.duration);
+    let mut rows = Vec::new();
+    for format in ["statement", "row", "physical"] {
+        let data_dir = scratch_dir(&format!("bench-{format}"))?;
+        let processes = start_processes(3, &data_dir, &["--log-format".to_string(), format.to_string()])?;
+        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+        wait_ready(&addresses, Duration::from_secs(30))?;
+        let leader = addresses[0].clone();
+        let mut client = HttpClient::new(&leader);
+        for workload in format_workloads() {
+            let reply = client.post_json("/db/execute?w=all", &workload.setup).map_err(|error| error.to_string())?;
+            if reply.status != 200 {
+                return Err(format!("setup of {} failed: {}", workload.name, reply.body));
+            }
+            let (entries_before, bytes_before) = log_counters(&mut client)?;
+            let started = Instant::now();
+            let workers: Vec<_> = (0..workload.clients)
+                .map(|_| {
+                    let (leader, request) = (leader.clone(), workload.request.clone());
+                    std::thread::spawn(move || {
+                        let mut client = HttpClient::new(&leader);
+                        let mut done = 0u64;
+                        while started.elapsed() < duration {
+                            if client.post_json("/db/execute", &request).is_ok_and(|reply| reply.status == 200) {
+                                done += 1;
+                            }
+                        }
+                        done
+                    })
+                })
+                .collect();
+            let transactions: u64 = workers.into_iter().map(|worker| worker.join().unwrap_or(0)).sum();
+            let elapsed = started.elapsed();
+            let (entries_after, bytes_after) = log_counters(&mut client)?;
+            let entries = (entries_after - entries_before).max(1);
+            let bytes_per_transaction = (bytes_after - bytes_before) as f64 / transactions.max(1) as f64;
+            let per_second = transactions as f64 / elapsed.as_secs_f64();
+            println!(
+                "  {format:<9} {:<32} {per_second:>9.1} transactions/s  {bytes_per_transaction:>11.0} bytes shipped per transaction ({entries} entries)",
+                workload.name
+            );
+            rows.push((workload.name, format, per_second, bytes_per_transaction));
+        }
+        // The comparison only counts if the replicas ended up identical.
+        std::thread::sleep(Duration::from_millis(500));
+        let verdict = client.get("/db/verify").map_err(|error| format!("verify: {error}"))?.body;
+        println!("  {format:<9} replicas agree: {} {}", verdict["agree"], if verdict["agree"] == true { String::new() } else { verdict["differences"].to_string() });
+        drop(processes);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    println!("\n| workload | format | transactions/s | bytes shipped per transaction |\n|---|---|---|---|");
+    for workload in format_workloads() {
+        for (name, format, per_second, bytes) in rows.iter().filter(|row| row.0 == workload.name) {
+            println!("| {name} | {format} | {per_second:.1} | {bytes:.0} |");
+        }
+    }
+    Ok(())
 }

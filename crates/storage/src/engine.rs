@@ -681,13 +681,20 @@ impl Engine {
                     if local_page_size != *page_size {
                         return Err(StorageError(format!("page size {page_size} from the leader, {local_page_size} here")));
                     }
+                    let count: u32 = self.connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
                     let mut write = self.connection.prepare_cached("INSERT INTO sqlite_dbpage (pgno, data) VALUES (?1, ?2)")?;
-                    for (page, image) in pages {
+                    // Page 1 (the schema and its cookie) goes last: a statement that starts
+                    // after a new schema is in place but before the pages it names are would
+                    // reload it and find root pages that do not exist yet.
+                    for (page, image) in pages.iter().filter(|(page, _)| *page != 1) {
                         write.execute(params![page, image])?;
                     }
-                    let count: u32 = self.connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                    if let Some((_, image)) = pages.iter().find(|(page, _)| *page == 1) {
+                        write.execute(params![1, image])?;
+                    }
                     if count > *database_pages {
-                        // Inserting NULL at page N truncates the file to N-1 pages (VACUUM shrank it).
+                        // Inserting NULL at page N truncates the file to N-1 pages (VACUUM
+                        // shrank it). It must come after every page write of the transaction.
                         write.execute(params![database_pages + 1, rusqlite::types::Null])?;
                     }
                 }
