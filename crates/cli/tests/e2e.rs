@@ -229,7 +229,13 @@ fn ledger_rows(node: &ServerNode) -> Vec<Value> {
 
 #[test]
 fn a_follower_killed_during_1000_writes_catches_up_to_identical_content() {
-    let mut cluster = Cluster::start("follower-kill", 3, &[]);
+    for format in ["row", "statement", "physical"] {
+        a_follower_killed_during_1000_writes_catches_up_to_identical_content_in(format);
+    }
+}
+
+fn a_follower_killed_during_1000_writes_catches_up_to_identical_content_in(format: &str) {
+    let mut cluster = Cluster::start(&format!("follower-kill-{format}"), 3, &["--log-format", format]);
     execute(&mut cluster.leader().client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,7 +263,13 @@ fn a_follower_killed_during_1000_writes_catches_up_to_identical_content() {
 
 #[test]
 fn a_leader_killed_and_restarted_keeps_every_acknowledged_write() {
-    let mut cluster = Cluster::start("leader-kill", 3, &[]);
+    for format in ["row", "statement", "physical"] {
+        a_leader_killed_and_restarted_keeps_every_acknowledged_write_in(format);
+    }
+}
+
+fn a_leader_killed_and_restarted_keeps_every_acknowledged_write_in(format: &str) {
+    let mut cluster = Cluster::start(&format!("leader-kill-{format}"), 3, &["--log-format", format]);
     execute(&mut cluster.leader().client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -294,7 +306,13 @@ fn a_leader_killed_and_restarted_keeps_every_acknowledged_write() {
 
 #[test]
 fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted() {
-    let mut cluster = Cluster::new("snapshot", 3, &["--log-retain", "20"]);
+    for format in ["row", "statement", "physical"] {
+        a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted_in(format);
+    }
+}
+
+fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted_in(format: &str) {
+    let mut cluster = Cluster::new(&format!("snapshot-{format}"), 3, &["--log-retain", "20", "--log-format", format]);
     cluster.nodes[0].start();
     cluster.nodes[1].start();
     wait_node_ready(&cluster.nodes[0]);

@@ -11,7 +11,8 @@
 //!   persists; "destroy" erases the leader's disk for good, after which the operator
 //!   promotes the most up-to-date surviving node (new epoch) — the manual failover of a
 //!   single-leader cluster, until automatic failover exists. Only one disk is lost at a
-//!   time: another may be destroyed only once every node holds the leader's committed log.
+//!   time: another may be destroyed only once every node holds every write acknowledged
+//!   with a majority requirement.
 
 use crate::history::{Op, OpKind, Outcome};
 use crate::rng::Rng;
@@ -196,6 +197,8 @@ pub struct World {
     clients_on: bool,
     trace: Option<String>,
     pub destroyed_disks: usize,
+    /// Highest log index of a write acknowledged to a client with a majority requirement.
+    max_durable_acked_index: u64,
 }
 
 fn members(count: usize) -> Vec<String> {
@@ -258,6 +261,7 @@ impl World {
             clients_on: true,
             trace: trace.then(String::new),
             destroyed_disks: 0,
+            max_durable_acked_index: 0,
         };
         trace!(world, "seed {seed} nodes {count} ack {} faults {:?} loss {loss_percent}% dup {duplicate_percent}%", options.ack.name(), options.faults);
         for node in 0..count {
@@ -780,7 +784,14 @@ impl World {
     fn complete_op(&mut self, client: usize, op: usize, outcome: Outcome) {
         trace!(self, "client {client} completes op {op}: {outcome:?}");
         match &outcome {
-            Outcome::WriteOk(position) => self.clients[client].session = self.clients[client].session.max(*position),
+            Outcome::WriteOk(position) => {
+                self.clients[client].session = self.clients[client].session.max(*position);
+                if let OpKind::Write { requirement, .. } = self.history[op].kind {
+                    if crate::history::is_durable_requirement(requirement, self.nodes.len()) {
+                        self.max_durable_acked_index = self.max_durable_acked_index.max(position.index);
+                    }
+                }
+            }
             Outcome::ReadOk { node_last, .. } => {
                 let session = &mut self.clients[client].session;
                 if node_last.index > session.index {
@@ -864,13 +875,12 @@ impl World {
     /// other node (by durable log) in a new epoch and restarts every node with it.
     fn destroy_leader_and_promote(&mut self) {
         let old = self.current_leader();
-        // One lost disk at a time: every node must be running and hold everything the
-        // leader knows to be on a majority (a rebuilt disk must have caught up) before
-        // another disk may be lost. Two disks lost together can take a majority's copies,
-        // which no ack mode of a 3-node cluster promises to survive.
-        let now = self.node_now(old);
-        let Some(commit_index) = self.nodes[old].replica.as_ref().map(|replica| replica.status(now).commit_index) else { return };
-        if self.nodes.iter().any(|node| !node.is_running() || node.last().index < commit_index) {
+        // One lost disk at a time: every node must be running and hold every write
+        // acknowledged so far with a majority requirement (a rebuilt disk must have caught
+        // up) before another disk may be lost. Two disks lost together can take all of a
+        // write's copies, which no ack mode of a 3-node cluster promises to survive.
+        let required = self.max_durable_acked_index;
+        if self.nodes.iter().any(|node| !node.is_running() || node.last().index < required) {
             return;
         }
         self.crash_node(old);

@@ -62,6 +62,11 @@ fn the_same_seed_replays_byte_for_byte() {
 /// at a time, as the promise of a 3-node semi-sync cluster assumes.
 #[test]
 fn regression_seed_1976_does_not_lose_two_disks_at_once() {
+    // Also seed 12137 at 400 steps: the first guard trusted a just-promoted leader's
+    // commit index, which starts at 0, and let a second disk go while n2 lacked writes.
+    let options = Options { ack: AckMode::SemiSync, faults: Faults::All, steps: 400, ..Options::default() };
+    let report = run_seed(&options, 12137, false);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
     let options = Options { ack: AckMode::SemiSync, faults: Faults::All, steps: 200, ..Options::default() };
     let report = run_seed(&options, 1976, false);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
