@@ -164,15 +164,22 @@ async fn write_path(node: &Node, statements: Vec<Statement>, params: &Params, st
     write_response(reply, started, params)
 }
 
+/// What `/db/execute` and `/db/request` share before they differ: the query string, a
+/// readiness check and the statements of the body.
+fn accept_statements(node: &Node, raw: Option<String>, body: &[u8]) -> Result<(Params, Vec<Statement>), Response> {
+    let params = Params::parse(raw);
+    if let Some(response) = not_ready(node) {
+        return Err(response);
+    }
+    let statements = parse_statements(body).map_err(bad_request)?;
+    Ok((params, statements))
+}
+
 async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
-    let params = Params::parse(raw);
-    if let Some(response) = not_ready(&node) {
-        return response;
-    }
-    let statements = match parse_statements(&body) {
-        Ok(statements) => statements,
-        Err(message) => return bad_request(message),
+    let (params, statements) = match accept_statements(&node, raw, &body) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     if statements.is_empty() {
         return Json(json!({ "results": [] })).into_response();
@@ -235,13 +242,9 @@ async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Byt
 /// goes to the leader as one request (its reads run there too).
 async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
-    let params = Params::parse(raw);
-    if let Some(response) = not_ready(&node) {
-        return response;
-    }
-    let statements = match parse_statements(&body) {
-        Ok(statements) => statements,
-        Err(message) => return bad_request(message),
+    let (params, statements) = match accept_statements(&node, raw, &body) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     if node.all_read_only(statements.clone()).await {
         let options = match read_options(&params) {
