@@ -267,3 +267,15 @@ fn leader_reports_per_follower_lag_from_the_oldest_missing_write() {
     assert_eq!(lag, vec![("n2".into(), 0), ("n3".into(), 3_000)]);
     assert_eq!(status.commit_index, 2);
 }
+
+#[test]
+fn acks_from_another_epoch_count_for_nothing() {
+    let mut replica = leader(AckMode::SemiSync);
+    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
+    drain(&mut replica);
+    // A follower still answering an older leader's append says nothing about this log.
+    let stale = Message::AppendAck { epoch: 0, durable: Position::new(0, 1), next_index: 2, read_seq: 9, rejected: false };
+    replica.on_message(20, &"n2".into(), stale);
+    assert_eq!(drain(&mut replica), vec![]);
+    assert_eq!(replica.status(20).followers[0].matched, 0);
+}
