@@ -537,10 +537,17 @@ impl Replica {
         self.send_ack(true);
     }
 
-    /// Follower: a snapshot taken at `position` replaced the local database and log.
+    /// Follower: the local database now holds everything up to `position`, after a
+    /// snapshot was installed (or found not to be ahead of what was already durable, in
+    /// which case the driver passes its durable position). Never moves backwards: a
+    /// durable position already acknowledged must stay true.
     pub fn on_snapshot_installed(&mut self, now: Micros, position: Position) {
-        self.last = position;
-        self.accepted = position;
+        if position.index > self.last.index {
+            self.last = position;
+        }
+        if position.index > self.accepted.index {
+            self.accepted = position;
+        }
         if let Role::Follower(follower) = &mut self.role {
             follower.pending_fresh.clear();
             follower.leader_heard_at = Some(now);

@@ -279,3 +279,19 @@ fn acks_from_another_epoch_count_for_nothing() {
     assert_eq!(drain(&mut replica), vec![]);
     assert_eq!(replica.status(20).followers[0].matched, 0);
 }
+
+#[test]
+fn an_installed_snapshot_never_moves_the_durable_position_backwards() {
+    let mut replica = follower("n2");
+    replica.on_message(5, &"n1".into(), append(0, vec![entry(1), entry(2), entry(3)], 3, 0));
+    drain(&mut replica);
+    replica.on_persisted(6, Position::new(1, 3));
+    drain(&mut replica);
+    // A snapshot requested earlier, at index 2, lands after entries up to 3 were applied.
+    replica.on_snapshot_installed(7, Position::new(1, 2));
+    assert_eq!(replica.last(), Position::new(1, 3));
+    assert_eq!(
+        drain(&mut replica),
+        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false })]
+    );
+}

@@ -36,6 +36,7 @@ const MS: Micros = 1_000;
 const SECOND: Micros = 1_000_000;
 const TICK: Micros = 10 * MS;
 const KEYS: u64 = 4;
+const COMPACTION_KEEP: u64 = 20;
 const CLIENT_TIMEOUT: Micros = 12 * SECOND;
 const SESSION_WAIT: Micros = 5 * SECOND;
 /// One-way latency between the simulated regions (us-east, eu-west, antarctica).
@@ -67,6 +68,7 @@ enum Payload {
     Replica(Message),
     Request { op: usize, client: usize, request: Request },
     Reply { op: usize, reply: Reply },
+    Snapshot { entries: Vec<Entry>, position: Position },
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +113,9 @@ enum Persist {
     /// Leader: a client's write, acknowledged by the core once durable.
     LeaderWrite { entry: Entry, client: usize, op: usize, requirement: AckRequirement },
     Follower { entries: Vec<Entry> },
+    /// A snapshot from the leader: its whole state up to `position` (in this storage model,
+    /// its log), replacing the local one.
+    Snapshot { entries: Vec<Entry>, position: Position },
 }
 
 struct PendingRead {
@@ -129,6 +134,9 @@ pub struct Node {
     pub disk: Vec<Entry>,
     /// Bumped when the disk is destroyed.
     pub disk_generation: u64,
+    /// Lowest index the log can still ship (older entries were compacted; their effects
+    /// remain). A follower needing older entries gets a snapshot.
+    first_index: u64,
     /// Bumped on every crash or restart; events for an older incarnation are dropped.
     incarnation: u64,
     persists: VecDeque<(Micros, Persist)>,
@@ -197,6 +205,9 @@ pub struct World {
     clients_on: bool,
     trace: Option<String>,
     pub destroyed_disks: usize,
+    /// In-memory tail the leader keeps for shipping (small, so catch-up reads the log
+    /// and, past compaction, sends snapshots).
+    tail_cache_bytes: usize,
     /// Highest log index of a write acknowledged to a client with a majority requirement.
     max_durable_acked_index: u64,
 }
@@ -219,6 +230,7 @@ impl World {
                 replica: None,
                 disk: Vec::new(),
                 disk_generation: 0,
+                first_index: 1,
                 incarnation: 0,
                 persists: VecDeque::new(),
                 disk_stalled_until: 0,
@@ -261,8 +273,10 @@ impl World {
             clients_on: true,
             trace: trace.then(String::new),
             destroyed_disks: 0,
+            tail_cache_bytes: 0,
             max_durable_acked_index: 0,
         };
+        world.tail_cache_bytes = world.rng.range(0, 400) as usize;
         trace!(world, "seed {seed} nodes {count} ack {} faults {:?} loss {loss_percent}% dup {duplicate_percent}%", options.ack.name(), options.faults);
         for node in 0..count {
             world.start_node(node);
@@ -301,6 +315,8 @@ impl World {
         let state = &self.nodes[node];
         let mut config = Config::new(state.id.clone(), members(self.nodes.len()), state.leader.clone(), self.options.ack);
         config.epoch = state.epoch;
+        config.tail_cache_bytes = self.tail_cache_bytes;
+        config.snapshot_timeout_us = 3 * SECOND;
         config
     }
 
@@ -513,6 +529,11 @@ impl World {
                 }
             }
             (Addr::Node(node), Payload::Request { op, client, request }) => self.serve(node, client, op, request),
+            (Addr::Node(node), Payload::Snapshot { entries, position }) => {
+                if self.nodes[node].is_running() {
+                    self.enqueue_persist(node, Persist::Snapshot { entries, position });
+                }
+            }
             (Addr::Client(client), Payload::Reply { op, reply }) => {
                 if self.clients[client].current != Some(op) {
                     return;
@@ -661,7 +682,10 @@ impl World {
                 let index = entry.index;
                 state.replica.as_mut().expect("persists only complete on running nodes").on_leader_appended(now, vec![entry], vec![(tag, index, requirement)]);
             }
-            Persist::Follower { entries } => {
+            Persist::Follower { mut entries } => {
+                // As the engine does: entries already held (a snapshot covered them) are skipped.
+                let held = self.nodes[node].last().index;
+                entries.retain(|entry| entry.index > held);
                 for entry in &entries {
                     match self.observations.created.get(&(entry.epoch, entry.index)) {
                         Some(write_id) if *write_id == decode(&entry.payload).0 => {}
@@ -684,6 +708,27 @@ impl World {
                 let last = self.nodes[node].last();
                 self.nodes[node].replica.as_mut().expect("running").on_persisted(now, last);
             }
+            Persist::Snapshot { entries, position } => {
+                let state = &mut self.nodes[node];
+                if position.index <= state.last().index {
+                    // As the engine does: a snapshot not ahead of the durable state is dropped.
+                    let last = state.last();
+                    trace!(self, "{} dropped snapshot at {position}: already at {last}", self.nodes[node].id);
+                    self.nodes[node].replica.as_mut().expect("running").on_snapshot_installed(now, last);
+                    self.answer_sessions(node);
+                    self.drain(node);
+                    return;
+                }
+                state.disk = entries;
+                state.first_index = position.index + 1;
+                state.kv.clear();
+                for entry in &state.disk {
+                    let (write_id, key) = decode(&entry.payload);
+                    state.kv.insert(key, (write_id, entry.index));
+                }
+                trace!(self, "{} installed snapshot at {position}", self.nodes[node].id);
+                self.nodes[node].replica.as_mut().expect("running").on_snapshot_installed(now, position);
+            }
         }
         self.answer_sessions(node);
         self.drain(node);
@@ -695,6 +740,11 @@ impl World {
             let (write_id, key) = decode(&entry.payload);
             state.kv.insert(key, (write_id, entry.index));
             state.disk.push(entry.clone());
+        }
+        // Compaction keeps the newest COMPACTION_KEEP entries shippable.
+        let last = state.last().index;
+        if last >= state.first_index + 2 * COMPACTION_KEEP {
+            state.first_index = last + 1 - COMPACTION_KEEP;
         }
     }
 
@@ -710,14 +760,24 @@ impl World {
                 }
                 Output::Persist { entries } => self.enqueue_persist(node, Persist::Follower { entries }),
                 Output::ReadLog { to, from_index } => {
-                    // The simulated log is never compacted: everything is still there.
-                    let entries: Vec<Entry> = self.nodes[node].disk.iter().filter(|entry| entry.index >= from_index).take(512).cloned().collect();
                     let now = self.node_now(node);
-                    self.nodes[node].replica.as_mut().expect("running").on_log_read(now, &to, entries);
+                    if from_index < self.nodes[node].first_index {
+                        self.nodes[node].replica.as_mut().expect("running").on_log_compacted(now, &to);
+                    } else {
+                        let entries: Vec<Entry> = self.nodes[node].disk.iter().filter(|entry| entry.index >= from_index).take(512).cloned().collect();
+                        self.nodes[node].replica.as_mut().expect("running").on_log_read(now, &to, entries);
+                    }
                 }
                 Output::SendSnapshot { to } => {
+                    // As the server does: the snapshot is handed to the transport and the
+                    // core told at once; it may still be lost or partitioned away.
                     let now = self.node_now(node);
-                    self.nodes[node].replica.as_mut().expect("running").on_snapshot_finished(now, &to, None);
+                    let (entries, position) = (self.nodes[node].disk.clone(), self.nodes[node].last());
+                    self.nodes[node].replica.as_mut().expect("running").on_snapshot_finished(now, &to, Some(position));
+                    if let Some(target) = self.nodes.iter().position(|candidate| candidate.id == to) {
+                        trace!(self, "snapshot at {position} from n{} to {to}", node + 1);
+                        self.send(Addr::Node(node), Addr::Node(target), Payload::Snapshot { entries, position });
+                    }
                 }
                 Output::WriteDone { tag, result } => {
                     let Some((client, op)) = self.nodes[node].write_tags.remove(&tag) else { continue };
@@ -885,6 +945,7 @@ impl World {
         }
         self.crash_node(old);
         self.nodes[old].disk.clear();
+        self.nodes[old].first_index = 1;
         self.nodes[old].disk_generation += 1;
         self.destroyed_disks += 1;
         let chosen = (0..self.nodes.len())

@@ -611,6 +611,10 @@ impl Engine {
     /// If an entry does not continue the log, cannot be decoded or does not apply (the
     /// replicas diverged); nothing of the batch is applied then.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Position> {
+        // Entries this node already holds (a snapshot installed meanwhile covered them)
+        // are skipped: within one epoch the leader's entry at an index is the only one.
+        let held = entries.iter().take_while(|entry| entry.index <= self.last.index).count();
+        let entries = &entries[held..];
         if self.format == LogFormat::Physical && entries.len() > 1 {
             // One commit per leader commit: SQLite moves page 1's change counter once per
             // commit, so merging the leader's transactions would leave the follower's
@@ -813,8 +817,17 @@ impl Engine {
     pub fn install_snapshot(&mut self, snapshot: &Path) -> Result<Position> {
         {
             let check = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            if database_position(&check)? == Position::ZERO {
+            let position = database_position(&check)?;
+            if position == Position::ZERO {
                 return Err(StorageError("snapshot holds no tern log position".into()));
+            }
+            if position.index <= self.last.index {
+                // Entries applied since the snapshot was requested already took this node
+                // past it; installing would move the node backwards and undo writes it
+                // has acknowledged.
+                drop(check);
+                let _ = std::fs::remove_file(snapshot);
+                return Ok(self.last);
             }
         }
         let database = self.database_path();

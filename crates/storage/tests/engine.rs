@@ -169,3 +169,26 @@ fn an_entry_that_does_not_continue_the_log_is_refused_whole() {
     assert!(follower.table_checksums().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn a_snapshot_behind_the_follower_is_dropped_and_held_entries_are_skipped() {
+    for format in [LogFormat::Row, LogFormat::Physical] {
+        let root = scratch(&format!("behind-{}", format.name()));
+        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let entries = execute_each(&mut leader, &workload()[..3]);
+        let snapshot = root.join("snapshot.db");
+        leader.write_snapshot(&snapshot).unwrap();
+        let later = execute_each(&mut leader, &workload()[4..5]);
+        assert_eq!(later.len(), 1);
+        follower.apply(&entries).unwrap();
+        follower.apply(&later).unwrap();
+        let before = follower.table_checksums().unwrap();
+        // The snapshot (at 3) arrives after the follower reached 4: nothing changes.
+        assert_eq!(follower.install_snapshot(&snapshot).unwrap(), Position::new(1, 4), "{format:?}");
+        assert_eq!(follower.table_checksums().unwrap(), before);
+        // Entries it already holds are skipped, not refused.
+        assert_eq!(follower.apply(&later).unwrap(), Position::new(1, 4));
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
