@@ -512,7 +512,11 @@ impl Replica {
         if durable.index <= self.last.index {
             return;
         }
-        assert!(durable.index <= self.accepted.index, "persisted beyond what was accepted");
+        // A persist issued before a failed one may still complete after `accepted` was
+        // wound back: what the disk holds is the truth.
+        if durable.index > self.accepted.index {
+            self.accepted = durable;
+        }
         self.last = durable;
         while let Some(&(leader_last, heard_at)) = follower.pending_fresh.front() {
             if leader_last > self.last.index {
@@ -551,6 +555,9 @@ impl Replica {
         if let Role::Follower(follower) = &mut self.role {
             follower.pending_fresh.clear();
             follower.leader_heard_at = Some(now);
+            // The snapshot may cover entries whose persist was pending; an ack owed for
+            // them is paid by this one (else heartbeats would go unanswered).
+            follower.ack_owed = self.accepted.index > self.last.index;
         }
         self.send_ack(false);
     }
@@ -643,6 +650,11 @@ impl Replica {
         progress.acked_read_seq = progress.acked_read_seq.max(read_seq);
         if durable.index > progress.matched {
             progress.matched = durable.index.min(last_index);
+        } else if rejected && durable.index < progress.matched {
+            // The follower holds less than it once acknowledged: its disk was lost and
+            // rebuilt. Counting the old copies would overstate durability, and resending
+            // from the old mark would leave a gap it rejects forever.
+            progress.matched = durable.index;
         }
         if progress.matched >= last_index {
             progress.in_sync = true;
@@ -714,7 +726,9 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(peer) else { return };
         let mut entries = Vec::new();
-        let mut prev_index = self.last.index;
+        // An empty append claims only what was already sent: claiming `last` would make a
+        // follower still receiving the window reject it as a gap and cause a resend.
+        let mut prev_index = self.last.index.min(progress.next - 1);
         let window_open = progress.next <= progress.matched + self.config.max_inflight_entries;
         if progress.next <= self.last.index && window_open && !progress.fetching && !progress.snapshotting {
             let tail_start = leader.tail.front().map_or(self.last.index + 1, |entry| entry.index);

@@ -295,3 +295,37 @@ fn an_installed_snapshot_never_moves_the_durable_position_backwards() {
         vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false })]
     );
 }
+
+#[test]
+fn a_heartbeat_during_catch_up_claims_only_what_was_sent() {
+    // A window of one entry: entries 2 and 3 wait until entry 1 is acknowledged.
+    let config = Config { max_inflight_entries: 1, max_entries_per_append: 1, ..Config::new("n1", members(), "n1", AckMode::SemiSync) };
+    let mut replica = Replica::new(config, Position::ZERO, 0);
+    drain(&mut replica);
+    replica.on_leader_appended(10, vec![entry(1), entry(2), entry(3)], vec![]);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 3, 0)), send("n3", append(0, vec![entry(1)], 3, 0))]);
+    // The heartbeat claims entry 1 as the previous one, not 3, which a follower that
+    // has only entry 1 would reject as a gap (and the leader would resend the window).
+    replica.on_tick(10 + 50_000);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 3, 0)), send("n3", append(1, vec![], 3, 0))]);
+}
+
+#[test]
+fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_meanwhile() {
+    let mut replica = leader(AckMode::SemiSync);
+    replica.on_leader_appended(10, vec![entry(1), entry(2)], vec![]);
+    drain(&mut replica);
+    replica.on_message(20, &"n2".into(), ack(2, 0));
+    drain(&mut replica);
+    // n2 comes back empty and rejects the next append as a gap.
+    replica.on_message(30, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true });
+    let commit_2 = Message::Append { epoch: 1, leader: "n1".into(), prev_index: 0, entries: vec![entry(1), entry(2)], commit_index: 2, leader_last: 2, read_seq: 0 };
+    assert_eq!(drain(&mut replica), vec![send("n2", commit_2)]);
+    // Its old acknowledgement no longer counts: a new write needs a fresh copy.
+    replica.on_leader_appended(40, vec![entry(3)], vec![(9, 3, AckRequirement::Majority)]);
+    drain(&mut replica);
+    replica.on_message(50, &"n2".into(), ack(1, 0));
+    assert_eq!(drain(&mut replica), vec![], "n2 holds only entry 1 now");
+    replica.on_message(60, &"n2".into(), ack(3, 0));
+    assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 9, result: Ok(Position::new(1, 3)) }]);
+}

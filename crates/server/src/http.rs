@@ -109,8 +109,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "us" | "µs" => value / 1_000_000.0,
         _ => return Err(bad()),
     };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(bad());
+    // Waits longer than an hour are a mistake, and huge values would overflow `Duration`.
+    if !seconds.is_finite() || !(0.0..=3600.0).contains(&seconds) {
+        return Err(format!("bad duration {text:?}: must be between 0 and 1h"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -401,6 +402,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e300").is_err(), "a huge value is an error, not a panic");
+        assert!(parse_duration("99999999999999999999m").is_err());
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!   persists; "destroy" erases the leader's disk for good, after which the operator
 //!   promotes the most up-to-date surviving node (new epoch) — the manual failover of a
 //!   single-leader cluster, until automatic failover exists. Only one disk is lost at a
-//!   time: another may be destroyed only once every node holds every write acknowledged
-//!   with a majority requirement.
+//!   time: another may be destroyed only once the rebuilt node holds every write that was
+//!   acknowledged with a majority requirement when its disk was lost.
 
 use crate::history::{Op, OpKind, Outcome};
 use crate::rng::Rng;
@@ -210,6 +210,9 @@ pub struct World {
     tail_cache_bytes: usize,
     /// Highest log index of a write acknowledged to a client with a majority requirement.
     max_durable_acked_index: u64,
+    /// The node whose disk was last destroyed and the acknowledged index it must hold
+    /// again before another disk may be lost.
+    rebuilding: Option<(usize, u64)>,
 }
 
 fn members(count: usize) -> Vec<String> {
@@ -275,6 +278,7 @@ impl World {
             destroyed_disks: 0,
             tail_cache_bytes: 0,
             max_durable_acked_index: 0,
+            rebuilding: None,
         };
         world.tail_cache_bytes = world.rng.range(0, 400) as usize;
         trace!(world, "seed {seed} nodes {count} ack {} faults {:?} loss {loss_percent}% dup {duplicate_percent}%", options.ack.name(), options.faults);
@@ -935,14 +939,16 @@ impl World {
     /// other node (by durable log) in a new epoch and restarts every node with it.
     fn destroy_leader_and_promote(&mut self) {
         let old = self.current_leader();
-        // One lost disk at a time: every node must be running and hold every write
-        // acknowledged so far with a majority requirement (a rebuilt disk must have caught
-        // up) before another disk may be lost. Two disks lost together can take all of a
-        // write's copies, which no ack mode of a 3-node cluster promises to survive.
-        let required = self.max_durable_acked_index;
-        if self.nodes.iter().any(|node| !node.is_running() || node.last().index < required) {
-            return;
+        // One lost disk at a time: the last rebuilt disk must again hold every write that
+        // was acknowledged with a majority requirement when it was lost. Two disks lost
+        // together can take all of a write's copies, which no ack mode of a 3-node cluster
+        // promises to survive. Nodes that are merely down keep their disks and count.
+        if let Some((rebuilt, required)) = self.rebuilding {
+            if self.nodes[rebuilt].last().index < required {
+                return;
+            }
         }
+        self.rebuilding = Some((old, self.max_durable_acked_index));
         self.crash_node(old);
         self.nodes[old].disk.clear();
         self.nodes[old].first_index = 1;

@@ -8,6 +8,7 @@
 //! Every write transaction commits with `synchronous=FULL` in WAL mode, so a commit that
 //! returned is on disk; many client requests share one commit (group commit).
 
+use crate::guard::{self, first_keyword};
 use crate::rewrite::make_deterministic;
 use crate::session::{apply_changeset, Session};
 use crate::sql::{Params, SqlValue, Statement, StatementResult};
@@ -144,12 +145,9 @@ const CHECKPOINT_EVERY_COMMITS: u64 = 256;
 
 /// A request that must run outside any transaction (`VACUUM`); it is executed alone.
 pub fn is_maintenance(request: &WriteRequest) -> bool {
-    request.statements.iter().any(|statement| first_keyword(&statement.sql).eq_ignore_ascii_case("VACUUM"))
+    request.statements.iter().any(|statement| first_keyword(&statement.sql) == "VACUUM")
 }
 
-fn first_keyword(sql: &str) -> &str {
-    sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("")
-}
 
 fn configure_physical_data(connection: &Connection) -> Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -238,7 +236,7 @@ fn record_position(connection: &Connection, position: Position) -> Result<()> {
 /// Keywords that begin statements whose effect is rows (recorded by the session
 /// extension in the row format); anything else is shipped as SQL.
 fn changes_rows(sql: &str) -> bool {
-    matches!(first_keyword(sql).to_ascii_uppercase().as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES")
+    matches!(first_keyword(sql).as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES")
 }
 
 fn bind(statement: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<()> {
@@ -453,7 +451,7 @@ impl Engine {
     fn execute_maintenance(&mut self, epoch: u64, request: &WriteRequest) -> Result<Batch> {
         let mut results = Vec::new();
         for statement in &request.statements {
-            if !first_keyword(&statement.sql).eq_ignore_ascii_case("VACUUM") {
+            if first_keyword(&statement.sql) != "VACUUM" {
                 results.push(StatementResult::error("VACUUM must be sent alone in its request"));
                 continue;
             }
@@ -560,6 +558,10 @@ impl Engine {
             if request.transaction && results.iter().any(|result| result.error.is_some()) {
                 break;
             }
+            if let Some(refusal) = guard::refusal(&statement.sql) {
+                results.push(StatementResult::error(refusal));
+                continue;
+            }
             let sql = match self.format {
                 LogFormat::Statement if !self.rewrite_statements => statement.sql.clone(),
                 LogFormat::Statement => match make_deterministic(&self.connection, &statement.sql) {
@@ -572,7 +574,12 @@ impl Engine {
                 },
                 LogFormat::Row | LogFormat::Physical => statement.sql.clone(),
             };
-            if is_read_only(&self.connection, &sql) {
+            let read_only = is_read_only(&self.connection, &sql);
+            if let Some(refusal) = (!read_only).then(|| guard::write_refusal(&sql)).flatten() {
+                results.push(StatementResult::error(refusal));
+                continue;
+            }
+            if read_only {
                 results.push(run_statement(&self.connection, &sql, &statement.params));
                 continue;
             }

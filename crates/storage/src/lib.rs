@@ -3,11 +3,13 @@
 //! Layout:
 //! - [`engine`]: the writer (execute + capture on the leader, apply on followers), the
 //!   durable replication log kept in the same database, snapshots, and read-only readers.
+//! - [`guard`]: statements a client may not run on the write path.
 //! - [`rewrite`]: making statements deterministic for the statement log format.
 //! - [`session`]: the only unsafe code: SQLite's session extension for row images.
 //! - [`sql`]: requests and results in rqlite's shapes.
 
 pub mod engine;
+pub mod guard;
 pub mod rewrite;
 pub mod session;
 pub mod sql;

@@ -34,7 +34,7 @@ impl std::fmt::Display for NonDeterministic {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TokenKind {
+pub(crate) enum TokenKind {
     Word,
     Text,
     Other,
@@ -44,15 +44,15 @@ enum TokenKind {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Token {
-    kind: TokenKind,
-    start: usize,
-    end: usize,
+pub(crate) struct Token {
+    pub(crate) kind: TokenKind,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 /// Splits SQL into tokens. Unterminated strings or comments run to the end; SQLite will
 /// report the syntax error itself when the statement is prepared.
-fn tokenize(sql: &str) -> Vec<Token> {
+pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut tokens = Vec::new();
     let mut position = 0;
