@@ -79,6 +79,10 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             in_sync_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(10),
             statement_rewrite: true,
+            failover: true,
+            // Ticks long enough for the emulated WAN: a round trip to the nearest
+            // majority must fit well inside the lease.
+            election_tick: if spec.wan.is_empty() { Duration::from_millis(25) } else { Duration::from_millis(60) },
         };
         nodes.push(tern_server::serve(config).await?);
     }

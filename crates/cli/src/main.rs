@@ -117,6 +117,14 @@ pub struct ServerArgs {
     /// `tern verify` shows where).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     statement_rewrite: String,
+    /// Automatic failover: nodes elect the leader by quorum vote (on), and --leader is
+    /// only the preferred first leader; off keeps --leader fixed.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    failover: String,
+    /// Election tick, milliseconds: a follower campaigns after 10 to 20 ticks without
+    /// hearing a leader. Raise it on links with round trips near 100 ms.
+    #[arg(long, default_value_t = 25)]
+    election_tick_ms: u64,
 }
 
 impl ServerArgs {
@@ -153,6 +161,8 @@ impl ServerArgs {
             in_sync_timeout: Duration::from_millis(self.in_sync_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             statement_rewrite: self.statement_rewrite == "on",
+            failover: self.failover == "on",
+            election_tick: Duration::from_millis(self.election_tick_ms.max(1)),
             id: self.id,
         })
     }

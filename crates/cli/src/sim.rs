@@ -36,6 +36,9 @@ pub struct SimArgs {
     /// expected outcome (async honesty): succeed only if at least one seed finds one.
     #[arg(long)]
     expect_loss: bool,
+    /// Automatic failover: nodes elect their leader (raft-rs) instead of a fixed one.
+    #[arg(long)]
+    failover: bool,
 }
 
 pub fn run(args: SimArgs) -> Result<(), String> {
@@ -49,6 +52,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         faults: args.faults.parse()?,
         steps: args.steps,
         log_format: args.log_format.clone(),
+        failover: args.failover,
     };
     if args.trace.is_some() && args.seeds != 1 {
         return Err("--trace needs --seeds 1".to_string());

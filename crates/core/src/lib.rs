@@ -9,13 +9,16 @@
 //! Layout:
 //! - [`types`]: positions, entries, ack modes, read levels, log formats.
 //! - [`message`]: what replicas say to each other on the data path.
+//! - [`election`]: leader election by quorum vote, delegated to raft-rs (term = epoch).
 //! - [`replica`]: leader log shipping, ack accounting (async / semi-sync / sync / `w=`),
 //!   follower acceptance, lag measurement, linearizable read barriers.
 
+pub mod election;
 pub mod message;
 pub mod replica;
 pub mod types;
 
+pub use election::{ElectionConfig, SavedElection};
 pub use message::Message;
-pub use replica::{Config, Output, ReadError, Replica, Status, WriteError};
+pub use replica::{log_holds, Config, Output, ReadError, Replica, Status, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};

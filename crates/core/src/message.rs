@@ -10,8 +10,11 @@ pub enum Message {
     Append {
         epoch: u64,
         leader: NodeId,
-        /// The index just before `entries[0]` (or the leader's last index for a heartbeat).
+        /// The index just before `entries[0]` (for a heartbeat, the last one already sent).
         prev_index: u64,
+        /// The epoch of the leader's entry at `prev_index`: a follower holding another
+        /// epoch there has entries the leader lacks (log matching, as in Raft).
+        prev_epoch: u64,
         entries: Vec<Entry>,
         /// Highest index a majority has durably; lets followers report what is committed.
         commit_index: u64,
@@ -32,13 +35,26 @@ pub enum Message {
         read_seq: u64,
         /// The append did not connect to the follower's log; resend from `next_index`.
         rejected: bool,
+        /// The follower's log has entries the leader's lacks: where each epoch starts in
+        /// it, `(epoch, first index)`, so the leader can find the common prefix.
+        diverged: Option<Vec<(u64, u64)>>,
     },
+    /// Raft's metadata group (votes, heartbeats, membership), as raft-rs protobuf bytes.
+    Raft { bytes: Vec<u8> },
+    /// A node raft elected for `epoch` asks for every node's durable position before it
+    /// leads; a node that answers refuses appends from older epochs from then on.
+    Recover { epoch: u64 },
+    RecoverAck { epoch: u64, last: Position },
 }
 
 impl Message {
     pub fn epoch(&self) -> u64 {
         match self {
-            Message::Append { epoch, .. } | Message::AppendAck { epoch, .. } => *epoch,
+            Message::Append { epoch, .. }
+            | Message::AppendAck { epoch, .. }
+            | Message::Recover { epoch }
+            | Message::RecoverAck { epoch, .. } => *epoch,
+            Message::Raft { .. } => 0,
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   counted for `w=`.
 //! - `on_tick` is called at least every `Config::tick_interval_us`.
 
+use crate::election::{Election, ElectionConfig, ElectionOutput, SavedElection};
 use crate::message::Message;
 use crate::types::{AckMode, AckRequirement, Entry, Micros, NodeId, Position};
 use std::collections::{BTreeMap, VecDeque};
@@ -22,7 +23,11 @@ pub struct Config {
     pub id: NodeId,
     /// Every member, this node included. Invariants: non-empty, contains `id` and `leader`.
     pub members: Vec<NodeId>,
+    /// Without elections, the leader; with them, the node that campaigns first on a
+    /// fresh cluster (a preference for the first election only).
     pub leader: NodeId,
+    /// Automatic failover by quorum vote; `None` keeps `leader` fixed.
+    pub elections: Option<ElectionConfig>,
     pub epoch: u64,
     pub ack: AckMode,
     /// How often the leader sends heartbeats (which also carry lag and commit information).
@@ -52,6 +57,7 @@ impl Config {
             id: id.into(),
             members,
             leader: leader.into(),
+            elections: None,
             epoch: 1,
             ack,
             heartbeat_interval_us: 50_000,
@@ -74,8 +80,10 @@ impl Config {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteError {
-    /// This node is not the leader (the driver forwards instead of getting here).
-    NotLeader { leader: NodeId },
+    /// This node is not the leader (the driver forwards instead of getting here), or is
+    /// one that may not accept writes now (recovering, transferring, lease expired).
+    /// `leader` is the leader if one is known.
+    NotLeader { leader: Option<NodeId> },
     /// The write is durable on the leader but not yet on enough copies; it may still
     /// replicate, or be lost if the leader is lost. Its outcome is unknown.
     Timeout { position: Position, acked_by: usize, needed: String },
@@ -86,7 +94,8 @@ pub enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::NotLeader { leader } => write!(f, "not the leader; leader is {leader}"),
+            WriteError::NotLeader { leader: Some(leader) } => write!(f, "not the leader; leader is {leader}"),
+            WriteError::NotLeader { leader: None } => write!(f, "no leader is known (an election is under way): retry shortly"),
             WriteError::Timeout { position, acked_by, needed } => write!(
                 f,
                 "write at position {position} is durable on {acked_by} node(s) but {needed} did not \
@@ -101,7 +110,7 @@ impl std::fmt::Display for WriteError {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadError {
-    NotLeader { leader: NodeId },
+    NotLeader { leader: Option<NodeId> },
     /// A quorum did not confirm this node's leadership in time.
     Timeout,
 }
@@ -109,7 +118,8 @@ pub enum ReadError {
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReadError::NotLeader { leader } => write!(f, "not the leader; leader is {leader}"),
+            ReadError::NotLeader { leader: Some(leader) } => write!(f, "not the leader; leader is {leader}"),
+            ReadError::NotLeader { leader: None } => write!(f, "no leader is known (an election is under way): retry shortly"),
             ReadError::Timeout => write!(f, "a quorum did not confirm leadership in time"),
         }
     }
@@ -125,7 +135,12 @@ pub enum Output {
     /// log and call `on_log_read` (or `on_log_compacted` if they are gone).
     ReadLog { to: NodeId, from_index: u64 },
     /// Leader: the follower needs entries the log no longer holds: stream it a snapshot.
-    SendSnapshot { to: NodeId },
+    /// With `rollback_after`, the follower's log diverged after that index: it moves its
+    /// entries beyond it to its rollback store, installs the snapshot whatever its
+    /// position, and calls `on_rolled_back`.
+    SendSnapshot { to: NodeId, rollback_after: Option<u64> },
+    /// Store this election state durably before handling any later output.
+    SaveElection { state: SavedElection },
     /// A write registered with `on_leader_appended` is acknowledged or failed.
     WriteDone { tag: u64, result: Result<Position, WriteError> },
     /// A linearizable read barrier registered with `on_read_barrier` completed.
@@ -187,6 +202,13 @@ struct LeaderState {
     writes: Vec<WriteWaiter>,
     reads: Vec<ReadWaiter>,
     read_seq: u64,
+    /// When each recent heartbeat round started: a round acknowledged by a majority
+    /// extends the lease from its start.
+    rounds: VecDeque<(u64, Micros)>,
+    /// With elections: new writes are accepted only before this time. No other leader
+    /// can be elected before it (followers refuse votes for an election timeout after
+    /// hearing from this leader, and the lease is shorter).
+    lease_until: Micros,
     next_heartbeat_at: Micros,
     commit_index: u64,
 }
@@ -203,6 +225,45 @@ struct FollowerState {
     read_seq: u64,
     /// An ack is owed once the current persist completes.
     ack_owed: bool,
+}
+
+impl LeaderState {
+    fn new(config: &Config, epoch: u64, last: Position, now: Micros, lease_until: Micros) -> LeaderState {
+        let progress = Progress {
+            matched: 0,
+            next: last.index + 1,
+            last_ack_at: None,
+            last_sent_at: now,
+            acked_read_seq: 0,
+            in_sync: false,
+            fetching: false,
+            snapshotting: false,
+            snapshot_wait: None,
+        };
+        let peers = config.members.iter().filter(|member| **member != config.id).map(|member| (member.clone(), progress.clone())).collect();
+        LeaderState {
+            peers,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            append_times: VecDeque::new(),
+            writes: Vec::new(),
+            reads: Vec::new(),
+            // Rounds are numbered above every round of earlier epochs: a follower still
+            // echoing an older leader's round must not confirm this leader's.
+            // (Without elections a new leader only comes with restarted followers.)
+            read_seq: if config.elections.is_some() { epoch << 32 } else { 0 },
+            rounds: VecDeque::new(),
+            lease_until,
+            next_heartbeat_at: now,
+            commit_index: 0,
+        }
+    }
+}
+
+impl FollowerState {
+    fn new() -> FollowerState {
+        FollowerState { leader_heard_at: None, commit_index: 0, fresh_as_of: None, pending_fresh: VecDeque::new(), read_seq: 0, ack_owed: false }
+    }
 }
 
 #[derive(Debug)]
@@ -224,8 +285,15 @@ pub struct FollowerStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     pub is_leader: bool,
-    pub leader: NodeId,
+    /// The leader this node follows (itself if leader); `None` during an election.
+    pub leader: Option<NodeId>,
     pub epoch: u64,
+    /// Raft's term (equals `epoch` once an elected leader has recovered); 0 without elections.
+    pub term: u64,
+    /// This node won the vote and is collecting positions before it leads.
+    pub recovering: bool,
+    /// Leader with elections: whether its lease lets it accept writes now.
+    pub accepting_writes: bool,
     pub last: Position,
     pub commit_index: u64,
     /// Follower only: how long since this node last knew it had everything the leader had.
@@ -235,8 +303,36 @@ pub struct Status {
 
 const PENDING_FRESH_LIMIT: usize = 4096;
 
+/// A node raft elected, collecting durable positions before it leads (module docs of
+/// `election.rs` and docs/design/failover.md).
+#[derive(Debug)]
+struct Recovery {
+    epoch: u64,
+    answers: BTreeMap<NodeId, Position>,
+    /// When the first requests went out (the lease of a leader that emerges counts
+    /// from here) and when they were last repeated to nodes that did not answer.
+    sent_at: Micros,
+    resent_at: Micros,
+    /// Leadership is being handed to the most up-to-date node, until this time.
+    transfer: Option<(NodeId, Micros)>,
+}
+
 pub struct Replica {
     config: Config,
+    /// The leader this node follows (itself when leading); `None` while unknown.
+    leader: Option<NodeId>,
+    election: Option<Election>,
+    recovery: Option<Recovery>,
+    /// When this replica started, and whether it restarted with saved election state
+    /// (it then waits an election timeout before voting: it may have promised a lease).
+    started_at: Micros,
+    restarted: bool,
+    /// Last time an append or recovery request from another leader was accepted.
+    leader_contact_at: Option<Micros>,
+    /// Where each epoch starts in the local log, `(epoch, first index)`, ascending, up to
+    /// `accepted`. Entries below the first start (compacted or under a snapshot) are
+    /// taken to match any leader's.
+    epoch_starts: Vec<(u64, u64)>,
     epoch: u64,
     /// Durable end of the local log (leader: committed locally; follower: persisted).
     last: Position,
@@ -247,56 +343,55 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts a replica whose durable log ends at `last` (recovered by the driver).
+    /// Starts a replica whose durable log ends at `last` (recovered by the driver), with
+    /// no record of where earlier epochs start and no saved election state.
     ///
     /// # Panics
     /// If the configuration breaks its invariants (a bug in the caller).
     pub fn new(config: Config, last: Position, now: Micros) -> Replica {
+        Replica::start(config, last, Vec::new(), None, now)
+    }
+
+    /// Starts a replica from what the driver recovered: the durable end of the log, where
+    /// each epoch starts in it (`(epoch, first index)`, ascending), and the election state
+    /// last saved through `Output::SaveElection`.
+    pub fn start(config: Config, last: Position, mut epoch_starts: Vec<(u64, u64)>, saved: Option<&SavedElection>, now: Micros) -> Replica {
         assert!(config.members.contains(&config.id), "members must include this node");
         assert!(config.members.contains(&config.leader), "members must include the leader");
-        let epoch = config.epoch.max(last.epoch);
-        let role = if config.leader == config.id {
-            let peers = config
-                .members
-                .iter()
-                .filter(|member| **member != config.id)
-                .map(|member| {
-                    let progress = Progress {
-                        matched: 0,
-                        next: last.index + 1,
-                        last_ack_at: None,
-                        last_sent_at: now,
-                        acked_read_seq: 0,
-                        in_sync: false,
-                        fetching: false,
-                        snapshotting: false,
-                        snapshot_wait: None,
-                    };
-                    (member.clone(), progress)
-                })
-                .collect();
-            Role::Leader(LeaderState {
-                peers,
-                tail: VecDeque::new(),
-                tail_bytes: 0,
-                append_times: VecDeque::new(),
-                writes: Vec::new(),
-                reads: Vec::new(),
-                read_seq: 0,
-                next_heartbeat_at: now,
-                commit_index: 0,
-            })
-        } else {
-            Role::Follower(FollowerState {
-                leader_heard_at: None,
-                commit_index: 0,
-                fresh_as_of: None,
-                pending_fresh: VecDeque::new(),
-                read_seq: 0,
-                ack_owed: false,
-            })
+        epoch_starts.retain(|(_, first)| *first <= last.index && *first > 0);
+        if epoch_starts.last().is_none_or(|(epoch, _)| *epoch != last.epoch) && last.index > 0 {
+            epoch_starts.push((last.epoch, last.index));
+        }
+        let preferred = config.leader == config.id;
+        let election = config.elections.clone().map(|timing| Election::new(&config.id, &config.members, preferred, saved, timing, now));
+        let restarted = saved.is_some_and(|saved| saved.term() > 0);
+        let epoch = config.epoch.max(last.epoch).max(election.as_ref().map_or(0, Election::term));
+        let (role, leader) = match &election {
+            None if config.leader == config.id => (Role::Leader(LeaderState::new(&config, epoch, last, now, Micros::MAX)), Some(config.id.clone())),
+            None => (Role::Follower(FollowerState::new()), Some(config.leader.clone())),
+            Some(_) => (Role::Follower(FollowerState::new()), None),
         };
-        let mut replica = Replica { config, epoch, last, accepted: last, role, outputs: VecDeque::new() };
+        let mut replica = Replica {
+            config,
+            leader,
+            election,
+            recovery: None,
+            started_at: now,
+            restarted,
+            leader_contact_at: None,
+            epoch_starts,
+            epoch,
+            last,
+            accepted: last,
+            role,
+            outputs: VecDeque::new(),
+        };
+        if let Some(election) = &mut replica.election {
+            // The preferred first leader does not wait out a timeout on a fresh cluster.
+            if election.term() == 0 && replica.config.leader == replica.config.id {
+                election.campaign();
+            }
+        }
         replica.on_tick(now);
         replica
     }
@@ -309,8 +404,67 @@ impl Replica {
         matches!(self.role, Role::Leader(_))
     }
 
-    pub fn leader(&self) -> &NodeId {
-        &self.config.leader
+    /// The leader this node follows (itself when leading), if one is known.
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.leader.as_ref()
+    }
+
+    /// Whether a new write may start here now; the error says where to go instead.
+    /// With elections a leader accepts writes only while its lease holds and it is not
+    /// handing leadership over.
+    pub fn accepting_writes(&self, now: Micros) -> Result<(), WriteError> {
+        match &self.role {
+            Role::Leader(leader) if now < leader.lease_until && !self.election.as_ref().is_some_and(Election::transferring) => Ok(()),
+            Role::Leader(_) => Err(WriteError::NotLeader { leader: None }),
+            Role::Follower(_) => Err(WriteError::NotLeader { leader: self.leader.clone() }),
+        }
+    }
+
+    /// Whether this node may vote in an election now: not while a leader it heard from
+    /// recently may still hold a lease, nor (after a restart) before an election timeout
+    /// has passed, since it cannot remember whom it heard from.
+    fn may_vote(&self, now: Micros) -> bool {
+        let Some(election) = &self.election else { return false };
+        let timeout = election.config().election_timeout_min_us();
+        if self.is_leader() && self.accepting_writes(now).is_ok() {
+            return false;
+        }
+        if self.restarted && now < self.started_at + timeout {
+            return false;
+        }
+        self.leader_contact_at.is_none_or(|at| now >= at + timeout)
+    }
+
+    /// Whether the local durable log holds the entry at `position` (same index, same
+    /// epoch): a session token is satisfied only then. A log that is merely as long may
+    /// hold another epoch's entry there, written by an old leader and due for rollback.
+    pub fn holds(&self, position: Position) -> bool {
+        log_holds(&self.epoch_starts, self.last, position)
+    }
+
+    /// Where each epoch starts in the local log (for drivers that answer session reads
+    /// outside the replica loop: see [`log_holds`]).
+    pub fn epoch_starts(&self) -> &[(u64, u64)] {
+        &self.epoch_starts
+    }
+
+    /// The epoch of the local entry at `index`: `None` for index 0 or below what is
+    /// recorded (taken to match), and beyond `accepted` (not held).
+    fn epoch_at(&self, index: u64) -> Option<u64> {
+        if index == 0 || index > self.accepted.index {
+            return None;
+        }
+        self.epoch_starts.iter().rev().find(|(_, first)| *first <= index).map(|(epoch, _)| *epoch)
+    }
+
+    fn note_epoch_start(&mut self, entry: &Entry) {
+        if self.epoch_starts.last().is_none_or(|(epoch, _)| *epoch != entry.epoch) {
+            self.epoch_starts.push((entry.epoch, entry.index));
+        }
+    }
+
+    fn forget_epoch_starts_after(&mut self, index: u64) {
+        self.epoch_starts.retain(|(_, first)| *first <= index);
     }
 
     pub fn epoch(&self) -> u64 {
@@ -355,8 +509,11 @@ impl Replica {
         };
         Status {
             is_leader: self.is_leader(),
-            leader: self.config.leader.clone(),
+            leader: self.leader.clone(),
             epoch: self.epoch,
+            term: self.election.as_ref().map_or(0, Election::term),
+            recovering: self.recovery.is_some(),
+            accepting_writes: self.accepting_writes(now).is_ok(),
             last: self.last,
             commit_index,
             lag_us: if self.is_leader() { None } else { self.lag_us(now) },
@@ -381,12 +538,40 @@ impl Replica {
     /// Leader: `entries` were executed and durably committed locally. Each waiter is
     /// acknowledged once enough copies of its entry are durable.
     ///
+    /// If this node stopped leading while the entries were committing, they are kept as
+    /// local entries of their epoch (a later leader rolls them back if it lacks them) and
+    /// the waiters end with "outcome unknown".
+    ///
     /// # Panics
-    /// If called on a follower or with entries that do not continue the log (driver bugs).
+    /// If a leader's entries do not continue its log (a driver bug).
     pub fn on_leader_appended(&mut self, now: Micros, entries: Vec<Entry>, waiters: Vec<(u64, u64, AckRequirement)>) {
-        let Role::Leader(leader) = &mut self.role else {
-            panic!("on_leader_appended on a follower");
-        };
+        if !self.is_leader() || entries.first().is_some_and(|entry| entry.epoch != self.epoch) {
+            for entry in &entries {
+                if entry.index == self.last.index + 1 {
+                    // The disk now holds this entry after `last`: anything accepted from
+                    // another leader beyond `last` will not apply there (the storage
+                    // refuses it) and is asked for again, then found to diverge.
+                    self.forget_epoch_starts_after(self.last.index);
+                    self.note_epoch_start(entry);
+                    self.last = entry.position();
+                    self.accepted = self.last;
+                }
+            }
+            for (tag, index, requirement) in waiters {
+                let epoch = entries.iter().find(|entry| entry.index == index).map_or(self.epoch, |entry| entry.epoch);
+                let error = WriteError::Timeout {
+                    position: Position::new(epoch, index),
+                    acked_by: 1,
+                    needed: format!("{} (this node stopped leading)", requirement_text(requirement)),
+                };
+                self.outputs.push_back(Output::WriteDone { tag, result: Err(error) });
+            }
+            return;
+        }
+        if let Some(first) = entries.first() {
+            self.note_epoch_start(first);
+        }
+        let Role::Leader(leader) = &mut self.role else { unreachable!() };
         for entry in entries {
             assert_eq!(entry.index, self.last.index + 1, "leader log must be contiguous");
             assert_eq!(entry.epoch, self.epoch, "leader writes entries in its own epoch");
@@ -425,15 +610,17 @@ impl Replica {
     /// majority-durable, so the read neither misses acknowledged writes nor returns
     /// writes that could still be lost.
     pub fn on_read_barrier(&mut self, now: Micros, tag: u64, observed_index: u64) {
-        let Role::Leader(leader) = &mut self.role else {
-            let leader = self.config.leader.clone();
+        if !self.is_leader() {
+            let leader = self.leader.clone();
             self.outputs.push_back(Output::ReadDone { tag, result: Err(ReadError::NotLeader { leader }) });
             return;
-        };
-        leader.read_seq += 1;
-        let read_seq = leader.read_seq;
-        leader.reads.push(ReadWaiter { tag, read_seq, observed_index, deadline: now + self.config.read_timeout_us });
+        }
+        // A round that starts after the read arrived.
         self.broadcast_heartbeat(now);
+        let deadline = now + self.config.read_timeout_us;
+        let Role::Leader(leader) = &mut self.role else { unreachable!() };
+        let read_seq = leader.read_seq;
+        leader.reads.push(ReadWaiter { tag, read_seq, observed_index, deadline });
         self.advance(now);
     }
 
@@ -442,6 +629,7 @@ impl Replica {
         let epoch = self.epoch;
         let leader_id = self.config.id.clone();
         let max_inflight = self.config.max_inflight_entries;
+        let prev_epoch = entries.first().and_then(|first| self.epoch_at(first.index - 1)).unwrap_or(0);
         let Role::Leader(leader) = &mut self.role else { return };
         let commit_index = leader.commit_index;
         let leader_last = self.last.index;
@@ -462,6 +650,7 @@ impl Replica {
             epoch,
             leader: leader_id,
             prev_index,
+            prev_epoch,
             entries,
             commit_index,
             leader_last,
@@ -478,7 +667,7 @@ impl Replica {
         progress.fetching = false;
         if !progress.snapshotting {
             progress.snapshotting = true;
-            self.outputs.push_back(Output::SendSnapshot { to: to.clone() });
+            self.outputs.push_back(Output::SendSnapshot { to: to.clone(), rollback_after: None });
         }
     }
 
@@ -538,6 +727,7 @@ impl Replica {
         let Role::Follower(follower) = &mut self.role else { return };
         self.accepted = self.last;
         follower.ack_owed = false;
+        self.forget_epoch_starts_after(self.last.index);
         self.send_ack(true);
     }
 
@@ -551,7 +741,23 @@ impl Replica {
         }
         if position.index > self.accepted.index {
             self.accepted = position;
+            self.epoch_starts = vec![(position.epoch, position.index)];
         }
+        self.after_snapshot(now);
+    }
+
+    /// Follower: after `Output::SendSnapshot` with `rollback_after`, the entries the
+    /// leader lacks went to the rollback store and the leader's snapshot at `position`
+    /// replaced the database. The one way the durable position moves backwards: what was
+    /// rolled back was never on a majority of the leader's epoch.
+    pub fn on_rolled_back(&mut self, now: Micros, position: Position) {
+        self.last = position;
+        self.accepted = position;
+        self.epoch_starts = vec![(position.epoch, position.index)];
+        self.after_snapshot(now);
+    }
+
+    fn after_snapshot(&mut self, now: Micros) {
         if let Role::Follower(follower) = &mut self.role {
             follower.pending_fresh.clear();
             follower.leader_heard_at = Some(now);
@@ -566,13 +772,70 @@ impl Replica {
 
     pub fn on_message(&mut self, now: Micros, from: &NodeId, message: Message) {
         match message {
-            Message::Append { epoch, leader, prev_index, entries, commit_index, leader_last, read_seq } => {
-                self.on_append(now, epoch, leader, prev_index, entries, commit_index, leader_last, read_seq)
+            Message::Append { epoch, leader, prev_index, prev_epoch, entries, commit_index, leader_last, read_seq } => {
+                self.on_append(now, epoch, leader, (prev_index, prev_epoch), entries, commit_index, leader_last, read_seq)
             }
-            Message::AppendAck { epoch, durable, next_index, read_seq, rejected } => {
-                self.on_append_ack(now, from, epoch, durable, next_index, read_seq, rejected)
+            Message::AppendAck { epoch, durable, next_index, read_seq, rejected, diverged } => {
+                self.on_append_ack(now, from, epoch, durable, next_index, read_seq, rejected, diverged)
+            }
+            Message::Raft { bytes } => {
+                let may_vote = self.may_vote(now);
+                if let Some(election) = &mut self.election {
+                    election.on_message(from, &bytes, may_vote);
+                    self.drain_election(now);
+                }
+            }
+            Message::Recover { epoch } => self.on_recover(now, from, epoch),
+            Message::RecoverAck { epoch, last } => {
+                if let Some(recovery) = &mut self.recovery {
+                    if recovery.epoch == epoch {
+                        recovery.answers.insert(from.clone(), last);
+                        self.conclude_recovery(now);
+                    }
+                }
             }
         }
+    }
+
+    /// Stops leading (or recovering): pending writes end with "outcome unknown" (they
+    /// are durable here and may or may not survive), pending reads fail.
+    fn step_down(&mut self, leader: Option<NodeId>) {
+        self.recovery = None;
+        self.leader = leader;
+        let Role::Leader(state) = std::mem::replace(&mut self.role, Role::Follower(FollowerState::new())) else { return };
+        let copies = |index: u64| 1 + state.peers.values().filter(|progress| progress.matched >= index).count();
+        for waiter in state.writes {
+            let error = WriteError::Timeout {
+                position: waiter.position,
+                acked_by: copies(waiter.position.index),
+                needed: format!("{} (this node stopped leading)", requirement_text(waiter.requirement)),
+            };
+            self.outputs.push_back(Output::WriteDone { tag: waiter.tag, result: Err(error) });
+        }
+        for read in state.reads {
+            self.outputs.push_back(Output::ReadDone { tag: read.tag, result: Err(ReadError::NotLeader { leader: self.leader.clone() }) });
+        }
+    }
+
+    /// A leader of `epoch` (or a node raft elected for it) spoke: adopt it.
+    fn follow(&mut self, now: Micros, epoch: u64, leader: &NodeId) {
+        if epoch > self.epoch || self.leader.as_ref() != Some(leader) {
+            if self.is_leader() || self.recovery.is_some() {
+                self.step_down(Some(leader.clone()));
+            }
+            self.epoch = self.epoch.max(epoch);
+            self.leader = Some(leader.clone());
+        }
+        self.leader_contact_at = Some(now);
+    }
+
+    fn on_recover(&mut self, now: Micros, from: &NodeId, epoch: u64) {
+        if epoch < self.epoch || *from == self.config.id {
+            return;
+        }
+        self.follow(now, epoch, from);
+        let last = self.last;
+        self.outputs.push_back(Output::Send { to: from.clone(), message: Message::RecoverAck { epoch, last } });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -581,16 +844,20 @@ impl Replica {
         now: Micros,
         epoch: u64,
         leader_id: NodeId,
-        prev_index: u64,
+        (prev_index, prev_epoch): (u64, u64),
         entries: Vec<Entry>,
         commit_index: u64,
         leader_last: u64,
         read_seq: u64,
     ) {
-        if epoch < self.epoch || leader_id != self.config.leader {
+        let stale = epoch < self.epoch || (self.election.is_none() && leader_id != self.config.leader);
+        if stale || leader_id == self.config.id {
             // A stale or unknown leader: tell it our epoch, change nothing.
-            self.send_ack_to(&leader_id, true);
+            self.send_ack_to(&leader_id, true, None);
             return;
+        }
+        if self.election.is_some() {
+            self.follow(now, epoch, &leader_id);
         }
         let Role::Follower(follower) = &mut self.role else {
             // Two leaders in one epoch would be a configuration error; refuse the entries.
@@ -613,6 +880,17 @@ impl Replica {
             self.send_ack(true);
             return;
         }
+        // Log matching: the entry before the new ones, and any we already hold, must be
+        // the leader's (same epoch at the same index); else our log has entries the
+        // leader lacks, written by an older leader and never on a majority.
+        let conflict = self.epoch_at(prev_index).is_some_and(|held| held != prev_epoch)
+            || entries.iter().any(|entry| self.epoch_at(entry.index).is_some_and(|held| held != entry.epoch));
+        if conflict {
+            let starts = self.epoch_starts.clone();
+            self.send_ack_to(&leader_id, true, Some(starts));
+            return;
+        }
+        let Role::Follower(follower) = &mut self.role else { unreachable!() };
         let new_entries: Vec<Entry> = entries.into_iter().filter(|entry| entry.index > self.accepted.index).collect();
         if new_entries.is_empty() {
             if !follower.ack_owed {
@@ -621,10 +899,17 @@ impl Replica {
             return;
         }
         for (offset, entry) in new_entries.iter().enumerate() {
-            assert_eq!(entry.index, self.accepted.index + 1 + offset as u64, "append entries are contiguous");
+            if entry.index != self.accepted.index + 1 + offset as u64 {
+                // A malformed append; ask for a resend rather than trust it.
+                self.send_ack(true);
+                return;
+            }
+        }
+        follower.ack_owed = true;
+        for entry in &new_entries {
+            self.note_epoch_start(entry);
         }
         self.accepted = new_entries.last().expect("checked non-empty").position();
-        follower.ack_owed = true;
         self.outputs.push_back(Output::Persist { entries: new_entries });
     }
 
@@ -638,17 +923,37 @@ impl Replica {
         next_index: u64,
         read_seq: u64,
         rejected: bool,
+        diverged: Option<Vec<(u64, u64)>>,
     ) {
         if epoch != self.epoch {
             // An ack from another epoch says nothing about this leader's log.
             return;
         }
         let last_index = self.last.index;
+        // A durable end counts only if it is our entry (same epoch at that index; log
+        // matching then covers everything before it). A follower may hold an older
+        // leader's entry at the same index, which must not count as a copy of ours.
+        let durable_is_ours = self.epoch_at(durable.index).is_none_or(|epoch| epoch == durable.epoch);
+        let common = diverged.as_ref().map(|starts| common_prefix(&self.epoch_starts, last_index, starts, durable.index.max(next_index - 1)));
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(from) else { return };
         progress.last_ack_at = Some(now);
-        progress.acked_read_seq = progress.acked_read_seq.max(read_seq);
-        if durable.index > progress.matched {
+        // A round not yet started cannot have been seen (a stale or corrupt echo).
+        progress.acked_read_seq = progress.acked_read_seq.max(read_seq.min(leader.read_seq));
+        if let Some(common) = common {
+            // Its data holds effects of entries we lack and cannot be undone in place:
+            // it rolls them back and takes a snapshot of ours.
+            progress.matched = progress.matched.min(common);
+            if !progress.snapshotting {
+                progress.snapshotting = true;
+                progress.fetching = false;
+                self.outputs.push_back(Output::SendSnapshot { to: from.clone(), rollback_after: Some(common) });
+            }
+            return;
+        }
+        if !durable_is_ours {
+            // Its log diverges at or before `durable`; the append path finds where.
+        } else if durable.index > progress.matched {
             progress.matched = durable.index.min(last_index);
         } else if rejected && durable.index < progress.matched {
             // The follower holds less than it once acknowledged: its disk was lost and
@@ -674,6 +979,19 @@ impl Replica {
 
     /// Timers: heartbeats, resends, in-sync membership and deadlines.
     pub fn on_tick(&mut self, now: Micros) {
+        if let Some(election) = &mut self.election {
+            election.on_tick(now);
+            self.drain_election(now);
+            let transfer_failed = self.recovery.as_ref().and_then(|recovery| recovery.transfer.as_ref()).is_some_and(|(_, until)| now >= *until);
+            if transfer_failed {
+                // The most up-to-date node did not take over: ask everyone again.
+                let epoch = self.recovery.as_ref().map_or(self.epoch, |recovery| recovery.epoch);
+                self.start_recovery(now, epoch);
+            } else {
+                self.resend_recovery_requests(now);
+                self.conclude_recovery(now);
+            }
+        }
         let in_sync_timeout = self.config.in_sync_timeout_us;
         let resend_timeout = self.config.resend_timeout_us;
         let Role::Leader(leader) = &mut self.role else { return };
@@ -709,6 +1027,13 @@ impl Replica {
     fn broadcast_heartbeat(&mut self, now: Micros) {
         let Role::Leader(leader) = &mut self.role else { return };
         leader.next_heartbeat_at = now + self.config.heartbeat_interval_us;
+        // Every broadcast is a new round: acks of it confirm leadership (linearizable
+        // reads) and extend the lease from the moment it started.
+        leader.read_seq += 1;
+        leader.rounds.push_back((leader.read_seq, now));
+        if leader.rounds.len() > 1024 {
+            leader.rounds.pop_front();
+        }
         let peers: Vec<NodeId> = leader.peers.keys().cloned().collect();
         for peer in peers {
             self.send_append(&peer, now, true);
@@ -729,6 +1054,8 @@ impl Replica {
         // An empty append claims only what was already sent: claiming `last` would make a
         // follower still receiving the window reject it as a gap and cause a resend.
         let mut prev_index = self.last.index.min(progress.next - 1);
+        let epoch_starts = &self.epoch_starts;
+        let epoch_at = |index: u64| epoch_starts.iter().rev().find(|(_, first)| *first <= index).map_or(0, |(epoch, _)| *epoch);
         let window_open = progress.next <= progress.matched + self.config.max_inflight_entries;
         if progress.next <= self.last.index && window_open && !progress.fetching && !progress.snapshotting {
             let tail_start = leader.tail.front().map_or(self.last.index + 1, |entry| entry.index);
@@ -759,6 +1086,7 @@ impl Replica {
             epoch: self.epoch,
             leader: self.config.id.clone(),
             prev_index,
+            prev_epoch: if prev_index == 0 { 0 } else { epoch_at(prev_index) },
             entries,
             commit_index: leader.commit_index,
             leader_last: self.last.index,
@@ -825,6 +1153,22 @@ impl Replica {
             }
         }
 
+        if self.election.is_some() {
+            // The newest round a majority (this node included) has acknowledged.
+            let mut acked: Vec<u64> = leader.peers.values().map(|progress| progress.acked_read_seq).collect();
+            acked.push(leader.read_seq);
+            acked.sort_unstable_by(|a, b| b.cmp(a));
+            let round = acked[majority - 1];
+            while leader.rounds.len() > 1 && leader.rounds.front().is_some_and(|(seq, _)| *seq < round) {
+                leader.rounds.pop_front();
+            }
+            if let Some((seq, started)) = leader.rounds.front() {
+                if *seq == round {
+                    let timeout = self.election.as_ref().map_or(0, |election| election.config().election_timeout_min_us());
+                    leader.lease_until = leader.lease_until.max(started + lease_us(timeout));
+                }
+            }
+        }
         let commit_index = leader.commit_index;
         let confirmed = |read_seq: u64| 1 + leader.peers.values().filter(|progress| progress.acked_read_seq >= read_seq).count();
         let mut index = 0;
@@ -851,11 +1195,14 @@ impl Replica {
     // ---- follower internals ----
 
     fn send_ack(&mut self, rejected: bool) {
-        let leader = self.config.leader.clone();
-        self.send_ack_to(&leader, rejected);
+        if let Some(leader) = self.leader.clone() {
+            if leader != self.config.id {
+                self.send_ack_to(&leader, rejected, None);
+            }
+        }
     }
 
-    fn send_ack_to(&mut self, to: &NodeId, rejected: bool) {
+    fn send_ack_to(&mut self, to: &NodeId, rejected: bool, diverged: Option<Vec<(u64, u64)>>) {
         let read_seq = match &self.role {
             Role::Follower(follower) => follower.read_seq,
             Role::Leader(_) => 0,
@@ -866,9 +1213,154 @@ impl Replica {
             next_index: self.accepted.index + 1,
             read_seq,
             rejected,
+            diverged,
         };
         self.outputs.push_back(Output::Send { to: to.clone(), message });
     }
+
+    // ---- elections ----
+
+    /// Handles what raft produced, then follows any change of leadership it shows.
+    fn drain_election(&mut self, now: Micros) {
+        let Some(election) = &mut self.election else { return };
+        let mut produced = Vec::new();
+        election.drain(&mut produced);
+        let leadership = election.leadership();
+        for output in produced {
+            match output {
+                ElectionOutput::Save(state) => self.outputs.push_back(Output::SaveElection { state }),
+                ElectionOutput::Send { to, bytes } => self.outputs.push_back(Output::Send { to, message: Message::Raft { bytes } }),
+            }
+        }
+        if leadership.is_self {
+            let leading_this_term = self.is_leader() && self.epoch == leadership.term;
+            let recovering_this_term = self.recovery.as_ref().is_some_and(|recovery| recovery.epoch == leadership.term);
+            if !leading_this_term && !recovering_this_term {
+                self.start_recovery(now, leadership.term);
+            }
+        } else if self.is_leader() || self.recovery.is_some() {
+            self.step_down(leadership.leader.clone());
+            self.epoch = self.epoch.max(leadership.term);
+        } else if leadership.term > self.epoch {
+            // A new term: fence the old leader's appends; learn the new one if known.
+            self.epoch = leadership.term;
+            self.leader = leadership.leader.clone();
+        } else if leadership.leader.is_some() && self.leader.is_none() {
+            self.leader = leadership.leader.clone();
+        }
+    }
+
+    /// Raft elected this node for `epoch`: before leading it learns the durable position
+    /// of a majority, so that it leads only if it holds every write a majority acked.
+    fn start_recovery(&mut self, now: Micros, epoch: u64) {
+        self.step_down(None);
+        self.epoch = self.epoch.max(epoch);
+        let mut answers = BTreeMap::new();
+        answers.insert(self.config.id.clone(), self.last);
+        self.recovery = Some(Recovery { epoch, answers, sent_at: now, resent_at: now, transfer: None });
+        for peer in self.config.members.clone() {
+            if peer != self.config.id {
+                self.outputs.push_back(Output::Send { to: peer, message: Message::Recover { epoch } });
+            }
+        }
+        self.conclude_recovery(now);
+    }
+
+    /// Requests or answers may be lost: ask the silent nodes again every heartbeat interval.
+    fn resend_recovery_requests(&mut self, now: Micros) {
+        let interval = self.config.heartbeat_interval_us;
+        let Some(recovery) = &mut self.recovery else { return };
+        if now < recovery.resent_at + interval {
+            return;
+        }
+        recovery.resent_at = now;
+        let epoch = recovery.epoch;
+        let silent: Vec<NodeId> = self.config.members.iter().filter(|member| !recovery.answers.contains_key(*member)).cloned().collect();
+        for peer in silent {
+            self.outputs.push_back(Output::Send { to: peer, message: Message::Recover { epoch } });
+        }
+    }
+
+    /// With answers from a majority: lead if no answer is ahead of ours, else hand
+    /// leadership to the most up-to-date node (raft's leadership transfer).
+    fn conclude_recovery(&mut self, now: Micros) {
+        let majority = self.config.majority();
+        let Some(election) = &mut self.election else { return };
+        let timeout = election.config().election_timeout_min_us();
+        let Some(recovery) = &mut self.recovery else { return };
+        if recovery.answers.len() < majority || recovery.transfer.is_some() {
+            return;
+        }
+        let own = self.last;
+        let best = recovery
+            .answers
+            .iter()
+            .max_by_key(|(id, last)| (last.epoch, last.index, **id == self.config.id, std::cmp::Reverse((*id).clone())))
+            .map(|(id, _)| id.clone())
+            .expect("answers include our own");
+        if best != self.config.id {
+            debug_assert!((own.epoch, own.index) <= (recovery.answers[&best].epoch, recovery.answers[&best].index));
+            election.transfer_leadership(&best);
+            recovery.transfer = Some((best, now + 2 * timeout));
+            self.drain_election(now);
+            return;
+        }
+        // Not before a leader this node itself heard from may still hold its lease.
+        if self.leader_contact_at.is_some_and(|at| now < at + timeout) {
+            return;
+        }
+        let recovery = self.recovery.take().expect("checked above");
+        let lease_until = recovery.sent_at + lease_us(timeout);
+        let epoch = recovery.epoch;
+        self.epoch = epoch;
+        self.leader = Some(self.config.id.clone());
+        self.role = Role::Leader(LeaderState::new(&self.config, epoch, self.last, now, lease_until));
+        self.broadcast_heartbeat(now);
+    }
+}
+
+/// Whether a durable log ending at `last`, whose epochs start as `epoch_starts` says,
+/// holds the entry at `position` (see [`Replica::holds`]).
+pub fn log_holds(epoch_starts: &[(u64, u64)], last: Position, position: Position) -> bool {
+    if position.index == 0 {
+        return true;
+    }
+    if position.index > last.index {
+        return false;
+    }
+    epoch_starts.iter().rev().find(|(_, first)| *first <= position.index).is_none_or(|(epoch, _)| *epoch == position.epoch)
+}
+
+/// How long after a heartbeat round starts a leader may accept writes on its strength:
+/// less than the shortest election timeout, with room for clocks that run at slightly
+/// different rates.
+fn lease_us(election_timeout_min_us: Micros) -> Micros {
+    election_timeout_min_us * 3 / 4
+}
+
+/// The last index at which two logs, described by where each epoch starts, hold the
+/// same epoch everywhere before (log matching makes them identical up to there).
+/// Indices below a log's first recorded start are taken to match.
+fn common_prefix(leader: &[(u64, u64)], leader_last: u64, follower: &[(u64, u64)], follower_last: u64) -> u64 {
+    let end = leader_last.min(follower_last);
+    if end == 0 {
+        return 0;
+    }
+    let epoch_at = |starts: &[(u64, u64)], index: u64| starts.iter().rev().find(|(_, first)| *first <= index).map(|(epoch, _)| *epoch);
+    let mut points: Vec<u64> = leader.iter().chain(follower).map(|(_, first)| *first).filter(|first| (1..=end).contains(first)).collect();
+    points.push(1);
+    points.sort_unstable();
+    points.dedup();
+    let mut common = 0;
+    for (position, start) in points.iter().enumerate() {
+        if let (Some(ours), Some(theirs)) = (epoch_at(leader, *start), epoch_at(follower, *start)) {
+            if ours != theirs {
+                return start - 1;
+            }
+        }
+        common = points.get(position + 1).map_or(end, |next| next - 1);
+    }
+    common
 }
 
 fn requirement_text(requirement: AckRequirement) -> String {

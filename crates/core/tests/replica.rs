@@ -28,11 +28,11 @@ fn follower(id: &str) -> Replica {
 }
 
 fn append(prev_index: u64, entries: Vec<Entry>, leader_last: u64, read_seq: u64) -> Message {
-    Message::Append { epoch: 1, leader: "n1".into(), prev_index, entries, commit_index: 0, leader_last, read_seq }
+    Message::Append { epoch: 1, leader: "n1".into(), prev_index, prev_epoch: if prev_index == 0 { 0 } else { 1 }, entries, commit_index: 0, leader_last, read_seq }
 }
 
 fn ack(durable: u64, read_seq: u64) -> Message {
-    Message::AppendAck { epoch: 1, durable: Position::new(1, durable), next_index: durable + 1, read_seq, rejected: false }
+    Message::AppendAck { epoch: 1, durable: Position::new(1, durable), next_index: durable + 1, read_seq, rejected: false, diverged: None }
 }
 
 fn send(to: &str, message: Message) -> Output {
@@ -45,7 +45,7 @@ fn leader_ships_each_new_entry_to_every_follower() {
     replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
     assert_eq!(
         drain(&mut replica),
-        vec![send("n2", append(0, vec![entry(1)], 1, 0)), send("n3", append(0, vec![entry(1)], 1, 0))]
+        vec![send("n2", append(0, vec![entry(1)], 1, 1)), send("n3", append(0, vec![entry(1)], 1, 1))]
     );
 }
 
@@ -150,7 +150,7 @@ fn follower_persists_before_it_acknowledges() {
     replica.on_persisted(6, Position::new(1, 2));
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 2), next_index: 3, read_seq: 0, rejected: false })]
+        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 2), next_index: 3, read_seq: 0, rejected: false, diverged: None })]
     );
 }
 
@@ -166,7 +166,7 @@ fn follower_skips_duplicates_and_rejects_gaps() {
     replica.on_message(7, &"n1".into(), append(4, vec![entry(5)], 5, 0));
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 3, read_seq: 0, rejected: true })]
+        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 3, read_seq: 0, rejected: true, diverged: None })]
     );
 }
 
@@ -178,9 +178,9 @@ fn leader_resends_from_what_a_rejecting_follower_expects() {
     replica.on_message(
         20,
         &"n2".into(),
-        Message::AppendAck { epoch: 1, durable: Position::new(1, 1), next_index: 2, read_seq: 0, rejected: true },
+        Message::AppendAck { epoch: 1, durable: Position::new(1, 1), next_index: 2, read_seq: 0, rejected: true, diverged: None },
     );
-    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![entry(2), entry(3)], 3, 0))]);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![entry(2), entry(3)], 3, 1))]);
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn follower_stale_epoch_leader_is_told_and_ignored() {
     replica.on_message(5, &"n1".into(), append(0, vec![entry(1)], 1, 0));
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 2, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true })]
+        vec![send("n1", Message::AppendAck { epoch: 2, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None })]
     );
 }
 
@@ -199,15 +199,15 @@ fn linearizable_read_waits_for_a_quorum_round_and_for_what_it_saw_to_be_committe
     replica.on_leader_appended(10, vec![entry(1)], vec![]);
     drain(&mut replica);
     replica.on_read_barrier(20, 99, 1);
-    // A heartbeat round (read_seq 1) goes to both followers.
-    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 1, 1)), send("n3", append(1, vec![], 1, 1))]);
+    // A heartbeat round (read_seq 2; round 1 was the first heartbeat) goes to both followers.
+    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 1, 2)), send("n3", append(1, vec![], 1, 2))]);
     // An ack of an older round proves nothing about leadership now.
-    replica.on_message(30, &"n2".into(), ack(0, 0));
+    replica.on_message(30, &"n2".into(), ack(0, 1));
     assert_eq!(drain(&mut replica), vec![]);
     // A current-round ack that lacks entry 1: leadership confirmed but the read saw an uncommitted write.
-    replica.on_message(31, &"n3".into(), ack(0, 1));
+    replica.on_message(31, &"n3".into(), ack(0, 2));
     assert_eq!(drain(&mut replica), vec![]);
-    replica.on_message(32, &"n2".into(), ack(1, 1));
+    replica.on_message(32, &"n2".into(), ack(1, 2));
     assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 99, result: Ok(()) }]);
 }
 
@@ -215,7 +215,7 @@ fn linearizable_read_waits_for_a_quorum_round_and_for_what_it_saw_to_be_committe
 fn linearizable_read_on_a_follower_is_refused_with_the_leader() {
     let mut replica = follower("n2");
     replica.on_read_barrier(1, 5, 0);
-    assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 5, result: Err(ReadError::NotLeader { leader: "n1".into() }) }]);
+    assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 5, result: Err(ReadError::NotLeader { leader: Some("n1".into()) }) }]);
 }
 
 #[test]
@@ -228,15 +228,15 @@ fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
     }
     drain(&mut replica);
     // n2 restarted with nothing: the leader must resend from 1, which left the cache.
-    replica.on_message(20, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true });
+    replica.on_message(20, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
     assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n2".into(), from_index: 1 }]);
     replica.on_log_read(21, &"n2".into(), vec![entry(1), entry(2)]);
-    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1), entry(2)], 3, 0)), send("n2", append(2, vec![entry(3)], 3, 0))]);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1), entry(2)], 3, 1)), send("n2", append(2, vec![entry(3)], 3, 1))]);
 
-    replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true });
+    replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
     assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n3".into(), from_index: 1 }]);
     replica.on_log_compacted(31, &"n3".into());
-    assert_eq!(drain(&mut replica), vec![Output::SendSnapshot { to: "n3".into() }]);
+    assert_eq!(drain(&mut replica), vec![Output::SendSnapshot { to: "n3".into(), rollback_after: None }]);
 }
 
 #[test]
@@ -274,7 +274,7 @@ fn acks_from_another_epoch_count_for_nothing() {
     replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
     drain(&mut replica);
     // A follower still answering an older leader's append says nothing about this log.
-    let stale = Message::AppendAck { epoch: 0, durable: Position::new(0, 1), next_index: 2, read_seq: 9, rejected: false };
+    let stale = Message::AppendAck { epoch: 0, durable: Position::new(0, 1), next_index: 2, read_seq: 9, rejected: false, diverged: None };
     replica.on_message(20, &"n2".into(), stale);
     assert_eq!(drain(&mut replica), vec![]);
     assert_eq!(replica.status(20).followers[0].matched, 0);
@@ -292,7 +292,7 @@ fn an_installed_snapshot_never_moves_the_durable_position_backwards() {
     assert_eq!(replica.last(), Position::new(1, 3));
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false })]
+        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false, diverged: None })]
     );
 }
 
@@ -303,11 +303,11 @@ fn a_heartbeat_during_catch_up_claims_only_what_was_sent() {
     let mut replica = Replica::new(config, Position::ZERO, 0);
     drain(&mut replica);
     replica.on_leader_appended(10, vec![entry(1), entry(2), entry(3)], vec![]);
-    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 3, 0)), send("n3", append(0, vec![entry(1)], 3, 0))]);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 3, 1)), send("n3", append(0, vec![entry(1)], 3, 1))]);
     // The heartbeat claims entry 1 as the previous one, not 3, which a follower that
     // has only entry 1 would reject as a gap (and the leader would resend the window).
     replica.on_tick(10 + 50_000);
-    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 3, 0)), send("n3", append(1, vec![], 3, 0))]);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 3, 2)), send("n3", append(1, vec![], 3, 2))]);
 }
 
 #[test]
@@ -318,8 +318,8 @@ fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_mea
     replica.on_message(20, &"n2".into(), ack(2, 0));
     drain(&mut replica);
     // n2 comes back empty and rejects the next append as a gap.
-    replica.on_message(30, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true });
-    let commit_2 = Message::Append { epoch: 1, leader: "n1".into(), prev_index: 0, entries: vec![entry(1), entry(2)], commit_index: 2, leader_last: 2, read_seq: 0 };
+    replica.on_message(30, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
+    let commit_2 = Message::Append { epoch: 1, leader: "n1".into(), prev_index: 0, prev_epoch: 0, entries: vec![entry(1), entry(2)], commit_index: 2, leader_last: 2, read_seq: 1 };
     assert_eq!(drain(&mut replica), vec![send("n2", commit_2)]);
     // Its old acknowledgement no longer counts: a new write needs a fresh copy.
     replica.on_leader_appended(40, vec![entry(3)], vec![(9, 3, AckRequirement::Majority)]);

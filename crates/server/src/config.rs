@@ -31,6 +31,12 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// Statement format: rewrite non-deterministic functions to literals (`--statement-rewrite`).
     pub statement_rewrite: bool,
+    /// Automatic failover by quorum vote (`--failover on`, the default); off keeps
+    /// `leader` fixed.
+    pub failover: bool,
+    /// One election tick: followers campaign after 10 to 20 ticks without a leader, and
+    /// a leader's write lease lasts 7.5 ticks from each heartbeat round a majority saw.
+    pub election_tick: Duration,
 }
 
 impl NodeConfig {

@@ -26,6 +26,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/nodes", get(nodes))
         .route("/db/verify", get(verify))
+        .route("/db/rollback", get(rollback))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -119,7 +120,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn not_ready(node: &Node) -> Option<Response> {
     let published = node.published();
     (!published.ready).then(|| {
-        error_response(&RequestError::new(503, format!("node {} is not ready: it has not reached leader {} yet", node.config.id, published.leader)))
+        let message = match &published.leader {
+            Some(leader) => format!("node {} is not ready: it has not heard from leader {leader} yet", node.config.id),
+            None => format!("node {} is not ready: no leader is known (an election is under way); retry shortly", node.config.id),
+        };
+        error_response(&RequestError::new(503, message))
     })
 }
 
@@ -285,9 +290,12 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
         "node": {
             "id": node.config.id,
             "region": node.config.region,
-            "role": if status.is_leader { "leader" } else { "follower" },
+            "role": if status.is_leader { "leader" } else if status.recovering { "candidate" } else { "follower" },
             "leader": status.leader,
             "epoch": status.epoch,
+            "term": status.term,
+            "accepting_writes": status.accepting_writes,
+            "rolled_back_entries": node.rollback_count().await,
             "applied": status.last.to_string(),
             "applied_index": status.last.index,
             "commit_index": status.commit_index,
@@ -302,6 +310,7 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
         },
         "replication": {
             "topology": "single-leader",
+            "failover": if node.config.failover { "automatic" } else { "manual" },
             "log_format": node.config.log_format.name(),
             "ack": node.config.ack.name(),
             "followers": followers,
@@ -313,7 +322,16 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     match not_ready(&node) {
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]node {} not ready\n", node.config.id)).into_response(),
-        None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader)).into_response(),
+        None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader.unwrap_or_default())).into_response(),
+    }
+}
+
+/// This node's rollback store: entries it removed from its log because the leader of a
+/// later epoch lacked them.
+async fn rollback(State(node): State<Arc<Node>>) -> Response {
+    match node.rollback_entries().await {
+        Ok(entries) => Json(json!({"node": node.config.id, "count": entries.len(), "entries": entries})).into_response(),
+        Err(error) => error_response(&RequestError::new(500, format!("cannot read the rollback store: {error}"))),
     }
 }
 
@@ -375,7 +393,7 @@ async fn nodes(State(node): State<Arc<Node>>) -> Response {
                 "addr": addr.to_string(),
                 "region": region,
                 "reachable": reachable,
-                "leader": *id == published.leader,
+                "leader": published.leader.as_ref() == Some(id),
                 "voter": true,
             }),
         );

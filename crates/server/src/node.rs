@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use tern_core::{AckRequirement, Config, Entry, Message, Output, Position, ReadError, ReadLevel, Replica, Status, WriteError};
-use tern_storage::{Engine, Reader, Statement, StatementResult, WriteRequest};
+use tern_core::{AckRequirement, Config, ElectionConfig, Entry, Message, Output, Position, ReadError, ReadLevel, Replica, SavedElection, Status, WriteError};
+use tern_storage::{Engine, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the replica loop reacts to.
@@ -27,9 +27,12 @@ pub(crate) enum Event {
     Persisted(Position),
     PersistFailed,
     LogRead { to: String, from_index: u64, entries: Option<Vec<Entry>> },
-    SnapshotReady { to: String, path: PathBuf, position: Position },
+    SnapshotReady { to: String, path: PathBuf, position: Position, rollback_after: Option<u64> },
     SnapshotSent { to: String, position: Option<Position> },
     SnapshotInstalled(Position),
+    /// Entries after a divergence went to the rollback store and the leader's snapshot
+    /// replaced the database.
+    RolledBack { position: Position, entries: u64 },
     ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
     Status { reply: oneshot::Sender<Status> },
 }
@@ -44,11 +47,13 @@ pub(crate) struct PendingWrite {
 
 /// Work for the storage thread.
 pub(crate) enum StorageCommand {
-    Execute { request: WriteRequest, requirement: AckRequirement, reply: oneshot::Sender<WriteReply> },
+    /// `epoch`: the leader epoch the request was accepted in; refused if this node no
+    /// longer leads it when the storage thread gets to it.
+    Execute { request: WriteRequest, requirement: AckRequirement, epoch: u64, reply: oneshot::Sender<WriteReply> },
     Apply { entries: Vec<Entry> },
     ReadLog { to: String, from_index: u64 },
-    MakeSnapshot { to: String },
-    InstallSnapshot { path: PathBuf },
+    MakeSnapshot { to: String, rollback_after: Option<u64> },
+    InstallSnapshot { path: PathBuf, rollback_after: Option<u64> },
     Checksums { reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>> },
     /// Checkpoint and close the database (clean shutdown), then stop the thread.
     Shutdown { reply: oneshot::Sender<()> },
@@ -65,8 +70,14 @@ pub struct LogStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
     pub last: Position,
+    /// Where each epoch starts in the local log: with `last`, decides whether a session
+    /// token's position is held here (`tern_core::log_holds`).
+    pub epoch_starts: Vec<(u64, u64)>,
     pub is_leader: bool,
-    pub leader: String,
+    /// A leader whose lease lets it start writes now.
+    pub accepting_writes: bool,
+    /// The leader this node follows (itself if leader); `None` during an election.
+    pub leader: Option<String>,
     pub epoch: u64,
     /// Driver-clock time (µs) at which this node last knew it had everything the leader had.
     pub fresh_as_of_us: Option<u64>,
@@ -109,7 +120,8 @@ pub struct Node {
     published: watch::Receiver<Published>,
     pub(crate) peers: Mutex<BTreeMap<String, PeerInfo>>,
     outbound: BTreeMap<String, mpsc::UnboundedSender<(Instant, Frame)>>,
-    readers: Mutex<Vec<Reader>>,
+    /// Pooled read-only connections, each with the reader generation it was opened in.
+    readers: Mutex<Vec<(u64, Reader)>>,
     /// Bumped when a snapshot replaces the database file: older readers are discarded.
     reader_generation: Arc<AtomicU64>,
     forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
@@ -117,6 +129,34 @@ pub struct Node {
     /// The actual HTTP address (after binding port 0).
     pub http_addr: Mutex<String>,
     pub log_stats: Arc<LogStats>,
+    /// The epoch the storage thread may write in (0: none). Set by the replica loop
+    /// while this node leads and its lease holds; checked again when a write commits.
+    writable_epoch: Arc<AtomicU64>,
+    /// Entries this node moved to its rollback store since it started.
+    pub rolled_back: AtomicU64,
+}
+
+const ELECTION_FILE: &str = "election.json";
+
+/// Loads the election state saved by `save_election` (none on a fresh node).
+fn load_election(directory: &std::path::Path) -> Result<Option<SavedElection>, String> {
+    match std::fs::read(directory.join(ELECTION_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|error| format!("{ELECTION_FILE} is damaged: {error}")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(format!("cannot read {ELECTION_FILE}: {error}")),
+    }
+}
+
+/// Durably replaces the election state (term and vote must survive a crash, or this
+/// node could vote twice in one term): write, fsync, rename, fsync the directory.
+fn save_election(directory: &std::path::Path, state: &SavedElection) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = directory.join(format!("{ELECTION_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, directory.join(ELECTION_FILE))?;
+    std::fs::File::open(directory)?.sync_all()
 }
 
 fn storage_gone() -> RequestError {
@@ -133,21 +173,30 @@ impl Node {
             .map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);
         let recovered = engine.last();
+        let epoch_starts = engine.epoch_starts().map_err(|error| format!("cannot read the log: {error}"))?;
+        let saved_election = if config.failover { load_election(&config.data_dir)? } else { None };
         let started = Instant::now();
 
         let mut core_config = Config::new(config.id.clone(), config.members(), config.leader.clone(), config.ack);
         core_config.heartbeat_interval_us = config.heartbeat_interval.as_micros() as u64;
         core_config.in_sync_timeout_us = config.in_sync_timeout.as_micros() as u64;
         core_config.write_timeout_us = config.write_timeout.as_micros() as u64;
-        let epoch = core_config.epoch.max(recovered.epoch);
-        let replica = Replica::new(core_config, recovered, 0);
+        if config.failover {
+            let tick_us = config.election_tick.as_micros() as u64;
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64) ^ u64::from(std::process::id());
+            core_config.elections = Some(ElectionConfig { tick_us, election_ticks: 10, heartbeat_ticks: 2, seed });
+        }
+        let replica = Replica::start(core_config, recovered, epoch_starts, saved_election.as_ref(), 0);
+        let epoch = replica.epoch();
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (storage_tx, storage_rx) = std_mpsc::channel();
         let initial = Published {
             last: recovered,
+            epoch_starts: replica.epoch_starts().to_vec(),
             is_leader: replica.is_leader(),
-            leader: config.leader.clone(),
+            accepting_writes: replica.accepting_writes(0).is_ok(),
+            leader: replica.leader().cloned(),
             epoch,
             fresh_as_of_us: None,
             ready: replica.is_leader(),
@@ -169,6 +218,7 @@ impl Node {
         }
 
         let reader_generation = Arc::new(AtomicU64::new(0));
+        let writable_epoch = Arc::new(AtomicU64::new(if replica.accepting_writes(0).is_ok() { epoch } else { 0 }));
         let node = Arc::new(Node {
             http_addr: Mutex::new(config.http_addr.to_string()),
             config,
@@ -183,13 +233,15 @@ impl Node {
             forwards: Mutex::new(HashMap::new()),
             next_forward_id: AtomicU64::new(1),
             log_stats: Arc::new(LogStats::default()),
+            writable_epoch: writable_epoch.clone(),
+            rolled_back: AtomicU64::new(0),
         });
 
         let storage_context = StorageContext {
             engine,
             stats: node.log_stats.clone(),
             events: events_tx,
-            epoch,
+            writable_epoch,
             log_retain: node.config.log_retain,
             reader_generation,
             node_id: node.config.id.clone(),
@@ -258,21 +310,32 @@ impl Node {
     /// for the acknowledgement the request asked for.
     pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
         let published = self.published();
-        if published.is_leader {
-            return self.write_local(request, requirement).await;
-        }
+        let leader = match &published.leader {
+            Some(leader) if *leader != self.config.id => leader.clone(),
+            _ => return self.write_local(request, requirement).await,
+        };
         let wait = self.config.write_timeout + Duration::from_secs(5);
-        match self.forward(&published.leader, wait, |id| Frame::ForwardWrite { id, request, requirement }).await {
+        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement }).await {
             Some(ForwardReply::Write(reply)) => reply,
             _ => {
-                let mut error = RequestError::new(
-                    503,
-                    format!("leader {} did not answer the forwarded write in time: its outcome is unknown", published.leader),
-                );
-                error.leader = Some(published.leader);
+                let mut error =
+                    RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));
+                error.leader = Some(leader);
                 WriteReply { results: Vec::new(), position: None, error: Some(error) }
             }
         }
+    }
+
+    /// Why this node cannot start a write now, for a 503: the leader to go to, or that
+    /// an election is under way.
+    fn not_accepting(&self, published: &Published) -> RequestError {
+        let mut error = match &published.leader {
+            Some(leader) if *leader != self.config.id => RequestError::new(503, format!("not the leader; leader is {leader}")),
+            Some(_) => RequestError::new(503, "this node leads but cannot confirm its lease with a majority: retry shortly"),
+            None => RequestError::new(503, "no leader is known (an election is under way): retry shortly"),
+        };
+        error.leader = published.leader.clone().filter(|leader| *leader != self.config.id);
+        error
     }
 
     /// Sends a request frame to `leader` and waits up to `wait` for the matching reply
@@ -291,10 +354,8 @@ impl Node {
 
     pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
         let published = self.published();
-        if !published.is_leader {
-            let mut error = RequestError::new(503, format!("not the leader; leader is {}", published.leader));
-            error.leader = Some(published.leader);
-            return WriteReply { results: Vec::new(), position: None, error: Some(error) };
+        if !published.accepting_writes {
+            return WriteReply { results: Vec::new(), position: None, error: Some(self.not_accepting(&published)) };
         }
         let requirement = requirement.unwrap_or(self.config.ack.requirement());
         let members = self.config.cluster.len();
@@ -305,7 +366,7 @@ impl Node {
             }
         }
         let (reply, rx) = oneshot::channel();
-        if !self.storage_send(StorageCommand::Execute { request, requirement, reply }) {
+        if !self.storage_send(StorageCommand::Execute { request, requirement, epoch: published.epoch, reply }) {
             return WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) };
         }
         rx.await.unwrap_or_else(|_| WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) })
@@ -337,7 +398,8 @@ impl Node {
             ReadLevel::Session => {
                 let after = options.after.unwrap_or(Position::ZERO);
                 let mut watcher = self.published.clone();
-                let reached = tokio::time::timeout(options.timeout, watcher.wait_for(|published| published.last.index >= after.index))
+                let holds = |published: &Published| tern_core::log_holds(&published.epoch_starts, published.last, after);
+                let reached = tokio::time::timeout(options.timeout, watcher.wait_for(holds))
                     .await
                     .is_ok_and(|waited| waited.is_ok());
                 match reached {
@@ -364,18 +426,21 @@ impl Node {
 
     async fn read_at_leader(&self, statements: Vec<Statement>, level: ReadLevel) -> ReadReply {
         let published = self.published();
-        if published.is_leader {
-            return self.read_as_leader(statements, level).await;
-        }
-        match self.forward(&published.leader, Duration::from_secs(10), |id| Frame::ForwardRead { id, statements, level }).await {
+        let leader = match &published.leader {
+            Some(leader) if *leader != self.config.id => leader.clone(),
+            _ => return self.read_as_leader(statements, level).await,
+        };
+        match self.forward(&leader, Duration::from_secs(10), |id| Frame::ForwardRead { id, statements, level }).await {
             Some(ForwardReply::Read(reply)) => reply,
-            _ => read_error(503, format!("leader {} did not answer the forwarded read in time", published.leader)),
+            _ => read_error(503, format!("leader {leader} did not answer the forwarded read in time")),
         }
     }
 
     pub(crate) async fn read_as_leader(&self, statements: Vec<Statement>, level: ReadLevel) -> ReadReply {
-        if !self.published().is_leader {
-            return read_error(503, format!("not the leader; leader is {}", self.published().leader));
+        let published = self.published();
+        if !published.is_leader {
+            let error = self.not_accepting(&published);
+            return ReadReply { results: Vec::new(), error: Some(error) };
         }
         let (reply, observed_index) = self.read_here(statements).await;
         if reply.error.is_some() || matches!(level, ReadLevel::Weak) {
@@ -394,7 +459,12 @@ impl Node {
     /// log index the read's snapshot contained.
     async fn read_here(&self, statements: Vec<Statement>) -> (ReadReply, u64) {
         let generation = self.reader_generation.load(Ordering::Acquire);
-        let pooled = self.readers.lock().expect("readers lock").pop();
+        // A connection opened before a snapshot replaced the file still reads the old one.
+        let pooled = {
+            let mut readers = self.readers.lock().expect("readers lock");
+            readers.retain(|(opened_in, _)| *opened_in == generation);
+            readers.pop().map(|(_, reader)| reader)
+        };
         let directory = self.config.data_dir.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let reader = match pooled {
@@ -410,7 +480,7 @@ impl Node {
                 if self.reader_generation.load(Ordering::Acquire) == generation {
                     let mut readers = self.readers.lock().expect("readers lock");
                     if readers.len() < 16 {
-                        readers.push(reader);
+                        readers.push((generation, reader));
                     }
                 }
                 (ReadReply { results, error: None }, observed)
@@ -426,6 +496,23 @@ impl Node {
         tokio::task::spawn_blocking(move || Reader::open(&directory).map(|reader| tern_storage::all_read_only(&reader, &statements)).unwrap_or(false))
             .await
             .unwrap_or(false)
+    }
+
+    /// How many entries the rollback store holds (0 if it cannot be read).
+    pub async fn rollback_count(&self) -> u64 {
+        let directory = self.config.data_dir.clone();
+        if !directory.join(tern_storage::engine::ROLLBACK_FILE).exists() {
+            return 0;
+        }
+        tokio::task::spawn_blocking(move || RollbackStore::open(&directory).and_then(|store| store.count()).unwrap_or(0)).await.unwrap_or(0)
+    }
+
+    /// The entries this node rolled back (its rollback store), oldest first.
+    pub async fn rollback_entries(&self) -> Result<Vec<RolledBack>, String> {
+        let directory = self.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || RollbackStore::open(&directory).and_then(|store| store.list()).map_err(|error| error.to_string()))
+            .await
+            .map_err(|error| error.to_string())?
     }
 
     pub async fn status(&self) -> Option<Status> {
@@ -506,7 +593,7 @@ impl Node {
                     let _ = waiter.send(ForwardReply::Read(reply));
                 }
             }
-            Frame::SnapshotChunk { offset, bytes, done } => self.on_snapshot_chunk(offset, &bytes, done, snapshot_file),
+            Frame::SnapshotChunk { offset, bytes, done, rollback_after } => self.on_snapshot_chunk(offset, &bytes, done, rollback_after, snapshot_file),
         }
     }
 
@@ -514,7 +601,7 @@ impl Node {
         self.config.data_dir.join("snapshot-incoming.db")
     }
 
-    fn on_snapshot_chunk(&self, offset: u64, bytes: &[u8], done: Option<Position>, file: &mut Option<std::fs::File>) {
+    fn on_snapshot_chunk(&self, offset: u64, bytes: &[u8], done: Option<Position>, rollback_after: Option<u64>, file: &mut Option<std::fs::File>) {
         use std::io::Write;
         let path = self.incoming_snapshot_path();
         if offset == 0 {
@@ -531,7 +618,7 @@ impl Node {
             *file = None;
             if synced {
                 tracing::info!("snapshot at {position} received; installing");
-                self.storage_send(StorageCommand::InstallSnapshot { path });
+                self.storage_send(StorageCommand::InstallSnapshot { path, rollback_after });
             }
         }
     }
@@ -590,11 +677,15 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                             Some(_) => replica.on_log_read(now, &to, Vec::new()),
                             None => replica.on_log_compacted(now, &to),
                         },
-                        Event::SnapshotReady { to, path, position } => {
-                            tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position));
+                        Event::SnapshotReady { to, path, position, rollback_after } => {
+                            tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position, rollback_after));
                         }
                         Event::SnapshotSent { to, position } => replica.on_snapshot_finished(now, &to, position),
                         Event::SnapshotInstalled(position) => replica.on_snapshot_installed(now, position),
+                        Event::RolledBack { position, entries } => {
+                            node.rolled_back.fetch_add(entries, Ordering::Relaxed);
+                            replica.on_rolled_back(now, position);
+                        }
                         Event::ReadBarrier { observed_index, reply } => {
                             let tag = next_tag;
                             next_tag += 1;
@@ -620,8 +711,16 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                 Output::ReadLog { to, from_index } => {
                     node.storage_send(StorageCommand::ReadLog { to, from_index });
                 }
-                Output::SendSnapshot { to } => {
-                    node.storage_send(StorageCommand::MakeSnapshot { to });
+                Output::SendSnapshot { to, rollback_after } => {
+                    node.storage_send(StorageCommand::MakeSnapshot { to, rollback_after });
+                }
+                Output::SaveElection { state } => {
+                    // Small and rare (a term or vote change): written here, before any
+                    // later output (a vote) can leave this node.
+                    if let Err(error) = save_election(&node.config.data_dir, &state) {
+                        tracing::error!("cannot save the election state: {error}; stopping rather than risk voting twice");
+                        std::process::exit(70);
+                    }
                 }
                 Output::WriteDone { tag, result } => {
                     let Some(write) = writes.remove(&tag) else { continue };
@@ -645,10 +744,19 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
             }
         }
         let lag = replica.lag_us(now);
+        let accepting_writes = replica.accepting_writes(now).is_ok();
+        node.writable_epoch.store(if accepting_writes { replica.epoch() } else { 0 }, Ordering::Release);
+        if replica.leader().is_none() {
+            heard_from_leader = false;
+        } else if replica.is_leader() {
+            heard_from_leader = true;
+        }
         let next_published = Published {
             last: replica.last(),
+            epoch_starts: replica.epoch_starts().to_vec(),
             is_leader: replica.is_leader(),
-            leader: replica.leader().clone(),
+            accepting_writes,
+            leader: replica.leader().cloned(),
             epoch: replica.epoch(),
             fresh_as_of_us: lag.map(|lag| now.saturating_sub(lag)),
             ready: heard_from_leader,
@@ -669,7 +777,7 @@ struct StorageContext {
     engine: Engine,
     stats: Arc<LogStats>,
     events: mpsc::UnboundedSender<Event>,
-    epoch: u64,
+    writable_epoch: Arc<AtomicU64>,
     log_retain: u64,
     reader_generation: Arc<AtomicU64>,
     node_id: String,
@@ -690,14 +798,14 @@ impl StorageContext {
                 },
             };
             match first {
-                StorageCommand::Execute { request, requirement, reply } => {
+                StorageCommand::Execute { request, requirement, epoch, reply } => {
                     let alone = tern_storage::is_maintenance(&request);
-                    let mut batch = vec![(request, requirement, reply)];
+                    let mut batch = vec![(request, requirement, epoch, reply)];
                     while !alone && batch.len() < MAX_GROUP_COMMIT {
                         match commands.try_recv() {
                             // VACUUM runs outside any transaction, so it never joins a group.
-                            Ok(StorageCommand::Execute { request, requirement, reply }) if !tern_storage::is_maintenance(&request) => {
-                                batch.push((request, requirement, reply))
+                            Ok(StorageCommand::Execute { request, requirement, epoch, reply }) if !tern_storage::is_maintenance(&request) => {
+                                batch.push((request, requirement, epoch, reply))
                             }
                             Ok(other) => {
                                 queued = Some(other);
@@ -742,12 +850,12 @@ impl StorageContext {
                     };
                     let _ = self.events.send(Event::LogRead { to, from_index, entries });
                 }
-                StorageCommand::MakeSnapshot { to } => {
+                StorageCommand::MakeSnapshot { to, rollback_after } => {
                     let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
                     match self.engine.write_snapshot(&path) {
                         Ok(position) => {
                             tracing::info!("snapshot at {position} made for {to}");
-                            let _ = self.events.send(Event::SnapshotReady { to, path, position });
+                            let _ = self.events.send(Event::SnapshotReady { to, path, position, rollback_after });
                         }
                         Err(error) => {
                             tracing::error!("cannot make a snapshot for {to}: {error}");
@@ -755,7 +863,7 @@ impl StorageContext {
                         }
                     }
                 }
-                StorageCommand::InstallSnapshot { path } => match self.engine.install_snapshot(&path) {
+                StorageCommand::InstallSnapshot { path, rollback_after: None } => match self.engine.install_snapshot(&path, false) {
                     Ok(position) => {
                         self.reader_generation.fetch_add(1, Ordering::AcqRel);
                         tracing::info!("snapshot installed at {position}");
@@ -763,6 +871,17 @@ impl StorageContext {
                     }
                     Err(error) => tracing::error!("cannot install snapshot: {error}"),
                 },
+                StorageCommand::InstallSnapshot { path, rollback_after: Some(common) } => {
+                    let outcome = self.engine.roll_back_after(common).and_then(|entries| Ok((entries, self.engine.install_snapshot(&path, true)?)));
+                    match outcome {
+                        Ok((entries, position)) => {
+                            self.reader_generation.fetch_add(1, Ordering::AcqRel);
+                            tracing::warn!("log diverged after index {common}: {entries} entries moved to the rollback store; snapshot installed at {position}");
+                            let _ = self.events.send(Event::RolledBack { position, entries });
+                        }
+                        Err(error) => tracing::error!("cannot roll back after {common} and install the snapshot: {error}"),
+                    }
+                }
                 StorageCommand::Checksums { reply } => {
                     let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
                 }
@@ -778,9 +897,22 @@ impl StorageContext {
         }
     }
 
-    fn execute(&mut self, batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)>) {
+    fn execute(&mut self, batch: Vec<(WriteRequest, AckRequirement, u64, oneshot::Sender<WriteReply>)>) {
+        // Only while the replica loop still lets this node write in that epoch: a node
+        // that lost its lease or leadership meanwhile must not extend its log.
+        let writable = self.writable_epoch.load(Ordering::Acquire);
+        let (batch, refused): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, _, epoch, _)| writable != 0 && *epoch == writable);
+        for (_, _, _, reply) in refused {
+            let error = RequestError::new(503, "this node stopped leading before the write could commit: retry (it was not applied)");
+            let _ = reply.send(WriteReply { results: Vec::new(), position: None, error: Some(error) });
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let epoch = writable;
+        let batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)> = batch.into_iter().map(|(request, requirement, _, reply)| (request, requirement, reply)).collect();
         let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
-        match self.engine.execute_batch(self.epoch, &requests) {
+        match self.engine.execute_batch(epoch, &requests) {
             Ok(outcome) => {
                 let mut writes = Vec::new();
                 for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {

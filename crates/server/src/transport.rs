@@ -145,7 +145,7 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
 }
 
 /// Sends a snapshot file to `to` in chunks, then tells the replica loop it is done.
-pub(crate) async fn stream_snapshot(node: Arc<Node>, to: String, path: PathBuf, position: Position) {
+pub(crate) async fn stream_snapshot(node: Arc<Node>, to: String, path: PathBuf, position: Position, rollback_after: Option<u64>) {
     let file = path.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let bytes = std::fs::read(&file);
@@ -161,7 +161,7 @@ pub(crate) async fn stream_snapshot(node: Arc<Node>, to: String, path: PathBuf, 
             for (number, chunk) in chunks.into_iter().enumerate() {
                 let done = (number + 1 == count).then_some(position);
                 let offset = (number * SNAPSHOT_CHUNK_BYTES) as u64;
-                node.send_to(&to, Frame::SnapshotChunk { offset, bytes: chunk.to_vec(), done });
+                node.send_to(&to, Frame::SnapshotChunk { offset, bytes: chunk.to_vec(), done, rollback_after });
             }
             tracing::info!("snapshot at {position} ({} bytes) queued for {to}", bytes.len());
             Some(position)

@@ -55,7 +55,9 @@ pub enum Frame {
     ForwardRead { id: u64, statements: Vec<Statement>, level: ReadLevel },
     ForwardReadReply { id: u64, reply: ReadReply },
     /// A piece of a snapshot file; `done` on the last one, which names its position.
-    SnapshotChunk { offset: u64, bytes: Vec<u8>, done: Option<Position> },
+    /// `rollback_after`: the receiver's log diverged after that index (see
+    /// `Output::SendSnapshot`).
+    SnapshotChunk { offset: u64, bytes: Vec<u8>, done: Option<Position>, rollback_after: Option<u64> },
 }
 
 /// # Errors

@@ -68,11 +68,15 @@ pub struct Options {
     /// Client operations issued during the fault phase.
     pub steps: usize,
     pub log_format: String,
+    /// Automatic failover: every node runs elections (raft-rs) and the cluster chooses
+    /// its own leader. Without it the leader is fixed and a lost disk is replaced by an
+    /// operator's promotion.
+    pub failover: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { nodes: 3, ack: AckMode::SemiSync, faults: Faults::All, steps: 200, log_format: "row".to_string() }
+        Options { nodes: 3, ack: AckMode::SemiSync, faults: Faults::All, steps: 200, log_format: "row".to_string(), failover: false }
     }
 }
 
@@ -80,12 +84,13 @@ impl Options {
     /// The command that replays `seed` alone.
     pub fn replay_command(&self, seed: u64) -> String {
         format!(
-            "tern sim --seed {seed} --seeds 1 --nodes {} --ack {} --log-format {} --faults {} --steps {}",
+            "tern sim --seed {seed} --seeds 1 --nodes {} --ack {} --log-format {} --faults {} --steps {}{}",
             self.nodes,
             self.ack.name(),
             self.log_format,
             self.faults.name(),
-            self.steps
+            self.steps,
+            if self.failover { " --failover" } else { "" }
         )
     }
 }
@@ -106,7 +111,7 @@ pub struct SeedReport {
 pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
     let mut world = world::World::new(options, seed, keep_trace);
     let settled = world.run();
-    let lost = checkers::lost_writes::check(&world.history, &world.nodes);
+    let lost = checkers::lost_writes::check(&world.history, &world.nodes, options.failover);
     let surviving: BTreeSet<u64> = world.nodes[0].disk.iter().map(|entry| checkers::lost_writes::write_id(&entry.payload)).collect();
     let mut violations = lost.violations;
     violations.extend(checkers::linearizable::check(&world.history, options.nodes));

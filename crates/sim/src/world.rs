@@ -20,7 +20,7 @@ use crate::{Faults, Options};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
-use tern_core::{AckRequirement, Config, Entry, Message, Micros, Output, Position, ReadLevel, Replica, WriteError};
+use tern_core::{AckRequirement, Config, ElectionConfig, Entry, Message, Micros, Output, Position, ReadLevel, Replica, SavedElection, WriteError};
 
 /// Appends a line to the trace, formatting it only when a trace is kept.
 macro_rules! trace {
@@ -36,6 +36,8 @@ const MS: Micros = 1_000;
 const SECOND: Micros = 1_000_000;
 const TICK: Micros = 10 * MS;
 const KEYS: u64 = 4;
+/// No seed needs this many events (a normal one handles well under a million).
+const MAX_EVENTS: u64 = 3_000_000;
 const COMPACTION_KEEP: u64 = 20;
 const CLIENT_TIMEOUT: Micros = 12 * SECOND;
 const SESSION_WAIT: Micros = 5 * SECOND;
@@ -68,7 +70,7 @@ enum Payload {
     Replica(Message),
     Request { op: usize, client: usize, request: Request },
     Reply { op: usize, reply: Reply },
-    Snapshot { entries: Vec<Entry>, position: Position },
+    Snapshot { entries: Vec<Entry>, position: Position, rollback_after: Option<u64> },
 }
 
 #[derive(Clone, Debug)]
@@ -114,8 +116,9 @@ enum Persist {
     LeaderWrite { entry: Entry, client: usize, op: usize, requirement: AckRequirement },
     Follower { entries: Vec<Entry> },
     /// A snapshot from the leader: its whole state up to `position` (in this storage model,
-    /// its log), replacing the local one.
-    Snapshot { entries: Vec<Entry>, position: Position },
+    /// its log), replacing the local one; with `rollback_after`, local entries beyond that
+    /// index move to the rollback store first.
+    Snapshot { entries: Vec<Entry>, position: Position, rollback_after: Option<u64> },
 }
 
 struct PendingRead {
@@ -154,6 +157,13 @@ pub struct Node {
     /// Config used at the next (re)start: leader and epoch change on promotion.
     leader: String,
     epoch: u64,
+    /// Durable election state (automatic failover).
+    saved_election: Option<SavedElection>,
+    /// Durable rollback store: entries removed because the leader of a later epoch
+    /// lacked them.
+    pub rollback: Vec<Entry>,
+    /// The epoch in which `next_index` was last reset (a new leadership).
+    leading_epoch: u64,
 }
 
 impl Node {
@@ -182,6 +192,8 @@ pub struct Observations {
     pub leaders: BTreeMap<u64, Vec<String>>,
     /// Followers persisting something other than what the leader created at that position.
     pub mismatched_applies: Vec<String>,
+    /// Moments at which two nodes would both have accepted a write.
+    pub overlapping_leases: Vec<String>,
 }
 
 pub struct World {
@@ -194,6 +206,11 @@ pub struct World {
     clients: Vec<Client>,
     pub history: Vec<Op>,
     pub observations: Observations,
+    seed: u64,
+    /// Events handled so far; a seed that needs absurdly many is a message storm.
+    events: u64,
+    /// Each node's role as last traced, to trace changes.
+    roles: Vec<String>,
     /// Blocked directed links (from, to) with the partition that blocks them.
     blocked: BTreeMap<(usize, usize), u64>,
     next_partition: u64,
@@ -247,6 +264,9 @@ impl World {
                 read_tags: BTreeMap::new(),
                 leader: "n1".to_string(),
                 epoch: 1,
+                saved_election: None,
+                rollback: Vec::new(),
+                leading_epoch: 0,
             })
             .collect();
         let clients = (0..count + 1)
@@ -265,7 +285,10 @@ impl World {
             nodes,
             clients,
             history: Vec::new(),
-            observations: Observations { created: BTreeMap::new(), leaders: BTreeMap::new(), mismatched_applies: Vec::new() },
+            observations: Observations { created: BTreeMap::new(), leaders: BTreeMap::new(), mismatched_applies: Vec::new(), overlapping_leases: Vec::new() },
+            seed,
+            events: 0,
+            roles: vec![String::new(); count],
             blocked: BTreeMap::new(),
             next_partition: 1,
             loss_percent,
@@ -321,6 +344,10 @@ impl World {
         config.epoch = state.epoch;
         config.tail_cache_bytes = self.tail_cache_bytes;
         config.snapshot_timeout_us = 3 * SECOND;
+        if self.options.failover {
+            // Slower than the server's loopback default: one-way latencies here reach 90 ms.
+            config.elections = Some(ElectionConfig { tick_us: 50 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: self.seed });
+        }
         config
     }
 
@@ -336,7 +363,13 @@ impl World {
         }
         let last = state.last();
         state.next_index = last.index + 1;
-        state.replica = Some(Replica::new(config, last, now));
+        let mut epoch_starts: Vec<(u64, u64)> = Vec::new();
+        for entry in &state.disk {
+            if epoch_starts.last().is_none_or(|(epoch, _)| *epoch != entry.epoch) {
+                epoch_starts.push((entry.epoch, entry.index));
+            }
+        }
+        state.replica = Some(Replica::start(config, last, epoch_starts, state.saved_election.as_ref(), now));
         let incarnation = state.incarnation;
         trace!(self, "start {} at {last}", self.nodes[node].id);
         self.drain(node);
@@ -355,8 +388,16 @@ impl World {
         trace!(self, "crash {} (durable at {})", self.nodes[node].id, self.nodes[node].last());
     }
 
-    /// The configured leader (every node is always configured with the same one).
+    /// The configured leader (every node is always configured with the same one); with
+    /// failover, the running leader of the highest epoch (else node 0: clients then get
+    /// refusals, as they would during an election).
     fn current_leader(&self) -> usize {
+        if self.options.failover {
+            let leading = self.nodes.iter().enumerate().filter_map(|(index, node)| {
+                node.replica.as_ref().filter(|replica| replica.is_leader()).map(|replica| (replica.epoch(), index))
+            });
+            return leading.max().map_or(0, |(_, index)| index);
+        }
         let leader = &self.nodes[0].leader;
         self.nodes.iter().position(|node| node.id == *leader).expect("the leader is a member")
     }
@@ -389,6 +430,9 @@ impl World {
 
     fn settled(&self) -> bool {
         let leader = &self.nodes[self.current_leader()];
+        if !leader.replica.as_ref().is_some_and(Replica::is_leader) {
+            return false;
+        }
         let clients_idle = self.clients.iter().all(|client| client.current.is_none());
         clients_idle && self.nodes.iter().all(|node| node.is_running() && node.persists.is_empty() && node.disk.len() == leader.disk.len())
     }
@@ -413,6 +457,13 @@ impl World {
 
     /// Handles the next event; false when nothing is left to do.
     fn step(&mut self) -> bool {
+        self.events += 1;
+        if self.events == MAX_EVENTS {
+            self.observations.mismatched_applies.push(format!("event storm: {MAX_EVENTS} events handled by {} us, {} queued", self.now, self.queue.len()));
+        }
+        if self.events >= MAX_EVENTS {
+            return false;
+        }
         let Some(Scheduled { at, event, .. }) = self.queue.pop() else { return false };
         self.now = at;
         if let Some(node) = self.target_node(&event) {
@@ -439,6 +490,39 @@ impl World {
     }
 
     fn observe_leaders(&mut self) {
+        if self.trace.is_some() {
+            for node in 0..self.nodes.len() {
+                let now = self.now + self.nodes[node].skew;
+                let role = self.nodes[node].replica.as_ref().map_or("down".to_string(), |replica| {
+                    let status = replica.status(now);
+                    format!(
+                        "epoch {} term {} leader {:?}{}{}",
+                        status.epoch,
+                        status.term,
+                        status.leader,
+                        if status.recovering { " recovering" } else { "" },
+                        if status.accepting_writes { " accepting" } else { "" }
+                    )
+                });
+                if role != self.roles[node] {
+                    trace!(self, "{} is now {role}", self.nodes[node].id);
+                    self.roles[node] = role;
+                }
+            }
+        }
+        if self.options.failover {
+            let accepting: Vec<&str> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(index, node)| node.replica.as_ref().is_some_and(|replica| replica.accepting_writes(self.now + self.nodes[*index].skew).is_ok()))
+                .map(|(_, node)| node.id.as_str())
+                .collect();
+            if accepting.len() > 1 && self.observations.overlapping_leases.len() < 5 {
+                let line = format!("at {} us, {} would all accept writes", self.now, accepting.join(" and "));
+                self.observations.overlapping_leases.push(line);
+            }
+        }
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
                 if replica.is_leader() {
@@ -533,9 +617,9 @@ impl World {
                 }
             }
             (Addr::Node(node), Payload::Request { op, client, request }) => self.serve(node, client, op, request),
-            (Addr::Node(node), Payload::Snapshot { entries, position }) => {
+            (Addr::Node(node), Payload::Snapshot { entries, position, rollback_after }) => {
                 if self.nodes[node].is_running() {
-                    self.enqueue_persist(node, Persist::Snapshot { entries, position });
+                    self.enqueue_persist(node, Persist::Snapshot { entries, position, rollback_after });
                 }
             }
             (Addr::Client(client), Payload::Reply { op, reply }) => {
@@ -571,6 +655,15 @@ impl World {
 
     fn forward_to_leader(&mut self, node: usize, client: usize, op: usize, request: Request) {
         let leader = self.current_leader();
+        if leader == node {
+            // No leader is known (an election is under way): the client hears a refusal.
+            let reply = match request {
+                Request::Write { .. } => Reply::WriteFailed,
+                Request::Read { .. } => Reply::ReadFailed,
+            };
+            self.reply(node, client, op, reply);
+            return;
+        }
         self.send(Addr::Node(node), Addr::Node(leader), Payload::Request { op, client, request });
     }
 
@@ -581,12 +674,17 @@ impl World {
         let lag = replica.lag_us(now);
         match request {
             Request::Write { write_id, key, requirement } => {
-                if !is_leader {
+                if replica.accepting_writes(now).is_err() {
                     self.reply(node, client, op, Reply::WriteFailed);
                     return;
                 }
+                let epoch = replica.epoch();
                 let state = &mut self.nodes[node];
-                let entry = Entry { index: state.next_index, epoch: state.epoch, payload: encode(write_id, key) };
+                if state.leading_epoch != epoch {
+                    state.leading_epoch = epoch;
+                    state.next_index = state.last().index + 1;
+                }
+                let entry = Entry { index: state.next_index, epoch, payload: encode(write_id, key) };
                 state.next_index += 1;
                 self.observations.created.insert((entry.epoch, entry.index), write_id);
                 self.enqueue_persist(node, Persist::LeaderWrite { entry, client, op, requirement });
@@ -605,7 +703,7 @@ impl World {
                     }
                 }
                 ReadLevel::Session => {
-                    if self.nodes[node].last().index >= after.index {
+                    if replica.holds(after) {
                         let reply = self.read_local(node, key);
                         self.reply(node, client, op, reply);
                     } else {
@@ -635,10 +733,12 @@ impl World {
     }
 
     fn answer_sessions(&mut self, node: usize) {
-        let last = self.nodes[node].last();
+        let Some(replica) = &self.nodes[node].replica else { return };
+        let held: Vec<bool> = self.nodes[node].sessions.iter().map(|read| replica.holds(read.after)).collect();
         let ready: Vec<PendingRead> = {
             let sessions = &mut self.nodes[node].sessions;
-            let (ready, waiting): (Vec<_>, Vec<_>) = sessions.drain(..).partition(|read| read.after.index <= last.index);
+            let mut held = held.into_iter();
+            let (ready, waiting): (Vec<_>, Vec<_>) = sessions.drain(..).partition(|_| held.next().unwrap_or(false));
             *sessions = waiting;
             ready
         };
@@ -678,6 +778,15 @@ impl World {
         let now = self.node_now(node);
         match persist {
             Persist::LeaderWrite { entry, client, op, requirement } => {
+                // The storage commits a write only while this node still leads the epoch
+                // it was started in and it continues the log.
+                let replica = self.nodes[node].replica.as_ref().expect("persists only complete on running nodes");
+                let still_leading = replica.is_leader() && replica.epoch() == entry.epoch && entry.index == self.nodes[node].last().index + 1;
+                if !still_leading {
+                    trace!(self, "{} drops write {} at {}: no longer leading", self.nodes[node].id, decode(&entry.payload).0, entry.position());
+                    self.reply(node, client, op, Reply::WriteFailed);
+                    return;
+                }
                 self.append_to_disk(node, std::slice::from_ref(&entry));
                 let state = &mut self.nodes[node];
                 let tag = state.next_tag;
@@ -712,7 +821,22 @@ impl World {
                 let last = self.nodes[node].last();
                 self.nodes[node].replica.as_mut().expect("running").on_persisted(now, last);
             }
-            Persist::Snapshot { entries, position } => {
+            Persist::Snapshot { entries, position, rollback_after: Some(common) } => {
+                let state = &mut self.nodes[node];
+                let diverged: Vec<Entry> = state.disk.iter().filter(|entry| entry.index > common).cloned().collect();
+                trace!(self, "{} rolls back {} entries after {common}, installs snapshot at {position}", self.nodes[node].id, diverged.len());
+                let state = &mut self.nodes[node];
+                state.rollback.extend(diverged);
+                state.disk = entries;
+                state.first_index = position.index + 1;
+                state.kv.clear();
+                for entry in &state.disk {
+                    let (write_id, key) = decode(&entry.payload);
+                    state.kv.insert(key, (write_id, entry.index));
+                }
+                state.replica.as_mut().expect("running").on_rolled_back(now, position);
+            }
+            Persist::Snapshot { entries, position, rollback_after: None } => {
                 let state = &mut self.nodes[node];
                 if position.index <= state.last().index {
                     // As the engine does: a snapshot not ahead of the durable state is dropped.
@@ -772,7 +896,8 @@ impl World {
                         self.nodes[node].replica.as_mut().expect("running").on_log_read(now, &to, entries);
                     }
                 }
-                Output::SendSnapshot { to } => {
+                Output::SaveElection { state } => self.nodes[node].saved_election = Some(state),
+                Output::SendSnapshot { to, rollback_after } => {
                     // As the server does: the snapshot is handed to the transport and the
                     // core told at once; it may still be lost or partitioned away.
                     let now = self.node_now(node);
@@ -780,7 +905,7 @@ impl World {
                     self.nodes[node].replica.as_mut().expect("running").on_snapshot_finished(now, &to, Some(position));
                     if let Some(target) = self.nodes.iter().position(|candidate| candidate.id == to) {
                         trace!(self, "snapshot at {position} from n{} to {to}", node + 1);
-                        self.send(Addr::Node(node), Addr::Node(target), Payload::Snapshot { entries, position });
+                        self.send(Addr::Node(node), Addr::Node(target), Payload::Snapshot { entries, position, rollback_after });
                     }
                 }
                 Output::WriteDone { tag, result } => {
@@ -857,10 +982,10 @@ impl World {
                 }
             }
             Outcome::ReadOk { node_last, .. } => {
+                // Positions order by (epoch, index): a node still holding an old leader's
+                // entries may be longer but is not ahead.
                 let session = &mut self.clients[client].session;
-                if node_last.index > session.index {
-                    *session = *node_last;
-                }
+                *session = (*session).max(*node_last);
             }
             _ => {}
         }
@@ -904,8 +1029,10 @@ impl World {
             40..=69 if network_faults => {
                 let partition = self.next_partition;
                 self.next_partition += 1;
-                let other = (node + 1 + self.rng.range(0, count as u64 - 2) as usize) % count;
                 let shape = self.rng.range(0, 2);
+                // With failover, isolating the leader with a minority matters most.
+                let node = if self.options.failover && shape == 2 && self.rng.chance(60) { self.current_leader() } else { node };
+                let other = (node + 1 + self.rng.range(0, count as u64 - 2) as usize) % count;
                 match shape {
                     0 => {
                         self.blocked.insert((node, other), partition);
@@ -930,7 +1057,7 @@ impl World {
                 self.nodes[node].disk_stalled_until = self.now + stall;
                 trace!(self, "disk stall on {} for {stall} us", self.nodes[node].id);
             }
-            80..=87 if all && count >= 3 => self.destroy_leader_and_promote(),
+            80..=87 if all && count >= 3 && !self.options.failover => self.destroy_leader_and_promote(),
             _ => {}
         }
     }

@@ -621,6 +621,18 @@ impl Engine {
         // Entries this node already holds (a snapshot installed meanwhile covered them)
         // are skipped: within one epoch the leader's entry at an index is the only one.
         let held = entries.iter().take_while(|entry| entry.index <= self.last.index).count();
+        if let Some(last_held) = entries[..held].last() {
+            // Held means the same entry: another epoch's entry at that index is a
+            // divergence (this node wrote it as an old leader), never to be skipped.
+            if let Some(epoch) = self.logged_epoch(last_held.index)? {
+                if epoch != last_held.epoch {
+                    return Err(StorageError(format!(
+                        "entry {} conflicts with the local entry of epoch {epoch} at that index",
+                        last_held.position()
+                    )));
+                }
+            }
+        }
         let entries = &entries[held..];
         if self.format == LogFormat::Physical && entries.len() > 1 {
             // One commit per leader commit: SQLite moves page 1's change counter once per
@@ -778,6 +790,43 @@ impl Engine {
         self.first_index
     }
 
+    fn logged_epoch(&self, index: u64) -> Result<Option<u64>> {
+        let epoch: Option<i64> =
+            self.log().prepare_cached("SELECT epoch FROM _tern_log WHERE idx = ?1")?.query_row([index as i64], |row| row.get(0)).optional()?;
+        Ok(epoch.map(|epoch| epoch as u64))
+    }
+
+    /// Where each epoch starts in the retained log, `(epoch, first index)`, ascending.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn epoch_starts(&self) -> Result<Vec<(u64, u64)>> {
+        let mut statement = self.log().prepare("SELECT epoch, MIN(idx) FROM _tern_log GROUP BY epoch ORDER BY MIN(idx)")?;
+        let starts = statement.query_map([], |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)))?;
+        Ok(starts.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Moves the log entries after `index` into the rollback store (`rollback.db` beside
+    /// the database), durably, and returns how many moved. Their effects stay in the data
+    /// until a snapshot replaces it (`install_snapshot` with `after_rollback`).
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn roll_back_after(&mut self, index: u64) -> Result<u64> {
+        let mut entries = Vec::new();
+        {
+            let mut statement = self.log().prepare("SELECT idx, epoch, payload FROM _tern_log WHERE idx > ?1 ORDER BY idx")?;
+            let mut rows = statement.query([index as i64])?;
+            while let Some(row) = rows.next()? {
+                entries.push(Entry { index: row.get::<_, i64>(0)? as u64, epoch: row.get::<_, i64>(1)? as u64, payload: row.get(2)? });
+            }
+        }
+        let store = RollbackStore::open(&self.directory)?;
+        store.keep(&entries, self.format)?;
+        self.log().execute("DELETE FROM _tern_log WHERE idx > ?1", [index as i64])?;
+        Ok(entries.len() as u64)
+    }
+
     /// Writes a consistent copy of the whole database (data, log and position) to `target`
     /// and returns the position it holds.
     ///
@@ -821,14 +870,17 @@ impl Engine {
     ///
     /// # Errors
     /// If the file is not a tern database or cannot be moved into place.
-    pub fn install_snapshot(&mut self, snapshot: &Path) -> Result<Position> {
+    /// `after_rollback`: this node's log diverged and its entries beyond the common
+    /// prefix went to the rollback store; the snapshot is installed even if it is not
+    /// ahead, since the local data holds effects of entries no replica keeps.
+    pub fn install_snapshot(&mut self, snapshot: &Path, after_rollback: bool) -> Result<Position> {
         {
             let check = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             let position = database_position(&check)?;
             if position == Position::ZERO {
                 return Err(StorageError("snapshot holds no tern log position".into()));
             }
-            if position.index <= self.last.index {
+            if position.index <= self.last.index && !after_rollback {
                 // Entries applied since the snapshot was requested already took this node
                 // past it; installing would move the node backwards and undo writes it
                 // has acknowledged.
@@ -1005,4 +1057,99 @@ impl Reader {
 /// Statements that fail to prepare count as reads, so their error comes from the read path.
 pub fn all_read_only(reader: &Reader, statements: &[Statement]) -> bool {
     statements.iter().all(|statement| is_read_only(&reader.connection, &statement.sql) || reader.connection.prepare(&statement.sql).is_err())
+}
+
+/// Entries a node removed from its log because the leader of a later epoch lacked them:
+/// writes an old leader accepted that never reached a majority (under `async`, some were
+/// acknowledged). Kept in `rollback.db` for inspection, never silently dropped.
+pub struct RollbackStore {
+    connection: Connection,
+}
+
+/// One rolled-back entry, as `GET /db/rollback` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub epoch: u64,
+    pub index: u64,
+    /// Milliseconds since the Unix epoch when it was rolled back.
+    pub rolled_back_at_ms: u64,
+    pub format: String,
+    /// The statements (statement format) or a summary of the row or page images.
+    pub description: String,
+    pub payload_bytes: u64,
+}
+
+pub const ROLLBACK_FILE: &str = "rollback.db";
+
+impl RollbackStore {
+    /// # Errors
+    /// If the store cannot be opened or created.
+    pub fn open(directory: &Path) -> Result<RollbackStore> {
+        let connection = Connection::open(directory.join(ROLLBACK_FILE))?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS rolled_back (
+                 id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, idx INTEGER NOT NULL,
+                 rolled_back_at_ms INTEGER NOT NULL, format TEXT NOT NULL,
+                 description TEXT NOT NULL, payload BLOB NOT NULL)",
+        )?;
+        Ok(RollbackStore { connection })
+    }
+
+    fn keep(&self, entries: &[Entry], format: LogFormat) -> Result<()> {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64);
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        for entry in entries {
+            self.connection.execute(
+                "INSERT INTO rolled_back (epoch, idx, rolled_back_at_ms, format, description, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![entry.epoch as i64, entry.index as i64, now_ms, format.name(), describe_entry(&entry.payload), entry.payload],
+            )?;
+        }
+        self.connection.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Every rolled-back entry, oldest first.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn list(&self) -> Result<Vec<RolledBack>> {
+        let mut statement =
+            self.connection.prepare("SELECT epoch, idx, rolled_back_at_ms, format, description, length(payload) FROM rolled_back ORDER BY id")?;
+        let rows = statement.query_map([], |row| {
+            Ok(RolledBack {
+                epoch: row.get::<_, i64>(0)? as u64,
+                index: row.get::<_, i64>(1)? as u64,
+                rolled_back_at_ms: row.get::<_, i64>(2)? as u64,
+                format: row.get(3)?,
+                description: row.get(4)?,
+                payload_bytes: row.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn count(&self) -> Result<u64> {
+        Ok(self.connection.query_row("SELECT count(*) FROM rolled_back", [], |row| row.get::<_, i64>(0))? as u64)
+    }
+}
+
+/// A readable account of a log entry's changes.
+fn describe_entry(payload: &[u8]) -> String {
+    let Ok(payload) = Payload::decode(payload) else { return "undecodable entry".to_string() };
+    let parts: Vec<String> = payload
+        .changes
+        .iter()
+        .map(|change| match change {
+            Change::Sql { sql, params } => match params {
+                Params::None => sql.clone(),
+                params => format!("{sql} -- params {params:?}"),
+            },
+            Change::Rows(bytes) => format!("row images ({} bytes)", bytes.len()),
+            Change::Pages { pages, .. } => format!("{} page images", pages.len()),
+        })
+        .collect();
+    parts.join("; ")
 }

@@ -146,7 +146,7 @@ fn compaction_forces_a_snapshot_that_hands_over_a_consistent_state() {
         let position = leader.write_snapshot(&snapshot).unwrap();
         assert_eq!(position, Position::new(1, 5));
         let mut follower = Engine::open(&root.join("follower"), format).unwrap();
-        assert_eq!(follower.install_snapshot(&snapshot).unwrap(), position);
+        assert_eq!(follower.install_snapshot(&snapshot, false).unwrap(), position);
         assert_eq!(follower.table_checksums().unwrap(), leader.table_checksums().unwrap());
 
         // Shipping continues from the snapshot's position.
@@ -185,7 +185,7 @@ fn a_snapshot_behind_the_follower_is_dropped_and_held_entries_are_skipped() {
         follower.apply(&later).unwrap();
         let before = follower.table_checksums().unwrap();
         // The snapshot (at 3) arrives after the follower reached 4: nothing changes.
-        assert_eq!(follower.install_snapshot(&snapshot).unwrap(), Position::new(1, 4), "{format:?}");
+        assert_eq!(follower.install_snapshot(&snapshot, false).unwrap(), Position::new(1, 4), "{format:?}");
         assert_eq!(follower.table_checksums().unwrap(), before);
         // Entries it already holds are skipped, not refused.
         assert_eq!(follower.apply(&later).unwrap(), Position::new(1, 4));

@@ -123,7 +123,7 @@ fn snapshots_are_page_copies_and_catch_up_continues_after_them() {
         let snapshot = root.join("snapshot.db");
         assert_eq!(leader.write_snapshot(&snapshot).unwrap(), Position::new(1, 3));
         let mut follower = Engine::open(&follower_dir, LogFormat::Physical).unwrap();
-        assert_eq!(follower.install_snapshot(&snapshot).unwrap(), Position::new(1, 3));
+        assert_eq!(follower.install_snapshot(&snapshot, false).unwrap(), Position::new(1, 3));
         let entry = execute(&mut leader, &workload()[3]);
         follower.apply(&[entry]).unwrap();
         assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap());

@@ -5,7 +5,8 @@
 //! Checker 6, "async honesty", reads the same data: writes acknowledged with fewer copies
 //! (`w=1`, the `async` default) that are missing are counted separately. They may be lost
 //! when the leader is lost; a simulator that can never find such a loss would prove that
-//! checker 1 is vacuous.
+//! checker 1 is vacuous. With automatic failover no disk is ever destroyed, so every such
+//! missing write must be in some node's rollback store: counted, never silently dropped.
 
 use crate::history::{is_durable_requirement, Op, OpKind, Outcome};
 use crate::world::Node;
@@ -18,7 +19,8 @@ pub struct LostWrites {
     pub lost_async: Vec<u64>,
 }
 
-pub fn check(history: &[Op], nodes: &[Node]) -> LostWrites {
+pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) -> LostWrites {
+    let rolled_back: BTreeSet<u64> = nodes.iter().flat_map(|node| node.rollback.iter().map(|entry| write_id(&entry.payload))).collect();
     let members = nodes.len();
     let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.iter().map(|entry| write_id(&entry.payload)).collect()).collect();
     let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
@@ -34,6 +36,9 @@ pub fn check(history: &[Op], nodes: &[Node]) -> LostWrites {
                 missing.join(", ")
             ));
         } else {
+            if rollbacks_keep_everything && !rolled_back.contains(id) {
+                result.violations.push(format!("acknowledged w=1 write {id} (at {position}) is missing on {} and in no rollback store", missing.join(", ")));
+            }
             result.lost_async.push(*id);
         }
     }
