@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// bytes shipped per transaction and transactions per second.
     #[arg(long)]
     formats: bool,
+    /// Instead: SIGKILL the leader this many times under a write load (restarting it
+    /// each time) and report the time from each kill to the next acknowledged write.
+    #[arg(long, default_value_t = 0)]
+    failover: usize,
 }
 
 struct Point {
@@ -54,6 +58,9 @@ impl Point {
 pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.formats {
         return compare_formats(&args);
+    }
+    if args.failover > 0 {
+        return measure_failover(&args);
     }
     let clients: Vec<usize> = args
         .clients
@@ -257,5 +264,88 @@ fn compare_formats(args: &BenchArgs) -> Result<(), String> {
             println!("| {name} | {format} | {per_second:.1} | {bytes:.0} |");
         }
     }
+    Ok(())
+}
+
+/// The address of the node that reports itself leader and accepting writes.
+fn find_leader(addresses: &[String], timeout: Duration) -> Result<usize, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (index, address) in addresses.iter().enumerate() {
+            let mut client = HttpClient::new(address).with_timeout(Duration::from_millis(500));
+            if client.get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "leader" && reply.body["node"]["accepting_writes"] == true) {
+                return Ok(index);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no leader accepted writes within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// As `../shared/bench/peers/rqlite_3node.sh` measures rqlite: one client writes to the
+/// leader for two seconds, the leader is SIGKILLed, and the client retries on every node
+/// (from the first, in order) until a write is acknowledged. The killed node restarts
+/// from its data directory before the next round.
+fn measure_failover(args: &BenchArgs) -> Result<(), String> {
+    crate::parse_log_format(&args.log_format)?;
+    let data_dir = scratch_dir("bench-failover")?;
+    let mut processes = start_processes(3, &data_dir, &["--log-format".to_string(), args.log_format.clone()])?;
+    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+    wait_ready(&addresses, Duration::from_secs(30))?;
+    let leader = find_leader(&addresses, Duration::from_secs(30))?;
+    let mut client = HttpClient::new(&addresses[leader]);
+    let reply = client
+        .post_json("/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))
+        .map_err(|error| format!("cannot create the bench table: {error}"))?;
+    if reply.status != 200 {
+        return Err(format!("cannot create the bench table: {}", reply.body));
+    }
+    println!("tern failover: 3 processes on loopback, {} log, default settings (--ack semi-sync, 25 ms election tick)", args.log_format);
+    let value = "x".repeat(args.value_size);
+    let mut next_id: u64 = 1;
+    let write = |client: &mut HttpClient, id: u64| {
+        client
+            .post_json("/db/execute", &json!([["INSERT INTO bench (id, v) VALUES (?, ?)", id, value]]))
+            .is_ok_and(|reply| reply.status == 200 && reply.body["results"][0]["error"].is_null())
+    };
+    let mut samples = Samples::default();
+    for round in 1..=args.failover {
+        let leader = find_leader(&addresses, Duration::from_secs(30))?;
+        let mut client = HttpClient::new(&addresses[leader]).with_timeout(Duration::from_secs(2));
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            write(&mut client, next_id);
+            next_id += 1;
+        }
+        let killed_at = Instant::now();
+        processes[leader].kill();
+        let mut attempt = 0usize;
+        let recovered = loop {
+            let address = &addresses[attempt % addresses.len()];
+            attempt += 1;
+            let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(2));
+            if write(&mut client, next_id) {
+                next_id += 1;
+                break killed_at.elapsed();
+            }
+            next_id += 1;
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                return Err(format!("round {round}: no write acknowledged within 30 s of the kill"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        println!("  round {round:>2}: killed n{}, first acknowledged write after {} ms", leader + 1, millis(recovered));
+        samples.push(recovered);
+        processes[leader].restart()?;
+        wait_ready(&addresses, Duration::from_secs(30))?;
+    }
+    println!(
+        "kill -> first acknowledged write over {} kills: p50 {} ms, max {} ms",
+        args.failover,
+        samples.percentile(50.0).map_or("-".into(), millis),
+        samples.percentile(100.0).map_or("-".into(), millis)
+    );
     Ok(())
 }

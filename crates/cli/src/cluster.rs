@@ -93,6 +93,38 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
 pub struct ServerProcess {
     pub http: String,
     pub child: Child,
+    /// The full command line, to restart the node from its data directory.
+    command: (PathBuf, Vec<String>),
+}
+
+impl ServerProcess {
+    fn spawn(binary: &Path, args: &[String], http: String) -> Result<ServerProcess, String> {
+        let child = Command::new(binary)
+            .args(args)
+            .env("TERN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
+        Ok(ServerProcess { http, child, command: (binary.to_path_buf(), args.to_vec()) })
+    }
+
+    /// SIGKILL and reap: nothing but what was fsynced survives.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again with the same flags and data directory.
+    ///
+    /// # Errors
+    /// If it cannot be spawned.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let (binary, args) = self.command.clone();
+        // Dropping the old handle "kills" an already reaped child: a harmless no-op.
+        *self = ServerProcess::spawn(&binary, &args, self.http.clone())?;
+        Ok(())
+    }
 }
 
 impl Drop for ServerProcess {
@@ -117,17 +149,10 @@ pub fn start_processes(count: usize, data_dir: &Path, extra: &[String]) -> Resul
     let cluster = peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
     let mut processes = Vec::new();
     for ((id, peer), http) in peers.iter().zip(&https) {
-        let child = Command::new(&binary)
-            .args(["server", "--id", id, "--data"])
-            .arg(data_dir.join(id))
-            .args(["--http", &http.to_string(), "--peer", &peer.to_string(), "--cluster", &cluster])
-            .args(extra)
-            .env("TERN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
-        processes.push(ServerProcess { http: http.to_string(), child });
+        let mut args: Vec<String> = vec!["server".into(), "--id".into(), id.clone(), "--data".into(), data_dir.join(id).display().to_string()];
+        args.extend(["--http".into(), http.to_string(), "--peer".into(), peer.to_string(), "--cluster".into(), cluster.clone()]);
+        args.extend(extra.iter().cloned());
+        processes.push(ServerProcess::spawn(&binary, &args, http.to_string())?);
     }
     Ok(processes)
 }

@@ -34,6 +34,78 @@ enum Command {
     Sim(sim::SimArgs),
     /// Compare every replica's data (table checksums; page hashes for --log-format physical).
     Verify(VerifyArgs),
+    /// Inspect a node's rollback store: entries it removed because a later leader lacked them.
+    #[command(subcommand)]
+    Rollback(RollbackCommand),
+    /// Change who leads (membership changes are not built yet).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum RollbackCommand {
+    /// List the rolled-back entries of the node at --http.
+    List {
+        /// HTTP address of the node.
+        #[arg(long, default_value = "127.0.0.1:4001")]
+        http: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Hand leadership to another member (writes pause until it has caught up).
+    TransferLeader {
+        /// HTTP address of any node; the request goes to the leader.
+        #[arg(long, default_value = "127.0.0.1:4001")]
+        http: String,
+        /// Id of the member that should lead.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+fn run_rollback(command: RollbackCommand) -> Result<(), String> {
+    let RollbackCommand::List { http } = command;
+    let reply = tern_server::client::HttpClient::new(&http).get("/db/rollback").map_err(|error| format!("cannot reach {http}: {error}"))?;
+    if reply.status != 200 {
+        return Err(format!("{http} answered {}: {}", reply.status, reply.body));
+    }
+    let entries = reply.body["entries"].as_array().cloned().unwrap_or_default();
+    println!("{} rolled-back entries on {}", entries.len(), reply.body["node"].as_str().unwrap_or("?"));
+    for entry in entries {
+        println!(
+            "  {}.{}  rolled back at {} ms  {}",
+            entry["epoch"],
+            entry["index"],
+            entry["rolled_back_at_ms"],
+            entry["description"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn run_cluster(command: ClusterCommand) -> Result<(), String> {
+    let ClusterCommand::TransferLeader { http, to } = command;
+    let status = tern_server::client::HttpClient::new(&http).get("/status").map_err(|error| format!("cannot reach {http}: {error}"))?;
+    let node = &status.body["node"];
+    // Ask the leader: this node itself, or the leader it names (by its HTTP address).
+    let leader_http = if node["role"] == "leader" {
+        http.clone()
+    } else {
+        let leader = node["leader"].as_str().ok_or_else(|| "no leader is known right now (an election is under way): retry".to_string())?;
+        let nodes = tern_server::client::HttpClient::new(&http).get("/nodes").map_err(|error| format!("cannot reach {http}: {error}"))?;
+        let api = nodes.body[leader]["api_addr"].as_str().ok_or_else(|| format!("the HTTP address of leader {leader} is not known yet"))?;
+        api.trim_start_matches("http://").to_string()
+    };
+    let reply = tern_server::client::HttpClient::new(&leader_http)
+        .post_json(&format!("/cluster/transfer-leader?to={to}"), &serde_json::json!({}))
+        .map_err(|error| format!("cannot reach the leader at {leader_http}: {error}"))?;
+    if reply.status != 200 {
+        return Err(format!("{leader_http} answered {}: {}", reply.status, reply.body));
+    }
+    println!("leadership is moving from {} to {to}; writes pause until it leads", reply.body["from"].as_str().unwrap_or("?"));
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +269,8 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Verify(args) => run_verify(args),
+        Command::Rollback(command) => run_rollback(command),
+        Command::Cluster(command) => run_cluster(command),
     };
     if let Err(message) = outcome {
         eprintln!("tern: {message}");

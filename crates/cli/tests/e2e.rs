@@ -22,7 +22,10 @@ fn writes_on_the_leader_and_forwarded_from_followers_are_read_at_every_level() {
     // A write sent to a follower is forwarded to the leader transparently.
     let mut follower = cluster.nodes[1].client();
     let reply = execute(&mut follower, "", json!([["INSERT INTO items (v) VALUES (?)", "from n2"]]));
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    if reply.status != 200 {
+        let statuses: Vec<String> = cluster.nodes.iter().map(|node| node.client().get("/status").map(|reply| reply.body.to_string()).unwrap_or_default()).collect();
+        panic!("{}\n{}\n{}", reply.body, statuses.join("\n"), cluster.logs());
+    }
     assert_eq!(reply.body["results"][0]["rows_affected"], 1);
     let position = reply.body["position"].as_str().expect("writes carry a position").to_string();
     assert!(position.starts_with("1."), "{position}");

@@ -323,6 +323,9 @@ pub struct Replica {
     leader: Option<NodeId>,
     election: Option<Election>,
     recovery: Option<Recovery>,
+    /// Leader: an operator asked to hand leadership to this node; writes pause until it
+    /// has caught up and raft transferred, or the deadline passes.
+    handover: Option<(NodeId, Micros)>,
     /// When this replica started, and whether it restarted with saved election state
     /// (it then waits an election timeout before voting: it may have promised a lease).
     started_at: Micros,
@@ -376,6 +379,7 @@ impl Replica {
             leader,
             election,
             recovery: None,
+            handover: None,
             started_at: now,
             restarted,
             leader_contact_at: None,
@@ -414,9 +418,53 @@ impl Replica {
     /// handing leadership over.
     pub fn accepting_writes(&self, now: Micros) -> Result<(), WriteError> {
         match &self.role {
-            Role::Leader(leader) if now < leader.lease_until && !self.election.as_ref().is_some_and(Election::transferring) => Ok(()),
+            Role::Leader(leader) if now < leader.lease_until && self.handover.is_none() && !self.election.as_ref().is_some_and(Election::transferring) => {
+                Ok(())
+            }
             Role::Leader(_) => Err(WriteError::NotLeader { leader: None }),
             Role::Follower(_) => Err(WriteError::NotLeader { leader: self.leader.clone() }),
+        }
+    }
+
+    /// Leader: hand leadership to `to` (an operator's transfer). Writes pause at once; once
+    /// `to` holds everything, raft's leadership transfer makes it campaign, and it
+    /// recovers and leads as after any election. Writes resume here if that has not
+    /// happened within two election timeouts.
+    ///
+    /// # Errors
+    /// If this node does not lead, elections are off, or `to` is not another member.
+    pub fn transfer_leadership(&mut self, now: Micros, to: &NodeId) -> Result<(), String> {
+        let Some(election) = &self.election else { return Err("automatic failover is off: the leader is fixed by --leader".into()) };
+        if !self.is_leader() {
+            return Err(format!("this node does not lead; {}", self.leader.as_ref().map_or("no leader is known".to_string(), |leader| format!("the leader is {leader}"))));
+        }
+        if *to == self.config.id || !self.config.members.contains(to) {
+            return Err(format!("{to} is not another member of the cluster"));
+        }
+        let deadline = now + 2 * election.config().election_timeout_min_us() + 5_000_000;
+        self.handover = Some((to.clone(), deadline));
+        self.continue_handover(now);
+        Ok(())
+    }
+
+    fn continue_handover(&mut self, now: Micros) {
+        let Some((to, deadline)) = self.handover.clone() else { return };
+        let caught_up = match &self.role {
+            Role::Leader(leader) => leader.peers.get(&to).is_some_and(|progress| progress.matched >= self.last.index),
+            Role::Follower(_) => {
+                self.handover = None;
+                return;
+            }
+        };
+        if now >= deadline {
+            self.handover = None;
+            return;
+        }
+        if let Some(election) = &mut self.election {
+            if caught_up && !election.transferring() {
+                election.transfer_leadership(&to);
+                self.drain_election(now);
+            }
         }
     }
 
@@ -801,6 +849,7 @@ impl Replica {
     /// are durable here and may or may not survive), pending reads fail.
     fn step_down(&mut self, leader: Option<NodeId>) {
         self.recovery = None;
+        self.handover = None;
         self.leader = leader;
         let Role::Leader(state) = std::mem::replace(&mut self.role, Role::Follower(FollowerState::new())) else { return };
         let copies = |index: u64| 1 + state.peers.values().filter(|progress| progress.matched >= index).count();
@@ -992,6 +1041,7 @@ impl Replica {
                 self.conclude_recovery(now);
             }
         }
+        self.continue_handover(now);
         let in_sync_timeout = self.config.in_sync_timeout_us;
         let resend_timeout = self.config.resend_timeout_us;
         let Role::Leader(leader) = &mut self.role else { return };

@@ -27,6 +27,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/nodes", get(nodes))
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
+        .route("/cluster/transfer-leader", post(transfer_leader))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -323,6 +324,22 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     match not_ready(&node) {
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]node {} not ready\n", node.config.id)).into_response(),
         None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader.unwrap_or_default())).into_response(),
+    }
+}
+
+/// `POST /cluster/transfer-leader?to=ID` on the leader: hand leadership to `ID`.
+async fn transfer_leader(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let Some(to) = params.get("to").map(str::to_string) else {
+        return error_response(&RequestError::new(400, "missing ?to=<node id>"));
+    };
+    match node.transfer_leadership(to.clone()).await {
+        Ok(()) => Json(json!({"transferring_to": to, "from": node.config.id})).into_response(),
+        Err(message) => {
+            let mut error = RequestError::new(if message.contains("does not lead") { 503 } else { 400 }, message);
+            error.leader = node.published().leader.filter(|leader| *leader != node.config.id);
+            error_response(&error)
+        }
     }
 }
 

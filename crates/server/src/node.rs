@@ -35,6 +35,7 @@ pub(crate) enum Event {
     RolledBack { position: Position, entries: u64 },
     ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
     Status { reply: oneshot::Sender<Status> },
+    TransferLeader { to: String, reply: oneshot::Sender<Result<(), String>> },
 }
 
 /// A write executed on the leader, waiting for its copies.
@@ -345,7 +346,14 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.forwards.lock().expect("forwards lock").insert(id, tx);
         self.send_to(leader, frame(id));
-        let reply = tokio::time::timeout(wait, rx).await.ok().and_then(Result::ok);
+        // Give up as soon as this node stops following that leader (it died or was
+        // replaced): the client hears "outcome unknown" now, not after the timeout.
+        let mut watcher = self.published.clone();
+        let leader_gone = watcher.wait_for(|published| published.leader.as_deref() != Some(leader));
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(wait, rx) => reply.ok().and_then(Result::ok),
+            _ = leader_gone => None,
+        };
         if reply.is_none() {
             self.forwards.lock().expect("forwards lock").remove(&id);
         }
@@ -513,6 +521,16 @@ impl Node {
         tokio::task::spawn_blocking(move || RollbackStore::open(&directory).and_then(|store| store.list()).map_err(|error| error.to_string()))
             .await
             .map_err(|error| error.to_string())?
+    }
+
+    /// Asks this node, which must lead, to hand leadership to `to`.
+    ///
+    /// # Errors
+    /// Why it cannot (not the leader, unknown node, failover off).
+    pub async fn transfer_leadership(&self, to: String) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.post(Event::TransferLeader { to, reply });
+        rx.await.map_err(|_| "replica loop stopped".to_string())?
     }
 
     pub async fn status(&self) -> Option<Status> {
@@ -694,6 +712,9 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                         }
                         Event::Status { reply } => {
                             let _ = reply.send(replica.status(now));
+                        }
+                        Event::TransferLeader { to, reply } => {
+                            let _ = reply.send(replica.transfer_leadership(now, &to));
                         }
                     }
                     if let Ok(event) = events.try_recv() {

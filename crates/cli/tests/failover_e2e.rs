@@ -1,0 +1,285 @@
+//! Automatic failover on real `tern server` processes: SIGKILL the leader under a
+//! continuous write load again and again, SIGSTOP it past its lease, and check what
+//! every mode promises about acknowledged writes.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The node every live node agrees leads and accepts writes, by index into `nodes`.
+fn wait_for_leader(cluster: &Cluster, live: &[bool]) -> usize {
+    let mut found = None;
+    eventually(LONG, "a leader accepting writes", || {
+        found = (0..cluster.nodes.len()).filter(|index| live[*index]).find(|index| {
+            let mut client = cluster.nodes[*index].client().with_timeout(Duration::from_secs(2));
+            client.get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "leader" && reply.body["node"]["accepting_writes"] == true)
+        });
+        found.is_some()
+    });
+    found.expect("checked by eventually")
+}
+
+/// Writers that keep inserting rows with fresh ids, each through its own node in turn
+/// (followers forward to the leader), recording the ids acknowledged with a 200.
+struct Load {
+    acknowledged: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, writers: u64) -> Load {
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let addresses: Vec<String> = cluster.nodes.iter().map(|node| node.http.clone()).collect();
+        let threads = (0..writers)
+            .map(|writer| {
+                let (acknowledged, stop, addresses) = (acknowledged.clone(), stop.clone(), addresses.clone());
+                std::thread::spawn(move || {
+                    let mut id = writer * 10_000_000 + 1;
+                    let mut target = writer as usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut client = tern_server::client::HttpClient::new(&addresses[target % addresses.len()]).with_timeout(Duration::from_secs(3));
+                        let statement = json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", id, format!("row {id}")]]);
+                        match client.post_json("/db/execute", &statement) {
+                            Ok(reply) if reply.status == 200 && reply.body["results"][0]["error"].is_null() => {
+                                acknowledged.lock().unwrap().push(id);
+                            }
+                            _ => {
+                                // Refused, unknown or unreachable: try another node.
+                                target += 1;
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                        id += 1;
+                    }
+                })
+            })
+            .collect();
+        Load { acknowledged, stop, threads }
+    }
+
+    fn acknowledged_count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let acknowledged = self.acknowledged.lock().unwrap().clone();
+        acknowledged
+    }
+}
+
+fn ledger_ids(node: &ServerNode) -> BTreeSet<u64> {
+    rows(&query(&mut node.client(), "SELECT id FROM ledger", "level=none")).iter().map(|row| row[0].as_u64().unwrap()).collect()
+}
+
+fn rollback_entries(node: &ServerNode) -> Vec<Value> {
+    let reply = node.client().get("/db/rollback").expect("rollback store answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["entries"].as_array().cloned().unwrap_or_default()
+}
+
+/// Ids of ledger rows in rolled-back statement-format entries (their parameters).
+fn rolled_back_ids(cluster: &Cluster) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    for node in &cluster.nodes {
+        for entry in rollback_entries(node) {
+            let description = entry["description"].as_str().unwrap_or_default();
+            for part in description.split("Integer(").skip(1) {
+                if let Some(id) = part.split(')').next().and_then(|number| number.parse().ok()) {
+                    ids.insert(id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Waits until every node holds every acknowledged id; returns the first node's ids.
+fn assert_every_node_holds(cluster: &Cluster, acknowledged: &[u64]) -> BTreeSet<u64> {
+    let deadline = Instant::now() + LONG;
+    for node in &cluster.nodes {
+        loop {
+            let ids = ledger_ids(node);
+            let missing: Vec<u64> = acknowledged.iter().copied().filter(|id| !ids.contains(id)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} lacks {} acknowledged writes, e.g. {:?}\n{}", node.id, missing.len(), &missing[..missing.len().min(10)], cluster.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    ledger_ids(&cluster.nodes[0])
+}
+
+fn start_with_ledger(name: &str, extra: &[&str]) -> Cluster {
+    let cluster = Cluster::start(name, 3, extra);
+    let reply = execute(&mut cluster.leader().client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    cluster
+}
+
+/// Kills whichever node leads, `kills` times, restarting it each time; returns the
+/// time from each SIGKILL to the next acknowledged write.
+fn kill_leaders(cluster: &mut Cluster, load: &Load, kills: usize) -> Vec<Duration> {
+    let mut live = vec![true; cluster.nodes.len()];
+    let mut failovers = Vec::new();
+    for round in 0..kills {
+        let leader = wait_for_leader(cluster, &live);
+        let before = load.acknowledged_count();
+        eventually(LONG, "writes before the kill", || load.acknowledged_count() >= before + 20);
+        let acknowledged_at_kill = load.acknowledged_count();
+        let killed_at = Instant::now();
+        cluster.nodes[leader].kill();
+        live[leader] = false;
+        eventually(LONG, &format!("writes to resume after kill {round} of {}", cluster.nodes[leader].id), || {
+            load.acknowledged_count() > acknowledged_at_kill
+        });
+        failovers.push(killed_at.elapsed());
+        cluster.nodes[leader].start();
+        wait_node_ready(&cluster.nodes[leader]);
+        live[leader] = true;
+    }
+    failovers
+}
+
+#[test]
+fn sigkill_of_the_leader_20_times_under_load_loses_no_acknowledged_write() {
+    // Statement format: rolled-back entries name their rows, so the test can also check
+    // that no acknowledged write was ever rolled back.
+    let mut cluster = start_with_ledger("failover-kill", &["--log-format", "statement"]);
+    let load = Load::start(&cluster, 4);
+    let failovers = kill_leaders(&mut cluster, &load, 20);
+    let acknowledged = load.finish();
+    let held = assert_every_node_holds(&cluster, &acknowledged);
+    let rolled_back = rolled_back_ids(&cluster);
+    let acknowledged_but_rolled_back: Vec<u64> = acknowledged.iter().copied().filter(|id| rolled_back.contains(id) && !held.contains(id)).collect();
+    assert!(acknowledged_but_rolled_back.is_empty(), "semi-sync writes lost to rollback: {acknowledged_but_rolled_back:?}");
+    let mut sorted = failovers.clone();
+    sorted.sort();
+    eprintln!(
+        "20 leader kills: {} writes acknowledged, none missing; kill to next acknowledged write p50 {:?}, max {:?}; {} entries rolled back",
+        acknowledged.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        rolled_back.len()
+    );
+}
+
+#[test]
+fn under_async_writes_lost_in_a_failover_are_in_the_rollback_store() {
+    let mut cluster = start_with_ledger("failover-async", &["--log-format", "statement", "--ack", "async"]);
+    let load = Load::start(&cluster, 4);
+    kill_leaders(&mut cluster, &load, 5);
+    let acknowledged = load.finish();
+    // Let every node converge on the surviving history.
+    let reply = execute(&mut cluster.nodes[1].client(), "?w=all", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 999_999_999, "settle"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    eventually(LONG, "every node to hold the settling write", || cluster.nodes.iter().all(|node| ledger_ids(node).contains(&999_999_999)));
+    let held = ledger_ids(&cluster.nodes[0]);
+    for node in &cluster.nodes[1..] {
+        assert_eq!(ledger_ids(node), held, "{} differs from n1", node.id);
+    }
+    let rolled_back = rolled_back_ids(&cluster);
+    let lost: Vec<u64> = acknowledged.iter().copied().filter(|id| !held.contains(id)).collect();
+    let unaccounted: Vec<u64> = lost.iter().copied().filter(|id| !rolled_back.contains(id)).collect();
+    assert!(unaccounted.is_empty(), "acknowledged async writes lost without a trace: {unaccounted:?}");
+    eprintln!("async: {} acknowledged, {} lost across 5 failovers, all in rollback stores", acknowledged.len(), lost.len());
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_does_not_accept_writes_when_it_resumes() {
+    let cluster = start_with_ledger("failover-pause", &[]);
+    let old = wait_for_leader(&cluster, &[true, true, true]);
+    let old_epoch = cluster.nodes[old].client().get("/status").unwrap().body["node"]["epoch"].as_u64().unwrap();
+    cluster.nodes[old].signal("STOP");
+    let mut live = vec![true; 3];
+    live[old] = false;
+    let new = wait_for_leader(&cluster, &live);
+    assert_ne!(new, old);
+    let reply = execute(&mut cluster.nodes[new].client(), "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 1, "while paused"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    cluster.nodes[old].signal("CONT");
+    // Straight after it resumes, the old leader must not take a write as leader of its
+    // old epoch: it refuses, or forwards to the new leader once it has heard of it.
+    let reply = execute(&mut cluster.nodes[old].client(), "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 2, "after resume"]]));
+    if reply.status == 200 {
+        let position = reply.body["position"].as_str().unwrap_or_default().to_string();
+        let epoch: u64 = position.split('.').next().and_then(|epoch| epoch.parse().ok()).unwrap_or(0);
+        assert!(epoch > old_epoch, "the resumed old leader acknowledged a write in its old epoch {old_epoch}: {}", reply.body);
+    } else {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+    }
+    eventually(LONG, "the old leader to follow", || {
+        cluster.nodes[old].client().get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "follower" && reply.body["node"]["epoch"].as_u64() > Some(old_epoch))
+    });
+}
+
+#[test]
+fn network_partitions_need_a_packet_filter() {
+    // Partitions between processes on one machine need DROP rules (iptables or nft) or
+    // network namespaces joined by links that can be cut; tc netem is not available.
+    let has_filter = ["iptables", "nft"].iter().any(|tool| std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).status().is_ok_and(|status| status.success()));
+    if !has_filter {
+        eprintln!("skipped: neither iptables nor nft is installed here, so real-process partitions are not tested; the simulator's partition faults (isolating the leader with a minority, one-way links) cover them");
+        return;
+    }
+    eprintln!("skipped: a packet filter exists but partition tests are not written yet");
+}
+
+#[test]
+fn an_operator_transfer_moves_leadership_and_writes_continue() {
+    let cluster = start_with_ledger("failover-transfer", &[]);
+    let old = wait_for_leader(&cluster, &[true, true, true]);
+    let target = (old + 1) % 3;
+    let target_id = cluster.nodes[target].id.clone();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["cluster", "transfer-leader", "--http", &cluster.nodes[(old + 2) % 3].http, "--to", &target_id])
+        .output()
+        .expect("tern runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    eventually(LONG, "the target to lead", || wait_for_leader(&cluster, &[true, true, true]) == target);
+    let reply = execute(&mut cluster.nodes[old].client(), "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 7, "after transfer"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(!reply.body["position"].as_str().unwrap_or_default().starts_with("1."), "written in a new epoch: {}", reply.body);
+    // Asking a follower to transfer is refused with a pointer to the leader.
+    let refused = cluster.nodes[old].client().post_json(&format!("/cluster/transfer-leader?to={}", cluster.nodes[old].id), &json!({})).unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    // An unknown node is a client error.
+    let unknown = cluster.nodes[target].client().post_json("/cluster/transfer-leader?to=n9", &json!({})).unwrap();
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+}
+
+#[test]
+fn one_and_two_node_clusters_elect_a_leader_and_survive_restarts() {
+    for size in [1, 2] {
+        let mut cluster = Cluster::start(&format!("failover-size-{size}"), size, &[]);
+        let live = vec![true; size];
+        wait_for_leader(&cluster, &live);
+        let reply = execute(&mut cluster.nodes[size - 1].client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)", ["INSERT INTO ledger VALUES (?, ?)", 1, "one"]]));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        // Restart every node (a 2-node cluster needs both for a majority).
+        for node in &mut cluster.nodes {
+            node.kill();
+        }
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster.wait_ready();
+        wait_for_leader(&cluster, &live);
+        let reply = execute(&mut cluster.nodes[0].client(), "", json!([["INSERT INTO ledger VALUES (?, ?)", 2, "two"]]));
+        assert_eq!(reply.status, 200, "{size} nodes: {}", reply.body);
+        eventually(LONG, "every node to hold both rows", || cluster.nodes.iter().all(|node| ledger_ids(node).len() == 2));
+    }
+}
