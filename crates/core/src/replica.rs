@@ -982,7 +982,9 @@ impl Replica {
         // A durable end counts only if it is our entry (same epoch at that index; log
         // matching then covers everything before it). A follower may hold an older
         // leader's entry at the same index, which must not count as a copy of ours.
-        let durable_is_ours = self.epoch_at(durable.index).is_none_or(|epoch| epoch == durable.epoch);
+        // (A durable end beyond our last entry is never ours: it is another epoch's.)
+        let durable_is_ours =
+            durable.index == 0 || (durable.index <= last_index && self.epoch_at(durable.index).is_none_or(|epoch| epoch == durable.epoch));
         let common = diverged.as_ref().map(|starts| common_prefix(&self.epoch_starts, last_index, starts, durable.index.max(next_index - 1)));
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(from) else { return };

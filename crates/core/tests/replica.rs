@@ -329,3 +329,20 @@ fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_mea
     replica.on_message(60, &"n2".into(), ack(3, 0));
     assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 9, result: Ok(Position::new(1, 3)) }]);
 }
+
+#[test]
+fn an_ack_of_another_epochs_entries_is_not_a_copy_of_ours() {
+    // Elected leader of epoch 2 (static configuration for the test) with one entry;
+    // a follower that holds an old leader's entries 1..3 of epoch 1 acknowledges them.
+    let config = Config { epoch: 2, ..Config::new("n1", members(), "n1", AckMode::SemiSync) };
+    let mut replica = Replica::new(config, Position::ZERO, 0);
+    drain(&mut replica);
+    let ours = Entry { index: 1, epoch: 2, payload: vec![1] };
+    replica.on_leader_appended(10, vec![ours], vec![(5, 1, AckRequirement::Majority)]);
+    drain(&mut replica);
+    let theirs = Message::AppendAck { epoch: 2, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false, diverged: None };
+    replica.on_message(20, &"n2".into(), theirs);
+    assert!(drain(&mut replica).iter().all(|output| !matches!(output, Output::WriteDone { .. })), "n2's entry 1 is not ours");
+    replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None });
+    assert!(drain(&mut replica).contains(&Output::WriteDone { tag: 5, result: Ok(Position::new(2, 1)) }));
+}
