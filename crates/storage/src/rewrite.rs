@@ -161,6 +161,37 @@ enum Call {
     Session,
 }
 
+/// The non-deterministic function or keyword used in a `DEFAULT` clause, if any.
+fn nondeterministic_default(sql: &str, tokens: &[Token]) -> Option<String> {
+    let significant: Vec<&Token> = tokens.iter().filter(|token| token.kind != TokenKind::Space).collect();
+    for (position, token) in significant.iter().enumerate() {
+        if token.kind != TokenKind::Word || !sql[token.start..token.end].eq_ignore_ascii_case("DEFAULT") {
+            continue;
+        }
+        // The default is one term, or a parenthesised expression.
+        let mut depth = 0usize;
+        for next in &significant[position + 1..] {
+            let text = &sql[next.start..next.end];
+            match next.kind {
+                TokenKind::Open => depth += 1,
+                TokenKind::Close if depth == 0 => break,
+                TokenKind::Close => depth -= 1,
+                TokenKind::Word => {
+                    let upper = text.to_ascii_uppercase();
+                    if matches!(upper.as_str(), "CURRENT_TIMESTAMP" | "CURRENT_DATE" | "CURRENT_TIME") || classify(text).is_some() {
+                        return Some(if classify(text).is_some() { text.to_ascii_lowercase() } else { upper });
+                    }
+                }
+                _ => {}
+            }
+            if depth == 0 {
+                break;
+            }
+        }
+    }
+    None
+}
+
 /// A word that is a statement or clause keyword showing per-row evaluation.
 fn is_per_row_keyword(word: &str) -> bool {
     matches!(word.to_ascii_uppercase().as_str(), "SELECT" | "UPDATE" | "DELETE" | "FROM" | "WHERE")
@@ -178,7 +209,15 @@ pub fn make_deterministic(connection: &Connection, sql: &str) -> Result<Option<S
     let first_word = words.first().map(|word| word.to_ascii_uppercase()).unwrap_or_default();
     let is_trigger = first_word == "CREATE" && words.iter().take(4).any(|word| word.eq_ignore_ascii_case("TRIGGER"));
     if first_word == "CREATE" && !is_trigger || matches!(first_word.as_str(), "DROP" | "ALTER" | "PRAGMA") {
-        // Schema statements store expressions (defaults, views) rather than values.
+        // Schema statements store expressions (defaults, views) rather than values. A
+        // column DEFAULT that reads the clock or draws a random number would be evaluated
+        // by each replica's own INSERTs, so it cannot be used with this format.
+        if let Some(function) = nondeterministic_default(sql, &tokens) {
+            return Err(NonDeterministic {
+                function,
+                reason: "a column DEFAULT is evaluated by every replica at its own INSERT; give the value explicitly".to_string(),
+            });
+        }
         return Ok(None);
     }
     let per_row = words.iter().any(|word| is_per_row_keyword(word));
@@ -307,7 +346,8 @@ mod tests {
         assert_eq!(rewrite("INSERT INTO t VALUES (1, 'random()')").unwrap(), None);
         assert_eq!(rewrite("UPDATE t SET a = datetime('2020-01-01', '+1 day') WHERE b = 2").unwrap(), None);
         assert_eq!(rewrite("SELECT \"random\" FROM t -- random()\n").unwrap(), None);
-        assert_eq!(rewrite("CREATE TABLE u (created DEFAULT CURRENT_TIMESTAMP)").unwrap(), None);
+        // A view is evaluated where it is read; reads are not replicated.
+        assert_eq!(rewrite("CREATE VIEW v AS SELECT datetime('now') AS at").unwrap(), None);
     }
 
     #[test]
@@ -342,6 +382,19 @@ mod tests {
     fn calls_with_row_dependent_arguments_are_refused() {
         let error = rewrite("INSERT INTO t VALUES (datetime('now', ?), 1)").unwrap_err();
         assert_eq!(error.function, "datetime");
+    }
+
+    #[test]
+    fn clock_and_random_column_defaults_are_refused() {
+        for (sql, function) in [
+            ("CREATE TABLE t (id INTEGER PRIMARY KEY, at TEXT DEFAULT CURRENT_TIMESTAMP)", "CURRENT_TIMESTAMP"),
+            ("create table t (token BLOB default (randomblob(8)))", "randomblob"),
+            ("ALTER TABLE t ADD COLUMN d TEXT DEFAULT (datetime('now'))", "datetime"),
+        ] {
+            let refusal = rewrite(sql).expect_err(sql);
+            assert_eq!(refusal.function, function, "{sql}");
+        }
+        assert_eq!(rewrite("CREATE TABLE t (n INTEGER DEFAULT 0, s TEXT DEFAULT 'now')").unwrap(), None);
     }
 
     #[test]
