@@ -20,16 +20,34 @@ use tokio::sync::mpsc;
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
+/// A forwarded client request (or its reply) older than this when a connection comes up
+/// is dropped: the node that forwarded it has given up or will soon.
+const STALE_FRAME: Duration = Duration::from_secs(2);
+
 /// Keeps a connection to `peer` open and writes every frame queued for it. While the
-/// peer is unreachable, queued frames are dropped: the core resends what matters.
+/// peer is unreachable, the core's messages are dropped (it resends what matters, and a
+/// backlog of appends to a dead follower would flood it when it returns), but forwarded
+/// client requests and replies wait, up to `STALE_FRAME`: each is sent once, and losing
+/// one during a reconnect left a client waiting out its whole timeout.
 pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<(Instant, Frame)>) {
+    let mut waiting: std::collections::VecDeque<(Instant, Frame)> = std::collections::VecDeque::new();
+    let hold = |waiting: &mut std::collections::VecDeque<(Instant, Frame)>, frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>| {
+        while let Ok(frame) = frames.try_recv() {
+            if matches!(frame.1, Frame::ForwardWrite { .. } | Frame::ForwardRead { .. } | Frame::ForwardWriteReply { .. } | Frame::ForwardReadReply { .. }) {
+                waiting.push_back(frame);
+            }
+        }
+        while waiting.front().is_some_and(|(enqueued, _)| enqueued.elapsed() > STALE_FRAME) {
+            waiting.pop_front();
+        }
+    };
     loop {
         let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             _ => {
-                while frames.try_recv().is_ok() {}
+                hold(&mut waiting, &mut frames);
                 tokio::time::sleep(RECONNECT_DELAY).await;
-                while frames.try_recv().is_ok() {}
+                hold(&mut waiting, &mut frames);
                 continue;
             }
         };
@@ -46,7 +64,15 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
         }
         tracing::debug!("connected to {peer} at {addr}");
         node.post(Event::PeerConnected(peer.clone()));
-        if pump(&node, &peer, &mut writer, &mut frames).await.is_err() {
+        hold(&mut waiting, &mut frames);
+        let mut failed = false;
+        while let Some((_, frame)) = waiting.pop_front() {
+            if write_frame(&mut writer, &frame).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed || writer.flush().await.is_err() || pump(&node, &peer, &mut writer, &mut frames).await.is_err() {
             tracing::debug!("connection to {peer} lost");
             set_connected(&node, &peer, false);
             tokio::time::sleep(RECONNECT_DELAY).await;
