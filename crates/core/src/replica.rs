@@ -502,7 +502,7 @@ impl Replica {
         if index == 0 || index > self.accepted.index {
             return None;
         }
-        self.epoch_starts.iter().rev().find(|(_, first)| *first <= index).map(|(epoch, _)| *epoch)
+        epoch_in(&self.epoch_starts, index)
     }
 
     fn note_epoch_start(&mut self, entry: &Entry) {
@@ -1107,7 +1107,6 @@ impl Replica {
         // follower still receiving the window reject it as a gap and cause a resend.
         let mut prev_index = self.last.index.min(progress.next - 1);
         let epoch_starts = &self.epoch_starts;
-        let epoch_at = |index: u64| epoch_starts.iter().rev().find(|(_, first)| *first <= index).map_or(0, |(epoch, _)| *epoch);
         let window_open = progress.next <= progress.matched + self.config.max_inflight_entries;
         if progress.next <= self.last.index && window_open && !progress.fetching && !progress.snapshotting {
             let tail_start = leader.tail.front().map_or(self.last.index + 1, |entry| entry.index);
@@ -1138,7 +1137,7 @@ impl Replica {
             epoch: self.epoch,
             leader: self.config.id.clone(),
             prev_index,
-            prev_epoch: if prev_index == 0 { 0 } else { epoch_at(prev_index) },
+            prev_epoch: if prev_index == 0 { 0 } else { epoch_in(epoch_starts, prev_index).unwrap_or(0) },
             entries,
             commit_index: leader.commit_index,
             leader_last: self.last.index,
@@ -1380,7 +1379,13 @@ pub fn log_holds(epoch_starts: &[(u64, u64)], last: Position, position: Position
     if position.index > last.index {
         return false;
     }
-    epoch_starts.iter().rev().find(|(_, first)| *first <= position.index).is_none_or(|(epoch, _)| *epoch == position.epoch)
+    epoch_in(epoch_starts, position.index).is_none_or(|epoch| epoch == position.epoch)
+}
+
+/// The epoch of the entry at `index` in a log whose epochs start as `starts` says
+/// (`(epoch, first index)`, ascending); `None` below the first recorded start.
+fn epoch_in(starts: &[(u64, u64)], index: u64) -> Option<u64> {
+    starts.iter().rev().find(|(_, first)| *first <= index).map(|(epoch, _)| *epoch)
 }
 
 /// How long after a heartbeat round starts a leader may accept writes on its strength:
@@ -1398,14 +1403,13 @@ fn common_prefix(leader: &[(u64, u64)], leader_last: u64, follower: &[(u64, u64)
     if end == 0 {
         return 0;
     }
-    let epoch_at = |starts: &[(u64, u64)], index: u64| starts.iter().rev().find(|(_, first)| *first <= index).map(|(epoch, _)| *epoch);
     let mut points: Vec<u64> = leader.iter().chain(follower).map(|(_, first)| *first).filter(|first| (1..=end).contains(first)).collect();
     points.push(1);
     points.sort_unstable();
     points.dedup();
     let mut common = 0;
     for (position, start) in points.iter().enumerate() {
-        if let (Some(ours), Some(theirs)) = (epoch_at(leader, *start), epoch_at(follower, *start)) {
+        if let (Some(ours), Some(theirs)) = (epoch_in(leader, *start), epoch_in(follower, *start)) {
             if ours != theirs {
                 return start - 1;
             }

@@ -32,7 +32,7 @@ pub(crate) enum Event {
     SnapshotInstalled(Position),
     /// Entries after a divergence went to the rollback store and the leader's snapshot
     /// replaced the database.
-    RolledBack { position: Position, entries: u64 },
+    RolledBack { position: Position },
     ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
     Status { reply: oneshot::Sender<Status> },
     TransferLeader { to: String, reply: oneshot::Sender<Result<(), String>> },
@@ -133,8 +133,6 @@ pub struct Node {
     /// The epoch the storage thread may write in (0: none). Set by the replica loop
     /// while this node leads and its lease holds; checked again when a write commits.
     writable_epoch: Arc<AtomicU64>,
-    /// Entries this node moved to its rollback store since it started.
-    pub rolled_back: AtomicU64,
 }
 
 const ELECTION_FILE: &str = "election.json";
@@ -235,7 +233,6 @@ impl Node {
             next_forward_id: AtomicU64::new(1),
             log_stats: Arc::new(LogStats::default()),
             writable_epoch: writable_epoch.clone(),
-            rolled_back: AtomicU64::new(0),
         });
 
         let storage_context = StorageContext {
@@ -701,10 +698,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                         }
                         Event::SnapshotSent { to, position } => replica.on_snapshot_finished(now, &to, position),
                         Event::SnapshotInstalled(position) => replica.on_snapshot_installed(now, position),
-                        Event::RolledBack { position, entries } => {
-                            node.rolled_back.fetch_add(entries, Ordering::Relaxed);
-                            replica.on_rolled_back(now, position);
-                        }
+                        Event::RolledBack { position } => replica.on_rolled_back(now, position),
                         Event::ReadBarrier { observed_index, reply } => {
                             let tag = next_tag;
                             next_tag += 1;
@@ -908,7 +902,7 @@ impl StorageContext {
                         Ok((entries, position)) => {
                             self.reader_generation.fetch_add(1, Ordering::AcqRel);
                             tracing::warn!("log diverged after index {common}: {entries} entries moved to the rollback store; snapshot installed at {position}");
-                            let _ = self.events.send(Event::RolledBack { position, entries });
+                            let _ = self.events.send(Event::RolledBack { position });
                         }
                         Err(error) => tracing::error!("cannot roll back after {common} and install the snapshot: {error}"),
                     }
