@@ -890,6 +890,10 @@ impl Engine {
             }
         }
         let database = self.database_path();
+        // Fold the WAL into the file first: the WAL is deleted below, and a crash between
+        // that and the rename must leave the old database whole (its acknowledged writes
+        // included), not the file without its newest commits.
+        self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         // Close our connection before the file is replaced under it.
         let placeholder = Connection::open_in_memory()?;
         let old = std::mem::replace(&mut self.connection, placeholder);
