@@ -20,5 +20,5 @@ pub mod types;
 
 pub use election::{ElectionConfig, SavedElection};
 pub use message::Message;
-pub use replica::{log_holds, Config, Output, ReadError, Replica, Status, WriteError};
+pub use replica::{log_holds, Config, Output, ReadError, Replica, Status, TransferError, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};

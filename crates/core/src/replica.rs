@@ -108,6 +108,25 @@ impl std::fmt::Display for WriteError {
     }
 }
 
+/// Why leadership cannot be handed over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    FailoverOff,
+    NotLeader { leader: Option<NodeId> },
+    NotAnotherMember { id: NodeId },
+}
+
+impl std::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferError::FailoverOff => write!(f, "automatic failover is off: the leader is fixed by --leader"),
+            TransferError::NotLeader { leader: Some(leader) } => write!(f, "this node does not lead; the leader is {leader}"),
+            TransferError::NotLeader { leader: None } => write!(f, "this node does not lead and no leader is known: retry shortly"),
+            TransferError::NotAnotherMember { id } => write!(f, "{id} is not another member of the cluster"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadError {
     NotLeader { leader: Option<NodeId> },
@@ -433,13 +452,13 @@ impl Replica {
     ///
     /// # Errors
     /// If this node does not lead, elections are off, or `to` is not another member.
-    pub fn transfer_leadership(&mut self, now: Micros, to: &NodeId) -> Result<(), String> {
-        let Some(election) = &self.election else { return Err("automatic failover is off: the leader is fixed by --leader".into()) };
+    pub fn transfer_leadership(&mut self, now: Micros, to: &NodeId) -> Result<(), TransferError> {
+        let Some(election) = &self.election else { return Err(TransferError::FailoverOff) };
         if !self.is_leader() {
-            return Err(format!("this node does not lead; {}", self.leader.as_ref().map_or("no leader is known".to_string(), |leader| format!("the leader is {leader}"))));
+            return Err(TransferError::NotLeader { leader: self.leader.clone() });
         }
         if *to == self.config.id || !self.config.members.contains(to) {
-            return Err(format!("{to} is not another member of the cluster"));
+            return Err(TransferError::NotAnotherMember { id: to.clone() });
         }
         let deadline = now + 2 * election.config().election_timeout_min_us() + 5_000_000;
         self.handover = Some((to.clone(), deadline));

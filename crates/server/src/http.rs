@@ -335,11 +335,7 @@ async fn transfer_leader(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery)
     };
     match node.transfer_leadership(to.clone()).await {
         Ok(()) => Json(json!({"transferring_to": to, "from": node.config.id})).into_response(),
-        Err(message) => {
-            let mut error = RequestError::new(if message.contains("does not lead") { 503 } else { 400 }, message);
-            error.leader = node.published().leader.filter(|leader| *leader != node.config.id);
-            error_response(&error)
-        }
+        Err(error) => error_response(&error),
     }
 }
 

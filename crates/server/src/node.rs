@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use tern_core::{AckRequirement, Config, ElectionConfig, Entry, Message, Output, Position, ReadError, ReadLevel, Replica, SavedElection, Status, WriteError};
+use tern_core::{AckRequirement, Config, ElectionConfig, Entry, Message, Output, Position, ReadError, ReadLevel, Replica, SavedElection, Status, TransferError, WriteError};
 use tern_storage::{Engine, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -35,7 +35,7 @@ pub(crate) enum Event {
     RolledBack { position: Position },
     ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
     Status { reply: oneshot::Sender<Status> },
-    TransferLeader { to: String, reply: oneshot::Sender<Result<(), String>> },
+    TransferLeader { to: String, reply: oneshot::Sender<Result<(), TransferError>> },
 }
 
 /// A write executed on the leader, waiting for its copies.
@@ -524,10 +524,21 @@ impl Node {
     ///
     /// # Errors
     /// Why it cannot (not the leader, unknown node, failover off).
-    pub async fn transfer_leadership(&self, to: String) -> Result<(), String> {
+    pub async fn transfer_leadership(&self, to: String) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
         self.post(Event::TransferLeader { to, reply });
-        rx.await.map_err(|_| "replica loop stopped".to_string())?
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                let status = if matches!(error, TransferError::NotLeader { .. }) { 503 } else { 400 };
+                let mut request_error = RequestError::new(status, error.to_string());
+                if let TransferError::NotLeader { leader } = error {
+                    request_error.leader = leader;
+                }
+                Err(request_error)
+            }
+            Err(_) => Err(RequestError::new(503, "replica loop stopped")),
+        }
     }
 
     pub async fn status(&self) -> Option<Status> {
