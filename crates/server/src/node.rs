@@ -663,7 +663,6 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_from_leader = replica.is_leader();
-    let mut last_role = (false, 0, None::<String>);
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -772,15 +771,6 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
         }
         let lag = replica.lag_us(now);
         let accepting_writes = replica.accepting_writes(now).is_ok();
-        let role = (replica.is_leader(), replica.epoch(), replica.leader().cloned());
-        if role != last_role {
-            match &role {
-                (true, epoch, _) => tracing::info!("leading epoch {epoch}"),
-                (false, epoch, Some(leader)) => tracing::info!("following {leader} in epoch {epoch}"),
-                (false, epoch, None) => tracing::info!("no leader known in epoch {epoch} (election under way)"),
-            }
-            last_role = role;
-        }
         node.writable_epoch.store(if accepting_writes { replica.epoch() } else { 0 }, Ordering::Release);
         if replica.leader().is_none() {
             heard_from_leader = false;
@@ -798,6 +788,14 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
             ready: heard_from_leader,
         };
         published.send_if_modified(|current| {
+            if (current.is_leader, current.epoch, &current.leader) != (next_published.is_leader, next_published.epoch, &next_published.leader) {
+                let epoch = next_published.epoch;
+                match (&next_published.is_leader, &next_published.leader) {
+                    (true, _) => tracing::info!("leading epoch {epoch}"),
+                    (false, Some(leader)) => tracing::info!("following {leader} in epoch {epoch}"),
+                    (false, None) => tracing::info!("no leader known in epoch {epoch} (election under way)"),
+                }
+            }
             if *current != next_published {
                 *current = next_published;
                 true

@@ -167,6 +167,22 @@ pub struct Node {
 }
 
 impl Node {
+    /// The database is a function of the log: rebuilt from the disk.
+    fn rebuild_kv(&mut self) {
+        self.kv.clear();
+        for entry in &self.disk {
+            let (write_id, key) = decode(&entry.payload);
+            self.kv.insert(key, (write_id, entry.index));
+        }
+    }
+
+    /// A snapshot from the leader replaces the whole local state.
+    fn install_snapshot(&mut self, entries: Vec<Entry>, position: Position) {
+        self.disk = entries;
+        self.first_index = position.index + 1;
+        self.rebuild_kv();
+    }
+
     pub fn last(&self) -> Position {
         self.disk.last().map_or(Position::ZERO, Entry::position)
     }
@@ -356,11 +372,7 @@ impl World {
         let now = self.node_now(node);
         let state = &mut self.nodes[node];
         state.incarnation += 1;
-        state.kv.clear();
-        for entry in &state.disk {
-            let (write_id, key) = decode(&entry.payload);
-            state.kv.insert(key, (write_id, entry.index));
-        }
+        state.rebuild_kv();
         let last = state.last();
         state.next_index = last.index + 1;
         let mut epoch_starts: Vec<(u64, u64)> = Vec::new();
@@ -827,13 +839,7 @@ impl World {
                 trace!(self, "{} rolls back {} entries after {common}, installs snapshot at {position}", self.nodes[node].id, diverged.len());
                 let state = &mut self.nodes[node];
                 state.rollback.extend(diverged);
-                state.disk = entries;
-                state.first_index = position.index + 1;
-                state.kv.clear();
-                for entry in &state.disk {
-                    let (write_id, key) = decode(&entry.payload);
-                    state.kv.insert(key, (write_id, entry.index));
-                }
+                state.install_snapshot(entries, position);
                 state.replica.as_mut().expect("running").on_rolled_back(now, position);
             }
             Persist::Snapshot { entries, position, rollback_after: None } => {
@@ -847,13 +853,7 @@ impl World {
                     self.drain(node);
                     return;
                 }
-                state.disk = entries;
-                state.first_index = position.index + 1;
-                state.kv.clear();
-                for entry in &state.disk {
-                    let (write_id, key) = decode(&entry.payload);
-                    state.kv.insert(key, (write_id, entry.index));
-                }
+                state.install_snapshot(entries, position);
                 trace!(self, "{} installed snapshot at {position}", self.nodes[node].id);
                 self.nodes[node].replica.as_mut().expect("running").on_snapshot_installed(now, position);
             }
