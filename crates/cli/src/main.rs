@@ -1,6 +1,7 @@
 //! The `tern` binary: `tern server` runs one node, `tern demo` an in-process multi-region
 //! cluster with a workload, `tern bench` a benchmark on real processes.
 
+mod admin;
 mod bench;
 mod cluster;
 mod demo;
@@ -37,9 +38,9 @@ enum Command {
     /// Inspect a node's rollback store: entries it removed because a later leader lacked them.
     #[command(subcommand)]
     Rollback(RollbackCommand),
-    /// Change who leads (membership changes are not built yet).
+    /// Change who is in the cluster and who leads.
     #[command(subcommand)]
-    Cluster(ClusterCommand),
+    Cluster(admin::ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -49,19 +50,6 @@ enum RollbackCommand {
         /// HTTP address of the node.
         #[arg(long, default_value = "127.0.0.1:4001")]
         http: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// Hand leadership to another member (writes pause until it has caught up).
-    TransferLeader {
-        /// HTTP address of any node; the request goes to the leader.
-        #[arg(long, default_value = "127.0.0.1:4001")]
-        http: String,
-        /// Id of the member that should lead.
-        #[arg(long)]
-        to: String,
     },
 }
 
@@ -82,29 +70,6 @@ fn run_rollback(command: RollbackCommand) -> Result<(), String> {
             entry["description"].as_str().unwrap_or_default()
         );
     }
-    Ok(())
-}
-
-fn run_cluster(command: ClusterCommand) -> Result<(), String> {
-    let ClusterCommand::TransferLeader { http, to } = command;
-    let status = tern_server::client::HttpClient::new(&http).get("/status").map_err(|error| format!("cannot reach {http}: {error}"))?;
-    let node = &status.body["node"];
-    // Ask the leader: this node itself, or the leader it names (by its HTTP address).
-    let leader_http = if node["role"] == "leader" {
-        http.clone()
-    } else {
-        let leader = node["leader"].as_str().ok_or_else(|| "no leader is known right now (an election is under way): retry".to_string())?;
-        let nodes = tern_server::client::HttpClient::new(&http).get("/nodes").map_err(|error| format!("cannot reach {http}: {error}"))?;
-        let api = nodes.body[leader]["api_addr"].as_str().ok_or_else(|| format!("the HTTP address of leader {leader} is not known yet"))?;
-        api.trim_start_matches("http://").to_string()
-    };
-    let reply = tern_server::client::HttpClient::new(&leader_http)
-        .post_json(&format!("/cluster/transfer-leader?to={to}"), &serde_json::json!({}))
-        .map_err(|error| format!("cannot reach the leader at {leader_http}: {error}"))?;
-    if reply.status != 200 {
-        return Err(format!("{leader_http} answered {}: {}", reply.status, reply.body));
-    }
-    println!("leadership is moving from {} to {to}; writes pause until it leads", reply.body["from"].as_str().unwrap_or("?"));
     Ok(())
 }
 
@@ -139,7 +104,7 @@ fn run_verify(args: VerifyArgs) -> Result<(), String> {
 
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
-    /// This node's id; must appear in --cluster.
+    /// This node's id; must appear in --cluster (unless --join).
     #[arg(long, default_value = "n1")]
     id: String,
     /// The region this node runs in (shown in /status and used for WAN emulation).
@@ -197,6 +162,11 @@ pub struct ServerArgs {
     /// hearing a leader. Raise it on links with round trips near 100 ms.
     #[arg(long, default_value_t = 25)]
     election_tick_ms: u64,
+    /// Start outside any cluster and wait to be added by its leader
+    /// (`tern cluster add --id ID --addr PEER_ADDR`); --cluster is not needed. The node
+    /// catches up as a learner, then votes. Restarts use the saved membership.
+    #[arg(long)]
+    join: bool,
 }
 
 impl ServerArgs {
@@ -204,6 +174,7 @@ impl ServerArgs {
         let peer_addr = self.peer.parse().map_err(|error| format!("bad --peer {:?}: {error}", self.peer))?;
         let http_addr = self.http.parse().map_err(|error| format!("bad --http {:?}: {error}", self.http))?;
         let cluster = match &self.cluster {
+            Some(_) if self.join => return Err("--join and --cluster exclude each other: a joining node learns the members from the leader".to_string()),
             Some(text) => parse_cluster(text)?,
             None => vec![(self.id.clone(), peer_addr)],
         };
@@ -235,6 +206,7 @@ impl ServerArgs {
             statement_rewrite: self.statement_rewrite == "on",
             failover: self.failover == "on",
             election_tick: Duration::from_millis(self.election_tick_ms.max(1)),
+            join: self.join,
             id: self.id,
         })
     }
@@ -270,7 +242,7 @@ fn main() {
         Command::Sim(args) => sim::run(args),
         Command::Verify(args) => run_verify(args),
         Command::Rollback(command) => run_rollback(command),
-        Command::Cluster(command) => run_cluster(command),
+        Command::Cluster(command) => admin::run_cluster(command),
     };
     if let Err(message) = outcome {
         eprintln!("tern: {message}");

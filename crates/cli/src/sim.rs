@@ -69,7 +69,25 @@ pub fn run(args: SimArgs) -> Result<(), String> {
                 if seed >= end {
                     return;
                 }
-                let report = run_seed(&options, seed, args.trace.is_some());
+                // A panic in the core is a failed seed like any other: report it with
+                // its replay command instead of losing which seed it was.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(&options, seed, args.trace.is_some())));
+                let report = run.unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                        .unwrap_or_else(|| "unknown panic".to_string());
+                    SeedReport {
+                        seed,
+                        violations: vec![format!("panicked: {message}")],
+                        lost_async: 0,
+                        operations: 0,
+                        destroyed_disks: 0,
+                        replaced_nodes: 0,
+                        trace: None,
+                    }
+                });
                 reports.lock().expect("reports lock").push(report);
             });
         }
@@ -83,8 +101,11 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     let mut violating = 0;
     let mut seeds_with_loss = 0;
     let mut operations = 0;
+    let (mut destroyed, mut replaced) = (0, 0);
     for report in &reports {
         operations += report.operations;
+        destroyed += report.destroyed_disks;
+        replaced += report.replaced_nodes;
         let loss_is_violation = !args.expect_loss;
         if report.lost_async > 0 {
             seeds_with_loss += 1;
@@ -114,6 +135,9 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         operations,
         started.elapsed().as_secs_f64()
     );
+    if destroyed + replaced > 0 {
+        println!("faults that wipe a disk: {destroyed} leader disks destroyed, {replaced} nodes removed, wiped and added back");
+    }
     if args.expect_loss {
         if seeds_with_loss == 0 {
             return Err(format!("--expect-loss: no seed lost an acknowledged write; the durability checker would be vacuous ({} seeds)", reports.len()));

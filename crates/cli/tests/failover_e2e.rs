@@ -283,3 +283,76 @@ fn one_and_two_node_clusters_elect_a_leader_and_survive_restarts() {
         eventually(LONG, "every node to hold both rows", || cluster.nodes.iter().all(|node| ledger_ids(node).len() == 2));
     }
 }
+
+/// Runs `tern cluster ...` and returns its standard output; the command must succeed.
+fn tern_cluster(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tern")).arg("cluster").args(args).output().expect("tern runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "tern cluster {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+fn voters(node: &ServerNode) -> Vec<String> {
+    let reply = node.client().get("/cluster").expect("cluster answers");
+    reply.body["voters"].as_array().into_iter().flatten().filter_map(|voter| voter.as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn a_node_added_under_load_catches_up_votes_and_survives_the_old_leaders_removal() {
+    // A short log: the new node is far behind and catches up from a snapshot.
+    let mut cluster = start_with_ledger("membership", &["--log-retain", "500"]);
+    let load = Load::start(&cluster, 2);
+    eventually(LONG, "writes before the join", || load.acknowledged_count() >= 3_000);
+
+    let joining = cluster.start_joining(&["--log-retain", "500"]);
+    let (id, peer) = (cluster.nodes[joining].id.clone(), cluster.nodes[joining].peer.clone());
+    // Asked of a follower: the request goes to the leader.
+    let leader = wait_for_leader(&cluster, &[true, true, true, true]);
+    let follower_http = cluster.nodes[(leader + 1) % 3].http.clone();
+    let said = tern_cluster(&["add", "--http", &follower_http, "--id", &id, "--addr", &peer, "--wait-s", "60"]);
+    assert!(said.contains(&format!("{id} is a voter")), "{said}");
+    assert_eq!(voters(&cluster.nodes[leader]), ["n1", "n2", "n3", "n4"]);
+    wait_node_ready(&cluster.nodes[joining]);
+    let refused = cluster.nodes[leader].client().post_json(&format!("/cluster/add?id={id}&addr={peer}"), &json!({})).unwrap();
+    assert_eq!(refused.status, 409, "adding a member twice is refused: {}", refused.body);
+    let refused = cluster.nodes[leader].client().post_json("/cluster/add?id=n9&addr=nowhere", &json!({})).unwrap();
+    assert_eq!(refused.status, 400, "a bad address is refused: {}", refused.body);
+
+    // The old leader dies; the three others (n4 among them) are a majority of four.
+    let old_leader = cluster.nodes[leader].id.clone();
+    cluster.nodes[leader].kill();
+    let mut live = vec![true; 4];
+    live[leader] = false;
+    let new_leader = wait_for_leader(&cluster, &live);
+    let before = load.acknowledged_count();
+    eventually(LONG, "writes to resume after the leader died", || load.acknowledged_count() > before + 20);
+    let said = tern_cluster(&["remove", "--http", &cluster.nodes[new_leader].http, "--id", &old_leader]);
+    assert!(said.contains("no longer a member"), "{said}");
+    let mut remaining: Vec<String> = ["n1", "n2", "n3", "n4"].iter().map(|id| id.to_string()).filter(|id| *id != old_leader).collect();
+    remaining.sort();
+    assert_eq!(voters(&cluster.nodes[new_leader]), remaining);
+    let shown = tern_cluster(&["show", "--http", &cluster.nodes[joining].http]);
+    assert!(shown.contains(&format!("leader {}", cluster.nodes[new_leader].id)) && !shown.contains(&old_leader), "{shown}");
+
+    let before = load.acknowledged_count();
+    eventually(LONG, "writes with three voters of three", || load.acknowledged_count() > before + 20);
+    let acknowledged = load.finish();
+    // The joined node restarts from its saved membership (still started with --join).
+    cluster.nodes[joining].kill();
+    cluster.nodes[joining].start();
+    wait_node_ready(&cluster.nodes[joining]);
+    assert_eq!(voters(&cluster.nodes[joining]), remaining);
+    let live_nodes: Vec<usize> = (0..4).filter(|index| live[*index]).collect();
+    let deadline = Instant::now() + LONG;
+    for index in live_nodes {
+        loop {
+            let ids = ledger_ids(&cluster.nodes[index]);
+            let missing = acknowledged.iter().filter(|id| !ids.contains(id)).count();
+            if missing == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} lacks {missing} acknowledged writes\n{}", cluster.nodes[index].id, cluster.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Leader election by quorum vote, delegated to raft-rs.
 //!
 //! tern does not write Raft: every node runs a `raft::RawNode` for a small metadata group
-//! whose log holds only raft's own no-op entries (and, later, membership changes). The
+//! whose log holds raft's own no-op entries and membership changes (each naming the node
+//! and its peer address). The
 //! raft leader is the candidate for tern's leader and the raft term is tern's epoch; the
 //! replica (see `replica.rs`) then runs its own recovery step before it accepts writes,
 //! because raft chose the leader by the metadata log, which knows nothing of the data log.
@@ -14,14 +15,24 @@
 //! - the vote lease (a node that heard from a leader recently does not vote) is decided
 //!   by the replica from tern's own heartbeats, whose send times the leader knows: vote
 //!   requests are dropped before raft sees them while the lease holds.
+//!
+//! Membership: one change at a time (raft's single-server changes, so any majority of the
+//! old voters overlaps any majority of the new). A node is added as a raft learner and
+//! promoted once the replica sees it caught up on the data log. The metadata log is
+//! compacted behind what was applied, so a joining node, which starts with no membership
+//! at all, is sent a raft snapshot: its metadata carries the voters and learners, and
+//! its data (filled in here) the name and address of every member.
 
 use crate::types::{Micros, NodeId};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry as RaftEntry, HardState, Message as RaftMessage, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry as RaftEntry, EntryType, HardState, Message as RaftMessage, MessageType, Snapshot,
+    SnapshotMetadata,
+};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Timing of elections.
 #[derive(Clone, Debug)]
@@ -57,12 +68,69 @@ pub struct SavedElection {
     pub hard_state: Vec<u8>,
     pub conf_state: Vec<u8>,
     pub entries: Vec<Vec<u8>>,
+    /// Where the compacted part of the metadata log ends (raft `SnapshotMetadata`); empty
+    /// before the first compaction.
+    #[serde(default)]
+    pub compacted: Vec<u8>,
+    /// Name and peer address of every node raft knows (members, and ones removed since).
+    #[serde(default)]
+    pub directory: Vec<(NodeId, String)>,
 }
 
 impl SavedElection {
     pub fn term(&self) -> u64 {
         HardState::parse_from_bytes(&self.hard_state).map(|state| state.term).unwrap_or(0)
     }
+}
+
+/// Who is in the cluster. Voters count for every quorum (votes, acks, leases, recovery);
+/// learners receive the data log and count for nothing until promoted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// Peer address of each member, as given in `--cluster` or to `cluster add` (opaque
+    /// to the core).
+    pub addresses: BTreeMap<NodeId, String>,
+}
+
+impl Membership {
+    pub fn majority(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.voters.contains(id) || self.learners.contains(id)
+    }
+}
+
+/// A change raft is asked to agree on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MemberChange {
+    AddLearner { id: NodeId, address: String },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
+}
+
+/// Node names and addresses travel in raft's byte fields as `name\taddress` lines;
+/// names and addresses are checked to hold neither tab nor newline before they get here.
+fn encode_directory<'a>(members: impl Iterator<Item = (&'a NodeId, &'a String)>) -> Vec<u8> {
+    let mut text = String::new();
+    for (name, address) in members {
+        text.push_str(name);
+        text.push('\t');
+        text.push_str(address);
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+fn decode_directory(bytes: &[u8]) -> Vec<(NodeId, String)> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, address)| (name.to_string(), address.to_string()))
+        .collect()
 }
 
 pub(crate) enum ElectionOutput {
@@ -81,6 +149,11 @@ pub(crate) struct Leadership {
 pub(crate) struct Election {
     raw: RawNode<MemStorage>,
     names: BTreeMap<u64, NodeId>,
+    /// Peer address of every node in `names`.
+    addresses: BTreeMap<NodeId, String>,
+    /// The membership changed (a change applied or a snapshot installed) since the
+    /// replica last asked.
+    membership_changed: bool,
     config: ElectionConfig,
     next_tick_at: Micros,
     rng: u64,
@@ -105,9 +178,20 @@ pub(crate) fn raft_id(name: &str) -> u64 {
 }
 
 impl Election {
-    pub(crate) fn new(id: &NodeId, members: &[NodeId], preferred: bool, saved: Option<&SavedElection>, config: ElectionConfig, now: Micros) -> Election {
-        let names: BTreeMap<u64, NodeId> = members.iter().map(|name| (raft_id(name), name.clone())).collect();
-        assert_eq!(names.len(), members.len(), "member names must hash to distinct raft ids");
+    /// `members` and `addresses` are the cluster as configured at start; saved state, once
+    /// there is any, knows better. A `joining` node starts with no membership: it neither
+    /// votes nor campaigns until a leader's snapshot tells it the cluster it was added to.
+    pub(crate) fn new(
+        id: &NodeId,
+        (members, addresses): (&[NodeId], &BTreeMap<NodeId, String>),
+        joining: bool,
+        preferred: bool,
+        saved: Option<&SavedElection>,
+        config: ElectionConfig,
+        now: Micros,
+    ) -> Election {
+        let mut directory: BTreeMap<NodeId, String> =
+            members.iter().map(|name| (name.clone(), addresses.get(name).cloned().unwrap_or_default())).collect();
         let storage = MemStorage::new();
         let mut applied = 0;
         match saved {
@@ -118,12 +202,24 @@ impl Election {
                     saved.entries.iter().map(|bytes| RaftEntry::parse_from_bytes(bytes).expect("saved raft entry decodes")).collect();
                 applied = hard_state.commit;
                 let mut core = storage.wl();
+                if !saved.compacted.is_empty() {
+                    let mut snapshot = Snapshot::default();
+                    snapshot.set_metadata(SnapshotMetadata::parse_from_bytes(&saved.compacted).expect("saved raft compaction point decodes"));
+                    core.apply_snapshot(snapshot).expect("a fresh store takes any snapshot");
+                }
                 core.set_conf_state(conf_state);
                 core.append(&entries).expect("saved raft entries are contiguous");
                 core.set_hardstate(hard_state);
+                if !saved.directory.is_empty() {
+                    directory = saved.directory.iter().cloned().collect();
+                }
             }
-            _ => storage.initialize_with_conf_state((names.keys().copied().collect::<Vec<u64>>(), Vec::<u64>::new())),
+            _ if joining => directory.clear(),
+            _ => storage.initialize_with_conf_state((directory.keys().map(|name| raft_id(name)).collect::<Vec<u64>>(), Vec::<u64>::new())),
         }
+        directory.entry(id.clone()).or_default();
+        let names: BTreeMap<u64, NodeId> = directory.keys().map(|name| (raft_id(name), name.clone())).collect();
+        assert_eq!(names.len(), directory.len(), "member names must hash to distinct raft ids");
         let raft_config = raft::Config {
             id: raft_id(id),
             election_tick: config.election_ticks,
@@ -142,8 +238,18 @@ impl Election {
         let rng = config.seed ^ raft_id(id) ^ 0x9e37_79b9_7f4a_7c15;
         let fresh = raw.raft.term == 0;
         let hold_until = if fresh && !preferred { now + 6 * config.election_timeout_min_us() } else { now };
-        let mut election =
-            Election { raw, names, next_tick_at: now, rng: rng.max(1), stretch_term: u64::MAX, stretch_permille: 0, config, hold_until };
+        let mut election = Election {
+            raw,
+            names,
+            addresses: directory,
+            membership_changed: false,
+            next_tick_at: now,
+            rng: rng.max(1),
+            stretch_term: u64::MAX,
+            stretch_permille: 0,
+            config,
+            hold_until,
+        };
         election.restretch();
         election
     }
@@ -197,17 +303,53 @@ impl Election {
         if message.from != raft_id(from) {
             return;
         }
+        // The name checks out against the id: replies can reach a node this one has not
+        // heard of yet (a joining node, before the snapshot that names everyone).
+        self.names.entry(message.from).or_insert_with(|| from.clone());
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > self.raw.raft.raft_log.last_index() {
+            // Meant for an earlier incarnation of this node, before its state was wiped
+            // (removed, then added back empty): raft-rs would panic committing entries
+            // this log does not have. A leader tracking this incarnation never sends it.
+            return;
+        }
         let is_vote = matches!(message.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
         if is_vote && !may_vote && message.context[..] != *raft::CAMPAIGN_TRANSFER {
             return;
+        }
+        let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let configured = !(is_vote || is_snapshot) || self.configured();
+        if is_vote && !configured {
+            // A node that joins with no state (perhaps added back after its disk was
+            // wiped) votes only once a leader's snapshot gave it the log up to its
+            // addition: from an empty log it would forget entries (a committed removal
+            // among them) that a majority once counted it for.
+            return;
+        }
+        if is_snapshot && !configured {
+            let offered = message.get_snapshot().get_metadata().get_conf_state();
+            if !offered.learners.contains(&self.raw.raft.id) {
+                // Joining nodes are added as learners: a snapshot naming this node a voter
+                // comes from a leader of its earlier incarnation, still unaware it was removed.
+                return;
+            }
         }
         let _ = self.raw.step(message);
         self.restretch();
     }
 
+    /// This node has a membership: it started with one, or a leader's snapshot gave it one.
+    fn configured(&self) -> bool {
+        use raft::Storage as _;
+        let conf_state = self.raw.store().initial_state().expect("memory storage").conf_state;
+        !conf_state.voters.is_empty() || !conf_state.learners.is_empty()
+    }
+
     /// Campaign now (the preferred first leader does, instead of waiting a timeout).
     pub(crate) fn campaign(&mut self) {
-        let _ = self.raw.campaign();
+        // A node outside the voters (joining) must not: raft-rs would panic making it leader.
+        if self.raw.raft.promotable() {
+            let _ = self.raw.campaign();
+        }
     }
 
     pub(crate) fn transfer_leadership(&mut self, to: &NodeId) {
@@ -239,7 +381,13 @@ impl Election {
             let mut save = false;
             if !ready.snapshot().is_empty() {
                 let snapshot = ready.snapshot().clone();
+                // The leader put every member's name and address in the data.
+                for (name, address) in decode_directory(snapshot.get_data()) {
+                    self.names.insert(raft_id(&name), name.clone());
+                    self.addresses.insert(name, address);
+                }
                 self.raw.mut_store().wl().apply_snapshot(snapshot).expect("raft snapshot ahead of the log");
+                self.membership_changed = true;
                 save = true;
             }
             let committed = ready.take_committed_entries();
@@ -270,20 +418,138 @@ impl Election {
             self.raw.advance_apply();
             self.restretch();
         }
+        use raft::Storage as _;
+        let before = self.raw.store().first_index().expect("memory storage");
+        self.compact();
+        if self.raw.store().first_index().expect("memory storage") != before {
+            out.push(ElectionOutput::Save(self.saved()));
+        }
     }
 
+    /// Applies committed membership changes (the other entries are raft's no-ops).
     fn apply_committed(&mut self, entries: Vec<RaftEntry>) {
-        // The metadata log holds only raft's no-op entries so far; membership changes
-        // will be applied here.
-        let _ = entries;
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryConfChange {
+                continue;
+            }
+            let Ok(change) = ConfChange::parse_from_bytes(entry.get_data()) else { continue };
+            for (name, address) in decode_directory(change.get_context()) {
+                if raft_id(&name) == change.node_id {
+                    self.names.insert(change.node_id, name.clone());
+                    if !address.is_empty() || !self.addresses.contains_key(&name) {
+                        self.addresses.insert(name, address);
+                    }
+                }
+            }
+            match self.raw.apply_conf_change(&change) {
+                Ok(conf_state) => {
+                    let removed_self = !conf_state.voters.contains(&self.raw.raft.id);
+                    self.raw.mut_store().wl().set_conf_state(conf_state);
+                    self.membership_changed = true;
+                    if removed_self && self.raw.raft.state == StateRole::Leader {
+                        // Removed while leading (proposed by an earlier leader): raft-rs
+                        // would go on leading a group it is not in. Step down; the voters
+                        // elect one of their own after an election timeout.
+                        let term = self.raw.raft.term;
+                        self.raw.raft.become_follower(term, raft::INVALID_ID);
+                    }
+                }
+                // Refused by raft's own checks (say, removing the last voter); every node
+                // refuses it alike, so the membership stays as it was everywhere.
+                Err(_) => {}
+            }
+        }
     }
 
-    fn send_all(&self, messages: Vec<RaftMessage>, out: &mut Vec<ElectionOutput>) {
-        for message in messages {
+    /// Drops the applied part of the metadata log: a node that needs it gets a raft
+    /// snapshot instead, which is how a joining node learns the membership.
+    fn compact(&mut self) {
+        use raft::Storage as _;
+        let applied = self.raw.raft.raft_log.applied;
+        let store = self.raw.store().clone();
+        let (first, last) = (store.first_index().expect("memory storage"), store.last_index().expect("memory storage"));
+        // Everything applied goes, at once: a joining node must never be sent the log
+        // from its start, whose first membership is not in it (nodes start with it).
+        if applied < first || applied > last {
+            return;
+        }
+        let term = store.term(applied).expect("applied entries are in the store");
+        let rest = store.entries(applied + 1, last + 1, None, raft::GetEntriesContext::empty(false)).expect("memory storage holds its own entries");
+        let state = store.initial_state().expect("memory storage");
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = applied;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().set_conf_state(state.conf_state.clone());
+        let mut core = store.wl();
+        core.apply_snapshot(snapshot).expect("compaction point is within the store");
+        core.append(&rest).expect("kept entries continue the compaction point");
+        core.set_hardstate(state.hard_state);
+    }
+
+    /// Asks raft to agree on a membership change (this node must lead raft).
+    ///
+    /// # Errors
+    /// While an earlier change is not yet applied (raft takes one at a time).
+    pub(crate) fn propose(&mut self, change: &MemberChange) -> Result<(), ()> {
+        if self.raw.raft.has_pending_conf() || self.raw.raft.state != StateRole::Leader {
+            return Err(());
+        }
+        let mut conf_change = ConfChange::default();
+        let (kind, name, address) = match change {
+            MemberChange::AddLearner { id, address } => (ConfChangeType::AddLearnerNode, id, address.clone()),
+            MemberChange::Promote { id } => (ConfChangeType::AddNode, id, String::new()),
+            MemberChange::Remove { id } => (ConfChangeType::RemoveNode, id, String::new()),
+        };
+        conf_change.set_change_type(kind);
+        conf_change.node_id = raft_id(name);
+        conf_change.set_context(encode_directory(std::iter::once((name, &address))).into());
+        self.raw.propose_conf_change(Vec::new(), conf_change).map_err(|_| ())
+    }
+
+    /// Leader: `id` holds the whole committed metadata log, so it knows it is a member
+    /// (and will accept the snapshots that name it a voter once promoted).
+    pub(crate) fn holds_metadata(&self, id: &NodeId) -> bool {
+        self.raw.raft.prs().get(raft_id(id)).is_some_and(|progress| progress.matched >= self.raw.raft.raft_log.committed)
+    }
+
+    /// A membership change proposed and not yet applied here.
+    pub(crate) fn change_pending(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// The membership as this node last applied it.
+    pub(crate) fn membership(&self) -> Membership {
+        use raft::Storage as _;
+        let conf_state = self.raw.store().initial_state().expect("memory storage").conf_state;
+        let named = |ids: &[u64]| -> BTreeSet<NodeId> { ids.iter().filter_map(|id| self.names.get(id).cloned()).collect() };
+        let voters = named(conf_state.get_voters());
+        let learners = named(conf_state.get_learners());
+        let addresses = self.addresses.iter().filter(|(name, _)| voters.contains(*name) || learners.contains(*name)).map(|(n, a)| (n.clone(), a.clone())).collect();
+        Membership { voters, learners, addresses }
+    }
+
+    /// Whether the membership changed since the last call.
+    pub(crate) fn take_membership_change(&mut self) -> bool {
+        std::mem::take(&mut self.membership_changed)
+    }
+
+    fn send_all(&mut self, messages: Vec<RaftMessage>, out: &mut Vec<ElectionOutput>) {
+        let mut snapshots_sent = Vec::new();
+        for mut message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                message.mut_snapshot().set_data(encode_directory(self.addresses.iter()).into());
+                snapshots_sent.push(message.to);
+            }
             if let Some(to) = self.names.get(&message.to) {
                 let bytes = message.write_to_bytes().expect("raft messages encode");
                 out.push(ElectionOutput::Send { to: to.clone(), bytes });
             }
+        }
+        // The snapshot is one small message, as likely lost as any other. Raft waits in
+        // its snapshot state until told how sending went; told "finished", it probes
+        // again, and a follower that never got it asks again.
+        for to in snapshots_sent {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
         }
     }
 
@@ -299,10 +565,21 @@ impl Election {
         } else {
             Vec::new()
         };
+        // A compacted store restarts from its compaction point: index and term.
+        let compacted = if first > 1 {
+            let mut point = SnapshotMetadata::default();
+            point.index = first - 1;
+            point.term = store.term(first - 1).expect("the compaction point's term is kept");
+            point.write_to_bytes().expect("encodes")
+        } else {
+            Vec::new()
+        };
         SavedElection {
             hard_state: state.hard_state.write_to_bytes().expect("encodes"),
             conf_state: state.conf_state.write_to_bytes().expect("encodes"),
             entries: entries.iter().map(|entry| entry.write_to_bytes().expect("encodes")).collect(),
+            compacted,
+            directory: self.addresses.iter().map(|(name, address)| (name.clone(), address.clone())).collect(),
         }
     }
 }

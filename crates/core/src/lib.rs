@@ -18,7 +18,7 @@ pub mod message;
 pub mod replica;
 pub mod types;
 
-pub use election::{ElectionConfig, SavedElection};
+pub use election::{ElectionConfig, Membership, SavedElection};
 pub use message::Message;
-pub use replica::{log_holds, Config, Output, ReadError, Replica, Status, TransferError, WriteError};
+pub use replica::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};

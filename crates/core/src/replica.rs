@@ -12,7 +12,7 @@
 //!   counted for `w=`.
 //! - `on_tick` is called at least every `Config::tick_interval_us`.
 
-use crate::election::{Election, ElectionConfig, ElectionOutput, SavedElection};
+use crate::election::{Election, ElectionConfig, ElectionOutput, MemberChange, Membership, SavedElection};
 use crate::message::Message;
 use crate::types::{AckMode, AckRequirement, Entry, Micros, NodeId, Position};
 use std::collections::{BTreeMap, VecDeque};
@@ -21,8 +21,14 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every member, this node included. Invariants: non-empty, contains `id` and `leader`.
+    /// Every member at first start, this node included. Invariants: non-empty, contains
+    /// `id` and `leader` (unless `join`). Later, saved election state knows the members.
     pub members: Vec<NodeId>,
+    /// Peer address of each of `members` (opaque to the core): handed to nodes that join.
+    pub addresses: BTreeMap<NodeId, String>,
+    /// This node starts outside the cluster and waits for a leader to add it; `members`
+    /// is not used. Needs elections.
+    pub join: bool,
     /// Without elections, the leader; with them, the node that campaigns first on a
     /// fresh cluster (a preference for the first election only).
     pub leader: NodeId,
@@ -56,6 +62,8 @@ impl Config {
         Config {
             id: id.into(),
             members,
+            addresses: BTreeMap::new(),
+            join: false,
             leader: leader.into(),
             elections: None,
             epoch: 1,
@@ -73,9 +81,6 @@ impl Config {
         }
     }
 
-    pub fn majority(&self) -> usize {
-        self.members.len() / 2 + 1
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +114,48 @@ impl std::fmt::Display for WriteError {
 }
 
 /// Why leadership cannot be handed over.
+/// Why a membership change was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipError {
+    FailoverOff,
+    NotLeader { leader: Option<NodeId> },
+    /// An earlier change is not yet applied (one at a time).
+    ChangePending,
+    AlreadyMember { id: NodeId },
+    NotMember { id: NodeId },
+    /// The leader cannot remove itself: transfer leadership first.
+    RemovingLeader { id: NodeId },
+    LastVoter { id: NodeId },
+    BadName { reason: String },
+}
+
+impl std::fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembershipError::FailoverOff => write!(f, "membership changes need automatic failover (--failover on)"),
+            MembershipError::NotLeader { leader: Some(leader) } => write!(f, "not the leader; leader is {leader}"),
+            MembershipError::NotLeader { leader: None } => write!(f, "no leader is known (an election is under way): retry shortly"),
+            MembershipError::ChangePending => write!(f, "another membership change is still under way: retry shortly"),
+            MembershipError::AlreadyMember { id } => write!(f, "{id} is already a member"),
+            MembershipError::NotMember { id } => write!(f, "{id} is not a member"),
+            MembershipError::RemovingLeader { id } => {
+                write!(f, "{id} is the leader and cannot remove itself: transfer leadership first (tern cluster transfer-leader)")
+            }
+            MembershipError::LastVoter { id } => write!(f, "{id} is the only voter; a cluster cannot remove its last voter"),
+            MembershipError::BadName { reason } => write!(f, "{reason}"),
+        }
+    }
+}
+
+/// A membership change an operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipRequest {
+    /// Add `id`, reachable at `address`: it joins as a learner, catches up on the data
+    /// log, then the leader promotes it to voter.
+    Add { id: NodeId, address: String },
+    Remove { id: NodeId },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransferError {
     FailoverOff,
@@ -160,6 +207,9 @@ pub enum Output {
     SendSnapshot { to: NodeId, rollback_after: Option<u64> },
     /// Store this election state durably before handling any later output.
     SaveElection { state: SavedElection },
+    /// Members were added, promoted or removed (or first learned, on a joining node):
+    /// the driver connects to new members and stops talking to removed ones.
+    MembershipChanged { membership: Membership },
     /// A write registered with `on_leader_appended` is acknowledged or failed.
     WriteDone { tag: u64, result: Result<Position, WriteError> },
     /// A linearizable read barrier registered with `on_read_barrier` completed.
@@ -208,6 +258,11 @@ struct Progress {
     /// A snapshot at this index was sent; shipping resumes once the follower acks it, or
     /// at the deadline if it never does.
     snapshot_wait: Option<(u64, Micros)>,
+    /// The follower reported a durable end that is not in our log (an older leader's
+    /// entry at that index): heartbeats name our entry there, so that it answers with
+    /// where its log diverges, and no snapshot is sent without that (it would replace
+    /// the diverged entries without moving them to the rollback store).
+    foreign_durable: Option<Position>,
 }
 
 #[derive(Debug)]
@@ -246,9 +301,9 @@ struct FollowerState {
     ack_owed: bool,
 }
 
-impl LeaderState {
-    fn new(config: &Config, epoch: u64, last: Position, now: Micros, lease_until: Micros) -> LeaderState {
-        let progress = Progress {
+impl Progress {
+    fn new(last: Position, now: Micros) -> Progress {
+        Progress {
             matched: 0,
             next: last.index + 1,
             last_ack_at: None,
@@ -258,8 +313,15 @@ impl LeaderState {
             fetching: false,
             snapshotting: false,
             snapshot_wait: None,
-        };
-        let peers = config.members.iter().filter(|member| **member != config.id).map(|member| (member.clone(), progress.clone())).collect();
+            foreign_durable: None,
+        }
+    }
+}
+
+impl LeaderState {
+    fn new(config: &Config, membership: &Membership, epoch: u64, last: Position, now: Micros, lease_until: Micros) -> LeaderState {
+        let progress = Progress::new(last, now);
+        let peers = membership.voters.iter().chain(&membership.learners).filter(|member| **member != config.id).map(|member| (member.clone(), progress.clone())).collect();
         LeaderState {
             peers,
             tail: VecDeque::new(),
@@ -318,6 +380,10 @@ pub struct Status {
     /// Follower only: how long since this node last knew it had everything the leader had.
     pub lag_us: Option<Micros>,
     pub followers: Vec<FollowerStatus>,
+    /// Voters and learners as this node last applied them.
+    pub membership: Membership,
+    /// A membership change is proposed and not yet applied here.
+    pub membership_change_pending: bool,
 }
 
 const PENDING_FRESH_LIMIT: usize = 4096;
@@ -338,6 +404,11 @@ struct Recovery {
 
 pub struct Replica {
     config: Config,
+    /// Voters and learners (with elections, as raft last applied them; without, `members`).
+    membership: Membership,
+    /// This node has been a member (a joining node is not yet): leaving the membership
+    /// after that means it was removed.
+    was_member: bool,
     /// The leader this node follows (itself when leading); `None` while unknown.
     leader: Option<NodeId>,
     election: Option<Election>,
@@ -378,23 +449,34 @@ impl Replica {
     /// each epoch starts in it (`(epoch, first index)`, ascending), and the election state
     /// last saved through `Output::SaveElection`.
     pub fn start(config: Config, last: Position, mut epoch_starts: Vec<(u64, u64)>, saved: Option<&SavedElection>, now: Micros) -> Replica {
-        assert!(config.members.contains(&config.id), "members must include this node");
-        assert!(config.members.contains(&config.leader), "members must include the leader");
+        assert!(config.join || config.members.contains(&config.id), "members must include this node");
+        assert!(config.join || config.members.contains(&config.leader), "members must include the leader");
+        assert!(!config.join || config.elections.is_some(), "joining a cluster needs elections");
         epoch_starts.retain(|(_, first)| *first <= last.index && *first > 0);
         if epoch_starts.last().is_none_or(|(epoch, _)| *epoch != last.epoch) && last.index > 0 {
             epoch_starts.push((last.epoch, last.index));
         }
-        let preferred = config.leader == config.id;
-        let election = config.elections.clone().map(|timing| Election::new(&config.id, &config.members, preferred, saved, timing, now));
+        let preferred = config.leader == config.id && !config.join;
+        let election = config
+            .elections
+            .clone()
+            .map(|timing| Election::new(&config.id, (&config.members, &config.addresses), config.join, preferred, saved, timing, now));
+        let membership = match &election {
+            Some(election) => election.membership(),
+            None => Membership { voters: config.members.iter().cloned().collect(), learners: Default::default(), addresses: config.addresses.clone() },
+        };
         let restarted = saved.is_some_and(|saved| saved.term() > 0);
         let epoch = config.epoch.max(last.epoch).max(election.as_ref().map_or(0, Election::term));
         let (role, leader) = match &election {
-            None if config.leader == config.id => (Role::Leader(LeaderState::new(&config, epoch, last, now, Micros::MAX)), Some(config.id.clone())),
+            None if config.leader == config.id => (Role::Leader(LeaderState::new(&config, &membership, epoch, last, now, Micros::MAX)), Some(config.id.clone())),
             None => (Role::Follower(FollowerState::new()), Some(config.leader.clone())),
             Some(_) => (Role::Follower(FollowerState::new()), None),
         };
+        let was_member = membership.contains(&config.id);
         let mut replica = Replica {
             config,
+            membership,
+            was_member,
             leader,
             election,
             recovery: None,
@@ -411,7 +493,7 @@ impl Replica {
         };
         if let Some(election) = &mut replica.election {
             // The preferred first leader does not wait out a timeout on a fresh cluster.
-            if election.term() == 0 && replica.config.leader == replica.config.id {
+            if election.term() == 0 && preferred {
                 election.campaign();
             }
         }
@@ -421,6 +503,18 @@ impl Replica {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Voters and learners as this node last applied them.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// A membership change may be under way: proposed and not yet applied here, or (on
+    /// a new leader) entries from earlier terms are not yet applied. Until it clears, a
+    /// leader's membership may be out of date.
+    pub fn membership_change_pending(&self) -> bool {
+        self.election.as_ref().is_some_and(Election::change_pending)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -457,7 +551,7 @@ impl Replica {
         if !self.is_leader() {
             return Err(TransferError::NotLeader { leader: self.leader.clone() });
         }
-        if *to == self.config.id || !self.config.members.contains(to) {
+        if *to == self.config.id || !self.membership.voters.contains(to) {
             return Err(TransferError::NotAnotherMember { id: to.clone() });
         }
         let deadline = now + 2 * election.config().election_timeout_min_us() + 5_000_000;
@@ -585,6 +679,8 @@ impl Replica {
             commit_index,
             lag_us: if self.is_leader() { None } else { self.lag_us(now) },
             followers,
+            membership: self.membership.clone(),
+            membership_change_pending: self.membership_change_pending(),
         }
     }
 
@@ -652,7 +748,7 @@ impl Replica {
             let dropped = leader.tail.pop_front().expect("tail has more than one entry");
             leader.tail_bytes -= dropped.payload.len();
         }
-        let members = self.config.members.len();
+        let members = self.membership.voters.len();
         for (tag, index, requirement) in waiters {
             assert!(index <= self.last.index, "waiter for an entry not yet appended");
             if let AckRequirement::Nodes(requested) = requirement {
@@ -732,6 +828,11 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(to) else { return };
         progress.fetching = false;
+        if progress.foreign_durable.is_some() {
+            // First learn where its log diverges (the next heartbeat asks): then the
+            // snapshot goes with a rollback of what it holds beyond that.
+            return;
+        }
         if !progress.snapshotting {
             progress.snapshotting = true;
             self.outputs.push_back(Output::SendSnapshot { to: to.clone(), rollback_after: None });
@@ -855,7 +956,8 @@ impl Replica {
             Message::Recover { epoch } => self.on_recover(now, from, epoch),
             Message::RecoverAck { epoch, last } => {
                 if let Some(recovery) = &mut self.recovery {
-                    if recovery.epoch == epoch {
+                    // Only voters' answers make the majority (and a learner cannot lead).
+                    if recovery.epoch == epoch && self.membership.voters.contains(from) {
                         recovery.answers.insert(from.clone(), last);
                         self.conclude_recovery(now);
                     }
@@ -898,7 +1000,9 @@ impl Replica {
     }
 
     fn on_recover(&mut self, now: Micros, from: &NodeId, epoch: u64) {
-        if epoch < self.epoch || *from == self.config.id {
+        // A node still joining (perhaps added back empty after its disk was replaced)
+        // does not answer: its position would hide writes its earlier self acknowledged.
+        if epoch < self.epoch || *from == self.config.id || !self.membership.contains(&self.config.id) {
             return;
         }
         self.follow(now, epoch, from);
@@ -951,8 +1055,12 @@ impl Replica {
         // Log matching: the entry before the new ones, and any we already hold, must be
         // the leader's (same epoch at the same index); else our log has entries the
         // leader lacks, written by an older leader and never on a majority.
+        // Entries of another epoch beyond the leader's end are also doomed: the leader
+        // will write its own there. Saying so now gets them rolled back (and counted)
+        // before a snapshot, which cannot tell which of our entries it replaces.
         let conflict = self.epoch_at(prev_index).is_some_and(|held| held != prev_epoch)
-            || entries.iter().any(|entry| self.epoch_at(entry.index).is_some_and(|held| held != entry.epoch));
+            || entries.iter().any(|entry| self.epoch_at(entry.index).is_some_and(|held| held != entry.epoch))
+            || self.epoch_at(leader_last + 1).is_some_and(|held| held != epoch);
         if conflict {
             let starts = self.epoch_starts.clone();
             self.send_ack_to(&leader_id, true, Some(starts));
@@ -1010,6 +1118,7 @@ impl Replica {
         progress.last_ack_at = Some(now);
         // A round not yet started cannot have been seen (a stale or corrupt echo).
         progress.acked_read_seq = progress.acked_read_seq.max(read_seq.min(leader.read_seq));
+        progress.foreign_durable = (!durable_is_ours && common.is_none()).then_some(durable);
         if let Some(common) = common {
             // Its data holds effects of entries we lack and cannot be undone in place:
             // it rolls them back and takes a snapshot of ours.
@@ -1063,6 +1172,7 @@ impl Replica {
             }
         }
         self.continue_handover(now);
+        self.promote_caught_up_learner(now);
         let in_sync_timeout = self.config.in_sync_timeout_us;
         let resend_timeout = self.config.resend_timeout_us;
         let Role::Leader(leader) = &mut self.role else { return };
@@ -1125,6 +1235,7 @@ impl Replica {
         // An empty append claims only what was already sent: claiming `last` would make a
         // follower still receiving the window reject it as a gap and cause a resend.
         let mut prev_index = self.last.index.min(progress.next - 1);
+        let probe = Self::divergence_probe_in(&self.epoch_starts, self.last.index, progress);
         let epoch_starts = &self.epoch_starts;
         let window_open = progress.next <= progress.matched + self.config.max_inflight_entries;
         if progress.next <= self.last.index && window_open && !progress.fetching && !progress.snapshotting {
@@ -1152,6 +1263,9 @@ impl Replica {
         if entries.is_empty() && !heartbeat {
             return;
         }
+        if let (true, Some(probe)) = (entries.is_empty(), probe) {
+            prev_index = probe;
+        }
         let message = Message::Append {
             epoch: self.epoch,
             leader: self.config.id.clone(),
@@ -1178,20 +1292,31 @@ impl Replica {
         }
     }
 
+    /// The index a heartbeat should name to make a follower with a foreign durable end
+    /// report its divergence: that end, if our log has an entry of another epoch there.
+    fn divergence_probe_in(epoch_starts: &[(u64, u64)], last_index: u64, progress: &Progress) -> Option<u64> {
+        let foreign = progress.foreign_durable?;
+        let ours = epoch_in(epoch_starts, foreign.index).filter(|_| foreign.index <= last_index)?;
+        (ours != foreign.epoch).then_some(foreign.index)
+    }
+
     /// Recomputes the commit index and completes every write and read that is now satisfied
     /// or past its deadline.
     fn advance(&mut self, now: Micros) {
-        let members = self.config.members.len();
-        let majority = self.config.majority();
+        let voters = &self.membership.voters;
+        let members = voters.len();
+        let majority = self.membership.majority();
         let last_index = self.last.index;
         let Role::Leader(leader) = &mut self.role else { return };
+        // Learners' copies and acks count for nothing until they are promoted.
+        let counted = |(id, _): &(&NodeId, &Progress)| voters.contains(*id);
 
-        let mut durable: Vec<u64> = leader.peers.values().map(|progress| progress.matched).collect();
+        let mut durable: Vec<u64> = leader.peers.iter().filter(counted).map(|(_, progress)| progress.matched).collect();
         durable.push(last_index);
         durable.sort_unstable_by(|a, b| b.cmp(a));
         leader.commit_index = leader.commit_index.max(durable[majority - 1]);
 
-        let copies = |index: u64| 1 + leader.peers.values().filter(|progress| progress.matched >= index).count();
+        let copies = |index: u64| 1 + leader.peers.iter().filter(counted).filter(|(_, progress)| progress.matched >= index).count();
         let satisfied = |waiter: &WriteWaiter| -> bool {
             let index = waiter.position.index;
             match waiter.requirement {
@@ -1200,7 +1325,7 @@ impl Replica {
                 AckRequirement::All => copies(index) >= members,
                 AckRequirement::AllInSync => {
                     copies(index) >= majority
-                        && leader.peers.values().all(|progress| !progress.in_sync || progress.matched >= index)
+                        && leader.peers.iter().filter(counted).all(|(_, progress)| !progress.in_sync || progress.matched >= index)
                 }
             }
         };
@@ -1225,7 +1350,7 @@ impl Replica {
 
         if self.election.is_some() {
             // The newest round a majority (this node included) has acknowledged.
-            let mut acked: Vec<u64> = leader.peers.values().map(|progress| progress.acked_read_seq).collect();
+            let mut acked: Vec<u64> = leader.peers.iter().filter(counted).map(|(_, progress)| progress.acked_read_seq).collect();
             acked.push(leader.read_seq);
             acked.sort_unstable_by(|a, b| b.cmp(a));
             let round = acked[majority - 1];
@@ -1240,7 +1365,7 @@ impl Replica {
             }
         }
         let commit_index = leader.commit_index;
-        let confirmed = |read_seq: u64| 1 + leader.peers.values().filter(|progress| progress.acked_read_seq >= read_seq).count();
+        let confirmed = |read_seq: u64| 1 + leader.peers.iter().filter(counted).filter(|(_, progress)| progress.acked_read_seq >= read_seq).count();
         let mut index = 0;
         while index < leader.reads.len() {
             let read = &leader.reads[index];
@@ -1296,11 +1421,15 @@ impl Replica {
         let mut produced = Vec::new();
         election.drain(&mut produced);
         let leadership = election.leadership();
+        let membership = election.take_membership_change().then(|| election.membership());
         for output in produced {
             match output {
                 ElectionOutput::Save(state) => self.outputs.push_back(Output::SaveElection { state }),
                 ElectionOutput::Send { to, bytes } => self.outputs.push_back(Output::Send { to, message: Message::Raft { bytes } }),
             }
+        }
+        if let Some(membership) = membership {
+            self.apply_membership(now, membership);
         }
         if leadership.is_self {
             let leading_this_term = self.is_leader() && self.epoch == leadership.term;
@@ -1320,6 +1449,100 @@ impl Replica {
         }
     }
 
+    /// Adopts the membership raft applied: a leader starts shipping to new members and
+    /// stops counting removed ones; a node that was removed stops taking part.
+    fn apply_membership(&mut self, now: Micros, membership: Membership) {
+        self.membership = membership;
+        self.outputs.push_back(Output::MembershipChanged { membership: self.membership.clone() });
+        let member = self.membership.contains(&self.config.id);
+        if self.was_member && !member {
+            self.step_down(None);
+        }
+        self.was_member |= member;
+        let Role::Leader(leader) = &mut self.role else { return };
+        let membership = &self.membership;
+        leader.peers.retain(|id, _| membership.contains(id));
+        let mut added = Vec::new();
+        for id in membership.voters.iter().chain(&membership.learners) {
+            if *id != self.config.id && !leader.peers.contains_key(id) {
+                leader.peers.insert(id.clone(), Progress::new(self.last, now));
+                added.push(id.clone());
+            }
+        }
+        for peer in added {
+            self.send_append(&peer, now, true);
+        }
+        self.advance(now);
+    }
+
+    /// Leader: asks raft to add or remove a member (see [`MembershipRequest`]).
+    ///
+    /// # Errors
+    /// If elections are off, this node does not lead, another change is under way, or
+    /// the request makes no sense for the current membership.
+    pub fn change_membership(&mut self, now: Micros, request: MembershipRequest) -> Result<(), MembershipError> {
+        if self.election.is_none() {
+            return Err(MembershipError::FailoverOff);
+        }
+        if self.accepting_writes(now).is_err() {
+            return Err(MembershipError::NotLeader { leader: self.leader.clone().filter(|leader| *leader != self.config.id) });
+        }
+        // Also while a new leader has not yet applied its whole metadata log: until then
+        // its membership may be out of date (raft counts that as pending).
+        if self.membership_change_pending() {
+            return Err(MembershipError::ChangePending);
+        }
+        let change = match request {
+            MembershipRequest::Add { id, address } => {
+                check_member_name(&id, &address)?;
+                if self.membership.contains(&id) {
+                    return Err(MembershipError::AlreadyMember { id });
+                }
+                MemberChange::AddLearner { id, address }
+            }
+            MembershipRequest::Remove { id } => {
+                if !self.membership.contains(&id) {
+                    return Err(MembershipError::NotMember { id });
+                }
+                if id == self.config.id {
+                    return Err(MembershipError::RemovingLeader { id });
+                }
+                if self.membership.voters.len() == 1 && self.membership.voters.contains(&id) {
+                    return Err(MembershipError::LastVoter { id });
+                }
+                MemberChange::Remove { id }
+            }
+        };
+        let election = self.election.as_mut().expect("checked above");
+        election.propose(&change).map_err(|()| MembershipError::ChangePending)?;
+        self.drain_election(now);
+        Ok(())
+    }
+
+    /// Leader: promotes the first learner that has caught up on the data log (it held
+    /// everything this leader had at some point: `in_sync`) and on the metadata log, one
+    /// change at a time.
+    fn promote_caught_up_learner(&mut self, now: Micros) {
+        if self.accepting_writes(now).is_err() {
+            return;
+        }
+        let Role::Leader(leader) = &self.role else { return };
+        let Some(election) = &mut self.election else { return };
+        if election.change_pending() {
+            return;
+        }
+        let caught_up = self
+            .membership
+            .learners
+            .iter()
+            .find(|id| leader.peers.get(*id).is_some_and(|progress| progress.in_sync) && election.holds_metadata(id));
+        if let Some(id) = caught_up.cloned() {
+            if election.propose(&MemberChange::Promote { id }).is_ok() {
+                self.drain_election(now);
+            }
+        }
+    }
+
     /// Raft elected this node for `epoch`: before leading it learns the durable position
     /// of a majority, so that it leads only if it holds every write a majority acked.
     fn start_recovery(&mut self, now: Micros, epoch: u64) {
@@ -1328,7 +1551,7 @@ impl Replica {
         let mut answers = BTreeMap::new();
         answers.insert(self.config.id.clone(), self.last);
         self.recovery = Some(Recovery { epoch, answers, sent_at: now, resent_at: now, transfer: None });
-        for peer in self.config.members.clone() {
+        for peer in self.membership.voters.clone() {
             if peer != self.config.id {
                 self.outputs.push_back(Output::Send { to: peer, message: Message::Recover { epoch } });
             }
@@ -1345,7 +1568,7 @@ impl Replica {
         }
         recovery.resent_at = now;
         let epoch = recovery.epoch;
-        let silent: Vec<NodeId> = self.config.members.iter().filter(|member| !recovery.answers.contains_key(*member)).cloned().collect();
+        let silent: Vec<NodeId> = self.membership.voters.iter().filter(|member| !recovery.answers.contains_key(*member)).cloned().collect();
         for peer in silent {
             self.outputs.push_back(Output::Send { to: peer, message: Message::Recover { epoch } });
         }
@@ -1354,7 +1577,7 @@ impl Replica {
     /// With answers from a majority: lead if no answer is ahead of ours, else hand
     /// leadership to the most up-to-date node (raft's leadership transfer).
     fn conclude_recovery(&mut self, now: Micros) {
-        let majority = self.config.majority();
+        let majority = self.membership.majority();
         let Some(election) = &mut self.election else { return };
         let timeout = election.config().election_timeout_min_us();
         let Some(recovery) = &mut self.recovery else { return };
@@ -1384,9 +1607,21 @@ impl Replica {
         let epoch = recovery.epoch;
         self.epoch = epoch;
         self.leader = Some(self.config.id.clone());
-        self.role = Role::Leader(LeaderState::new(&self.config, epoch, self.last, now, lease_until));
+        self.role = Role::Leader(LeaderState::new(&self.config, &self.membership, epoch, self.last, now, lease_until));
         self.broadcast_heartbeat(now);
     }
+}
+
+/// Names and addresses travel through raft as text lines (see `election.rs`).
+fn check_member_name(id: &str, address: &str) -> Result<(), MembershipError> {
+    let bad = |text: &str| text.chars().any(|c| c.is_control() || c.is_whitespace());
+    if id.is_empty() || id.len() > 64 || bad(id) || id.contains(['=', ',']) {
+        return Err(MembershipError::BadName { reason: format!("bad node id {id:?}: 1 to 64 characters, no spaces, '=' or ','") });
+    }
+    if address.is_empty() || address.len() > 256 || bad(address) {
+        return Err(MembershipError::BadName { reason: format!("bad peer address {address:?} for {id}") });
+    }
+    Ok(())
 }
 
 /// Whether a durable log ending at `last`, whose epochs start as `epoch_starts` says,

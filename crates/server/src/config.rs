@@ -37,11 +37,19 @@ pub struct NodeConfig {
     /// One election tick: followers campaign after 10 to 20 ticks without a leader, and
     /// a leader's write lease lasts 7.5 ticks from each heartbeat round a majority saw.
     pub election_tick: Duration,
+    /// Start outside the cluster and wait for its leader to add this node
+    /// (`tern cluster add`); `cluster` then names only this node.
+    pub join: bool,
 }
 
 impl NodeConfig {
     pub fn members(&self) -> Vec<NodeId> {
         self.cluster.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Peer addresses of `cluster`, as the core hands them to nodes that join later.
+    pub fn addresses(&self) -> BTreeMap<NodeId, String> {
+        self.cluster.iter().map(|(id, addr)| (id.clone(), addr.to_string())).collect()
     }
 }
 

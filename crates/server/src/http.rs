@@ -28,6 +28,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
         .route("/cluster/transfer-leader", post(transfer_leader))
+        .route("/cluster", get(cluster))
+        .route("/cluster/add", post(add_member))
+        .route("/cluster/remove", post(remove_member))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -339,6 +342,75 @@ async fn transfer_leader(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery)
     }
 }
 
+/// `GET /cluster`: the membership as this node applied it; on the leader, with how far
+/// each member has got.
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let Some(status) = node.status().await else {
+        return error_response(&RequestError::new(503, "replica loop stopped"));
+    };
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let membership = &status.membership;
+    let members: Vec<Value> = membership
+        .voters
+        .iter()
+        .chain(&membership.learners)
+        .map(|id| {
+            let info = peers.get(id).cloned().unwrap_or_default();
+            let progress = status.followers.iter().find(|follower| follower.id == *id);
+            let applied_index = if *id == node.config.id { Some(status.last.index) } else { progress.map(|follower| follower.matched) };
+            json!({
+                "id": id,
+                "addr": membership.addresses.get(id),
+                "voter": membership.voters.contains(id),
+                "region": if *id == node.config.id { node.config.region.clone() } else { info.region },
+                "connected": *id == node.config.id || info.connected,
+                "applied_index": applied_index,
+                "lag_ms": progress.map(|follower| follower.lag_us as f64 / 1000.0),
+            })
+        })
+        .collect();
+    Json(json!({
+        "node": node.config.id,
+        "leader": status.leader,
+        "epoch": status.epoch,
+        "leader_last_index": status.is_leader.then_some(status.last.index),
+        "voters": membership.voters,
+        "learners": membership.learners,
+        "change_pending": status.membership_change_pending,
+        "members": members,
+    }))
+    .into_response()
+}
+
+/// `POST /cluster/add?id=ID&addr=HOST:PORT` on the leader: add a node started with
+/// `--join`; it becomes a learner at once and a voter once caught up.
+async fn add_member(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let (Some(id), Some(address)) = (params.get("id"), params.get("addr")) else {
+        return error_response(&RequestError::new(400, "missing ?id=<node id>&addr=<peer host:port>"));
+    };
+    if let Err(error) = address.parse::<std::net::SocketAddr>() {
+        return error_response(&RequestError::new(400, format!("bad peer address {address:?}: {error} (expected HOST:PORT, as the node's --peer)")));
+    }
+    let request = tern_core::MembershipRequest::Add { id: id.to_string(), address: address.to_string() };
+    match node.change_membership(request).await {
+        Ok(()) => Json(json!({"adding": id, "as": "learner", "leader": node.config.id})).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `POST /cluster/remove?id=ID` on the leader.
+async fn remove_member(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let Some(id) = params.get("id") else {
+        return error_response(&RequestError::new(400, "missing ?id=<node id>"));
+    };
+    match node.change_membership(tern_core::MembershipRequest::Remove { id: id.to_string() }).await {
+        Ok(()) => Json(json!({"removing": id, "leader": node.config.id})).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
 /// This node's rollback store: entries it removed from its log because the leader of a
 /// later epoch lacked them.
 async fn rollback(State(node): State<Arc<Node>>) -> Response {
@@ -360,7 +432,8 @@ async fn verify(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Respo
     }
     let peers = node.peers.lock().expect("peers lock").clone();
     let mut reports = vec![local];
-    for (id, _) in &node.config.cluster {
+    let membership = node.published().membership;
+    for id in membership.voters.iter().chain(&membership.learners) {
         if *id == node.config.id {
             continue;
         }
@@ -391,7 +464,9 @@ async fn nodes(State(node): State<Arc<Node>>) -> Response {
     let published = node.published();
     let peers = node.peers.lock().expect("peers lock").clone();
     let mut body = serde_json::Map::new();
-    for (id, addr) in &node.config.cluster {
+    let membership = &published.membership;
+    for id in membership.voters.iter().chain(&membership.learners) {
+        let addr = membership.addresses.get(id).cloned().unwrap_or_default();
         let (api_addr, region, reachable) = if *id == node.config.id {
             (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true)
         } else {
@@ -403,11 +478,11 @@ async fn nodes(State(node): State<Arc<Node>>) -> Response {
             json!({
                 "id": id,
                 "api_addr": if api_addr.is_empty() { Value::Null } else { json!(format!("http://{api_addr}")) },
-                "addr": addr.to_string(),
+                "addr": addr,
                 "region": region,
                 "reachable": reachable,
                 "leader": published.leader.as_ref() == Some(id),
-                "voter": true,
+                "voter": membership.voters.contains(id),
             }),
         );
     }

@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use tern_core::{AckRequirement, Config, ElectionConfig, Entry, Message, Output, Position, ReadError, ReadLevel, Replica, SavedElection, Status, TransferError, WriteError};
+use tern_core::{
+    AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Message, Output, Position, ReadError, ReadLevel,
+    Replica, SavedElection, Status, TransferError, WriteError,
+};
 use tern_storage::{Engine, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -36,6 +39,7 @@ pub(crate) enum Event {
     ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
     Status { reply: oneshot::Sender<Status> },
     TransferLeader { to: String, reply: oneshot::Sender<Result<(), TransferError>> },
+    ChangeMembership { request: MembershipRequest, reply: oneshot::Sender<Result<(), MembershipError>> },
 }
 
 /// A write executed on the leader, waiting for its copies.
@@ -84,6 +88,8 @@ pub struct Published {
     pub fresh_as_of_us: Option<u64>,
     /// Leader: always. Follower: once it has heard from the leader.
     pub ready: bool,
+    /// Voters and learners, with their peer addresses (empty on a node still joining).
+    pub membership: Membership,
 }
 
 /// What the HTTP layer learns about other nodes from handshakes.
@@ -120,7 +126,8 @@ pub struct Node {
     storage: Mutex<std_mpsc::Sender<StorageCommand>>,
     published: watch::Receiver<Published>,
     pub(crate) peers: Mutex<BTreeMap<String, PeerInfo>>,
-    outbound: BTreeMap<String, mpsc::UnboundedSender<(Instant, Frame)>>,
+    /// One queue per member this node sends to; dropping one ends its connection.
+    outbound: Mutex<BTreeMap<String, mpsc::UnboundedSender<(Instant, Frame)>>>,
     /// Pooled read-only connections, each with the reader generation it was opened in.
     readers: Mutex<Vec<(u64, Reader)>>,
     /// Bumped when a snapshot replaces the database file: older readers are discarded.
@@ -176,7 +183,12 @@ impl Node {
         let saved_election = if config.failover { load_election(&config.data_dir)? } else { None };
         let started = Instant::now();
 
+        if config.join && !config.failover {
+            return Err("--join needs automatic failover (--failover on): membership is agreed by quorum vote".to_string());
+        }
         let mut core_config = Config::new(config.id.clone(), config.members(), config.leader.clone(), config.ack);
+        core_config.addresses = config.addresses();
+        core_config.join = config.join;
         core_config.heartbeat_interval_us = config.heartbeat_interval.as_micros() as u64;
         core_config.in_sync_timeout_us = config.in_sync_timeout.as_micros() as u64;
         core_config.write_timeout_us = config.write_timeout.as_micros() as u64;
@@ -199,22 +211,9 @@ impl Node {
             epoch,
             fresh_as_of_us: None,
             ready: replica.is_leader(),
+            membership: replica.membership().clone(),
         };
         let (published_tx, published_rx) = watch::channel(initial);
-
-        let mut outbound = BTreeMap::new();
-        let mut outbound_receivers = Vec::new();
-        let mut peers = BTreeMap::new();
-        for (id, addr) in &config.cluster {
-            if *id == config.id {
-                continue;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            outbound.insert(id.clone(), tx);
-            outbound_receivers.push((id.clone(), *addr, rx));
-            let region = config.regions.get(id).cloned().unwrap_or_default();
-            peers.insert(id.clone(), PeerInfo { region, ..PeerInfo::default() });
-        }
 
         let reader_generation = Arc::new(AtomicU64::new(0));
         let writable_epoch = Arc::new(AtomicU64::new(if replica.accepting_writes(0).is_ok() { epoch } else { 0 }));
@@ -225,8 +224,8 @@ impl Node {
             events: events_tx.clone(),
             storage: Mutex::new(storage_tx),
             published: published_rx,
-            peers: Mutex::new(peers),
-            outbound,
+            peers: Mutex::new(BTreeMap::new()),
+            outbound: Mutex::new(BTreeMap::new()),
             readers: Mutex::new(Vec::new()),
             reader_generation: reader_generation.clone(),
             forwards: Mutex::new(HashMap::new()),
@@ -253,9 +252,7 @@ impl Node {
             .await
             .map_err(|error| format!("cannot listen for peers on {}: {error}", node.config.peer_addr))?;
         tokio::spawn(transport::accept_loop(node.clone(), listener));
-        for (id, addr, rx) in outbound_receivers {
-            tokio::spawn(transport::outbound_loop(node.clone(), id, addr, rx));
-        }
+        node.connect_members(replica.membership());
         tokio::spawn(run_replica(node.clone(), replica, events_rx, published_tx));
         Ok(node)
     }
@@ -287,9 +284,54 @@ impl Node {
     }
 
     pub(crate) fn send_to(&self, to: &str, frame: Frame) {
-        if let Some(channel) = self.outbound.get(to) {
+        if let Some(channel) = self.outbound.lock().expect("outbound lock").get(to) {
             let _ = channel.send((Instant::now(), frame));
         }
+    }
+
+    /// Opens a connection to every member not yet connected and closes those to nodes
+    /// that left the membership.
+    fn connect_members(self: &Arc<Node>, membership: &Membership) {
+        self.outbound.lock().expect("outbound lock").retain(|id, _| membership.contains(id));
+        self.peers.lock().expect("peers lock").retain(|id, _| membership.contains(id));
+        for (id, address) in &membership.addresses {
+            self.connect_peer(id, address);
+        }
+    }
+
+    fn connect_peer(self: &Arc<Node>, id: &str, address: &str) {
+        let mut outbound = self.outbound.lock().expect("outbound lock");
+        if id == self.config.id || outbound.contains_key(id) {
+            return;
+        }
+        let addr = match address.parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr,
+            Err(error) => {
+                tracing::warn!("cannot reach member {id}: bad peer address {address:?}: {error}");
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        outbound.insert(id.to_string(), tx);
+        let region = self.config.regions.get(id).cloned().unwrap_or_default();
+        self.peers.lock().expect("peers lock").entry(id.to_string()).or_insert(PeerInfo { region, ..PeerInfo::default() });
+        tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, rx));
+    }
+
+    /// A node not yet in any membership (joining) answers whoever contacts it: the
+    /// leader adding it, before the leader's snapshot names every member.
+    pub(crate) fn connect_back(self: &Arc<Node>, id: &str, peer_addr: &str) {
+        let member = self.published.borrow().membership.contains(&self.config.id);
+        if !member {
+            self.connect_peer(id, peer_addr);
+        }
+    }
+
+    /// Whether a peer connection from `id` is welcome: from members, and from anyone
+    /// while this node is not yet a member (it waits for a leader to add it).
+    pub(crate) fn accepts_peer(&self, id: &str) -> bool {
+        let membership = &self.published.borrow().membership;
+        id != self.config.id && (membership.contains(id) || !membership.contains(&self.config.id))
     }
 
     /// Emulated one-way latency to `peer`, from the regions of both ends.
@@ -363,7 +405,7 @@ impl Node {
             return WriteReply { results: Vec::new(), position: None, error: Some(self.not_accepting(&published)) };
         }
         let requirement = requirement.unwrap_or(self.config.ack.requirement());
-        let members = self.config.cluster.len();
+        let members = published.membership.voters.len();
         if let AckRequirement::Nodes(requested) = requirement {
             if requested > members {
                 let message = WriteError::Unsatisfiable { requested, members }.to_string();
@@ -533,6 +575,35 @@ impl Node {
                 let status = if matches!(error, TransferError::NotLeader { .. }) { 503 } else { 400 };
                 let mut request_error = RequestError::new(status, error.to_string());
                 if let TransferError::NotLeader { leader } = error {
+                    request_error.leader = leader;
+                }
+                Err(request_error)
+            }
+            Err(_) => Err(RequestError::new(503, "replica loop stopped")),
+        }
+    }
+
+    /// Asks this node, which must lead, to add or remove a member. Returns once raft has
+    /// the proposal; the change applies when a quorum agrees (watch `/cluster`).
+    ///
+    /// # Errors
+    /// Why it cannot (not the leader, a change already under way, nonsense request).
+    pub async fn change_membership(&self, request: MembershipRequest) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.post(Event::ChangeMembership { request, reply });
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                let status = match error {
+                    MembershipError::NotLeader { .. } | MembershipError::ChangePending => 503,
+                    MembershipError::FailoverOff | MembershipError::BadName { .. } => 400,
+                    MembershipError::AlreadyMember { .. }
+                    | MembershipError::NotMember { .. }
+                    | MembershipError::RemovingLeader { .. }
+                    | MembershipError::LastVoter { .. } => 409,
+                };
+                let mut request_error = RequestError::new(status, error.to_string());
+                if let MembershipError::NotLeader { leader } = error {
                     request_error.leader = leader;
                 }
                 Err(request_error)
@@ -721,6 +792,9 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                         Event::TransferLeader { to, reply } => {
                             let _ = reply.send(replica.transfer_leadership(now, &to));
                         }
+                        Event::ChangeMembership { request, reply } => {
+                            let _ = reply.send(replica.change_membership(now, request));
+                        }
                     }
                     if let Ok(event) = events.try_recv() {
                         next = Some(event);
@@ -747,6 +821,11 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                         tracing::error!("cannot save the election state: {error}; stopping rather than risk voting twice");
                         std::process::exit(70);
                     }
+                }
+                Output::MembershipChanged { membership } => {
+                    let names = |set: &std::collections::BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+                    tracing::info!("membership: voters [{}], learners [{}]", names(&membership.voters), names(&membership.learners));
+                    node.connect_members(&membership);
                 }
                 Output::WriteDone { tag, result } => {
                     let Some(write) = writes.remove(&tag) else { continue };
@@ -786,6 +865,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
             epoch: replica.epoch(),
             fresh_as_of_us: lag.map(|lag| now.saturating_sub(lag)),
             ready: heard_from_leader,
+            membership: replica.membership().clone(),
         };
         published.send_if_modified(|current| {
             if (current.is_leader, current.epoch, &current.leader) != (next_published.is_leader, next_published.epoch, &next_published.leader) {

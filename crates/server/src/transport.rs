@@ -45,6 +45,10 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
         let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             _ => {
+                if frames.is_closed() {
+                    // The peer left the membership: stop trying.
+                    return;
+                }
                 hold(&mut waiting, &mut frames);
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 hold(&mut waiting, &mut frames);
@@ -57,6 +61,7 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
             id: node.config.id.clone(),
             region: node.config.region.clone(),
             http_addr: node.http_addr.lock().expect("http addr lock").clone(),
+            peer_addr: node.config.peer_addr.to_string(),
         };
         if write_frame(&mut writer, &Frame::Hello(hello)).await.is_err() || writer.flush().await.is_err() {
             tokio::time::sleep(RECONNECT_DELAY).await;
@@ -145,11 +150,12 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
         Ok(Some(Frame::Hello(hello))) => hello,
         _ => return,
     };
-    if !node.config.cluster.iter().any(|(id, _)| *id == hello.id) || hello.id == node.config.id {
-        tracing::warn!("refused a peer connection from unknown node {:?} (not in --cluster)", hello.id);
+    if !node.accepts_peer(&hello.id) {
+        tracing::warn!("refused a peer connection from {:?}: not a member of this cluster", hello.id);
         return;
     }
     let from = hello.id.clone();
+    node.connect_back(&from, &hello.peer_addr);
     {
         let mut peers = node.peers.lock().expect("peers lock");
         let info = peers.entry(from.clone()).or_insert_with(PeerInfo::default);

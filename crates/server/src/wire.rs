@@ -13,6 +13,9 @@ pub struct Hello {
     pub id: NodeId,
     pub region: String,
     pub http_addr: String,
+    /// Where the sender listens for peers: a node that is joining answers there before
+    /// the membership has told it anyone's address.
+    pub peer_addr: String,
 }
 
 /// The outcome of a write, as the HTTP layer reports it.

@@ -104,6 +104,8 @@ pub struct SeedReport {
     pub lost_async: usize,
     pub operations: usize,
     pub destroyed_disks: usize,
+    /// With failover: nodes removed, wiped and added back (membership changes).
+    pub replaced_nodes: usize,
     pub trace: Option<String>,
 }
 
@@ -124,6 +126,7 @@ pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
         lost_async: lost.lost_async.len(),
         operations: world.history.len(),
         destroyed_disks: world.destroyed_disks,
+        replaced_nodes: world.replaced_disks,
         trace: world.trace().map(str::to_string),
     }
 }

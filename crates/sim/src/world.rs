@@ -20,7 +20,7 @@ use crate::{Faults, Options};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
-use tern_core::{AckRequirement, Config, ElectionConfig, Entry, Message, Micros, Output, Position, ReadLevel, Replica, SavedElection, WriteError};
+use tern_core::{AckRequirement, Config, ElectionConfig, Entry, MembershipRequest, Message, Micros, Output, Position, ReadLevel, Replica, SavedElection, WriteError};
 
 /// Appends a line to the trace, formatting it only when a trace is kept.
 macro_rules! trace {
@@ -84,6 +84,8 @@ enum Event {
     Restart { node: usize },
     Resume { node: usize },
     Heal { partition: u64 },
+    /// Advance the node replacement under way (see `World::replacement`).
+    Replace,
 }
 
 struct Scheduled {
@@ -164,6 +166,11 @@ pub struct Node {
     pub rollback: Vec<Entry>,
     /// The epoch in which `next_index` was last reset (a new leadership).
     leading_epoch: u64,
+    /// Started outside the cluster, waiting to be added (after its disk was replaced).
+    joining: bool,
+    /// Entries on this node's disks that a replacement wiped (after its removal): the
+    /// async checker accepts a lost `w=1` write found here, as it does the rollback store.
+    pub wiped: Vec<Entry>,
 }
 
 impl Node {
@@ -246,6 +253,17 @@ pub struct World {
     /// The node whose disk was last destroyed and the acknowledged index it must hold
     /// again before another disk may be lost.
     rebuilding: Option<(usize, u64)>,
+    /// With failover: a node being replaced as an operator would, one at a time: removed
+    /// from the membership, its disk wiped once the removal applied, then added back
+    /// empty, caught up as a learner and promoted.
+    replacement: Option<(usize, ReplaceStage)>,
+    pub replaced_disks: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplaceStage {
+    Removing,
+    Joining,
 }
 
 fn members(count: usize) -> Vec<String> {
@@ -283,6 +301,8 @@ impl World {
                 saved_election: None,
                 rollback: Vec::new(),
                 leading_epoch: 0,
+                joining: false,
+                wiped: Vec::new(),
             })
             .collect();
         let clients = (0..count + 1)
@@ -318,6 +338,8 @@ impl World {
             tail_cache_bytes: 0,
             max_durable_acked_index: 0,
             rebuilding: None,
+            replacement: None,
+            replaced_disks: 0,
         };
         world.tail_cache_bytes = world.rng.range(0, 400) as usize;
         trace!(world, "seed {seed} nodes {count} ack {} faults {:?} loss {loss_percent}% dup {duplicate_percent}%", options.ack.name(), options.faults);
@@ -358,6 +380,8 @@ impl World {
         let state = &self.nodes[node];
         let mut config = Config::new(state.id.clone(), members(self.nodes.len()), state.leader.clone(), self.options.ack);
         config.epoch = state.epoch;
+        config.join = state.joining;
+        config.addresses = members(self.nodes.len()).into_iter().map(|id| (id.clone(), id)).collect();
         config.tail_cache_bytes = self.tail_cache_bytes;
         config.snapshot_timeout_us = 3 * SECOND;
         if self.options.failover {
@@ -593,7 +617,78 @@ impl World {
                 self.blocked.retain(|_, blocking| *blocking != partition);
                 trace!(self, "heal partition {partition}");
             }
+            Event::Replace => self.continue_replacement(),
         }
+    }
+
+    /// One step of the replacement under way; repeats every 200 ms until done, through
+    /// faults and elections, as an operator's script would.
+    fn continue_replacement(&mut self) {
+        let Some((node, stage)) = self.replacement else { return };
+        let id = self.nodes[node].id.clone();
+        let leader = self.current_leader();
+        let now = self.node_now(leader);
+        // Only a leader whose lease holds speaks for the cluster: an old one cut off may
+        // still think it leads, with a membership from before the change.
+        // Nor one whose membership may be out of date (a change not yet applied).
+        let Some(replica) =
+            self.nodes[leader].replica.as_mut().filter(|replica| replica.accepting_writes(now).is_ok() && !replica.membership_change_pending())
+        else {
+            let why = self.nodes[leader].replica.as_ref().map(|replica| (replica.accepting_writes(now).is_ok(), replica.membership_change_pending()));
+            trace!(self, "replacement of {id} waits: n{} (accepting writes, change pending) = {why:?}", leader + 1);
+            self.schedule(200 * MS, Event::Replace);
+            return;
+        };
+        match stage {
+            ReplaceStage::Removing if leader == node => {
+                // It leads now: as an operator must, hand leadership to another voter first.
+                let to = replica.membership().voters.iter().find(|voter| **voter != id).cloned();
+                if let Some(to) = to {
+                    let outcome = replica.transfer_leadership(now, &to);
+                    trace!(self, "{id} leads: transfer to {to}: {outcome:?}");
+                    self.drain(leader);
+                }
+            }
+            ReplaceStage::Removing if !replica.membership().contains(&id) => {
+                // Applied by the leader, so committed: the disk may go.
+                self.crash_node(node);
+                let state = &mut self.nodes[node];
+                let disk = std::mem::take(&mut state.disk);
+                state.wiped.extend(disk);
+                state.kv.clear();
+                state.first_index = 1;
+                state.disk_generation += 1;
+                // The rollback store is archived by the operator, not lost with the disk.
+                state.saved_election = None;
+                state.joining = true;
+                self.replaced_disks += 1;
+                self.replacement = Some((node, ReplaceStage::Joining));
+                trace!(self, "removal of {id} applied; its disk is wiped");
+            }
+            ReplaceStage::Removing => {
+                let outcome = replica.change_membership(now, MembershipRequest::Remove { id: id.clone() });
+                trace!(self, "ask n{} to remove {id}: {outcome:?}", leader + 1);
+                self.drain(leader);
+            }
+            ReplaceStage::Joining => {
+                if !self.nodes[node].is_running() {
+                    self.start_node(node);
+                }
+                let Some(replica) = self.nodes[leader].replica.as_mut() else { return };
+                if replica.membership().voters.contains(&id) {
+                    trace!(self, "{id} is a voter again");
+                    self.nodes[node].joining = false;
+                    self.replacement = None;
+                    return;
+                }
+                if !replica.membership().contains(&id) {
+                    let outcome = replica.change_membership(now, MembershipRequest::Add { id: id.clone(), address: id.clone() });
+                    trace!(self, "ask n{} to add {id}: {outcome:?}", leader + 1);
+                    self.drain(leader);
+                }
+            }
+        }
+        self.schedule(200 * MS, Event::Replace);
     }
 
     // ---- network ----
@@ -897,6 +992,7 @@ impl World {
                     }
                 }
                 Output::SaveElection { state } => self.nodes[node].saved_election = Some(state),
+                Output::MembershipChanged { .. } => {}
                 Output::SendSnapshot { to, rollback_after } => {
                     // As the server does: the snapshot is handed to the transport and the
                     // core told at once; it may still be lost or partitioned away.
@@ -1058,6 +1154,11 @@ impl World {
                 trace!(self, "disk stall on {} for {stall} us", self.nodes[node].id);
             }
             80..=87 if all && count >= 3 && !self.options.failover => self.destroy_leader_and_promote(),
+            80..=87 if all && count >= 3 && self.replacement.is_none() && node != self.current_leader() => {
+                trace!(self, "replace {}: remove it, wipe its disk, add it back", self.nodes[node].id);
+                self.replacement = Some((node, ReplaceStage::Removing));
+                self.schedule(0, Event::Replace);
+            }
             _ => {}
         }
     }

@@ -143,6 +143,21 @@ impl Cluster {
         Cluster { dir, nodes }
     }
 
+    /// A new node started with `--join` (no `--cluster`): it waits for the leader to add
+    /// it. Returns its index in `nodes`.
+    pub fn start_joining(&mut self, extra: &[&str]) -> usize {
+        let id = format!("n{}", self.nodes.len() + 1);
+        let (http, peer) = (free_port_addr(), free_port_addr());
+        let data = self.dir.join(&id);
+        let mut args: Vec<String> = vec!["--id".into(), id.clone(), "--region".into(), "ap-south".into(), "--data".into(), data.display().to_string()];
+        args.extend(["--http".to_string(), http.clone(), "--peer".to_string(), peer.clone(), "--join".to_string()]);
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let mut node = ServerNode { id: id.clone(), http, peer, data, args, log: self.dir.join(format!("{id}.log")), child: None };
+        node.start();
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
     pub fn wait_ready(&self) {
         for node in &self.nodes {
             if node.child.is_some() {

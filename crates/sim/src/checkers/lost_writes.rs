@@ -5,8 +5,9 @@
 //! Checker 6, "async honesty", reads the same data: writes acknowledged with fewer copies
 //! (`w=1`, the `async` default) that are missing are counted separately. They may be lost
 //! when the leader is lost; a simulator that can never find such a loss would prove that
-//! checker 1 is vacuous. With automatic failover no disk is ever destroyed, so every such
-//! missing write must be in some node's rollback store: counted, never silently dropped.
+//! checker 1 is vacuous. With automatic failover no leader's disk is destroyed, so every
+//! such missing write must be in some node's rollback store, or on the disk of a node an
+//! operator removed and then wiped: counted, never silently dropped.
 
 use crate::history::{is_durable_requirement, Op, OpKind, Outcome};
 use crate::world::Node;
@@ -20,7 +21,8 @@ pub struct LostWrites {
 }
 
 pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) -> LostWrites {
-    let rolled_back: BTreeSet<u64> = nodes.iter().flat_map(|node| node.rollback.iter().map(|entry| write_id(&entry.payload))).collect();
+    let rolled_back: BTreeSet<u64> =
+        nodes.iter().flat_map(|node| node.rollback.iter().chain(&node.wiped).map(|entry| write_id(&entry.payload))).collect();
     let members = nodes.len();
     let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.iter().map(|entry| write_id(&entry.payload)).collect()).collect();
     let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
@@ -37,7 +39,7 @@ pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) ->
             ));
         } else {
             if rollbacks_keep_everything && !rolled_back.contains(id) {
-                result.violations.push(format!("acknowledged w=1 write {id} (at {position}) is missing on {} and in no rollback store", missing.join(", ")));
+                result.violations.push(format!("acknowledged w=1 write {id} (at {position}) is missing on {} and in no rollback store (nor on a wiped disk)", missing.join(", ")));
             }
             result.lost_async.push(*id);
         }
