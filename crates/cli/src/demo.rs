@@ -32,6 +32,9 @@ pub struct DemoArgs {
     /// One-way WAN latency per region pair, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
+    /// Skip the failover drill (cutting the leader's region off) after the workload.
+    #[arg(long)]
+    no_failover_drill: bool,
 }
 
 const REGIONS: [(&str, &str); 3] = [("n1", "us-east"), ("n2", "eu-west"), ("n3", "antarctica")];
@@ -122,6 +125,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let _ = monitor.join();
     print_report(&reports, &lag_samples.lock().expect("lag lock"));
     verify_convergence(&runtime, &nodes);
+    if !args.no_failover_drill {
+        failover_drill(&runtime, &nodes, &addresses)?;
+        verify_convergence(&runtime, &nodes);
+    }
 
     match args.exit_after {
         Some(seconds) => {
@@ -288,6 +295,103 @@ fn print_report(reports: &[RegionReport], lag: &BTreeMap<String, Samples>) {
         let stale = format!("{} of {}", report.stale_reads, report.stale_checks);
         println!("  {region:<12}{lag_text:>22}{stale:>34}{:>10}", report.errors);
     }
+}
+
+fn region_of(id: &str) -> &'static str {
+    REGIONS.iter().find(|(known, _)| *known == id).map_or("?", |(_, region)| *region)
+}
+
+/// Polls `condition` every 5 ms for up to 30 s; the time it took, if it came true.
+fn time_until(started: Instant, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    while started.elapsed() < Duration::from_secs(30) {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Cuts the leader's region off from the others (every frame between them dropped, as
+/// a network partition would), while a customer in eu-west keeps ordering; reports how
+/// long the election took, when writes resumed and when the old leader stopped writing;
+/// then heals and shows the old leader rejoin as a follower.
+fn failover_drill(runtime: &tokio::runtime::Runtime, nodes: &[Arc<tern_server::Node>], addresses: &[String]) -> Result<(), String> {
+    let Some(old) = nodes.iter().position(|node| node.published().is_leader) else {
+        return Err("failover drill: no leader to cut off".to_string());
+    };
+    let old_id = nodes[old].config.id.clone();
+    let old_epoch = nodes[old].published().epoch;
+    println!("
+failover drill: cutting {} ({old_id}, the leader) off from both other regions while a customer in another region keeps ordering...", region_of(&old_id));
+    let writer_node = (old + 1) % nodes.len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let writer = {
+        let (stop, acknowledged, address) = (stop.clone(), acknowledged.clone(), addresses[writer_node].clone());
+        std::thread::spawn(move || {
+            let mut client = HttpClient::new(&address).with_timeout(Duration::from_secs(3));
+            let mut refused = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!([["INSERT INTO orders (customer, product_id, qty, region, placed_at) VALUES ('drill', 1, 1, 'drill', datetime('now'))"]]);
+                match client.post_json("/db/execute?w=majority", &body) {
+                    Ok(reply) if reply.status == 200 => acknowledged.lock().expect("drill lock").push(Instant::now()),
+                    _ => {
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+            refused
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let cut_at = Instant::now();
+    for (index, node) in nodes.iter().enumerate() {
+        let peers = if index == old {
+            nodes.iter().map(|other| other.config.id.clone()).filter(|id| *id != old_id).collect()
+        } else {
+            std::iter::once(old_id.clone()).collect()
+        };
+        node.cut_off_from(peers);
+    }
+    let stopped_writing = time_until(cut_at, || !nodes[old].published().accepting_writes);
+    let mut new_leader = None;
+    let elected = time_until(cut_at, || {
+        new_leader = nodes.iter().position(|node| node.published().is_leader && node.published().accepting_writes && node.config.id != old_id);
+        new_leader.is_some()
+    });
+    let resumed = time_until(cut_at, || acknowledged.lock().expect("drill lock").iter().any(|at| *at > cut_at));
+    let (Some(new), Some(elected), Some(resumed)) = (new_leader, elected, resumed) else {
+        stop.store(true, Ordering::Relaxed);
+        let _ = writer.join();
+        return Err("failover drill: no new leader accepted writes within 30 s".to_string());
+    };
+    let new_id = nodes[new].config.id.clone();
+    let new_epoch = nodes[new].published().epoch;
+    let ms = |duration: Option<Duration>| duration.map_or("never".to_string(), |duration| format!("{} ms", duration.as_millis()));
+    println!("  {} ({old_id}) stopped accepting writes {} after the cut (its lease ran out; it cannot reach a majority)", region_of(&old_id), ms(stopped_writing));
+    println!("  {} ({new_id}) was elected leader of epoch {new_epoch} {} after the cut", region_of(&new_id), ms(Some(elected)));
+    println!("  the first order placed after the cut was acknowledged {} after it", ms(Some(resumed)));
+    std::thread::sleep(Duration::from_millis(500));
+    for node in nodes {
+        node.cut_off_from(Default::default());
+    }
+    let healed_at = Instant::now();
+    let rejoined = time_until(healed_at, || {
+        let published = nodes[old].published();
+        !published.is_leader && published.epoch > old_epoch && published.leader.as_deref() == Some(new_id.as_str())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let refused = writer.join().map_err(|_| "the drill's writer panicked".to_string())?;
+    let rolled_back = runtime.block_on(nodes[old].rollback_count());
+    println!(
+        "  healed: {} ({old_id}) rejoined as a follower of {new_id} {} after the heal; it rolled back {rolled_back} entries the new leader lacked",
+        region_of(&old_id),
+        ms(rejoined)
+    );
+    println!("  {} orders acknowledged during the drill; {refused} attempts refused or timed out while no leader could take them", acknowledged.lock().expect("drill lock").len());
+    Ok(())
 }
 
 fn verify_convergence(runtime: &tokio::runtime::Runtime, nodes: &[Arc<tern_server::Node>]) {

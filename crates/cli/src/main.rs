@@ -167,6 +167,10 @@ pub struct ServerArgs {
     /// catches up as a learner, then votes. Restarts use the saved membership.
     #[arg(long)]
     join: bool,
+    /// Serve POST /debug/partition?drop=ID,... to drop all traffic to and from peers
+    /// (partition tests where no packet filter exists). Off by default.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    fault_injection: String,
 }
 
 impl ServerArgs {
@@ -207,6 +211,7 @@ impl ServerArgs {
             failover: self.failover == "on",
             election_tick: Duration::from_millis(self.election_tick_ms.max(1)),
             join: self.join,
+            fault_injection: self.fault_injection == "on",
             id: self.id,
         })
     }

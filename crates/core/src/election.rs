@@ -441,22 +441,19 @@ impl Election {
                     }
                 }
             }
-            match self.raw.apply_conf_change(&change) {
-                Ok(conf_state) => {
-                    let removed_self = !conf_state.voters.contains(&self.raw.raft.id);
-                    self.raw.mut_store().wl().set_conf_state(conf_state);
-                    self.membership_changed = true;
-                    if removed_self && self.raw.raft.state == StateRole::Leader {
-                        // Removed while leading (proposed by an earlier leader): raft-rs
-                        // would go on leading a group it is not in. Step down; the voters
-                        // elect one of their own after an election timeout.
-                        let term = self.raw.raft.term;
-                        self.raw.raft.become_follower(term, raft::INVALID_ID);
-                    }
+            // A change raft-rs refuses (say, removing the last voter) is refused alike on
+            // every node, so the membership stays as it was everywhere.
+            if let Ok(conf_state) = self.raw.apply_conf_change(&change) {
+                let removed_self = !conf_state.voters.contains(&self.raw.raft.id);
+                self.raw.mut_store().wl().set_conf_state(conf_state);
+                self.membership_changed = true;
+                if removed_self && self.raw.raft.state == StateRole::Leader {
+                    // Removed while leading (proposed by an earlier leader): raft-rs
+                    // would go on leading a group it is not in. Step down; the voters
+                    // elect one of their own after an election timeout.
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
                 }
-                // Refused by raft's own checks (say, removing the last voter); every node
-                // refuses it alike, so the membership stays as it was everywhere.
-                Err(_) => {}
             }
         }
     }
@@ -567,9 +564,11 @@ impl Election {
         };
         // A compacted store restarts from its compaction point: index and term.
         let compacted = if first > 1 {
-            let mut point = SnapshotMetadata::default();
-            point.index = first - 1;
-            point.term = store.term(first - 1).expect("the compaction point's term is kept");
+            let point = SnapshotMetadata {
+                index: first - 1,
+                term: store.term(first - 1).expect("the compaction point's term is kept"),
+                ..Default::default()
+            };
             point.write_to_bytes().expect("encodes")
         } else {
             Vec::new()

@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// Start outside the cluster and wait for its leader to add this node
     /// (`tern cluster add`); `cluster` then names only this node.
     pub join: bool,
+    /// Serve `POST /debug/partition`: drop all traffic to and from chosen peers (for
+    /// partition tests and the demo's failover drill on machines without a packet filter).
+    pub fault_injection: bool,
 }
 
 impl NodeConfig {

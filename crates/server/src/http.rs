@@ -31,6 +31,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster", get(cluster))
         .route("/cluster/add", post(add_member))
         .route("/cluster/remove", post(remove_member))
+        .route("/debug/partition", post(partition))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -409,6 +410,21 @@ async fn remove_member(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -
         Ok(()) => Json(json!({"removing": id, "leader": node.config.id})).into_response(),
         Err(error) => error_response(&error),
     }
+}
+
+/// `POST /debug/partition?drop=ID,ID` (only with `--fault-injection on`): drop all
+/// traffic to and from those peers; `drop=` with no ids heals.
+async fn partition(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    if !node.config.fault_injection {
+        return error_response(&RequestError::new(404, "fault injection is off (start the node with --fault-injection on)"));
+    }
+    let params = Params::parse(raw);
+    let Some(list) = params.get("drop") else {
+        return error_response(&RequestError::new(400, "missing ?drop=<node id>,... (empty to heal)"));
+    };
+    let peers: std::collections::BTreeSet<String> = list.split(',').map(str::trim).filter(|id| !id.is_empty()).map(str::to_string).collect();
+    node.cut_off_from(peers.clone());
+    Json(json!({"node": node.config.id, "dropping": peers})).into_response()
 }
 
 /// This node's rollback store: entries it removed from its log because the leader of a

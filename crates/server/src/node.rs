@@ -140,6 +140,8 @@ pub struct Node {
     /// The epoch the storage thread may write in (0: none). Set by the replica loop
     /// while this node leads and its lease holds; checked again when a write commits.
     writable_epoch: Arc<AtomicU64>,
+    /// Fault injection: peers whose traffic, both ways, is dropped (an emulated partition).
+    cut_off: Mutex<std::collections::BTreeSet<String>>,
 }
 
 const ELECTION_FILE: &str = "election.json";
@@ -232,6 +234,7 @@ impl Node {
             next_forward_id: AtomicU64::new(1),
             log_stats: Arc::new(LogStats::default()),
             writable_epoch: writable_epoch.clone(),
+            cut_off: Mutex::new(std::collections::BTreeSet::new()),
         });
 
         let storage_context = StorageContext {
@@ -284,6 +287,9 @@ impl Node {
     }
 
     pub(crate) fn send_to(&self, to: &str, frame: Frame) {
+        if self.is_cut_off(to) {
+            return;
+        }
         if let Some(channel) = self.outbound.lock().expect("outbound lock").get(to) {
             let _ = channel.send((Instant::now(), frame));
         }
@@ -325,6 +331,21 @@ impl Node {
         if !member {
             self.connect_peer(id, peer_addr);
         }
+    }
+
+    /// Emulates a partition: from now on every frame to or from these peers is dropped
+    /// (an empty set heals). Connections stay up, as they do behind a DROP rule.
+    pub fn cut_off_from(&self, peers: std::collections::BTreeSet<String>) {
+        if !peers.is_empty() {
+            tracing::warn!("fault injection: dropping all traffic to and from {peers:?}");
+        } else {
+            tracing::warn!("fault injection: partition healed");
+        }
+        *self.cut_off.lock().expect("cut-off lock") = peers;
+    }
+
+    fn is_cut_off(&self, peer: &str) -> bool {
+        self.cut_off.lock().expect("cut-off lock").contains(peer)
     }
 
     /// Whether a peer connection from `id` is welcome: from members, and from anyone
@@ -661,6 +682,9 @@ impl Node {
     // ---- frames from peers ----
 
     pub(crate) fn on_frame(self: &Arc<Node>, from: &str, frame: Frame, snapshot_file: &mut Option<std::fs::File>) {
+        if self.is_cut_off(from) {
+            return;
+        }
         match frame {
             Frame::Hello(_) => {}
             Frame::Replica(message) => self.post(Event::Peer { from: from.to_string(), message }),
