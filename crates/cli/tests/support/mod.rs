@@ -31,6 +31,8 @@ pub struct ServerNode {
     pub peer: String,
     pub data: PathBuf,
     args: Vec<String>,
+    /// Runs the server through this command (`ip netns exec NS`); empty: directly.
+    wrapper: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -39,7 +41,15 @@ impl ServerNode {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file opens");
-        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_tern"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tern")),
+        };
+        let child = command
             .arg("server")
             .args(&self.args)
             .env("TERN_LOG", "info")
@@ -95,6 +105,8 @@ impl Drop for ServerNode {
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<ServerNode>,
+    /// Network namespaces the nodes run in, if any (removed after the nodes stop).
+    pub namespaces: Option<Namespaces>,
 }
 
 impl Cluster {
@@ -137,10 +149,44 @@ impl Cluster {
                     members.clone(),
                 ];
                 args.extend(extra.iter().map(|arg| arg.to_string()));
-                ServerNode { id: id.clone(), http: http.clone(), peer: peer.clone(), data, args, log: dir.join(format!("{id}.log")), child: None }
+                ServerNode { id: id.clone(), http: http.clone(), peer: peer.clone(), data, args, wrapper: Vec::new(), log: dir.join(format!("{id}.log")), child: None }
             })
             .collect();
-        Cluster { dir, nodes }
+        Cluster { dir, nodes, namespaces: None }
+    }
+
+    /// `count` nodes, each in its own network namespace with two links: one for clients
+    /// (this test process reaches every node's HTTP API through it) and one for peer
+    /// traffic, which `Namespaces::cut` takes down to partition a node. Started and ready.
+    ///
+    /// # Errors
+    /// Why namespaces cannot be made here (not root, no `ip`, no veth or bridge support).
+    pub fn start_in_namespaces(name: &str, count: usize, extra: &[&str]) -> Result<Cluster, String> {
+        let namespaces = Namespaces::create(count)?;
+        let mut cluster = Cluster::new(name, count, extra);
+        let members = (1..=count).map(|number| format!("n{number}={}", namespaces.peer_addr(number))).collect::<Vec<_>>().join(",");
+        for (index, node) in cluster.nodes.iter_mut().enumerate() {
+            let number = index + 1;
+            node.http = namespaces.http_addr(number);
+            node.peer = namespaces.peer_addr(number);
+            let mut args = node.args.clone();
+            for pair in args.chunks_mut(2) {
+                match pair[0].as_str() {
+                    "--http" => pair[1] = node.http.clone(),
+                    "--peer" => pair[1] = node.peer.clone(),
+                    "--cluster" => pair[1] = members.clone(),
+                    _ => {}
+                }
+            }
+            node.args = args;
+            node.wrapper = namespaces.wrapper(number);
+        }
+        cluster.namespaces = Some(namespaces);
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster.wait_ready();
+        Ok(cluster)
     }
 
     /// A new node started with `--join` (no `--cluster`): it waits for the leader to add
@@ -152,7 +198,7 @@ impl Cluster {
         let mut args: Vec<String> = vec!["--id".into(), id.clone(), "--region".into(), "ap-south".into(), "--data".into(), data.display().to_string()];
         args.extend(["--http".to_string(), http.clone(), "--peer".to_string(), peer.clone(), "--join".to_string()]);
         args.extend(extra.iter().map(|arg| arg.to_string()));
-        let mut node = ServerNode { id: id.clone(), http, peer, data, args, log: self.dir.join(format!("{id}.log")), child: None };
+        let mut node = ServerNode { id: id.clone(), http, peer, data, args, wrapper: Vec::new(), log: self.dir.join(format!("{id}.log")), child: None };
         node.start();
         self.nodes.push(node);
         self.nodes.len() - 1
@@ -185,6 +231,7 @@ impl Drop for Cluster {
         for node in &mut self.nodes {
             node.kill();
         }
+        self.namespaces.take();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -227,4 +274,99 @@ pub fn applied_index(client: &mut HttpClient) -> u64 {
 
 pub fn table(name: &str) -> Value {
     json!([format!("CREATE TABLE {name} (id INTEGER PRIMARY KEY, v TEXT)")])
+}
+
+/// Network namespaces for real partitions on machines without iptables or nft: node `i`
+/// lives in its own namespace with a client link and a peer link, each a veth pair whose
+/// outer end is on a bridge (one bridge per network) in the test's namespace. Taking a
+/// node's peer link down drops everything it sends to or receives from other nodes,
+/// established connections included, while its HTTP API stays reachable.
+pub struct Namespaces {
+    tag: String,
+    subnet: u32,
+    count: usize,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip").args(args).output().map_err(|error| format!("cannot run ip: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+impl Namespaces {
+    pub fn create(count: usize) -> Result<Namespaces, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("t{}{serial}", std::process::id() % 10_000);
+        let subnet = 100 + (std::process::id() + serial * 7) % 100;
+        let namespaces = Namespaces { tag, subnet, count: 0 };
+        namespaces.setup(count)
+    }
+
+    fn setup(mut self, count: usize) -> Result<Namespaces, String> {
+        let (client_bridge, peer_bridge) = (format!("{}c", self.tag), format!("{}p", self.tag));
+        ip(&["link", "add", &client_bridge, "type", "bridge"])?;
+        ip(&["link", "add", &peer_bridge, "type", "bridge"])?;
+        self.count = count; // from here on, Drop cleans up whatever exists
+        ip(&["addr", "add", &format!("10.{}.1.1/24", self.subnet), "dev", &client_bridge])?;
+        ip(&["link", "set", &client_bridge, "up"])?;
+        ip(&["link", "set", &peer_bridge, "up"])?;
+        for number in 1..=count {
+            let namespace = self.namespace(number);
+            ip(&["netns", "add", &namespace])?;
+            ip(&["netns", "exec", &namespace, "ip", "link", "set", "lo", "up"])?;
+            for (kind, bridge, net) in [("c", &client_bridge, 1), ("p", &peer_bridge, 2)] {
+                let (outer, inner) = (format!("{}{kind}{number}", self.tag), format!("{}{}{number}", self.tag, kind.to_uppercase()));
+                ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+                ip(&["link", "set", &inner, "netns", &namespace])?;
+                ip(&["link", "set", &outer, "master", bridge])?;
+                ip(&["link", "set", &outer, "up"])?;
+                let address = format!("10.{}.{net}.{}/24", self.subnet, 10 + number);
+                ip(&["netns", "exec", &namespace, "ip", "addr", "add", &address, "dev", &inner])?;
+                ip(&["netns", "exec", &namespace, "ip", "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(self)
+    }
+
+    fn namespace(&self, number: usize) -> String {
+        format!("{}n{number}", self.tag)
+    }
+
+    pub fn http_addr(&self, number: usize) -> String {
+        format!("10.{}.1.{}:4001", self.subnet, 10 + number)
+    }
+
+    pub fn peer_addr(&self, number: usize) -> String {
+        format!("10.{}.2.{}:7001", self.subnet, 10 + number)
+    }
+
+    pub fn wrapper(&self, number: usize) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.namespace(number)]
+    }
+
+    /// Takes node `number`'s peer link down (up again with `heal`).
+    pub fn cut(&self, number: usize) {
+        let link = format!("{}P{number}", self.tag);
+        ip(&["netns", "exec", &self.namespace(number), "ip", "link", "set", &link, "down"]).expect("peer link goes down");
+    }
+
+    pub fn heal(&self, number: usize) {
+        let link = format!("{}P{number}", self.tag);
+        ip(&["netns", "exec", &self.namespace(number), "ip", "link", "set", &link, "up"]).expect("peer link comes up");
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends inside it, and so their pairs.
+        for number in 1..=self.count {
+            let _ = ip(&["netns", "del", &self.namespace(number)]);
+        }
+        let _ = ip(&["link", "del", &format!("{}c", self.tag)]);
+        let _ = ip(&["link", "del", &format!("{}p", self.tag)]);
+    }
 }
