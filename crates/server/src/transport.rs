@@ -7,7 +7,7 @@
 //! frames in order and lets many be in flight at once, as on a real long link.
 
 use crate::node::{Event, Node, PeerInfo};
-use crate::wire::{read_frame, write_frame, Frame, Hello};
+use crate::wire::{read_frame, read_frame_up_to, write_frame, Frame, Hello, MAX_HELLO_BYTES};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -146,8 +146,9 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::with_capacity(256 << 10, stream);
     let mut buffer = Vec::new();
-    let hello = match read_frame(&mut reader, &mut buffer).await {
-        Ok(Some(Frame::Hello(hello))) => hello,
+    let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;
+    let hello = match first {
+        Ok(Ok(Some(Frame::Hello(hello)))) => hello,
         _ => return,
     };
     if !node.accepts_peer(&hello.id) {

@@ -76,6 +76,18 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(writer: &mut W, frame: &Frame
 /// # Errors
 /// On a socket error, an oversized frame or undecodable bytes.
 pub async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &mut Vec<u8>) -> std::io::Result<Option<Frame>> {
+    read_frame_up_to(reader, buffer, MAX_FRAME_BYTES).await
+}
+
+/// A `Hello` is small: a connection's first frame may not be larger than this, so an
+/// unknown client cannot make a node allocate a full-size frame before saying who it is.
+pub const MAX_HELLO_BYTES: usize = 64 << 10;
+
+/// `read_frame` with a lower size limit.
+///
+/// # Errors
+/// As `read_frame`.
+pub async fn read_frame_up_to<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &mut Vec<u8>, max_bytes: usize) -> std::io::Result<Option<Frame>> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -83,7 +95,7 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &mut Ve
         Err(error) => return Err(error),
     }
     let length = u32::from_le_bytes(length) as usize;
-    if length > MAX_FRAME_BYTES {
+    if length > max_bytes {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("peer frame of {length} bytes is over the limit")));
     }
     buffer.resize(length, 0);
