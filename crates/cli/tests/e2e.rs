@@ -167,9 +167,14 @@ fn a_node_that_has_not_reached_its_leader_is_not_ready() {
     let mut follower = cluster.nodes[1].client();
     eventually(LONG, "n2 to answer HTTP", || follower.get("/readyz").is_ok());
     assert_eq!(follower.get("/readyz").unwrap().status, 503);
-    let reply = query(&mut follower, "SELECT 1", "level=none");
+    let reply = query(&mut follower, "SELECT 1", "level=weak");
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert!(reply.body["error"].as_str().unwrap().contains("not ready"), "{}", reply.body);
+    // level=none serves what this node holds, as promised; freshness= bounds it.
+    assert_eq!(count(&mut follower, "SELECT 1", "level=none"), 1);
+    let reply = query(&mut follower, "SELECT 1", "level=none&freshness=1s");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body["error"].as_str().unwrap().contains("staler"), "{}", reply.body);
     cluster.nodes[0].start();
     wait_node_ready(&cluster.nodes[1]);
     assert_eq!(count(&mut follower, "SELECT 41 + 1", "level=none"), 42);

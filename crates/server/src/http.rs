@@ -228,8 +228,16 @@ fn read_response(reply: ReadReply, started: Instant, params: &Params) -> Respons
 async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     let params = Params::parse(raw);
-    if let Some(response) = not_ready(&node) {
-        return response;
+    let options = match read_options(&params) {
+        Ok(options) => options,
+        Err(message) => return bad_request(message),
+    };
+    // `level=none` is served from whatever this node holds, as the level promises (bound
+    // it with `freshness=`): also before it has heard from a leader, and during elections.
+    if options.level != ReadLevel::None {
+        if let Some(response) = not_ready(&node) {
+            return response;
+        }
     }
     let statements = if let Some(sql) = params.get("q") {
         vec![Statement::new(sql)]
@@ -240,10 +248,6 @@ async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Byt
             Ok(statements) => statements,
             Err(message) => return bad_request(message),
         }
-    };
-    let options = match read_options(&params) {
-        Ok(options) => options,
-        Err(message) => return bad_request(message),
     };
     let reply = node.read(statements, options).await;
     read_response(reply, started, &params)
