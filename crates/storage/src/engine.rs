@@ -9,7 +9,7 @@
 //! returned is on disk; many client requests share one commit (group commit).
 
 use crate::guard::{self, first_keyword};
-use crate::rewrite::make_deterministic;
+use crate::rewrite::{creates_table_from_select, make_deterministic, reads_the_clock};
 use crate::session::{apply_changeset, Session};
 use crate::sql::{Params, SqlValue, Statement, StatementResult};
 use crate::wal::WalTail;
@@ -235,6 +235,16 @@ fn record_position(connection: &Connection, position: Position) -> Result<()> {
 
 /// Keywords that begin statements whose effect is rows (recorded by the session
 /// extension in the row format); anything else is shipped as SQL.
+/// A bound text parameter that makes a date and time function read the clock or time zone.
+fn parameters_read_the_clock(params: &Params) -> bool {
+    let reads = |value: &SqlValue| matches!(value, SqlValue::Text(text) if reads_the_clock(text));
+    match params {
+        Params::None => false,
+        Params::Positional(values) => values.iter().any(reads),
+        Params::Named(pairs) => pairs.iter().any(|(_, value)| reads(value)),
+    }
+}
+
 fn changes_rows(sql: &str) -> bool {
     matches!(first_keyword(sql).as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES")
 }
@@ -562,9 +572,16 @@ impl Engine {
                 results.push(StatementResult::error(refusal));
                 continue;
             }
+            // Row format ships schema statements as SQL too; of those only CREATE TABLE ...
+            // AS SELECT stores values a replica would compute differently.
+            let ships_values_as_sql = match self.format {
+                LogFormat::Statement => self.rewrite_statements,
+                LogFormat::Row => creates_table_from_select(&statement.sql),
+                LogFormat::Physical => false,
+            };
             let sql = match self.format {
-                LogFormat::Statement if !self.rewrite_statements => statement.sql.clone(),
-                LogFormat::Statement => match make_deterministic(&self.connection, &statement.sql) {
+                _ if !ships_values_as_sql => statement.sql.clone(),
+                LogFormat::Statement | LogFormat::Row => match make_deterministic(&self.connection, &statement.sql, parameters_read_the_clock(&statement.params)) {
                     Ok(Some(rewritten)) => rewritten,
                     Ok(None) => statement.sql.clone(),
                     Err(refusal) => {
@@ -572,7 +589,7 @@ impl Engine {
                         continue;
                     }
                 },
-                LogFormat::Row | LogFormat::Physical => statement.sql.clone(),
+                LogFormat::Physical => statement.sql.clone(),
             };
             let read_only = is_read_only(&self.connection, &sql);
             if let Some(refusal) = (!read_only).then(|| guard::write_refusal(&sql)).flatten() {

@@ -2,7 +2,8 @@
 //!
 //! A follower re-executes the leader's SQL, so anything whose value depends on when or
 //! where it runs must be fixed on the leader first: `random()`, `randomblob(n)`, the date
-//! and time functions with `'now'` (or no argument), `CURRENT_TIMESTAMP/DATE/TIME`, and
+//! and time functions with `'now'` (or no argument) or with the `'localtime'`/`'utc'`
+//! modifiers (they read the node's time zone), `CURRENT_TIMESTAMP/DATE/TIME`, and
 //! connection state (`last_insert_rowid()`, `changes()`, `total_changes()`). Each such call
 //! is evaluated once on the leader and replaced by its literal value. Where one literal
 //! cannot stand for the call, because it would run once per row (`random()` in an
@@ -192,6 +193,22 @@ fn nondeterministic_default(sql: &str, tokens: &[Token]) -> Option<String> {
     None
 }
 
+/// `CREATE TABLE ... AS SELECT`: it stores values, not expressions, so its SELECT must be
+/// made deterministic like an `INSERT ... SELECT`.
+pub fn creates_table_from_select(sql: &str) -> bool {
+    let tokens = tokenize(sql);
+    let mut words = tokens.iter().filter(|token| token.kind == TokenKind::Word).map(|token| &sql[token.start..token.end]);
+    words.next().is_some_and(|first| first.eq_ignore_ascii_case("CREATE"))
+        && words.clone().take(6).any(|word| word.eq_ignore_ascii_case("TABLE"))
+        && words.any(|word| word.eq_ignore_ascii_case("SELECT"))
+}
+
+/// A string argument that makes a date and time function read the node's clock or time
+/// zone.
+pub(crate) fn reads_the_clock(text: &str) -> bool {
+    ["now", "localtime", "utc"].iter().any(|word| text.trim().eq_ignore_ascii_case(word))
+}
+
 /// A word that is a statement or clause keyword showing per-row evaluation.
 fn is_per_row_keyword(word: &str) -> bool {
     matches!(word.to_ascii_uppercase().as_str(), "SELECT" | "UPDATE" | "DELETE" | "FROM" | "WHERE")
@@ -199,16 +216,18 @@ fn is_per_row_keyword(word: &str) -> bool {
 
 /// Returns `sql` with its non-deterministic calls replaced by values computed on
 /// `connection` now, or the reason it cannot be made deterministic. `Ok(None)` means the
-/// statement is deterministic as written.
+/// statement is deterministic as written. `parameters_read_the_clock`: a bound parameter
+/// is `'now'`, `'localtime'` or `'utc'` (the caller knows the values, this text does not).
 ///
 /// # Errors
 /// [`NonDeterministic`] naming the first function that cannot be fixed to a literal.
-pub fn make_deterministic(connection: &Connection, sql: &str) -> Result<Option<String>, NonDeterministic> {
+pub fn make_deterministic(connection: &Connection, sql: &str, parameters_read_the_clock: bool) -> Result<Option<String>, NonDeterministic> {
     let tokens = tokenize(sql);
     let words: Vec<&str> = tokens.iter().filter(|token| token.kind == TokenKind::Word).map(|token| &sql[token.start..token.end]).collect();
     let first_word = words.first().map(|word| word.to_ascii_uppercase()).unwrap_or_default();
     let is_trigger = first_word == "CREATE" && words.iter().take(4).any(|word| word.eq_ignore_ascii_case("TRIGGER"));
-    if first_word == "CREATE" && !is_trigger || matches!(first_word.as_str(), "DROP" | "ALTER" | "PRAGMA") {
+    let schema_only = first_word == "CREATE" && !is_trigger && !creates_table_from_select(sql);
+    if schema_only || matches!(first_word.as_str(), "DROP" | "ALTER" | "PRAGMA") {
         // Schema statements store expressions (defaults, views) rather than values. A
         // column DEFAULT that reads the clock or draws a random number would be evaluated
         // by each replica's own INSERTs, so it cannot be used with this format.
@@ -264,9 +283,15 @@ pub fn make_deterministic(connection: &Connection, sql: &str) -> Result<Option<S
             if kind == Call::Clock {
                 let arguments = &tokens[open + 1..close];
                 let significant: Vec<&Token> = arguments.iter().filter(|token| token.kind != TokenKind::Space).collect();
-                let mentions_now = arguments.iter().any(|token| {
-                    token.kind == TokenKind::Text && sql[token.start + 1..token.end.saturating_sub(1)].eq_ignore_ascii_case("now")
-                });
+                let mentions_now =
+                    arguments.iter().any(|token| token.kind == TokenKind::Text && reads_the_clock(&sql[token.start + 1..token.end.saturating_sub(1)]));
+                let takes_parameter = arguments.iter().any(|token| matches!(sql.as_bytes()[token.start], b'?' | b':' | b'@' | b'$'));
+                if takes_parameter && parameters_read_the_clock && !mentions_now {
+                    return Err(NonDeterministic {
+                        function: text.to_ascii_lowercase(),
+                        reason: "a parameter passes 'now', 'localtime' or 'utc', which every replica would read from its own clock; pass the time itself".into(),
+                    });
+                }
                 if !mentions_now && !significant.is_empty() {
                     index += 1;
                     continue;
@@ -334,7 +359,7 @@ mod tests {
     fn rewrite(sql: &str) -> Result<Option<String>, NonDeterministic> {
         let connection = Connection::open_in_memory().unwrap();
         connection.execute_batch("CREATE TABLE t (a, b); INSERT INTO t VALUES (1, 2);").unwrap();
-        make_deterministic(&connection, sql)
+        make_deterministic(&connection, sql, false)
     }
 
     fn is_datetime_literal(text: &str) -> bool {
@@ -395,6 +420,34 @@ mod tests {
             assert_eq!(refusal.function, function, "{sql}");
         }
         assert_eq!(rewrite("CREATE TABLE t (n INTEGER DEFAULT 0, s TEXT DEFAULT 'now')").unwrap(), None);
+    }
+
+    #[test]
+    fn create_table_as_select_is_made_deterministic_like_insert_select() {
+        let error = rewrite("CREATE TABLE r AS SELECT random() AS n FROM t").unwrap_err();
+        assert_eq!(error.function, "random");
+        let rewritten = rewrite("create table c as select datetime('now') as at, a from t").unwrap().unwrap();
+        assert!(!rewritten.contains("datetime("), "{rewritten}");
+        assert!(creates_table_from_select("CREATE TEMP TABLE x AS SELECT 1"));
+        assert!(!creates_table_from_select("CREATE VIEW v AS SELECT 1"));
+    }
+
+    #[test]
+    fn time_zone_modifiers_are_evaluated_on_the_leader() {
+        let rewritten = rewrite("INSERT INTO t VALUES (datetime('2024-01-01 12:00:00', 'localtime'), 1)").unwrap().unwrap();
+        assert!(is_datetime_literal(rewritten.strip_prefix("INSERT INTO t VALUES (").unwrap().split(", ").next().unwrap()), "{rewritten}");
+        assert!(rewrite("INSERT INTO t SELECT datetime(a, 'utc'), b FROM t").is_err(), "a per-row argument cannot be fixed");
+    }
+
+    #[test]
+    fn a_parameter_that_reads_the_clock_is_refused() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch("CREATE TABLE t (a, b)").unwrap();
+        let sql = "INSERT INTO t VALUES (datetime(?), 1)";
+        let error = make_deterministic(&connection, sql, true).unwrap_err();
+        assert_eq!(error.function, "datetime");
+        assert!(error.reason.contains("pass the time itself"), "{error}");
+        assert_eq!(make_deterministic(&connection, sql, false).unwrap(), None, "a fixed date parameter is deterministic");
     }
 
     #[test]
