@@ -387,6 +387,8 @@ pub struct Status {
 }
 
 const PENDING_FRESH_LIMIT: usize = 4096;
+/// Most append times a leader keeps for measuring follower lag.
+const APPEND_TIMES_LIMIT: usize = 65_536;
 
 /// A node raft elected, collecting durable positions before it leads (module docs of
 /// `election.rs` and docs/design/failover.md).
@@ -740,6 +742,11 @@ impl Replica {
             assert_eq!(entry.epoch, self.epoch, "leader writes entries in its own epoch");
             self.last = entry.position();
             leader.append_times.push_back((entry.index, now));
+            if leader.append_times.len() > APPEND_TIMES_LIMIT {
+                // A follower this far behind (or gone) is reported as lagging since the
+                // oldest write still timed: bounded memory, an understated lag.
+                leader.append_times.pop_front();
+            }
             leader.tail_bytes += entry.payload.len();
             leader.tail.push_back(entry);
         }

@@ -346,3 +346,20 @@ fn an_ack_of_another_epochs_entries_is_not_a_copy_of_ours() {
     replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None });
     assert!(drain(&mut replica).contains(&Output::WriteDone { tag: 5, result: Ok(Position::new(2, 1)) }));
 }
+
+#[test]
+fn a_dead_followers_lag_is_measured_from_the_oldest_write_still_timed() {
+    // The leader times each write until every follower has it; with a follower gone for
+    // good that record is capped, and the lag is counted from its oldest entry.
+    let mut replica = leader(AckMode::Async);
+    for index in 1..=70_000u64 {
+        replica.on_leader_appended(index, vec![entry(index)], vec![]);
+        drain(&mut replica);
+    }
+    let status = replica.status(100_000);
+    let oldest_timed = 70_000 - 65_536 + 1;
+    for follower in &status.followers {
+        assert_eq!(follower.matched, 0);
+        assert_eq!(follower.lag_us, 100_000 - oldest_timed, "{}", follower.id);
+    }
+}
