@@ -263,6 +263,9 @@ struct Progress {
     /// where its log diverges, and no snapshot is sent without that (it would replace
     /// the diverged entries without moving them to the rollback store).
     foreign_durable: Option<Position>,
+    /// Where the follower's log was found to diverge from ours: every snapshot it gets
+    /// until it holds our entries again rolls back what it has beyond this index.
+    diverged_after: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -314,6 +317,7 @@ impl Progress {
             snapshotting: false,
             snapshot_wait: None,
             foreign_durable: None,
+            diverged_after: None,
         }
     }
 }
@@ -835,15 +839,19 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(to) else { return };
         progress.fetching = false;
-        if progress.foreign_durable.is_some() {
-            // First learn where its log diverges (the next heartbeat asks): then the
-            // snapshot goes with a rollback of what it holds beyond that.
+        if progress.snapshotting {
             return;
         }
-        if !progress.snapshotting {
-            progress.snapshotting = true;
-            self.outputs.push_back(Output::SendSnapshot { to: to.clone(), rollback_after: None });
-        }
+        let rollback_after = match progress.diverged_after {
+            Some(common) => Some(common),
+            // Nothing is known of its log yet (no ack in this leadership), or it holds
+            // an entry we lack and the next heartbeat asks where it diverges: a snapshot
+            // now would replace entries without moving them to its rollback store.
+            None if progress.last_ack_at.is_none() || progress.foreign_durable.is_some() => return,
+            None => None,
+        };
+        progress.snapshotting = true;
+        self.outputs.push_back(Output::SendSnapshot { to: to.clone(), rollback_after });
     }
 
     /// Leader: the snapshot for `to` was handed to the transport (`Some(position)`) or
@@ -1125,7 +1133,15 @@ impl Replica {
         progress.last_ack_at = Some(now);
         // A round not yet started cannot have been seen (a stale or corrupt echo).
         progress.acked_read_seq = progress.acked_read_seq.max(read_seq.min(leader.read_seq));
-        progress.foreign_durable = (!durable_is_ours && common.is_none()).then_some(durable);
+        if durable_is_ours {
+            progress.foreign_durable = None;
+            progress.diverged_after = None;
+        } else {
+            progress.foreign_durable = Some(durable);
+        }
+        if common.is_some() {
+            progress.diverged_after = common;
+        }
         if let Some(common) = common {
             // Its data holds effects of entries we lack and cannot be undone in place:
             // it rolls them back and takes a snapshot of ours.

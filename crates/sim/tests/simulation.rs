@@ -166,6 +166,9 @@ fn nodes_removed_wiped_and_added_back_under_faults_lose_nothing() {
 /// - seed 1685 (async): a snapshot replaced an old leader's diverged entries without
 ///   moving them to the rollback store.
 /// - seed 71 (7 nodes, 1000 steps): the same, for entries beyond the new leader's end.
+/// - seed 463 (async, 500 steps): a new leader sent a snapshot to a node it had not
+///   heard from yet (it was down); the node came back with an old leader's entries
+///   and the snapshot replaced them. Snapshots now wait for the follower's first ack.
 #[test]
 fn regression_membership_seeds() {
     let cases = [
@@ -184,4 +187,7 @@ fn regression_membership_seeds() {
     let options = Options { ack: AckMode::Async, faults: Faults::All, failover: true, ..Options::default() };
     let report = run_seed(&options, 1685, false);
     assert!(report.violations.is_empty(), "seed 1685: {:?}\n  replay: {} --expect-loss", report.violations, options.replay_command(1685));
+    let options = Options { ack: AckMode::Async, faults: Faults::All, failover: true, steps: 500, ..Options::default() };
+    let report = run_seed(&options, 463, false);
+    assert!(report.violations.is_empty(), "seed 463: {:?}\n  replay: {} --expect-loss", report.violations, options.replay_command(463));
 }
