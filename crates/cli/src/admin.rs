@@ -63,7 +63,8 @@ pub fn run_cluster(command: ClusterCommand) -> Result<(), String> {
     }
 }
 
-fn get(http: &str, path: &str) -> Result<Value, String> {
+/// `GET path` on the node at `http`: the JSON body of a 200, else what went wrong.
+pub(crate) fn get(http: &str, path: &str) -> Result<Value, String> {
     let reply = HttpClient::new(http).get(path).map_err(|error| format!("cannot reach {http}: {error}"))?;
     if reply.status != 200 {
         return Err(format!("{http} answered {}: {}", reply.status, reply.body));

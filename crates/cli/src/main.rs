@@ -55,12 +55,9 @@ enum RollbackCommand {
 
 fn run_rollback(command: RollbackCommand) -> Result<(), String> {
     let RollbackCommand::List { http } = command;
-    let reply = tern_server::client::HttpClient::new(&http).get("/db/rollback").map_err(|error| format!("cannot reach {http}: {error}"))?;
-    if reply.status != 200 {
-        return Err(format!("{http} answered {}: {}", reply.status, reply.body));
-    }
-    let entries = reply.body["entries"].as_array().cloned().unwrap_or_default();
-    println!("{} rolled-back entries on {}", entries.len(), reply.body["node"].as_str().unwrap_or("?"));
+    let body = admin::get(&http, "/db/rollback")?;
+    let entries = body["entries"].as_array().cloned().unwrap_or_default();
+    println!("{} rolled-back entries on {}", entries.len(), body["node"].as_str().unwrap_or("?"));
     for entry in entries {
         println!(
             "  {}.{}  rolled back at {} ms  {}",
@@ -81,12 +78,7 @@ struct VerifyArgs {
 }
 
 fn run_verify(args: VerifyArgs) -> Result<(), String> {
-    let mut client = tern_server::client::HttpClient::new(&args.http);
-    let reply = client.get("/db/verify").map_err(|error| format!("cannot reach {}: {error}", args.http))?;
-    if reply.status != 200 {
-        return Err(format!("{} answered {}: {}", args.http, reply.status, reply.body));
-    }
-    let verdict = reply.body;
+    let verdict = admin::get(&args.http, "/db/verify")?;
     for node in verdict["nodes"].as_array().into_iter().flatten() {
         let pages = node["pages"].as_u64().map_or(String::new(), |pages| format!(", {pages} pages"));
         println!("{}: at {}, {} tables{pages}", node["id"].as_str().unwrap_or("?"), node["position"].as_str().unwrap_or("?"), node["tables"]);

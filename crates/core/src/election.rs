@@ -102,6 +102,11 @@ impl Membership {
     pub fn contains(&self, id: &str) -> bool {
         self.voters.contains(id) || self.learners.contains(id)
     }
+
+    /// Voters, then learners.
+    pub fn members(&self) -> impl Iterator<Item = &NodeId> {
+        self.voters.iter().chain(&self.learners)
+    }
 }
 
 /// A change raft is asked to agree on.
@@ -339,9 +344,14 @@ impl Election {
 
     /// This node has a membership: it started with one, or a leader's snapshot gave it one.
     fn configured(&self) -> bool {
-        use raft::Storage as _;
-        let conf_state = self.raw.store().initial_state().expect("memory storage").conf_state;
+        let conf_state = self.applied_conf_state();
         !conf_state.voters.is_empty() || !conf_state.learners.is_empty()
+    }
+
+    /// Voters and learners (as raft ids) as this node last applied them.
+    fn applied_conf_state(&self) -> ConfState {
+        use raft::Storage as _;
+        self.raw.store().initial_state().expect("memory storage").conf_state
     }
 
     /// Campaign now (the preferred first leader does, instead of waiting a timeout).
@@ -418,10 +428,7 @@ impl Election {
             self.raw.advance_apply();
             self.restretch();
         }
-        use raft::Storage as _;
-        let before = self.raw.store().first_index().expect("memory storage");
-        self.compact();
-        if self.raw.store().first_index().expect("memory storage") != before {
+        if self.compact() {
             out.push(ElectionOutput::Save(self.saved()));
         }
     }
@@ -459,8 +466,9 @@ impl Election {
     }
 
     /// Drops the applied part of the metadata log: a node that needs it gets a raft
-    /// snapshot instead, which is how a joining node learns the membership.
-    fn compact(&mut self) {
+    /// snapshot instead, which is how a joining node learns the membership. Whether
+    /// anything was dropped (the saved state then changes).
+    fn compact(&mut self) -> bool {
         use raft::Storage as _;
         let applied = self.raw.raft.raft_log.applied;
         let store = self.raw.store().clone();
@@ -468,7 +476,7 @@ impl Election {
         // Everything applied goes, at once: a joining node must never be sent the log
         // from its start, whose first membership is not in it (nodes start with it).
         if applied < first || applied > last {
-            return;
+            return false;
         }
         let term = store.term(applied).expect("applied entries are in the store");
         let rest = store.entries(applied + 1, last + 1, None, raft::GetEntriesContext::empty(false)).expect("memory storage holds its own entries");
@@ -481,6 +489,7 @@ impl Election {
         core.apply_snapshot(snapshot).expect("compaction point is within the store");
         core.append(&rest).expect("kept entries continue the compaction point");
         core.set_hardstate(state.hard_state);
+        true
     }
 
     /// Asks raft to agree on a membership change (this node must lead raft).
@@ -516,8 +525,7 @@ impl Election {
 
     /// The membership as this node last applied it.
     pub(crate) fn membership(&self) -> Membership {
-        use raft::Storage as _;
-        let conf_state = self.raw.store().initial_state().expect("memory storage").conf_state;
+        let conf_state = self.applied_conf_state();
         let named = |ids: &[u64]| -> BTreeSet<NodeId> { ids.iter().filter_map(|id| self.names.get(id).cloned()).collect() };
         let voters = named(conf_state.get_voters());
         let learners = named(conf_state.get_learners());

@@ -325,7 +325,7 @@ impl Progress {
 impl LeaderState {
     fn new(config: &Config, membership: &Membership, epoch: u64, last: Position, now: Micros, lease_until: Micros) -> LeaderState {
         let progress = Progress::new(last, now);
-        let peers = membership.voters.iter().chain(&membership.learners).filter(|member| **member != config.id).map(|member| (member.clone(), progress.clone())).collect();
+        let peers = membership.members().filter(|member| **member != config.id).map(|member| (member.clone(), progress.clone())).collect();
         LeaderState {
             peers,
             tail: VecDeque::new(),
@@ -1486,7 +1486,7 @@ impl Replica {
         let membership = &self.membership;
         leader.peers.retain(|id, _| membership.contains(id));
         let mut added = Vec::new();
-        for id in membership.voters.iter().chain(&membership.learners) {
+        for id in membership.members() {
             if *id != self.config.id && !leader.peers.contains_key(id) {
                 leader.peers.insert(id.clone(), Progress::new(self.last, now));
                 added.push(id.clone());

@@ -136,6 +136,13 @@ impl Cluster {
         self.pump();
     }
 
+    /// The leader `a` adds `d` (started with `join`) at 10.0.0.4:7000.
+    fn add_d(&mut self) {
+        let now = self.now;
+        let leader = self.nodes.get_mut("a").expect("known");
+        leader.change_membership(now, MembershipRequest::Add { id: "d".into(), address: "10.0.0.4:7000".into() }).expect("leader adds d");
+    }
+
     fn voters(&self, id: &str) -> Vec<String> {
         self.nodes[id].status(self.now).membership.voters.into_iter().collect()
     }
@@ -153,8 +160,7 @@ fn an_added_node_catches_up_as_a_learner_then_votes_and_counts_for_acks() {
     }
     cluster.start("d", true);
     assert!(cluster.voters("d").is_empty(), "a joining node knows no members until the leader adds it");
-    let leader = cluster.nodes.get_mut("a").expect("known");
-    leader.change_membership(cluster.now, MembershipRequest::Add { id: "d".into(), address: "10.0.0.4:7000".into() }).expect("leader adds d");
+    cluster.add_d();
     cluster.run_until("d is a voter everywhere", |cluster| ["a", "b", "c", "d"].iter().all(|id| cluster.voters(id).len() == 4));
     assert_eq!(cluster.logs["d"], cluster.logs["a"], "d holds the leader's whole log");
     let learned = &cluster.reported["d"];
@@ -213,8 +219,7 @@ fn after_a_failover_the_new_leader_knows_the_added_member() {
     let mut cluster = Cluster::new();
     cluster.write(1, AckRequirement::Majority);
     cluster.start("d", true);
-    let now = cluster.now;
-    cluster.nodes.get_mut("a").expect("known").change_membership(now, MembershipRequest::Add { id: "d".into(), address: "10.0.0.4:7000".into() }).unwrap();
+    cluster.add_d();
     cluster.run_until("d is a voter", |cluster| cluster.voters("b").len() == 4);
     // The leader dies; b, c and d elect one of themselves (3 of 4 voters).
     cluster.nodes.remove("a");

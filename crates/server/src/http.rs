@@ -356,9 +356,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
     let peers = node.peers.lock().expect("peers lock").clone();
     let membership = &status.membership;
     let members: Vec<Value> = membership
-        .voters
-        .iter()
-        .chain(&membership.learners)
+        .members()
         .map(|id| {
             let info = peers.get(id).cloned().unwrap_or_default();
             let progress = status.followers.iter().find(|follower| follower.id == *id);
@@ -453,7 +451,7 @@ async fn verify(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Respo
     let peers = node.peers.lock().expect("peers lock").clone();
     let mut reports = vec![local];
     let membership = node.published().membership;
-    for id in membership.voters.iter().chain(&membership.learners) {
+    for id in membership.members() {
         if *id == node.config.id {
             continue;
         }
@@ -485,7 +483,7 @@ async fn nodes(State(node): State<Arc<Node>>) -> Response {
     let peers = node.peers.lock().expect("peers lock").clone();
     let mut body = serde_json::Map::new();
     let membership = &published.membership;
-    for id in membership.voters.iter().chain(&membership.learners) {
+    for id in membership.members() {
         let addr = membership.addresses.get(id).cloned().unwrap_or_default();
         let (api_addr, region, reachable) = if *id == node.config.id {
             (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true)

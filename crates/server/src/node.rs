@@ -334,8 +334,13 @@ impl Node {
     }
 
     /// Emulates a partition: from now on every frame to or from these peers is dropped
-    /// (an empty set heals). Connections stay up, as they do behind a DROP rule.
+    /// (an empty set heals). Connections stay up, as they do behind a DROP rule. Needs
+    /// `fault_injection` in the configuration.
     pub fn cut_off_from(&self, peers: std::collections::BTreeSet<String>) {
+        if !self.config.fault_injection {
+            tracing::warn!("fault injection is off: not cutting anything off");
+            return;
+        }
         if !peers.is_empty() {
             tracing::warn!("fault injection: dropping all traffic to and from {peers:?}");
         } else {
@@ -345,7 +350,8 @@ impl Node {
     }
 
     fn is_cut_off(&self, peer: &str) -> bool {
-        self.cut_off.lock().expect("cut-off lock").contains(peer)
+        // Every frame passes here: without fault injection, no lock is taken.
+        self.config.fault_injection && self.cut_off.lock().expect("cut-off lock").contains(peer)
     }
 
     /// Whether a peer connection from `id` is welcome: from members, and from anyone
@@ -588,20 +594,14 @@ impl Node {
     /// # Errors
     /// Why it cannot (not the leader, unknown node, failover off).
     pub async fn transfer_leadership(&self, to: String) -> Result<(), RequestError> {
-        let (reply, rx) = oneshot::channel();
-        self.post(Event::TransferLeader { to, reply });
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
-                let status = if matches!(error, TransferError::NotLeader { .. }) { 503 } else { 400 };
-                let mut request_error = RequestError::new(status, error.to_string());
-                if let TransferError::NotLeader { leader } = error {
-                    request_error.leader = leader;
-                }
-                Err(request_error)
-            }
-            Err(_) => Err(RequestError::new(503, "replica loop stopped")),
-        }
+        self.ask_leader(
+            |reply| Event::TransferLeader { to, reply },
+            |error| match error {
+                TransferError::NotLeader { leader } => (503, leader.clone()),
+                TransferError::FailoverOff | TransferError::NotAnotherMember { .. } => (400, None),
+            },
+        )
+        .await
     }
 
     /// Asks this node, which must lead, to add or remove a member. Returns once raft has
@@ -610,23 +610,36 @@ impl Node {
     /// # Errors
     /// Why it cannot (not the leader, a change already under way, nonsense request).
     pub async fn change_membership(&self, request: MembershipRequest) -> Result<(), RequestError> {
+        self.ask_leader(
+            |reply| Event::ChangeMembership { request, reply },
+            |error| match error {
+                MembershipError::NotLeader { leader } => (503, leader.clone()),
+                MembershipError::ChangePending => (503, None),
+                MembershipError::FailoverOff | MembershipError::BadName { .. } => (400, None),
+                MembershipError::AlreadyMember { .. }
+                | MembershipError::NotMember { .. }
+                | MembershipError::RemovingLeader { .. }
+                | MembershipError::LastVoter { .. } => (409, None),
+            },
+        )
+        .await
+    }
+
+    /// Posts a leader-only request to the replica loop and turns the core's refusal into
+    /// an HTTP error: `status_of` gives its status and the leader to name, if any.
+    async fn ask_leader<E: std::fmt::Display>(
+        &self,
+        event: impl FnOnce(oneshot::Sender<Result<(), E>>) -> Event,
+        status_of: impl FnOnce(&E) -> (u16, Option<String>),
+    ) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.post(Event::ChangeMembership { request, reply });
+        self.post(event(reply));
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
-                let status = match error {
-                    MembershipError::NotLeader { .. } | MembershipError::ChangePending => 503,
-                    MembershipError::FailoverOff | MembershipError::BadName { .. } => 400,
-                    MembershipError::AlreadyMember { .. }
-                    | MembershipError::NotMember { .. }
-                    | MembershipError::RemovingLeader { .. }
-                    | MembershipError::LastVoter { .. } => 409,
-                };
+                let (status, leader) = status_of(&error);
                 let mut request_error = RequestError::new(status, error.to_string());
-                if let MembershipError::NotLeader { leader } = error {
-                    request_error.leader = leader;
-                }
+                request_error.leader = leader;
                 Err(request_error)
             }
             Err(_) => Err(RequestError::new(503, "replica loop stopped")),

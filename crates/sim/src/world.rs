@@ -194,6 +194,14 @@ impl Node {
         self.disk.last().map_or(Position::ZERO, Entry::position)
     }
 
+    /// The disk is lost (the node must be down): returns what it held.
+    fn wipe_disk(&mut self) -> Vec<Entry> {
+        self.kv.clear();
+        self.first_index = 1;
+        self.disk_generation += 1;
+        std::mem::take(&mut self.disk)
+    }
+
     fn is_running(&self) -> bool {
         self.replica.is_some()
     }
@@ -653,11 +661,8 @@ impl World {
                 // Applied by the leader, so committed: the disk may go.
                 self.crash_node(node);
                 let state = &mut self.nodes[node];
-                let disk = std::mem::take(&mut state.disk);
+                let disk = state.wipe_disk();
                 state.wiped.extend(disk);
-                state.kv.clear();
-                state.first_index = 1;
-                state.disk_generation += 1;
                 // The rollback store is archived by the operator, not lost with the disk.
                 state.saved_election = None;
                 state.joining = true;
@@ -1178,9 +1183,7 @@ impl World {
         }
         self.rebuilding = Some((old, self.max_durable_acked_index));
         self.crash_node(old);
-        self.nodes[old].disk.clear();
-        self.nodes[old].first_index = 1;
-        self.nodes[old].disk_generation += 1;
+        self.nodes[old].wipe_disk();
         self.destroyed_disks += 1;
         let chosen = (0..self.nodes.len())
             .filter(|candidate| *candidate != old)

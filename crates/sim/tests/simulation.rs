@@ -1,7 +1,15 @@
 //! Seeded simulations of whole clusters. A failing seed prints the command that replays it.
 
 use tern_core::AckMode;
-use tern_sim::{run_seed, Faults, Options};
+use tern_sim::{run_seed, Faults, Options, SeedReport};
+
+/// Runs one seed and fails, with the command that replays it, if any property broke.
+fn assert_seed_passes(options: &Options, seed: u64) -> SeedReport {
+    let report = run_seed(options, seed, false);
+    let expect_loss = if options.ack == AckMode::Async { " --expect-loss" } else { "" };
+    assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {}{expect_loss}", report.violations, options.replay_command(seed));
+    report
+}
 
 fn assert_seeds_pass(options: &Options, seeds: std::ops::Range<u64>) {
     let mut failures = Vec::new();
@@ -41,8 +49,7 @@ fn async_loses_acknowledged_writes_when_the_leader_is_lost() {
     assert!(!losing.is_empty(), "no seed of 200 lost an acknowledged async write: the durability checker is vacuous");
     // And no other property breaks meanwhile.
     for seed in losing.iter().take(5) {
-        let report = run_seed(&options, *seed, false);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {} --expect-loss", report.violations, options.replay_command(*seed));
+        assert_seed_passes(&options, *seed);
     }
 }
 
@@ -65,11 +72,9 @@ fn regression_seed_1976_does_not_lose_two_disks_at_once() {
     // Also seed 12137 at 400 steps: the first guard trusted a just-promoted leader's
     // commit index, which starts at 0, and let a second disk go while n2 lacked writes.
     let options = Options { ack: AckMode::SemiSync, faults: Faults::All, steps: 400, ..Options::default() };
-    let report = run_seed(&options, 12137, false);
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_seed_passes(&options, 12137);
     let options = Options { ack: AckMode::SemiSync, faults: Faults::All, steps: 200, ..Options::default() };
-    let report = run_seed(&options, 1976, false);
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_seed_passes(&options, 1976);
 }
 
 /// Regressions from modelling compaction and snapshots (sync, 200 steps):
@@ -83,8 +88,7 @@ fn regression_seed_1976_does_not_lose_two_disks_at_once() {
 fn regression_snapshots_never_move_a_follower_backwards() {
     let options = Options { ack: AckMode::Sync, faults: Faults::All, steps: 200, ..Options::default() };
     for seed in [260, 1132] {
-        let report = run_seed(&options, seed, false);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {}", report.violations, options.replay_command(seed));
+        assert_seed_passes(&options, seed);
     }
 }
 
@@ -111,8 +115,7 @@ fn failover_under_async_counts_lost_writes_in_the_rollback_store() {
     let options = Options { ack: AckMode::Async, faults: Faults::All, steps: 200, failover: true, ..Options::default() };
     let mut losing = 0;
     for seed in 1..301 {
-        let report = run_seed(&options, seed, false);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {} --expect-loss", report.violations, options.replay_command(seed));
+        let report = assert_seed_passes(&options, seed);
         losing += usize::from(report.lost_async > 0);
     }
     assert!(losing > 0, "no seed of 300 lost an acknowledged async write across a failover");
@@ -134,8 +137,7 @@ fn regression_failover_seeds() {
     let cases = [(Faults::All, 200, 361), (Faults::All, 1000, 95), (Faults::All, 1000, 227), (Faults::Partition, 200, 224), (Faults::Partition, 200, 1892)];
     for (faults, steps, seed) in cases {
         let options = Options { ack: AckMode::SemiSync, faults, steps, failover: true, ..Options::default() };
-        let report = run_seed(&options, seed, false);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {}", report.violations, options.replay_command(seed));
+        assert_seed_passes(&options, seed);
     }
 }
 
@@ -147,8 +149,7 @@ fn nodes_removed_wiped_and_added_back_under_faults_lose_nothing() {
     let options = Options { ack: AckMode::SemiSync, faults: Faults::All, steps: 300, failover: true, ..Options::default() };
     let mut replaced = 0;
     for seed in 1..101 {
-        let report = run_seed(&options, seed, false);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {}", report.violations, options.replay_command(seed));
+        let report = assert_seed_passes(&options, seed);
         replaced += report.replaced_nodes;
     }
     assert!(replaced >= 20, "only {replaced} replacements in 100 seeds: the membership checks would be vacuous");
@@ -181,13 +182,10 @@ fn regression_membership_seeds() {
     ];
     for (ack, nodes, steps, seed) in cases {
         let options = Options { ack, nodes, faults: Faults::All, steps, failover: true, ..Options::default() };
-        let report = run_seed(&options, seed, false);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}\n  replay: {}", report.violations, options.replay_command(seed));
+        assert_seed_passes(&options, seed);
     }
     let options = Options { ack: AckMode::Async, faults: Faults::All, failover: true, ..Options::default() };
-    let report = run_seed(&options, 1685, false);
-    assert!(report.violations.is_empty(), "seed 1685: {:?}\n  replay: {} --expect-loss", report.violations, options.replay_command(1685));
+    assert_seed_passes(&options, 1685);
     let options = Options { ack: AckMode::Async, faults: Faults::All, failover: true, steps: 500, ..Options::default() };
-    let report = run_seed(&options, 463, false);
-    assert!(report.violations.is_empty(), "seed 463: {:?}\n  replay: {} --expect-loss", report.violations, options.replay_command(463));
+    assert_seed_passes(&options, 463);
 }

@@ -579,17 +579,17 @@ impl Engine {
                 LogFormat::Row => creates_table_from_select(&statement.sql),
                 LogFormat::Physical => false,
             };
-            let sql = match self.format {
-                _ if !ships_values_as_sql => statement.sql.clone(),
-                LogFormat::Statement | LogFormat::Row => match make_deterministic(&self.connection, &statement.sql, parameters_read_the_clock(&statement.params)) {
+            let sql = if ships_values_as_sql {
+                match make_deterministic(&self.connection, &statement.sql, parameters_read_the_clock(&statement.params)) {
                     Ok(Some(rewritten)) => rewritten,
                     Ok(None) => statement.sql.clone(),
                     Err(refusal) => {
                         results.push(StatementResult::error(refusal.to_string()));
                         continue;
                     }
-                },
-                LogFormat::Physical => statement.sql.clone(),
+                }
+            } else {
+                statement.sql.clone()
             };
             let read_only = is_read_only(&self.connection, &sql);
             if let Some(refusal) = (!read_only).then(|| guard::write_refusal(&sql)).flatten() {

@@ -17,6 +17,14 @@ fn scratch(name: &str) -> std::path::PathBuf {
     directory
 }
 
+/// A fresh scratch directory holding a leader's and a follower's engine.
+fn leader_and_follower(name: &str, format: LogFormat) -> (std::path::PathBuf, Engine, Engine) {
+    let root = scratch(name);
+    let leader = Engine::open(&root.join("leader"), format).unwrap();
+    let follower = Engine::open(&root.join("follower"), format).unwrap();
+    (root, leader, follower)
+}
+
 /// A workload touching every kind of change the formats must carry.
 fn workload() -> Vec<WriteRequest> {
     vec![
@@ -55,9 +63,7 @@ fn execute_each(leader: &mut Engine, requests: &[WriteRequest]) -> Vec<Entry> {
 #[test]
 fn followers_applying_the_log_end_identical_to_the_leader() {
     for format in FORMATS {
-        let root = scratch(&format!("identical-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let (root, mut leader, mut follower) = leader_and_follower(&format!("identical-{}", format.name()), format);
         let entries = replay(&mut leader, &mut follower, &workload());
 
         // The rolled-back transaction logged nothing; every other request one entry.
@@ -78,9 +84,7 @@ fn followers_applying_the_log_end_identical_to_the_leader() {
 #[test]
 fn one_batch_of_many_requests_is_one_entry_with_each_requests_own_outcome() {
     for format in FORMATS {
-        let root = scratch(&format!("batch-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let (root, mut leader, mut follower) = leader_and_follower(&format!("batch-{}", format.name()), format);
         // The whole workload in one group commit: a failed transaction in the middle and a
         // schema change after it must not disturb the other requests' changes.
         let batch = leader.execute_batch(1, &workload()).unwrap();
@@ -160,9 +164,7 @@ fn compaction_forces_a_snapshot_that_hands_over_a_consistent_state() {
 
 #[test]
 fn an_entry_that_does_not_continue_the_log_is_refused_whole() {
-    let root = scratch("gap");
-    let mut leader = Engine::open(&root.join("leader"), LogFormat::Row).unwrap();
-    let mut follower = Engine::open(&root.join("follower"), LogFormat::Row).unwrap();
+    let (root, mut leader, mut follower) = leader_and_follower("gap", LogFormat::Row);
     let entries = execute_each(&mut leader, &workload());
     assert!(follower.apply(&entries[1..]).is_err());
     assert_eq!(follower.last(), Position::ZERO);
@@ -173,9 +175,7 @@ fn an_entry_that_does_not_continue_the_log_is_refused_whole() {
 #[test]
 fn a_snapshot_behind_the_follower_is_dropped_and_held_entries_are_skipped() {
     for format in [LogFormat::Row, LogFormat::Physical] {
-        let root = scratch(&format!("behind-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let (root, mut leader, mut follower) = leader_and_follower(&format!("behind-{}", format.name()), format);
         let entries = execute_each(&mut leader, &workload()[..3]);
         let snapshot = root.join("snapshot.db");
         leader.write_snapshot(&snapshot).unwrap();
@@ -196,9 +196,7 @@ fn a_snapshot_behind_the_follower_is_dropped_and_held_entries_are_skipped() {
 #[test]
 fn statements_that_would_escape_the_logged_transaction_are_refused() {
     for format in FORMATS {
-        let root = scratch(&format!("guard-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let (root, mut leader, mut follower) = leader_and_follower(&format!("guard-{}", format.name()), format);
         let refused = ["COMMIT", "BEGIN", "SAVEPOINT s", "PRAGMA synchronous=OFF", "PRAGMA query_only=1", "DELETE FROM _tern_log", "ATTACH ':memory:' AS other"];
         let mut statements = vec!["CREATE TABLE t (v)"];
         statements.extend(refused);
@@ -225,9 +223,7 @@ fn create_table_as_select_with_the_clock_gives_every_replica_the_same_values() {
     // rows of a table without a primary key: CREATE TABLE ... AS SELECT travels as SQL in
     // both formats, so its clock calls must be fixed on the leader.
     for format in FORMATS {
-        let root = scratch(&format!("ctas-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let (root, mut leader, mut follower) = leader_and_follower(&format!("ctas-{}", format.name()), format);
         let entries = execute_each(&mut leader, &[request(&["CREATE TABLE stamps AS SELECT julianday('now') AS at, datetime('2024-06-01', 'localtime') AS local"])]);
         std::thread::sleep(std::time::Duration::from_millis(5));
         follower.apply(&entries).unwrap();
