@@ -62,11 +62,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.failover > 0 {
         return measure_failover(&args);
     }
-    let clients: Vec<usize> = args
-        .clients
-        .split(',')
-        .map(|count| count.trim().parse().map_err(|_| format!("bad --clients item {count:?}")))
-        .collect::<Result<_, _>>()?;
+    let clients: Vec<usize> =
+        args.clients.split(',').map(|count| count.trim().parse().map_err(|_| format!("bad --clients item {count:?}"))).collect::<Result<_, _>>()?;
     let acks: Vec<String> = args.acks.split(',').map(|ack| ack.trim().to_string()).collect();
     for ack in &acks {
         crate::parse_ack(ack)?;
@@ -254,7 +251,11 @@ fn compare_formats(args: &BenchArgs) -> Result<(), String> {
         // The comparison only counts if the replicas ended up identical.
         std::thread::sleep(Duration::from_millis(500));
         let verdict = client.get("/db/verify").map_err(|error| format!("verify: {error}"))?.body;
-        println!("  {format:<9} replicas agree: {} {}", verdict["agree"], if verdict["agree"] == true { String::new() } else { verdict["differences"].to_string() });
+        println!(
+            "  {format:<9} replicas agree: {} {}",
+            verdict["agree"],
+            if verdict["agree"] == true { String::new() } else { verdict["differences"].to_string() }
+        );
         drop(processes);
         let _ = std::fs::remove_dir_all(&data_dir);
     }

@@ -160,7 +160,13 @@ fn setup_schema(leader: &str) -> Result<(), String> {
         json!("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, product_id INTEGER NOT NULL REFERENCES products(id), qty INTEGER NOT NULL, region TEXT NOT NULL, placed_at TEXT NOT NULL)"),
     ];
     for product in 1..=PRODUCTS {
-        statements.push(json!(["INSERT OR IGNORE INTO products (id, name, price, stock) VALUES (?, ?, ?, ?)", product, format!("product {product}"), 5.0 + product as f64, 1_000_000]));
+        statements.push(json!([
+            "INSERT OR IGNORE INTO products (id, name, price, stock) VALUES (?, ?, ?, ?)",
+            product,
+            format!("product {product}"),
+            5.0 + product as f64,
+            1_000_000
+        ]));
     }
     let reply = client.post_json("/db/execute?transaction&w=all", &Value::Array(statements)).map_err(|error| format!("schema setup: {error}"))?;
     if reply.status != 200 {
@@ -285,11 +291,7 @@ fn print_report(reports: &[RegionReport], lag: &BTreeMap<String, Samples>) {
     println!("  {:<12}{:>22}{:>34}{:>10}", "region", "follower lag p50/max", "stale reads (own order at none)", "errors");
     for ((id, region), report) in REGIONS.iter().zip(reports) {
         let lag_text = match lag.get(*id) {
-            Some(samples) => format!(
-                "{}/{} ms",
-                samples.percentile(50.0).map_or("-".into(), millis),
-                samples.percentile(100.0).map_or("-".into(), millis)
-            ),
+            Some(samples) => format!("{}/{} ms", samples.percentile(50.0).map_or("-".into(), millis), samples.percentile(100.0).map_or("-".into(), millis)),
             None => "leader".to_string(),
         };
         let stale = format!("{} of {}", report.stale_reads, report.stale_checks);
@@ -322,8 +324,11 @@ fn failover_drill(runtime: &tokio::runtime::Runtime, nodes: &[Arc<tern_server::N
     };
     let old_id = nodes[old].config.id.clone();
     let old_epoch = nodes[old].published().epoch;
-    println!("
-failover drill: cutting {} ({old_id}, the leader) off from both other regions while a customer in another region keeps ordering...", region_of(&old_id));
+    println!(
+        "
+failover drill: cutting {} ({old_id}, the leader) off from both other regions while a customer in another region keeps ordering...",
+        region_of(&old_id)
+    );
     let writer_node = (old + 1) % nodes.len();
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged: Arc<Mutex<Vec<Instant>>> = Arc::default();
@@ -370,7 +375,11 @@ failover drill: cutting {} ({old_id}, the leader) off from both other regions wh
     let new_id = nodes[new].config.id.clone();
     let new_epoch = nodes[new].published().epoch;
     let ms = |duration: Option<Duration>| duration.map_or("never".to_string(), |duration| format!("{} ms", duration.as_millis()));
-    println!("  {} ({old_id}) stopped accepting writes {} after the cut (its lease ran out; it cannot reach a majority)", region_of(&old_id), ms(stopped_writing));
+    println!(
+        "  {} ({old_id}) stopped accepting writes {} after the cut (its lease ran out; it cannot reach a majority)",
+        region_of(&old_id),
+        ms(stopped_writing)
+    );
     println!("  {} ({new_id}) was elected leader of epoch {new_epoch} {} after the cut", region_of(&new_id), ms(Some(elected)));
     println!("  the first order placed after the cut was acknowledged {} after it", ms(Some(resumed)));
     std::thread::sleep(Duration::from_millis(500));
@@ -390,7 +399,10 @@ failover drill: cutting {} ({old_id}, the leader) off from both other regions wh
         region_of(&old_id),
         ms(rejoined)
     );
-    println!("  {} orders acknowledged during the drill; {refused} attempts refused or timed out while no leader could take them", acknowledged.lock().expect("drill lock").len());
+    println!(
+        "  {} orders acknowledged during the drill; {refused} attempts refused or timed out while no leader could take them",
+        acknowledged.lock().expect("drill lock").len()
+    );
     Ok(())
 }
 

@@ -16,7 +16,6 @@ impl Samples {
         self.durations.extend(other.durations);
     }
 
-
     /// The `percent`-th percentile (nearest rank), or `None` without samples.
     pub fn percentile(&self, percent: f64) -> Option<Duration> {
         if self.durations.is_empty() {

@@ -23,7 +23,8 @@ fn writes_on_the_leader_and_forwarded_from_followers_are_read_at_every_level() {
     let mut follower = cluster.nodes[1].client();
     let reply = execute(&mut follower, "", json!([["INSERT INTO items (v) VALUES (?)", "from n2"]]));
     if reply.status != 200 {
-        let statuses: Vec<String> = cluster.nodes.iter().map(|node| node.client().get("/status").map(|reply| reply.body.to_string()).unwrap_or_default()).collect();
+        let statuses: Vec<String> =
+            cluster.nodes.iter().map(|node| node.client().get("/status").map(|reply| reply.body.to_string()).unwrap_or_default()).collect();
         panic!("{}\n{}\n{}", reply.body, statuses.join("\n"), cluster.logs());
     }
     assert_eq!(reply.body["results"][0]["rows_affected"], 1);
@@ -102,7 +103,8 @@ fn non_deterministic_functions_store_identical_values_on_every_node() {
         );
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert!(reply.body["results"].as_array().unwrap().iter().all(|result| result["error"].is_null()), "{format}: {}", reply.body);
-        let contents: Vec<Vec<Value>> = cluster.nodes.iter().map(|node| rows(&query(&mut node.client(), "SELECT * FROM facts ORDER BY id", "level=none"))).collect();
+        let contents: Vec<Vec<Value>> =
+            cluster.nodes.iter().map(|node| rows(&query(&mut node.client(), "SELECT * FROM facts ORDER BY id", "level=none"))).collect();
         assert_eq!(contents[0].len(), 2);
         assert_eq!(contents[0], contents[1], "{format}: n2 differs from n1");
         assert_eq!(contents[0], contents[2], "{format}: n3 differs from n1");
@@ -120,7 +122,11 @@ fn non_deterministic_functions_store_identical_values_on_every_node() {
 fn bad_input_gets_clear_errors_and_changes_nothing() {
     let cluster = Cluster::start("bad-input", 3, &["--max-body-bytes", "4096"]);
     let mut leader = cluster.leader().client();
-    execute(&mut leader, "?w=all", json!(["CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)", "INSERT INTO accounts (name) VALUES ('ada')"]));
+    execute(
+        &mut leader,
+        "?w=all",
+        json!(["CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)", "INSERT INTO accounts (name) VALUES ('ada')"]),
+    );
     let mut follower = cluster.nodes[1].client();
 
     let reply = follower.request("POST", "/db/execute", Some(b"[\"INSERT INTO accounts (name) VALUES ('x')\"")).unwrap();
@@ -323,7 +329,12 @@ fn a_leader_killed_and_restarted_keeps_every_acknowledged_write_in(format: &str)
         let rows = ledger_rows(node);
         let only_here: Vec<&Value> = rows.iter().filter(|row| !expected.contains(row)).collect();
         let only_there: Vec<&Value> = expected.iter().filter(|row| !rows.contains(row)).collect();
-        assert!(only_here.is_empty() && only_there.is_empty(), "{} differs from n2: only on {0}: {only_here:?}; only on n2: {only_there:?}\n{}", node.id, cluster.logs());
+        assert!(
+            only_here.is_empty() && only_there.is_empty(),
+            "{} differs from n2: only on {0}: {only_here:?}; only on n2: {only_there:?}\n{}",
+            node.id,
+            cluster.logs()
+        );
     }
 }
 

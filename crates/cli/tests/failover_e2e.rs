@@ -116,7 +116,14 @@ fn assert_every_node_holds(cluster: &Cluster, acknowledged: &[u64]) -> BTreeSet<
             if missing.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "{} lacks {} acknowledged writes, e.g. {:?}\n{}", node.id, missing.len(), &missing[..missing.len().min(10)], cluster.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{} lacks {} acknowledged writes, e.g. {:?}\n{}",
+                node.id,
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                cluster.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -143,9 +150,7 @@ fn kill_leaders(cluster: &mut Cluster, load: &Load, kills: usize) -> Vec<Duratio
         let killed_at = Instant::now();
         cluster.nodes[leader].kill();
         live[leader] = false;
-        eventually(LONG, &format!("writes to resume after kill {round} of {}", cluster.nodes[leader].id), || {
-            load.acknowledged_count() > acknowledged_at_kill
-        });
+        eventually(LONG, &format!("writes to resume after kill {round} of {}", cluster.nodes[leader].id), || load.acknowledged_count() > acknowledged_at_kill);
         failovers.push(killed_at.elapsed());
         cluster.nodes[leader].start();
         wait_node_ready(&cluster.nodes[leader]);
@@ -222,7 +227,10 @@ fn a_leader_paused_past_its_lease_does_not_accept_writes_when_it_resumes() {
         assert_eq!(reply.status, 503, "{}", reply.body);
     }
     eventually(LONG, "the old leader to follow", || {
-        cluster.nodes[old].client().get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "follower" && reply.body["node"]["epoch"].as_u64() > Some(old_epoch))
+        cluster.nodes[old]
+            .client()
+            .get("/status")
+            .is_ok_and(|reply| reply.body["node"]["role"] == "follower" && reply.body["node"]["epoch"].as_u64() > Some(old_epoch))
     });
 }
 
@@ -335,7 +343,11 @@ fn one_and_two_node_clusters_elect_a_leader_and_survive_restarts() {
         let mut cluster = Cluster::start(&format!("failover-size-{size}"), size, &[]);
         let live = vec![true; size];
         wait_for_leader(&cluster, &live);
-        let reply = execute(&mut cluster.nodes[size - 1].client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)", ["INSERT INTO ledger VALUES (?, ?)", 1, "one"]]));
+        let reply = execute(
+            &mut cluster.nodes[size - 1].client(),
+            "?w=all",
+            json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)", ["INSERT INTO ledger VALUES (?, ?)", 1, "one"]]),
+        );
         assert_eq!(reply.status, 200, "{}", reply.body);
         // Restart every node (a 2-node cluster needs both for a majority).
         for node in &mut cluster.nodes {
@@ -429,7 +441,11 @@ fn a_node_added_under_load_catches_up_votes_and_survives_the_old_leaders_removal
 fn a_one_node_cluster_grows_to_three_and_then_survives_losing_its_first_node() {
     let mut cluster = Cluster::start("membership-grow", 1, &[]);
     wait_for_leader(&cluster, &[true]);
-    let reply = execute(&mut cluster.nodes[0].client(), "", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)", ["INSERT INTO ledger VALUES (?, ?)", 1, "one"]]));
+    let reply = execute(
+        &mut cluster.nodes[0].client(),
+        "",
+        json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)", ["INSERT INTO ledger VALUES (?, ?)", 1, "one"]]),
+    );
     assert_eq!(reply.status, 200, "{}", reply.body);
     for expected in [2, 3] {
         let joining = cluster.start_joining(&[]);

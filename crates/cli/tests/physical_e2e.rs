@@ -37,7 +37,11 @@ fn physical_followers_are_byte_identical_through_ddl_bulk_updates_vacuum_kills_a
     wait_node_ready(&cluster.nodes[1]);
     let mut leader = cluster.leader().client();
     ok(execute(&mut leader, "", json!(["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)", "CREATE INDEX items_name ON items (name)"])));
-    ok(execute(&mut leader, "", json!(["WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO items (name, qty) SELECT 'item ' || x, x FROM n"])));
+    ok(execute(
+        &mut leader,
+        "",
+        json!(["WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO items (name, qty) SELECT 'item ' || x, x FROM n"]),
+    ));
     let reply = execute(&mut leader, "", json!(["UPDATE items SET qty = qty + 1"]));
     ok(reply.clone());
     assert_eq!(reply.body["results"][0]["rows_affected"], 10000);
@@ -108,7 +112,14 @@ fn without_statement_rewriting_verify_finds_the_divergence_the_primer_warns_abou
     for (rewrite, expect_agreement) in [("off", false), ("on", true)] {
         let cluster = Cluster::start(&format!("rewrite-{rewrite}"), 3, &["--log-format", "statement", "--statement-rewrite", rewrite]);
         let mut leader = cluster.leader().client();
-        ok(execute(&mut leader, "?w=all", json!(["CREATE TABLE draws (id INTEGER PRIMARY KEY, r INTEGER, at TEXT)", "INSERT INTO draws (r, at) VALUES (random(), strftime('%Y-%m-%d %H:%M:%f', 'now'))"])));
+        ok(execute(
+            &mut leader,
+            "?w=all",
+            json!([
+                "CREATE TABLE draws (id INTEGER PRIMARY KEY, r INTEGER, at TEXT)",
+                "INSERT INTO draws (r, at) VALUES (random(), strftime('%Y-%m-%d %H:%M:%f', 'now'))"
+            ]),
+        ));
         let (agree, report) = tern_verify(&cluster.nodes[1].http);
         assert_eq!(agree, expect_agreement, "--statement-rewrite {rewrite}: {report}");
         if !expect_agreement {

@@ -26,8 +26,7 @@
 use crate::types::{Micros, NodeId};
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfState, Entry as RaftEntry, EntryType, HardState, Message as RaftMessage, MessageType, Snapshot,
-    SnapshotMetadata,
+    ConfChange, ConfChangeType, ConfState, Entry as RaftEntry, EntryType, HardState, Message as RaftMessage, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
@@ -131,11 +130,7 @@ fn encode_directory<'a>(members: impl Iterator<Item = (&'a NodeId, &'a String)>)
 }
 
 fn decode_directory(bytes: &[u8]) -> Vec<(NodeId, String)> {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .filter_map(|line| line.split_once('\t'))
-        .map(|(name, address)| (name.to_string(), address.to_string()))
-        .collect()
+    String::from_utf8_lossy(bytes).lines().filter_map(|line| line.split_once('\t')).map(|(name, address)| (name.to_string(), address.to_string())).collect()
 }
 
 pub(crate) enum ElectionOutput {
@@ -195,16 +190,14 @@ impl Election {
         config: ElectionConfig,
         now: Micros,
     ) -> Election {
-        let mut directory: BTreeMap<NodeId, String> =
-            members.iter().map(|name| (name.clone(), addresses.get(name).cloned().unwrap_or_default())).collect();
+        let mut directory: BTreeMap<NodeId, String> = members.iter().map(|name| (name.clone(), addresses.get(name).cloned().unwrap_or_default())).collect();
         let storage = MemStorage::new();
         let mut applied = 0;
         match saved {
             Some(saved) if !saved.hard_state.is_empty() => {
                 let hard_state = HardState::parse_from_bytes(&saved.hard_state).expect("saved raft hard state decodes");
                 let conf_state = ConfState::parse_from_bytes(&saved.conf_state).expect("saved raft membership decodes");
-                let entries: Vec<RaftEntry> =
-                    saved.entries.iter().map(|bytes| RaftEntry::parse_from_bytes(bytes).expect("saved raft entry decodes")).collect();
+                let entries: Vec<RaftEntry> = saved.entries.iter().map(|bytes| RaftEntry::parse_from_bytes(bytes).expect("saved raft entry decodes")).collect();
                 applied = hard_state.commit;
                 let mut core = storage.wl();
                 if !saved.compacted.is_empty() {
@@ -529,7 +522,8 @@ impl Election {
         let named = |ids: &[u64]| -> BTreeSet<NodeId> { ids.iter().filter_map(|id| self.names.get(id).cloned()).collect() };
         let voters = named(conf_state.get_voters());
         let learners = named(conf_state.get_learners());
-        let addresses = self.addresses.iter().filter(|(name, _)| voters.contains(*name) || learners.contains(*name)).map(|(n, a)| (n.clone(), a.clone())).collect();
+        let addresses =
+            self.addresses.iter().filter(|(name, _)| voters.contains(*name) || learners.contains(*name)).map(|(n, a)| (n.clone(), a.clone())).collect();
         Membership { voters, learners, addresses }
     }
 
@@ -565,18 +559,13 @@ impl Election {
         let first = store.first_index().expect("memory storage");
         let last = store.last_index().expect("memory storage");
         let entries = if last >= first {
-            store.entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
-                .expect("memory storage holds its own entries")
+            store.entries(first, last + 1, None, raft::GetEntriesContext::empty(false)).expect("memory storage holds its own entries")
         } else {
             Vec::new()
         };
         // A compacted store restarts from its compaction point: index and term.
         let compacted = if first > 1 {
-            let point = SnapshotMetadata {
-                index: first - 1,
-                term: store.term(first - 1).expect("the compaction point's term is kept"),
-                ..Default::default()
-            };
+            let point = SnapshotMetadata { index: first - 1, term: store.term(first - 1).expect("the compaction point's term is kept"), ..Default::default() };
             point.write_to_bytes().expect("encodes")
         } else {
             Vec::new()

@@ -40,20 +40,24 @@ pub enum Message {
         diverged: Option<Vec<(u64, u64)>>,
     },
     /// Raft's metadata group (votes, heartbeats, membership), as raft-rs protobuf bytes.
-    Raft { bytes: Vec<u8> },
+    Raft {
+        bytes: Vec<u8>,
+    },
     /// A node raft elected for `epoch` asks for every node's durable position before it
     /// leads; a node that answers refuses appends from older epochs from then on.
-    Recover { epoch: u64 },
-    RecoverAck { epoch: u64, last: Position },
+    Recover {
+        epoch: u64,
+    },
+    RecoverAck {
+        epoch: u64,
+        last: Position,
+    },
 }
 
 impl Message {
     pub fn epoch(&self) -> u64 {
         match self {
-            Message::Append { epoch, .. }
-            | Message::AppendAck { epoch, .. }
-            | Message::Recover { epoch }
-            | Message::RecoverAck { epoch, .. } => *epoch,
+            Message::Append { epoch, .. } | Message::AppendAck { epoch, .. } | Message::Recover { epoch } | Message::RecoverAck { epoch, .. } => *epoch,
             Message::Raft { .. } => 0,
         }
     }

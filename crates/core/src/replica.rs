@@ -80,7 +80,6 @@ impl Config {
             tail_cache_bytes: 64 << 20,
         }
     }
-
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,15 +117,27 @@ impl std::fmt::Display for WriteError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipError {
     FailoverOff,
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
     /// An earlier change is not yet applied (one at a time).
     ChangePending,
-    AlreadyMember { id: NodeId },
-    NotMember { id: NodeId },
+    AlreadyMember {
+        id: NodeId,
+    },
+    NotMember {
+        id: NodeId,
+    },
     /// The leader cannot remove itself: transfer leadership first.
-    RemovingLeader { id: NodeId },
-    LastVoter { id: NodeId },
-    BadName { reason: String },
+    RemovingLeader {
+        id: NodeId,
+    },
+    LastVoter {
+        id: NodeId,
+    },
+    BadName {
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for MembershipError {
@@ -152,8 +163,13 @@ impl std::fmt::Display for MembershipError {
 pub enum MembershipRequest {
     /// Add `id`, reachable at `address`: it joins as a learner, catches up on the data
     /// log, then the leader promotes it to voter.
-    Add { id: NodeId, address: String },
-    Remove { id: NodeId },
+    Add {
+        id: NodeId,
+        address: String,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,7 +192,9 @@ impl std::fmt::Display for TransferError {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadError {
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
     /// A quorum did not confirm this node's leadership in time.
     Timeout,
 }
@@ -194,26 +212,47 @@ impl std::fmt::Display for ReadError {
 /// What the core asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Send { to: NodeId, message: Message },
+    Send {
+        to: NodeId,
+        message: Message,
+    },
     /// Follower: apply and log these entries in one durable transaction, then call `on_persisted`.
-    Persist { entries: Vec<Entry> },
+    Persist {
+        entries: Vec<Entry>,
+    },
     /// Leader: entries from `from_index` are no longer cached; read them from the durable
     /// log and call `on_log_read` (or `on_log_compacted` if they are gone).
-    ReadLog { to: NodeId, from_index: u64 },
+    ReadLog {
+        to: NodeId,
+        from_index: u64,
+    },
     /// Leader: the follower needs entries the log no longer holds: stream it a snapshot.
     /// With `rollback_after`, the follower's log diverged after that index: it moves its
     /// entries beyond it to its rollback store, installs the snapshot whatever its
     /// position, and calls `on_rolled_back`.
-    SendSnapshot { to: NodeId, rollback_after: Option<u64> },
+    SendSnapshot {
+        to: NodeId,
+        rollback_after: Option<u64>,
+    },
     /// Store this election state durably before handling any later output.
-    SaveElection { state: SavedElection },
+    SaveElection {
+        state: SavedElection,
+    },
     /// Members were added, promoted or removed (or first learned, on a joining node):
     /// the driver connects to new members and stops talking to removed ones.
-    MembershipChanged { membership: Membership },
+    MembershipChanged {
+        membership: Membership,
+    },
     /// A write registered with `on_leader_appended` is acknowledged or failed.
-    WriteDone { tag: u64, result: Result<Position, WriteError> },
+    WriteDone {
+        tag: u64,
+        result: Result<Position, WriteError>,
+    },
     /// A linearizable read barrier registered with `on_read_barrier` completed.
-    ReadDone { tag: u64, result: Result<(), ReadError> },
+    ReadDone {
+        tag: u64,
+        result: Result<(), ReadError>,
+    },
 }
 
 /// A write waiting for its copies.
@@ -463,10 +502,8 @@ impl Replica {
             epoch_starts.push((last.epoch, last.index));
         }
         let preferred = config.leader == config.id && !config.join;
-        let election = config
-            .elections
-            .clone()
-            .map(|timing| Election::new(&config.id, (&config.members, &config.addresses), config.join, preferred, saved, timing, now));
+        let election =
+            config.elections.clone().map(|timing| Election::new(&config.id, (&config.members, &config.addresses), config.join, preferred, saved, timing, now));
         let membership = match &election {
             Some(election) => election.membership(),
             None => Membership { voters: config.members.iter().cloned().collect(), learners: Default::default(), addresses: config.addresses.clone() },
@@ -474,7 +511,9 @@ impl Replica {
         let restarted = saved.is_some_and(|saved| saved.term() > 0);
         let epoch = config.epoch.max(last.epoch).max(election.as_ref().map_or(0, Election::term));
         let (role, leader) = match &election {
-            None if config.leader == config.id => (Role::Leader(LeaderState::new(&config, &membership, epoch, last, now, Micros::MAX)), Some(config.id.clone())),
+            None if config.leader == config.id => {
+                (Role::Leader(LeaderState::new(&config, &membership, epoch, last, now, Micros::MAX)), Some(config.id.clone()))
+            }
             None => (Role::Follower(FollowerState::new()), Some(config.leader.clone())),
             Some(_) => (Role::Follower(FollowerState::new()), None),
         };
@@ -764,8 +803,7 @@ impl Replica {
             assert!(index <= self.last.index, "waiter for an entry not yet appended");
             if let AckRequirement::Nodes(requested) = requirement {
                 if requested > members {
-                    self.outputs
-                        .push_back(Output::WriteDone { tag, result: Err(WriteError::Unsatisfiable { requested, members }) });
+                    self.outputs.push_back(Output::WriteDone { tag, result: Err(WriteError::Unsatisfiable { requested, members }) });
                     continue;
                 }
             }
@@ -820,16 +858,7 @@ impl Replica {
         progress.next = first.index + count;
         progress.last_sent_at = now;
         let entries: Vec<Entry> = entries.into_iter().take(count as usize).collect();
-        let message = Message::Append {
-            epoch,
-            leader: leader_id,
-            prev_index,
-            prev_epoch,
-            entries,
-            commit_index,
-            leader_last,
-            read_seq,
-        };
+        let message = Message::Append { epoch, leader: leader_id, prev_index, prev_epoch, entries, commit_index, leader_last, read_seq };
         self.outputs.push_back(Output::Send { to: to.clone(), message });
         self.replicate_to(to, now);
     }
@@ -1125,8 +1154,7 @@ impl Replica {
         // matching then covers everything before it). A follower may hold an older
         // leader's entry at the same index, which must not count as a copy of ours.
         // (A durable end beyond our last entry is never ours: it is another epoch's.)
-        let durable_is_ours =
-            durable.index == 0 || (durable.index <= last_index && self.epoch_at(durable.index).is_none_or(|epoch| epoch == durable.epoch));
+        let durable_is_ours = durable.index == 0 || (durable.index <= last_index && self.epoch_at(durable.index).is_none_or(|epoch| epoch == durable.epoch));
         let common = diverged.as_ref().map(|starts| common_prefix(&self.epoch_starts, last_index, starts, durable.index.max(next_index - 1)));
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(from) else { return };
@@ -1347,8 +1375,7 @@ impl Replica {
                 AckRequirement::Majority => copies(index) >= majority,
                 AckRequirement::All => copies(index) >= members,
                 AckRequirement::AllInSync => {
-                    copies(index) >= majority
-                        && leader.peers.iter().filter(counted).all(|(_, progress)| !progress.in_sync || progress.matched >= index)
+                    copies(index) >= majority && leader.peers.iter().filter(counted).all(|(_, progress)| !progress.in_sync || progress.matched >= index)
                 }
             }
         };
@@ -1360,11 +1387,8 @@ impl Replica {
                 self.outputs.push_back(Output::WriteDone { tag: waiter.tag, result: Ok(waiter.position) });
             } else if now >= waiter.deadline {
                 let waiter = leader.writes.swap_remove(index);
-                let error = WriteError::Timeout {
-                    position: waiter.position,
-                    acked_by: copies(waiter.position.index),
-                    needed: requirement_text(waiter.requirement),
-                };
+                let error =
+                    WriteError::Timeout { position: waiter.position, acked_by: copies(waiter.position.index), needed: requirement_text(waiter.requirement) };
                 self.outputs.push_back(Output::WriteDone { tag: waiter.tag, result: Err(error) });
             } else {
                 index += 1;
@@ -1425,14 +1449,7 @@ impl Replica {
             Role::Follower(follower) => follower.read_seq,
             Role::Leader(_) => 0,
         };
-        let message = Message::AppendAck {
-            epoch: self.epoch,
-            durable: self.last,
-            next_index: self.accepted.index + 1,
-            read_seq,
-            rejected,
-            diverged,
-        };
+        let message = Message::AppendAck { epoch: self.epoch, durable: self.last, next_index: self.accepted.index + 1, read_seq, rejected, diverged };
         self.outputs.push_back(Output::Send { to: to.clone(), message });
     }
 
@@ -1554,11 +1571,8 @@ impl Replica {
         if election.change_pending() {
             return;
         }
-        let caught_up = self
-            .membership
-            .learners
-            .iter()
-            .find(|id| leader.peers.get(*id).is_some_and(|progress| progress.in_sync) && election.holds_metadata(id));
+        let caught_up =
+            self.membership.learners.iter().find(|id| leader.peers.get(*id).is_some_and(|progress| progress.in_sync) && election.holds_metadata(id));
         if let Some(id) = caught_up.cloned() {
             if election.propose(&MemberChange::Promote { id }).is_ok() {
                 self.drain_election(now);

@@ -44,10 +44,7 @@ impl std::str::FromStr for Position {
     fn from_str(text: &str) -> Result<Position, String> {
         let bad = || format!("bad position {text:?}: expected EPOCH.INDEX, as returned in a write's \"position\"");
         match text.split_once('.') {
-            Some((epoch, index)) => Ok(Position {
-                epoch: epoch.trim().parse().map_err(|_| bad())?,
-                index: index.trim().parse().map_err(|_| bad())?,
-            }),
+            Some((epoch, index)) => Ok(Position { epoch: epoch.trim().parse().map_err(|_| bad())?, index: index.trim().parse().map_err(|_| bad())? }),
             None => Ok(Position { epoch: 0, index: text.trim().parse().map_err(|_| bad())? }),
         }
     }
@@ -177,9 +174,7 @@ impl std::str::FromStr for ReadLevel {
             "weak" => Ok(ReadLevel::Weak),
             "strong" => Ok(ReadLevel::Strong),
             "linearizable" => Ok(ReadLevel::Linearizable),
-            other => Err(format!(
-                "unknown read level {other:?}: expected none, bounded, session, weak, strong or linearizable"
-            )),
+            other => Err(format!("unknown read level {other:?}: expected none, bounded, session, weak, strong or linearizable")),
         }
     }
 }

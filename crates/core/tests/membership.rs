@@ -4,7 +4,7 @@
 //! requests are refused and why.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use tern_core::{AckRequirement, AckMode, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Output, Position, Replica};
+use tern_core::{AckMode, AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Output, Position, Replica};
 
 struct Cluster {
     now: u64,
@@ -180,11 +180,7 @@ fn a_removed_node_stops_counting_and_receives_nothing_more() {
     let now = cluster.now;
     let leader = cluster.nodes.get_mut("a").expect("known");
     leader.change_membership(now, MembershipRequest::Remove { id: "c".into() }).expect("leader removes c");
-    assert_eq!(
-        leader.change_membership(now, MembershipRequest::Remove { id: "b".into() }),
-        Err(MembershipError::ChangePending),
-        "one change at a time"
-    );
+    assert_eq!(leader.change_membership(now, MembershipRequest::Remove { id: "b".into() }), Err(MembershipError::ChangePending), "one change at a time");
     cluster.run_until("c removed everywhere", |cluster| ["a", "b"].iter().all(|id| cluster.voters(id) == names(&["a", "b"])));
     // Two voters now: `All` is satisfied without c, which no longer receives anything.
     cluster.write(2, AckRequirement::All);
@@ -208,10 +204,7 @@ fn requests_that_make_no_sense_are_refused_with_the_reason() {
         Err(MembershipError::BadName { .. })
     ));
     let follower = cluster.nodes.get_mut("b").expect("known");
-    assert_eq!(
-        follower.change_membership(now, MembershipRequest::Remove { id: "c".into() }),
-        Err(MembershipError::NotLeader { leader: Some("a".into()) })
-    );
+    assert_eq!(follower.change_membership(now, MembershipRequest::Remove { id: "c".into() }), Err(MembershipError::NotLeader { leader: Some("a".into()) }));
 }
 
 #[test]

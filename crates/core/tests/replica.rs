@@ -28,7 +28,16 @@ fn follower(id: &str) -> Replica {
 }
 
 fn append(prev_index: u64, entries: Vec<Entry>, leader_last: u64, read_seq: u64) -> Message {
-    Message::Append { epoch: 1, leader: "n1".into(), prev_index, prev_epoch: if prev_index == 0 { 0 } else { 1 }, entries, commit_index: 0, leader_last, read_seq }
+    Message::Append {
+        epoch: 1,
+        leader: "n1".into(),
+        prev_index,
+        prev_epoch: if prev_index == 0 { 0 } else { 1 },
+        entries,
+        commit_index: 0,
+        leader_last,
+        read_seq,
+    }
 }
 
 fn ack(durable: u64, read_seq: u64) -> Message {
@@ -43,10 +52,7 @@ fn send(to: &str, message: Message) -> Output {
 fn leader_ships_each_new_entry_to_every_follower() {
     let mut replica = leader(AckMode::SemiSync);
     replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
-    assert_eq!(
-        drain(&mut replica),
-        vec![send("n2", append(0, vec![entry(1)], 1, 1)), send("n3", append(0, vec![entry(1)], 1, 1))]
-    );
+    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 1, 1)), send("n3", append(0, vec![entry(1)], 1, 1))]);
 }
 
 #[test]
@@ -135,10 +141,7 @@ fn a_write_not_replicated_in_time_reports_an_unknown_outcome() {
     let done = outputs.iter().find(|output| matches!(output, Output::WriteDone { .. })).unwrap();
     assert_eq!(
         done,
-        &Output::WriteDone {
-            tag: 7,
-            result: Err(WriteError::Timeout { position: Position::new(1, 1), acked_by: 1, needed: "a majority".into() })
-        }
+        &Output::WriteDone { tag: 7, result: Err(WriteError::Timeout { position: Position::new(1, 1), acked_by: 1, needed: "a majority".into() }) }
     );
 }
 
@@ -319,7 +322,16 @@ fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_mea
     drain(&mut replica);
     // n2 comes back empty and rejects the next append as a gap.
     replica.on_message(30, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
-    let commit_2 = Message::Append { epoch: 1, leader: "n1".into(), prev_index: 0, prev_epoch: 0, entries: vec![entry(1), entry(2)], commit_index: 2, leader_last: 2, read_seq: 1 };
+    let commit_2 = Message::Append {
+        epoch: 1,
+        leader: "n1".into(),
+        prev_index: 0,
+        prev_epoch: 0,
+        entries: vec![entry(1), entry(2)],
+        commit_index: 2,
+        leader_last: 2,
+        read_seq: 1,
+    };
     assert_eq!(drain(&mut replica), vec![send("n2", commit_2)]);
     // Its old acknowledgement no longer counts: a new write needs a fresh copy.
     replica.on_leader_appended(40, vec![entry(3)], vec![(9, 3, AckRequirement::Majority)]);
@@ -343,7 +355,11 @@ fn an_ack_of_another_epochs_entries_is_not_a_copy_of_ours() {
     let theirs = Message::AppendAck { epoch: 2, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false, diverged: None };
     replica.on_message(20, &"n2".into(), theirs);
     assert!(drain(&mut replica).iter().all(|output| !matches!(output, Output::WriteDone { .. })), "n2's entry 1 is not ours");
-    replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None });
+    replica.on_message(
+        30,
+        &"n3".into(),
+        Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None },
+    );
     assert!(drain(&mut replica).contains(&Output::WriteDone { tag: 5, result: Ok(Position::new(2, 1)) }));
 }
 

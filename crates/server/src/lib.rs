@@ -28,9 +28,7 @@ use std::sync::Arc;
 /// # Errors
 /// If storage cannot be opened or an address cannot be bound.
 pub async fn serve(mut config: NodeConfig) -> Result<Arc<Node>, String> {
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
     // The real address (port 0 becomes a free port) goes into peer handshakes.
     config.http_addr = listener.local_addr().map_err(|error| error.to_string())?;
     let node = Node::start(config).await?;

@@ -16,30 +16,61 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_core::{
-    AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Message, Output, Position, ReadError, ReadLevel,
-    Replica, SavedElection, Status, TransferError, WriteError,
+    AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Message, Output, Position, ReadError, ReadLevel, Replica,
+    SavedElection, Status, TransferError, WriteError,
 };
 use tern_storage::{Engine, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the replica loop reacts to.
 pub(crate) enum Event {
-    Peer { from: String, message: Message },
+    Peer {
+        from: String,
+        message: Message,
+    },
     PeerConnected(String),
-    Appended { entries: Vec<Entry>, writes: Vec<PendingWrite> },
+    Appended {
+        entries: Vec<Entry>,
+        writes: Vec<PendingWrite>,
+    },
     Persisted(Position),
     PersistFailed,
-    LogRead { to: String, from_index: u64, entries: Option<Vec<Entry>> },
-    SnapshotReady { to: String, path: PathBuf, position: Position, rollback_after: Option<u64> },
-    SnapshotSent { to: String, position: Option<Position> },
+    LogRead {
+        to: String,
+        from_index: u64,
+        entries: Option<Vec<Entry>>,
+    },
+    SnapshotReady {
+        to: String,
+        path: PathBuf,
+        position: Position,
+        rollback_after: Option<u64>,
+    },
+    SnapshotSent {
+        to: String,
+        position: Option<Position>,
+    },
     SnapshotInstalled(Position),
     /// Entries after a divergence went to the rollback store and the leader's snapshot
     /// replaced the database.
-    RolledBack { position: Position },
-    ReadBarrier { observed_index: u64, reply: oneshot::Sender<Result<(), ReadError>> },
-    Status { reply: oneshot::Sender<Status> },
-    TransferLeader { to: String, reply: oneshot::Sender<Result<(), TransferError>> },
-    ChangeMembership { request: MembershipRequest, reply: oneshot::Sender<Result<(), MembershipError>> },
+    RolledBack {
+        position: Position,
+    },
+    ReadBarrier {
+        observed_index: u64,
+        reply: oneshot::Sender<Result<(), ReadError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    TransferLeader {
+        to: String,
+        reply: oneshot::Sender<Result<(), TransferError>>,
+    },
+    ChangeMembership {
+        request: MembershipRequest,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
 }
 
 /// A write executed on the leader, waiting for its copies.
@@ -54,14 +85,34 @@ pub(crate) struct PendingWrite {
 pub(crate) enum StorageCommand {
     /// `epoch`: the leader epoch the request was accepted in; refused if this node no
     /// longer leads it when the storage thread gets to it.
-    Execute { request: WriteRequest, requirement: AckRequirement, epoch: u64, reply: oneshot::Sender<WriteReply> },
-    Apply { entries: Vec<Entry> },
-    ReadLog { to: String, from_index: u64 },
-    MakeSnapshot { to: String, rollback_after: Option<u64> },
-    InstallSnapshot { path: PathBuf, rollback_after: Option<u64> },
-    Checksums { reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>> },
+    Execute {
+        request: WriteRequest,
+        requirement: AckRequirement,
+        epoch: u64,
+        reply: oneshot::Sender<WriteReply>,
+    },
+    Apply {
+        entries: Vec<Entry>,
+    },
+    ReadLog {
+        to: String,
+        from_index: u64,
+    },
+    MakeSnapshot {
+        to: String,
+        rollback_after: Option<u64>,
+    },
+    InstallSnapshot {
+        path: PathBuf,
+        rollback_after: Option<u64>,
+    },
+    Checksums {
+        reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>>,
+    },
     /// Checkpoint and close the database (clean shutdown), then stop the thread.
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Counters of what this node appended to its log (leader) or applied (follower).
@@ -177,8 +228,8 @@ impl Node {
     /// # Errors
     /// If the database cannot be opened or the peer address cannot be bound.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, String> {
-        let mut engine = Engine::open(&config.data_dir, config.log_format)
-            .map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
+        let mut engine =
+            Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);
         let recovered = engine.last();
         let epoch_starts = engine.epoch_starts().map_err(|error| format!("cannot read the log: {error}"))?;
@@ -196,7 +247,8 @@ impl Node {
         core_config.write_timeout_us = config.write_timeout.as_micros() as u64;
         if config.failover {
             let tick_us = config.election_tick.as_micros() as u64;
-            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64) ^ u64::from(std::process::id());
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64)
+                ^ u64::from(std::process::id());
             core_config.elections = Some(ElectionConfig { tick_us, election_ticks: 10, heartbeat_ticks: 2, seed });
         }
         let replica = Replica::start(core_config, recovered, epoch_starts, saved_election.as_ref(), 0);
@@ -385,8 +437,7 @@ impl Node {
         match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement }).await {
             Some(ForwardReply::Write(reply)) => reply,
             _ => {
-                let mut error =
-                    RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));
+                let mut error = RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));
                 error.leader = Some(leader);
                 WriteReply { results: Vec::new(), position: None, error: Some(error) }
             }
@@ -473,9 +524,7 @@ impl Node {
                 let after = options.after.unwrap_or(Position::ZERO);
                 let mut watcher = self.published.clone();
                 let holds = |published: &Published| tern_core::log_holds(&published.epoch_starts, published.last, after);
-                let reached = tokio::time::timeout(options.timeout, watcher.wait_for(holds))
-                    .await
-                    .is_ok_and(|waited| waited.is_ok());
+                let reached = tokio::time::timeout(options.timeout, watcher.wait_for(holds)).await.is_ok_and(|waited| waited.is_ok());
                 match reached {
                     true => self.read_here(statements).await.0,
                     false => read_error(
@@ -1027,7 +1076,9 @@ impl StorageContext {
                     match outcome {
                         Ok((entries, position)) => {
                             self.reader_generation.fetch_add(1, Ordering::AcqRel);
-                            tracing::warn!("log diverged after index {common}: {entries} entries moved to the rollback store; snapshot installed at {position}");
+                            tracing::warn!(
+                                "log diverged after index {common}: {entries} entries moved to the rollback store; snapshot installed at {position}"
+                            );
                             let _ = self.events.send(Event::RolledBack { position });
                         }
                         Err(error) => tracing::error!("cannot roll back after {common} and install the snapshot: {error}"),
@@ -1061,7 +1112,8 @@ impl StorageContext {
             return;
         }
         let epoch = writable;
-        let batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)> = batch.into_iter().map(|(request, requirement, _, reply)| (request, requirement, reply)).collect();
+        let batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)> =
+            batch.into_iter().map(|(request, requirement, _, reply)| (request, requirement, reply)).collect();
         let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
         match self.engine.execute_batch(epoch, &requests) {
             Ok(outcome) => {
@@ -1084,7 +1136,11 @@ impl StorageContext {
             Err(error) => {
                 tracing::error!("write batch failed: {error}");
                 for (_, _, reply) in batch {
-                    let _ = reply.send(WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(500, format!("storage failure: {error}"))) });
+                    let _ = reply.send(WriteReply {
+                        results: Vec::new(),
+                        position: None,
+                        error: Some(RequestError::new(500, format!("storage failure: {error}"))),
+                    });
                 }
             }
         }

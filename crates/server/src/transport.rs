@@ -88,12 +88,7 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
 }
 
 /// Writes frames until the channel closes (`Ok`) or the socket fails (`Err`).
-async fn pump(
-    node: &Node,
-    peer: &str,
-    writer: &mut BufWriter<TcpStream>,
-    frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>,
-) -> std::io::Result<()> {
+async fn pump(node: &Node, peer: &str, writer: &mut BufWriter<TcpStream>, frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>) -> std::io::Result<()> {
     loop {
         let Some((enqueued, frame)) = frames.recv().await else { return Ok(()) };
         let due = enqueued + node.wan_delay(peer);

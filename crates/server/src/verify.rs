@@ -29,7 +29,12 @@ pub fn compare(reports: &[Value]) -> Value {
             value["tables"].as_array().map_or_else(Vec::new, |tables| {
                 tables
                     .iter()
-                    .map(|table| (table["table"].as_str().unwrap_or("").to_string(), format!("{} rows, checksum {}", table["rows"], table["checksum"].as_str().unwrap_or(""))))
+                    .map(|table| {
+                        (
+                            table["table"].as_str().unwrap_or("").to_string(),
+                            format!("{} rows, checksum {}", table["rows"], table["checksum"].as_str().unwrap_or("")),
+                        )
+                    })
                     .collect()
             })
         };
@@ -51,7 +56,12 @@ pub fn compare(reports: &[Value]) -> Value {
             let differing: Vec<usize> = mine.iter().zip(theirs).enumerate().filter(|(_, (a, b))| a != b).map(|(index, _)| index + 1).collect();
             if !differing.is_empty() {
                 let shown: Vec<String> = differing.iter().take(20).map(usize::to_string).collect();
-                differences.push(format!("{id} differs from {reference_id} in {} page(s): {}{}", differing.len(), shown.join(", "), if differing.len() > 20 { ", ..." } else { "" }));
+                differences.push(format!(
+                    "{id} differs from {reference_id} in {} page(s): {}{}",
+                    differing.len(),
+                    shown.join(", "),
+                    if differing.len() > 20 { ", ..." } else { "" }
+                ));
             }
         }
     }

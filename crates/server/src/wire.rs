@@ -53,14 +53,33 @@ pub struct ReadReply {
 pub enum Frame {
     Hello(Hello),
     Replica(Message),
-    ForwardWrite { id: u64, request: WriteRequest, requirement: Option<AckRequirement> },
-    ForwardWriteReply { id: u64, reply: WriteReply },
-    ForwardRead { id: u64, statements: Vec<Statement>, level: ReadLevel },
-    ForwardReadReply { id: u64, reply: ReadReply },
+    ForwardWrite {
+        id: u64,
+        request: WriteRequest,
+        requirement: Option<AckRequirement>,
+    },
+    ForwardWriteReply {
+        id: u64,
+        reply: WriteReply,
+    },
+    ForwardRead {
+        id: u64,
+        statements: Vec<Statement>,
+        level: ReadLevel,
+    },
+    ForwardReadReply {
+        id: u64,
+        reply: ReadReply,
+    },
     /// A piece of a snapshot file; `done` on the last one, which names its position.
     /// `rollback_after`: the receiver's log diverged after that index (see
     /// `Output::SendSnapshot`).
-    SnapshotChunk { offset: u64, bytes: Vec<u8>, done: Option<Position>, rollback_after: Option<u64> },
+    SnapshotChunk {
+        offset: u64,
+        bytes: Vec<u8>,
+        done: Option<Position>,
+        rollback_after: Option<u64>,
+    },
 }
 
 /// # Errors
@@ -100,7 +119,5 @@ pub async fn read_frame_up_to<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &
     }
     buffer.resize(length, 0);
     reader.read_exact(buffer).await?;
-    postcard::from_bytes(buffer)
-        .map(Some)
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable peer frame: {error}")))
+    postcard::from_bytes(buffer).map(Some).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable peer frame: {error}")))
 }

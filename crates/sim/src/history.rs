@@ -19,7 +19,11 @@ pub enum Outcome {
     Unknown,
     /// The value read: the id of the write that produced it (or none) and the log index
     /// that write landed at; `node_last` is the serving node's position.
-    ReadOk { write_id: Option<u64>, write_index: u64, node_last: Position },
+    ReadOk {
+        write_id: Option<u64>,
+        write_index: u64,
+        node_last: Position,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -20,7 +20,9 @@ use crate::{Faults, Options};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
-use tern_core::{AckRequirement, Config, ElectionConfig, Entry, MembershipRequest, Message, Micros, Output, Position, ReadLevel, Replica, SavedElection, WriteError};
+use tern_core::{
+    AckRequirement, Config, ElectionConfig, Entry, MembershipRequest, Message, Micros, Output, Position, ReadLevel, Replica, SavedElection, WriteError,
+};
 
 /// Appends a line to the trace, formatting it only when a trace is kept.
 macro_rules! trace {
@@ -75,15 +77,36 @@ enum Payload {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver { from: Addr, to: Addr, payload: Payload },
-    PersistDone { node: usize, incarnation: u64 },
-    Tick { node: usize, incarnation: u64 },
-    ClientWake { client: usize },
-    ClientTimeout { client: usize, op: usize },
+    Deliver {
+        from: Addr,
+        to: Addr,
+        payload: Payload,
+    },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+    },
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    ClientWake {
+        client: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        op: usize,
+    },
     Fault,
-    Restart { node: usize },
-    Resume { node: usize },
-    Heal { partition: u64 },
+    Restart {
+        node: usize,
+    },
+    Resume {
+        node: usize,
+    },
+    Heal {
+        partition: u64,
+    },
     /// Advance the node replacement under way (see `World::replacement`).
     Replace,
 }
@@ -115,12 +138,23 @@ impl Ord for Scheduled {
 /// A persist in the disk's queue, completed in order.
 enum Persist {
     /// Leader: a client's write, acknowledged by the core once durable.
-    LeaderWrite { entry: Entry, client: usize, op: usize, requirement: AckRequirement },
-    Follower { entries: Vec<Entry> },
+    LeaderWrite {
+        entry: Entry,
+        client: usize,
+        op: usize,
+        requirement: AckRequirement,
+    },
+    Follower {
+        entries: Vec<Entry>,
+    },
     /// A snapshot from the leader: its whole state up to `position` (in this storage model,
     /// its log), replacing the local one; with `rollback_after`, local entries beyond that
     /// index move to the rollback store first.
-    Snapshot { entries: Vec<Entry>, position: Position, rollback_after: Option<u64> },
+    Snapshot {
+        entries: Vec<Entry>,
+        position: Position,
+        rollback_after: Option<u64>,
+    },
 }
 
 struct PendingRead {
@@ -313,9 +347,8 @@ impl World {
                 wiped: Vec::new(),
             })
             .collect();
-        let clients = (0..count + 1)
-            .map(|number| Client { region: number % 3, home: number % count, rng: rng.fork(), session: Position::ZERO, current: None })
-            .collect();
+        let clients =
+            (0..count + 1).map(|number| Client { region: number % 3, home: number % count, rng: rng.fork(), session: Position::ZERO, current: None }).collect();
         let (loss_percent, duplicate_percent) = match options.faults {
             Faults::Partition | Faults::All => (rng.range(0, 5), rng.range(0, 5)),
             Faults::None | Faults::Crash => (0, 0),
@@ -437,9 +470,11 @@ impl World {
     /// refusals, as they would during an election).
     fn current_leader(&self) -> usize {
         if self.options.failover {
-            let leading = self.nodes.iter().enumerate().filter_map(|(index, node)| {
-                node.replica.as_ref().filter(|replica| replica.is_leader()).map(|replica| (replica.epoch(), index))
-            });
+            let leading = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, node)| node.replica.as_ref().filter(|replica| replica.is_leader()).map(|replica| (replica.epoch(), index)));
             return leading.max().map_or(0, |(_, index)| index);
         }
         let leader = &self.nodes[0].leader;
@@ -639,8 +674,7 @@ impl World {
         // Only a leader whose lease holds speaks for the cluster: an old one cut off may
         // still think it leads, with a membership from before the change.
         // Nor one whose membership may be out of date (a change not yet applied).
-        let Some(replica) =
-            self.nodes[leader].replica.as_mut().filter(|replica| replica.accepting_writes(now).is_ok() && !replica.membership_change_pending())
+        let Some(replica) = self.nodes[leader].replica.as_mut().filter(|replica| replica.accepting_writes(now).is_ok() && !replica.membership_change_pending())
         else {
             let why = self.nodes[leader].replica.as_ref().map(|replica| (replica.accepting_writes(now).is_ok(), replica.membership_change_pending()));
             trace!(self, "replacement of {id} waits: n{} (accepting writes, change pending) = {why:?}", leader + 1);
@@ -926,7 +960,12 @@ impl World {
                 let expected = self.nodes[node].last().index + 1;
                 if entries.first().is_some_and(|entry| entry.index != expected) {
                     // The core must never hand the driver a persist that leaves a gap.
-                    self.observations.mismatched_applies.push(format!("{} was asked to persist from {} at {}", self.nodes[node].id, entries[0].index, expected - 1));
+                    self.observations.mismatched_applies.push(format!(
+                        "{} was asked to persist from {} at {}",
+                        self.nodes[node].id,
+                        entries[0].index,
+                        expected - 1
+                    ));
                     return;
                 }
                 self.append_to_disk(node, &entries);
@@ -1217,4 +1256,3 @@ fn decode(payload: &[u8]) -> (u64, u8) {
     id.copy_from_slice(&payload[..8]);
     (u64::from_le_bytes(id), payload[8])
 }
-

@@ -148,7 +148,6 @@ pub fn is_maintenance(request: &WriteRequest) -> bool {
     request.statements.iter().any(|statement| first_keyword(&statement.sql) == "VACUUM")
 }
 
-
 fn configure_physical_data(connection: &Connection) -> Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
@@ -205,7 +204,8 @@ fn read_meta(connection: &Connection, key: &str) -> Result<Option<u64>> {
 }
 
 fn write_meta(connection: &Connection, key: &str, value: u64) -> Result<()> {
-    connection.execute("INSERT INTO _tern_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value as i64])?;
+    connection
+        .execute("INSERT INTO _tern_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value as i64])?;
     Ok(())
 }
 
@@ -220,8 +220,11 @@ fn last_logged(connection: &Connection) -> Result<Position> {
 }
 
 fn append_log(log: &Connection, entry: &Entry) -> Result<()> {
-    log.prepare_cached("INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)")?
-        .execute(params![entry.index as i64, entry.epoch as i64, entry.payload])?;
+    log.prepare_cached("INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)")?.execute(params![
+        entry.index as i64,
+        entry.epoch as i64,
+        entry.payload
+    ])?;
     Ok(())
 }
 
@@ -278,10 +281,7 @@ pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> Sta
         bind(&mut statement, params)?;
         if statement.column_count() > 0 {
             let columns: Vec<String> = statement.column_names().map(|name| name.to_string()).collect();
-            let types: Vec<String> = statement
-                .columns()
-                .map(|column| column.decl_type().map(str::to_ascii_lowercase).unwrap_or_default())
-                .collect();
+            let types: Vec<String> = statement.columns().map(|column| column.decl_type().map(str::to_ascii_lowercase).unwrap_or_default()).collect();
             let count = columns.len();
             let mut values = Vec::new();
             let mut rows = statement.raw_query();
@@ -295,11 +295,7 @@ pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> Sta
             Ok(StatementResult { is_query: true, columns, types, values, ..StatementResult::default() })
         } else {
             statement.raw_execute()?;
-            Ok(StatementResult {
-                last_insert_id: connection.last_insert_rowid(),
-                rows_affected: connection.changes() as i64,
-                ..StatementResult::default()
-            })
+            Ok(StatementResult { last_insert_id: connection.last_insert_rowid(), rows_affected: connection.changes() as i64, ..StatementResult::default() })
         }
     })();
     outcome.unwrap_or_else(|error| StatementResult::error(describe(&error)))
@@ -490,11 +486,7 @@ impl Engine {
             .expect("physical engines tail their WAL")
             .read_committed()?
             .ok_or_else(|| StorageError("a committed transaction is missing from the WAL".into()))?;
-        let change = Change::Pages {
-            page_size: committed.page_size,
-            database_pages: committed.database_pages,
-            pages: committed.pages.into_iter().collect(),
-        };
+        let change = Change::Pages { page_size: committed.page_size, database_pages: committed.database_pages, pages: committed.pages.into_iter().collect() };
         let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: vec![change] }.encode() };
         let log = self.log();
         log.execute_batch("BEGIN IMMEDIATE")?;
@@ -556,7 +548,6 @@ impl Engine {
         };
         Ok(Batch { results, changed, entry })
     }
-
 
     /// Executes one request's statements, returning per-statement results and whether
     /// any statement that writes succeeded. Client errors are results; only storage
@@ -643,10 +634,7 @@ impl Engine {
             // divergence (this node wrote it as an old leader), never to be skipped.
             if let Some(epoch) = self.logged_epoch(last_held.index)? {
                 if epoch != last_held.epoch {
-                    return Err(StorageError(format!(
-                        "entry {} conflicts with the local entry of epoch {epoch} at that index",
-                        last_held.position()
-                    )));
+                    return Err(StorageError(format!("entry {} conflicts with the local entry of epoch {epoch} at that index", last_held.position())));
                 }
             }
         }

@@ -15,5 +15,7 @@ pub mod session;
 pub mod sql;
 pub mod wal;
 
-pub use engine::{all_read_only, is_maintenance, page_hashes, Batch, Change, Engine, Payload, Reader, RollbackStore, RolledBack, StorageError, WriteRequest, DATABASE_FILE};
+pub use engine::{
+    all_read_only, is_maintenance, page_hashes, Batch, Change, Engine, Payload, Reader, RollbackStore, RolledBack, StorageError, WriteRequest, DATABASE_FILE,
+};
 pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};

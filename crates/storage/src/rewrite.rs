@@ -289,7 +289,8 @@ pub fn make_deterministic(connection: &Connection, sql: &str, parameters_read_th
                 if takes_parameter && parameters_read_the_clock && !mentions_now {
                     return Err(NonDeterministic {
                         function: text.to_ascii_lowercase(),
-                        reason: "a parameter passes 'now', 'localtime' or 'utc', which every replica would read from its own clock; pass the time itself".into(),
+                        reason: "a parameter passes 'now', 'localtime' or 'utc', which every replica would read from its own clock; pass the time itself"
+                            .into(),
                     });
                 }
                 if !mentions_now && !significant.is_empty() {
@@ -308,16 +309,12 @@ pub fn make_deterministic(connection: &Connection, sql: &str, parameters_read_th
             return Err(NonDeterministic { function, reason: "a trigger body would run it again on every replica".into() });
         }
         if kind == Call::Random && per_row {
-            return Err(NonDeterministic {
-                function,
-                reason: "it is evaluated once per row here, so no single value can stand for it".into(),
-            });
+            return Err(NonDeterministic { function, reason: "it is evaluated once per row here, so no single value can stand for it".into() });
         }
         let call_text = &sql[token.start..tokens[call_end - 1].end];
-        let value: Value = connection.query_row(&format!("SELECT {call_text}"), [], |row| row.get(0)).map_err(|error| NonDeterministic {
-            function: function.clone(),
-            reason: format!("its arguments are not constants ({error})"),
-        })?;
+        let value: Value = connection
+            .query_row(&format!("SELECT {call_text}"), [], |row| row.get(0))
+            .map_err(|error| NonDeterministic { function: function.clone(), reason: format!("its arguments are not constants ({error})") })?;
         output.push_str(&sql[copied_to..token.start]);
         output.push_str(&literal(&value));
         copied_to = tokens[call_end - 1].end;
@@ -453,14 +450,8 @@ mod tests {
     #[test]
     fn literals_round_trip_through_sqlite() {
         let connection = Connection::open_in_memory().unwrap();
-        for value in [
-            Value::Null,
-            Value::Integer(i64::MIN),
-            Value::Real(0.1),
-            Value::Real(-1.5e300),
-            Value::Text("it's".into()),
-            Value::Blob(vec![0, 255, 16]),
-        ] {
+        for value in [Value::Null, Value::Integer(i64::MIN), Value::Real(0.1), Value::Real(-1.5e300), Value::Text("it's".into()), Value::Blob(vec![0, 255, 16])]
+        {
             let back: Value = connection.query_row(&format!("SELECT {}", literal(&value)), [], |row| row.get(0)).unwrap();
             assert_eq!(back, value);
         }

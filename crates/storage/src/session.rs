@@ -95,9 +95,7 @@ impl<'connection> Session<'connection> {
         let session = Session { connection, raw };
         let mut enable_rowid: c_int = 1;
         // SAFETY: `raw` is a live session with no tables attached yet, as the option requires.
-        let code = unsafe {
-            sqlite3session_object_config(session.raw, SQLITE_SESSION_OBJCONFIG_ROWID, (&mut enable_rowid as *mut c_int).cast())
-        };
+        let code = unsafe { sqlite3session_object_config(session.raw, SQLITE_SESSION_OBJCONFIG_ROWID, (&mut enable_rowid as *mut c_int).cast()) };
         if code != ffi::SQLITE_OK {
             return Err(sqlite_error(connection, code, "sqlite3session_object_config(ROWID)"));
         }

@@ -129,12 +129,9 @@ fn statement_from_json(item: &Json) -> Result<Statement, String> {
             };
             let params = match &parts[1..] {
                 [] => Params::None,
-                [Json::Object(named)] => Params::Named(
-                    named
-                        .iter()
-                        .map(|(name, value)| Ok((name.clone(), SqlValue::from_json(value)?)))
-                        .collect::<Result<_, String>>()?,
-                ),
+                [Json::Object(named)] => {
+                    Params::Named(named.iter().map(|(name, value)| Ok((name.clone(), SqlValue::from_json(value)?))).collect::<Result<_, String>>()?)
+                }
                 positional => Params::Positional(positional.iter().map(SqlValue::from_json).collect::<Result<_, String>>()?),
             };
             Ok(Statement { sql: sql.clone(), params })

@@ -35,16 +35,32 @@ fn workload() -> Vec<WriteRequest> {
         ]),
         WriteRequest {
             statements: vec![
-                Statement { sql: "INSERT INTO products (name, price) VALUES (?, ?)".into(), params: Params::Positional(vec![SqlValue::Text("kayak".into()), SqlValue::Real(999.5)]) },
-                Statement { sql: "INSERT INTO products (name, price) VALUES (:name, :price)".into(), params: Params::Named(vec![("name".into(), SqlValue::Text("parka".into())), ("price".into(), SqlValue::Integer(250))]) },
+                Statement {
+                    sql: "INSERT INTO products (name, price) VALUES (?, ?)".into(),
+                    params: Params::Positional(vec![SqlValue::Text("kayak".into()), SqlValue::Real(999.5)]),
+                },
+                Statement {
+                    sql: "INSERT INTO products (name, price) VALUES (:name, :price)".into(),
+                    params: Params::Named(vec![("name".into(), SqlValue::Text("parka".into())), ("price".into(), SqlValue::Integer(250))]),
+                },
             ],
             transaction: false,
         },
         // A constraint violation in the middle: only that statement is rolled back.
-        request(&["INSERT INTO products (name) VALUES ('sled')", "INSERT INTO products (name) VALUES ('kayak')", "INSERT INTO products (name) VALUES ('tent')"]),
+        request(&[
+            "INSERT INTO products (name) VALUES ('sled')",
+            "INSERT INTO products (name) VALUES ('kayak')",
+            "INSERT INTO products (name) VALUES ('tent')",
+        ]),
         // Same in a transaction: the whole request is rolled back.
-        WriteRequest { statements: request(&["INSERT INTO products (name) VALUES ('stove')", "INSERT INTO products (name) VALUES ('parka')"]).statements, transaction: true },
-        request(&["UPDATE products SET price = price * 2 WHERE name = 'parka'", "INSERT INTO products (name, stamp, token) VALUES ('gps', datetime('now'), randomblob(8))"]),
+        WriteRequest {
+            statements: request(&["INSERT INTO products (name) VALUES ('stove')", "INSERT INTO products (name) VALUES ('parka')"]).statements,
+            transaction: true,
+        },
+        request(&[
+            "UPDATE products SET price = price * 2 WHERE name = 'parka'",
+            "INSERT INTO products (name, stamp, token) VALUES ('gps', datetime('now'), randomblob(8))",
+        ]),
         request(&["DELETE FROM products WHERE name = 'sled'", "ALTER TABLE products ADD COLUMN stock INTEGER DEFAULT 0", "UPDATE products SET stock = 3"]),
     ]
 }
@@ -104,7 +120,14 @@ fn statement_results_report_errors_per_statement() {
     let batch = leader
         .execute_batch(
             1,
-            &[request(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)", "INSERT INTO t (v) VALUES ('a')", "INSERT INTO t (v) VALUES (NULL)", "INSRT INTO t", "SELECT v FROM t", "UPDATE t SET v = random() WHERE id = 1"])],
+            &[request(&[
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+                "INSERT INTO t (v) VALUES ('a')",
+                "INSERT INTO t (v) VALUES (NULL)",
+                "INSRT INTO t",
+                "SELECT v FROM t",
+                "UPDATE t SET v = random() WHERE id = 1",
+            ])],
         )
         .unwrap();
     let results = &batch.results[0];
@@ -197,7 +220,8 @@ fn a_snapshot_behind_the_follower_is_dropped_and_held_entries_are_skipped() {
 fn statements_that_would_escape_the_logged_transaction_are_refused() {
     for format in FORMATS {
         let (root, mut leader, mut follower) = leader_and_follower(&format!("guard-{}", format.name()), format);
-        let refused = ["COMMIT", "BEGIN", "SAVEPOINT s", "PRAGMA synchronous=OFF", "PRAGMA query_only=1", "DELETE FROM _tern_log", "ATTACH ':memory:' AS other"];
+        let refused =
+            ["COMMIT", "BEGIN", "SAVEPOINT s", "PRAGMA synchronous=OFF", "PRAGMA query_only=1", "DELETE FROM _tern_log", "ATTACH ':memory:' AS other"];
         let mut statements = vec!["CREATE TABLE t (v)"];
         statements.extend(refused);
         // Led by a comment, random() still ships as row images in the row format (the
@@ -224,7 +248,8 @@ fn create_table_as_select_with_the_clock_gives_every_replica_the_same_values() {
     // both formats, so its clock calls must be fixed on the leader.
     for format in FORMATS {
         let (root, mut leader, mut follower) = leader_and_follower(&format!("ctas-{}", format.name()), format);
-        let entries = execute_each(&mut leader, &[request(&["CREATE TABLE stamps AS SELECT julianday('now') AS at, datetime('2024-06-01', 'localtime') AS local"])]);
+        let entries =
+            execute_each(&mut leader, &[request(&["CREATE TABLE stamps AS SELECT julianday('now') AS at, datetime('2024-06-01', 'localtime') AS local"])]);
         std::thread::sleep(std::time::Duration::from_millis(5));
         follower.apply(&entries).unwrap();
         assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "{format:?}");

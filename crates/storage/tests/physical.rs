@@ -164,7 +164,10 @@ fn schema_changes_pointing_past_the_end_of_the_file_apply() {
     let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
     let steps: [&[&str]; 4] = [
         &["CREATE TABLE single (id INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO single (v) VALUES ('a')"],
-        &["CREATE TABLE wide (id INTEGER PRIMARY KEY, qty INTEGER)", "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO wide (qty) SELECT x FROM n"],
+        &[
+            "CREATE TABLE wide (id INTEGER PRIMARY KEY, qty INTEGER)",
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO wide (qty) SELECT x FROM n",
+        ],
         &["CREATE TABLE bulk (id INTEGER PRIMARY KEY, qty INTEGER)"],
         &["WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO bulk (qty) SELECT x FROM n"],
     ];

@@ -49,14 +49,8 @@ impl ServerNode {
             }
             None => Command::new(env!("CARGO_BIN_EXE_tern")),
         };
-        let child = command
-            .arg("server")
-            .args(&self.args)
-            .env("TERN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("tern binary starts");
+        let child =
+            command.arg("server").args(&self.args).env("TERN_LOG", "info").stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().expect("tern binary starts");
         self.child = Some(child);
     }
 
@@ -149,7 +143,16 @@ impl Cluster {
                     members.clone(),
                 ];
                 args.extend(extra.iter().map(|arg| arg.to_string()));
-                ServerNode { id: id.clone(), http: http.clone(), peer: peer.clone(), data, args, wrapper: Vec::new(), log: dir.join(format!("{id}.log")), child: None }
+                ServerNode {
+                    id: id.clone(),
+                    http: http.clone(),
+                    peer: peer.clone(),
+                    data,
+                    args,
+                    wrapper: Vec::new(),
+                    log: dir.join(format!("{id}.log")),
+                    child: None,
+                }
             })
             .collect();
         Cluster { dir, nodes, namespaces: None }

@@ -43,7 +43,8 @@ fn search(ops: &[RegisterOp], done: &mut Vec<bool>, value: Option<u64>, seen: &m
         return false;
     }
     // An op can go next only if it was invoked before every pending definite op completed.
-    let horizon = ops.iter().zip(done.iter()).filter(|(op, done)| !**done && op.completed.is_some()).filter_map(|(op, _)| op.completed).min().unwrap_or(Micros::MAX);
+    let horizon =
+        ops.iter().zip(done.iter()).filter(|(op, done)| !**done && op.completed.is_some()).filter_map(|(op, _)| op.completed).min().unwrap_or(Micros::MAX);
     for index in 0..ops.len() {
         if done[index] || ops[index].invoked > horizon {
             continue;

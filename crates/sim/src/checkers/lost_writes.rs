@@ -21,8 +21,7 @@ pub struct LostWrites {
 }
 
 pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) -> LostWrites {
-    let rolled_back: BTreeSet<u64> =
-        nodes.iter().flat_map(|node| node.rollback.iter().chain(&node.wiped).map(|entry| write_id(&entry.payload))).collect();
+    let rolled_back: BTreeSet<u64> = nodes.iter().flat_map(|node| node.rollback.iter().chain(&node.wiped).map(|entry| write_id(&entry.payload))).collect();
     let members = nodes.len();
     let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.iter().map(|entry| write_id(&entry.payload)).collect()).collect();
     let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
@@ -33,13 +32,13 @@ pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) ->
             continue;
         }
         if is_durable_requirement(*requirement, members) {
-            result.violations.push(format!(
-                "lost acknowledged write {id} ({requirement:?}, acknowledged at {position}): missing on {}",
-                missing.join(", ")
-            ));
+            result.violations.push(format!("lost acknowledged write {id} ({requirement:?}, acknowledged at {position}): missing on {}", missing.join(", ")));
         } else {
             if rollbacks_keep_everything && !rolled_back.contains(id) {
-                result.violations.push(format!("acknowledged w=1 write {id} (at {position}) is missing on {} and in no rollback store (nor on a wiped disk)", missing.join(", ")));
+                result.violations.push(format!(
+                    "acknowledged w=1 write {id} (at {position}) is missing on {} and in no rollback store (nor on a wiped disk)",
+                    missing.join(", ")
+                ));
             }
             result.lost_async.push(*id);
         }
