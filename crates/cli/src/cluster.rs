@@ -85,6 +85,7 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             election_tick: if spec.wan.is_empty() { Duration::from_millis(25) } else { Duration::from_millis(60) },
             join: false,
             fault_injection: true,
+            limits: tern_storage::Limits::default(),
         };
         nodes.push(tern_server::serve(config).await?);
     }

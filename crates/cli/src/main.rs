@@ -163,6 +163,14 @@ pub struct ServerArgs {
     /// (partition tests where no packet filter exists). Off by default.
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     fault_injection: String,
+    /// A client statement (read or write) still running after this long is stopped with
+    /// an error, milliseconds. A stopped write fails its whole group commit (retry it).
+    #[arg(long, default_value_t = 10_000)]
+    query_timeout_ms: u64,
+    /// A query whose result would exceed this many bytes is refused with an error (page
+    /// through large results with LIMIT/OFFSET).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_result_bytes: usize,
 }
 
 impl ServerArgs {
@@ -204,6 +212,10 @@ impl ServerArgs {
             election_tick: Duration::from_millis(self.election_tick_ms.max(1)),
             join: self.join,
             fault_injection: self.fault_injection == "on",
+            limits: tern_storage::Limits {
+                statement_timeout: Duration::from_millis(self.query_timeout_ms.max(1)),
+                max_result_bytes: self.max_result_bytes.max(1),
+            },
             id: self.id,
         })
     }
@@ -229,9 +241,22 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).init();
 }
 
+/// A panic anywhere ends the process. A node whose replica loop or storage thread died
+/// would otherwise keep answering HTTP from a frozen state, holding its lease, so the
+/// others never fail over; exiting lets them.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("tern: a thread panicked; stopping the process so the cluster fails over instead of waiting on a frozen node");
+        std::process::exit(101);
+    }));
+}
+
 fn main() {
     let cli = Cli::parse();
     init_tracing();
+    exit_on_panic();
     let outcome = match cli.command {
         Command::Server(args) => run_server(args),
         Command::Demo(args) => demo::run(args),

@@ -686,11 +686,13 @@ impl Replica {
         self.outputs.pop_front()
     }
 
-    /// Follower: how long since this node last knew it had everything the leader had.
-    /// `None` on the leader (it is never behind itself) or before first contact.
+    /// How long since this node last knew it had everything the leader had. A leader
+    /// holding its lease is never behind; one whose lease ran out may have been deposed
+    /// without knowing it, so its data is known current only up to the lease's end.
+    /// `None` on a follower before first contact.
     pub fn lag_us(&self, now: Micros) -> Option<Micros> {
         match &self.role {
-            Role::Leader(_) => Some(0),
+            Role::Leader(leader) => Some(now.saturating_sub(leader.lease_until)),
             Role::Follower(follower) => follower.fresh_as_of.map(|at| now.saturating_sub(at)),
         }
     }

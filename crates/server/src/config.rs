@@ -43,6 +43,8 @@ pub struct NodeConfig {
     /// Serve `POST /debug/partition`: drop all traffic to and from chosen peers (for
     /// partition tests and the demo's failover drill on machines without a packet filter).
     pub fault_injection: bool,
+    /// What one client statement may cost: its running time and its result's size.
+    pub limits: tern_storage::Limits,
 }
 
 impl NodeConfig {

@@ -32,6 +32,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/add", post(add_member))
         .route("/cluster/remove", post(remove_member))
         .route("/debug/partition", post(partition))
+        .route("/debug/panic", post(panic_storage))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -171,6 +172,9 @@ async fn write_path(node: &Node, statements: Vec<Statement>, params: &Params, st
         Err(message) => return bad_request(message),
     };
     let request = WriteRequest { statements, transaction: params.flag("transaction") };
+    if let Some(message) = tern_storage::request_shape_error(&request) {
+        return bad_request(message);
+    }
     let reply = node.write(request, requirement).await;
     write_response(reply, started, params)
 }
@@ -427,6 +431,15 @@ async fn partition(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Re
     let peers: std::collections::BTreeSet<String> = list.split(',').map(str::trim).filter(|id| !id.is_empty()).map(str::to_string).collect();
     node.cut_off_from(peers.clone());
     Json(json!({"node": node.config.id, "dropping": peers})).into_response()
+}
+
+/// `POST /debug/panic` (only with `--fault-injection on`): make the storage thread panic.
+async fn panic_storage(State(node): State<Arc<Node>>) -> Response {
+    if !node.config.fault_injection {
+        return error_response(&RequestError::new(404, "fault injection is off (start the node with --fault-injection on)"));
+    }
+    node.inject_storage_panic();
+    Json(json!({"node": node.config.id, "panicking": "storage thread"})).into_response()
 }
 
 /// This node's rollback store: entries it removed from its log because the leader of a

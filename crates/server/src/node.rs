@@ -109,6 +109,9 @@ pub(crate) enum StorageCommand {
     Checksums {
         reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>>,
     },
+    /// Fault injection (`POST /debug/panic`): panic on the storage thread, to show that
+    /// a node that cannot continue exits and the others fail over.
+    Panic,
     /// Checkpoint and close the database (clean shutdown), then stop the thread.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -231,6 +234,7 @@ impl Node {
         let mut engine =
             Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);
+        engine.set_limits(config.limits);
         let recovered = engine.last();
         let epoch_starts = engine.epoch_starts().map_err(|error| format!("cannot read the log: {error}"))?;
         let saved_election = if config.failover { load_election(&config.data_dir)? } else { None };
@@ -336,6 +340,10 @@ impl Node {
 
     fn storage_send(&self, command: StorageCommand) -> bool {
         self.storage.lock().expect("storage sender lock is never poisoned").send(command).is_ok()
+    }
+
+    pub(crate) fn inject_storage_panic(&self) {
+        self.storage_send(StorageCommand::Panic);
     }
 
     pub(crate) fn send_to(&self, to: &str, frame: Frame) {
@@ -589,10 +597,11 @@ impl Node {
             readers.pop().map(|(_, reader)| reader)
         };
         let directory = self.config.data_dir.clone();
+        let limits = self.config.limits;
         let outcome = tokio::task::spawn_blocking(move || {
             let reader = match pooled {
                 Some(reader) => reader,
-                None => Reader::open(&directory).map_err(|error| error.to_string())?,
+                None => Reader::open_with_limits(&directory, limits).map_err(|error| error.to_string())?,
             };
             let outcome = reader.query(&statements).map_err(|error| error.to_string());
             Ok::<_, String>((reader, outcome))
@@ -1072,7 +1081,7 @@ impl StorageContext {
                     Err(error) => tracing::error!("cannot install snapshot: {error}"),
                 },
                 StorageCommand::InstallSnapshot { path, rollback_after: Some(common) } => {
-                    let outcome = self.engine.roll_back_after(common).and_then(|entries| Ok((entries, self.engine.install_snapshot(&path, true)?)));
+                    let outcome = self.engine.roll_back_and_install(common, &path);
                     match outcome {
                         Ok((entries, position)) => {
                             self.reader_generation.fetch_add(1, Ordering::AcqRel);
@@ -1087,6 +1096,7 @@ impl StorageContext {
                 StorageCommand::Checksums { reply } => {
                     let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
                 }
+                StorageCommand::Panic => panic!("fault injection: the storage thread was asked to panic (POST /debug/panic)"),
                 StorageCommand::Shutdown { reply } => {
                     if let Err(error) = self.engine.checkpoint() {
                         tracing::warn!("checkpoint at shutdown failed: {error}");

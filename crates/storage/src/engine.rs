@@ -8,13 +8,13 @@
 //! Every write transaction commits with `synchronous=FULL` in WAL mode, so a commit that
 //! returned is on disk; many client requests share one commit (group commit).
 
-use crate::guard::{self, first_keyword};
+use crate::guard::{self, describe, first_keyword, ClientPolicy, Limits};
 use crate::rewrite::{creates_table_from_select, make_deterministic, reads_the_clock};
 use crate::session::{apply_changeset, Session};
 use crate::sql::{Params, SqlValue, Statement, StatementResult};
 use crate::wal::WalTail;
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tern_core::{Entry, LogFormat, Position};
@@ -135,6 +135,8 @@ pub struct Engine {
     rewrite_statements: bool,
     /// WAL frames written since the last checkpoint (physical format).
     commits_since_checkpoint: u64,
+    /// What client statements may do on this connection (authorizer, deadline, limits).
+    policy: ClientPolicy,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -146,6 +148,14 @@ const CHECKPOINT_EVERY_COMMITS: u64 = 256;
 /// A request that must run outside any transaction (`VACUUM`); it is executed alone.
 pub fn is_maintenance(request: &WriteRequest) -> bool {
     request.statements.iter().any(|statement| first_keyword(&statement.sql) == "VACUUM")
+}
+
+/// Why a write request's shape is invalid as a whole (a 400 before anything is queued),
+/// or `None`: `VACUUM` runs outside any transaction, so it must be the request's only
+/// statement.
+pub fn request_shape_error(request: &WriteRequest) -> Option<String> {
+    (is_maintenance(request) && request.statements.len() > 1)
+        .then(|| "VACUUM must be sent alone in its request: it runs outside any transaction, so it cannot share one with other statements".to_owned())
 }
 
 fn configure_physical_data(connection: &Connection) -> Result<()> {
@@ -273,9 +283,36 @@ fn bind(statement: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::R
     Ok(())
 }
 
+/// Starts a write transaction that rolls back when dropped unless committed: an error
+/// path that returns early can never leave `BEGIN` open and wedge every later write.
+fn begin_immediate(connection: &Connection) -> rusqlite::Result<Transaction<'_>> {
+    Transaction::new_unchecked(connection, TransactionBehavior::Immediate)
+}
+
+/// Roughly what a value costs in a JSON result, for the result size limit.
+fn result_bytes(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Integer(_) | Value::Real(_) => 8,
+        Value::Text(text) => text.len() + 2,
+        Value::Blob(bytes) => bytes.len() * 4 / 3 + 4,
+    }
+}
+
+/// Runs one client statement under `policy` (its authorizer, deadline and result limit)
+/// and reports it the way rqlite does.
+fn run_client_statement(connection: &Connection, policy: &ClientPolicy, sql: &str, params: &Params) -> StatementResult {
+    run_statement_with(connection, Some(policy), sql, params)
+}
+
 /// Runs one statement and reports it the way rqlite does. Statements that return rows
 /// produce a query result; others report rows affected and the last rowid.
 pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> StatementResult {
+    run_statement_with(connection, None, sql, params)
+}
+
+fn run_statement_with(connection: &Connection, policy: Option<&ClientPolicy>, sql: &str, params: &Params) -> StatementResult {
+    let max_bytes = policy.map_or(usize::MAX, |policy| policy.limits().max_result_bytes);
+    let mut too_large = false;
     let outcome = (|| -> rusqlite::Result<StatementResult> {
         let mut statement = connection.prepare_cached(sql)?;
         bind(&mut statement, params)?;
@@ -284,13 +321,20 @@ pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> Sta
             let types: Vec<String> = statement.columns().map(|column| column.decl_type().map(str::to_ascii_lowercase).unwrap_or_default()).collect();
             let count = columns.len();
             let mut values = Vec::new();
+            let mut bytes = 0usize;
             let mut rows = statement.raw_query();
             while let Some(row) = rows.next()? {
                 let mut line = Vec::with_capacity(count);
                 for index in 0..count {
-                    line.push(SqlValue::from(row.get::<_, Value>(index)?));
+                    let value = row.get::<_, Value>(index)?;
+                    bytes = bytes.saturating_add(result_bytes(&value));
+                    line.push(SqlValue::from(value));
                 }
                 values.push(line);
+                if bytes > max_bytes {
+                    too_large = true;
+                    return Ok(StatementResult::default());
+                }
             }
             Ok(StatementResult { is_query: true, columns, types, values, ..StatementResult::default() })
         } else {
@@ -298,14 +342,12 @@ pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> Sta
             Ok(StatementResult { last_insert_id: connection.last_insert_rowid(), rows_affected: connection.changes() as i64, ..StatementResult::default() })
         }
     })();
-    outcome.unwrap_or_else(|error| StatementResult::error(describe(&error)))
-}
-
-fn describe(error: &rusqlite::Error) -> String {
-    match error {
-        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
-        other => other.to_string(),
+    if too_large {
+        return StatementResult::error(format!(
+            "the result is larger than {max_bytes} bytes (--max-result-bytes): select fewer rows or columns, e.g. with LIMIT and OFFSET"
+        ));
     }
+    outcome.unwrap_or_else(|error| StatementResult::error(policy.map_or_else(|| describe(&error), |policy| policy.explain(&error))))
 }
 
 fn is_read_only(connection: &Connection, sql: &str) -> bool {
@@ -319,7 +361,8 @@ impl Engine {
     /// If the directory or database cannot be created or read.
     pub fn open(directory: &Path, format: LogFormat) -> Result<Engine> {
         std::fs::create_dir_all(directory)?;
-        let connection = Connection::open(directory.join(DATABASE_FILE))?;
+        let mut connection = Connection::open(directory.join(DATABASE_FILE))?;
+        let policy = ClientPolicy::install(&mut connection, true, Limits::default())?;
         let (separate_log, wal) = if format == LogFormat::Physical {
             configure_physical_data(&connection)?;
             let log = Connection::open(directory.join(LOG_FILE))?;
@@ -341,6 +384,7 @@ impl Engine {
             wal,
             rewrite_statements: true,
             commits_since_checkpoint: 0,
+            policy,
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
@@ -357,6 +401,11 @@ impl Engine {
         self.rewrite_statements = enabled;
     }
 
+    /// Sets the limits on client statements (timeout, result size).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.policy.set_limits(limits);
+    }
+
     fn log(&self) -> &Connection {
         self.separate_log.as_ref().unwrap_or(&self.connection)
     }
@@ -366,7 +415,11 @@ impl Engine {
         self.first_index = read_meta(self.log(), "first_index")?.unwrap_or(1);
         if self.format == LogFormat::Physical {
             let logged = last_logged(self.log())?;
-            if logged.index < self.last.index || self.first_index > self.last.index + 1 {
+            // The log must end exactly where the data stands, with the data's entry: a
+            // crash after a snapshot replaced the data but before the log was reset
+            // leaves the old log (perhaps another epoch's entries) beside the new data.
+            let same_entry = self.last.index < self.first_index || self.logged_epoch(self.last.index)? == Some(self.last.epoch);
+            if logged.index != self.last.index || !same_entry || self.first_index > self.last.index + 1 {
                 // The data committed entries the log did not record (a crash between the
                 // two commits): the log restarts after the data's position, so a follower
                 // that needs earlier entries receives a snapshot.
@@ -377,11 +430,10 @@ impl Engine {
     }
 
     fn reset_log_after(&mut self, index: u64) -> Result<()> {
-        let log = self.log();
-        log.execute_batch("BEGIN IMMEDIATE")?;
-        log.execute("DELETE FROM _tern_log", [])?;
-        write_meta(log, "first_index", index + 1)?;
-        log.execute_batch("COMMIT")?;
+        let transaction = begin_immediate(self.log())?;
+        transaction.execute("DELETE FROM _tern_log", [])?;
+        write_meta(&transaction, "first_index", index + 1)?;
+        transaction.commit()?;
         self.first_index = index + 1;
         Ok(())
     }
@@ -425,29 +477,33 @@ impl Engine {
             }
         }
         assert!(!requests.iter().any(is_maintenance), "maintenance requests are executed alone");
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
-        let outcome = self.execute_in_transaction(epoch, requests);
-        match outcome {
-            Ok(mut batch) => match self.connection.execute_batch("COMMIT") {
-                Ok(()) => {
-                    if self.format == LogFormat::Physical && batch.changed.iter().any(|changed| *changed) {
-                        forget_cached_pages(&self.connection)?;
-                        batch.entry = Some(self.log_committed_pages(epoch)?);
-                    }
-                    if let Some(entry) = &batch.entry {
-                        self.last = entry.position();
-                    }
-                    Ok(batch)
-                }
-                Err(error) => {
-                    let _ = self.connection.execute_batch("ROLLBACK");
-                    Err(error.into())
-                }
-            },
-            Err(error) => {
-                let _ = self.connection.execute_batch("ROLLBACK");
-                Err(error)
-            }
+        let mut batch = {
+            let transaction = begin_immediate(&self.connection)?;
+            let batch = self.execute_in_transaction(epoch, requests).map_err(|error| self.explain_batch_failure(error))?;
+            transaction.commit()?;
+            batch
+        };
+        if self.format == LogFormat::Physical && batch.changed.iter().any(|changed| *changed) {
+            forget_cached_pages(&self.connection)?;
+            batch.entry = Some(self.log_committed_pages(epoch)?);
+        }
+        if let Some(entry) = &batch.entry {
+            self.last = entry.position();
+        }
+        Ok(batch)
+    }
+
+    /// A client write interrupted by its deadline makes SQLite roll back the whole
+    /// transaction, so the batch it shared fails as a whole: say so, so clients retry.
+    fn explain_batch_failure(&self, error: StorageError) -> StorageError {
+        if self.policy.interrupted() {
+            StorageError(format!(
+                "a statement in this group commit ran longer than {} ms (--query-timeout-ms) and was stopped; \
+                 nothing in the group was applied: retry ({error})",
+                self.policy.limits().statement_timeout.as_millis()
+            ))
+        } else {
+            error
         }
     }
 
@@ -457,8 +513,12 @@ impl Engine {
     fn execute_maintenance(&mut self, epoch: u64, request: &WriteRequest) -> Result<Batch> {
         let mut results = Vec::new();
         for statement in &request.statements {
-            if first_keyword(&statement.sql) != "VACUUM" {
-                results.push(StatementResult::error("VACUUM must be sent alone in its request"));
+            if let Some(error) = request_shape_error(request) {
+                results.push(StatementResult::error(error));
+                continue;
+            }
+            if let Some(refusal) = guard::vacuum_into_refusal(&statement.sql) {
+                results.push(StatementResult::error(refusal));
                 continue;
             }
             results.push(run_statement(&self.connection, &statement.sql, &statement.params));
@@ -468,9 +528,9 @@ impl Engine {
             return Ok(Batch { results: vec![results], changed: vec![false], entry: None });
         }
         let next = Position::new(epoch, self.last.index + 1);
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
-        record_position(&self.connection, next)?;
-        self.connection.execute_batch("COMMIT")?;
+        let transaction = begin_immediate(&self.connection)?;
+        record_position(&transaction, next)?;
+        transaction.commit()?;
         forget_cached_pages(&self.connection)?;
         let entry = self.log_committed_pages(epoch)?;
         self.last = entry.position();
@@ -488,10 +548,9 @@ impl Engine {
             .ok_or_else(|| StorageError("a committed transaction is missing from the WAL".into()))?;
         let change = Change::Pages { page_size: committed.page_size, database_pages: committed.database_pages, pages: committed.pages.into_iter().collect() };
         let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: vec![change] }.encode() };
-        let log = self.log();
-        log.execute_batch("BEGIN IMMEDIATE")?;
-        append_log(log, &entry)?;
-        log.execute_batch("COMMIT")?;
+        let transaction = begin_immediate(self.log())?;
+        append_log(&transaction, &entry)?;
+        transaction.commit()?;
         self.commits_since_checkpoint += 1;
         if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
             self.checkpoint()?;
@@ -571,6 +630,8 @@ impl Engine {
                 LogFormat::Physical => false,
             };
             let sql = if ships_values_as_sql {
+                // The client's text is evaluated in parts here, so under the client rules.
+                let _client = self.policy.scope(&self.connection)?;
                 match make_deterministic(&self.connection, &statement.sql, parameters_read_the_clock(&statement.params)) {
                     Ok(Some(rewritten)) => rewritten,
                     Ok(None) => statement.sql.clone(),
@@ -582,13 +643,16 @@ impl Engine {
             } else {
                 statement.sql.clone()
             };
-            let read_only = is_read_only(&self.connection, &sql);
-            if let Some(refusal) = (!read_only).then(|| guard::write_refusal(&sql)).flatten() {
-                results.push(StatementResult::error(refusal));
-                continue;
-            }
+            // Client rules (authorizer, defensive mode, deadline) hold only while the
+            // client's statement is prepared and run: tern's own statements on this
+            // connection, re-prepared after a schema change, must never be refused.
+            let read_only = {
+                let _client = self.policy.scope(&self.connection)?;
+                is_read_only(&self.connection, &sql)
+            };
             if read_only {
-                results.push(run_statement(&self.connection, &sql, &statement.params));
+                let _client = self.policy.scope(&self.connection)?;
+                results.push(run_client_statement(&self.connection, &self.policy, &sql, &statement.params));
                 continue;
             }
             let ships_as_sql = match self.format {
@@ -604,7 +668,10 @@ impl Engine {
             }
             // Each statement gets a savepoint so a failing one leaves no partial effects.
             self.run_cached("SAVEPOINT statement")?;
-            let result = run_statement(&self.connection, &sql, &statement.params);
+            let result = {
+                let _client = self.policy.scope(&self.connection)?;
+                run_client_statement(&self.connection, &self.policy, &sql, &statement.params)
+            };
             if result.error.is_some() {
                 self.run_cached("ROLLBACK TO statement")?;
                 self.run_cached("RELEASE statement")?;
@@ -649,7 +716,7 @@ impl Engine {
             return Ok(self.last);
         }
         let Some(last_entry) = entries.last() else { return Ok(self.last) };
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let transaction = begin_immediate(&self.connection)?;
         let outcome = (|| -> Result<()> {
             let mut expected = self.last.index + 1;
             for entry in entries {
@@ -664,32 +731,27 @@ impl Engine {
             }
             Ok(())
         })();
-        match outcome.and_then(|()| Ok(self.connection.execute_batch("COMMIT")?)) {
-            Ok(()) => {
-                self.last = last_entry.position();
-                if self.format == LogFormat::Physical {
-                    forget_cached_pages(&self.connection)?;
-                }
-                if let Some(log) = &self.separate_log {
-                    // Physical: the data file already records its position; a crash before
-                    // this commit only shortens the log (load_position then resets it).
-                    log.execute_batch("BEGIN IMMEDIATE")?;
-                    for entry in entries {
-                        append_log(log, entry)?;
-                    }
-                    log.execute_batch("COMMIT")?;
-                    self.commits_since_checkpoint += 1;
-                    if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
-                        self.checkpoint()?;
-                    }
-                }
-                Ok(self.last)
+        outcome?;
+        transaction.commit()?;
+        self.last = last_entry.position();
+        if self.format == LogFormat::Physical {
+            forget_cached_pages(&self.connection)?;
+        }
+        if let Some(log) = &self.separate_log {
+            // Physical: the data file already records its position; a crash before
+            // this commit only shortens the log (load_position then resets it).
+            crate::failpoint::hit("physical-apply-between-data-and-log")?;
+            let transaction = begin_immediate(log)?;
+            for entry in entries {
+                append_log(&transaction, entry)?;
             }
-            Err(error) => {
-                let _ = self.connection.execute_batch("ROLLBACK");
-                Err(error)
+            transaction.commit()?;
+            self.commits_since_checkpoint += 1;
+            if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
+                self.checkpoint()?;
             }
         }
+        Ok(self.last)
     }
 
     fn apply_payload(&self, payload: &Payload) -> Result<()> {
@@ -772,23 +834,12 @@ impl Engine {
         if first_kept <= self.first_index {
             return Ok(());
         }
-        let log = self.log();
-        log.execute_batch("BEGIN IMMEDIATE")?;
-        let outcome = (|| -> Result<()> {
-            log.execute("DELETE FROM _tern_log WHERE idx < ?1", [first_kept as i64])?;
-            write_meta(log, "first_index", first_kept)?;
-            Ok(())
-        })();
-        match outcome.and_then(|()| Ok(log.execute_batch("COMMIT")?)) {
-            Ok(()) => {
-                self.first_index = first_kept;
-                Ok(())
-            }
-            Err(error) => {
-                let _ = log.execute_batch("ROLLBACK");
-                Err(error)
-            }
-        }
+        let transaction = begin_immediate(self.log())?;
+        transaction.execute("DELETE FROM _tern_log WHERE idx < ?1", [first_kept as i64])?;
+        write_meta(&transaction, "first_index", first_kept)?;
+        transaction.commit()?;
+        self.first_index = first_kept;
+        Ok(())
     }
 
     pub fn first_index(&self) -> u64 {
@@ -811,13 +862,26 @@ impl Engine {
         Ok(starts.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Moves the log entries after `index` into the rollback store (`rollback.db` beside
-    /// the database), durably, and returns how many moved. Their effects stay in the data
-    /// until a snapshot replaces it (`install_snapshot` with `after_rollback`).
+    /// Keeps the log entries after `index` in the rollback store, then installs `snapshot`
+    /// in place of the database (whose log it replaces); returns how many entries were
+    /// rolled back and the snapshot's position.
+    ///
+    /// Crash-atomic: until the snapshot's rename, the database is untouched (its diverged
+    /// entries and their effects together), so a crash at any step restarts the node in a
+    /// state it had, and the store keeps each entry once however often this is retried.
     ///
     /// # Errors
-    /// On a SQLite failure.
-    pub fn roll_back_after(&mut self, index: u64) -> Result<u64> {
+    /// On a SQLite or file system failure; the database is then as it was.
+    pub fn roll_back_and_install(&mut self, index: u64, snapshot: &Path) -> Result<(u64, Position)> {
+        let rolled_back = self.keep_entries_after(index)?;
+        crate::failpoint::hit("rollback-kept-before-install")?;
+        let position = self.install_snapshot(snapshot, true)?;
+        Ok((rolled_back, position))
+    }
+
+    /// Copies the log entries after `index` into the rollback store (`rollback.db` beside
+    /// the database), durably, and returns how many there are.
+    fn keep_entries_after(&mut self, index: u64) -> Result<u64> {
         let mut entries = Vec::new();
         {
             let mut statement = self.log().prepare("SELECT idx, epoch, payload FROM _tern_log WHERE idx > ?1 ORDER BY idx")?;
@@ -828,7 +892,6 @@ impl Engine {
         }
         let store = RollbackStore::open(&self.directory)?;
         store.keep(&entries, self.format)?;
-        self.log().execute("DELETE FROM _tern_log WHERE idx > ?1", [index as i64])?;
         Ok(entries.len() as u64)
     }
 
@@ -911,6 +974,7 @@ impl Engine {
             let _ = directory.sync_all();
         }
         self.connection = Connection::open(&database)?;
+        self.policy = ClientPolicy::install(&mut self.connection, true, self.policy.limits())?;
         if self.format == LogFormat::Physical {
             configure_physical_data(&self.connection)?;
             if let Some(wal) = &mut self.wal {
@@ -996,18 +1060,32 @@ pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)
 /// the last committed state and never block the writer).
 pub struct Reader {
     connection: Connection,
+    policy: ClientPolicy,
 }
 
 impl Reader {
     /// # Errors
     /// If the database cannot be opened.
     pub fn open(directory: &Path) -> Result<Reader> {
-        let connection = Connection::open_with_flags(
-            directory.join(DATABASE_FILE),
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )?;
+        Reader::open_with_limits(directory, Limits::default())
+    }
+
+    /// # Errors
+    /// If the database cannot be opened.
+    pub fn open_with_limits(directory: &Path, limits: Limits) -> Result<Reader> {
+        // No SQLITE_OPEN_URI: a client's ATTACH (refused anyway) could otherwise pass
+        // `file:` options.
+        let mut connection = Connection::open_with_flags(directory.join(DATABASE_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(Reader { connection })
+        let policy = ClientPolicy::install(&mut connection, false, limits)?;
+        Ok(Reader { connection, policy })
+    }
+
+    /// Does `sql` only read? Statements that fail to prepare (or that the client rules
+    /// refuse) count as reads, so their error comes from the read path.
+    fn reads_only(&self, sql: &str) -> bool {
+        let Ok(_client) = self.policy.scope(&self.connection) else { return false };
+        is_read_only(&self.connection, sql) || self.connection.prepare(sql).is_err()
     }
 
     /// Runs the statements in one read transaction (one consistent snapshot) and returns
@@ -1021,8 +1099,11 @@ impl Reader {
         let results = statements
             .iter()
             .map(|statement| {
-                if is_read_only(&self.connection, &statement.sql) || self.connection.prepare(&statement.sql).is_err() {
-                    run_statement(&self.connection, &statement.sql, &statement.params)
+                if self.reads_only(&statement.sql) {
+                    match self.policy.scope(&self.connection) {
+                        Ok(_client) => run_client_statement(&self.connection, &self.policy, &statement.sql, &statement.params),
+                        Err(error) => StatementResult::error(describe(&error)),
+                    }
                 } else {
                     StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request")
                 }
@@ -1065,7 +1146,7 @@ impl Reader {
 /// True if every statement only reads (decided by SQLite's own `sqlite3_stmt_readonly`).
 /// Statements that fail to prepare count as reads, so their error comes from the read path.
 pub fn all_read_only(reader: &Reader, statements: &[Statement]) -> bool {
-    statements.iter().all(|statement| is_read_only(&reader.connection, &statement.sql) || reader.connection.prepare(&statement.sql).is_err())
+    statements.iter().all(|statement| reader.reads_only(&statement.sql))
 }
 
 /// Entries a node removed from its log because the leader of a later epoch lacked them:
@@ -1107,14 +1188,17 @@ impl RollbackStore {
 
     fn keep(&self, entries: &[Entry], format: LogFormat) -> Result<()> {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64);
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let transaction = begin_immediate(&self.connection)?;
         for entry in entries {
-            self.connection.execute(
-                "INSERT INTO rolled_back (epoch, idx, rolled_back_at_ms, format, description, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            // Kept once: a crash after this commit but before the snapshot replaced the
+            // log makes the node roll the same entries back again after restarting.
+            transaction.execute(
+                "INSERT INTO rolled_back (epoch, idx, rolled_back_at_ms, format, description, payload)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM rolled_back WHERE epoch = ?1 AND idx = ?2)",
                 params![entry.epoch as i64, entry.index as i64, now_ms, format.name(), describe_entry(&entry.payload), entry.payload],
             )?;
         }
-        self.connection.execute_batch("COMMIT")?;
+        transaction.commit()?;
         Ok(())
     }
 

@@ -10,6 +10,12 @@
 //! most of them write no page.
 
 use crate::rewrite::{tokenize, TokenKind};
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, ErrorCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The statement's first keyword, upper-cased, after any whitespace and comments.
 pub fn first_keyword(sql: &str) -> String {
@@ -85,14 +91,262 @@ pub fn refusal(sql: &str) -> Option<String> {
     None
 }
 
-/// Why a statement that writes (as SQLite says once it is prepared) may not, or `None`:
-/// tern's own tables are readable but not writable by clients.
-pub fn write_refusal(sql: &str) -> Option<String> {
-    let names_tern_table = significant_tokens(sql).iter().any(|token| {
-        let unquoted = token.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']'));
-        unquoted.len() >= 6 && unquoted[..6].eq_ignore_ascii_case("_tern_")
-    });
-    names_tern_table.then(|| "tables named _tern_* are tern's own bookkeeping and cannot be written by clients".to_owned())
+/// `VACUUM INTO 'file'` writes a copy of the database anywhere the server may write.
+pub fn vacuum_into_refusal(sql: &str) -> Option<String> {
+    let tokens = significant_tokens(sql);
+    let is_vacuum = tokens.first().is_some_and(|word| word.eq_ignore_ascii_case("VACUUM"));
+    (is_vacuum && tokens.iter().any(|word| word.eq_ignore_ascii_case("INTO")))
+        .then(|| "VACUUM INTO is not allowed: it writes a file on the server (use /db/backup-style tooling on the node instead)".to_owned())
+}
+
+/// Limits on what one client statement may cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A statement still running after this long is interrupted (`--query-timeout-ms`).
+    pub statement_timeout: Duration,
+    /// A query whose rows add up to more than this many bytes is stopped (`--max-result-bytes`).
+    pub max_result_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { statement_timeout: Duration::from_secs(10), max_result_bytes: 64 << 20 }
+    }
+}
+
+/// SQLite virtual-instruction count between checks of a statement's deadline.
+const PROGRESS_CHECK_EVERY: i32 = 10_000;
+
+struct PolicyState {
+    /// Client rules apply only while this is set: tern's own statements on the same
+    /// connection (the log, savepoints, re-preparations of them) are never refused.
+    active: AtomicBool,
+    /// Microseconds after `base` when the running client statement must stop; 0: none.
+    deadline_us: AtomicU64,
+    interrupted: AtomicBool,
+    base: Instant,
+    /// The writer connection also applies replicated pages through `sqlite_dbpage`, so its
+    /// defensive mode is on only inside a scope; a reader's is on always.
+    writer: bool,
+    refusal: Mutex<Option<String>>,
+    limits: Mutex<Limits>,
+}
+
+/// What a client statement may do, enforced by SQLite itself: an authorizer that sees
+/// every table, view, trigger, function and pragma a statement touches once it is
+/// prepared (through views and triggers too), defensive mode (no raw page or schema
+/// writes), and a deadline checked by a progress handler. Cheap to clone.
+#[derive(Clone)]
+pub struct ClientPolicy {
+    state: Arc<PolicyState>,
+}
+
+/// Client rules in force on a connection until dropped.
+pub struct ClientScope<'policy> {
+    policy: &'policy ClientPolicy,
+    connection: &'policy Connection,
+}
+
+impl Drop for ClientScope<'_> {
+    fn drop(&mut self) {
+        self.policy.state.active.store(false, Ordering::Release);
+        self.policy.state.deadline_us.store(0, Ordering::Release);
+        if self.policy.state.writer {
+            // tern's own apply path writes pages through sqlite_dbpage (physical format).
+            let _ = self.connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false);
+        }
+    }
+}
+
+impl ClientPolicy {
+    /// Installs the policy on `connection`; its rules apply inside [`ClientPolicy::scope`]
+    /// only, since tern runs its own statements on the same connections. `writer`: the
+    /// connection applies replicated pages, so defensive mode is on only inside a scope.
+    ///
+    /// # Errors
+    /// If SQLite refuses the hooks.
+    pub fn install(connection: &mut Connection, writer: bool, limits: Limits) -> rusqlite::Result<ClientPolicy> {
+        let state = Arc::new(PolicyState {
+            active: AtomicBool::new(false),
+            deadline_us: AtomicU64::new(0),
+            interrupted: AtomicBool::new(false),
+            base: Instant::now(),
+            writer,
+            refusal: Mutex::new(None),
+            limits: Mutex::new(limits),
+        });
+        let for_authorizer = state.clone();
+        connection.authorizer(Some(move |context: AuthContext<'_>| {
+            if !for_authorizer.active.load(Ordering::Acquire) {
+                return Authorization::Allow;
+            }
+            match authorize(&context.action) {
+                Ok(()) => Authorization::Allow,
+                Err(reason) => {
+                    *for_authorizer.refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                    Authorization::Deny
+                }
+            }
+        }))?;
+        let for_progress = state.clone();
+        connection.progress_handler(
+            PROGRESS_CHECK_EVERY,
+            Some(move || {
+                let deadline = for_progress.deadline_us.load(Ordering::Acquire);
+                let late = deadline != 0 && for_progress.base.elapsed().as_micros() as u64 > deadline;
+                if late {
+                    for_progress.interrupted.store(true, Ordering::Release);
+                }
+                late
+            }),
+        )?;
+        if !writer {
+            connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        }
+        Ok(ClientPolicy { state })
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.state.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        *self.state.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
+    fn start_statement(&self) {
+        let timeout = self.limits().statement_timeout.as_micros() as u64;
+        let now = self.state.base.elapsed().as_micros() as u64;
+        self.state.deadline_us.store(now.saturating_add(timeout).max(1), Ordering::Release);
+        self.state.interrupted.store(false, Ordering::Release);
+        *self.state.refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Client rules on `connection` (the one the policy was installed on) for one client
+    /// statement, with its deadline started, until the scope drops.
+    ///
+    /// # Errors
+    /// If defensive mode cannot be switched on.
+    pub fn scope<'policy>(&'policy self, connection: &'policy Connection) -> rusqlite::Result<ClientScope<'policy>> {
+        if self.state.writer {
+            connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        }
+        self.state.active.store(true, Ordering::Release);
+        self.start_statement();
+        Ok(ClientScope { policy: self, connection })
+    }
+
+    /// Did the running statement's deadline stop it?
+    pub fn interrupted(&self) -> bool {
+        self.state.interrupted.load(Ordering::Acquire)
+    }
+
+    /// A client-facing account of `error`: the policy's reason when the authorizer refused
+    /// the statement or its deadline stopped it, else SQLite's own message.
+    pub fn explain(&self, error: &rusqlite::Error) -> String {
+        if let rusqlite::Error::SqliteFailure(failure, _) = error {
+            match failure.code {
+                ErrorCode::AuthorizationForStatementDenied => {
+                    if let Some(reason) = self.state.refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+                        return reason;
+                    }
+                }
+                ErrorCode::OperationInterrupted if self.interrupted() => {
+                    return format!(
+                        "statement stopped after running longer than {} ms (--query-timeout-ms); nothing it would have written was kept",
+                        self.limits().statement_timeout.as_millis()
+                    );
+                }
+                _ => {}
+            }
+        }
+        describe(error)
+    }
+}
+
+/// SQLite's message for an error, without rusqlite's wrapping.
+pub fn describe(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_internal_table(name: &str) -> bool {
+    // `get`, not `[..6]`: byte 6 may fall inside a character ('Andrés').
+    name.get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("_tern_")) || name.eq_ignore_ascii_case("sqlite_dbpage")
+}
+
+const INTERNAL_TABLE: &str = "tables named _tern_* are tern's own bookkeeping, and sqlite_dbpage is the raw file: clients cannot write them";
+
+/// The client rules, as SQLite reports each action of a statement it prepares.
+///
+/// # Errors
+/// Why the action is refused.
+pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
+    use AuthAction as A;
+    let refuse = |reason: &str| Err(reason.to_owned());
+    match action {
+        A::Attach { .. } | A::Detach { .. } => refuse("ATTACH and DETACH are not allowed: only the replicated database can be read or written"),
+        A::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+            refuse("load_extension() is not allowed: a node runs only the code it was built with")
+        }
+        A::Pragma { pragma_name, pragma_value } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let sets_value = pragma_value.is_some()
+                && !matches!(
+                    name.as_str(),
+                    "user_version"
+                        | "application_id"
+                        | "table_info"
+                        | "table_xinfo"
+                        | "index_info"
+                        | "index_xinfo"
+                        | "index_list"
+                        | "foreign_key_list"
+                        | "foreign_key_check"
+                        | "integrity_check"
+                        | "quick_check"
+                        | "function_list"
+                        | "pragma_list"
+                        | "table_list"
+                        | "module_list"
+                        | "collation_list"
+                        | "database_list"
+                        | "compile_options"
+                );
+            if CONNECTION_PRAGMAS.contains(&name.as_str()) || sets_value {
+                Err(format!("PRAGMA {name} is not allowed: it changes how this node stores data, not the data itself"))
+            } else {
+                Ok(())
+            }
+        }
+        A::Transaction { .. } | A::Savepoint { .. } => refuse(
+            "transaction control is not allowed: tern runs each request in its own transaction \
+             (send the statements in one request with ?transaction to make them all-or-nothing)",
+        ),
+        A::CreateTempTable { .. } | A::CreateTempIndex { .. } | A::CreateTempTrigger { .. } | A::CreateTempView { .. } => refuse(
+            "temporary tables, views, triggers and indexes are not allowed: they would live on one connection of one node, \
+             invisible to later requests and to every replica (create an ordinary table instead)",
+        ),
+        A::CreateVtable { module_name, .. } if module_name.eq_ignore_ascii_case("sqlite_dbpage") => refuse(INTERNAL_TABLE),
+        A::Insert { table_name }
+        | A::Update { table_name, .. }
+        | A::Delete { table_name }
+        | A::DropTable { table_name }
+        | A::AlterTable { table_name, .. }
+        | A::CreateIndex { table_name, .. }
+        | A::DropIndex { table_name, .. }
+        | A::CreateTrigger { table_name, .. }
+        | A::DropTrigger { table_name, .. }
+        | A::DropVtable { table_name, .. }
+        | A::Analyze { table_name }
+            if is_internal_table(table_name) =>
+        {
+            refuse(INTERNAL_TABLE)
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -129,15 +383,25 @@ mod tests {
     #[test]
     fn ordinary_writes_and_data_pragmas_pass() {
         for sql in ["INSERT INTO t VALUES (1)", "PRAGMA user_version = 7", "PRAGMA table_info(t)", "CREATE TABLE tern_notes (x)", "SELECT '_tern_log'"] {
-            assert_eq!(refusal(sql).or(write_refusal(sql)), None, "{sql} must pass");
+            assert_eq!(refusal(sql).or(vacuum_into_refusal(sql)), None, "{sql} must pass");
         }
         assert_eq!(refusal("SELECT * FROM _tern_log"), None, "reading the log is allowed");
     }
 
     #[test]
-    fn tern_tables_cannot_be_written() {
-        assert!(write_refusal("DELETE FROM _tern_log").is_some());
-        assert!(write_refusal("UPDATE \"_TERN_META\" SET value = 0").is_some());
-        assert!(write_refusal("DROP TABLE [_tern_log]").is_some());
+    fn vacuum_into_is_refused_and_plain_vacuum_is_not() {
+        assert!(vacuum_into_refusal("VACUUM INTO '/tmp/x.db'").is_some());
+        assert!(vacuum_into_refusal("vacuum main into 'x'").is_some());
+        assert_eq!(vacuum_into_refusal("VACUUM"), None);
+        assert_eq!(vacuum_into_refusal("INSERT INTO t VALUES ('VACUUM')"), None);
+    }
+
+    #[test]
+    fn internal_table_names_with_multibyte_text_do_not_panic() {
+        assert!(!is_internal_table("Andrés"));
+        assert!(!is_internal_table("日本語のテーブル"));
+        assert!(!is_internal_table("_tern"));
+        assert!(is_internal_table("_TERN_log"));
+        assert!(is_internal_table("SQLITE_DBPAGE"));
     }
 }

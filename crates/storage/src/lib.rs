@@ -3,12 +3,14 @@
 //! Layout:
 //! - [`engine`]: the writer (execute + capture on the leader, apply on followers), the
 //!   durable replication log kept in the same database, snapshots, and read-only readers.
-//! - [`guard`]: statements a client may not run on the write path.
+//! - [`guard`]: what a client statement may do: text checks and the SQLite authorizer, deadline and limits.
+//! - [`failpoint`]: named crash points inside multi-step storage operations, for tests.
 //! - [`rewrite`]: making statements deterministic for the statement log format.
 //! - [`session`]: the only unsafe code: SQLite's session extension for row images.
 //! - [`sql`]: requests and results in rqlite's shapes.
 
 pub mod engine;
+pub mod failpoint;
 pub mod guard;
 pub mod rewrite;
 pub mod session;
@@ -16,6 +18,8 @@ pub mod sql;
 pub mod wal;
 
 pub use engine::{
-    all_read_only, is_maintenance, page_hashes, Batch, Change, Engine, Payload, Reader, RollbackStore, RolledBack, StorageError, WriteRequest, DATABASE_FILE,
+    all_read_only, is_maintenance, page_hashes, request_shape_error, Batch, Change, Engine, Payload, Reader, RollbackStore, RolledBack, StorageError,
+    WriteRequest, DATABASE_FILE,
 };
+pub use guard::Limits;
 pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};

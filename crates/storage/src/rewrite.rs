@@ -51,6 +51,12 @@ pub(crate) struct Token {
     pub(crate) end: usize,
 }
 
+/// The text between a string literal's quotes (an unterminated literal has no closing one).
+fn string_contents(literal: &str) -> &str {
+    let inner = literal.strip_prefix('\'').unwrap_or(literal);
+    inner.strip_suffix('\'').unwrap_or(inner)
+}
+
 /// Splits SQL into tokens. Unterminated strings or comments run to the end; SQLite will
 /// report the syntax error itself when the statement is prepared.
 pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
@@ -205,7 +211,7 @@ pub fn creates_table_from_select(sql: &str) -> bool {
 
 /// A string argument that makes a date and time function read the node's clock or time
 /// zone.
-pub(crate) fn reads_the_clock(text: &str) -> bool {
+pub fn reads_the_clock(text: &str) -> bool {
     ["now", "localtime", "utc"].iter().any(|word| text.trim().eq_ignore_ascii_case(word))
 }
 
@@ -284,7 +290,7 @@ pub fn make_deterministic(connection: &Connection, sql: &str, parameters_read_th
                 let arguments = &tokens[open + 1..close];
                 let significant: Vec<&Token> = arguments.iter().filter(|token| token.kind != TokenKind::Space).collect();
                 let mentions_now =
-                    arguments.iter().any(|token| token.kind == TokenKind::Text && reads_the_clock(&sql[token.start + 1..token.end.saturating_sub(1)]));
+                    arguments.iter().any(|token| token.kind == TokenKind::Text && reads_the_clock(string_contents(&sql[token.start..token.end])));
                 let takes_parameter = arguments.iter().any(|token| matches!(sql.as_bytes()[token.start], b'?' | b':' | b'@' | b'$'));
                 if takes_parameter && parameters_read_the_clock && !mentions_now {
                     return Err(NonDeterministic {

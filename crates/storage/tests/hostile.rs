@@ -1,0 +1,278 @@
+//! What a client or a failing step can do to one node's storage: text in any script,
+//! statements that would escape the replicated transaction or write raw pages, runaway
+//! queries, huge results, and crashes inside multi-step operations. Each case checks the
+//! answer and that nothing else changed.
+
+use std::time::Duration;
+use tern_core::{Entry, LogFormat, Position};
+use tern_storage::{failpoint, Engine, Limits, Reader, SqlValue, Statement, WriteRequest};
+
+const ALL_FORMATS: [LogFormat; 3] = [LogFormat::Statement, LogFormat::Row, LogFormat::Physical];
+
+fn request(statements: &[&str]) -> WriteRequest {
+    WriteRequest { statements: statements.iter().map(|sql| Statement::new(*sql)).collect(), transaction: false }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("tern-hostile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    directory
+}
+
+/// Executes one request alone; returns each statement's error (None if it succeeded).
+fn errors(engine: &mut Engine, statements: &[&str]) -> (Vec<Option<String>>, Option<Entry>) {
+    let batch = engine.execute_batch(1, &[request(statements)]).expect("no storage failure");
+    (batch.results[0].iter().map(|result| result.error.clone()).collect(), batch.entry)
+}
+
+#[test]
+fn text_in_any_script_is_written_replicated_and_read_back() {
+    let texts = ["Andrés", "日本語のテキスト", "emoji 🦀🐧", "ÅÄÖ åäö", "\u{202e}rtl", "zero\u{200b}width", "_ternés"];
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("utf8-{}", format.name()));
+        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let mut entries = Vec::new();
+        let (outcome, entry) = errors(&mut leader, &["CREATE TABLE t (v TEXT)", "CREATE TABLE \"Andrés_tabelle\" (v)"]);
+        assert_eq!(outcome, vec![None, None], "{format:?}");
+        entries.extend(entry);
+        for text in texts {
+            let sql = format!("INSERT INTO t VALUES ('{text}')");
+            let (outcome, entry) = errors(&mut leader, &[&sql, &format!("INSERT INTO \"Andrés_tabelle\" VALUES ('{text}')")]);
+            assert_eq!(outcome, vec![None, None], "{format:?} {text}");
+            entries.extend(entry);
+        }
+        follower.apply(&entries).unwrap();
+        assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "{format:?}");
+        let reader = Reader::open(&root.join("follower")).unwrap();
+        let (results, _) = reader.query(&[Statement::new("SELECT v FROM t ORDER BY rowid")]).unwrap();
+        let read: Vec<SqlValue> = results[0].values.iter().map(|row| row[0].clone()).collect();
+        let expected: Vec<SqlValue> = texts.iter().map(|text| SqlValue::Text((*text).to_owned())).collect();
+        assert_eq!(read, expected, "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// Statements a client may not run, what the refusal must mention, in every format.
+const REFUSED: &[(&str, &str)] = &[
+    ("INSERT INTO sqlite_dbpage (pgno, data) VALUES (1, zeroblob(4096))", "sqlite_dbpage"),
+    ("UPDATE sqlite_dbpage SET data = zeroblob(4096) WHERE pgno = 1", "sqlite_dbpage"),
+    ("DELETE FROM sqlite_dbpage", "sqlite_dbpage"),
+    ("CREATE VIRTUAL TABLE pages USING sqlite_dbpage", "sqlite_dbpage"),
+    ("VACUUM INTO '/tmp/tern-hostile-escape.db'", "VACUUM INTO"),
+    ("ATTACH '/tmp/tern-hostile-attach.db' AS other", "ATTACH"),
+    ("SELECT load_extension('/tmp/x.so')", "load_extension"),
+    ("PRAGMA writable_schema = 1", "writable_schema"),
+    ("PRAGMA journal_mode = DELETE", "journal_mode"),
+    ("PRAGMA synchronous(0)", "synchronous"),
+    ("PRAGMA foreign_keys = ON", "foreign_keys"),
+    ("CREATE TEMP TABLE scratch (x)", "temporary"),
+    ("CREATE TEMPORARY VIEW tv AS SELECT 1", "temporary"),
+    ("DELETE FROM _tern_log", "_tern_"),
+    ("UPDATE \"_TERN_META\" SET value = 0", "_tern_"),
+    ("DROP TABLE [_tern_log]", "_tern_"),
+    ("CREATE INDEX sneaky ON _tern_log (epoch)", "_tern_"),
+    ("WITH x AS (SELECT 1) INSERT INTO _tern_meta SELECT 'k', 1 FROM x", "_tern_"),
+    ("BEGIN", "transaction"),
+    ("SAVEPOINT s", "transaction"),
+];
+
+#[test]
+fn statements_that_escape_the_replicated_transaction_are_refused_and_change_nothing() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("refused-{}", format.name()));
+        let mut leader = Engine::open(&root, format).unwrap();
+        let (outcome, _) = errors(&mut leader, &["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('kept')"]);
+        assert_eq!(outcome, vec![None, None]);
+        let position = leader.last();
+        let sums = leader.table_checksums().unwrap();
+        for (sql, mention) in REFUSED {
+            let (outcome, entry) = errors(&mut leader, &[sql]);
+            let error = outcome[0].clone().unwrap_or_else(|| panic!("{format:?}: {sql} must be refused"));
+            assert!(error.to_lowercase().contains(&mention.to_lowercase()), "{format:?}: {sql}: error {error:?} should mention {mention}");
+            assert!(entry.is_none(), "{format:?}: {sql} logged an entry");
+            assert_eq!(leader.last(), position, "{format:?}: {sql} moved the log");
+            assert_eq!(leader.table_checksums().unwrap(), sums, "{format:?}: {sql} changed data");
+        }
+        assert!(!std::path::Path::new("/tmp/tern-hostile-escape.db").exists(), "VACUUM INTO wrote a file");
+        // A trigger's body is authorized when a statement fires it: the trigger may be
+        // created, but the client write that would run it is refused, so it never runs.
+        let _ = errors(&mut leader, &["CREATE TRIGGER wipe AFTER INSERT ON t BEGIN DELETE FROM _tern_log; END"]);
+        let position = leader.last();
+        let (outcome, entry) = errors(&mut leader, &["INSERT INTO t VALUES ('fires the trigger')"]);
+        assert!(outcome[0].as_deref().is_some_and(|error| error.contains("_tern_")), "{format:?}: {outcome:?}");
+        assert!(entry.is_none() && leader.last() == position, "{format:?}");
+        assert_eq!(leader.table_checksums().unwrap(), sums, "{format:?}: the trigger changed nothing");
+        errors(&mut leader, &["DROP TRIGGER IF EXISTS wipe"]);
+        let position = leader.last();
+        // The engine still writes, and its own bookkeeping still works after all that.
+        let (outcome, entry) = errors(&mut leader, &["INSERT INTO t VALUES ('after')", "CREATE TABLE u (x)", "INSERT INTO u VALUES (1)"]);
+        assert_eq!(outcome, vec![None, None, None], "{format:?}");
+        assert_eq!(entry.map(|entry| entry.position()), Some(Position::new(1, position.index + 1)), "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+#[test]
+fn readers_refuse_attach_and_connection_pragmas_and_still_read_tern_tables() {
+    let root = scratch("reader");
+    let mut leader = Engine::open(&root, LogFormat::Row).unwrap();
+    errors(&mut leader, &["CREATE TABLE t (v)", "INSERT INTO t VALUES (1)"]);
+    let reader = Reader::open(&root).unwrap();
+    for (sql, mention) in [
+        ("ATTACH '/etc/hostname' AS h", "ATTACH"),
+        ("PRAGMA query_only = 0", "query_only"),
+        ("SELECT load_extension('x')", "load_extension"),
+        ("PRAGMA wal_checkpoint", "wal_checkpoint"),
+    ] {
+        let (results, _) = reader.query(&[Statement::new(sql)]).unwrap();
+        let error = results[0].error.clone().unwrap_or_else(|| panic!("{sql} must be refused"));
+        assert!(error.contains(mention), "{sql}: {error}");
+    }
+    let (results, _) =
+        reader.query(&[Statement::new("SELECT count(*) FROM _tern_log"), Statement::new("PRAGMA table_info(t)"), Statement::new("SELECT v FROM t")]).unwrap();
+    assert!(results.iter().all(|result| result.error.is_none()), "{results:?}");
+    let _ = std::fs::remove_dir_all(root);
+}
+
+const RUNAWAY: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+#[test]
+fn a_runaway_query_is_stopped_at_its_deadline_and_the_reader_serves_the_next() {
+    let root = scratch("runaway-read");
+    let mut leader = Engine::open(&root, LogFormat::Statement).unwrap();
+    errors(&mut leader, &["CREATE TABLE t (v)", "INSERT INTO t VALUES (1)"]);
+    let limits = Limits { statement_timeout: Duration::from_millis(200), ..Limits::default() };
+    let reader = Reader::open_with_limits(&root, limits).unwrap();
+    let (results, _) = reader.query(&[Statement::new(RUNAWAY), Statement::new("SELECT v FROM t")]).unwrap();
+    let error = results[0].error.clone().expect("the runaway query is stopped");
+    assert!(error.contains("200 ms") && error.contains("--query-timeout-ms"), "{error}");
+    assert!(results[1].error.is_none(), "the next statement runs: {:?}", results[1]);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_runaway_write_fails_its_group_commit_without_wedging_the_writer() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("runaway-write-{}", format.name()));
+        let mut leader = Engine::open(&root, format).unwrap();
+        errors(&mut leader, &["CREATE TABLE t (v)"]);
+        leader.set_limits(Limits { statement_timeout: Duration::from_millis(200), ..Limits::default() });
+        let position = leader.last();
+        let sums = leader.table_checksums().unwrap();
+        let runaway = "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
+        let error = leader.execute_batch(1, &[request(&["INSERT INTO t VALUES ('other request')"]), request(&[runaway])]).unwrap_err().to_string();
+        assert!(error.contains("--query-timeout-ms") && error.contains("retry"), "{format:?}: {error}");
+        assert_eq!(leader.last(), position, "{format:?}");
+        assert_eq!(leader.table_checksums().unwrap(), sums, "{format:?}: nothing of the group was kept");
+        // Not wedged: no transaction was left open.
+        let (outcome, entry) = errors(&mut leader, &["INSERT INTO t VALUES ('next')"]);
+        assert_eq!(outcome, vec![None], "{format:?}");
+        assert_eq!(entry.map(|entry| entry.position()), Some(Position::new(1, position.index + 1)), "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+#[test]
+fn results_over_the_size_limit_are_refused_with_a_clear_error() {
+    let root = scratch("result-size");
+    let mut leader = Engine::open(&root, LogFormat::Row).unwrap();
+    errors(
+        &mut leader,
+        &["CREATE TABLE t (v)", "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000) SELECT x FROM c"],
+    );
+    let reader = Reader::open_with_limits(&root, Limits { max_result_bytes: 4096, ..Limits::default() }).unwrap();
+    let (results, _) = reader.query(&[Statement::new("SELECT v, 'padding padding' FROM t"), Statement::new("SELECT v FROM t LIMIT 10")]).unwrap();
+    let error = results[0].error.clone().expect("too large");
+    assert!(error.contains("--max-result-bytes") && error.contains("LIMIT"), "{error}");
+    assert_eq!(results[1].values.len(), 10);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn vacuum_with_other_statements_is_one_clear_error_and_nothing_runs() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("vacuum-batch-{}", format.name()));
+        let mut leader = Engine::open(&root, format).unwrap();
+        errors(&mut leader, &["CREATE TABLE t (v)"]);
+        let position = leader.last();
+        let shaped = request(&["INSERT INTO t VALUES (1)", "VACUUM"]);
+        assert!(tern_storage::request_shape_error(&shaped).is_some_and(|error| error.contains("alone")));
+        let (outcome, entry) = errors(&mut leader, &["INSERT INTO t VALUES (1)", "VACUUM"]);
+        assert!(outcome.iter().all(|error| error.as_deref().is_some_and(|error| error.contains("alone"))), "{format:?}: {outcome:?}");
+        assert!(entry.is_none(), "{format:?}: nothing is logged");
+        assert_eq!(leader.last(), position, "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// An old leader's node (`stale`) wrote entries 3 and 4 in epoch 1 that the new leader
+/// never had; the new leader wrote its own 3 and 4 in epoch 2. Rolling `stale` back to 2
+/// and installing the new leader's snapshot is cut short after the rollback store is
+/// written, as a crash there would: reopened, the node is as it was (diverged entries and
+/// their effects together), and the retry keeps each rolled-back entry once.
+#[test]
+fn a_crash_between_rollback_and_snapshot_install_restarts_consistent() {
+    for format in [LogFormat::Statement, LogFormat::Row] {
+        let root = scratch(&format!("rollback-crash-{}", format.name()));
+        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+        let mut stale = Engine::open(&root.join("stale"), format).unwrap();
+        let common: Vec<Entry> = [request(&["CREATE TABLE t (v)"]), request(&["INSERT INTO t VALUES ('both')"])]
+            .iter()
+            .map(|request| leader.execute_batch(1, std::slice::from_ref(request)).unwrap().entry.unwrap())
+            .collect();
+        stale.apply(&common).unwrap();
+        for text in ["stale a", "stale b"] {
+            stale.execute_batch(1, &[request(&[&format!("INSERT INTO t VALUES ('{text}')")])]).unwrap();
+        }
+        for text in ["new a", "new b"] {
+            leader.execute_batch(2, &[request(&[&format!("INSERT INTO t VALUES ('{text}')")])]).unwrap();
+        }
+        let stale_sums = stale.table_checksums().unwrap();
+        let snapshot = root.join("snapshot.db");
+        assert_eq!(leader.write_snapshot(&snapshot).unwrap(), Position::new(2, 4));
+
+        failpoint::arm("rollback-kept-before-install");
+        let outcome = stale.roll_back_and_install(2, &snapshot);
+        failpoint::disarm_all();
+        assert!(outcome.is_err(), "{format:?}: the failpoint stops the operation");
+        drop(stale);
+        let mut stale = Engine::open(&root.join("stale"), format).unwrap();
+        assert_eq!(stale.last(), Position::new(1, 4), "{format:?}: reopened as it was");
+        assert_eq!(stale.table_checksums().unwrap(), stale_sums, "{format:?}: data and log still agree");
+
+        let (rolled_back, position) = stale.roll_back_and_install(2, &snapshot).unwrap();
+        assert_eq!((rolled_back, position), (2, Position::new(2, 4)), "{format:?}");
+        assert_eq!(stale.table_checksums().unwrap(), leader.table_checksums().unwrap(), "{format:?}");
+        let kept = tern_storage::RollbackStore::open(&root.join("stale")).unwrap().list().unwrap();
+        let kept: Vec<(u64, u64)> = kept.iter().map(|entry| (entry.epoch, entry.index)).collect();
+        assert_eq!(kept, vec![(1, 3), (1, 4)], "{format:?}: each rolled-back entry kept once");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// Physical format: a follower commits an entry's pages, then the entry to its log. A
+/// crash between the two leaves the data ahead of the log; reopened, the log restarts
+/// after the data's position and later entries apply.
+#[test]
+fn a_physical_crash_between_data_and_log_commit_restarts_consistent() {
+    let root = scratch("physical-crash");
+    let mut leader = Engine::open(&root.join("leader"), LogFormat::Physical).unwrap();
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
+    let entries: Vec<Entry> = ["CREATE TABLE t (v)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]
+        .iter()
+        .map(|sql| leader.execute_batch(1, &[request(&[sql])]).unwrap().entry.unwrap())
+        .collect();
+    follower.apply(&entries[..1]).unwrap();
+    failpoint::arm("physical-apply-between-data-and-log");
+    assert!(follower.apply(&entries[1..2]).is_err());
+    failpoint::disarm_all();
+    drop(follower);
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
+    assert_eq!(follower.last(), Position::new(1, 2), "the data's own position");
+    assert_eq!(follower.first_index(), 3, "the log restarts after the data");
+    follower.apply(&entries[2..]).unwrap();
+    assert_eq!(follower.last(), Position::new(1, 3));
+    assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap(), "byte-identical to the leader");
+    let _ = std::fs::remove_dir_all(root);
+}
