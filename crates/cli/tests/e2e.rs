@@ -167,6 +167,53 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 }
 
 #[test]
+fn text_in_any_script_and_hostile_statements_leave_every_replica_working_and_identical() {
+    let cluster = Cluster::start("hostile", 3, &["--query-timeout-ms", "300"]);
+    let mut leader = cluster.leader().client();
+    let mut follower = cluster.nodes[1].client();
+    let reply = execute(&mut leader, "?w=all", json!(["CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Non-ASCII literals once panicked the leader's storage thread; every write after
+    // that got 503 until a restart.
+    let texts = ["Andrés", "日本語のテキスト", "emoji 🦀", "_ternés"];
+    for text in texts {
+        let reply = execute(&mut follower, "?w=all", json!([format!("INSERT INTO names (name) VALUES ('{text}')")]));
+        assert_eq!(reply.status, 200, "{text}: {}", reply.body);
+        assert!(reply.body["results"][0]["error"].is_null(), "{text}: {}", reply.body);
+    }
+    // Escapes from the replicated transaction: refused per statement, nothing written.
+    for (sql, mention) in [
+        ("UPDATE sqlite_dbpage SET data = zeroblob(4096) WHERE pgno = 1", "sqlite_dbpage"),
+        ("VACUUM INTO '/tmp/tern-e2e-escape.db'", "VACUUM INTO"),
+        ("ATTACH '/tmp/tern-e2e-attach.db' AS other", "ATTACH"),
+        ("PRAGMA writable_schema = 1", "writable_schema"),
+        ("CREATE TEMP TABLE scratch (x)", "temporary"),
+        ("DELETE FROM _tern_log", "_tern_"),
+        ("SELECT load_extension('/tmp/x.so')", "load_extension"),
+    ] {
+        let reply = execute(&mut follower, "", json!([sql]));
+        assert_eq!(reply.status, 200, "{sql}: {}", reply.body);
+        let error = reply.body["results"][0]["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(mention), "{sql}: {}", reply.body);
+        assert!(reply.body["position"].is_null(), "{sql} logged something: {}", reply.body);
+    }
+    assert!(!std::path::Path::new("/tmp/tern-e2e-escape.db").exists());
+    let reply = execute(&mut follower, "", json!(["INSERT INTO names (name) VALUES ('x')", "VACUUM"]));
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body["error"].as_str().unwrap_or_default().contains("alone"), "{}", reply.body);
+    // A runaway query is stopped at --query-timeout-ms; the node answers the next one.
+    let runaway = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let reply = query(&mut follower, runaway, "level=none");
+    assert!(reply.body["results"][0]["error"].as_str().unwrap_or_default().contains("--query-timeout-ms"), "{}", reply.body);
+    let reply = execute(&mut leader, "?w=all", json!(["INSERT INTO names (name) VALUES ('still writing')"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let expected: Vec<Value> = texts.iter().chain(&["still writing"]).map(|text| json!([text])).collect();
+    for node in &cluster.nodes {
+        assert_eq!(rows(&query(&mut node.client(), "SELECT name FROM names ORDER BY id", "level=none")), expected, "on {}", node.id);
+    }
+}
+
+#[test]
 fn a_node_that_has_not_reached_its_leader_is_not_ready() {
     let mut cluster = Cluster::new("not-ready", 3, &[]);
     cluster.nodes[1].start();

@@ -234,6 +234,31 @@ fn a_leader_paused_past_its_lease_does_not_accept_writes_when_it_resumes() {
     });
 }
 
+#[test]
+fn a_leader_that_panics_exits_and_the_others_fail_over_losing_no_acknowledged_write() {
+    let mut cluster = start_with_ledger("failover-panic", &["--fault-injection", "on"]);
+    let load = Load::start(&cluster, 2);
+    let leader = wait_for_leader(&cluster, &[true, true, true]);
+    eventually(LONG, "writes before the panic", || load.acknowledged_count() >= 20);
+    let reply = cluster.nodes[leader].client().post_json("/debug/panic", &json!({})).expect("node answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The storage thread panicked: the whole process must end, not linger serving HTTP.
+    let status = cluster.nodes[leader].wait_exit(LONG);
+    assert!(!status.success(), "a panicked node exits with a failure status, got {status}");
+    let log = cluster.nodes[leader].log_text();
+    assert!(log.contains("stopping the process"), "the node says why it stopped:\n{log}");
+    let at_exit = load.acknowledged_count();
+    let mut live = vec![true; 3];
+    live[leader] = false;
+    let new = wait_for_leader(&cluster, &live);
+    assert_ne!(new, leader);
+    eventually(LONG, "writes to resume on the new leader", || load.acknowledged_count() > at_exit + 10);
+    let acknowledged = load.finish();
+    cluster.nodes[leader].start();
+    wait_node_ready(&cluster.nodes[leader]);
+    assert_every_node_holds(&cluster, &acknowledged);
+}
+
 /// Drops all traffic between `node` and `peers` (`--fault-injection`); empty heals.
 fn cut_off(node: &ServerNode, peers: &[&str]) {
     let reply = node.client().post_json(&format!("/debug/partition?drop={}", peers.join(",")), &json!({})).expect("node answers");

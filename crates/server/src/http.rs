@@ -552,4 +552,23 @@ mod tests {
         assert_eq!(options("").unwrap().level, ReadLevel::Weak);
         assert_eq!(options("level=bounded&max_lag_ms=20").unwrap().max_lag, Some(Duration::from_millis(20)));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// Any query string, in any script or byte soup, is parsed or explained; never a panic.
+        #[test]
+        fn any_query_string_is_parsed_or_explained(raw in proptest::prelude::any::<String>(), tail in "[%&=+a-z0-9._é日]{0,40}") {
+            for text in [raw.clone(), format!("level={tail}"), format!("{tail}&after={tail}&max_lag_ms={tail}&freshness={tail}&timeout={tail}&w={tail}")] {
+                let params = Params::parse(Some(text));
+                if let Err(message) = read_options(&params) {
+                    proptest::prop_assert!(!message.is_empty());
+                }
+                let _ = write_options(&params);
+                let _ = params.flag("transaction");
+            }
+            let _ = parse_duration(&raw);
+            let _ = percent_decode(&raw);
+        }
+    }
 }

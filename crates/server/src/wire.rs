@@ -117,7 +117,69 @@ pub async fn read_frame_up_to<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &
     if length > max_bytes {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("peer frame of {length} bytes is over the limit")));
     }
-    buffer.resize(length, 0);
-    reader.read_exact(buffer).await?;
+    // Grow the buffer with the bytes that actually arrive: a peer that announces a large
+    // frame and sends nothing costs no memory.
+    buffer.clear();
+    let received = reader.take(length as u64).read_to_end(buffer).await?;
+    if received < length {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("peer frame cut off after {received} of {length} bytes")));
+    }
     postcard::from_bytes(buffer).map(Some).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable peer frame: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_all(bytes: &[u8], max_bytes: usize) -> Vec<std::io::Result<Option<Frame>>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let mut reader = bytes;
+            let mut buffer = Vec::new();
+            let mut outcomes = Vec::new();
+            loop {
+                let outcome = read_frame_up_to(&mut reader, &mut buffer, max_bytes).await;
+                let stop = !matches!(outcome, Ok(Some(_)));
+                outcomes.push(outcome);
+                if stop {
+                    return outcomes;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_frame_round_trips_and_an_oversized_or_cut_one_is_an_error() {
+        let frame = Frame::Hello(Hello { id: "n1".into(), region: "antarctica".into(), http_addr: "127.0.0.1:1".into(), peer_addr: "127.0.0.1:2".into() });
+        let mut bytes = Vec::new();
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(write_frame(&mut bytes, &frame)).unwrap();
+        let outcomes = read_all(&bytes, MAX_HELLO_BYTES);
+        assert!(matches!(&outcomes[0], Ok(Some(Frame::Hello(hello))) if hello.region == "antarctica"));
+        assert!(matches!(outcomes[1], Ok(None)), "a clean end of stream");
+        let announced_huge = (u32::MAX).to_le_bytes();
+        assert!(read_all(&announced_huge, MAX_FRAME_BYTES)[0].as_ref().is_err_and(|error| error.to_string().contains("over the limit")));
+        let cut = [&bytes[..4], &bytes[4..8]].concat();
+        assert!(read_all(&cut, MAX_FRAME_BYTES)[0].as_ref().is_err_and(|error| error.to_string().contains("cut off")));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes from a peer: frames, a clean end, or an error; never a panic.
+        #[test]
+        fn any_bytes_from_a_peer_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read_all(&bytes, MAX_FRAME_BYTES);
+            let _ = postcard::from_bytes::<Frame>(&bytes);
+        }
+
+        /// A well-formed length in front of arbitrary bytes reaches the decoder itself.
+        #[test]
+        fn any_body_behind_a_valid_length_decodes_or_is_refused(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            let outcomes = read_all(&bytes, MAX_FRAME_BYTES);
+            prop_assert!(!outcomes.is_empty());
+        }
+    }
 }

@@ -62,6 +62,20 @@ impl ServerNode {
         }
     }
 
+    /// Waits for the process to end by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("node is running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait works") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}\n{}", self.id, self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait: a clean shutdown (the database is checkpointed).
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
