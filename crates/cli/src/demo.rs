@@ -210,7 +210,7 @@ fn customer_session(address: &str, region: &'static str, seed: u64, deadline: In
             _ => report.errors += 1,
         }
 
-        if iteration % 3 == 0 {
+        if iteration.is_multiple_of(3) {
             let (w, label) = WRITE_ACKS[(iteration / 3) % WRITE_ACKS.len()];
             let body = json!([
                 ["INSERT INTO orders (customer, product_id, qty, region, placed_at) VALUES (?, ?, 1, ?, datetime('now'))", customer, product, region],

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node of a cluster.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Start an in-process 3-region cluster with emulated WAN latency, run an e-commerce
     /// workload, print what was measured, then keep serving until Ctrl-C.
     Demo(demo::DemoArgs),
@@ -258,7 +258,7 @@ fn main() {
     init_tracing();
     exit_on_panic();
     let outcome = match cli.command {
-        Command::Server(args) => run_server(args),
+        Command::Server(args) => run_server(*args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),

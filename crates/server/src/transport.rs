@@ -6,7 +6,7 @@
 //! until its enqueue time plus the one-way latency between the two regions, which keeps
 //! frames in order and lets many be in flight at once, as on a real long link.
 
-use crate::node::{Event, Node, PeerInfo};
+use crate::node::{Event, Node};
 use crate::wire::{read_frame, read_frame_up_to, write_frame, Frame, Hello, MAX_HELLO_BYTES};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -154,7 +154,7 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
     node.connect_back(&from, &hello.peer_addr);
     {
         let mut peers = node.peers.lock().expect("peers lock");
-        let info = peers.entry(from.clone()).or_insert_with(PeerInfo::default);
+        let info = peers.entry(from.clone()).or_default();
         info.region = hello.region;
         info.http_addr = hello.http_addr;
         info.connected = true;

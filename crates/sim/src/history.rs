@@ -38,7 +38,7 @@ pub struct Op {
 /// Does this requirement promise survival of the leader's loss (a majority of copies)?
 pub fn is_durable_requirement(requirement: AckRequirement, members: usize) -> bool {
     match requirement {
-        AckRequirement::Nodes(count) => count >= members / 2 + 1,
+        AckRequirement::Nodes(count) => count > members / 2,
         AckRequirement::Majority | AckRequirement::AllInSync | AckRequirement::All => true,
     }
 }

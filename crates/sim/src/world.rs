@@ -763,10 +763,8 @@ impl World {
                 }
             }
             (Addr::Node(node), Payload::Request { op, client, request }) => self.serve(node, client, op, request),
-            (Addr::Node(node), Payload::Snapshot { entries, position, rollback_after }) => {
-                if self.nodes[node].is_running() {
-                    self.enqueue_persist(node, Persist::Snapshot { entries, position, rollback_after });
-                }
+            (Addr::Node(node), Payload::Snapshot { entries, position, rollback_after }) if self.nodes[node].is_running() => {
+                self.enqueue_persist(node, Persist::Snapshot { entries, position, rollback_after });
             }
             (Addr::Client(client), Payload::Reply { op, reply }) => {
                 if self.clients[client].current != Some(op) {
@@ -1151,20 +1149,16 @@ impl World {
         let all = matches!(self.options.faults, Faults::All);
         let roll = self.rng.range(0, 99);
         match roll {
-            0..=24 if crash_faults => {
-                if self.nodes[node].is_running() {
-                    self.crash_node(node);
-                    let delay = self.rng.range(100 * MS, 3 * SECOND);
-                    self.schedule(delay, Event::Restart { node });
-                }
+            0..=24 if crash_faults && self.nodes[node].is_running() => {
+                self.crash_node(node);
+                let delay = self.rng.range(100 * MS, 3 * SECOND);
+                self.schedule(delay, Event::Restart { node });
             }
-            25..=39 if crash_faults => {
-                if self.nodes[node].is_running() && self.nodes[node].paused_until.is_none() {
-                    let pause = self.rng.range(50 * MS, 2 * SECOND);
-                    self.nodes[node].paused_until = Some(self.now + pause);
-                    trace!(self, "pause {} for {pause} us", self.nodes[node].id);
-                    self.schedule(pause, Event::Resume { node });
-                }
+            25..=39 if crash_faults && self.nodes[node].is_running() && self.nodes[node].paused_until.is_none() => {
+                let pause = self.rng.range(50 * MS, 2 * SECOND);
+                self.nodes[node].paused_until = Some(self.now + pause);
+                trace!(self, "pause {} for {pause} us", self.nodes[node].id);
+                self.schedule(pause, Event::Resume { node });
             }
             40..=69 if network_faults => {
                 let partition = self.next_partition;

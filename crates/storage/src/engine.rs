@@ -717,21 +717,16 @@ impl Engine {
         }
         let Some(last_entry) = entries.last() else { return Ok(self.last) };
         let transaction = begin_immediate(&self.connection)?;
-        let outcome = (|| -> Result<()> {
-            let mut expected = self.last.index + 1;
-            for entry in entries {
-                if entry.index != expected {
-                    return Err(StorageError(format!("entry {} does not continue the log at {}", entry.index, expected - 1)));
-                }
-                expected += 1;
-                self.apply_payload(&Payload::decode(&entry.payload)?)?;
-                if self.separate_log.is_none() {
-                    append_log(&self.connection, entry)?;
-                }
+        // Any early return drops `transaction`, which rolls the whole batch back.
+        for (expected, entry) in (self.last.index + 1..).zip(entries) {
+            if entry.index != expected {
+                return Err(StorageError(format!("entry {} does not continue the log at {}", entry.index, expected - 1)));
             }
-            Ok(())
-        })();
-        outcome?;
+            self.apply_payload(&Payload::decode(&entry.payload)?)?;
+            if self.separate_log.is_none() {
+                append_log(&self.connection, entry)?;
+            }
+        }
         transaction.commit()?;
         self.last = last_entry.position();
         if self.format == LogFormat::Physical {
@@ -1023,6 +1018,9 @@ pub fn page_hashes(connection: &Connection) -> Result<Vec<u64>> {
     Ok(hashes)
 }
 
+/// `(table, rows, checksum)` per user table.
+pub type TableChecksums = Vec<(String, u64, u64)>;
+
 /// `(table, rows, checksum)` for every user table, in name order. The checksum is
 /// order-independent over rows (FNV-1a of each row's rendered values, summed).
 ///
@@ -1135,7 +1133,7 @@ impl Reader {
     ///
     /// # Errors
     /// On a SQLite failure.
-    pub fn checksums_at_position(&self) -> Result<(Position, Vec<(String, u64, u64)>)> {
+    pub fn checksums_at_position(&self) -> Result<(Position, TableChecksums)> {
         self.connection.execute_batch("BEGIN")?;
         let outcome = database_position(&self.connection).and_then(|position| Ok((position, table_checksums(&self.connection)?)));
         self.connection.execute_batch("COMMIT")?;
