@@ -264,6 +264,32 @@ fn status_and_nodes_report_roles_positions_and_followers() {
     assert_eq!(nodes["n2"]["leader"], false);
 }
 
+#[test]
+fn a_restarted_node_reports_every_live_peer_in_nodes() {
+    let mut cluster = Cluster::start("nodes-restart", 3, &[]);
+    execute(&mut cluster.leader().client(), "?w=all", table("t"));
+    // The old leader restarts while the other two follow a new leader: neither follower
+    // has anything to send it, yet it must know they are up and where to reach them.
+    cluster.nodes[0].kill();
+    eventually(LONG, "a new leader among n2 and n3", || {
+        cluster.nodes[1..].iter().any(|node| node.client().get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "leader"))
+    });
+    cluster.nodes[0].start();
+    wait_node_ready(&cluster.nodes[0]);
+    let mut last = Value::Null;
+    eventually(LONG, "the restarted n1 to report n2 and n3 reachable, with addresses and regions", || {
+        last = cluster.nodes[0].client().get("/nodes").map(|reply| reply.body).unwrap_or_default();
+        (1..3).all(|index| {
+            let peer = &last[format!("n{}", index + 1)];
+            peer["reachable"] == true
+                && peer["api_addr"] == format!("http://{}", cluster.nodes[index].http)
+                && peer["region"].as_str().is_some_and(|region| !region.is_empty())
+        })
+    });
+    let leaders = (1..=3).filter(|number| last[format!("n{number}")]["leader"] == true).count();
+    assert_eq!(leaders, 1, "{last}");
+}
+
 /// Writes rows `first..first+count` one request at a time, recording which were
 /// acknowledged; stops early when `stop` is set.
 fn write_rows(node_http: &str, first: u64, count: u64, acknowledged: &Mutex<Vec<u64>>, stop: &AtomicBool, progress: &AtomicU64) {

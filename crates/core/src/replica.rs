@@ -584,6 +584,14 @@ impl Replica {
         }
     }
 
+    /// Until when this node may accept writes, if it may now: the end of its write lease.
+    pub fn write_lease_until(&self, now: Micros) -> Option<Micros> {
+        match &self.role {
+            Role::Leader(leader) if self.accepting_writes(now).is_ok() => Some(leader.lease_until),
+            _ => None,
+        }
+    }
+
     /// Leader: hand leadership to `to` (an operator's transfer). Writes pause at once; once
     /// `to` holds everything, raft's leadership transfer makes it campaign, and it
     /// recovers and leads as after any election. Writes resume here if that has not

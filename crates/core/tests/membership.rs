@@ -221,3 +221,22 @@ fn after_a_failover_the_new_leader_knows_the_added_member() {
     assert_ne!(new_leader, "a");
     assert_eq!(cluster.voters(&new_leader.clone()), names(&["a", "b", "c", "d"]));
 }
+
+#[test]
+fn a_leader_cut_off_past_its_lease_stops_writing_and_no_longer_claims_to_be_current() {
+    let mut cluster = Cluster::new();
+    let now = cluster.now;
+    let leader = cluster.nodes.get_mut("a").expect("a runs");
+    let until = leader.write_lease_until(now).expect("the leader holds a write lease");
+    assert!(until > now);
+    assert_eq!(leader.lag_us(now), Some(0), "within its lease a leader is current");
+    // Paused or cut off past its lease, and asked before it has handled any event since:
+    // it may have been deposed meanwhile without knowing it.
+    let later = until + 500_000;
+    assert_eq!(leader.write_lease_until(later), None, "no writes after the lease");
+    assert!(leader.accepting_writes(later).is_err());
+    assert_eq!(leader.lag_us(later), Some(500_000), "current only up to its lease's end");
+    leader.on_tick(later);
+    while leader.poll_output().is_some() {}
+    assert!(leader.lag_us(later).is_none_or(|lag| lag >= 500_000), "never current again by itself: {:?}", leader.lag_us(later));
+}

@@ -19,7 +19,7 @@ use tern_core::{
     AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Message, Output, Position, ReadError, ReadLevel, Replica,
     SavedElection, Status, TransferError, WriteError,
 };
-use tern_storage::{Engine, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
+use tern_storage::{Engine, Executed, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the replica loop reacts to.
@@ -193,7 +193,7 @@ pub struct Node {
     pub log_stats: Arc<LogStats>,
     /// The epoch the storage thread may write in (0: none). Set by the replica loop
     /// while this node leads and its lease holds; checked again when a write commits.
-    writable_epoch: Arc<AtomicU64>,
+    write_lease: Arc<WriteLease>,
     /// Fault injection: peers whose traffic, both ways, is dropped (an emulated partition).
     cut_off: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -274,7 +274,8 @@ impl Node {
         let (published_tx, published_rx) = watch::channel(initial);
 
         let reader_generation = Arc::new(AtomicU64::new(0));
-        let writable_epoch = Arc::new(AtomicU64::new(if replica.accepting_writes(0).is_ok() { epoch } else { 0 }));
+        let write_lease = Arc::new(WriteLease { epoch: AtomicU64::new(0), until_us: AtomicU64::new(0), clock: started });
+        write_lease.publish(&replica, 0);
         let node = Arc::new(Node {
             http_addr: Mutex::new(config.http_addr.to_string()),
             config,
@@ -289,7 +290,7 @@ impl Node {
             forwards: Mutex::new(HashMap::new()),
             next_forward_id: AtomicU64::new(1),
             log_stats: Arc::new(LogStats::default()),
-            writable_epoch: writable_epoch.clone(),
+            write_lease: write_lease.clone(),
             cut_off: Mutex::new(std::collections::BTreeSet::new()),
         });
 
@@ -297,7 +298,7 @@ impl Node {
             engine,
             stats: node.log_stats.clone(),
             events: events_tx,
-            writable_epoch,
+            write_lease,
             log_retain: node.config.log_retain,
             reader_generation,
             node_id: node.config.id.clone(),
@@ -324,11 +325,15 @@ impl Node {
         self.published.borrow().clone()
     }
 
-    /// This node's lag behind the leader (zero on the leader), if known.
+    /// This node's lag behind the leader, if known. A leader is current while its write
+    /// lease holds; past it (paused, cut off, perhaps deposed without knowing) it is
+    /// current only up to the lease's end. Read from the lease itself, not from what the
+    /// replica loop last published, which is stale right after a pause.
     pub fn lag(&self) -> Option<Duration> {
         let published = self.published();
-        if published.is_leader {
-            return Some(Duration::ZERO);
+        let lease_until = self.write_lease.until_us.load(Ordering::Acquire);
+        if published.is_leader && lease_until > 0 {
+            return Some(Duration::from_micros(self.now_us().saturating_sub(lease_until)));
         }
         published.fresh_as_of_us.map(|at| Duration::from_micros(self.now_us().saturating_sub(at)))
     }
@@ -837,7 +842,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
             },
             _ = tick.tick() => None,
         };
-        let now = node.now_us();
+        let mut now = node.now_us();
         match event {
             None => replica.on_tick(now),
             Some(event) => {
@@ -893,6 +898,9 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                     }
                     if let Ok(event) = events.try_recv() {
                         next = Some(event);
+                        // Each event at its own time: a long burst handled with the
+                        // burst's first instant would see a lease still held after it ran out.
+                        now = node.now_us();
                     }
                 }
             }
@@ -945,7 +953,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
         }
         let lag = replica.lag_us(now);
         let accepting_writes = replica.accepting_writes(now).is_ok();
-        node.writable_epoch.store(if accepting_writes { replica.epoch() } else { 0 }, Ordering::Release);
+        node.write_lease.publish(&replica, now);
         if replica.leader().is_none() {
             heard_from_leader = false;
         } else if replica.is_leader() {
@@ -981,12 +989,45 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
     }
 }
 
+fn stopped_leading() -> WriteReply {
+    let error = RequestError::new(503, "this node stopped leading before the write could commit: retry (it was not applied)");
+    WriteReply { results: Vec::new(), position: None, error: Some(error) }
+}
+
+/// What the replica loop last decided about writes, for the storage thread to check
+/// before executing a batch and again just before committing it: a lease that runs out
+/// while a batch executes stops its commit.
+pub(crate) struct WriteLease {
+    /// The epoch this node may write in; 0: none.
+    epoch: AtomicU64,
+    /// Node-clock microseconds (see `Node::now_us`) until which the lease holds.
+    until_us: AtomicU64,
+    clock: Instant,
+}
+
+impl WriteLease {
+    fn publish(&self, replica: &Replica, now: u64) {
+        let (epoch, until) = match replica.write_lease_until(now) {
+            Some(until) => (replica.epoch(), until),
+            None => (0, 0),
+        };
+        self.until_us.store(until, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    fn allows(&self, epoch: u64) -> bool {
+        let now = self.clock.elapsed().as_micros() as u64;
+        let current = self.epoch.load(Ordering::Acquire);
+        current != 0 && current == epoch && now < self.until_us.load(Ordering::Acquire)
+    }
+}
+
 /// The storage thread's state: the only SQLite writer of this node.
 struct StorageContext {
     engine: Engine,
     stats: Arc<LogStats>,
     events: mpsc::UnboundedSender<Event>,
-    writable_epoch: Arc<AtomicU64>,
+    write_lease: Arc<WriteLease>,
     log_retain: u64,
     reader_generation: Arc<AtomicU64>,
     node_id: String,
@@ -1112,21 +1153,26 @@ impl StorageContext {
     fn execute(&mut self, batch: Vec<(WriteRequest, AckRequirement, u64, oneshot::Sender<WriteReply>)>) {
         // Only while the replica loop still lets this node write in that epoch: a node
         // that lost its lease or leadership meanwhile must not extend its log.
-        let writable = self.writable_epoch.load(Ordering::Acquire);
-        let (batch, refused): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, _, epoch, _)| writable != 0 && *epoch == writable);
+        let lease = self.write_lease.clone();
+        let (batch, refused): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, _, epoch, _)| lease.allows(*epoch));
         for (_, _, _, reply) in refused {
-            let error = RequestError::new(503, "this node stopped leading before the write could commit: retry (it was not applied)");
-            let _ = reply.send(WriteReply { results: Vec::new(), position: None, error: Some(error) });
+            let _ = reply.send(stopped_leading());
         }
         if batch.is_empty() {
             return;
         }
-        let epoch = writable;
+        let epoch = batch[0].2;
         let batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)> =
             batch.into_iter().map(|(request, requirement, _, reply)| (request, requirement, reply)).collect();
         let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
-        match self.engine.execute_batch(epoch, &requests) {
-            Ok(outcome) => {
+        let still_leading = || lease.allows(epoch);
+        match self.engine.execute_batch_while(epoch, &requests, &still_leading) {
+            Ok(Executed::StoppedLeading) => {
+                for (_, _, reply) in batch {
+                    let _ = reply.send(stopped_leading());
+                }
+            }
+            Ok(Executed::Committed(outcome)) => {
                 let mut writes = Vec::new();
                 for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {
                     match &outcome.entry {
@@ -1145,11 +1191,13 @@ impl StorageContext {
             }
             Err(error) => {
                 tracing::error!("write batch failed: {error}");
+                // A statement stopped at its deadline failed the group: the others retry.
+                let status = if error.0.contains("--query-timeout-ms") { 503 } else { 500 };
                 for (_, _, reply) in batch {
                     let _ = reply.send(WriteReply {
                         results: Vec::new(),
                         position: None,
-                        error: Some(RequestError::new(500, format!("storage failure: {error}"))),
+                        error: Some(RequestError::new(status, format!("storage failure: {error}"))),
                     });
                 }
             }

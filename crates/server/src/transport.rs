@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_core::Position;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -56,16 +57,24 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut writer = BufWriter::with_capacity(256 << 10, stream);
-        let hello = Hello {
-            id: node.config.id.clone(),
-            region: node.config.region.clone(),
-            http_addr: node.http_addr.lock().expect("http addr lock").clone(),
-            peer_addr: node.config.peer_addr.to_string(),
-        };
-        if write_frame(&mut writer, &Frame::Hello(hello)).await.is_err() || writer.flush().await.is_err() {
+        let (read_half, write_half) = stream.into_split();
+        let mut writer = BufWriter::with_capacity(256 << 10, write_half);
+        if write_frame(&mut writer, &Frame::Hello(own_hello(&node))).await.is_err() || writer.flush().await.is_err() {
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
+        }
+        // The peer answers with its own Hello: this is how a node that restarted learns
+        // the region, HTTP address and liveness of peers that have nothing to send it
+        // (a follower of another leader never writes to it, so it never dials it).
+        let mut reader = BufReader::new(read_half);
+        let mut buffer = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await {
+            Ok(Ok(Some(Frame::Hello(hello)))) if hello.id == peer => record_hello(&node, hello),
+            _ => {
+                tracing::debug!("{peer} at {addr} did not answer our hello");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
         }
         tracing::debug!("connected to {peer} at {addr}");
         node.post(Event::PeerConnected(peer.clone()));
@@ -88,7 +97,7 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
 }
 
 /// Writes frames until the channel closes (`Ok`) or the socket fails (`Err`).
-async fn pump(node: &Node, peer: &str, writer: &mut BufWriter<TcpStream>, frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>) -> std::io::Result<()> {
+async fn pump(node: &Node, peer: &str, writer: &mut BufWriter<OwnedWriteHalf>, frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>) -> std::io::Result<()> {
     loop {
         let Some((enqueued, frame)) = frames.recv().await else { return Ok(()) };
         let due = enqueued + node.wan_delay(peer);
@@ -116,6 +125,24 @@ async fn pump(node: &Node, peer: &str, writer: &mut BufWriter<TcpStream>, frames
     }
 }
 
+fn own_hello(node: &Node) -> Hello {
+    Hello {
+        id: node.config.id.clone(),
+        region: node.config.region.clone(),
+        http_addr: node.http_addr.lock().expect("http addr lock").clone(),
+        peer_addr: node.config.peer_addr.to_string(),
+    }
+}
+
+/// What a peer's Hello says about it: its region, HTTP address, and that it is up.
+fn record_hello(node: &Node, hello: Hello) {
+    let mut peers = node.peers.lock().expect("peers lock");
+    let info = peers.entry(hello.id).or_default();
+    info.region = hello.region;
+    info.http_addr = hello.http_addr;
+    info.connected = true;
+}
+
 fn set_connected(node: &Node, peer: &str, connected: bool) {
     if let Some(info) = node.peers.lock().expect("peers lock").get_mut(peer) {
         info.connected = connected;
@@ -139,7 +166,8 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
 /// Reads one peer's frames. The first must be a `Hello` from a member of the cluster.
 async fn inbound(node: Arc<Node>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::with_capacity(256 << 10, stream);
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(256 << 10, read_half);
     let mut buffer = Vec::new();
     let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;
     let hello = match first {
@@ -152,12 +180,9 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
     }
     let from = hello.id.clone();
     node.connect_back(&from, &hello.peer_addr);
-    {
-        let mut peers = node.peers.lock().expect("peers lock");
-        let info = peers.entry(from.clone()).or_default();
-        info.region = hello.region;
-        info.http_addr = hello.http_addr;
-        info.connected = true;
+    record_hello(&node, hello);
+    if write_frame(&mut write_half, &Frame::Hello(own_hello(&node))).await.is_err() {
+        return;
     }
     let mut snapshot_file = None;
     loop {

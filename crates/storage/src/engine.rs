@@ -96,6 +96,14 @@ pub struct Batch {
     pub entry: Option<Entry>,
 }
 
+/// The outcome of a leader's batch that is committed only while the node still leads.
+#[derive(Debug)]
+pub enum Executed {
+    Committed(Batch),
+    /// The lease or leadership was lost before the commit; nothing was applied.
+    StoppedLeading,
+}
+
 /// Changes captured so far in a batch: finished ones, and the open session recording rows.
 struct Capture<'connection> {
     session: Option<Session<'connection>>,
@@ -471,15 +479,32 @@ impl Engine {
     /// # Errors
     /// If the transaction cannot commit; then nothing of the batch happened.
     pub fn execute_batch(&mut self, epoch: u64, requests: &[WriteRequest]) -> Result<Batch> {
+        match self.execute_batch_while(epoch, requests, &|| true)? {
+            Executed::Committed(batch) => Ok(batch),
+            Executed::StoppedLeading => unreachable!("the condition is always true"),
+        }
+    }
+
+    /// `execute_batch`, committing only if `still_leading()` holds just before the commit:
+    /// a leader whose lease ran out while the batch executed must not extend its log.
+    ///
+    /// # Errors
+    /// If the transaction cannot commit; then nothing of the batch happened.
+    pub fn execute_batch_while(&mut self, epoch: u64, requests: &[WriteRequest], still_leading: &dyn Fn() -> bool) -> Result<Executed> {
         if let [request] = requests {
             if is_maintenance(request) {
-                return self.execute_maintenance(epoch, request);
+                return self.execute_maintenance(epoch, request).map(Executed::Committed);
             }
         }
-        assert!(!requests.iter().any(is_maintenance), "maintenance requests are executed alone");
+        if requests.iter().any(is_maintenance) {
+            return Err(StorageError("VACUUM must be executed alone, not in a group commit".into()));
+        }
         let mut batch = {
             let transaction = begin_immediate(&self.connection)?;
             let batch = self.execute_in_transaction(epoch, requests).map_err(|error| self.explain_batch_failure(error))?;
+            if !still_leading() {
+                return Ok(Executed::StoppedLeading);
+            }
             transaction.commit()?;
             batch
         };
@@ -490,7 +515,7 @@ impl Engine {
         if let Some(entry) = &batch.entry {
             self.last = entry.position();
         }
-        Ok(batch)
+        Ok(Executed::Committed(batch))
     }
 
     /// A client write interrupted by its deadline makes SQLite roll back the whole

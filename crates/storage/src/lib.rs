@@ -18,7 +18,7 @@ pub mod sql;
 pub mod wal;
 
 pub use engine::{
-    all_read_only, is_maintenance, page_hashes, request_shape_error, Batch, Change, Engine, Payload, Reader, RollbackStore, RolledBack, StorageError,
+    all_read_only, is_maintenance, page_hashes, request_shape_error, Batch, Change, Engine, Executed, Payload, Reader, RollbackStore, RolledBack, StorageError,
     WriteRequest, DATABASE_FILE,
 };
 pub use guard::Limits;

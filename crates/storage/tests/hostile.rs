@@ -276,3 +276,22 @@ fn a_physical_crash_between_data_and_log_commit_restarts_consistent() {
     assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap(), "byte-identical to the leader");
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn a_batch_whose_leader_stopped_leading_before_commit_changes_nothing() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("lease-lost-{}", format.name()));
+        let mut leader = Engine::open(&root, format).unwrap();
+        errors(&mut leader, &["CREATE TABLE t (v)"]);
+        let position = leader.last();
+        let sums = leader.table_checksums().unwrap();
+        let outcome = leader.execute_batch_while(1, &[request(&["INSERT INTO t VALUES (1)"])], &|| false).unwrap();
+        assert!(matches!(outcome, tern_storage::Executed::StoppedLeading), "{format:?}: {outcome:?}");
+        assert_eq!(leader.last(), position, "{format:?}");
+        assert_eq!(leader.table_checksums().unwrap(), sums, "{format:?}");
+        let (outcome, entry) = errors(&mut leader, &["INSERT INTO t VALUES (2)"]);
+        assert_eq!(outcome, vec![None], "{format:?}: not wedged");
+        assert_eq!(entry.map(|entry| entry.index), Some(position.index + 1), "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
