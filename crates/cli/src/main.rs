@@ -175,6 +175,13 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     fn into_config(self) -> Result<NodeConfig, String> {
+        if self.max_body_bytes > tern_server::node::MAX_BODY_BYTES_LIMIT {
+            return Err(format!(
+                "--max-body-bytes {} is over the limit of {} bytes: a write must fit in one log entry, and an entry in one peer frame",
+                self.max_body_bytes,
+                tern_server::node::MAX_BODY_BYTES_LIMIT
+            ));
+        }
         let peer_addr = self.peer.parse().map_err(|error| format!("bad --peer {:?}: {error}", self.peer))?;
         let http_addr = self.http.parse().map_err(|error| format!("bad --http {:?}: {error}", self.http))?;
         let cluster = match &self.cluster {

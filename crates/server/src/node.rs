@@ -12,7 +12,7 @@ use crate::transport;
 use crate::wire::{Frame, ReadReply, RequestError, WriteReply};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_core::{
@@ -181,7 +181,9 @@ pub struct Node {
     published: watch::Receiver<Published>,
     pub(crate) peers: Mutex<BTreeMap<String, PeerInfo>>,
     /// One queue per member this node sends to; dropping one ends its connection.
-    outbound: Mutex<BTreeMap<String, mpsc::UnboundedSender<(Instant, Frame)>>>,
+    outbound: Mutex<BTreeMap<String, PeerQueue>>,
+    /// Writes accepted by `write_local` and not yet answered (admission control).
+    pending_writes: AtomicUsize,
     /// Pooled read-only connections, each with the reader generation it was opened in.
     readers: Mutex<Vec<(u64, Reader)>>,
     /// Bumped when a snapshot replaces the database file: older readers are discarded.
@@ -285,6 +287,7 @@ impl Node {
             published: published_rx,
             peers: Mutex::new(BTreeMap::new()),
             outbound: Mutex::new(BTreeMap::new()),
+            pending_writes: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             reader_generation: reader_generation.clone(),
             forwards: Mutex::new(HashMap::new()),
@@ -351,12 +354,36 @@ impl Node {
         self.storage_send(StorageCommand::Panic);
     }
 
+    /// Queues `frame` for `to`, or drops it if that peer's queue is full: the protocol
+    /// resends what matters, and a peer that reads nothing (paused, on a dead link) must
+    /// not make this node buffer without bound.
     pub(crate) fn send_to(&self, to: &str, frame: Frame) {
         if self.is_cut_off(to) {
             return;
         }
-        if let Some(channel) = self.outbound.lock().expect("outbound lock").get(to) {
-            let _ = channel.send((Instant::now(), frame));
+        if let Some(queue) = self.outbound.lock().expect("outbound lock").get(to) {
+            queue.offer(frame);
+        }
+    }
+
+    /// Queues `frame` for `to` once its queue has room (snapshot chunks: none may be
+    /// dropped, and the file is read only as fast as the peer takes it). `false` if the
+    /// peer left the membership.
+    pub(crate) async fn send_to_when_room(&self, to: &str, frame: Frame) -> bool {
+        let weight = frame_weight(&frame);
+        loop {
+            if self.is_cut_off(to) {
+                return true;
+            }
+            let queue = match self.outbound.lock().expect("outbound lock").get(to) {
+                Some(queue) => queue.clone(),
+                None => return false,
+            };
+            if queue.has_room(weight) {
+                queue.push(frame, weight);
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -383,10 +410,11 @@ impl Node {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        outbound.insert(id.to_string(), tx);
+        let queued = Arc::new(AtomicUsize::new(0));
+        outbound.insert(id.to_string(), PeerQueue { frames: tx, queued: queued.clone() });
         let region = self.config.regions.get(id).cloned().unwrap_or_default();
         self.peers.lock().expect("peers lock").entry(id.to_string()).or_insert(PeerInfo { region, ..PeerInfo::default() });
-        tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, rx));
+        tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, rx, queued));
     }
 
     /// A node not yet in any membership (joining) answers whoever contacts it: the
@@ -414,7 +442,7 @@ impl Node {
         *self.cut_off.lock().expect("cut-off lock") = peers;
     }
 
-    fn is_cut_off(&self, peer: &str) -> bool {
+    pub(crate) fn is_cut_off(&self, peer: &str) -> bool {
         // Every frame passes here: without fault injection, no lock is taken.
         self.config.fault_injection && self.cut_off.lock().expect("cut-off lock").contains(peer)
     }
@@ -502,6 +530,13 @@ impl Node {
                 let message = WriteError::Unsatisfiable { requested, members }.to_string();
                 return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(400, message)) };
             }
+        }
+        // Admission control: past this many writes in flight, refuse new ones at once
+        // rather than queue them without bound.
+        let pending = PendingCount::enter(&self.pending_writes);
+        if pending.count > MAX_PENDING_WRITES {
+            let message = format!("this node has {} writes in flight, over its limit of {MAX_PENDING_WRITES}: retry shortly", pending.count - 1);
+            return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(503, message)) };
         }
         let (reply, rx) = oneshot::channel();
         if !self.storage_send(StorageCommand::Execute { request, requirement, epoch: published.epoch, reply }) {
@@ -757,7 +792,7 @@ impl Node {
 
     // ---- frames from peers ----
 
-    pub(crate) fn on_frame(self: &Arc<Node>, from: &str, frame: Frame, snapshot_file: &mut Option<std::fs::File>) {
+    pub(crate) fn on_frame(self: &Arc<Node>, from: &str, frame: Frame) {
         if self.is_cut_off(from) {
             return;
         }
@@ -790,7 +825,8 @@ impl Node {
                     let _ = waiter.send(ForwardReply::Read(reply));
                 }
             }
-            Frame::SnapshotChunk { offset, bytes, done, rollback_after } => self.on_snapshot_chunk(offset, &bytes, done, rollback_after, snapshot_file),
+            // The transport writes snapshot chunks itself, off the async workers.
+            Frame::SnapshotChunk { .. } => {}
         }
     }
 
@@ -798,26 +834,51 @@ impl Node {
         self.config.data_dir.join("snapshot-incoming.db")
     }
 
-    fn on_snapshot_chunk(&self, offset: u64, bytes: &[u8], done: Option<Position>, rollback_after: Option<u64>, file: &mut Option<std::fs::File>) {
+    /// Writes one chunk of an incoming snapshot (blocking: called off the async workers)
+    /// and returns the state to pass with the next one. A chunk that does not continue
+    /// the file exactly (a lost or repeated chunk) abandons the snapshot; the leader sends
+    /// another when this one times out.
+    pub(crate) fn on_snapshot_chunk(
+        &self,
+        state: Option<IncomingSnapshot>,
+        offset: u64,
+        bytes: &[u8],
+        done: Option<Position>,
+        rollback_after: Option<u64>,
+    ) -> Option<IncomingSnapshot> {
         use std::io::Write;
         let path = self.incoming_snapshot_path();
-        if offset == 0 {
-            *file = std::fs::File::create(&path).ok();
-        }
-        let Some(handle) = file.as_mut() else { return };
-        if handle.write_all(bytes).is_err() {
-            tracing::error!("cannot write incoming snapshot to {}", path.display());
-            *file = None;
-            return;
-        }
-        if let Some(position) = done {
-            let synced = handle.sync_all().is_ok();
-            *file = None;
-            if synced {
-                tracing::info!("snapshot at {position} received; installing");
-                self.storage_send(StorageCommand::InstallSnapshot { path, rollback_after });
+        let mut state = if offset == 0 {
+            match std::fs::File::create(&path) {
+                Ok(file) => IncomingSnapshot { file, written: 0 },
+                Err(error) => {
+                    tracing::error!("cannot create {}: {error}", path.display());
+                    return None;
+                }
             }
+        } else {
+            state?
+        };
+        if offset != state.written {
+            tracing::warn!("snapshot chunk at {offset} does not continue the {} bytes received: abandoning it", state.written);
+            return None;
         }
+        if let Err(error) = state.file.write_all(bytes) {
+            tracing::error!("cannot write incoming snapshot to {}: {error}", path.display());
+            return None;
+        }
+        state.written += bytes.len() as u64;
+        let position = match done {
+            Some(position) => position,
+            None => return Some(state),
+        };
+        if let Err(error) = state.file.sync_all() {
+            tracing::error!("cannot sync incoming snapshot {}: {error}", path.display());
+            return None;
+        }
+        tracing::info!("snapshot at {position} received ({} bytes); installing", state.written);
+        self.storage_send(StorageCommand::InstallSnapshot { path, rollback_after });
+        None
     }
 }
 
@@ -989,6 +1050,82 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
     }
 }
 
+/// Bytes of frames a node holds for one peer before it drops new ones.
+pub(crate) const PEER_QUEUE_BYTES: usize = 32 << 20;
+
+/// Frames waiting for one peer's connection, with their weight in bytes counted so the
+/// queue stays bounded: `queued` goes up here and down as the transport writes them.
+#[derive(Clone)]
+pub(crate) struct PeerQueue {
+    frames: mpsc::UnboundedSender<(Instant, Frame, usize)>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl PeerQueue {
+    fn has_room(&self, weight: usize) -> bool {
+        let queued = self.queued.load(Ordering::Acquire);
+        queued == 0 || queued + weight <= PEER_QUEUE_BYTES
+    }
+
+    fn push(&self, frame: Frame, weight: usize) {
+        self.queued.fetch_add(weight, Ordering::AcqRel);
+        if self.frames.send((Instant::now(), frame, weight)).is_err() {
+            self.queued.fetch_sub(weight, Ordering::AcqRel);
+        }
+    }
+
+    fn offer(&self, frame: Frame) {
+        let weight = frame_weight(&frame);
+        if self.has_room(weight) {
+            self.push(frame, weight);
+        } else {
+            tracing::debug!("peer queue full ({} bytes): dropping a frame", self.queued.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// About how many bytes a frame holds in memory (and on the wire): what its queue counts.
+pub(crate) fn frame_weight(frame: &Frame) -> usize {
+    const OVERHEAD: usize = 128;
+    OVERHEAD
+        + match frame {
+            Frame::Replica(Message::Append { entries, .. }) => entries.iter().map(|entry| entry.payload.len() + 32).sum(),
+            Frame::Replica(Message::Raft { bytes }) => bytes.len(),
+            Frame::Replica(_) | Frame::Hello(_) => 0,
+            Frame::SnapshotChunk { bytes, .. } => bytes.len(),
+            // Client requests and results: rarer, and of any shape; measure them exactly.
+            other => postcard::experimental::serialized_size(other).unwrap_or(0),
+        }
+}
+
+/// Most writes a node holds in flight (executing or waiting for acknowledgements).
+const MAX_PENDING_WRITES: usize = 16_384;
+
+/// One write counted in flight until dropped.
+struct PendingCount<'counter> {
+    counter: &'counter AtomicUsize,
+    /// How many were in flight with this one.
+    count: usize,
+}
+
+impl<'counter> PendingCount<'counter> {
+    fn enter(counter: &'counter AtomicUsize) -> PendingCount<'counter> {
+        PendingCount { counter, count: counter.fetch_add(1, Ordering::AcqRel) + 1 }
+    }
+}
+
+impl Drop for PendingCount<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A snapshot being received: the file so far and how many bytes it holds.
+pub(crate) struct IncomingSnapshot {
+    file: std::fs::File,
+    written: u64,
+}
+
 fn stopped_leading() -> WriteReply {
     let error = RequestError::new(503, "this node stopped leading before the write could commit: retry (it was not applied)");
     WriteReply { results: Vec::new(), position: None, error: Some(error) }
@@ -1036,6 +1173,15 @@ struct StorageContext {
 /// Most requests committed in one transaction.
 const MAX_GROUP_COMMIT: usize = 1024;
 
+/// A group commit stops taking requests once they hold this many bytes, so one log
+/// entry (a group's changes) stays far below `wire::MAX_FRAME_BYTES` and can always be
+/// shipped: with `--max-body-bytes` at most `MAX_BODY_BYTES_LIMIT`, an entry holds at
+/// most about 16 + 64 MiB of statements.
+const MAX_GROUP_COMMIT_BYTES: usize = 16 << 20;
+
+/// The largest `--max-body-bytes` a node accepts.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 << 20;
+
 impl StorageContext {
     fn run(mut self, commands: std_mpsc::Receiver<StorageCommand>) {
         let mut queued: Option<StorageCommand> = None;
@@ -1050,11 +1196,13 @@ impl StorageContext {
             match first {
                 StorageCommand::Execute { request, requirement, epoch, reply } => {
                     let alone = tern_storage::is_maintenance(&request);
+                    let mut bytes = request.approximate_bytes();
                     let mut batch = vec![(request, requirement, epoch, reply)];
-                    while !alone && batch.len() < MAX_GROUP_COMMIT {
+                    while !alone && batch.len() < MAX_GROUP_COMMIT && bytes < MAX_GROUP_COMMIT_BYTES {
                         match commands.try_recv() {
                             // VACUUM runs outside any transaction, so it never joins a group.
                             Ok(StorageCommand::Execute { request, requirement, epoch, reply }) if !tern_storage::is_maintenance(&request) => {
+                                bytes += request.approximate_bytes();
                                 batch.push((request, requirement, epoch, reply))
                             }
                             Ok(other) => {
@@ -1099,6 +1247,28 @@ impl StorageContext {
                         }
                     };
                     let _ = self.events.send(Event::LogRead { to, from_index, entries });
+                }
+                StorageCommand::MakeSnapshot { to, rollback_after } if self.engine.format() != tern_core::LogFormat::Physical => {
+                    // Logical formats: copied on a thread and connection of its own, so
+                    // writes go on meanwhile.
+                    let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
+                    let database = self.engine.database_path();
+                    let events = self.events.clone();
+                    let spawned = std::thread::Builder::new().name(format!("tern-snapshot-{to}")).spawn(move || {
+                        match tern_storage::write_logical_snapshot(&database, &path) {
+                            Ok(position) => {
+                                tracing::info!("snapshot at {position} made for {to}");
+                                let _ = events.send(Event::SnapshotReady { to, path, position, rollback_after });
+                            }
+                            Err(error) => {
+                                tracing::error!("cannot make a snapshot for {to}: {error}");
+                                let _ = events.send(Event::SnapshotSent { to, position: None });
+                            }
+                        }
+                    });
+                    if let Err(error) = spawned {
+                        tracing::error!("cannot start a snapshot thread: {error}");
+                    }
                 }
                 StorageCommand::MakeSnapshot { to, rollback_after } => {
                     let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));

@@ -6,10 +6,11 @@
 //! until its enqueue time plus the one-way latency between the two regions, which keeps
 //! frames in order and lets many be in flight at once, as on a real long link.
 
-use crate::node::{Event, Node};
+use crate::node::{Event, IncomingSnapshot, Node};
 use crate::wire::{read_frame, read_frame_up_to, write_frame, Frame, Hello, MAX_HELLO_BYTES};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_core::Position;
@@ -19,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// A frame waiting for a peer: when it was queued, the frame, its weight in bytes.
+pub(crate) type Queued = (Instant, Frame, usize);
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// A forwarded client request (or its reply) older than this when a connection comes up
@@ -30,16 +34,24 @@ const STALE_FRAME: Duration = Duration::from_secs(2);
 /// backlog of appends to a dead follower would flood it when it returns), but forwarded
 /// client requests and replies wait, up to `STALE_FRAME`: each is sent once, and losing
 /// one during a reconnect left a client waiting out its whole timeout.
-pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<(Instant, Frame)>) {
-    let mut waiting: std::collections::VecDeque<(Instant, Frame)> = std::collections::VecDeque::new();
-    let hold = |waiting: &mut std::collections::VecDeque<(Instant, Frame)>, frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>| {
+pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<Queued>, queued: Arc<AtomicUsize>) {
+    let mut waiting: std::collections::VecDeque<Queued> = std::collections::VecDeque::new();
+    // Every frame leaving the queue, written or dropped, gives its weight back.
+    let release = |weight: usize| {
+        queued.fetch_sub(weight, Ordering::AcqRel);
+    };
+    let hold = |waiting: &mut std::collections::VecDeque<Queued>, frames: &mut mpsc::UnboundedReceiver<Queued>| {
         while let Ok(frame) = frames.try_recv() {
             if matches!(frame.1, Frame::ForwardWrite { .. } | Frame::ForwardRead { .. } | Frame::ForwardWriteReply { .. } | Frame::ForwardReadReply { .. }) {
                 waiting.push_back(frame);
+            } else {
+                release(frame.2);
             }
         }
-        while waiting.front().is_some_and(|(enqueued, _)| enqueued.elapsed() > STALE_FRAME) {
-            waiting.pop_front();
+        while waiting.front().is_some_and(|(enqueued, _, _)| enqueued.elapsed() > STALE_FRAME) {
+            if let Some((_, _, weight)) = waiting.pop_front() {
+                release(weight);
+            }
         }
     };
     loop {
@@ -80,13 +92,14 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
         node.post(Event::PeerConnected(peer.clone()));
         hold(&mut waiting, &mut frames);
         let mut failed = false;
-        while let Some((_, frame)) = waiting.pop_front() {
+        while let Some((_, frame, weight)) = waiting.pop_front() {
+            release(weight);
             if write_frame(&mut writer, &frame).await.is_err() {
                 failed = true;
                 break;
             }
         }
-        if failed || writer.flush().await.is_err() || pump(&node, &peer, &mut writer, &mut frames).await.is_err() {
+        if failed || writer.flush().await.is_err() || pump(&node, &peer, &mut writer, &mut frames, &release).await.is_err() {
             tracing::debug!("connection to {peer} lost");
             set_connected(&node, &peer, false);
             tokio::time::sleep(RECONNECT_DELAY).await;
@@ -97,9 +110,16 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
 }
 
 /// Writes frames until the channel closes (`Ok`) or the socket fails (`Err`).
-async fn pump(node: &Node, peer: &str, writer: &mut BufWriter<OwnedWriteHalf>, frames: &mut mpsc::UnboundedReceiver<(Instant, Frame)>) -> std::io::Result<()> {
+async fn pump(
+    node: &Node,
+    peer: &str,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frames: &mut mpsc::UnboundedReceiver<Queued>,
+    release: &(dyn Fn(usize) + Sync),
+) -> std::io::Result<()> {
     loop {
-        let Some((enqueued, frame)) = frames.recv().await else { return Ok(()) };
+        let Some((enqueued, frame, weight)) = frames.recv().await else { return Ok(()) };
+        release(weight);
         let due = enqueued + node.wan_delay(peer);
         if due > Instant::now() {
             writer.flush().await?;
@@ -110,7 +130,8 @@ async fn pump(node: &Node, peer: &str, writer: &mut BufWriter<OwnedWriteHalf>, f
         let mut pending = true;
         while pending {
             match frames.try_recv() {
-                Ok((enqueued, frame)) => {
+                Ok((enqueued, frame, weight)) => {
+                    release(weight);
                     let due = enqueued + node.wan_delay(peer);
                     if due > Instant::now() {
                         writer.flush().await?;
@@ -184,10 +205,17 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
     if write_frame(&mut write_half, &Frame::Hello(own_hello(&node))).await.is_err() {
         return;
     }
-    let mut snapshot_file = None;
+    let mut snapshot: Option<IncomingSnapshot> = None;
     loop {
         match read_frame(&mut reader, &mut buffer).await {
-            Ok(Some(frame)) => node.on_frame(&from, frame, &mut snapshot_file),
+            // File writes and the final fsync run off the async workers, one chunk at a
+            // time, in order, before the next frame is read.
+            Ok(Some(Frame::SnapshotChunk { offset, bytes, done, rollback_after })) if !node.is_cut_off(&from) => {
+                let receiver = node.clone();
+                let state = snapshot.take();
+                snapshot = tokio::task::spawn_blocking(move || receiver.on_snapshot_chunk(state, offset, &bytes, done, rollback_after)).await.unwrap_or(None);
+            }
+            Ok(Some(frame)) => node.on_frame(&from, frame),
             Ok(None) => return,
             Err(error) => {
                 tracing::debug!("connection from {from} ended: {error}");
@@ -197,32 +225,48 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
     }
 }
 
-/// Sends a snapshot file to `to` in chunks, then tells the replica loop it is done.
+/// Sends a snapshot file to `to` in chunks, read from the file only as fast as the peer's
+/// queue drains (a snapshot is never held in memory whole), then deletes the file and
+/// tells the replica loop it is done.
 pub(crate) async fn stream_snapshot(node: Arc<Node>, to: String, path: PathBuf, position: Position, rollback_after: Option<u64>) {
-    let file = path.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&file);
-        let _ = std::fs::remove_file(&file);
-        bytes
-    })
-    .await
-    .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())));
-    let sent = match outcome {
+    let sent = match send_snapshot_file(&node, &to, &path, position, rollback_after).await {
         Ok(bytes) => {
-            let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect() };
-            let count = chunks.len();
-            for (number, chunk) in chunks.into_iter().enumerate() {
-                let done = (number + 1 == count).then_some(position);
-                let offset = (number * SNAPSHOT_CHUNK_BYTES) as u64;
-                node.send_to(&to, Frame::SnapshotChunk { offset, bytes: chunk.to_vec(), done, rollback_after });
-            }
-            tracing::info!("snapshot at {position} ({} bytes) queued for {to}", bytes.len());
+            tracing::info!("snapshot at {position} ({bytes} bytes) queued for {to}");
             Some(position)
         }
         Err(error) => {
-            tracing::error!("cannot read snapshot {}: {error}", path.display());
+            tracing::error!("cannot send snapshot {} to {to}: {error}", path.display());
             None
         }
     };
+    let file = path.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
     node.post(Event::SnapshotSent { to, position: sent });
+}
+
+async fn send_snapshot_file(node: &Node, to: &str, path: &std::path::Path, position: Position, rollback_after: Option<u64>) -> std::io::Result<u64> {
+    let mut offset = 0u64;
+    loop {
+        let file = path.to_path_buf();
+        let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, bool)> {
+            use std::os::unix::fs::FileExt;
+            let handle = std::fs::File::open(&file)?;
+            let length = handle.metadata()?.len();
+            let mut chunk = vec![0u8; (length.saturating_sub(offset)).min(SNAPSHOT_CHUNK_BYTES as u64) as usize];
+            handle.read_exact_at(&mut chunk, offset)?;
+            Ok((chunk, offset + SNAPSHOT_CHUNK_BYTES as u64 >= length))
+        })
+        .await
+        .map_err(|error| std::io::Error::other(error.to_string()))??;
+        let (bytes, last) = chunk;
+        let size = bytes.len() as u64;
+        let frame = Frame::SnapshotChunk { offset, bytes, done: last.then_some(position), rollback_after };
+        if !node.send_to_when_room(to, frame).await {
+            return Err(std::io::Error::other(format!("{to} is no longer a member")));
+        }
+        offset += size;
+        if last {
+            return Ok(offset);
+        }
+    }
 }

@@ -85,6 +85,29 @@ pub struct WriteRequest {
     pub transaction: bool,
 }
 
+impl WriteRequest {
+    /// About how many bytes the request's SQL and parameters hold: what a group commit
+    /// counts so that one log entry stays far below a peer frame's limit.
+    pub fn approximate_bytes(&self) -> usize {
+        let value_bytes = |value: &SqlValue| match value {
+            SqlValue::Text(text) => text.len(),
+            SqlValue::Blob(bytes) => bytes.len(),
+            _ => 8,
+        };
+        self.statements
+            .iter()
+            .map(|statement| {
+                statement.sql.len()
+                    + match &statement.params {
+                        Params::None => 0,
+                        Params::Positional(values) => values.iter().map(value_bytes).sum(),
+                        Params::Named(pairs) => pairs.iter().map(|(name, value)| name.len() + value_bytes(value)).sum(),
+                    }
+            })
+            .sum()
+    }
+}
+
 /// What executing a batch of requests produced on the leader.
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -148,6 +171,10 @@ pub struct Engine {
 }
 
 pub const LOG_FILE: &str = "log.db";
+
+/// The largest log entry a leader commits (logical formats): far below the peer frame
+/// limit, so every committed entry can be shipped.
+pub const MAX_ENTRY_BYTES: usize = 128 << 20;
 
 /// Physical format: checkpoint the WAL into the database file after this many commits
 /// (only ever after their frames are durable in the log).
@@ -627,6 +654,13 @@ impl Engine {
             None
         } else {
             let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
+            if entry.payload.len() > MAX_ENTRY_BYTES {
+                // Nothing could ship it to a follower: refuse it before it is committed.
+                return Err(StorageError(format!(
+                    "the changes of this write take {} bytes, over the {MAX_ENTRY_BYTES}-byte limit of one log entry: split it into smaller writes",
+                    entry.payload.len()
+                )));
+            }
             append_log(&self.connection, &entry)?;
             Some(entry)
         };
@@ -923,8 +957,7 @@ impl Engine {
     pub fn write_snapshot(&self, target: &Path) -> Result<Position> {
         let _ = std::fs::remove_file(target);
         if self.format != LogFormat::Physical {
-            self.connection.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
-            return Ok(self.last);
+            return write_logical_snapshot(&self.database_path(), target);
         }
         // Physical: the follower's file must be the leader's, page for page, so the
         // snapshot is the raw pages (from the WAL and the file, in one read transaction).
@@ -1022,6 +1055,25 @@ impl Engine {
         }
         table_checksums(&self.connection)
     }
+}
+
+/// Logical formats: a consistent copy of the database at `database` (data and log) made
+/// on a connection of its own, so the writer goes on committing meanwhile; returns the
+/// position the copy holds (its newest log row). Safe to call from any thread.
+///
+/// # Errors
+/// On a SQLite or file system failure.
+pub fn write_logical_snapshot(database: &Path, target: &Path) -> Result<Position> {
+    let _ = std::fs::remove_file(target);
+    let source = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    source.busy_timeout(std::time::Duration::from_secs(10))?;
+    source.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+    drop(source);
+    let copy = Connection::open_with_flags(target, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let position = database_position(&copy)?;
+    drop(copy);
+    std::fs::File::open(target)?.sync_all()?;
+    Ok(position)
 }
 
 /// FNV-1a of each page of the database, in page order, read in one transaction.
