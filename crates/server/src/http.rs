@@ -281,12 +281,16 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
         return error_response(&RequestError::new(503, "replica loop stopped"));
     };
     let peers = node.peers.lock().expect("peers lock").clone();
+    let queues = node.peer_queues();
     let followers: Vec<Value> = status
         .followers
         .iter()
         .map(|follower| {
             let info = peers.get(&follower.id).cloned().unwrap_or_default();
+            let (queued_bytes, dropped_frames) = queues.get(&follower.id).copied().unwrap_or_default();
             json!({
+                "queued_bytes": queued_bytes,
+                "dropped_frames": dropped_frames,
                 "id": follower.id,
                 "region": info.region,
                 "connected": info.connected,

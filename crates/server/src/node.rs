@@ -357,6 +357,12 @@ impl Node {
     /// Queues `frame` for `to`, or drops it if that peer's queue is full: the protocol
     /// resends what matters, and a peer that reads nothing (paused, on a dead link) must
     /// not make this node buffer without bound.
+    /// Per peer: bytes queued for it now, and frames dropped because its queue was full.
+    pub fn peer_queues(&self) -> BTreeMap<String, (usize, u64)> {
+        let outbound = self.outbound.lock().expect("outbound lock");
+        outbound.iter().map(|(id, queue)| (id.clone(), (queue.queued.load(Ordering::Relaxed), queue.dropped.load(Ordering::Relaxed)))).collect()
+    }
+
     pub(crate) fn send_to(&self, to: &str, frame: Frame) {
         if self.is_cut_off(to) {
             return;
@@ -411,7 +417,7 @@ impl Node {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        outbound.insert(id.to_string(), PeerQueue { frames: tx, queued: queued.clone() });
+        outbound.insert(id.to_string(), PeerQueue { frames: tx, queued: queued.clone(), dropped: Arc::new(AtomicU64::new(0)) });
         let region = self.config.regions.get(id).cloned().unwrap_or_default();
         self.peers.lock().expect("peers lock").entry(id.to_string()).or_insert(PeerInfo { region, ..PeerInfo::default() });
         tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, rx, queued));
@@ -1059,6 +1065,8 @@ pub(crate) const PEER_QUEUE_BYTES: usize = 32 << 20;
 pub(crate) struct PeerQueue {
     frames: mpsc::UnboundedSender<(Instant, Frame, usize)>,
     queued: Arc<AtomicUsize>,
+    /// Frames dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
 }
 
 impl PeerQueue {
@@ -1079,7 +1087,7 @@ impl PeerQueue {
         if self.has_room(weight) {
             self.push(frame, weight);
         } else {
-            tracing::debug!("peer queue full ({} bytes): dropping a frame", self.queued.load(Ordering::Relaxed));
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
