@@ -305,7 +305,15 @@ struct Progress {
     /// Where the follower's log was found to diverge from ours: every snapshot it gets
     /// until it holds our entries again rolls back what it has beyond this index.
     diverged_after: Option<u64>,
+    /// Resends in a row after which `matched` had not moved, and where it stood at the
+    /// last one: each such resend waits twice as long (a follower that cannot persist,
+    /// or is paused, is not sent its whole window again every `resend_timeout_us`).
+    fruitless_resends: u32,
+    matched_at_resend: u64,
 }
+
+/// A fruitless resend waits at most `resend_timeout_us` times 2 to this power.
+const MAX_RESEND_BACKOFF_SHIFT: u32 = 4;
 
 #[derive(Debug)]
 struct LeaderState {
@@ -341,7 +349,20 @@ struct FollowerState {
     read_seq: u64,
     /// An ack is owed once the current persist completes.
     ack_owed: bool,
+    /// After a failed persist (a full disk, say): new entries are ignored until `until`,
+    /// and the next failure waits twice as long (up to `MAX_PERSIST_BACKOFF_US`). Without
+    /// it, the leader's resend and the failing apply spin in a tight loop.
+    persist_backoff: Option<PersistBackoff>,
 }
+
+#[derive(Clone, Copy, Debug)]
+struct PersistBackoff {
+    until: Micros,
+    wait: Micros,
+}
+
+const FIRST_PERSIST_BACKOFF_US: Micros = 100_000;
+const MAX_PERSIST_BACKOFF_US: Micros = 2_000_000;
 
 impl Progress {
     fn new(last: Position, now: Micros) -> Progress {
@@ -357,6 +378,8 @@ impl Progress {
             snapshot_wait: None,
             foreign_durable: None,
             diverged_after: None,
+            fruitless_resends: 0,
+            matched_at_resend: 0,
         }
     }
 }
@@ -386,7 +409,15 @@ impl LeaderState {
 
 impl FollowerState {
     fn new() -> FollowerState {
-        FollowerState { leader_heard_at: None, commit_index: 0, fresh_as_of: None, pending_fresh: VecDeque::new(), read_seq: 0, ack_owed: false }
+        FollowerState {
+            leader_heard_at: None,
+            commit_index: 0,
+            fresh_as_of: None,
+            pending_fresh: VecDeque::new(),
+            read_seq: 0,
+            ack_owed: false,
+            persist_backoff: None,
+        }
     }
 }
 
@@ -929,6 +960,7 @@ impl Replica {
             self.accepted = durable;
         }
         self.last = durable;
+        follower.persist_backoff = None;
         while let Some(&(leader_last, heard_at)) = follower.pending_fresh.front() {
             if leader_last > self.last.index {
                 break;
@@ -943,14 +975,16 @@ impl Replica {
     }
 
     /// Follower: a `Persist` could not be applied (it did not continue the local log, or
-    /// the disk failed). Everything accepted beyond the durable end is forgotten and the
-    /// leader is asked to resend from there.
-    pub fn on_persist_failed(&mut self, _now: Micros) {
+    /// the disk failed). Everything accepted beyond the durable end is forgotten. New
+    /// entries are ignored for a while (doubling with each failure in a row); then the
+    /// leader's next resend is tried again.
+    pub fn on_persist_failed(&mut self, now: Micros) {
         let Role::Follower(follower) = &mut self.role else { return };
         self.accepted = self.last;
         follower.ack_owed = false;
+        let wait = follower.persist_backoff.map_or(FIRST_PERSIST_BACKOFF_US, |backoff| (backoff.wait * 2).min(MAX_PERSIST_BACKOFF_US));
+        follower.persist_backoff = Some(PersistBackoff { until: now + wait, wait });
         self.forget_epoch_starts_after(self.last.index);
-        self.send_ack(true);
     }
 
     /// Follower: the local database now holds everything up to `position`, after a
@@ -1101,6 +1135,11 @@ impl Replica {
             }
             follower.pending_fresh.push_back((leader_last, now));
         }
+        if follower.persist_backoff.is_some_and(|backoff| now < backoff.until) {
+            // Backing off after a failed persist: no entries, no resend requests. The
+            // leader resends on its own timer; the heartbeat has been noted above.
+            return;
+        }
         if prev_index > self.accepted.index {
             // A gap: something before these entries was lost in transit.
             self.send_ack(true);
@@ -1248,7 +1287,10 @@ impl Replica {
                 progress.snapshotting = false;
             }
             let waiting = progress.next > progress.matched + 1;
-            if waiting && !progress.fetching && !progress.snapshotting && now.saturating_sub(progress.last_sent_at) > resend_timeout {
+            let backoff = resend_timeout << progress.fruitless_resends.min(MAX_RESEND_BACKOFF_SHIFT);
+            if waiting && !progress.fetching && !progress.snapshotting && now.saturating_sub(progress.last_sent_at) > backoff {
+                progress.fruitless_resends = if progress.matched == progress.matched_at_resend { progress.fruitless_resends + 1 } else { 0 };
+                progress.matched_at_resend = progress.matched;
                 progress.next = progress.matched + 1;
                 resend.push(id.clone());
             }

@@ -216,9 +216,16 @@ fn load_election(directory: &std::path::Path) -> Result<Option<SavedElection>, S
 fn save_election(directory: &std::path::Path, state: &SavedElection) -> std::io::Result<()> {
     use std::io::Write;
     let temporary = directory.join(format!("{ELECTION_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+        file.sync_all()
+    })();
+    if let Err(error) = written {
+        // A full disk: give back what the partial file took; the old state stays whole.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
     std::fs::rename(&temporary, directory.join(ELECTION_FILE))?;
     std::fs::File::open(directory)?.sync_all()
 }
@@ -901,6 +908,10 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_from_leader = replica.is_leader();
+    // Election state the disk refused (it is full): until a save succeeds, this node
+    // sends no raft message, so it never casts a vote it could forget on a restart.
+    let mut unsaved_election: Option<tern_core::SavedElection> = None;
+    let mut last_save_error_log: Option<Instant> = None;
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -972,8 +983,15 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                 }
             }
         }
+        if let Some(state) = &unsaved_election {
+            if save_election(&node.config.data_dir, state).is_ok() {
+                tracing::info!("election state saved again: this node takes part in elections again");
+                unsaved_election = None;
+            }
+        }
         while let Some(output) = replica.poll_output() {
             match output {
+                Output::Send { message: Message::Raft { .. }, .. } if unsaved_election.is_some() => {}
                 Output::Send { to, message } => node.send_to(&to, Frame::Replica(message)),
                 Output::Persist { entries } => {
                     node.storage_send(StorageCommand::Apply { entries });
@@ -986,10 +1004,18 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                 }
                 Output::SaveElection { state } => {
                     // Small and rare (a term or vote change): written here, before any
-                    // later output (a vote) can leave this node.
-                    if let Err(error) = save_election(&node.config.data_dir, &state) {
-                        tracing::error!("cannot save the election state: {error}; stopping rather than risk voting twice");
-                        std::process::exit(70);
+                    // later output (a vote) can leave this node. If the disk refuses it
+                    // (full), raft messages are held back until a save succeeds: the
+                    // node neither votes nor campaigns, and the others carry on.
+                    match save_election(&node.config.data_dir, &state) {
+                        Ok(()) => unsaved_election = None,
+                        Err(error) => {
+                            if last_save_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                                tracing::error!("cannot save the election state: {error}; not voting or campaigning until it can be saved");
+                                last_save_error_log = Some(Instant::now());
+                            }
+                            unsaved_election = Some(state);
+                        }
                     }
                 }
                 Output::MembershipChanged { membership } => {
@@ -1059,6 +1085,10 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
 /// Bytes of frames a node holds for one peer before it drops new ones.
 pub(crate) const PEER_QUEUE_BYTES: usize = 32 << 20;
 
+/// Frames at most this large count as control frames, which may use the reserve.
+const CONTROL_FRAME_BYTES: usize = 4 << 10;
+const CONTROL_RESERVE_BYTES: usize = 4 << 20;
+
 /// Frames waiting for one peer's connection, with their weight in bytes counted so the
 /// queue stays bounded: `queued` goes up here and down as the transport writes them.
 #[derive(Clone)]
@@ -1084,7 +1114,11 @@ impl PeerQueue {
 
     fn offer(&self, frame: Frame) {
         let weight = frame_weight(&frame);
-        if self.has_room(weight) {
+        // Small frames (raft heartbeats and votes, acks, empty appends) may use a reserve
+        // beyond the budget: a queue full of resent entries must not starve the peer of
+        // the messages that keep it from campaigning.
+        let control = weight <= CONTROL_FRAME_BYTES && self.queued.load(Ordering::Acquire) + weight <= PEER_QUEUE_BYTES + CONTROL_RESERVE_BYTES;
+        if control || self.has_room(weight) {
             self.push(frame, weight);
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);

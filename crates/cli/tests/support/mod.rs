@@ -62,6 +62,11 @@ impl ServerNode {
         }
     }
 
+    /// Is the process still running (it has not exited by itself)?
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().expect("wait works").is_none())
+    }
+
     /// The process's resident memory, from /proc (Linux), in bytes.
     pub fn rss_bytes(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();

@@ -1,0 +1,119 @@
+//! A follower whose disk fills up under load, on real processes: its data directory is a
+//! 24 MiB tmpfs. It must not spin, not disturb the healthy majority (no election), stay
+//! up serving reads, and catch up by itself once space returns. Needs root to mount a
+//! tmpfs; skips, saying why, where it cannot.
+
+mod support;
+
+use serde_json::json;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// A tmpfs mounted on a directory, unmounted (lazily) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(directory: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(directory).map_err(|error| error.to_string())?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(directory)
+            .status()
+            .map_err(|error| format!("cannot run mount: {error}"))?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed ({status}): not root, or no mount permission here"));
+        }
+        Ok(Tmpfs(directory.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().expect("mount runs");
+        assert!(status.success(), "remount to {size} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn log_count(node: &ServerNode, needle: &str) -> usize {
+    node.log_text().matches(needle).count()
+}
+
+#[test]
+fn a_follower_with_a_full_disk_backs_off_stays_up_and_catches_up_when_space_returns() {
+    let mut cluster = Cluster::new("full-disk", 3, &[]);
+    let disk = match Tmpfs::mount(&cluster.nodes[2].data, "24m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    for node in &mut cluster.nodes {
+        node.start();
+    }
+    cluster.wait_ready();
+    let reply = execute(&mut cluster.nodes[0].client(), "?w=all", json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, acknowledged, address) = (stop.clone(), acknowledged.clone(), cluster.nodes[0].http.clone());
+            std::thread::spawn(move || {
+                let mut client = tern_server::client::HttpClient::new(&address).with_timeout(Duration::from_secs(10));
+                let value = "x".repeat(4000);
+                while !stop.load(Ordering::Relaxed) {
+                    if client.post_json("/db/execute", &json!([["INSERT INTO t (v) VALUES (?)", value]])).is_ok_and(|reply| reply.status == 200) {
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(LONG, "n3's disk to fill up", || log_count(&cluster.nodes[2], "disk is full") > 0);
+    let errors_at_full = log_count(&cluster.nodes[2], "cannot apply");
+    let acknowledged_at_full = acknowledged.load(Ordering::Relaxed);
+    let watched = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let errors_while_full = log_count(&cluster.nodes[2], "cannot apply") - errors_at_full;
+    let acknowledged_while_full = acknowledged.load(Ordering::Relaxed) - acknowledged_at_full;
+    eprintln!(
+        "while n3's disk was full for {:?}: {errors_while_full} apply errors on n3, {acknowledged_while_full} writes acknowledged by the majority",
+        watched.elapsed()
+    );
+
+    assert!(cluster.nodes[2].is_running(), "the full node must stay up\n{}", cluster.nodes[2].log_text());
+    // Before: an apply retry every few milliseconds (about 100 errors in 3 s).
+    assert!(errors_while_full < 40, "n3 retried {errors_while_full} times in 10 s: it must back off");
+    assert!(acknowledged_while_full > 0, "the healthy majority kept acknowledging writes");
+    let status = cluster.nodes[0].client().get("/status").unwrap().body;
+    assert_eq!(status["node"]["role"], "leader", "no election disturbed the majority: {status}");
+    assert_eq!(status["node"]["epoch"], 1, "no election disturbed the majority: {status}");
+    let reply = query(&mut cluster.nodes[2].client(), "SELECT count(*) FROM t", "level=none");
+    assert_eq!(reply.status, 200, "the full node still serves the reads it can: {}", reply.body);
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    disk.resize("512m");
+    let leader_rows = count(&mut cluster.nodes[0].client(), "SELECT count(*) FROM t", "level=none");
+    eventually(LONG, "n3 to catch up by itself once space returned", || {
+        count(&mut cluster.nodes[2].client(), "SELECT count(*) FROM t", "level=none") == leader_rows
+    });
+    assert!(cluster.nodes[2].is_running());
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    drop(disk);
+}
