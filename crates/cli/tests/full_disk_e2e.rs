@@ -117,3 +117,72 @@ fn a_follower_with_a_full_disk_backs_off_stays_up_and_catches_up_when_space_retu
     }
     drop(disk);
 }
+
+#[test]
+fn a_leader_with_a_full_disk_refuses_writes_and_hands_leadership_to_a_healthy_node() {
+    let mut cluster = Cluster::new("full-disk-leader", 3, &[]);
+    let disk = match Tmpfs::mount(&cluster.nodes[0].data, "24m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    for node in &mut cluster.nodes {
+        node.start();
+    }
+    cluster.wait_ready();
+    let reply = execute(&mut cluster.nodes[0].client(), "?w=all", json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let addresses: Vec<String> = cluster.nodes.iter().map(|node| node.http.clone()).collect();
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (stop, acknowledged, addresses) = (stop.clone(), acknowledged.clone(), addresses.clone());
+            std::thread::spawn(move || {
+                let value = "x".repeat(4000);
+                let mut target = writer;
+                while !stop.load(Ordering::Relaxed) {
+                    // Any node: followers forward to whoever leads.
+                    let mut client = tern_server::client::HttpClient::new(&addresses[target % addresses.len()]).with_timeout(Duration::from_secs(10));
+                    match client.post_json("/db/execute", &json!([["INSERT INTO t (v) VALUES (?)", value]])) {
+                        Ok(reply) if reply.status == 200 && reply.body["results"][0]["error"].is_null() => {
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            target += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(LONG, "n1's disk to fill up", || log_count(&cluster.nodes[0], "disk is full") > 0);
+    eventually(LONG, "leadership to move to a node with room", || {
+        cluster.nodes[1..].iter().any(|node| node.client().get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "leader"))
+    });
+    let handed_over_at = acknowledged.load(Ordering::Relaxed);
+    eventually(LONG, "writes to be acknowledged again after the handover", || acknowledged.load(Ordering::Relaxed) > handed_over_at + 50);
+    assert!(cluster.nodes[0].is_running(), "the full node must stay up\n{}", cluster.nodes[0].log_text());
+    assert!(cluster.nodes[0].log_text().contains("disk full: handing leadership to"), "{}", cluster.nodes[0].log_text());
+    let reply = query(&mut cluster.nodes[0].client(), "SELECT count(*) FROM t", "level=none");
+    assert_eq!(reply.status, 200, "the full node still serves the reads it can: {}", reply.body);
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    disk.resize("512m");
+    let leader =
+        (1..3).find(|index| cluster.nodes[*index].client().get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "leader")).expect("a leader");
+    let leader_rows = count(&mut cluster.nodes[leader].client(), "SELECT count(*) FROM t", "level=none");
+    eventually(LONG, "n1 to catch up by itself once space returned", || {
+        count(&mut cluster.nodes[0].client(), "SELECT count(*) FROM t", "level=none") == leader_rows
+    });
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    drop(disk);
+}

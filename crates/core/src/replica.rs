@@ -615,6 +615,18 @@ impl Replica {
         }
     }
 
+    /// Leader: the voter best placed to take over (in sync, furthest along), for handing
+    /// leadership away when this node cannot go on writing (its disk is full).
+    pub fn best_successor(&self) -> Option<NodeId> {
+        let Role::Leader(leader) = &self.role else { return None };
+        leader
+            .peers
+            .iter()
+            .filter(|(id, progress)| progress.in_sync && self.membership.voters.contains(*id))
+            .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse((*id).clone())))
+            .map(|(id, _)| id.clone())
+    }
+
     /// Until when this node may accept writes, if it may now: the end of its write lease.
     pub fn write_lease_until(&self, now: Micros) -> Option<Micros> {
         match &self.role {

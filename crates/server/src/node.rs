@@ -29,6 +29,8 @@ pub(crate) enum Event {
         message: Message,
     },
     PeerConnected(String),
+    /// The leader's storage could not write a batch: its disk is full.
+    DiskFull,
     Appended {
         entries: Vec<Entry>,
         writes: Vec<PendingWrite>,
@@ -912,6 +914,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
     // sends no raft message, so it never casts a vote it could forget on a restart.
     let mut unsaved_election: Option<tern_core::SavedElection> = None;
     let mut last_save_error_log: Option<Instant> = None;
+    let mut last_handover_for_disk: Option<Instant> = None;
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -958,6 +961,18 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                         Event::SnapshotSent { to, position } => replica.on_snapshot_finished(now, &to, position),
                         Event::SnapshotInstalled(position) => replica.on_snapshot_installed(now, position),
                         Event::RolledBack { position } => replica.on_rolled_back(now, position),
+                        Event::DiskFull => {
+                            // Keep refusing writes with the error, and hand leadership to a
+                            // healthy node so the cluster goes on writing.
+                            let due = last_handover_for_disk.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(5));
+                            if let (true, Some(successor)) = (due, replica.best_successor()) {
+                                last_handover_for_disk = Some(Instant::now());
+                                match replica.transfer_leadership(now, &successor) {
+                                    Ok(()) => tracing::warn!("disk full: handing leadership to {successor}"),
+                                    Err(error) => tracing::warn!("disk full, but cannot hand leadership to {successor}: {error}"),
+                                }
+                            }
+                        }
                         Event::ReadBarrier { observed_index, reply } => {
                             let tag = next_tag;
                             next_tag += 1;
@@ -1403,6 +1418,9 @@ impl StorageContext {
             }
             Err(error) => {
                 tracing::error!("write batch failed: {error}");
+                if error.is_disk_full() {
+                    let _ = self.events.send(Event::DiskFull);
+                }
                 // A statement stopped at its deadline failed the group: the others retry.
                 let status = if error.0.contains("--query-timeout-ms") { 503 } else { 500 };
                 for (_, _, reply) in batch {

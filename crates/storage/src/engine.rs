@@ -34,6 +34,13 @@ impl std::fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
+impl StorageError {
+    /// SQLite found no room to write (SQLITE_FULL: the disk, or `max_page_count`).
+    pub fn is_disk_full(&self) -> bool {
+        self.0.contains("database or disk is full")
+    }
+}
+
 impl From<rusqlite::Error> for StorageError {
     fn from(error: rusqlite::Error) -> StorageError {
         StorageError(format!("sqlite: {error}"))
