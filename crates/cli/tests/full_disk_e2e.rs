@@ -43,18 +43,15 @@ impl Drop for Tmpfs {
     }
 }
 
-fn log_count(node: &ServerNode, needle: &str) -> usize {
-    node.log_text().matches(needle).count()
-}
-
-#[test]
-fn a_follower_with_a_full_disk_backs_off_stays_up_and_catches_up_when_space_returns() {
-    let mut cluster = Cluster::new("full-disk", 3, &[]);
-    let disk = match Tmpfs::mount(&cluster.nodes[2].data, "24m") {
+/// A 3-node cluster whose node `small` keeps its data on a 24 MiB tmpfs, started, with
+/// table `t`; `None` (the test skips, saying why) where no tmpfs can be mounted.
+fn cluster_with_a_small_disk(name: &str, small: usize) -> Option<(Cluster, Tmpfs)> {
+    let mut cluster = Cluster::new(name, 3, &[]);
+    let disk = match Tmpfs::mount(&cluster.nodes[small].data, "24m") {
         Ok(disk) => disk,
         Err(reason) => {
             eprintln!("SKIPPED: {reason}");
-            return;
+            return None;
         }
     };
     for node in &mut cluster.nodes {
@@ -63,6 +60,30 @@ fn a_follower_with_a_full_disk_backs_off_stays_up_and_catches_up_when_space_retu
     cluster.wait_ready();
     let reply = execute(&mut cluster.nodes[0].client(), "?w=all", json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
     assert_eq!(reply.status, 200, "{}", reply.body);
+    Some((cluster, disk))
+}
+
+/// Gives the full node room again; it must catch up with `leader` by itself, still running.
+fn catch_up_once_space_returns(mut cluster: Cluster, disk: Tmpfs, leader: usize, full: usize) {
+    disk.resize("512m");
+    let leader_rows = count(&mut cluster.nodes[leader].client(), "SELECT count(*) FROM t", "level=none");
+    eventually(LONG, "the full node to catch up by itself once space returned", || {
+        count(&mut cluster.nodes[full].client(), "SELECT count(*) FROM t", "level=none") == leader_rows
+    });
+    assert!(cluster.nodes[full].is_running());
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    drop(disk);
+}
+
+fn log_count(node: &ServerNode, needle: &str) -> usize {
+    node.log_text().matches(needle).count()
+}
+
+#[test]
+fn a_follower_with_a_full_disk_backs_off_stays_up_and_catches_up_when_space_returns() {
+    let Some((mut cluster, disk)) = cluster_with_a_small_disk("full-disk", 2) else { return };
 
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(AtomicU64::new(0));
@@ -106,34 +127,12 @@ fn a_follower_with_a_full_disk_backs_off_stays_up_and_catches_up_when_space_retu
     for writer in writers {
         writer.join().unwrap();
     }
-    disk.resize("512m");
-    let leader_rows = count(&mut cluster.nodes[0].client(), "SELECT count(*) FROM t", "level=none");
-    eventually(LONG, "n3 to catch up by itself once space returned", || {
-        count(&mut cluster.nodes[2].client(), "SELECT count(*) FROM t", "level=none") == leader_rows
-    });
-    assert!(cluster.nodes[2].is_running());
-    for node in &mut cluster.nodes {
-        node.kill();
-    }
-    drop(disk);
+    catch_up_once_space_returns(cluster, disk, 0, 2);
 }
 
 #[test]
 fn a_leader_with_a_full_disk_refuses_writes_and_hands_leadership_to_a_healthy_node() {
-    let mut cluster = Cluster::new("full-disk-leader", 3, &[]);
-    let disk = match Tmpfs::mount(&cluster.nodes[0].data, "24m") {
-        Ok(disk) => disk,
-        Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-    for node in &mut cluster.nodes {
-        node.start();
-    }
-    cluster.wait_ready();
-    let reply = execute(&mut cluster.nodes[0].client(), "?w=all", json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    let Some((mut cluster, disk)) = cluster_with_a_small_disk("full-disk-leader", 0) else { return };
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(AtomicU64::new(0));
     let addresses: Vec<String> = cluster.nodes.iter().map(|node| node.http.clone()).collect();
@@ -174,15 +173,7 @@ fn a_leader_with_a_full_disk_refuses_writes_and_hands_leadership_to_a_healthy_no
     for writer in writers {
         writer.join().unwrap();
     }
-    disk.resize("512m");
     let leader =
         (1..3).find(|index| cluster.nodes[*index].client().get("/status").is_ok_and(|reply| reply.body["node"]["role"] == "leader")).expect("a leader");
-    let leader_rows = count(&mut cluster.nodes[leader].client(), "SELECT count(*) FROM t", "level=none");
-    eventually(LONG, "n1 to catch up by itself once space returned", || {
-        count(&mut cluster.nodes[0].client(), "SELECT count(*) FROM t", "level=none") == leader_rows
-    });
-    for node in &mut cluster.nodes {
-        node.kill();
-    }
-    drop(disk);
+    catch_up_once_space_returns(cluster, disk, leader, 0);
 }
