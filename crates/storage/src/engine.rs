@@ -1029,6 +1029,7 @@ impl Engine {
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
         }
+        crate::failpoint::hit("snapshot-install-before-rename")?;
         std::fs::rename(snapshot, &database)?;
         if let Ok(directory) = std::fs::File::open(&self.directory) {
             let _ = directory.sync_all();
@@ -1041,6 +1042,7 @@ impl Engine {
                 wal.reset();
             }
             let position = database_position(&self.connection)?;
+            crate::failpoint::hit("snapshot-install-before-log-reset")?;
             self.reset_log_after(position.index)?;
         } else {
             configure_writer(&self.connection)?;

@@ -295,3 +295,57 @@ fn a_batch_whose_leader_stopped_leading_before_commit_changes_nothing() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// A follower behind the leader, and the leader's snapshot file, in `root`.
+fn follower_behind_a_snapshot(root: &std::path::Path, format: LogFormat) -> (Engine, Engine, std::path::PathBuf) {
+    let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+    let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+    let first = leader.execute_batch(1, &[request(&["CREATE TABLE t (v)", "INSERT INTO t VALUES ('old')"])]).unwrap().entry.unwrap();
+    follower.apply(&[first]).unwrap();
+    for text in ["a", "b", "c"] {
+        leader.execute_batch(1, &[request(&[&format!("INSERT INTO t VALUES ('{text}')")])]).unwrap();
+    }
+    let snapshot = root.join("snapshot.db");
+    assert_eq!(leader.write_snapshot(&snapshot).unwrap(), Position::new(1, 4));
+    (leader, follower, snapshot)
+}
+
+/// Snapshot install, cut short after the old WAL is folded in and removed but before the
+/// snapshot is renamed into place: reopened, the follower holds its old state whole.
+#[test]
+fn a_crash_before_the_snapshot_rename_restarts_on_the_old_database() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("install-crash-{}", format.name()));
+        let (leader, follower, snapshot) = follower_behind_a_snapshot(&root, format);
+        let before = (follower.last(), follower.table_checksums().unwrap());
+        let mut follower = follower;
+        failpoint::arm("snapshot-install-before-rename");
+        assert!(follower.install_snapshot(&snapshot, false).is_err());
+        failpoint::disarm_all();
+        drop(follower);
+        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        assert_eq!((follower.last(), follower.table_checksums().unwrap()), before, "{format:?}: the old database, whole");
+        assert_eq!(follower.install_snapshot(&snapshot, false).unwrap(), Position::new(1, 4), "{format:?}: the retry installs");
+        assert_eq!(follower.table_checksums().unwrap(), leader.table_checksums().unwrap(), "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// Physical format: the snapshot is in place but the old log is not yet reset; reopened,
+/// the log restarts after the snapshot's position and the next entry applies.
+#[test]
+fn a_physical_crash_before_the_log_reset_restarts_at_the_snapshot() {
+    let root = scratch("install-log-crash");
+    let (mut leader, mut follower, snapshot) = follower_behind_a_snapshot(&root, LogFormat::Physical);
+    failpoint::arm("snapshot-install-before-log-reset");
+    assert!(follower.install_snapshot(&snapshot, false).is_err());
+    failpoint::disarm_all();
+    drop(follower);
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
+    assert_eq!(follower.last(), Position::new(1, 4), "the snapshot's own position");
+    assert_eq!(follower.first_index(), 5, "the old log was reset at open");
+    let next = leader.execute_batch(1, &[request(&["INSERT INTO t VALUES ('after')"])]).unwrap().entry.unwrap();
+    follower.apply(&[next]).unwrap();
+    assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap(), "byte-identical to the leader");
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -39,6 +39,11 @@ pub struct ServerNode {
 
 impl ServerNode {
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the server with extra environment variables (`TERN_FAILPOINTS`, say).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} is already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file opens");
         let mut command = match self.wrapper.split_first() {
@@ -49,8 +54,15 @@ impl ServerNode {
             }
             None => Command::new(env!("CARGO_BIN_EXE_tern")),
         };
-        let child =
-            command.arg("server").args(&self.args).env("TERN_LOG", "info").stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().expect("tern binary starts");
+        let child = command
+            .arg("server")
+            .args(&self.args)
+            .env("TERN_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("tern binary starts");
         self.child = Some(child);
     }
 
