@@ -447,3 +447,24 @@ fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted_in(for
     assert_eq!(ledger_rows(&cluster.nodes[2]), ledger_rows(&cluster.nodes[0]));
     assert!(cluster.nodes[2].log_text().contains("snapshot installed"), "n3 caught up without a snapshot?\n{}", cluster.logs());
 }
+
+#[test]
+fn several_statements_in_one_string_and_last_insert_rowid_across_requests_replicate_identically() {
+    for format in ["statement", "row", "physical"] {
+        let cluster = Cluster::start(&format!("multi-{format}"), 3, &["--log-format", format]);
+        let mut leader = cluster.leader().client();
+        let reply =
+            execute(&mut leader, "?w=all", json!(["CREATE TABLE a (x); CREATE TABLE b (y); INSERT INTO a VALUES ('one'); INSERT INTO a VALUES ('two')"]));
+        assert_eq!(reply.status, 200, "{format}: {}", reply.body);
+        assert!(reply.body["results"][0]["error"].is_null(), "{format}: {}", reply.body);
+        assert_eq!(reply.body["results"][0]["last_insert_id"], 2, "{format}: {}", reply.body);
+        // A later request sees the client's last row id, not tern's log row.
+        let reply = execute(&mut leader, "?w=all", json!(["INSERT INTO b VALUES (last_insert_rowid())"]));
+        assert_eq!(reply.status, 200, "{format}: {}", reply.body);
+        let expected = vec![json!([1, "one"]), json!([2, "two"])];
+        for node in &cluster.nodes {
+            assert_eq!(rows(&query(&mut node.client(), "SELECT rowid, x FROM a ORDER BY rowid", "level=none")), expected, "{format} on {}", node.id);
+            assert_eq!(rows(&query(&mut node.client(), "SELECT y FROM b", "level=none")), vec![json!([2])], "{format} on {}", node.id);
+        }
+    }
+}

@@ -8,8 +8,9 @@
 //! Every write transaction commits with `synchronous=FULL` in WAL mode, so a commit that
 //! returned is on disk; many client requests share one commit (group commit).
 
+use crate::client_state::{ClientCounters, WriteKind};
 use crate::guard::{self, describe, first_keyword, ClientPolicy, Limits};
-use crate::rewrite::{creates_table_from_select, make_deterministic, reads_the_clock};
+use crate::rewrite::{creates_table_from_select, make_deterministic, reads_the_clock, tokenize, TokenKind};
 use crate::session::{apply_changeset, Session};
 use crate::sql::{Params, SqlValue, Statement, StatementResult};
 use crate::wal::WalTail;
@@ -175,6 +176,8 @@ pub struct Engine {
     commits_since_checkpoint: u64,
     /// What client statements may do on this connection (authorizer, deadline, limits).
     policy: ClientPolicy,
+    /// `last_insert_rowid()`, `changes()`, `total_changes()` as clients see them.
+    client: ClientCounters,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -392,6 +395,43 @@ fn run_statement_with(connection: &Connection, policy: Option<&ClientPolicy>, sq
     outcome.unwrap_or_else(|error| StatementResult::error(policy.map_or_else(|| describe(&error), |policy| policy.explain(&error))))
 }
 
+/// The statements of `sql` in order, each with its closing `;`, as SQLite's parser sees
+/// them: a candidate end is every `;` outside strings and comments, and it ends a
+/// statement unless SQLite says the text so far is incomplete (inside a trigger body,
+/// say). Prepare with the client rules in force: a refused statement still ends there.
+/// One item, the text unchanged, when it holds one statement (or none).
+pub fn split_statements(connection: &Connection, sql: &str) -> Vec<String> {
+    let tokens = tokenize(sql);
+    let semicolons: Vec<usize> =
+        tokens.iter().filter(|token| token.kind == TokenKind::Other && &sql[token.start..token.end] == ";").map(|token| token.end).collect();
+    if semicolons.is_empty() {
+        return vec![sql.to_owned()];
+    }
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for end in semicolons {
+        let piece = &sql[start..end];
+        let significant = tokenize(piece).iter().any(|token| token.kind != TokenKind::Space && &piece[token.start..token.end] != ";");
+        if !significant {
+            start = end;
+            continue;
+        }
+        let incomplete = matches!(connection.prepare(piece), Err(rusqlite::Error::SqliteFailure(_, Some(message))) if message.contains("incomplete input"));
+        if !incomplete {
+            pieces.push(piece.to_owned());
+            start = end;
+        }
+    }
+    let rest = &sql[start..];
+    if tokenize(rest).iter().any(|token| token.kind != TokenKind::Space) {
+        pieces.push(rest.to_owned());
+    }
+    if pieces.len() <= 1 {
+        return vec![sql.to_owned()];
+    }
+    pieces
+}
+
 fn is_read_only(connection: &Connection, sql: &str) -> bool {
     connection.prepare_cached(sql).map(|statement| statement.readonly()).unwrap_or(false)
 }
@@ -405,6 +445,7 @@ impl Engine {
         std::fs::create_dir_all(directory)?;
         let mut connection = Connection::open(directory.join(DATABASE_FILE))?;
         let policy = ClientPolicy::install(&mut connection, true, Limits::default())?;
+        let client = ClientCounters::install(&connection)?;
         let (separate_log, wal) = if format == LogFormat::Physical {
             configure_physical_data(&connection)?;
             let log = Connection::open(directory.join(LOG_FILE))?;
@@ -427,6 +468,7 @@ impl Engine {
             rewrite_statements: true,
             commits_since_checkpoint: 0,
             policy,
+            client,
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
@@ -684,73 +726,122 @@ impl Engine {
             if request.transaction && results.iter().any(|result| result.error.is_some()) {
                 break;
             }
-            if let Some(refusal) = guard::refusal(&statement.sql) {
-                results.push(StatementResult::error(refusal));
-                continue;
-            }
-            // Row format ships schema statements as SQL too; of those only CREATE TABLE ...
-            // AS SELECT stores values a replica would compute differently.
-            let ships_values_as_sql = match self.format {
-                LogFormat::Statement => self.rewrite_statements,
-                LogFormat::Row => creates_table_from_select(&statement.sql),
-                LogFormat::Physical => false,
-            };
-            let sql = if ships_values_as_sql {
-                // The client's text is evaluated in parts here, so under the client rules.
+            let pieces = {
                 let _client = self.policy.scope(&self.connection)?;
-                match make_deterministic(&self.connection, &statement.sql, parameters_read_the_clock(&statement.params)) {
-                    Ok(Some(rewritten)) => rewritten,
-                    Ok(None) => statement.sql.clone(),
-                    Err(refusal) => {
-                        results.push(StatementResult::error(refusal.to_string()));
-                        continue;
-                    }
+                split_statements(&self.connection, &statement.sql)
+            };
+            let (result, piece_wrote) = match pieces.as_slice() {
+                [_] | [] => self.execute_statement(&statement.sql, &statement.params, capture)?,
+                _ if statement.params != Params::None => {
+                    (StatementResult::error("a statement string with parameters must hold one statement: send each as its own [sql, params...] item"), false)
                 }
-            } else {
-                statement.sql.clone()
+                pieces => self.execute_pieces(pieces, capture)?,
             };
-            // Client rules (authorizer, defensive mode, deadline) hold only while the
-            // client's statement is prepared and run: tern's own statements on this
-            // connection, re-prepared after a schema change, must never be refused.
-            let read_only = {
-                let _client = self.policy.scope(&self.connection)?;
-                is_read_only(&self.connection, &sql)
-            };
-            if read_only {
-                let _client = self.policy.scope(&self.connection)?;
-                results.push(run_client_statement(&self.connection, &self.policy, &sql, &statement.params));
-                continue;
-            }
-            let ships_as_sql = match self.format {
-                LogFormat::Statement => true,
-                LogFormat::Row => !changes_rows(&sql),
-                LogFormat::Physical => false,
-            };
-            if ships_as_sql {
-                // Row images must not span a schema change: close them off first.
-                capture.flush_rows()?;
-            } else if self.format == LogFormat::Row && capture.session.is_none() {
-                capture.session = Some(Session::start(&self.connection)?);
-            }
-            // Each statement gets a savepoint so a failing one leaves no partial effects.
-            self.run_cached("SAVEPOINT statement")?;
-            let result = {
-                let _client = self.policy.scope(&self.connection)?;
-                run_client_statement(&self.connection, &self.policy, &sql, &statement.params)
-            };
-            if result.error.is_some() {
-                self.run_cached("ROLLBACK TO statement")?;
-                self.run_cached("RELEASE statement")?;
-            } else {
-                self.run_cached("RELEASE statement")?;
-                wrote = true;
-                if ships_as_sql {
-                    capture.changes.push(Change::Sql { sql, params: statement.params.clone() });
-                }
-            }
+            wrote |= piece_wrote;
             results.push(result);
         }
         Ok((results, wrote))
+    }
+
+    /// Several statements in one string, run in order as SQLite would: each keeps its
+    /// effects, the first that fails stops the rest, and the result is the last one's
+    /// with every statement's `rows_affected` added up (or the failing one's error).
+    fn execute_pieces<'connection>(&'connection self, pieces: &[String], capture: &mut Capture<'connection>) -> Result<(StatementResult, bool)> {
+        let mut wrote = false;
+        let mut rows_affected = 0;
+        let mut last = StatementResult::default();
+        for piece in pieces {
+            let (result, piece_wrote) = self.execute_statement(piece, &Params::None, capture)?;
+            wrote |= piece_wrote;
+            if result.error.is_some() {
+                return Ok((result, wrote));
+            }
+            rows_affected += result.rows_affected;
+            last = result;
+        }
+        if !last.is_query {
+            last.rows_affected = rows_affected;
+        }
+        Ok((last, wrote))
+    }
+
+    /// One client statement on the write path: its result, and whether it changed the
+    /// database. Client errors are results; only storage failures are `Err`.
+    fn execute_statement<'connection>(
+        &'connection self,
+        original: &str,
+        params: &Params,
+        capture: &mut Capture<'connection>,
+    ) -> Result<(StatementResult, bool)> {
+        if let Some(refusal) = guard::refusal(original) {
+            return Ok((StatementResult::error(refusal), false));
+        }
+        // Row format ships schema statements as SQL too; of those only CREATE TABLE ...
+        // AS SELECT stores values a replica would compute differently.
+        let ships_values_as_sql = match self.format {
+            LogFormat::Statement => self.rewrite_statements,
+            LogFormat::Row => creates_table_from_select(original),
+            LogFormat::Physical => false,
+        };
+        let sql = if ships_values_as_sql {
+            // The client's text is evaluated in parts here, so under the client rules.
+            let _client = self.policy.scope(&self.connection)?;
+            match make_deterministic(&self.connection, original, parameters_read_the_clock(params)) {
+                Ok(Some(rewritten)) => rewritten,
+                Ok(None) => original.to_owned(),
+                Err(refusal) => return Ok((StatementResult::error(refusal.to_string()), false)),
+            }
+        } else {
+            original.to_owned()
+        };
+        // Client rules (authorizer, defensive mode, deadline) hold only while the
+        // client's statement is prepared and run: tern's own statements on this
+        // connection, re-prepared after a schema change, must never be refused.
+        let read_only = {
+            let _client = self.policy.scope(&self.connection)?;
+            is_read_only(&self.connection, &sql)
+        };
+        if read_only {
+            let _client = self.policy.scope(&self.connection)?;
+            return Ok((run_client_statement(&self.connection, &self.policy, &sql, params), false));
+        }
+        let ships_as_sql = match self.format {
+            LogFormat::Statement => true,
+            LogFormat::Row => !changes_rows(&sql),
+            LogFormat::Physical => false,
+        };
+        if ships_as_sql {
+            // Row images must not span a schema change: close them off first.
+            capture.flush_rows()?;
+        } else if self.format == LogFormat::Row && capture.session.is_none() {
+            capture.session = Some(Session::start(&self.connection)?);
+        }
+        // Each statement gets a savepoint so a failing one leaves no partial effects.
+        self.run_cached("SAVEPOINT statement")?;
+        let rowid_before = self.connection.last_insert_rowid();
+        let mut result = {
+            let _client = self.policy.scope(&self.connection)?;
+            run_client_statement(&self.connection, &self.policy, &sql, params)
+        };
+        if result.error.is_some() {
+            self.run_cached("ROLLBACK TO statement")?;
+            self.run_cached("RELEASE statement")?;
+            return Ok((result, false));
+        }
+        // Read now, before tern's own writes on this connection change them.
+        let keyword = first_keyword(&sql);
+        let kind = WriteKind {
+            inserts: matches!(keyword.as_str(), "INSERT" | "REPLACE"),
+            changes_rows: matches!(keyword.as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH"),
+        };
+        let counters = self.client.record_write(&self.connection, rowid_before, &kind);
+        result.last_insert_id = counters.last_insert_rowid;
+        result.rows_affected = counters.changes;
+        self.run_cached("RELEASE statement")?;
+        if ships_as_sql {
+            capture.changes.push(Change::Sql { sql, params: params.clone() });
+        }
+        Ok((result, true))
     }
 
     /// Follower: applies entries and appends them to the log in one durable transaction.
@@ -1036,6 +1127,7 @@ impl Engine {
         }
         self.connection = Connection::open(&database)?;
         self.policy = ClientPolicy::install(&mut self.connection, true, self.policy.limits())?;
+        self.client = ClientCounters::install(&self.connection)?;
         if self.format == LogFormat::Physical {
             configure_physical_data(&self.connection)?;
             if let Some(wal) = &mut self.wal {
@@ -1169,7 +1261,33 @@ impl Reader {
     /// refuse) count as reads, so their error comes from the read path.
     fn reads_only(&self, sql: &str) -> bool {
         let Ok(_client) = self.policy.scope(&self.connection) else { return false };
-        is_read_only(&self.connection, sql) || self.connection.prepare(sql).is_err()
+        split_statements(&self.connection, sql).iter().all(|piece| is_read_only(&self.connection, piece) || self.connection.prepare(piece).is_err())
+    }
+
+    /// One statement string on the read path: several statements in it run in order, and
+    /// the last one's result (or the first error) is the answer.
+    fn query_one(&self, statement: &Statement) -> StatementResult {
+        if !self.reads_only(&statement.sql) {
+            return StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request");
+        }
+        let pieces = match self.policy.scope(&self.connection) {
+            Ok(_client) => split_statements(&self.connection, &statement.sql),
+            Err(error) => return StatementResult::error(describe(&error)),
+        };
+        if pieces.len() > 1 && statement.params != Params::None {
+            return StatementResult::error("a statement string with parameters must hold one statement: send each as its own [sql, params...] item");
+        }
+        let mut last = StatementResult::default();
+        for piece in &pieces {
+            last = match self.policy.scope(&self.connection) {
+                Ok(_client) => run_client_statement(&self.connection, &self.policy, piece, &statement.params),
+                Err(error) => StatementResult::error(describe(&error)),
+            };
+            if last.error.is_some() {
+                break;
+            }
+        }
+        last
     }
 
     /// Runs the statements in one read transaction (one consistent snapshot) and returns
@@ -1180,19 +1298,7 @@ impl Reader {
     pub fn query(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, u64)> {
         self.connection.execute_batch("BEGIN")?;
         let observed = database_position(&self.connection).map(|position| position.index);
-        let results = statements
-            .iter()
-            .map(|statement| {
-                if self.reads_only(&statement.sql) {
-                    match self.policy.scope(&self.connection) {
-                        Ok(_client) => run_client_statement(&self.connection, &self.policy, &statement.sql, &statement.params),
-                        Err(error) => StatementResult::error(describe(&error)),
-                    }
-                } else {
-                    StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request")
-                }
-            })
-            .collect();
+        let results = statements.iter().map(|statement| self.query_one(statement)).collect();
         self.connection.execute_batch("COMMIT")?;
         Ok((results, observed?))
     }

@@ -1,6 +1,7 @@
 //! tern's SQLite engine.
 //!
 //! Layout:
+//! - [`client_state`]: `last_insert_rowid()`, `changes()`, `total_changes()` as a client would see them.
 //! - [`engine`]: the writer (execute + capture on the leader, apply on followers), the
 //!   durable replication log kept in the same database, snapshots, and read-only readers.
 //! - [`guard`]: what a client statement may do: text checks and the SQLite authorizer, deadline and limits.
@@ -9,6 +10,7 @@
 //! - [`session`]: the only unsafe code: SQLite's session extension for row images.
 //! - [`sql`]: requests and results in rqlite's shapes.
 
+pub mod client_state;
 pub mod engine;
 pub mod failpoint;
 pub mod guard;

@@ -349,3 +349,86 @@ fn a_physical_crash_before_the_log_reset_restarts_at_the_snapshot() {
     assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap(), "byte-identical to the leader");
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// `last_insert_rowid()`, `changes()` and `total_changes()` in later requests answer as
+/// SQLite would a client alone on the connection, not with tern's log bookkeeping; and
+/// followers store the same values.
+#[test]
+fn connection_state_functions_see_the_clients_writes_not_terns_bookkeeping() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("connection-state-{}", format.name()));
+        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let mut entries = Vec::new();
+        let mut run = |leader: &mut Engine, sql: &str| {
+            let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
+            entries.extend(batch.entry);
+            batch.results[0][0].clone()
+        };
+        run(&mut leader, "CREATE TABLE a (x)");
+        run(&mut leader, "CREATE TABLE b (x)");
+        assert_eq!(run(&mut leader, "INSERT INTO a VALUES (1)").last_insert_id, 1, "{format:?}");
+        assert_eq!(run(&mut leader, "INSERT INTO a VALUES (2)").last_insert_id, 2, "{format:?}");
+        run(&mut leader, "INSERT INTO b VALUES (last_insert_rowid())");
+        let update = run(&mut leader, "UPDATE a SET x = x + 10");
+        assert_eq!((update.rows_affected, update.last_insert_id), (2, 1), "{format:?}: 2 rows; the last insert was b's row 1");
+        let state = run(&mut leader, "SELECT changes(), last_insert_rowid(), total_changes()");
+        assert_eq!(state.values, vec![vec![SqlValue::Integer(2), SqlValue::Integer(1), SqlValue::Integer(5)]], "{format:?}");
+        let stored = run(&mut leader, "SELECT x FROM b");
+        assert_eq!(stored.values, vec![vec![SqlValue::Integer(2)]], "{format:?}: a's last row id, not the log's");
+        follower.apply(&entries).unwrap();
+        assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// Several statements in one string run in order, as SQLite and rqlite run them, in
+/// every format; trigger bodies keep their semicolons; followers end identical.
+#[test]
+fn several_statements_in_one_string_run_in_order_and_replicate() {
+    for format in ALL_FORMATS {
+        let root = scratch(&format!("multi-{}", format.name()));
+        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let mut entries = Vec::new();
+        let mut run = |leader: &mut Engine, sql: &str| {
+            let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
+            entries.extend(batch.entry);
+            batch.results[0].clone()
+        };
+        let results = run(&mut leader, "CREATE TABLE m (x); INSERT INTO m VALUES (1);\n INSERT INTO m VALUES (2) -- two rows");
+        assert_eq!(results.len(), 1, "{format:?}: one result per statement string");
+        assert_eq!((results[0].error.clone(), results[0].rows_affected, results[0].last_insert_id), (None, 2, 2), "{format:?}");
+        let trigger = "CREATE TABLE log (v); \
+             CREATE TRIGGER tr AFTER INSERT ON m BEGIN \
+               INSERT INTO log VALUES (CASE WHEN new.x > 1 THEN 'big; really' END); INSERT INTO log VALUES ('x'); \
+             END; INSERT INTO m VALUES (5);";
+        assert_eq!(run(&mut leader, trigger)[0].error, None, "{format:?}");
+        let failing = run(&mut leader, "INSERT INTO m VALUES (7); INSERT INTO nope VALUES (1); INSERT INTO m VALUES (8)");
+        assert!(failing[0].error.as_deref().is_some_and(|error| error.contains("no such table: nope")), "{format:?}: {failing:?}");
+        let with_params = leader
+            .execute_batch(
+                1,
+                &[WriteRequest {
+                    statements: vec![Statement {
+                        sql: "INSERT INTO m VALUES (?); INSERT INTO m VALUES (?)".into(),
+                        params: tern_storage::Params::Positional(vec![SqlValue::Integer(1), SqlValue::Integer(2)]),
+                    }],
+                    transaction: false,
+                }],
+            )
+            .unwrap();
+        assert!(with_params.results[0][0].error.as_deref().is_some_and(|error| error.contains("one statement")), "{format:?}");
+        let rows = run(&mut leader, "SELECT x FROM m ORDER BY rowid");
+        let expected: Vec<Vec<SqlValue>> = [1, 2, 5, 7].iter().map(|x| vec![SqlValue::Integer(*x)]).collect();
+        assert_eq!(rows[0].values, expected, "{format:?}: 7 ran before the failure, 8 did not");
+        follower.apply(&entries).unwrap();
+        assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "{format:?}");
+        let reader = Reader::open(&root.join("follower")).unwrap();
+        let (results, _) = reader.query(&[Statement::new("SELECT 1; SELECT count(*) FROM log")]).unwrap();
+        assert_eq!(results[0].values, vec![vec![SqlValue::Integer(4)]], "{format:?}: the last statement's rows (the trigger fired for 5 and 7)");
+        let (results, _) = reader.query(&[Statement::new("SELECT 1; DELETE FROM m")]).unwrap();
+        assert!(results[0].error.as_deref().is_some_and(|error| error.contains("attempt to change")), "{format:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
