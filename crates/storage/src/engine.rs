@@ -195,6 +195,44 @@ pub fn is_maintenance(request: &WriteRequest) -> bool {
     request.statements.iter().any(|statement| first_keyword(&statement.sql) == "VACUUM")
 }
 
+/// Logical formats run `VACUUM` on the leader alone (it changes no row a log entry
+/// could carry), which is only safe if it keeps every rowid. It renumbers the rows of a
+/// table with no INTEGER PRIMARY KEY when their rowids have gaps (rows were deleted):
+/// the first such table, if any.
+///
+/// # Errors
+/// On a SQLite failure.
+fn vacuum_would_renumber(connection: &Connection) -> Result<Option<String>> {
+    let tables: Vec<(String, String)> = connection
+        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_tern_%' ORDER BY name")?
+        .query_map([], |row| Ok((row.get(0)?, row.get::<_, Option<String>>(1)?.unwrap_or_default())))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (table, sql) in tables {
+        if sql.to_ascii_uppercase().contains("WITHOUT ROWID") || first_keyword(&sql) != "CREATE" {
+            continue;
+        }
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        // A rowid alias: exactly one primary-key column, declared INTEGER.
+        let key_types: Vec<String> = connection
+            .prepare(&format!("SELECT type FROM pragma_table_info({}) WHERE pk > 0", quote_literal(&table)))?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if matches!(key_types.as_slice(), [only] if only.eq_ignore_ascii_case("INTEGER")) {
+            continue;
+        }
+        let (rows, highest): (i64, Option<i64>) =
+            connection.query_row(&format!("SELECT count(*), max(rowid) FROM {quoted}"), [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        if highest.unwrap_or(0) != rows {
+            return Ok(Some(table));
+        }
+    }
+    Ok(None)
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// Why a write request's shape is invalid as a whole (a 400 before anything is queued),
 /// or `None`: `VACUUM` runs outside any transaction, so it must be the request's only
 /// statement.
@@ -621,6 +659,24 @@ impl Engine {
             if let Some(refusal) = guard::vacuum_into_refusal(&statement.sql) {
                 results.push(StatementResult::error(refusal));
                 continue;
+            }
+            if self.format != LogFormat::Physical {
+                match vacuum_would_renumber(&self.connection) {
+                    Ok(Some(table)) => {
+                        results.push(StatementResult::error(format!(
+                            "VACUUM is refused: it would renumber the rowids of table {table:?} (it has no INTEGER PRIMARY KEY and \
+                             rows were deleted), which the {} log format cannot replicate, so replicas would diverge. \
+                             Give the table an INTEGER PRIMARY KEY, or run the cluster with --log-format physical",
+                            self.format.name()
+                        )));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        results.push(StatementResult::error(error.to_string()));
+                        continue;
+                    }
+                }
             }
             results.push(run_statement(&self.connection, &statement.sql, &statement.params));
         }

@@ -432,3 +432,39 @@ fn several_statements_in_one_string_run_in_order_and_replicate() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// Logical formats run VACUUM on the leader alone: refused when it would renumber rowids
+/// (a table without an INTEGER PRIMARY KEY whose rows have gaps), allowed when it keeps
+/// them; followers stay identical, rowids included, either way.
+#[test]
+fn vacuum_that_would_renumber_rowids_is_refused_in_logical_formats() {
+    for format in [LogFormat::Statement, LogFormat::Row] {
+        let root = scratch(&format!("vacuum-rowids-{}", format.name()));
+        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
+        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
+        let mut entries = Vec::new();
+        let mut run = |leader: &mut Engine, sql: &str| {
+            let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
+            entries.extend(batch.entry);
+            batch.results[0][0].clone()
+        };
+        run(&mut leader, "CREATE TABLE vac (x)");
+        run(&mut leader, "CREATE TABLE keyed (id INTEGER PRIMARY KEY, x)");
+        run(&mut leader, "INSERT INTO vac VALUES (1), (2), (3), (4)");
+        run(&mut leader, "INSERT INTO keyed (x) VALUES (1), (2), (3)");
+        run(&mut leader, "DELETE FROM keyed WHERE id = 2");
+        assert_eq!(run(&mut leader, "VACUUM").error, None, "{format:?}: no gaps in vac's rowids, keyed has its own key");
+        run(&mut leader, "DELETE FROM vac WHERE x IN (1, 3)");
+        let refused = run(&mut leader, "VACUUM");
+        assert!(refused.error.as_deref().is_some_and(|error| error.contains("\"vac\"") && error.contains("physical")), "{format:?}: {refused:?}");
+        assert_eq!(run(&mut leader, "UPDATE vac SET x = x * 10 WHERE rowid = 2").error, None);
+        follower.apply(&entries).unwrap();
+        let rowids = |engine: &Engine| {
+            let reader = Reader::open(engine.directory()).unwrap();
+            reader.query(&[Statement::new("SELECT rowid, x FROM vac ORDER BY rowid")]).unwrap().0[0].values.clone()
+        };
+        assert_eq!(rowids(&leader), vec![vec![SqlValue::Integer(2), SqlValue::Integer(20)], vec![SqlValue::Integer(4), SqlValue::Integer(4)]], "{format:?}");
+        assert_eq!(rowids(&follower), rowids(&leader), "{format:?}: rowids identical on the follower");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
