@@ -10,7 +10,7 @@
 
 use crate::client_state::{ClientCounters, WriteKind};
 use crate::guard::{self, describe, first_keyword, ClientPolicy, Limits};
-use crate::rewrite::{creates_table_from_select, make_deterministic, reads_the_clock, tokenize, TokenKind};
+use crate::rewrite::{creates_table_from_select, is_nondeterministic_function, make_deterministic_calling, reads_the_clock, tokenize, TokenKind};
 use crate::session::{apply_changeset, Session};
 use crate::sql::{Params, SqlValue, Statement, StatementResult};
 use crate::wal::WalTail;
@@ -726,7 +726,11 @@ impl Engine {
         let mut results = Vec::with_capacity(requests.len());
         let mut changed = Vec::with_capacity(requests.len());
         for request in requests {
-            if self.format == LogFormat::Row && request.statements.iter().any(|statement| !changes_rows(&statement.sql)) {
+            // Statement format: any statement may flush rows that a MIXED statement of an
+            // earlier request left in the session.
+            if self.format == LogFormat::Statement
+                || (self.format == LogFormat::Row && request.statements.iter().any(|statement| !changes_rows(&statement.sql)))
+            {
                 // Close off earlier requests' row images so that rolling this request
                 // back can drop exactly its own changes.
                 capture.flush_rows()?;
@@ -839,17 +843,31 @@ impl Engine {
             LogFormat::Row => creates_table_from_select(original),
             LogFormat::Physical => false,
         };
+        // Statement format: SQL is shipped only when it is deterministic once rewritten;
+        // a data change that still calls a function whose value depends on when or where
+        // it runs (through a view or trigger, per row, or with a computed time argument) is
+        // shipped as its row images instead, as MySQL's MIXED format does.
+        let mut needs_rows = false;
         let sql = if ships_values_as_sql {
+            let called = self.policy.functions_called(&self.connection, original);
             // The client's text is evaluated in parts here, so under the client rules.
             let _client = self.policy.scope(&self.connection)?;
-            match make_deterministic(&self.connection, original, parameters_read_the_clock(params)) {
+            match make_deterministic_calling(&self.connection, original, parameters_read_the_clock(params), called.as_deref()) {
                 Ok(Some(rewritten)) => rewritten,
                 Ok(None) => original.to_owned(),
+                Err(_) if self.format == LogFormat::Statement && changes_rows(original) => {
+                    needs_rows = true;
+                    original.to_owned()
+                }
                 Err(refusal) => return Ok((StatementResult::error(refusal.to_string()), false)),
             }
         } else {
             original.to_owned()
         };
+        if self.format == LogFormat::Statement && self.rewrite_statements && !needs_rows && changes_rows(&sql) {
+            let remaining = self.policy.functions_called(&self.connection, &sql).unwrap_or_default();
+            needs_rows = remaining.iter().any(|function| is_nondeterministic_function(function));
+        }
         // Client rules (authorizer, defensive mode, deadline) hold only while the
         // client's statement is prepared and run: tern's own statements on this
         // connection, re-prepared after a schema change, must never be refused.
@@ -862,14 +880,14 @@ impl Engine {
             return Ok((run_client_statement(&self.connection, &self.policy, &sql, params), false));
         }
         let ships_as_sql = match self.format {
-            LogFormat::Statement => true,
+            LogFormat::Statement => !needs_rows,
             LogFormat::Row => !changes_rows(&sql),
             LogFormat::Physical => false,
         };
         if ships_as_sql {
             // Row images must not span a schema change: close them off first.
             capture.flush_rows()?;
-        } else if self.format == LogFormat::Row && capture.session.is_none() {
+        } else if self.format != LogFormat::Physical && capture.session.is_none() {
             capture.session = Some(Session::start(&self.connection)?);
         }
         // Each statement gets a savepoint so a failing one leaves no partial effects.

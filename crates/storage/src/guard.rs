@@ -130,6 +130,8 @@ struct PolicyState {
     writer: bool,
     refusal: Mutex<Option<String>>,
     limits: Mutex<Limits>,
+    /// While set, every function a statement being prepared calls (lower case).
+    recording: Mutex<Option<Vec<String>>>,
 }
 
 /// What a client statement may do, enforced by SQLite itself: an authorizer that sees
@@ -174,11 +176,17 @@ impl ClientPolicy {
             writer,
             refusal: Mutex::new(None),
             limits: Mutex::new(limits),
+            recording: Mutex::new(None),
         });
         let for_authorizer = state.clone();
         connection.authorizer(Some(move |context: AuthContext<'_>| {
             if !for_authorizer.active.load(Ordering::Acquire) {
                 return Authorization::Allow;
+            }
+            if let AuthAction::Function { function_name } = context.action {
+                if let Some(called) = for_authorizer.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+                    called.push(function_name.to_ascii_lowercase());
+                }
             }
             match authorize(&context.action) {
                 Ok(()) => Authorization::Allow,
@@ -234,6 +242,18 @@ impl ClientPolicy {
         self.state.active.store(true, Ordering::Release);
         self.start_statement();
         Ok(ClientScope { policy: self, connection })
+    }
+
+    /// Every function `sql` calls, as SQLite reports them while preparing it: through
+    /// views and trigger bodies too, and never a table or CTE that merely has a
+    /// function's name. `None` if it does not prepare (SQLite will say why when it runs).
+    pub fn functions_called(&self, connection: &Connection, sql: &str) -> Option<Vec<String>> {
+        let _client = self.scope(connection).ok()?;
+        *self.state.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Vec::new());
+        // Not the statement cache: a cached statement is not authorized again.
+        let prepared = connection.prepare(sql).is_ok();
+        let called = self.state.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        prepared.then_some(called).flatten()
     }
 
     /// Did the running statement's deadline stop it?

@@ -148,6 +148,11 @@ pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
 }
 
 /// Functions whose result depends on when, where or after what they run.
+/// Is `name` a function whose value depends on when, where or after what it runs?
+pub fn is_nondeterministic_function(name: &str) -> bool {
+    classify(name).is_some()
+}
+
 fn classify(name: &str) -> Option<Call> {
     match name.to_ascii_lowercase().as_str() {
         "random" | "randomblob" => Some(Call::Random),
@@ -228,6 +233,22 @@ fn is_per_row_keyword(word: &str) -> bool {
 /// # Errors
 /// [`NonDeterministic`] naming the first function that cannot be fixed to a literal.
 pub fn make_deterministic(connection: &Connection, sql: &str, parameters_read_the_clock: bool) -> Result<Option<String>, NonDeterministic> {
+    make_deterministic_calling(connection, sql, parameters_read_the_clock, None)
+}
+
+/// `make_deterministic`, told which functions SQLite says the statement calls
+/// (`called`, lower case): a word followed by `(` that names one of tern's functions but
+/// is not called (a table named `changes`, a CTE named `random`) is left alone.
+///
+/// # Errors
+/// As `make_deterministic`.
+pub fn make_deterministic_calling(
+    connection: &Connection,
+    sql: &str,
+    parameters_read_the_clock: bool,
+    called: Option<&[String]>,
+) -> Result<Option<String>, NonDeterministic> {
+    let is_called = |name: &str| called.is_none_or(|called| called.iter().any(|function| function.eq_ignore_ascii_case(name)));
     let tokens = tokenize(sql);
     let words: Vec<&str> = tokens.iter().filter(|token| token.kind == TokenKind::Word).map(|token| &sql[token.start..token.end]).collect();
     let first_word = words.first().map(|word| word.to_ascii_uppercase()).unwrap_or_default();
@@ -265,7 +286,7 @@ pub fn make_deterministic(connection: &Connection, sql: &str, parameters_read_th
 
         let (call_end, kind) = if keyword_now && !called {
             (index + 1, Call::Clock)
-        } else if let (true, Some(kind)) = (called, classify(text)) {
+        } else if let (true, Some(kind)) = (called, classify(text).filter(|_| is_called(text))) {
             let open = next_significant.expect("called implies an opening parenthesis");
             let mut depth = 0;
             let mut close = None;

@@ -468,3 +468,41 @@ fn vacuum_that_would_renumber_rowids_is_refused_in_logical_formats() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// Statement format: what the text rewriter cannot see (a view's random(), a time read
+/// without 'now', random() per row) ships as row images, so followers store the leader's
+/// values; a table named `changes` and a CTE named `random` are names, not calls.
+#[test]
+fn statement_format_ships_rows_for_what_text_cannot_make_deterministic() {
+    let root = scratch("mixed");
+    let mut leader = Engine::open(&root.join("leader"), LogFormat::Statement).unwrap();
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Statement).unwrap();
+    let mut entries = Vec::new();
+    let mut run = |leader: &mut Engine, sql: &str| {
+        let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
+        entries.extend(batch.entry);
+        batch.results[0][0].clone()
+    };
+    for sql in [
+        "CREATE TABLE t (v)",
+        "CREATE VIEW rv AS SELECT random() AS r",
+        "INSERT INTO t SELECT r FROM rv",
+        "INSERT INTO t VALUES (strftime('%Y-%m-%d %H:%M:%f'))",
+        "INSERT INTO t VALUES (julianday('n' || 'ow'))",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5) INSERT INTO t SELECT random() FROM c",
+        "UPDATE t SET v = randomblob(4) WHERE rowid > 6",
+        "CREATE TABLE changes (x)",
+        "INSERT INTO changes (x) VALUES (1)",
+        "WITH random(x) AS (SELECT 2) INSERT INTO changes SELECT x FROM random",
+    ] {
+        assert_eq!(run(&mut leader, sql).error, None, "{sql}");
+    }
+    follower.apply(&entries).unwrap();
+    assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "the follower stores the leader's values");
+    let shipped_rows = entries
+        .iter()
+        .filter(|entry| tern_storage::Payload::decode(&entry.payload).unwrap().changes.iter().any(|change| matches!(change, tern_storage::Change::Rows(_))))
+        .count();
+    assert_eq!(shipped_rows, 5, "the view, the two computed times, the per-row random() and randomblob() went as rows");
+    let _ = std::fs::remove_dir_all(root);
+}
