@@ -182,7 +182,7 @@ pub struct Engine {
 
 pub const LOG_FILE: &str = "log.db";
 
-/// The largest log entry a leader commits (logical formats): far below the peer frame
+/// The largest log entry a leader commits (logical formats; physical: a VACUUM): far below the peer frame
 /// limit, so every committed entry can be shipped.
 pub const MAX_ENTRY_BYTES: usize = 128 << 20;
 
@@ -660,7 +660,17 @@ impl Engine {
                 results.push(StatementResult::error(refusal));
                 continue;
             }
-            if self.format != LogFormat::Physical {
+            if self.format == LogFormat::Physical {
+                // The whole rewritten file becomes one entry: it must fit one peer frame.
+                let bytes: i64 = self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
+                if bytes as usize > MAX_ENTRY_BYTES {
+                    results.push(StatementResult::error(format!(
+                        "VACUUM is refused: the physical format ships the rewritten file as one log entry, and this database ({bytes} bytes) \
+                         is over the {MAX_ENTRY_BYTES}-byte limit of one entry"
+                    )));
+                    continue;
+                }
+            } else {
                 match vacuum_would_renumber(&self.connection) {
                     Ok(Some(table)) => {
                         results.push(StatementResult::error(format!(
