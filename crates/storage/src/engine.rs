@@ -662,7 +662,8 @@ impl Engine {
             }
             if self.format == LogFormat::Physical {
                 // The whole rewritten file becomes one entry: it must fit one peer frame.
-                let bytes: i64 = self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
+                let bytes: i64 =
+                    self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
                 if bytes as usize > MAX_ENTRY_BYTES {
                     results.push(StatementResult::error(format!(
                         "VACUUM is refused: the physical format ships the rewritten file as one log entry, and this database ({bytes} bytes) \
