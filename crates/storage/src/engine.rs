@@ -433,6 +433,8 @@ fn run_statement_with(connection: &Connection, policy: Option<&ClientPolicy>, sq
     outcome.unwrap_or_else(|error| StatementResult::error(policy.map_or_else(|| describe(&error), |policy| policy.explain(&error))))
 }
 
+const PARAMETERS_NEED_ONE_STATEMENT: &str = "a statement string with parameters must hold one statement: send each as its own [sql, params...] item";
+
 /// The statements of `sql` in order, each with its closing `;`, as SQLite's parser sees
 /// them: a candidate end is every `;` outside strings and comments, and it ends a
 /// statement unless SQLite says the text so far is incomplete (inside a trigger body,
@@ -803,9 +805,7 @@ impl Engine {
             };
             let (result, piece_wrote) = match pieces.as_slice() {
                 [_] | [] => self.execute_statement(&statement.sql, &statement.params, capture)?,
-                _ if statement.params != Params::None => {
-                    (StatementResult::error("a statement string with parameters must hold one statement: send each as its own [sql, params...] item"), false)
-                }
+                _ if statement.params != Params::None => (StatementResult::error(PARAMETERS_NEED_ONE_STATEMENT), false),
                 pieces => self.execute_pieces(pieces, capture)?,
             };
             wrote |= piece_wrote;
@@ -1345,22 +1345,24 @@ impl Reader {
     /// Does `sql` only read? Statements that fail to prepare (or that the client rules
     /// refuse) count as reads, so their error comes from the read path.
     fn reads_only(&self, sql: &str) -> bool {
-        let Ok(_client) = self.policy.scope(&self.connection) else { return false };
-        split_statements(&self.connection, sql).iter().all(|piece| is_read_only(&self.connection, piece) || self.connection.prepare(piece).is_err())
+        self.read_only_pieces(sql).is_some()
+    }
+
+    /// The statements of `sql` (see [`split_statements`]) if every one only reads.
+    fn read_only_pieces(&self, sql: &str) -> Option<Vec<String>> {
+        let _client = self.policy.scope(&self.connection).ok()?;
+        let pieces = split_statements(&self.connection, sql);
+        pieces.iter().all(|piece| is_read_only(&self.connection, piece) || self.connection.prepare(piece).is_err()).then_some(pieces)
     }
 
     /// One statement string on the read path: several statements in it run in order, and
     /// the last one's result (or the first error) is the answer.
     fn query_one(&self, statement: &Statement) -> StatementResult {
-        if !self.reads_only(&statement.sql) {
+        let Some(pieces) = self.read_only_pieces(&statement.sql) else {
             return StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request");
-        }
-        let pieces = match self.policy.scope(&self.connection) {
-            Ok(_client) => split_statements(&self.connection, &statement.sql),
-            Err(error) => return StatementResult::error(describe(&error)),
         };
         if pieces.len() > 1 && statement.params != Params::None {
-            return StatementResult::error("a statement string with parameters must hold one statement: send each as its own [sql, params...] item");
+            return StatementResult::error(PARAMETERS_NEED_ONE_STATEMENT);
         }
         let mut last = StatementResult::default();
         for piece in &pieces {
