@@ -25,6 +25,49 @@ fn errors(engine: &mut Engine, statements: &[&str]) -> (Vec<Option<String>>, Opt
     (batch.results[0].iter().map(|result| result.error.clone()).collect(), batch.entry)
 }
 
+/// A leader and a follower in `root`: requests run on the leader one at a time, and the
+/// entries they log are kept for the follower.
+struct Pair {
+    root: std::path::PathBuf,
+    leader: Engine,
+    follower: Engine,
+    entries: Vec<Entry>,
+}
+
+impl Pair {
+    fn open(name: &str, format: LogFormat) -> Pair {
+        let root = scratch(name);
+        let leader = Engine::open(&root.join("leader"), format).unwrap();
+        let follower = Engine::open(&root.join("follower"), format).unwrap();
+        Pair { root, leader, follower, entries: Vec::new() }
+    }
+
+    /// One request holding one statement string; its results.
+    fn run_all(&mut self, sql: &str) -> Vec<tern_storage::StatementResult> {
+        let batch = self.leader.execute_batch(1, &[request(&[sql])]).unwrap();
+        self.entries.extend(batch.entry);
+        batch.results[0].clone()
+    }
+
+    /// One request holding one statement string; its (first) result.
+    fn run(&mut self, sql: &str) -> tern_storage::StatementResult {
+        self.run_all(sql)[0].clone()
+    }
+
+    /// The follower applies everything logged; its tables must equal the leader's.
+    fn replicate(&mut self, what: &str) {
+        self.follower.apply(&self.entries).unwrap();
+        self.entries.clear();
+        assert_eq!(self.leader.table_checksums().unwrap(), self.follower.table_checksums().unwrap(), "{what}: the follower differs");
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 #[test]
 fn text_in_any_script_is_written_replicated_and_read_back() {
     let texts = ["Andrés", "日本語のテキスト", "emoji 🦀🐧", "ÅÄÖ åäö", "\u{202e}rtl", "zero\u{200b}width", "_ternés"];
@@ -356,29 +399,19 @@ fn a_physical_crash_before_the_log_reset_restarts_at_the_snapshot() {
 #[test]
 fn connection_state_functions_see_the_clients_writes_not_terns_bookkeeping() {
     for format in ALL_FORMATS {
-        let root = scratch(&format!("connection-state-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
-        let mut entries = Vec::new();
-        let mut run = |leader: &mut Engine, sql: &str| {
-            let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
-            entries.extend(batch.entry);
-            batch.results[0][0].clone()
-        };
-        run(&mut leader, "CREATE TABLE a (x)");
-        run(&mut leader, "CREATE TABLE b (x)");
-        assert_eq!(run(&mut leader, "INSERT INTO a VALUES (1)").last_insert_id, 1, "{format:?}");
-        assert_eq!(run(&mut leader, "INSERT INTO a VALUES (2)").last_insert_id, 2, "{format:?}");
-        run(&mut leader, "INSERT INTO b VALUES (last_insert_rowid())");
-        let update = run(&mut leader, "UPDATE a SET x = x + 10");
+        let mut pair = Pair::open(&format!("connection-state-{}", format.name()), format);
+        pair.run("CREATE TABLE a (x)");
+        pair.run("CREATE TABLE b (x)");
+        assert_eq!(pair.run("INSERT INTO a VALUES (1)").last_insert_id, 1, "{format:?}");
+        assert_eq!(pair.run("INSERT INTO a VALUES (2)").last_insert_id, 2, "{format:?}");
+        pair.run("INSERT INTO b VALUES (last_insert_rowid())");
+        let update = pair.run("UPDATE a SET x = x + 10");
         assert_eq!((update.rows_affected, update.last_insert_id), (2, 1), "{format:?}: 2 rows; the last insert was b's row 1");
-        let state = run(&mut leader, "SELECT changes(), last_insert_rowid(), total_changes()");
+        let state = pair.run("SELECT changes(), last_insert_rowid(), total_changes()");
         assert_eq!(state.values, vec![vec![SqlValue::Integer(2), SqlValue::Integer(1), SqlValue::Integer(5)]], "{format:?}");
-        let stored = run(&mut leader, "SELECT x FROM b");
+        let stored = pair.run("SELECT x FROM b");
         assert_eq!(stored.values, vec![vec![SqlValue::Integer(2)]], "{format:?}: a's last row id, not the log's");
-        follower.apply(&entries).unwrap();
-        assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "{format:?}");
-        let _ = std::fs::remove_dir_all(root);
+        pair.replicate(&format!("{format:?}"));
     }
 }
 
@@ -387,49 +420,35 @@ fn connection_state_functions_see_the_clients_writes_not_terns_bookkeeping() {
 #[test]
 fn several_statements_in_one_string_run_in_order_and_replicate() {
     for format in ALL_FORMATS {
-        let root = scratch(&format!("multi-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
-        let mut entries = Vec::new();
-        let mut run = |leader: &mut Engine, sql: &str| {
-            let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
-            entries.extend(batch.entry);
-            batch.results[0].clone()
-        };
-        let results = run(&mut leader, "CREATE TABLE m (x); INSERT INTO m VALUES (1);\n INSERT INTO m VALUES (2) -- two rows");
+        let mut pair = Pair::open(&format!("multi-{}", format.name()), format);
+        let results = pair.run_all("CREATE TABLE m (x); INSERT INTO m VALUES (1);\n INSERT INTO m VALUES (2) -- two rows");
         assert_eq!(results.len(), 1, "{format:?}: one result per statement string");
         assert_eq!((results[0].error.clone(), results[0].rows_affected, results[0].last_insert_id), (None, 2, 2), "{format:?}");
         let trigger = "CREATE TABLE log (v); \
              CREATE TRIGGER tr AFTER INSERT ON m BEGIN \
                INSERT INTO log VALUES (CASE WHEN new.x > 1 THEN 'big; really' END); INSERT INTO log VALUES ('x'); \
              END; INSERT INTO m VALUES (5);";
-        assert_eq!(run(&mut leader, trigger)[0].error, None, "{format:?}");
-        let failing = run(&mut leader, "INSERT INTO m VALUES (7); INSERT INTO nope VALUES (1); INSERT INTO m VALUES (8)");
-        assert!(failing[0].error.as_deref().is_some_and(|error| error.contains("no such table: nope")), "{format:?}: {failing:?}");
-        let with_params = leader
-            .execute_batch(
-                1,
-                &[WriteRequest {
-                    statements: vec![Statement {
-                        sql: "INSERT INTO m VALUES (?); INSERT INTO m VALUES (?)".into(),
-                        params: tern_storage::Params::Positional(vec![SqlValue::Integer(1), SqlValue::Integer(2)]),
-                    }],
-                    transaction: false,
-                }],
-            )
-            .unwrap();
-        assert!(with_params.results[0][0].error.as_deref().is_some_and(|error| error.contains("one statement")), "{format:?}");
-        let rows = run(&mut leader, "SELECT x FROM m ORDER BY rowid");
+        assert_eq!(pair.run(trigger).error, None, "{format:?}");
+        let failing = pair.run("INSERT INTO m VALUES (7); INSERT INTO nope VALUES (1); INSERT INTO m VALUES (8)");
+        assert!(failing.error.as_deref().is_some_and(|error| error.contains("no such table: nope")), "{format:?}: {failing:?}");
+        let with_params = WriteRequest {
+            statements: vec![Statement {
+                sql: "INSERT INTO m VALUES (?); INSERT INTO m VALUES (?)".into(),
+                params: tern_storage::Params::Positional(vec![SqlValue::Integer(1), SqlValue::Integer(2)]),
+            }],
+            transaction: false,
+        };
+        let refused = pair.leader.execute_batch(1, &[with_params]).unwrap();
+        assert!(refused.results[0][0].error.as_deref().is_some_and(|error| error.contains("one statement")), "{format:?}");
+        let rows = pair.run("SELECT x FROM m ORDER BY rowid");
         let expected: Vec<Vec<SqlValue>> = [1, 2, 5, 7].iter().map(|x| vec![SqlValue::Integer(*x)]).collect();
-        assert_eq!(rows[0].values, expected, "{format:?}: 7 ran before the failure, 8 did not");
-        follower.apply(&entries).unwrap();
-        assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "{format:?}");
-        let reader = Reader::open(&root.join("follower")).unwrap();
+        assert_eq!(rows.values, expected, "{format:?}: 7 ran before the failure, 8 did not");
+        pair.replicate(&format!("{format:?}"));
+        let reader = Reader::open(&pair.root.join("follower")).unwrap();
         let (results, _) = reader.query(&[Statement::new("SELECT 1; SELECT count(*) FROM log")]).unwrap();
         assert_eq!(results[0].values, vec![vec![SqlValue::Integer(4)]], "{format:?}: the last statement's rows (the trigger fired for 5 and 7)");
         let (results, _) = reader.query(&[Statement::new("SELECT 1; DELETE FROM m")]).unwrap();
         assert!(results[0].error.as_deref().is_some_and(|error| error.contains("attempt to change")), "{format:?}");
-        let _ = std::fs::remove_dir_all(root);
     }
 }
 
@@ -439,33 +458,28 @@ fn several_statements_in_one_string_run_in_order_and_replicate() {
 #[test]
 fn vacuum_that_would_renumber_rowids_is_refused_in_logical_formats() {
     for format in [LogFormat::Statement, LogFormat::Row] {
-        let root = scratch(&format!("vacuum-rowids-{}", format.name()));
-        let mut leader = Engine::open(&root.join("leader"), format).unwrap();
-        let mut follower = Engine::open(&root.join("follower"), format).unwrap();
-        let mut entries = Vec::new();
-        let mut run = |leader: &mut Engine, sql: &str| {
-            let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
-            entries.extend(batch.entry);
-            batch.results[0][0].clone()
-        };
-        run(&mut leader, "CREATE TABLE vac (x)");
-        run(&mut leader, "CREATE TABLE keyed (id INTEGER PRIMARY KEY, x)");
-        run(&mut leader, "INSERT INTO vac VALUES (1), (2), (3), (4)");
-        run(&mut leader, "INSERT INTO keyed (x) VALUES (1), (2), (3)");
-        run(&mut leader, "DELETE FROM keyed WHERE id = 2");
-        assert_eq!(run(&mut leader, "VACUUM").error, None, "{format:?}: no gaps in vac's rowids, keyed has its own key");
-        run(&mut leader, "DELETE FROM vac WHERE x IN (1, 3)");
-        let refused = run(&mut leader, "VACUUM");
+        let mut pair = Pair::open(&format!("vacuum-rowids-{}", format.name()), format);
+        pair.run("CREATE TABLE vac (x)");
+        pair.run("CREATE TABLE keyed (id INTEGER PRIMARY KEY, x)");
+        pair.run("INSERT INTO vac VALUES (1), (2), (3), (4)");
+        pair.run("INSERT INTO keyed (x) VALUES (1), (2), (3)");
+        pair.run("DELETE FROM keyed WHERE id = 2");
+        assert_eq!(pair.run("VACUUM").error, None, "{format:?}: no gaps in vac's rowids, keyed has its own key");
+        pair.run("DELETE FROM vac WHERE x IN (1, 3)");
+        let refused = pair.run("VACUUM");
         assert!(refused.error.as_deref().is_some_and(|error| error.contains("\"vac\"") && error.contains("physical")), "{format:?}: {refused:?}");
-        assert_eq!(run(&mut leader, "UPDATE vac SET x = x * 10 WHERE rowid = 2").error, None);
-        follower.apply(&entries).unwrap();
+        assert_eq!(pair.run("UPDATE vac SET x = x * 10 WHERE rowid = 2").error, None);
+        pair.replicate(&format!("{format:?}"));
         let rowids = |engine: &Engine| {
             let reader = Reader::open(engine.directory()).unwrap();
             reader.query(&[Statement::new("SELECT rowid, x FROM vac ORDER BY rowid")]).unwrap().0[0].values.clone()
         };
-        assert_eq!(rowids(&leader), vec![vec![SqlValue::Integer(2), SqlValue::Integer(20)], vec![SqlValue::Integer(4), SqlValue::Integer(4)]], "{format:?}");
-        assert_eq!(rowids(&follower), rowids(&leader), "{format:?}: rowids identical on the follower");
-        let _ = std::fs::remove_dir_all(root);
+        assert_eq!(
+            rowids(&pair.leader),
+            vec![vec![SqlValue::Integer(2), SqlValue::Integer(20)], vec![SqlValue::Integer(4), SqlValue::Integer(4)]],
+            "{format:?}"
+        );
+        assert_eq!(rowids(&pair.follower), rowids(&pair.leader), "{format:?}: rowids identical on the follower");
     }
 }
 
@@ -474,15 +488,7 @@ fn vacuum_that_would_renumber_rowids_is_refused_in_logical_formats() {
 /// values; a table named `changes` and a CTE named `random` are names, not calls.
 #[test]
 fn statement_format_ships_rows_for_what_text_cannot_make_deterministic() {
-    let root = scratch("mixed");
-    let mut leader = Engine::open(&root.join("leader"), LogFormat::Statement).unwrap();
-    let mut follower = Engine::open(&root.join("follower"), LogFormat::Statement).unwrap();
-    let mut entries = Vec::new();
-    let mut run = |leader: &mut Engine, sql: &str| {
-        let batch = leader.execute_batch(1, &[request(&[sql])]).unwrap();
-        entries.extend(batch.entry);
-        batch.results[0][0].clone()
-    };
+    let mut pair = Pair::open("mixed", LogFormat::Statement);
     for sql in [
         "CREATE TABLE t (v)",
         "CREATE VIEW rv AS SELECT random() AS r",
@@ -495,14 +501,13 @@ fn statement_format_ships_rows_for_what_text_cannot_make_deterministic() {
         "INSERT INTO changes (x) VALUES (1)",
         "WITH random(x) AS (SELECT 2) INSERT INTO changes SELECT x FROM random",
     ] {
-        assert_eq!(run(&mut leader, sql).error, None, "{sql}");
+        assert_eq!(pair.run(sql).error, None, "{sql}");
     }
-    follower.apply(&entries).unwrap();
-    assert_eq!(leader.table_checksums().unwrap(), follower.table_checksums().unwrap(), "the follower stores the leader's values");
-    let shipped_rows = entries
+    let shipped_rows = pair
+        .entries
         .iter()
         .filter(|entry| tern_storage::Payload::decode(&entry.payload).unwrap().changes.iter().any(|change| matches!(change, tern_storage::Change::Rows(_))))
         .count();
     assert_eq!(shipped_rows, 5, "the view, the two computed times, the per-row random() and randomblob() went as rows");
-    let _ = std::fs::remove_dir_all(root);
+    pair.replicate("the follower stores the leader's values");
 }
