@@ -474,3 +474,33 @@ fn several_statements_in_one_string_and_last_insert_rowid_across_requests_replic
         }
     }
 }
+
+/// A node stopped (as by `kill -9`) once a snapshot it needed is received and fsynced but
+/// not yet installed restarts on its old database, is sent a new snapshot, and ends
+/// identical to the leader.
+#[test]
+fn a_node_killed_between_receiving_and_installing_a_snapshot_catches_up_after_restart() {
+    let mut cluster = Cluster::new("snapshot-crash", 3, &["--log-retain", "20"]);
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    wait_node_ready(&cluster.nodes[0]);
+    let mut leader = cluster.leader().client();
+    execute(&mut leader, "", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
+    for id in 1..=300 {
+        let reply = execute(&mut leader, "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", id, format!("row {id}")]]));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // As above: a restarted leader must send n3 a snapshot, the log no longer holds entry 1.
+    cluster.nodes[0].kill();
+    cluster.nodes[0].start();
+    wait_node_ready(&cluster.nodes[0]);
+    let mut leader = cluster.leader().client();
+    cluster.nodes[2].start_with_env(&[("TERN_FAILPOINTS", "snapshot-received-before-install")]);
+    let status = cluster.nodes[2].wait_exit(LONG);
+    assert_eq!(status.code(), Some(75), "stopped at the failpoint\n{}", cluster.nodes[2].log_text());
+    cluster.nodes[2].start();
+    wait_node_ready(&cluster.nodes[2]);
+    let reply = execute(&mut leader, "?w=all", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", 301, "after the restart"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(ledger_rows(&cluster.nodes[2]), ledger_rows(&cluster.nodes[0]));
+}

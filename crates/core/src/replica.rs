@@ -955,6 +955,12 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(peer) else { return };
         progress.next = progress.matched + 1;
+        if progress.snapshot_wait.is_some() {
+            // A snapshot sent before the connection dropped may never have been installed
+            // (the peer restarted, say): do not wait out its deadline before sending another.
+            progress.snapshot_wait = None;
+            progress.snapshotting = false;
+        }
         self.send_append(peer, now, true);
     }
 

@@ -891,6 +891,9 @@ impl Node {
             tracing::error!("cannot sync incoming snapshot {}: {error}", path.display());
             return None;
         }
+        if tern_storage::failpoint::hit("snapshot-received-before-install").is_err() {
+            return None;
+        }
         tracing::info!("snapshot at {position} received ({} bytes); installing", state.written);
         self.storage_send(StorageCommand::InstallSnapshot { path, rollback_after });
         None
