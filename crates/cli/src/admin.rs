@@ -85,8 +85,22 @@ fn leader_http(http: &str) -> Result<String, String> {
     Ok(api.trim_start_matches("http://").to_string())
 }
 
-/// Posts to the leader; the reply body, or the leader's error.
+/// Posts to the leader; the reply body, or the leader's error. While an election is
+/// under way (no leader known, or a 503 from a node that just stopped leading), it asks
+/// again for up to 15 s.
 fn post_to_leader(http: &str, path: &str) -> Result<(String, Value), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match post_to_leader_once(http, path) {
+            Err(error) if (error.contains("(503)") || error.contains("no leader is known")) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn post_to_leader_once(http: &str, path: &str) -> Result<(String, Value), String> {
     let leader = leader_http(http)?;
     let reply = HttpClient::new(&leader).post_json(path, &json!({})).map_err(|error| format!("cannot reach the leader at {leader}: {error}"))?;
     if reply.status != 200 {

@@ -413,3 +413,11 @@ impl Drop for Namespaces {
         let _ = ip(&["link", "del", &format!("{}p", self.tag)]);
     }
 }
+
+/// A 3-node cluster, started, with table `ledger (id INTEGER PRIMARY KEY, v TEXT)` on every node.
+pub fn start_with_ledger(name: &str, extra: &[&str]) -> Cluster {
+    let cluster = Cluster::start(name, 3, extra);
+    let reply = execute(&mut cluster.leader().client(), "?w=all", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    cluster
+}
