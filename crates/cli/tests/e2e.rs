@@ -424,8 +424,12 @@ fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted() {
     }
 }
 
-fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted_in(format: &str) {
-    let mut cluster = Cluster::new(&format!("snapshot-{format}"), 3, &["--log-retain", "20", "--log-format", format]);
+/// n1 and n2 of a 3-node cluster keeping 20 log entries, 300 rows written to `ledger`, and
+/// n1 restarted: its in-memory cache of recent entries is empty, so what n3 (not started)
+/// needs can only come from the durable log, which no longer holds entry 1. n3 must be
+/// sent a snapshot.
+fn cluster_whose_log_was_compacted_past_n3(name: &str, format: &str) -> Cluster {
+    let mut cluster = Cluster::new(name, 3, &["--log-retain", "20", "--log-format", format]);
     cluster.nodes[0].start();
     cluster.nodes[1].start();
     wait_node_ready(&cluster.nodes[0]);
@@ -436,11 +440,15 @@ fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted_in(for
         let reply = execute(&mut leader, "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", id, format!("row {id}")]]));
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    // Restarting the leader empties its in-memory cache of recent entries, so what n3
-    // needs can only come from the durable log, which no longer holds entry 1.
     cluster.nodes[0].kill();
     cluster.nodes[0].start();
     wait_node_ready(&cluster.nodes[0]);
+    cluster
+}
+
+fn a_new_empty_node_catches_up_from_a_snapshot_when_the_log_was_compacted_in(format: &str) {
+    let mut cluster = cluster_whose_log_was_compacted_past_n3(&format!("snapshot-{format}"), format);
+    let mut leader = cluster.leader().client();
     // n3 starts empty, so it must get a snapshot first.
     cluster.nodes[2].start();
     wait_node_ready(&cluster.nodes[2]);
@@ -480,20 +488,7 @@ fn several_statements_in_one_string_and_last_insert_rowid_across_requests_replic
 /// identical to the leader.
 #[test]
 fn a_node_killed_between_receiving_and_installing_a_snapshot_catches_up_after_restart() {
-    let mut cluster = Cluster::new("snapshot-crash", 3, &["--log-retain", "20"]);
-    cluster.nodes[0].start();
-    cluster.nodes[1].start();
-    wait_node_ready(&cluster.nodes[0]);
-    let mut leader = cluster.leader().client();
-    execute(&mut leader, "", json!(["CREATE TABLE ledger (id INTEGER PRIMARY KEY, v TEXT)"]));
-    for id in 1..=300 {
-        let reply = execute(&mut leader, "", json!([["INSERT INTO ledger (id, v) VALUES (?, ?)", id, format!("row {id}")]]));
-        assert_eq!(reply.status, 200, "{}", reply.body);
-    }
-    // As above: a restarted leader must send n3 a snapshot, the log no longer holds entry 1.
-    cluster.nodes[0].kill();
-    cluster.nodes[0].start();
-    wait_node_ready(&cluster.nodes[0]);
+    let mut cluster = cluster_whose_log_was_compacted_past_n3("snapshot-crash", "row");
     let mut leader = cluster.leader().client();
     cluster.nodes[2].start_with_env(&[("TERN_FAILPOINTS", "snapshot-received-before-install")]);
     let status = cluster.nodes[2].wait_exit(LONG);
