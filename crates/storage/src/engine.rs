@@ -66,6 +66,16 @@ pub enum Change {
     Rows(Vec<u8>),
     /// Page images of committed transactions, read from the leader's WAL (physical format).
     Pages { page_size: u32, database_pages: u32, pages: Vec<(u32, Vec<u8>)> },
+    /// `VACUUM` (logical formats), run by every replica. It renumbers the rowids of tables
+    /// without an INTEGER PRIMARY KEY, but as a function of the rows alone (it copies them
+    /// in rowid order), so replicas that hold the same rows renumber them the same way.
+    /// Always alone in its entry.
+    Vacuum,
+    /// The rowids the leader gave rows that `Rows` address by a declared primary key
+    /// (tables with a rowid and a key that is not it): per table, each written row's key
+    /// values (in column order) and rowid. A follower inserting such rows picks rowids of
+    /// its own, in changeset order; this sets them to the leader's.
+    Rowids(Vec<(String, Vec<(Vec<SqlValue>, i64)>)>),
 }
 
 /// What one log entry carries: the changes of one client request, in order.
@@ -148,7 +158,9 @@ impl Capture<'_> {
         if let Some(session) = self.session.take() {
             let rows = session.changeset()?;
             if !rows.is_empty() {
+                let rowids = rowids_of_keyed_rows(session.connection(), &rows)?;
                 self.changes.push(Change::Rows(rows));
+                self.changes.extend(rowids);
             }
         }
         Ok(())
@@ -178,6 +190,9 @@ pub struct Engine {
     policy: ClientPolicy,
     /// `last_insert_rowid()`, `changes()`, `total_changes()` as clients see them.
     client: ClientCounters,
+    /// Logical formats: a logged `VACUUM` has not finished here yet; it must run before
+    /// anything else changes the database (mirrors `_tern_meta.vacuum_pending`).
+    vacuum_pending: bool,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -193,44 +208,6 @@ const CHECKPOINT_EVERY_COMMITS: u64 = 256;
 /// A request that must run outside any transaction (`VACUUM`); it is executed alone.
 pub fn is_maintenance(request: &WriteRequest) -> bool {
     request.statements.iter().any(|statement| first_keyword(&statement.sql) == "VACUUM")
-}
-
-/// Logical formats run `VACUUM` on the leader alone (it changes no row a log entry
-/// could carry), which is only safe if it keeps every rowid. It renumbers the rows of a
-/// table with no INTEGER PRIMARY KEY when their rowids have gaps (rows were deleted):
-/// the first such table, if any.
-///
-/// # Errors
-/// On a SQLite failure.
-fn vacuum_would_renumber(connection: &Connection) -> Result<Option<String>> {
-    let tables: Vec<(String, String)> = connection
-        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_tern_%' ORDER BY name")?
-        .query_map([], |row| Ok((row.get(0)?, row.get::<_, Option<String>>(1)?.unwrap_or_default())))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (table, sql) in tables {
-        if sql.to_ascii_uppercase().contains("WITHOUT ROWID") || first_keyword(&sql) != "CREATE" {
-            continue;
-        }
-        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-        // A rowid alias: exactly one primary-key column, declared INTEGER.
-        let key_types: Vec<String> = connection
-            .prepare(&format!("SELECT type FROM pragma_table_info({}) WHERE pk > 0", quote_literal(&table)))?
-            .query_map([], |row| row.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        if matches!(key_types.as_slice(), [only] if only.eq_ignore_ascii_case("INTEGER")) {
-            continue;
-        }
-        let (rows, highest): (i64, Option<i64>) =
-            connection.query_row(&format!("SELECT count(*), max(rowid) FROM {quoted}"), [], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        if highest.unwrap_or(0) != rows {
-            return Ok(Some(table));
-        }
-    }
-    Ok(None)
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// Why a write request's shape is invalid as a whole (a 400 before anything is queued),
@@ -322,6 +299,105 @@ fn append_log(log: &Connection, entry: &Entry) -> Result<()> {
 }
 
 /// Physical format: the leader writes its position into every transaction it ships.
+/// The declared primary-key columns of `table` (in column order) if it also has a rowid
+/// that is not one of them; `None` otherwise (no declared key: the changeset addresses
+/// rows by rowid; an INTEGER PRIMARY KEY is the rowid; WITHOUT ROWID has none).
+fn keys_beside_rowid(connection: &Connection, table: &str) -> Result<Option<Vec<String>>> {
+    let columns: Vec<(String, String)> = connection
+        .prepare_cached("SELECT name, type FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY cid")?
+        .query_map([table], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let rowid_alias = matches!(columns.as_slice(), [(_, declared)] if declared.eq_ignore_ascii_case("INTEGER"));
+    let has_rowid = connection.prepare(&format!("SELECT _rowid_ FROM {} LIMIT 0", quote_identifier(table))).is_ok();
+    Ok((!columns.is_empty() && !rowid_alias && has_rowid).then(|| columns.into_iter().map(|(name, _)| name).collect()))
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `WHERE` over key columns, `IS` so that NULL keys (allowed in rowid tables) match.
+fn key_condition(columns: &[String], first_parameter: usize) -> String {
+    let terms: Vec<String> = columns.iter().enumerate().map(|(at, column)| format!("{} IS ?{}", quote_identifier(column), first_parameter + at)).collect();
+    terms.join(" AND ")
+}
+
+/// Leader, row format: the rowids of the rows `changeset` writes in tables whose rows it
+/// addresses by a declared key (see `Change::Rowids`), or `None` if there are none.
+fn rowids_of_keyed_rows(connection: &Connection, changeset: &[u8]) -> Result<Option<Change>> {
+    let mut shapes: std::collections::HashMap<String, Option<Vec<String>>> = std::collections::HashMap::new();
+    let mut tables: Vec<(String, Vec<(Vec<SqlValue>, i64)>)> = Vec::new();
+    for row in crate::session::written_rows(changeset)? {
+        if !shapes.contains_key(&row.table) {
+            shapes.insert(row.table.clone(), keys_beside_rowid(connection, &row.table)?);
+        }
+        let Some(Some(columns)) = shapes.get(&row.table) else { continue };
+        let sql = format!("SELECT _rowid_ FROM {} WHERE {}", quote_identifier(&row.table), key_condition(columns, 1));
+        let values: Vec<Value> = row.key.iter().map(Value::from).collect();
+        let rowid: i64 = connection.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(values), |found| found.get(0))?;
+        match tables.iter_mut().find(|(table, _)| *table == row.table) {
+            Some((_, rows)) => rows.push((row.key, rowid)),
+            None => tables.push((row.table, vec![(row.key, rowid)])),
+        }
+    }
+    Ok((!tables.is_empty()).then_some(Change::Rowids(tables)))
+}
+
+/// Follower: gives each listed row the leader's rowid. Rows to move go first to fresh
+/// rowids below every one in use, then to their own, so no move meets another row.
+fn set_rowids(connection: &Connection, tables: &[(String, Vec<(Vec<SqlValue>, i64)>)]) -> Result<()> {
+    for (table, rows) in tables {
+        let Some(columns) = keys_beside_rowid(connection, table)? else {
+            return Err(StorageError(format!("rowids for table {table:?}, which has no key beside its rowid here (replica diverged?)")));
+        };
+        let name = quote_identifier(table);
+        let find = format!("SELECT _rowid_ FROM {name} WHERE {}", key_condition(columns.as_slice(), 1));
+        let set = format!("UPDATE {name} SET _rowid_ = ?1 WHERE {}", key_condition(columns.as_slice(), 2));
+        let mut moves = Vec::new();
+        for (key, rowid) in rows {
+            let values: Vec<Value> = key.iter().map(Value::from).collect();
+            let current: Option<i64> = connection.prepare_cached(&find)?.query_row(rusqlite::params_from_iter(&values), |row| row.get(0)).optional()?;
+            match current {
+                Some(current) if current == *rowid => {}
+                Some(_) => moves.push((values, *rowid)),
+                None => return Err(StorageError(format!("a row of {table:?} the leader wrote is missing here (replica diverged?)"))),
+            }
+        }
+        if moves.is_empty() {
+            continue;
+        }
+        let lowest: i64 = connection.query_row(&format!("SELECT min(min(_rowid_), 0) FROM {name}"), [], |row| row.get(0))?;
+        let parked = |at: usize| lowest.checked_sub(1 + at as i64).ok_or_else(|| StorageError(format!("no free rowid left in {table:?}")));
+        let mut update = connection.prepare_cached(&set)?;
+        for (at, (key, _)) in moves.iter().enumerate() {
+            update.execute(rusqlite::params_from_iter(std::iter::once(Value::Integer(parked(at)?)).chain(key.iter().cloned())))?;
+        }
+        for (at, (_, rowid)) in moves.iter().enumerate() {
+            let parked_key = [Value::Integer(parked(at)?)];
+            connection.execute(
+                &format!("UPDATE {name} SET _rowid_ = ?1 WHERE _rowid_ = ?2"),
+                rusqlite::params_from_iter([Value::Integer(*rowid)].iter().chain(parked_key.iter())),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A table written as row images whose rows are named by a declared key beside the rowid.
+struct KeyedTable {
+    name: String,
+    key: Vec<String>,
+    sets_rowid: bool,
+}
+
+/// `_tern_meta` key: the index of a logged `VACUUM` that has not finished on this node.
+const VACUUM_PENDING: &str = "vacuum_pending";
+
+/// The payload of a logged `VACUUM`, compared byte for byte to spot one without decoding.
+fn vacuum_payload() -> Vec<u8> {
+    Payload { changes: vec![Change::Vacuum] }.encode()
+}
+
 fn record_position(connection: &Connection, position: Position) -> Result<()> {
     connection.execute_batch("CREATE TABLE IF NOT EXISTS _tern_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")?;
     write_meta(connection, "applied_index", position.index)?;
@@ -509,6 +585,7 @@ impl Engine {
             commits_since_checkpoint: 0,
             policy,
             client,
+            vacuum_pending: false,
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
@@ -536,6 +613,11 @@ impl Engine {
 
     fn load_position(&mut self) -> Result<()> {
         self.last = database_position(&self.connection)?;
+        if self.format != LogFormat::Physical {
+            // A crash (or a snapshot copied) between a VACUUM's log commit and its end.
+            self.vacuum_pending = read_meta(&self.connection, VACUUM_PENDING)?.is_some();
+            self.finish_logged_vacuum()?;
+        }
         self.first_index = read_meta(self.log(), "first_index")?.unwrap_or(1);
         if self.format == LogFormat::Physical {
             let logged = last_logged(self.log())?;
@@ -550,6 +632,35 @@ impl Engine {
                 self.reset_log_after(self.last.index)?;
             }
         }
+        Ok(())
+    }
+
+    /// Logical formats: commits `entry` (a `VACUUM`) to the log together with a marker
+    /// saying it has not run yet, then runs it. The marker makes the pair crash-safe:
+    /// `VACUUM` cannot share a transaction with the log row, so a crash after the log
+    /// commit leaves the marker, and the next open runs the VACUUM again (running it
+    /// twice gives the same rows and rowids as once). Logging first means no replica can
+    /// ever hold a renumbered table without the entry that every other replica follows.
+    fn log_and_run_vacuum(&mut self, entry: &Entry) -> Result<()> {
+        let transaction = begin_immediate(&self.connection)?;
+        append_log(&transaction, entry)?;
+        write_meta(&transaction, VACUUM_PENDING, entry.index)?;
+        transaction.commit()?;
+        self.last = entry.position();
+        self.vacuum_pending = true;
+        crate::failpoint::hit("vacuum-logged-before-run")?;
+        self.finish_logged_vacuum()
+    }
+
+    /// Runs a logged `VACUUM` that has not finished here, if any. Everything that changes
+    /// the database calls this first, so no later change can see the old rowids.
+    fn finish_logged_vacuum(&mut self) -> Result<()> {
+        if !self.vacuum_pending {
+            return Ok(());
+        }
+        self.connection.execute_batch("VACUUM")?;
+        self.connection.execute("DELETE FROM _tern_meta WHERE key = ?1", [VACUUM_PENDING])?;
+        self.vacuum_pending = false;
         Ok(())
     }
 
@@ -607,6 +718,7 @@ impl Engine {
     /// # Errors
     /// If the transaction cannot commit; then nothing of the batch happened.
     pub fn execute_batch_while(&mut self, epoch: u64, requests: &[WriteRequest], still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+        self.finish_logged_vacuum()?;
         if let [request] = requests {
             if is_maintenance(request) {
                 return self.execute_maintenance(epoch, request).map(Executed::Committed);
@@ -634,6 +746,64 @@ impl Engine {
         Ok(Executed::Committed(batch))
     }
 
+    /// The tables `sql` inserts into or updates (directly or through triggers) whose
+    /// rows a changeset names by a declared key beside the rowid, with whether it sets
+    /// rowids there; see `rowid_change_refusal` and `null_key_refusal`.
+    fn keyed_tables_written(&self, sql: &str) -> Vec<KeyedTable> {
+        let Some(touched) = self.policy.touched(&self.connection, sql) else { return Vec::new() };
+        let mut tables: Vec<KeyedTable> = Vec::new();
+        for table in touched.inserts_into.iter().chain(&touched.updates) {
+            if tables.iter().any(|known| known.name == *table) {
+                continue;
+            }
+            if let Ok(Some(key)) = keys_beside_rowid(&self.connection, table) {
+                tables.push(KeyedTable { name: table.clone(), key, sets_rowid: touched.sets_rowid_of.contains(table) });
+            }
+        }
+        tables
+    }
+
+    /// Row images address the rows of a table with a declared key (beside its rowid) by
+    /// that key, so a change of such a row's rowid alone is not in them: refused, with the
+    /// reason, rather than lost.
+    fn rowid_change_refusal(tables: &[KeyedTable]) -> Option<String> {
+        let table = tables.iter().find(|table| table.sets_rowid)?;
+        Some(format!(
+            "setting the rowid of a row of {:?} is refused: this write is replicated as row images, which name its rows by their \
+             PRIMARY KEY and do not carry the rowid (give the table an INTEGER PRIMARY KEY, or use the statement or physical log format)",
+            table.name
+        ))
+    }
+
+    /// SQLite's session extension leaves out rows with a NULL in a primary-key column (a
+    /// rowid table allows them), so row images would silently lose them: a write that
+    /// leaves such a row is refused instead.
+    fn null_key_refusal(&self, tables: &[KeyedTable]) -> Result<Option<String>> {
+        for table in tables {
+            let any_null: Vec<String> = table.key.iter().map(|column| format!("{} IS NULL", quote_identifier(column))).collect();
+            let sql = format!("SELECT EXISTS (SELECT 1 FROM {} WHERE {})", quote_identifier(&table.name), any_null.join(" OR "));
+            let found: bool = self.connection.prepare_cached(&sql)?.query_row([], |row| row.get(0))?;
+            if found {
+                return Ok(Some(format!(
+                    "a row of {:?} would have NULL in its PRIMARY KEY ({}), which row images cannot carry, so replicas would lose it: \
+                     give the key a value (or declare its columns NOT NULL)",
+                    table.name,
+                    table.key.join(", ")
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Once a table's largest rowid is taken (i64::MAX), SQLite picks the rowid of a new
+    /// row at random: an INSERT shipped as text would store other rowids on followers.
+    /// False for tables without rowids and for views.
+    fn picks_random_rowids(&self, table: &str) -> bool {
+        let sql = format!("SELECT max(rowid) = 9223372036854775807 FROM \"{}\"", table.replace('"', "\"\""));
+        let taken = self.connection.prepare_cached(&sql).and_then(|mut statement| statement.query_row([], |row| row.get::<_, Option<bool>>(0)));
+        matches!(taken, Ok(Some(true)))
+    }
+
     /// A client write interrupted by its deadline makes SQLite roll back the whole
     /// transaction, so the batch it shared fails as a whole: say so, so clients retry.
     fn explain_batch_failure(&self, error: StorageError) -> StorageError {
@@ -648,54 +818,50 @@ impl Engine {
         }
     }
 
-    /// `VACUUM` (alone in its request): runs outside any transaction. In the physical
-    /// format its page images are shipped; the logical formats have no rows to ship, so it
-    /// stays a local operation.
+    /// `VACUUM` (alone in its request): runs outside any transaction. The physical format
+    /// ships its page images; the logical formats log it as a `Change::Vacuum` that every
+    /// replica runs itself (see `log_and_run_vacuum`).
     fn execute_maintenance(&mut self, epoch: u64, request: &WriteRequest) -> Result<Batch> {
-        let mut results = Vec::new();
-        for statement in &request.statements {
-            if let Some(error) = request_shape_error(request) {
-                results.push(StatementResult::error(error));
-                continue;
-            }
-            if let Some(refusal) = guard::vacuum_into_refusal(&statement.sql) {
-                results.push(StatementResult::error(refusal));
-                continue;
-            }
-            if self.format == LogFormat::Physical {
-                // The whole rewritten file becomes one entry: it must fit one peer frame.
-                let bytes: i64 =
-                    self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
-                if bytes as usize > MAX_ENTRY_BYTES {
-                    results.push(StatementResult::error(format!(
-                        "VACUUM is refused: the physical format ships the rewritten file as one log entry, and this database ({bytes} bytes) \
-                         is over the {MAX_ENTRY_BYTES}-byte limit of one entry"
-                    )));
-                    continue;
-                }
-            } else {
-                match vacuum_would_renumber(&self.connection) {
-                    Ok(Some(table)) => {
-                        results.push(StatementResult::error(format!(
-                            "VACUUM is refused: it would renumber the rowids of table {table:?} (it has no INTEGER PRIMARY KEY and \
-                             rows were deleted), which the {} log format cannot replicate, so replicas would diverge. \
-                             Give the table an INTEGER PRIMARY KEY, or run the cluster with --log-format physical",
-                            self.format.name()
-                        )));
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        results.push(StatementResult::error(error.to_string()));
-                        continue;
-                    }
-                }
-            }
-            results.push(run_statement(&self.connection, &statement.sql, &statement.params));
+        let refused = |error: String| Ok(Batch { results: vec![vec![StatementResult::error(error)]], changed: vec![false], entry: None });
+        let statement = match request.statements.as_slice() {
+            [statement] => statement,
+            _ => return refused(request_shape_error(request).unwrap_or_else(|| "VACUUM must be sent alone in its request".to_owned())),
+        };
+        if let Some(refusal) = guard::vacuum_into_refusal(&statement.sql) {
+            return refused(refusal);
         }
-        let ran = results.iter().any(|result| result.error.is_none());
-        if self.format != LogFormat::Physical || !ran {
-            return Ok(Batch { results: vec![results], changed: vec![false], entry: None });
+        // Whatever SQLite would say of the text itself (an unknown schema name, a syntax
+        // error) is the client's answer; nothing is logged then.
+        let prepared = {
+            let _client = self.policy.scope(&self.connection)?;
+            self.connection.prepare(&statement.sql).map(|_| ()).map_err(|error| self.policy.explain(&error))
+        };
+        if let Err(error) = prepared {
+            return refused(error);
+        }
+        if self.format != LogFormat::Physical {
+            let entry = Entry { index: self.last.index + 1, epoch, payload: vacuum_payload() };
+            let result = match self.log_and_run_vacuum(&entry) {
+                Ok(()) => StatementResult::default(),
+                // Logged: it is part of the log now and ships as such; this node runs it
+                // again before its next change.
+                Err(error) => {
+                    StatementResult::error(format!("VACUUM is logged but did not finish on this node ({error}); it runs again before the next write"))
+                }
+            };
+            return Ok(Batch { results: vec![vec![result]], changed: vec![true], entry: Some(entry) });
+        }
+        // The whole rewritten file becomes one entry: it must fit one peer frame.
+        let bytes: i64 = self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
+        if bytes as usize > MAX_ENTRY_BYTES {
+            return refused(format!(
+                "VACUUM is refused: the physical format ships the rewritten file as one log entry, and this database ({bytes} bytes) \
+                 is over the {MAX_ENTRY_BYTES}-byte limit of one entry"
+            ));
+        }
+        let result = run_statement(&self.connection, &statement.sql, &statement.params);
+        if result.error.is_some() {
+            return Ok(Batch { results: vec![vec![result]], changed: vec![false], entry: None });
         }
         let next = Position::new(epoch, self.last.index + 1);
         let transaction = begin_immediate(&self.connection)?;
@@ -704,7 +870,7 @@ impl Engine {
         forget_cached_pages(&self.connection)?;
         let entry = self.log_committed_pages(epoch)?;
         self.last = entry.position();
-        Ok(Batch { results: vec![results], changed: vec![true], entry: Some(entry) })
+        Ok(Batch { results: vec![vec![result]], changed: vec![true], entry: Some(entry) })
     }
 
     /// Physical format, leader: reads the transactions just committed from the WAL and
@@ -860,7 +1026,7 @@ impl Engine {
         // shipped as its row images instead, as MySQL's MIXED format does.
         let mut needs_rows = false;
         let sql = if ships_values_as_sql {
-            let called = self.policy.functions_called(&self.connection, original);
+            let called = self.policy.touched(&self.connection, original).map(|touched| touched.functions);
             // The client's text is evaluated in parts here, so under the client rules.
             let _client = self.policy.scope(&self.connection)?;
             match make_deterministic_calling(&self.connection, original, parameters_read_the_clock(params), called.as_deref()) {
@@ -876,8 +1042,9 @@ impl Engine {
             original.to_owned()
         };
         if self.format == LogFormat::Statement && self.rewrite_statements && !needs_rows && changes_rows(&sql) {
-            let remaining = self.policy.functions_called(&self.connection, &sql).unwrap_or_default();
-            needs_rows = remaining.iter().any(|function| is_nondeterministic_function(function));
+            let remaining = self.policy.touched(&self.connection, &sql).unwrap_or_default();
+            needs_rows = remaining.functions.iter().any(|function| is_nondeterministic_function(function))
+                || remaining.inserts_into.iter().any(|table| self.picks_random_rowids(table));
         }
         // Client rules (authorizer, defensive mode, deadline) hold only while the
         // client's statement is prepared and run: tern's own statements on this
@@ -895,6 +1062,12 @@ impl Engine {
             LogFormat::Row => !changes_rows(&sql),
             LogFormat::Physical => false,
         };
+        let ships_rows = !ships_as_sql && self.format != LogFormat::Physical;
+        // Tables whose rows the images would name by a declared key.
+        let keyed_tables = if ships_rows { self.keyed_tables_written(&sql) } else { Vec::new() };
+        if let Some(refusal) = Self::rowid_change_refusal(&keyed_tables) {
+            return Ok((StatementResult::error(refusal), false));
+        }
         if ships_as_sql {
             // Row images must not span a schema change: close them off first.
             capture.flush_rows()?;
@@ -908,6 +1081,11 @@ impl Engine {
             let _client = self.policy.scope(&self.connection)?;
             run_client_statement(&self.connection, &self.policy, &sql, params)
         };
+        if result.error.is_none() {
+            if let Some(refusal) = self.null_key_refusal(&keyed_tables)? {
+                result = StatementResult::error(refusal);
+            }
+        }
         if result.error.is_some() {
             self.run_cached("ROLLBACK TO statement")?;
             self.run_cached("RELEASE statement")?;
@@ -948,6 +1126,19 @@ impl Engine {
             }
         }
         let entries = &entries[held..];
+        self.finish_logged_vacuum()?;
+        let vacuum = vacuum_payload();
+        if let Some(at) = entries.iter().position(|entry| entry.payload == vacuum) {
+            // A VACUUM runs outside any transaction: apply what comes before it, then it
+            // alone (logged first, as on the leader), then the rest.
+            let (before, rest) = entries.split_at(at);
+            self.apply(before)?;
+            if rest[0].index != self.last.index + 1 {
+                return Err(StorageError(format!("entry {} does not continue the log at {}", rest[0].index, self.last.index)));
+            }
+            self.log_and_run_vacuum(&rest[0])?;
+            return self.apply(&rest[1..]);
+        }
         if self.format == LogFormat::Physical && entries.len() > 1 {
             // One commit per leader commit: SQLite moves page 1's change counter once per
             // commit, so merging the leader's transactions would leave the follower's
@@ -1024,6 +1215,15 @@ impl Engine {
                         // shrank it). It must come after every page write of the transaction.
                         write.execute(params![database_pages + 1, rusqlite::types::Null])?;
                     }
+                }
+                Change::Rowids(tables) => {
+                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+                    let set = set_rowids(&self.connection, tables);
+                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+                    set?;
+                }
+                Change::Vacuum => {
+                    return Err(StorageError("a VACUUM entry must be applied alone, outside any transaction".into()));
                 }
                 Change::Rows(changeset) => {
                     // The leader's triggers already ran and their effects are in the changeset.
@@ -1285,7 +1485,9 @@ pub fn page_hashes(connection: &Connection) -> Result<Vec<u64>> {
 pub type TableChecksums = Vec<(String, u64, u64)>;
 
 /// `(table, rows, checksum)` for every user table, in name order. The checksum is
-/// order-independent over rows (FNV-1a of each row's rendered values, summed).
+/// order-independent over rows (FNV-1a of each row's rendered values, summed), and covers
+/// each row's rowid too (tables without rowids: their columns only): a client can read
+/// and address rows by rowid, so replicas must agree on them.
 ///
 /// # Errors
 /// On a SQLite failure.
@@ -1296,7 +1498,12 @@ pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)
         .collect::<rusqlite::Result<_>>()?;
     let mut sums = Vec::new();
     for table in tables {
-        let mut statement = connection.prepare(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let mut statement = match connection.prepare(&format!("SELECT _rowid_, * FROM {quoted}")) {
+            Ok(statement) => statement,
+            // WITHOUT ROWID (or a table whose columns hide every rowid name).
+            Err(_) => connection.prepare(&format!("SELECT * FROM {quoted}"))?,
+        };
         let columns = statement.column_count();
         let mut rows = statement.query([])?;
         let (mut count, mut sum) = (0u64, 0u64);
@@ -1519,6 +1726,8 @@ fn describe_entry(payload: &[u8]) -> String {
             },
             Change::Rows(bytes) => format!("row images ({} bytes)", bytes.len()),
             Change::Pages { pages, .. } => format!("{} page images", pages.len()),
+            Change::Vacuum => "VACUUM".to_string(),
+            Change::Rowids(tables) => format!("rowids of {} rows", tables.iter().map(|(_, rows)| rows.len()).sum::<usize>()),
         })
         .collect();
     parts.join("; ")

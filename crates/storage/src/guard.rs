@@ -130,8 +130,21 @@ struct PolicyState {
     writer: bool,
     refusal: Mutex<Option<String>>,
     limits: Mutex<Limits>,
-    /// While set, every function a statement being prepared calls (lower case).
-    recording: Mutex<Option<Vec<String>>>,
+    /// While set, what a statement being prepared touches.
+    recording: Mutex<Option<Touched>>,
+}
+
+/// What preparing a statement showed it would touch.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Functions called (lower case).
+    pub functions: Vec<String>,
+    /// Tables inserted into, by the statement or by triggers it fires.
+    pub inserts_into: Vec<String>,
+    /// Tables whose rows' rowids the statement (or a trigger) sets.
+    pub sets_rowid_of: Vec<String>,
+    /// Tables the statement (or a trigger) updates.
+    pub updates: Vec<String>,
 }
 
 /// What a client statement may do, enforced by SQLite itself: an authorizer that sees
@@ -183,9 +196,20 @@ impl ClientPolicy {
             if !for_authorizer.active.load(Ordering::Acquire) {
                 return Authorization::Allow;
             }
-            if let AuthAction::Function { function_name } = context.action {
-                if let Some(called) = for_authorizer.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
-                    called.push(function_name.to_ascii_lowercase());
+            if let Some(touched) = for_authorizer.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+                match context.action {
+                    AuthAction::Function { function_name } => touched.functions.push(function_name.to_ascii_lowercase()),
+                    AuthAction::Insert { table_name } => touched.inserts_into.push(table_name.to_owned()),
+                    // SQLite names the rowid "ROWID" whichever alias the statement used.
+                    AuthAction::Update { table_name, column_name } => {
+                        if column_name.eq_ignore_ascii_case("ROWID") {
+                            touched.sets_rowid_of.push(table_name.to_owned());
+                        }
+                        if !touched.updates.iter().any(|table| table == table_name) {
+                            touched.updates.push(table_name.to_owned());
+                        }
+                    }
+                    _ => {}
                 }
             }
             match authorize(&context.action) {
@@ -244,12 +268,13 @@ impl ClientPolicy {
         Ok(ClientScope { policy: self, connection })
     }
 
-    /// Every function `sql` calls, as SQLite reports them while preparing it: through
-    /// views and trigger bodies too, and never a table or CTE that merely has a
-    /// function's name. `None` if it does not prepare (SQLite will say why when it runs).
-    pub fn functions_called(&self, connection: &Connection, sql: &str) -> Option<Vec<String>> {
+    /// Every function `sql` calls and every table it inserts into, as SQLite reports them
+    /// while preparing it: through views and trigger bodies too, and never a table or CTE
+    /// that merely has a function's name. `None` if it does not prepare (SQLite will say
+    /// why when it runs).
+    pub fn touched(&self, connection: &Connection, sql: &str) -> Option<Touched> {
         let _client = self.scope(connection).ok()?;
-        *self.state.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Vec::new());
+        *self.state.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Touched::default());
         // Not the statement cache: a cached statement is not authorized again.
         let prepared = connection.prepare(sql).is_ok();
         let called = self.state.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();

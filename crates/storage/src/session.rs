@@ -7,6 +7,7 @@
 //! `SQLITE_ENABLE_PREUPDATE_HOOK` (see `.cargo/config.toml`). All unsafe code of the
 //! row format lives in this file.
 
+use crate::sql::SqlValue;
 use rusqlite::ffi;
 use rusqlite::Connection;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -36,6 +37,13 @@ extern "C" {
     fn sqlite3session_attach(session: *mut RawSession, table: *const c_char) -> c_int;
     fn sqlite3session_table_filter(session: *mut RawSession, filter: Option<TableFilter>, context: *mut c_void);
     fn sqlite3session_changeset(session: *mut RawSession, size: *mut c_int, changeset: *mut *mut c_void) -> c_int;
+    fn sqlite3changeset_start(iter: *mut *mut RawChangesetIter, size: c_int, changeset: *mut c_void) -> c_int;
+    fn sqlite3changeset_next(iter: *mut RawChangesetIter) -> c_int;
+    fn sqlite3changeset_op(iter: *mut RawChangesetIter, table: *mut *const c_char, columns: *mut c_int, op: *mut c_int, indirect: *mut c_int) -> c_int;
+    fn sqlite3changeset_pk(iter: *mut RawChangesetIter, key_columns: *mut *mut u8, columns: *mut c_int) -> c_int;
+    fn sqlite3changeset_new(iter: *mut RawChangesetIter, column: c_int, value: *mut *mut ffi::sqlite3_value) -> c_int;
+    fn sqlite3changeset_old(iter: *mut RawChangesetIter, column: c_int, value: *mut *mut ffi::sqlite3_value) -> c_int;
+    fn sqlite3changeset_finalize(iter: *mut RawChangesetIter) -> c_int;
     fn sqlite3changeset_apply_v2(
         db: *mut ffi::sqlite3,
         size: c_int,
@@ -109,6 +117,10 @@ impl<'connection> Session<'connection> {
         Ok(session)
     }
 
+    pub fn connection(&self) -> &'connection Connection {
+        self.connection
+    }
+
     /// The changes recorded so far, as a changeset (empty if nothing changed).
     ///
     /// # Errors
@@ -173,6 +185,114 @@ pub fn apply_changeset(connection: &Connection, changeset: &[u8]) -> rusqlite::R
     Ok(())
 }
 
+/// A row a changeset inserts or updates: its table and the values of its key columns
+/// (in column order; for a table without a primary key, its rowid).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WrittenRow {
+    pub table: String,
+    pub key: Vec<SqlValue>,
+}
+
+/// The rows `changeset` inserts or updates, in changeset order.
+///
+/// # Errors
+/// If the bytes are not a changeset.
+pub fn written_rows(changeset: &[u8]) -> rusqlite::Result<Vec<WrittenRow>> {
+    let mut rows = Vec::new();
+    if changeset.is_empty() {
+        return Ok(rows);
+    }
+    let failed = |code: c_int, what: &str| rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(format!("reading a changeset: {what}")));
+    let size = c_int::try_from(changeset.len()).map_err(|_| rusqlite::Error::ToSqlConversionFailure("changeset over 2 GiB".into()))?;
+    let mut iter = ptr::null_mut();
+    // SAFETY: SQLite only reads the buffer, which outlives the iterator (finalized below).
+    let code = unsafe { sqlite3changeset_start(&mut iter, size, changeset.as_ptr() as *mut c_void) };
+    if code != ffi::SQLITE_OK {
+        return Err(failed(code, "sqlite3changeset_start"));
+    }
+    let outcome = (|| {
+        loop {
+            // SAFETY: `iter` is live until finalized after this loop.
+            let code = unsafe { sqlite3changeset_next(iter) };
+            if code == ffi::SQLITE_DONE {
+                return Ok(());
+            }
+            if code != ffi::SQLITE_ROW {
+                return Err(failed(code, "sqlite3changeset_next"));
+            }
+            let (mut table, mut columns, mut op, mut indirect) = (ptr::null(), 0, 0, 0);
+            // SAFETY: the iterator points at a change; all four are out-pointers.
+            let code = unsafe { sqlite3changeset_op(iter, &mut table, &mut columns, &mut op, &mut indirect) };
+            if code != ffi::SQLITE_OK || table.is_null() {
+                return Err(failed(code, "sqlite3changeset_op"));
+            }
+            if op == ffi::SQLITE_DELETE {
+                continue;
+            }
+            let (mut flags, mut flag_count) = (ptr::null_mut(), 0);
+            // SAFETY: out-pointers; SQLite returns an array of `flag_count` flags owned by the iterator.
+            let code = unsafe { sqlite3changeset_pk(iter, &mut flags, &mut flag_count) };
+            if code != ffi::SQLITE_OK || flags.is_null() {
+                return Err(failed(code, "sqlite3changeset_pk"));
+            }
+            // SAFETY: as above; valid until the next call on the iterator.
+            let flags = unsafe { std::slice::from_raw_parts(flags, flag_count.max(0) as usize) };
+            let mut key = Vec::new();
+            for (column, _) in flags.iter().enumerate().filter(|(_, flag)| **flag != 0) {
+                let mut value = ptr::null_mut();
+                // Inserts carry new values; an update's key columns are in its old values
+                // (a key change is recorded as a delete and an insert).
+                // SAFETY: `column` is below the table's column count; `value` is an out-pointer.
+                let code = unsafe {
+                    if op == ffi::SQLITE_INSERT {
+                        sqlite3changeset_new(iter, column as c_int, &mut value)
+                    } else {
+                        sqlite3changeset_old(iter, column as c_int, &mut value)
+                    }
+                };
+                if code != ffi::SQLITE_OK {
+                    return Err(failed(code, "reading a key value"));
+                }
+                key.push(sql_value(value));
+            }
+            // SAFETY: SQLite's NUL-terminated table name, valid while the iterator is here.
+            let table = unsafe { CStr::from_ptr(table) }.to_string_lossy().into_owned();
+            rows.push(WrittenRow { table, key });
+        }
+    })();
+    // SAFETY: created above, finalized once.
+    unsafe { sqlite3changeset_finalize(iter) };
+    outcome.map(|()| rows)
+}
+
+/// A changeset value as an owned `SqlValue` (a null pointer, a value the change does not
+/// carry, is NULL).
+fn sql_value(value: *mut ffi::sqlite3_value) -> SqlValue {
+    if value.is_null() {
+        return SqlValue::Null;
+    }
+    // SAFETY: a live value from the iterator; text and blob pointers are read for the
+    // byte count SQLite reports, before any other call on the value.
+    unsafe {
+        match ffi::sqlite3_value_type(value) {
+            ffi::SQLITE_INTEGER => SqlValue::Integer(ffi::sqlite3_value_int64(value)),
+            ffi::SQLITE_FLOAT => SqlValue::Real(ffi::sqlite3_value_double(value)),
+            ffi::SQLITE_TEXT => {
+                let text = ffi::sqlite3_value_text(value);
+                let length = ffi::sqlite3_value_bytes(value).max(0) as usize;
+                let bytes = if text.is_null() { &[][..] } else { std::slice::from_raw_parts(text, length) };
+                SqlValue::Text(String::from_utf8_lossy(bytes).into_owned())
+            }
+            ffi::SQLITE_BLOB => {
+                let blob = ffi::sqlite3_value_blob(value).cast::<u8>();
+                let length = ffi::sqlite3_value_bytes(value).max(0) as usize;
+                SqlValue::Blob(if blob.is_null() { Vec::new() } else { std::slice::from_raw_parts(blob, length).to_vec() })
+            }
+            _ => SqlValue::Null,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +352,32 @@ mod tests {
         drop(session);
         assert!(apply_changeset(&target, &changeset).is_err());
         assert_eq!(table_dump(&target, "t"), vec!["Integer(2),Integer(2),Text(\"other\")"]);
+    }
+
+    #[test]
+    fn written_rows_name_each_inserted_or_updated_row_by_its_key() {
+        let source = Connection::open_in_memory().unwrap();
+        source
+            .execute_batch("CREATE TABLE p (a, b TEXT, c, PRIMARY KEY (c, b)); CREATE TABLE loose (v); INSERT INTO p VALUES (1, 'x', 2), (3, 'y', 4);")
+            .unwrap();
+        let session = Session::start(&source).unwrap();
+        source
+            .execute_batch(
+                "INSERT INTO p VALUES (5, 'é', 6.5); UPDATE p SET a = 9 WHERE b = 'x'; DELETE FROM p WHERE b = 'y'; INSERT INTO loose VALUES (x'01');",
+            )
+            .unwrap();
+        let mut rows = written_rows(&session.changeset().unwrap()).unwrap();
+        rows.sort_by(|left, right| format!("{left:?}").cmp(&format!("{right:?}")));
+        let row = |table: &str, key: Vec<SqlValue>| WrittenRow { table: table.to_owned(), key };
+        assert_eq!(
+            rows,
+            vec![
+                row("loose", vec![SqlValue::Integer(1)]),
+                row("p", vec![SqlValue::Text("x".into()), SqlValue::Integer(2)]),
+                row("p", vec![SqlValue::Text("é".into()), SqlValue::Real(6.5)]),
+            ]
+        );
+        assert!(written_rows(b"not a changeset").is_err());
     }
 
     #[test]

@@ -452,11 +452,21 @@ fn several_statements_in_one_string_run_in_order_and_replicate() {
     }
 }
 
-/// Logical formats run VACUUM on the leader alone: refused when it would renumber rowids
-/// (a table without an INTEGER PRIMARY KEY whose rows have gaps), allowed when it keeps
-/// them; followers stay identical, rowids included, either way.
+/// `SELECT rowid, x FROM vac` on `engine`, in rowid order.
+fn vac_rows(engine: &Engine) -> Vec<Vec<SqlValue>> {
+    let reader = Reader::open(engine.directory()).unwrap();
+    reader.query(&[Statement::new("SELECT rowid, x FROM vac ORDER BY rowid")]).unwrap().0[0].values.clone()
+}
+
+fn integers(rows: &[[i64; 2]]) -> Vec<Vec<SqlValue>> {
+    rows.iter().map(|row| row.iter().map(|value| SqlValue::Integer(*value)).collect()).collect()
+}
+
+/// Issue 11's case: VACUUM renumbers the rowids of a table without an INTEGER PRIMARY KEY
+/// once rows were deleted. Logical formats log it and every replica runs it, so a later
+/// `WHERE rowid = 2` means the same row everywhere.
 #[test]
-fn vacuum_that_would_renumber_rowids_is_refused_in_logical_formats() {
+fn vacuum_is_replicated_with_the_rowids_it_renumbers_in_logical_formats() {
     for format in [LogFormat::Statement, LogFormat::Row] {
         let mut pair = Pair::open(&format!("vacuum-rowids-{}", format.name()), format);
         pair.run("CREATE TABLE vac (x)");
@@ -464,22 +474,54 @@ fn vacuum_that_would_renumber_rowids_is_refused_in_logical_formats() {
         pair.run("INSERT INTO vac VALUES (1), (2), (3), (4)");
         pair.run("INSERT INTO keyed (x) VALUES (1), (2), (3)");
         pair.run("DELETE FROM keyed WHERE id = 2");
-        assert_eq!(pair.run("VACUUM").error, None, "{format:?}: no gaps in vac's rowids, keyed has its own key");
         pair.run("DELETE FROM vac WHERE x IN (1, 3)");
-        let refused = pair.run("VACUUM");
-        assert!(refused.error.as_deref().is_some_and(|error| error.contains("\"vac\"") && error.contains("physical")), "{format:?}: {refused:?}");
+        pair.replicate(&format!("{format:?} before VACUUM"));
+        assert_eq!(pair.run("VACUUM").error, None, "{format:?}");
+        assert_eq!(pair.entries.len(), 1, "{format:?}: VACUUM is one log entry");
+        assert_eq!(vac_rows(&pair.leader), integers(&[[1, 2], [2, 4]]), "{format:?}: the leader renumbered vac");
         assert_eq!(pair.run("UPDATE vac SET x = x * 10 WHERE rowid = 2").error, None);
+        pair.replicate(&format!("{format:?} after VACUUM"));
+        assert_eq!(vac_rows(&pair.leader), integers(&[[1, 2], [2, 40]]), "{format:?}");
+        assert_eq!(vac_rows(&pair.follower), vac_rows(&pair.leader), "{format:?}: rowids identical on the follower");
+        assert_eq!(pair.follower.last(), pair.leader.last(), "{format:?}");
+        // Not VACUUM's business: a bad schema name is SQLite's error, and nothing is logged.
+        let refused = pair.run("VACUUM nowhere");
+        assert!(refused.error.as_deref().is_some_and(|error| error.contains("nowhere")), "{format:?}: {refused:?}");
+        assert!(pair.entries.is_empty(), "{format:?}: nothing logged for a VACUUM that does not prepare");
+    }
+}
+
+/// A crash between a VACUUM's log commit and its run (on the leader, or on a follower
+/// applying it): the reopened node runs it, so its rowids match the log it holds.
+#[test]
+fn a_crash_between_logging_a_vacuum_and_running_it_restarts_vacuumed() {
+    for format in [LogFormat::Statement, LogFormat::Row] {
+        let mut pair = Pair::open(&format!("vacuum-crash-{}", format.name()), format);
+        pair.run("CREATE TABLE vac (x)");
+        pair.run("INSERT INTO vac VALUES (1), (2), (3), (4)");
+        pair.run("DELETE FROM vac WHERE x IN (1, 3)");
         pair.replicate(&format!("{format:?}"));
-        let rowids = |engine: &Engine| {
-            let reader = Reader::open(engine.directory()).unwrap();
-            reader.query(&[Statement::new("SELECT rowid, x FROM vac ORDER BY rowid")]).unwrap().0[0].values.clone()
-        };
-        assert_eq!(
-            rowids(&pair.leader),
-            vec![vec![SqlValue::Integer(2), SqlValue::Integer(20)], vec![SqlValue::Integer(4), SqlValue::Integer(4)]],
-            "{format:?}"
-        );
-        assert_eq!(rowids(&pair.follower), rowids(&pair.leader), "{format:?}: rowids identical on the follower");
+        failpoint::arm("vacuum-logged-before-run");
+        let interrupted = pair.run("VACUUM");
+        failpoint::disarm_all();
+        assert!(interrupted.error.as_deref().is_some_and(|error| error.contains("logged")), "{format:?}: {interrupted:?}");
+        assert_eq!(vac_rows(&pair.leader), integers(&[[2, 2], [4, 4]]), "{format:?}: not run yet");
+        let leader_at = pair.root.join("leader");
+        pair.leader = Engine::open(&pair.root.join("scratch-leader"), format).unwrap();
+        let leader = Engine::open(&leader_at, format).unwrap();
+        assert_eq!(vac_rows(&leader), integers(&[[1, 2], [2, 4]]), "{format:?}: the reopened leader ran the logged VACUUM");
+        pair.leader = leader;
+
+        failpoint::arm("vacuum-logged-before-run");
+        assert!(pair.follower.apply(&pair.entries).is_err(), "{format:?}");
+        failpoint::disarm_all();
+        let follower_at = pair.root.join("follower");
+        pair.follower = Engine::open(&pair.root.join("scratch-follower"), format).unwrap();
+        pair.follower = Engine::open(&follower_at, format).unwrap();
+        assert_eq!(pair.follower.last(), pair.leader.last(), "{format:?}: the VACUUM entry is in the follower's log");
+        // Applying the same entries again is a no-op: they are held.
+        pair.replicate(&format!("{format:?} after restarts"));
+        assert_eq!(vac_rows(&pair.follower), integers(&[[1, 2], [2, 4]]), "{format:?}");
     }
 }
 
@@ -500,6 +542,10 @@ fn statement_format_ships_rows_for_what_text_cannot_make_deterministic() {
         "CREATE TABLE changes (x)",
         "INSERT INTO changes (x) VALUES (1)",
         "WITH random(x) AS (SELECT 2) INSERT INTO changes SELECT x FROM random",
+        // Once the largest rowid is taken, SQLite picks new rowids at random.
+        "CREATE TABLE full_up (v)",
+        "INSERT INTO full_up (rowid, v) VALUES (9223372036854775807, 'top')",
+        "INSERT INTO full_up (v) VALUES ('a'), ('b'), ('c')",
     ] {
         assert_eq!(pair.run(sql).error, None, "{sql}");
     }
@@ -508,6 +554,52 @@ fn statement_format_ships_rows_for_what_text_cannot_make_deterministic() {
         .iter()
         .filter(|entry| tern_storage::Payload::decode(&entry.payload).unwrap().changes.iter().any(|change| matches!(change, tern_storage::Change::Rows(_))))
         .count();
-    assert_eq!(shipped_rows, 5, "the view, the two computed times, the per-row random() and randomblob() went as rows");
+    assert_eq!(shipped_rows, 6, "the view, the two computed times, the per-row random(), randomblob() and the random rowids went as rows");
     pair.replicate("the follower stores the leader's values");
+}
+
+/// Rowids are part of what replicas agree on, also for tables keyed by a non-integer
+/// primary key (the row format ships those rows by key, not by rowid).
+#[test]
+fn rowids_match_on_followers_for_tables_with_any_key() {
+    for format in ALL_FORMATS {
+        let mut pair = Pair::open(&format!("rowids-{}", format.name()), format);
+        pair.run("CREATE TABLE p (k TEXT PRIMARY KEY, v)");
+        pair.run("CREATE TABLE loose (v)");
+        for batch in ["('m', 1), ('b', 2), ('z', 3), ('a', 4)", "('q', 5), ('c', 6)"] {
+            pair.run(&format!("INSERT INTO p VALUES {batch}"));
+        }
+        pair.run("INSERT INTO loose VALUES ('x'), ('y')");
+        pair.run("DELETE FROM p WHERE k = 'b'");
+        pair.run("INSERT INTO p VALUES ('n', 7)");
+        pair.replicate(&format!("{format:?}"));
+        for sql in ["UPDATE p SET rowid = 100 WHERE k = 'm'", "UPDATE p SET oid = oid + 1000, v = v * 2"] {
+            let outcome = pair.run(sql);
+            if format == LogFormat::Row {
+                assert!(outcome.error.as_deref().is_some_and(|error| error.contains("PRIMARY KEY")), "{format:?}: {sql}: {outcome:?}");
+            } else {
+                assert_eq!(outcome.error, None, "{format:?}: {sql}");
+            }
+            pair.replicate(&format!("{format:?} after {sql}"));
+        }
+        for sql in ["UPDATE loose SET rowid = 7 WHERE v = 'x'", "UPDATE p SET v = v + 1", "VACUUM", "INSERT INTO p VALUES ('zz', 9)"] {
+            assert_eq!(pair.run(sql).error, None, "{format:?}: {sql}");
+            pair.replicate(&format!("{format:?} after {sql}"));
+        }
+        // A NULL key: SQLite allows it in a rowid table; row images would drop the row.
+        for sql in ["INSERT INTO p VALUES (NULL, 10), (NULL, 11)", "UPDATE p SET k = NULL WHERE k = 'zz'"] {
+            let outcome = pair.run(sql);
+            if format == LogFormat::Row {
+                assert!(outcome.error.as_deref().is_some_and(|error| error.contains("NULL in its PRIMARY KEY")), "{format:?}: {sql}: {outcome:?}");
+            } else {
+                assert_eq!(outcome.error, None, "{format:?}: {sql}");
+            }
+            pair.replicate(&format!("{format:?} after {sql}"));
+        }
+        let rowids = |engine: &Engine| {
+            let reader = Reader::open(engine.directory()).unwrap();
+            reader.query(&[Statement::new("SELECT rowid, k FROM p ORDER BY rowid")]).unwrap().0[0].values.clone()
+        };
+        assert_eq!(rowids(&pair.follower), rowids(&pair.leader), "{format:?}");
+    }
 }
