@@ -1493,7 +1493,7 @@ pub type TableChecksums = Vec<(String, u64, u64)>;
 /// On a SQLite failure.
 pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)>> {
     let tables: Vec<String> = connection
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_tern_%' ORDER BY name")?
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_tern_' ORDER BY name")?
         .query_map([], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut sums = Vec::new();
