@@ -232,6 +232,15 @@ fn save_election(directory: &std::path::Path, state: &SavedElection) -> std::io:
     std::fs::File::open(directory)?.sync_all()
 }
 
+/// Runs blocking file work (an fsync) from the replica loop, an async task, without
+/// holding up the other tasks scheduled on its worker thread.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 fn storage_gone() -> RequestError {
     RequestError::new(503, "this node's storage has stopped")
 }
@@ -1002,7 +1011,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
             }
         }
         if let Some(state) = &unsaved_election {
-            if save_election(&node.config.data_dir, state).is_ok() {
+            if blocking(|| save_election(&node.config.data_dir, state)).is_ok() {
                 tracing::info!("election state saved again: this node takes part in elections again");
                 unsaved_election = None;
             }
@@ -1025,7 +1034,7 @@ async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::Un
                     // later output (a vote) can leave this node. If the disk refuses it
                     // (full), raft messages are held back until a save succeeds: the
                     // node neither votes nor campaigns, and the others carry on.
-                    match save_election(&node.config.data_dir, &state) {
+                    match blocking(|| save_election(&node.config.data_dir, &state)) {
                         Ok(()) => unsaved_election = None,
                         Err(error) => {
                             if last_save_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
@@ -1308,14 +1317,15 @@ impl StorageContext {
                     };
                     let _ = self.events.send(Event::LogRead { to, from_index, entries });
                 }
-                StorageCommand::MakeSnapshot { to, rollback_after } if self.engine.format() != tern_core::LogFormat::Physical => {
-                    // Logical formats: copied on a thread and connection of its own, so
-                    // writes go on meanwhile.
+                StorageCommand::MakeSnapshot { to, rollback_after } => {
+                    // Copied on a thread and connection of its own, so writes go on
+                    // meanwhile (the physical format reads the pages in one read
+                    // transaction; periodic checkpoints do not wait for it).
                     let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
-                    let database = self.engine.database_path();
+                    let (format, database) = (self.engine.format(), self.engine.database_path());
                     let events = self.events.clone();
                     let spawned = std::thread::Builder::new().name(format!("tern-snapshot-{to}")).spawn(move || {
-                        match tern_storage::write_logical_snapshot(&database, &path) {
+                        match tern_storage::write_snapshot_of(format, &database, &path) {
                             Ok(position) => {
                                 tracing::info!("snapshot at {position} made for {to}");
                                 let _ = events.send(Event::SnapshotReady { to, path, position, rollback_after });
@@ -1328,19 +1338,6 @@ impl StorageContext {
                     });
                     if let Err(error) = spawned {
                         tracing::error!("cannot start a snapshot thread: {error}");
-                    }
-                }
-                StorageCommand::MakeSnapshot { to, rollback_after } => {
-                    let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
-                    match self.engine.write_snapshot(&path) {
-                        Ok(position) => {
-                            tracing::info!("snapshot at {position} made for {to}");
-                            let _ = self.events.send(Event::SnapshotReady { to, path, position, rollback_after });
-                        }
-                        Err(error) => {
-                            tracing::error!("cannot make a snapshot for {to}: {error}");
-                            let _ = self.events.send(Event::SnapshotSent { to, position: None });
-                        }
                     }
                 }
                 StorageCommand::InstallSnapshot { path, rollback_after: None } => match self.engine.install_snapshot(&path, false) {
@@ -1425,7 +1422,7 @@ impl StorageContext {
                     let _ = self.events.send(Event::DiskFull);
                 }
                 // A statement stopped at its deadline failed the group: the others retry.
-                let status = if error.0.contains("--query-timeout-ms") { 503 } else { 500 };
+                let status = if error.kind() == tern_storage::StorageErrorKind::StatementTimedOut { 503 } else { 500 };
                 for (_, _, reply) in batch {
                     let _ = reply.send(WriteReply {
                         results: Vec::new(),

@@ -25,32 +25,65 @@ pub const DATABASE_FILE: &str = "data.db";
 /// A storage failure that is an operating condition (disk, corruption, divergence),
 /// not a problem with a client's SQL (those are per-statement results).
 #[derive(Debug)]
-pub struct StorageError(pub String);
+pub struct StorageError {
+    message: String,
+    kind: StorageErrorKind,
+}
+
+/// What a storage failure means for the node, decided from SQLite's result code or the
+/// operating system's error, never from message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// No room to write (SQLITE_FULL, ENOSPC): the node stops accepting writes and
+    /// hands leadership on, and retries with backoff.
+    DiskFull,
+    /// A client statement in a group commit ran past its deadline and the group failed:
+    /// the others in it may retry.
+    StatementTimedOut,
+    Other,
+}
+
+impl StorageError {
+    pub fn new(message: impl Into<String>) -> StorageError {
+        StorageError { message: message.into(), kind: StorageErrorKind::Other }
+    }
+
+    pub fn with_kind(kind: StorageErrorKind, message: impl Into<String>) -> StorageError {
+        StorageError { message: message.into(), kind }
+    }
+
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// No room to write: the disk, or `max_page_count`.
+    pub fn is_disk_full(&self) -> bool {
+        self.kind == StorageErrorKind::DiskFull
+    }
+}
 
 impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for StorageError {}
 
-impl StorageError {
-    /// SQLite found no room to write (SQLITE_FULL: the disk, or `max_page_count`).
-    pub fn is_disk_full(&self) -> bool {
-        self.0.contains("database or disk is full")
-    }
-}
-
 impl From<rusqlite::Error> for StorageError {
     fn from(error: rusqlite::Error) -> StorageError {
-        StorageError(format!("sqlite: {error}"))
+        let kind = match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StorageErrorKind::DiskFull,
+            _ => StorageErrorKind::Other,
+        };
+        StorageError::with_kind(kind, format!("sqlite: {error}"))
     }
 }
 
 impl From<std::io::Error> for StorageError {
     fn from(error: std::io::Error) -> StorageError {
-        StorageError(format!("io: {error}"))
+        let kind = if error.kind() == std::io::ErrorKind::StorageFull { StorageErrorKind::DiskFull } else { StorageErrorKind::Other };
+        StorageError::with_kind(kind, format!("io: {error}"))
     }
 }
 
@@ -92,7 +125,7 @@ impl Payload {
     /// # Errors
     /// If the bytes are not a payload (corruption or version mismatch).
     pub fn decode(bytes: &[u8]) -> Result<Payload> {
-        postcard::from_bytes(bytes).map_err(|error| StorageError(format!("undecodable log entry: {error}")))
+        postcard::from_bytes(bytes).map_err(|error| StorageError::new(format!("undecodable log entry: {error}")))
     }
 }
 
@@ -348,7 +381,7 @@ fn rowids_of_keyed_rows(connection: &Connection, changeset: &[u8]) -> Result<Opt
 fn set_rowids(connection: &Connection, tables: &[(String, Vec<(Vec<SqlValue>, i64)>)]) -> Result<()> {
     for (table, rows) in tables {
         let Some(columns) = keys_beside_rowid(connection, table)? else {
-            return Err(StorageError(format!("rowids for table {table:?}, which has no key beside its rowid here (replica diverged?)")));
+            return Err(StorageError::new(format!("rowids for table {table:?}, which has no key beside its rowid here (replica diverged?)")));
         };
         let name = quote_identifier(table);
         let find = format!("SELECT _rowid_ FROM {name} WHERE {}", key_condition(columns.as_slice(), 1));
@@ -360,14 +393,14 @@ fn set_rowids(connection: &Connection, tables: &[(String, Vec<(Vec<SqlValue>, i6
             match current {
                 Some(current) if current == *rowid => {}
                 Some(_) => moves.push((values, *rowid)),
-                None => return Err(StorageError(format!("a row of {table:?} the leader wrote is missing here (replica diverged?)"))),
+                None => return Err(StorageError::new(format!("a row of {table:?} the leader wrote is missing here (replica diverged?)"))),
             }
         }
         if moves.is_empty() {
             continue;
         }
         let lowest: i64 = connection.query_row(&format!("SELECT min(min(_rowid_), 0) FROM {name}"), [], |row| row.get(0))?;
-        let parked = |at: usize| lowest.checked_sub(1 + at as i64).ok_or_else(|| StorageError(format!("no free rowid left in {table:?}")));
+        let parked = |at: usize| lowest.checked_sub(1 + at as i64).ok_or_else(|| StorageError::new(format!("no free rowid left in {table:?}")));
         let mut update = connection.prepare_cached(&set)?;
         for (at, (key, _)) in moves.iter().enumerate() {
             update.execute(rusqlite::params_from_iter(std::iter::once(Value::Integer(parked(at)?)).chain(key.iter().cloned())))?;
@@ -684,6 +717,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The periodic checkpoint: like `checkpoint`, but it never waits for readers (a
+    /// snapshot being copied, a long query). If one holds the WAL, SQLite copies what it
+    /// can and the WAL is truncated at a later try; the writer is not held up.
+    fn checkpoint_if_free(&mut self) -> Result<()> {
+        self.connection.busy_timeout(std::time::Duration::ZERO)?;
+        let outcome = self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        match outcome {
+            Ok(()) => {}
+            Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.commits_since_checkpoint = 0;
+        Ok(())
+    }
+
     pub fn last(&self) -> Position {
         self.last
     }
@@ -725,7 +774,7 @@ impl Engine {
             }
         }
         if requests.iter().any(is_maintenance) {
-            return Err(StorageError("VACUUM must be executed alone, not in a group commit".into()));
+            return Err(StorageError::new("VACUUM must be executed alone, not in a group commit"));
         }
         let mut batch = {
             let transaction = begin_immediate(&self.connection)?;
@@ -808,11 +857,14 @@ impl Engine {
     /// transaction, so the batch it shared fails as a whole: say so, so clients retry.
     fn explain_batch_failure(&self, error: StorageError) -> StorageError {
         if self.policy.interrupted() {
-            StorageError(format!(
-                "a statement in this group commit ran longer than {} ms (--query-timeout-ms) and was stopped; \
+            StorageError::with_kind(
+                StorageErrorKind::StatementTimedOut,
+                format!(
+                    "a statement in this group commit ran longer than {} ms (--query-timeout-ms) and was stopped; \
                  nothing in the group was applied: retry ({error})",
-                self.policy.limits().statement_timeout.as_millis()
-            ))
+                    self.policy.limits().statement_timeout.as_millis()
+                ),
+            )
         } else {
             error
         }
@@ -881,7 +933,7 @@ impl Engine {
             .as_mut()
             .expect("physical engines tail their WAL")
             .read_committed()?
-            .ok_or_else(|| StorageError("a committed transaction is missing from the WAL".into()))?;
+            .ok_or_else(|| StorageError::new("a committed transaction is missing from the WAL"))?;
         let change = Change::Pages { page_size: committed.page_size, database_pages: committed.database_pages, pages: committed.pages.into_iter().collect() };
         let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: vec![change] }.encode() };
         let transaction = begin_immediate(self.log())?;
@@ -889,7 +941,7 @@ impl Engine {
         transaction.commit()?;
         self.commits_since_checkpoint += 1;
         if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
-            self.checkpoint()?;
+            self.checkpoint_if_free()?;
         }
         Ok(entry)
     }
@@ -944,7 +996,7 @@ impl Engine {
             let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
             if entry.payload.len() > MAX_ENTRY_BYTES {
                 // Nothing could ship it to a follower: refuse it before it is committed.
-                return Err(StorageError(format!(
+                return Err(StorageError::new(format!(
                     "the changes of this write take {} bytes, over the {MAX_ENTRY_BYTES}-byte limit of one log entry: split it into smaller writes",
                     entry.payload.len()
                 )));
@@ -1121,7 +1173,7 @@ impl Engine {
             // divergence (this node wrote it as an old leader), never to be skipped.
             if let Some(epoch) = self.logged_epoch(last_held.index)? {
                 if epoch != last_held.epoch {
-                    return Err(StorageError(format!("entry {} conflicts with the local entry of epoch {epoch} at that index", last_held.position())));
+                    return Err(StorageError::new(format!("entry {} conflicts with the local entry of epoch {epoch} at that index", last_held.position())));
                 }
             }
         }
@@ -1134,7 +1186,7 @@ impl Engine {
             let (before, rest) = entries.split_at(at);
             self.apply(before)?;
             if rest[0].index != self.last.index + 1 {
-                return Err(StorageError(format!("entry {} does not continue the log at {}", rest[0].index, self.last.index)));
+                return Err(StorageError::new(format!("entry {} does not continue the log at {}", rest[0].index, self.last.index)));
             }
             self.log_and_run_vacuum(&rest[0])?;
             return self.apply(&rest[1..]);
@@ -1153,7 +1205,7 @@ impl Engine {
         // Any early return drops `transaction`, which rolls the whole batch back.
         for (expected, entry) in (self.last.index + 1..).zip(entries) {
             if entry.index != expected {
-                return Err(StorageError(format!("entry {} does not continue the log at {}", entry.index, expected - 1)));
+                return Err(StorageError::new(format!("entry {} does not continue the log at {}", entry.index, expected - 1)));
             }
             self.apply_payload(&Payload::decode(&entry.payload)?)?;
             if self.separate_log.is_none() {
@@ -1176,7 +1228,7 @@ impl Engine {
             transaction.commit()?;
             self.commits_since_checkpoint += 1;
             if self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
-                self.checkpoint()?;
+                self.checkpoint_if_free()?;
             }
         }
         Ok(self.last)
@@ -1188,16 +1240,16 @@ impl Engine {
                 Change::Sql { sql, params } => {
                     let result = run_statement(&self.connection, sql, params);
                     if let Some(error) = result.error {
-                        return Err(StorageError(format!("replicated statement failed on this replica ({error}): {sql}")));
+                        return Err(StorageError::new(format!("replicated statement failed on this replica ({error}): {sql}")));
                     }
                 }
                 Change::Pages { page_size, database_pages, pages } => {
                     if self.format != LogFormat::Physical {
-                        return Err(StorageError("a physical entry reached a node running a logical log format".into()));
+                        return Err(StorageError::new("a physical entry reached a node running a logical log format"));
                     }
                     let local_page_size: u32 = self.connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
                     if local_page_size != *page_size {
-                        return Err(StorageError(format!("page size {page_size} from the leader, {local_page_size} here")));
+                        return Err(StorageError::new(format!("page size {page_size} from the leader, {local_page_size} here")));
                     }
                     let count: u32 = self.connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
                     let mut write = self.connection.prepare_cached("INSERT INTO sqlite_dbpage (pgno, data) VALUES (?1, ?2)")?;
@@ -1223,7 +1275,7 @@ impl Engine {
                     set?;
                 }
                 Change::Vacuum => {
-                    return Err(StorageError("a VACUUM entry must be applied alone, outside any transaction".into()));
+                    return Err(StorageError::new("a VACUUM entry must be applied alone, outside any transaction"));
                 }
                 Change::Rows(changeset) => {
                     // The leader's triggers already ran and their effects are in the changeset.
@@ -1338,28 +1390,7 @@ impl Engine {
     /// # Errors
     /// On a SQLite or file system failure.
     pub fn write_snapshot(&self, target: &Path) -> Result<Position> {
-        let _ = std::fs::remove_file(target);
-        if self.format != LogFormat::Physical {
-            return write_logical_snapshot(&self.database_path(), target);
-        }
-        // Physical: the follower's file must be the leader's, page for page, so the
-        // snapshot is the raw pages (from the WAL and the file, in one read transaction).
-        use std::io::Write;
-        let mut file = std::io::BufWriter::new(std::fs::File::create(target)?);
-        self.connection.execute_batch("BEGIN")?;
-        let outcome = (|| -> Result<Position> {
-            let position = database_position(&self.connection)?;
-            let mut statement = self.connection.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                file.write_all(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
-            }
-            Ok(position)
-        })();
-        self.connection.execute_batch("COMMIT")?;
-        let position = outcome?;
-        file.into_inner().map_err(|error| StorageError(error.to_string()))?.sync_all()?;
-        Ok(position)
+        write_snapshot_of(self.format, &self.database_path(), target)
     }
 
     /// Physical format: a hash of every page of the database (FNV-1a), in page order.
@@ -1382,7 +1413,7 @@ impl Engine {
             let check = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             let position = database_position(&check)?;
             if position == Position::ZERO {
-                return Err(StorageError("snapshot holds no tern log position".into()));
+                return Err(StorageError::new("snapshot holds no tern log position"));
             }
             if position.index <= self.last.index && !after_rollback {
                 // Entries applied since the snapshot was requested already took this node
@@ -1441,6 +1472,43 @@ impl Engine {
         }
         table_checksums(&self.connection)
     }
+}
+
+/// A consistent copy of the database at `database`, made on a connection of its own so
+/// the writer goes on committing meanwhile; returns the position the copy holds. Safe to
+/// call from any thread.
+///
+/// # Errors
+/// On a SQLite or file system failure.
+pub fn write_snapshot_of(format: LogFormat, database: &Path, target: &Path) -> Result<Position> {
+    if format == LogFormat::Physical {
+        write_physical_snapshot(database, target)
+    } else {
+        write_logical_snapshot(database, target)
+    }
+}
+
+/// Physical format: the follower's file must be the leader's, page for page, so the
+/// snapshot is the raw pages, read with the position they hold in one read transaction
+/// (from the WAL and the file) on a connection of its own.
+fn write_physical_snapshot(database: &Path, target: &Path) -> Result<Position> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(target);
+    let source = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    source.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(target)?);
+    let read = source.unchecked_transaction()?;
+    let position = database_position(&read)?;
+    {
+        let mut statement = read.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            file.write_all(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+        }
+    }
+    drop(read);
+    file.into_inner().map_err(|error| StorageError::new(error.to_string()))?.sync_all()?;
+    Ok(position)
 }
 
 /// Logical formats: a consistent copy of the database at `database` (data and log) made

@@ -47,7 +47,7 @@ pub fn hit(name: &'static str) -> Result<()> {
         std::process::exit(CRASH_EXIT_CODE);
     }
     if ARMED.with(|armed| armed.borrow().contains(&name)) {
-        return Err(StorageError(format!("failpoint {name}")));
+        return Err(StorageError::new(format!("failpoint {name}")));
     }
     Ok(())
 }

@@ -615,3 +615,16 @@ fn checksums_cover_tables_whose_names_only_look_like_terns() {
     let tables: Vec<String> = pair.leader.table_checksums().unwrap().into_iter().map(|(table, _, _)| table).collect();
     assert_eq!(tables, vec!["eternity".to_owned(), "sqlitely".to_owned()]);
 }
+
+/// A full disk is known by SQLite's result code (and the OS error), not by message text.
+#[test]
+fn a_full_database_is_a_typed_disk_full_error() {
+    let connection = rusqlite::Connection::open_in_memory().unwrap();
+    connection.execute_batch("PRAGMA max_page_count = 3; CREATE TABLE t (v)").unwrap();
+    let full = connection.execute("INSERT INTO t VALUES (randomblob(100000))", []).unwrap_err();
+    assert!(tern_storage::StorageError::from(full).is_disk_full());
+    let no_space = std::io::Error::from(std::io::ErrorKind::StorageFull);
+    assert_eq!(tern_storage::StorageError::from(no_space).kind(), tern_storage::StorageErrorKind::DiskFull);
+    let other = tern_storage::StorageError::from(connection.execute("INSERT INTO missing VALUES (1)", []).unwrap_err());
+    assert!(!other.is_disk_full(), "{other}");
+}
