@@ -653,6 +653,15 @@ impl Node {
     /// Runs the statements on a local read-only connection; returns the reply and the
     /// log index the read's snapshot contained.
     async fn read_here(&self, statements: Vec<Statement>) -> (ReadReply, u64) {
+        match self.with_reader(move |reader| reader.query(&statements).map_err(|error| error.to_string())).await {
+            Ok(Ok((results, observed))) => (ReadReply { results, error: None }, observed),
+            Ok(Err(error)) | Err(error) => (read_error(500, error), 0),
+        }
+    }
+
+    /// Runs `work` on a pooled read-only connection (opened with the configured limits),
+    /// off the async workers, and returns the connection to the pool.
+    async fn with_reader<T: Send + 'static>(&self, work: impl FnOnce(&Reader) -> T + Send + 'static) -> Result<T, String> {
         let generation = self.reader_generation.load(Ordering::Acquire);
         // A connection opened before a snapshot replaced the file still reads the old one.
         let pooled = {
@@ -667,31 +676,24 @@ impl Node {
                 Some(reader) => reader,
                 None => Reader::open_with_limits(&directory, limits).map_err(|error| error.to_string())?,
             };
-            let outcome = reader.query(&statements).map_err(|error| error.to_string());
-            Ok::<_, String>((reader, outcome))
+            let done = work(&reader);
+            Ok::<_, String>((reader, done))
         })
-        .await;
-        match outcome {
-            Ok(Ok((reader, Ok((results, observed))))) => {
-                if self.reader_generation.load(Ordering::Acquire) == generation {
-                    let mut readers = self.readers.lock().expect("readers lock");
-                    if readers.len() < 16 {
-                        readers.push((generation, reader));
-                    }
-                }
-                (ReadReply { results, error: None }, observed)
+        .await
+        .map_err(|join_error| join_error.to_string())?;
+        let (reader, done) = outcome?;
+        if self.reader_generation.load(Ordering::Acquire) == generation {
+            let mut readers = self.readers.lock().expect("readers lock");
+            if readers.len() < 16 {
+                readers.push((generation, reader));
             }
-            Ok(Ok((_, Err(error)))) | Ok(Err(error)) => (read_error(500, error), 0),
-            Err(join_error) => (read_error(500, join_error.to_string()), 0),
         }
+        Ok(done)
     }
 
     /// True if every statement only reads (so `/db/request` can take the read path).
     pub async fn all_read_only(&self, statements: Vec<Statement>) -> bool {
-        let directory = self.config.data_dir.clone();
-        tokio::task::spawn_blocking(move || Reader::open(&directory).map(|reader| tern_storage::all_read_only(&reader, &statements)).unwrap_or(false))
-            .await
-            .unwrap_or(false)
+        self.with_reader(move |reader| tern_storage::all_read_only(reader, &statements)).await.unwrap_or(false)
     }
 
     /// How many entries the rollback store holds (0 if it cannot be read).
@@ -1422,7 +1424,11 @@ impl StorageContext {
                     let _ = self.events.send(Event::DiskFull);
                 }
                 // A statement stopped at its deadline failed the group: the others retry.
-                let status = if error.kind() == tern_storage::StorageErrorKind::StatementTimedOut { 503 } else { 500 };
+                let status = match error.kind() {
+                    tern_storage::StorageErrorKind::StatementTimedOut => 503,
+                    tern_storage::StorageErrorKind::EntryTooLarge => 413,
+                    _ => 500,
+                };
                 for (_, _, reply) in batch {
                     let _ = reply.send(WriteReply {
                         results: Vec::new(),

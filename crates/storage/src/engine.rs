@@ -40,6 +40,9 @@ pub enum StorageErrorKind {
     /// A client statement in a group commit ran past its deadline and the group failed:
     /// the others in it may retry.
     StatementTimedOut,
+    /// The changes of a write would not fit one log entry (so no follower could ever
+    /// receive them): nothing was applied; the client must split the write.
+    EntryTooLarge,
     Other,
 }
 
@@ -223,6 +226,8 @@ pub struct Engine {
     policy: ClientPolicy,
     /// `last_insert_rowid()`, `changes()`, `total_changes()` as clients see them.
     client: ClientCounters,
+    /// The largest log entry this engine commits (`MAX_ENTRY_BYTES` unless a test lowers it).
+    max_entry_bytes: usize,
     /// Logical formats: a logged `VACUUM` has not finished here yet; it must run before
     /// anything else changes the database (mirrors `_tern_meta.vacuum_pending`).
     vacuum_pending: bool,
@@ -619,6 +624,7 @@ impl Engine {
             policy,
             client,
             vacuum_pending: false,
+            max_entry_bytes: MAX_ENTRY_BYTES,
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
@@ -633,6 +639,12 @@ impl Engine {
     /// default). Off lets replicas diverge; it exists to demonstrate that.
     pub fn set_statement_rewrite(&mut self, enabled: bool) {
         self.rewrite_statements = enabled;
+    }
+
+    /// Lowers the largest entry this engine commits (tests: to show the refusal without
+    /// writing 128 MiB).
+    pub fn set_max_entry_bytes(&mut self, bytes: usize) {
+        self.max_entry_bytes = bytes.min(MAX_ENTRY_BYTES);
     }
 
     /// Sets the limits on client statements (timeout, result size).
@@ -778,7 +790,13 @@ impl Engine {
         }
         let mut batch = {
             let transaction = begin_immediate(&self.connection)?;
+            if self.format == LogFormat::Physical {
+                crate::session::pages_written(&self.connection, true);
+            }
             let batch = self.execute_in_transaction(epoch, requests).map_err(|error| self.explain_batch_failure(error))?;
+            if self.format == LogFormat::Physical {
+                self.check_physical_entry_size()?;
+            }
             if !still_leading() {
                 return Ok(Executed::StoppedLeading);
             }
@@ -853,6 +871,29 @@ impl Engine {
         matches!(taken, Ok(Some(true)))
     }
 
+    /// Physical format, before commit: the entry will hold every page the transaction
+    /// changed, and one too large for a peer frame could never be shipped. The pages
+    /// spilled to the WAL so far, plus a full page cache of dirty pages, bound it; over the
+    /// limit, the transaction is rolled back (by its guard) with the reason.
+    fn check_physical_entry_size(&self) -> Result<()> {
+        let page_size: i64 = self.connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let cache: i64 = self.connection.query_row("PRAGMA cache_size", [], |row| row.get(0))?;
+        // A negative cache size is in KiB, a positive one in pages.
+        let cache_bytes = if cache < 0 { cache.unsigned_abs() * 1024 } else { cache as u64 * page_size as u64 };
+        let spilled = crate::session::pages_written(&self.connection, false) * page_size as u64;
+        if spilled + cache_bytes > self.max_entry_bytes as u64 {
+            return Err(StorageError::with_kind(
+                StorageErrorKind::EntryTooLarge,
+                format!(
+                    "this write changes more than {} bytes of pages, over the {}-byte limit of one physical log entry: nothing was applied; \
+                 split it into smaller writes",
+                    spilled, self.max_entry_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A client write interrupted by its deadline makes SQLite roll back the whole
     /// transaction, so the batch it shared fails as a whole: say so, so clients retry.
     fn explain_batch_failure(&self, error: StorageError) -> StorageError {
@@ -905,10 +946,11 @@ impl Engine {
         }
         // The whole rewritten file becomes one entry: it must fit one peer frame.
         let bytes: i64 = self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
-        if bytes as usize > MAX_ENTRY_BYTES {
+        if bytes as usize > self.max_entry_bytes {
             return refused(format!(
                 "VACUUM is refused: the physical format ships the rewritten file as one log entry, and this database ({bytes} bytes) \
-                 is over the {MAX_ENTRY_BYTES}-byte limit of one entry"
+                 is over the {}-byte limit of one entry",
+                self.max_entry_bytes
             ));
         }
         let result = run_statement(&self.connection, &statement.sql, &statement.params);
@@ -994,12 +1036,16 @@ impl Engine {
             None
         } else {
             let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
-            if entry.payload.len() > MAX_ENTRY_BYTES {
+            if entry.payload.len() > self.max_entry_bytes {
                 // Nothing could ship it to a follower: refuse it before it is committed.
-                return Err(StorageError::new(format!(
-                    "the changes of this write take {} bytes, over the {MAX_ENTRY_BYTES}-byte limit of one log entry: split it into smaller writes",
-                    entry.payload.len()
-                )));
+                return Err(StorageError::with_kind(
+                    StorageErrorKind::EntryTooLarge,
+                    format!(
+                        "the changes of this write take {} bytes, over the {}-byte limit of one log entry: split it into smaller writes",
+                        entry.payload.len(),
+                        self.max_entry_bytes
+                    ),
+                ));
             }
             append_log(&self.connection, &entry)?;
             Some(entry)

@@ -5,7 +5,8 @@
 //! fresh machine lacks, so the handful of C functions are declared here by hand. The
 //! bundled SQLite is compiled with `SQLITE_ENABLE_SESSION` and
 //! `SQLITE_ENABLE_PREUPDATE_HOOK` (see `.cargo/config.toml`). All unsafe code of the
-//! row format lives in this file.
+//! row format lives in this file, and the one other C call rusqlite does not wrap
+//! (`sqlite3_db_status`, for the physical format's entry size limit).
 
 use crate::sql::SqlValue;
 use rusqlite::ffi;
@@ -290,6 +291,21 @@ fn sql_value(value: *mut ffi::sqlite3_value) -> SqlValue {
             }
             _ => SqlValue::Null,
         }
+    }
+}
+
+/// Pages this connection's pager has written to the WAL since the last reset (SQLite's
+/// `SQLITE_DBSTATUS_CACHE_WRITE`); `reset` starts the count again. Inside a write
+/// transaction, before its commit, these are the pages spilled from a full page cache:
+/// a lower bound on what the transaction will commit.
+pub fn pages_written(connection: &Connection, reset: bool) -> u64 {
+    let (mut current, mut highest): (c_int, c_int) = (0, 0);
+    // SAFETY: the handle is valid while `connection` lives; both counters are out-pointers.
+    let code = unsafe { ffi::sqlite3_db_status(connection.handle(), ffi::SQLITE_DBSTATUS_CACHE_WRITE, &mut current, &mut highest, c_int::from(reset)) };
+    if code == ffi::SQLITE_OK {
+        current.max(0) as u64
+    } else {
+        0
     }
 }
 

@@ -206,3 +206,27 @@ fn a_snapshot_copied_beside_ongoing_writes_is_consistent() {
     assert_eq!(follower.page_hashes().unwrap(), leader.page_hashes().unwrap(), "byte-identical after the snapshot and the entries after it");
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A transaction whose pages could not fit one log entry (so no follower could ever
+/// receive it) is rolled back before it commits, with the reason; smaller writes before
+/// and after it commit as usual.
+#[test]
+fn a_transaction_too_large_for_one_entry_is_refused_before_it_commits() {
+    let root = scratch("entry-limit");
+    let mut leader = Engine::open(&root.join("leader"), LogFormat::Physical).unwrap();
+    leader.set_max_entry_bytes(8 << 20);
+    execute(&mut leader, &["CREATE TABLE t (v BLOB)"]);
+    execute(&mut leader, &["INSERT INTO t WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 250) SELECT randomblob(4000) FROM n"]);
+    let before = (leader.last(), leader.page_hashes().unwrap());
+    let refused = leader.execute_batch(
+        1,
+        &[request(&["INSERT INTO t WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5000) SELECT randomblob(4000) FROM n"])],
+    );
+    let Err(error) = refused else { panic!("a 20 MB transaction is over an 8 MiB limit") };
+    assert_eq!(error.kind(), tern_storage::StorageErrorKind::EntryTooLarge, "{error}");
+    assert!(error.to_string().contains("limit of one physical log entry"), "{error}");
+    assert_eq!((leader.last(), leader.page_hashes().unwrap()), before, "nothing of it was applied or logged");
+    let entry = execute(&mut leader, &["INSERT INTO t VALUES (x'01')"]);
+    assert_eq!(entry.index, before.0.index + 1, "the next write lands at the next position");
+    let _ = std::fs::remove_dir_all(root);
+}
