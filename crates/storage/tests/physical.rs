@@ -228,5 +228,13 @@ fn a_transaction_too_large_for_one_entry_is_refused_before_it_commits() {
     assert_eq!((leader.last(), leader.page_hashes().unwrap()), before, "nothing of it was applied or logged");
     let entry = execute(&mut leader, &["INSERT INTO t VALUES (x'01')"]);
     assert_eq!(entry.index, before.0.index + 1, "the next write lands at the next position");
+
+    // A VACUUM ships the whole rewritten file: over the limit, it is refused up front.
+    leader.set_max_entry_bytes(512 << 10);
+    let before = (leader.last(), leader.page_hashes().unwrap());
+    let vacuum = leader.execute_batch(1, &[request(&["VACUUM"])]).unwrap();
+    let refusal = vacuum.results[0][0].error.clone().unwrap_or_default();
+    assert!(refusal.contains("VACUUM is refused") && vacuum.entry.is_none(), "{refusal}");
+    assert_eq!((leader.last(), leader.page_hashes().unwrap()), before, "nothing of it was applied or logged");
     let _ = std::fs::remove_dir_all(root);
 }
