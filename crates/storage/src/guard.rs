@@ -9,7 +9,7 @@
 //! saying what to do instead; SQLite's own read-only flag cannot tell them apart, since
 //! most of them write no page.
 
-use crate::rewrite::{tokenize, TokenKind};
+use crate::capture::statement::{tokenize, TokenKind};
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, ErrorCode};

@@ -6,18 +6,17 @@
 //!   durable replication log kept in the same database, snapshots, and read-only readers.
 //! - [`guard`]: what a client statement may do: text checks and the SQLite authorizer, deadline and limits.
 //! - [`failpoint`]: named crash points inside multi-step storage operations, for tests.
-//! - [`rewrite`]: making statements deterministic for the statement log format.
-//! - [`session`]: the only unsafe code: SQLite's session extension for row images.
+//! - [`capture`]: one module per log format: `statement` (making statements
+//!   deterministic), `row` (SQLite's session extension, the crate's only unsafe code) and
+//!   `physical` (tailing the WAL).
 //! - [`sql`]: requests and results in rqlite's shapes.
 
+pub mod capture;
 pub mod client_state;
 pub mod engine;
 pub mod failpoint;
 pub mod guard;
-pub mod rewrite;
-pub mod session;
 pub mod sql;
-pub mod wal;
 
 pub use engine::{
     all_read_only, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch, Change, Engine, Executed, Payload,

@@ -5,7 +5,8 @@
 
 use proptest::prelude::*;
 use tern_core::{Entry, LogFormat};
-use tern_storage::{guard, parse_statements, rewrite, Engine, Limits, Payload, Reader, Statement, WriteRequest};
+use tern_storage::capture::statement as rewrite;
+use tern_storage::{guard, parse_statements, Engine, Limits, Payload, Reader, Statement, WriteRequest};
 
 /// SQL-shaped text: keywords, names (tern's own, SQLite's, non-ASCII), literals, quotes
 /// and punctuation, in any order, so the generator reaches past the parser's first error.

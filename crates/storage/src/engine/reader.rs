@@ -1,0 +1,112 @@
+//! Read-only connections that serve queries beside the writer.
+
+use super::*;
+
+/// A read-only connection for serving queries while the writer works (WAL readers see
+/// the last committed state and never block the writer).
+pub struct Reader {
+    connection: Connection,
+    policy: ClientPolicy,
+}
+
+impl Reader {
+    /// # Errors
+    /// If the database cannot be opened.
+    pub fn open(directory: &Path) -> Result<Reader> {
+        Reader::open_with_limits(directory, Limits::default())
+    }
+
+    /// # Errors
+    /// If the database cannot be opened.
+    pub fn open_with_limits(directory: &Path, limits: Limits) -> Result<Reader> {
+        // No SQLITE_OPEN_URI: a client's ATTACH (refused anyway) could otherwise pass
+        // `file:` options.
+        let mut connection = Connection::open_with_flags(directory.join(DATABASE_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        let policy = ClientPolicy::install(&mut connection, false, limits)?;
+        Ok(Reader { connection, policy })
+    }
+
+    /// Does `sql` only read? Statements that fail to prepare (or that the client rules
+    /// refuse) count as reads, so their error comes from the read path.
+    pub(super) fn reads_only(&self, sql: &str) -> bool {
+        self.read_only_pieces(sql).is_some()
+    }
+
+    /// The statements of `sql` (see [`split_statements`]) if every one only reads.
+    pub(super) fn read_only_pieces(&self, sql: &str) -> Option<Vec<String>> {
+        let _client = self.policy.scope(&self.connection).ok()?;
+        let pieces = split_statements(&self.connection, sql);
+        pieces.iter().all(|piece| is_read_only(&self.connection, piece) || self.connection.prepare(piece).is_err()).then_some(pieces)
+    }
+
+    /// One statement string on the read path: several statements in it run in order, and
+    /// the last one's result (or the first error) is the answer.
+    pub(super) fn query_one(&self, statement: &Statement) -> StatementResult {
+        let Some(pieces) = self.read_only_pieces(&statement.sql) else {
+            return StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request");
+        };
+        if pieces.len() > 1 && statement.params != Params::None {
+            return StatementResult::error(PARAMETERS_NEED_ONE_STATEMENT);
+        }
+        let mut last = StatementResult::default();
+        for piece in &pieces {
+            last = match self.policy.scope(&self.connection) {
+                Ok(_client) => run_client_statement(&self.connection, &self.policy, piece, &statement.params),
+                Err(error) => StatementResult::error(describe(&error)),
+            };
+            if last.error.is_some() {
+                break;
+            }
+        }
+        last
+    }
+
+    /// Runs the statements in one read transaction (one consistent snapshot) and returns
+    /// their results with the log index that snapshot contains.
+    ///
+    /// # Errors
+    /// On a SQLite failure outside the statements themselves.
+    pub fn query(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, u64)> {
+        self.connection.execute_batch("BEGIN")?;
+        let observed = database_position(&self.connection).map(|position| position.index);
+        let results = statements.iter().map(|statement| self.query_one(statement)).collect();
+        self.connection.execute_batch("COMMIT")?;
+        Ok((results, observed?))
+    }
+
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {
+        table_checksums(&self.connection)
+    }
+
+    /// The position this reader's database holds and the hash of each of its pages, read
+    /// in one transaction.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn page_hashes(&self) -> Result<(Position, Vec<u64>)> {
+        self.connection.execute_batch("BEGIN")?;
+        let outcome = database_position(&self.connection).and_then(|position| Ok((position, page_hashes(&self.connection)?)));
+        self.connection.execute_batch("COMMIT")?;
+        outcome
+    }
+
+    /// The position and per-table checksums, read in one transaction.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn checksums_at_position(&self) -> Result<(Position, TableChecksums)> {
+        self.connection.execute_batch("BEGIN")?;
+        let outcome = database_position(&self.connection).and_then(|position| Ok((position, table_checksums(&self.connection)?)));
+        self.connection.execute_batch("COMMIT")?;
+        outcome
+    }
+}
+
+/// True if every statement only reads (decided by SQLite's own `sqlite3_stmt_readonly`).
+/// Statements that fail to prepare count as reads, so their error comes from the read path.
+pub fn all_read_only(reader: &Reader, statements: &[Statement]) -> bool {
+    statements.iter().all(|statement| reader.reads_only(&statement.sql))
+}
