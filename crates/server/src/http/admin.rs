@@ -1,0 +1,130 @@
+//! tern's own operations: leadership transfer, membership, the rollback store, replica verification.
+
+use super::*;
+
+/// `POST /cluster/transfer-leader?to=ID` on the leader: hand leadership to `ID`.
+pub(super) async fn transfer_leader(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let Some(to) = params.get("to").map(str::to_string) else {
+        return error_response(&RequestError::new(400, "missing ?to=<node id>"));
+    };
+    match node.transfer_leadership(to.clone()).await {
+        Ok(()) => Json(json!({"transferring_to": to, "from": node.config.id})).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `GET /cluster`: the membership as this node applied it; on the leader, with how far
+/// each member has got.
+pub(super) async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let Some(status) = node.status().await else {
+        return error_response(&RequestError::new(503, "replica loop stopped"));
+    };
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let membership = &status.membership;
+    let members: Vec<Value> = membership
+        .members()
+        .map(|id| {
+            let info = peers.get(id).cloned().unwrap_or_default();
+            let progress = status.followers.iter().find(|follower| follower.id == *id);
+            let applied_index = if *id == node.config.id { Some(status.last.index) } else { progress.map(|follower| follower.matched) };
+            json!({
+                "id": id,
+                "addr": membership.addresses.get(id),
+                "voter": membership.voters.contains(id),
+                "region": if *id == node.config.id { node.config.region.clone() } else { info.region },
+                "connected": *id == node.config.id || info.connected,
+                "applied_index": applied_index,
+                "lag_ms": progress.map(|follower| follower.lag_us as f64 / 1000.0),
+            })
+        })
+        .collect();
+    Json(json!({
+        "node": node.config.id,
+        "leader": status.leader,
+        "epoch": status.epoch,
+        "leader_last_index": status.is_leader.then_some(status.last.index),
+        "voters": membership.voters,
+        "learners": membership.learners,
+        "change_pending": status.membership_change_pending,
+        "members": members,
+    }))
+    .into_response()
+}
+
+/// `POST /cluster/add?id=ID&addr=HOST:PORT` on the leader: add a node started with
+/// `--join`; it becomes a learner at once and a voter once caught up.
+pub(super) async fn add_member(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let (Some(id), Some(address)) = (params.get("id"), params.get("addr")) else {
+        return error_response(&RequestError::new(400, "missing ?id=<node id>&addr=<peer host:port>"));
+    };
+    if let Err(error) = address.parse::<std::net::SocketAddr>() {
+        return error_response(&RequestError::new(400, format!("bad peer address {address:?}: {error} (expected HOST:PORT, as the node's --peer)")));
+    }
+    let request = tern_core::MembershipRequest::Add { id: id.to_string(), address: address.to_string() };
+    match node.change_membership(request).await {
+        Ok(()) => Json(json!({"adding": id, "as": "learner", "leader": node.config.id})).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `POST /cluster/remove?id=ID` on the leader.
+pub(super) async fn remove_member(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let Some(id) = params.get("id") else {
+        return error_response(&RequestError::new(400, "missing ?id=<node id>"));
+    };
+    match node.change_membership(tern_core::MembershipRequest::Remove { id: id.to_string() }).await {
+        Ok(()) => Json(json!({"removing": id, "leader": node.config.id})).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// This node's rollback store: entries it removed from its log because the leader of a
+/// later epoch lacked them.
+pub(super) async fn rollback(State(node): State<Arc<Node>>) -> Response {
+    match node.rollback_entries().await {
+        Ok(entries) => Json(json!({"node": node.config.id, "count": entries.len(), "entries": entries})).into_response(),
+        Err(error) => error_response(&RequestError::new(500, format!("cannot read the rollback store: {error}"))),
+    }
+}
+
+/// `?local`: this node's report. Otherwise every node's report, compared.
+pub(super) async fn verify(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let local = match node.verify_local().await {
+        Ok(report) => report,
+        Err(error) => return error_response(&RequestError::new(500, format!("cannot read this node's data: {error}"))),
+    };
+    if params.flag("local") {
+        return Json(local).into_response();
+    }
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let mut reports = vec![local];
+    let membership = node.published().membership;
+    for id in membership.members() {
+        if *id == node.config.id {
+            continue;
+        }
+        let address = peers.get(id).map(|info| info.http_addr.clone()).unwrap_or_default();
+        let id = id.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            if address.is_empty() {
+                return json!({"id": id, "error": "HTTP address unknown (no handshake yet)"});
+            }
+            let mut client = crate::client::HttpClient::new(&address).with_timeout(Duration::from_secs(30));
+            match client.get("/db/verify?local") {
+                Ok(reply) if reply.status == 200 => reply.body,
+                Ok(reply) => json!({"id": id, "error": format!("answered {}: {}", reply.status, reply.body)}),
+                Err(error) => json!({"id": id, "error": format!("unreachable: {error}")}),
+            }
+        })
+        .await
+        .unwrap_or_else(|error| json!({"error": error.to_string()}));
+        reports.push(report);
+    }
+    let mut verdict = crate::verify::compare(&reports);
+    verdict["log_format"] = json!(node.config.log_format.name());
+    Json(verdict).into_response()
+}

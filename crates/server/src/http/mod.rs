@@ -1,0 +1,155 @@
+//! The HTTP API, compatible with rqlite's so its clients work unmodified, plus tern's
+//! extensions: `w=` per write, a `position` in every write response, `level=session`
+//! with `after=`, and `level=bounded` with `max_lag_ms=`.
+
+use crate::node::{Node, ReadOptions};
+use crate::wire::{ReadReply, RequestError, WriteReply};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_core::{AckRequirement, Position, ReadLevel};
+use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
+
+mod admin;
+mod debug;
+mod rqlite;
+
+use admin::*;
+use debug::*;
+use rqlite::*;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config.max_body_bytes;
+    Router::new()
+        .route("/db/execute", post(execute))
+        .route("/db/query", get(query).post(query))
+        .route("/db/request", post(request))
+        .route("/status", get(status))
+        .route("/readyz", get(readyz))
+        .route("/nodes", get(nodes))
+        .route("/db/verify", get(verify))
+        .route("/db/rollback", get(rollback))
+        .route("/cluster/transfer-leader", post(transfer_leader))
+        .route("/cluster", get(cluster))
+        .route("/cluster/add", post(add_member))
+        .route("/cluster/remove", post(remove_member))
+        .route("/debug/partition", post(partition))
+        .route("/debug/panic", post(panic_storage))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+/// Query-string parameters; flags like `?transaction` have an empty value.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(raw: Option<String>) -> Params {
+        let raw = raw.unwrap_or_default();
+        // `+` is a space, as in Go's url.ParseQuery; a malformed escape is kept as written.
+        Params(form_urlencoded::parse(raw.as_bytes()).map(|(key, value)| (key.into_owned(), value.into_owned())).collect())
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(name, _)| name == key).map(|(_, value)| value.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|value| !matches!(value, "false" | "0"))
+    }
+}
+
+fn error_response(error: &RequestError) -> Response {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json!({ "error": error.message });
+    if let Some(leader) = &error.leader {
+        body["leader"] = json!(leader);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error_response(&RequestError::new(400, message))
+}
+
+fn results_json(results: &[StatementResult]) -> Vec<Value> {
+    results.iter().map(StatementResult::to_json).collect()
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1.5s or 1m");
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "us" | "µs" => value / 1_000_000.0,
+        _ => return Err(bad()),
+    };
+    // Waits longer than an hour are a mistake, and huge values would overflow `Duration`.
+    if !seconds.is_finite() || !(0.0..=3600.0).contains(&seconds) {
+        return Err(format!("bad duration {text:?}: must be between 0 and 1h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_percent_escapes_and_flags() {
+        let params = Params::parse(Some("q=SELECT%20*%20FROM+t%3B&transaction&level=none&bad=%zz".into()));
+        assert_eq!(params.get("q"), Some("SELECT * FROM t;"));
+        assert!(params.flag("transaction"));
+        assert!(!params.flag("timings"));
+        assert_eq!(params.get("bad"), Some("%zz"));
+    }
+
+    #[test]
+    fn durations_accept_rqlite_forms() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e300").is_err(), "a huge value is an error, not a panic");
+        assert!(parse_duration("99999999999999999999m").is_err());
+    }
+
+    #[test]
+    fn read_options_explain_what_is_wrong() {
+        let options = |text: &str| read_options(&Params::parse(Some(text.into())));
+        assert!(options("level=eventual").unwrap_err().contains("unknown read level"));
+        assert!(options("level=session").unwrap_err().contains("after="));
+        assert_eq!(options("after=1.5").unwrap().level, ReadLevel::Session);
+        assert_eq!(options("").unwrap().level, ReadLevel::Weak);
+        assert_eq!(options("level=bounded&max_lag_ms=20").unwrap().max_lag, Some(Duration::from_millis(20)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// Any query string, in any script or byte soup, is parsed or explained; never a panic.
+        #[test]
+        fn any_query_string_is_parsed_or_explained(raw in proptest::prelude::any::<String>(), tail in "[%&=+a-z0-9._é日]{0,40}") {
+            for text in [raw.clone(), format!("level={tail}"), format!("{tail}&after={tail}&max_lag_ms={tail}&freshness={tail}&timeout={tail}&w={tail}")] {
+                let params = Params::parse(Some(text));
+                if let Err(message) = read_options(&params) {
+                    proptest::prop_assert!(!message.is_empty());
+                }
+                let _ = write_options(&params);
+                let _ = params.flag("transaction");
+            }
+            let _ = parse_duration(&raw);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! rqlite's API, so its clients work unmodified: `/db/execute`, `/db/query`, `/db/request`, `/status`, `/readyz`, `/nodes`, with tern's extensions (`w=`, `position`, `level=session`/`bounded`).
+
+use super::*;
+
+pub(super) fn not_ready(node: &Node) -> Option<Response> {
+    let published = node.published();
+    (!published.ready).then(|| {
+        let message = match &published.leader {
+            Some(leader) => format!("node {} is not ready: it has not heard from leader {leader} yet", node.config.id),
+            None => format!("node {} is not ready: no leader is known (an election is under way); retry shortly", node.config.id),
+        };
+        error_response(&RequestError::new(503, message))
+    })
+}
+
+pub(super) fn write_options(params: &Params) -> Result<Option<AckRequirement>, String> {
+    params.get("w").map(AckRequirement::parse).transpose()
+}
+
+pub(super) fn write_response(reply: WriteReply, started: Instant, params: &Params) -> Response {
+    if let Some(error) = &reply.error {
+        if reply.results.is_empty() {
+            return error_response(error);
+        }
+    }
+    let mut body = json!({ "results": results_json(&reply.results) });
+    if let Some(position) = reply.position {
+        body["position"] = json!(position.to_string());
+    }
+    if let Some(error) = &reply.error {
+        // Executed on the leader, but not acknowledged as asked: the outcome is unknown.
+        body["error"] = json!(error.message);
+        let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (status, Json(body)).into_response();
+    }
+    with_timings(body, started, params)
+}
+
+/// rqlite's `?timings`: the request's duration in seconds.
+pub(super) fn with_timings(mut body: Value, started: Instant, params: &Params) -> Response {
+    if params.flag("timings") {
+        body["time"] = json!(started.elapsed().as_secs_f64());
+    }
+    Json(body).into_response()
+}
+
+/// The write half shared by `/db/execute` and `/db/request`.
+pub(super) async fn write_path(node: &Node, statements: Vec<Statement>, params: &Params, started: Instant) -> Response {
+    let requirement = match write_options(params) {
+        Ok(requirement) => requirement,
+        Err(message) => return bad_request(message),
+    };
+    let request = WriteRequest { statements, transaction: params.flag("transaction") };
+    if let Some(message) = tern_storage::request_shape_error(&request) {
+        return bad_request(message);
+    }
+    let reply = node.write(request, requirement).await;
+    write_response(reply, started, params)
+}
+
+/// What `/db/execute` and `/db/request` share before they differ: the query string, a
+/// readiness check and the statements of the body.
+pub(super) fn accept_statements(node: &Node, raw: Option<String>, body: &[u8]) -> Result<(Params, Vec<Statement>), Response> {
+    let params = Params::parse(raw);
+    if let Some(response) = not_ready(node) {
+        return Err(response);
+    }
+    let statements = parse_statements(body).map_err(bad_request)?;
+    Ok((params, statements))
+}
+
+pub(super) async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (params, statements) = match accept_statements(&node, raw, &body) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    if statements.is_empty() {
+        return Json(json!({ "results": [] })).into_response();
+    }
+    write_path(&node, statements, &params, started).await
+}
+
+pub(super) fn read_options(params: &Params) -> Result<ReadOptions, String> {
+    let level = match params.get("level") {
+        Some(level) => level.parse::<ReadLevel>()?,
+        // rqlite's default is weak; a read naming a position is a session read.
+        None if params.get("after").is_some() => ReadLevel::Session,
+        None => ReadLevel::Weak,
+    };
+    let after = params.get("after").map(str::parse::<Position>).transpose()?;
+    if level == ReadLevel::Session && after.is_none() {
+        return Err("level=session needs after=<position> (the \"position\" of a write response)".to_string());
+    }
+    let max_lag = params
+        .get("max_lag_ms")
+        .map(|ms| ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad max_lag_ms={ms:?}: expected milliseconds")))
+        .transpose()?;
+    let freshness = params.get("freshness").map(parse_duration).transpose()?;
+    let timeout = params.get("timeout").map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(5));
+    Ok(ReadOptions { level, after, max_lag, freshness, timeout })
+}
+
+pub(super) fn read_response(reply: ReadReply, started: Instant, params: &Params) -> Response {
+    if let Some(error) = &reply.error {
+        return error_response(error);
+    }
+    with_timings(json!({ "results": results_json(&reply.results) }), started, params)
+}
+
+pub(super) async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let params = Params::parse(raw);
+    let options = match read_options(&params) {
+        Ok(options) => options,
+        Err(message) => return bad_request(message),
+    };
+    // `level=none` is served from whatever this node holds, as the level promises (bound
+    // it with `freshness=`): also before it has heard from a leader, and during elections.
+    if options.level != ReadLevel::None {
+        if let Some(response) = not_ready(&node) {
+            return response;
+        }
+    }
+    let statements = if let Some(sql) = params.get("q") {
+        vec![Statement::new(sql)]
+    } else if body.is_empty() {
+        return bad_request("no query: pass q=<SQL> or a JSON array of statements in the body");
+    } else {
+        match parse_statements(&body) {
+            Ok(statements) => statements,
+            Err(message) => return bad_request(message),
+        }
+    };
+    let reply = node.read(statements, options).await;
+    read_response(reply, started, &params)
+}
+
+/// rqlite's unified endpoint: reads take the read path at `level=`; anything that writes
+/// goes to the leader as one request (its reads run there too).
+pub(super) async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (params, statements) = match accept_statements(&node, raw, &body) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    if node.all_read_only(statements.clone()).await {
+        let options = match read_options(&params) {
+            Ok(options) => options,
+            Err(message) => return bad_request(message),
+        };
+        let reply = node.read(statements, options).await;
+        return read_response(reply, started, &params);
+    }
+    write_path(&node, statements, &params, started).await
+}
+
+pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
+    let Some(status) = node.status().await else {
+        return error_response(&RequestError::new(503, "replica loop stopped"));
+    };
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let queues = node.peer_queues();
+    let followers: Vec<Value> = status
+        .followers
+        .iter()
+        .map(|follower| {
+            let info = peers.get(&follower.id).cloned().unwrap_or_default();
+            let (queued_bytes, dropped_frames) = queues.get(&follower.id).copied().unwrap_or_default();
+            json!({
+                "queued_bytes": queued_bytes,
+                "dropped_frames": dropped_frames,
+                "id": follower.id,
+                "region": info.region,
+                "connected": info.connected,
+                "position": Position::new(status.epoch, follower.matched).to_string(),
+                "applied_index": follower.matched,
+                "lag_ms": follower.lag_us as f64 / 1000.0,
+                "in_sync": follower.in_sync,
+                "last_ack_ms_ago": follower.last_ack_ago_us.map(|us| us as f64 / 1000.0),
+            })
+        })
+        .collect();
+    let published = node.published();
+    let body = json!({
+        "node": {
+            "id": node.config.id,
+            "region": node.config.region,
+            "role": if status.is_leader { "leader" } else if status.recovering { "candidate" } else { "follower" },
+            "leader": status.leader,
+            "epoch": status.epoch,
+            "term": status.term,
+            "accepting_writes": status.accepting_writes,
+            "rolled_back_entries": node.rollback_count().await,
+            "applied": status.last.to_string(),
+            "applied_index": status.last.index,
+            "commit_index": status.commit_index,
+            "ready": published.ready,
+            "lag_ms": status.lag_us.map(|us| us as f64 / 1000.0),
+            "http_addr": node.http_addr.lock().expect("http addr lock").clone(),
+            "peer_addr": node.config.peer_addr.to_string(),
+        },
+        "log": {
+            "entries": node.log_stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+            "bytes": node.log_stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        },
+        "replication": {
+            "topology": "single-leader",
+            "failover": if node.config.failover { "automatic" } else { "manual" },
+            "log_format": node.config.log_format.name(),
+            "ack": node.config.ack.name(),
+            "followers": followers,
+        },
+    });
+    Json(body).into_response()
+}
+
+pub(super) async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    match not_ready(&node) {
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]node {} not ready\n", node.config.id)).into_response(),
+        None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader.unwrap_or_default())).into_response(),
+    }
+}
+
+/// rqlite's `/nodes` shape: one object per node, keyed by id.
+pub(super) async fn nodes(State(node): State<Arc<Node>>) -> Response {
+    let published = node.published();
+    let peers = node.peers.lock().expect("peers lock").clone();
+    let mut body = serde_json::Map::new();
+    let membership = &published.membership;
+    for id in membership.members() {
+        let addr = membership.addresses.get(id).cloned().unwrap_or_default();
+        let (api_addr, region, reachable) = if *id == node.config.id {
+            (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true)
+        } else {
+            let info = peers.get(id).cloned().unwrap_or_default();
+            (info.http_addr, info.region, info.connected)
+        };
+        body.insert(
+            id.clone(),
+            json!({
+                "id": id,
+                "api_addr": if api_addr.is_empty() { Value::Null } else { json!(format!("http://{api_addr}")) },
+                "addr": addr,
+                "region": region,
+                "reachable": reachable,
+                "leader": published.leader.as_ref() == Some(id),
+                "voter": membership.voters.contains(id),
+            }),
+        );
+    }
+    Json(Value::Object(body)).into_response()
+}

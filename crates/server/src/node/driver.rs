@@ -1,0 +1,238 @@
+//! The replica loop: the tokio task that drives the sans-IO core with events and time, and carries out its outputs (election state saved before any vote leaves).
+
+use super::*;
+
+pub(super) const ELECTION_FILE: &str = "election.json";
+
+/// Loads the election state saved by `save_election` (none on a fresh node).
+pub(super) fn load_election(directory: &std::path::Path) -> Result<Option<SavedElection>, String> {
+    match std::fs::read(directory.join(ELECTION_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|error| format!("{ELECTION_FILE} is damaged: {error}")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(format!("cannot read {ELECTION_FILE}: {error}")),
+    }
+}
+
+/// Durably replaces the election state (term and vote must survive a crash, or this
+/// node could vote twice in one term): write, fsync, rename, fsync the directory.
+pub(super) fn save_election(directory: &std::path::Path, state: &SavedElection) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = directory.join(format!("{ELECTION_FILE}.tmp"));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+        file.sync_all()
+    })();
+    if let Err(error) = written {
+        // A full disk: give back what the partial file took; the old state stays whole.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    std::fs::rename(&temporary, directory.join(ELECTION_FILE))?;
+    std::fs::File::open(directory)?.sync_all()
+}
+
+/// Runs blocking file work (an fsync) from the replica loop, an async task, without
+/// holding up the other tasks scheduled on its worker thread.
+pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// The replica loop: the only place the core lives. It turns events into core calls and
+/// core outputs into sends, storage commands and replies.
+pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::UnboundedReceiver<Event>, published: watch::Sender<Published>) {
+    let mut writes: HashMap<u64, PendingWrite> = HashMap::new();
+    let mut reads: HashMap<u64, oneshot::Sender<Result<(), ReadError>>> = HashMap::new();
+    let mut next_tag: u64 = 1;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard_from_leader = replica.is_leader();
+    // Election state the disk refused (it is full): until a save succeeds, this node
+    // sends no raft message, so it never casts a vote it could forget on a restart.
+    let mut unsaved_election: Option<tern_core::SavedElection> = None;
+    let mut last_save_error_log: Option<Instant> = None;
+    let mut last_handover_for_disk: Option<Instant> = None;
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => Some(event),
+                None => return,
+            },
+            _ = tick.tick() => None,
+        };
+        let mut now = node.now_us();
+        match event {
+            None => replica.on_tick(now),
+            Some(event) => {
+                let mut next = Some(event);
+                // Handle everything already queued before draining outputs once.
+                while let Some(event) = next.take() {
+                    match event {
+                        Event::Peer { from, message } => {
+                            if matches!(message, Message::Append { .. }) {
+                                heard_from_leader = true;
+                            }
+                            replica.on_message(now, &from, message);
+                        }
+                        Event::PeerConnected(peer) => replica.on_peer_connected(now, &peer),
+                        Event::Appended { entries, writes: new_writes } => {
+                            let mut waiters = Vec::with_capacity(new_writes.len());
+                            for write in new_writes {
+                                let tag = next_tag;
+                                next_tag += 1;
+                                waiters.push((tag, write.index, write.requirement));
+                                writes.insert(tag, write);
+                            }
+                            replica.on_leader_appended(now, entries, waiters);
+                        }
+                        Event::Persisted(position) => replica.on_persisted(now, position),
+                        Event::PersistFailed => replica.on_persist_failed(now),
+                        Event::LogRead { to, from_index, entries } => match entries {
+                            Some(entries) if entries.first().is_some_and(|entry| entry.index == from_index) => replica.on_log_read(now, &to, entries),
+                            Some(_) => replica.on_log_read(now, &to, Vec::new()),
+                            None => replica.on_log_compacted(now, &to),
+                        },
+                        Event::SnapshotReady { to, path, position, rollback_after } => {
+                            tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position, rollback_after));
+                        }
+                        Event::SnapshotSent { to, position } => replica.on_snapshot_finished(now, &to, position),
+                        Event::SnapshotInstalled(position) => replica.on_snapshot_installed(now, position),
+                        Event::RolledBack { position } => replica.on_rolled_back(now, position),
+                        Event::DiskFull => {
+                            // Keep refusing writes with the error, and hand leadership to a
+                            // healthy node so the cluster goes on writing.
+                            let due = last_handover_for_disk.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(5));
+                            if let (true, Some(successor)) = (due, replica.best_successor()) {
+                                last_handover_for_disk = Some(Instant::now());
+                                match replica.transfer_leadership(now, &successor) {
+                                    Ok(()) => tracing::warn!("disk full: handing leadership to {successor}"),
+                                    Err(error) => tracing::warn!("disk full, but cannot hand leadership to {successor}: {error}"),
+                                }
+                            }
+                        }
+                        Event::ReadBarrier { observed_index, reply } => {
+                            let tag = next_tag;
+                            next_tag += 1;
+                            reads.insert(tag, reply);
+                            replica.on_read_barrier(now, tag, observed_index);
+                        }
+                        Event::Status { reply } => {
+                            let _ = reply.send(replica.status(now));
+                        }
+                        Event::TransferLeader { to, reply } => {
+                            let _ = reply.send(replica.transfer_leadership(now, &to));
+                        }
+                        Event::ChangeMembership { request, reply } => {
+                            let _ = reply.send(replica.change_membership(now, request));
+                        }
+                    }
+                    if let Ok(event) = events.try_recv() {
+                        next = Some(event);
+                        // Each event at its own time: a long burst handled with the
+                        // burst's first instant would see a lease still held after it ran out.
+                        now = node.now_us();
+                    }
+                }
+            }
+        }
+        if let Some(state) = &unsaved_election {
+            if blocking(|| save_election(&node.config.data_dir, state)).is_ok() {
+                tracing::info!("election state saved again: this node takes part in elections again");
+                unsaved_election = None;
+            }
+        }
+        while let Some(output) = replica.poll_output() {
+            match output {
+                Output::Send { message: Message::Raft { .. }, .. } if unsaved_election.is_some() => {}
+                Output::Send { to, message } => node.send_to(&to, Frame::Replica(message)),
+                Output::Persist { entries } => {
+                    node.storage_send(StorageCommand::Apply { entries });
+                }
+                Output::ReadLog { to, from_index } => {
+                    node.storage_send(StorageCommand::ReadLog { to, from_index });
+                }
+                Output::SendSnapshot { to, rollback_after } => {
+                    node.storage_send(StorageCommand::MakeSnapshot { to, rollback_after });
+                }
+                Output::SaveElection { state } => {
+                    // Small and rare (a term or vote change): written here, before any
+                    // later output (a vote) can leave this node. If the disk refuses it
+                    // (full), raft messages are held back until a save succeeds: the
+                    // node neither votes nor campaigns, and the others carry on.
+                    match blocking(|| save_election(&node.config.data_dir, &state)) {
+                        Ok(()) => unsaved_election = None,
+                        Err(error) => {
+                            if last_save_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                                tracing::error!("cannot save the election state: {error}; not voting or campaigning until it can be saved");
+                                last_save_error_log = Some(Instant::now());
+                            }
+                            unsaved_election = Some(state);
+                        }
+                    }
+                }
+                Output::MembershipChanged { membership } => {
+                    let names = |set: &std::collections::BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+                    tracing::info!("membership: voters [{}], learners [{}]", names(&membership.voters), names(&membership.learners));
+                    node.connect_members(&membership);
+                }
+                Output::WriteDone { tag, result } => {
+                    let Some(write) = writes.remove(&tag) else { continue };
+                    let reply = match result {
+                        Ok(position) => WriteReply { results: write.results, position: Some(position), error: None },
+                        Err(error) => {
+                            let status = match error {
+                                WriteError::Unsatisfiable { .. } => 400,
+                                WriteError::Timeout { .. } | WriteError::NotLeader { .. } => 503,
+                            };
+                            WriteReply { results: write.results, position: None, error: Some(RequestError::new(status, error.to_string())) }
+                        }
+                    };
+                    let _ = write.reply.send(reply);
+                }
+                Output::ReadDone { tag, result } => {
+                    if let Some(reply) = reads.remove(&tag) {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        let lag = replica.lag_us(now);
+        let accepting_writes = replica.accepting_writes(now).is_ok();
+        node.write_lease.publish(&replica, now);
+        if replica.leader().is_none() {
+            heard_from_leader = false;
+        } else if replica.is_leader() {
+            heard_from_leader = true;
+        }
+        let next_published = Published {
+            last: replica.last(),
+            epoch_starts: replica.epoch_starts().to_vec(),
+            is_leader: replica.is_leader(),
+            accepting_writes,
+            leader: replica.leader().cloned(),
+            epoch: replica.epoch(),
+            fresh_as_of_us: lag.map(|lag| now.saturating_sub(lag)),
+            ready: heard_from_leader,
+            membership: replica.membership().clone(),
+        };
+        published.send_if_modified(|current| {
+            if (current.is_leader, current.epoch, &current.leader) != (next_published.is_leader, next_published.epoch, &next_published.leader) {
+                let epoch = next_published.epoch;
+                match (&next_published.is_leader, &next_published.leader) {
+                    (true, _) => tracing::info!("leading epoch {epoch}"),
+                    (false, Some(leader)) => tracing::info!("following {leader} in epoch {epoch}"),
+                    (false, None) => tracing::info!("no leader known in epoch {epoch} (election under way)"),
+                }
+            }
+            if *current != next_published {
+                *current = next_published;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

@@ -1,0 +1,361 @@
+//! One running node: the replica loop (a tokio task driving the sans-IO core), the storage
+//! thread (the only writer to SQLite), a pool of read-only connections, and the request
+//! paths the HTTP API calls.
+//!
+//! Write path on the leader: HTTP handler → storage thread (group commit: every request
+//! queued while the previous commit was fsyncing goes into the next transaction) →
+//! `Event::Appended` → core (ships entries, counts acks) → `Output::WriteDone` → reply.
+//! On a follower the same request is forwarded to the leader over the peer link.
+//!
+//! By concern: `driver` (the replica loop), `storage_thread`, `writes`, `reads`, `peers`.
+
+use crate::config::NodeConfig;
+use crate::transport;
+use crate::wire::{Frame, ReadReply, RequestError, WriteReply};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use tern_core::{
+    AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Message, Output, Position, ReadError, ReadLevel, Replica,
+    SavedElection, Status, TransferError, WriteError,
+};
+use tern_storage::{Engine, Executed, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod driver;
+mod peers;
+mod reads;
+mod storage_thread;
+mod writes;
+
+use driver::*;
+pub(crate) use peers::*;
+pub use storage_thread::*;
+
+/// What the replica loop reacts to.
+pub(crate) enum Event {
+    Peer {
+        from: String,
+        message: Message,
+    },
+    PeerConnected(String),
+    /// The leader's storage could not write a batch: its disk is full.
+    DiskFull,
+    Appended {
+        entries: Vec<Entry>,
+        writes: Vec<PendingWrite>,
+    },
+    Persisted(Position),
+    PersistFailed,
+    LogRead {
+        to: String,
+        from_index: u64,
+        entries: Option<Vec<Entry>>,
+    },
+    SnapshotReady {
+        to: String,
+        path: PathBuf,
+        position: Position,
+        rollback_after: Option<u64>,
+    },
+    SnapshotSent {
+        to: String,
+        position: Option<Position>,
+    },
+    SnapshotInstalled(Position),
+    /// Entries after a divergence went to the rollback store and the leader's snapshot
+    /// replaced the database.
+    RolledBack {
+        position: Position,
+    },
+    ReadBarrier {
+        observed_index: u64,
+        reply: oneshot::Sender<Result<(), ReadError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    TransferLeader {
+        to: String,
+        reply: oneshot::Sender<Result<(), TransferError>>,
+    },
+    ChangeMembership {
+        request: MembershipRequest,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
+}
+
+/// A write executed on the leader, waiting for its copies.
+pub(crate) struct PendingWrite {
+    index: u64,
+    requirement: AckRequirement,
+    results: Vec<StatementResult>,
+    reply: oneshot::Sender<WriteReply>,
+}
+
+/// Work for the storage thread.
+pub(crate) enum StorageCommand {
+    /// `epoch`: the leader epoch the request was accepted in; refused if this node no
+    /// longer leads it when the storage thread gets to it.
+    Execute {
+        request: WriteRequest,
+        requirement: AckRequirement,
+        epoch: u64,
+        reply: oneshot::Sender<WriteReply>,
+    },
+    Apply {
+        entries: Vec<Entry>,
+    },
+    ReadLog {
+        to: String,
+        from_index: u64,
+    },
+    MakeSnapshot {
+        to: String,
+        rollback_after: Option<u64>,
+    },
+    InstallSnapshot {
+        path: PathBuf,
+        rollback_after: Option<u64>,
+    },
+    Checksums {
+        reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>>,
+    },
+    /// Fault injection (`POST /debug/panic`): panic on the storage thread, to show that
+    /// a node that cannot continue exits and the others fail over.
+    Panic,
+    /// Checkpoint and close the database (clean shutdown), then stop the thread.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Counters of what this node appended to its log (leader) or applied (follower).
+#[derive(Default)]
+pub struct LogStats {
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// What the replica loop publishes for request handlers after every event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub last: Position,
+    /// Where each epoch starts in the local log: with `last`, decides whether a session
+    /// token's position is held here (`tern_core::log_holds`).
+    pub epoch_starts: Vec<(u64, u64)>,
+    pub is_leader: bool,
+    /// A leader whose lease lets it start writes now.
+    pub accepting_writes: bool,
+    /// The leader this node follows (itself if leader); `None` during an election.
+    pub leader: Option<String>,
+    pub epoch: u64,
+    /// Driver-clock time (µs) at which this node last knew it had everything the leader had.
+    pub fresh_as_of_us: Option<u64>,
+    /// Leader: always. Follower: once it has heard from the leader.
+    pub ready: bool,
+    /// Voters and learners, with their peer addresses (empty on a node still joining).
+    pub membership: Membership,
+}
+
+/// What the HTTP layer learns about other nodes from handshakes.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    pub region: String,
+    pub http_addr: String,
+    pub connected: bool,
+}
+
+enum ForwardReply {
+    Write(WriteReply),
+    Read(ReadReply),
+}
+
+/// Options of a read request.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    pub level: ReadLevel,
+    /// `level=session`: the position to wait for.
+    pub after: Option<Position>,
+    /// `level=bounded`: serve locally only while lag is under this.
+    pub max_lag: Option<Duration>,
+    /// `level=none`: refuse if this node's lag exceeds this (rqlite's `freshness`).
+    pub freshness: Option<Duration>,
+    /// How long a session read may wait.
+    pub timeout: Duration,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    started: Instant,
+    events: mpsc::UnboundedSender<Event>,
+    storage: Mutex<std_mpsc::Sender<StorageCommand>>,
+    published: watch::Receiver<Published>,
+    pub(crate) peers: Mutex<BTreeMap<String, PeerInfo>>,
+    /// One queue per member this node sends to; dropping one ends its connection.
+    outbound: Mutex<BTreeMap<String, PeerQueue>>,
+    /// Writes accepted by `write_local` and not yet answered (admission control).
+    pending_writes: AtomicUsize,
+    /// Pooled read-only connections, each with the reader generation it was opened in.
+    readers: Mutex<Vec<(u64, Reader)>>,
+    /// Bumped when a snapshot replaces the database file: older readers are discarded.
+    reader_generation: Arc<AtomicU64>,
+    forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
+    next_forward_id: AtomicU64,
+    /// The actual HTTP address (after binding port 0).
+    pub http_addr: Mutex<String>,
+    pub log_stats: Arc<LogStats>,
+    /// The epoch the storage thread may write in (0: none). Set by the replica loop
+    /// while this node leads and its lease holds; checked again when a write commits.
+    write_lease: Arc<WriteLease>,
+    /// Fault injection: peers whose traffic, both ways, is dropped (an emulated partition).
+    cut_off: Mutex<std::collections::BTreeSet<String>>,
+}
+
+fn storage_gone() -> RequestError {
+    RequestError::new(503, "this node's storage has stopped")
+}
+
+impl Node {
+    /// Opens storage, starts the storage thread, the replica loop and the peer transport.
+    ///
+    /// # Errors
+    /// If the database cannot be opened or the peer address cannot be bound.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>, String> {
+        let mut engine =
+            Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
+        engine.set_statement_rewrite(config.statement_rewrite);
+        engine.set_limits(config.limits);
+        let recovered = engine.last();
+        let epoch_starts = engine.epoch_starts().map_err(|error| format!("cannot read the log: {error}"))?;
+        let saved_election = if config.failover { load_election(&config.data_dir)? } else { None };
+        let started = Instant::now();
+
+        if config.join && !config.failover {
+            return Err("--join needs automatic failover (--failover on): membership is agreed by quorum vote".to_string());
+        }
+        let mut core_config = Config::new(config.id.clone(), config.members(), config.leader.clone(), config.ack);
+        core_config.addresses = config.addresses();
+        core_config.join = config.join;
+        core_config.heartbeat_interval_us = config.heartbeat_interval.as_micros() as u64;
+        core_config.in_sync_timeout_us = config.in_sync_timeout.as_micros() as u64;
+        core_config.write_timeout_us = config.write_timeout.as_micros() as u64;
+        if config.failover {
+            let tick_us = config.election_tick.as_micros() as u64;
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64)
+                ^ u64::from(std::process::id());
+            core_config.elections = Some(ElectionConfig { tick_us, election_ticks: 10, heartbeat_ticks: 2, seed });
+        }
+        let replica = Replica::start(core_config, recovered, epoch_starts, saved_election.as_ref(), 0);
+        let epoch = replica.epoch();
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (storage_tx, storage_rx) = std_mpsc::channel();
+        let initial = Published {
+            last: recovered,
+            epoch_starts: replica.epoch_starts().to_vec(),
+            is_leader: replica.is_leader(),
+            accepting_writes: replica.accepting_writes(0).is_ok(),
+            leader: replica.leader().cloned(),
+            epoch,
+            fresh_as_of_us: None,
+            ready: replica.is_leader(),
+            membership: replica.membership().clone(),
+        };
+        let (published_tx, published_rx) = watch::channel(initial);
+
+        let reader_generation = Arc::new(AtomicU64::new(0));
+        let write_lease = Arc::new(WriteLease { epoch: AtomicU64::new(0), until_us: AtomicU64::new(0), clock: started });
+        write_lease.publish(&replica, 0);
+        let node = Arc::new(Node {
+            http_addr: Mutex::new(config.http_addr.to_string()),
+            config,
+            started,
+            events: events_tx.clone(),
+            storage: Mutex::new(storage_tx),
+            published: published_rx,
+            peers: Mutex::new(BTreeMap::new()),
+            outbound: Mutex::new(BTreeMap::new()),
+            pending_writes: AtomicUsize::new(0),
+            readers: Mutex::new(Vec::new()),
+            reader_generation: reader_generation.clone(),
+            forwards: Mutex::new(HashMap::new()),
+            next_forward_id: AtomicU64::new(1),
+            log_stats: Arc::new(LogStats::default()),
+            write_lease: write_lease.clone(),
+            cut_off: Mutex::new(std::collections::BTreeSet::new()),
+        });
+
+        let storage_context = StorageContext {
+            engine,
+            stats: node.log_stats.clone(),
+            events: events_tx,
+            write_lease,
+            log_retain: node.config.log_retain,
+            reader_generation,
+            node_id: node.config.id.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("tern-storage-{}", node.config.id))
+            .spawn(move || storage_context.run(storage_rx))
+            .map_err(|error| format!("cannot start the storage thread: {error}"))?;
+
+        let listener = tokio::net::TcpListener::bind(node.config.peer_addr)
+            .await
+            .map_err(|error| format!("cannot listen for peers on {}: {error}", node.config.peer_addr))?;
+        tokio::spawn(transport::accept_loop(node.clone(), listener));
+        node.connect_members(replica.membership());
+        tokio::spawn(run_replica(node.clone(), replica, events_rx, published_tx));
+        Ok(node)
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    pub fn published(&self) -> Published {
+        self.published.borrow().clone()
+    }
+
+    /// This node's lag behind the leader, if known. A leader is current while its write
+    /// lease holds; past it (paused, cut off, perhaps deposed without knowing) it is
+    /// current only up to the lease's end. Read from the lease itself, not from what the
+    /// replica loop last published, which is stale right after a pause.
+    pub fn lag(&self) -> Option<Duration> {
+        let published = self.published();
+        let lease_until = self.write_lease.until_us.load(Ordering::Acquire);
+        if published.is_leader && lease_until > 0 {
+            return Some(Duration::from_micros(self.now_us().saturating_sub(lease_until)));
+        }
+        published.fresh_as_of_us.map(|at| Duration::from_micros(self.now_us().saturating_sub(at)))
+    }
+
+    pub(crate) fn post(&self, event: Event) {
+        // The replica loop only ends with the process.
+        let _ = self.events.send(event);
+    }
+
+    fn storage_send(&self, command: StorageCommand) -> bool {
+        self.storage.lock().expect("storage sender lock is never poisoned").send(command).is_ok()
+    }
+
+    pub(crate) fn inject_storage_panic(&self) {
+        self.storage_send(StorageCommand::Panic);
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.post(Event::Status { reply: tx });
+        rx.await.ok()
+    }
+
+    /// Clean shutdown: checkpoints the database so `data.db` is complete on its own.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.storage_send(StorageCommand::Shutdown { reply }) {
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        }
+    }
+}

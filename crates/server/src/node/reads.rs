@@ -1,0 +1,185 @@
+//! The read path: every read level, pooled read-only connections, and what `tern verify` compares.
+
+use super::*;
+
+impl Node {
+    /// Serves a read at the requested consistency level.
+    pub async fn read(&self, statements: Vec<Statement>, options: ReadOptions) -> ReadReply {
+        let published = self.published();
+        match options.level {
+            ReadLevel::None => {
+                if let Some(freshness) = options.freshness {
+                    let lag = self.lag();
+                    if lag.is_none_or(|lag| lag > freshness) {
+                        return read_error(503, format!("this node's data is staler than freshness={freshness:?} (lag {lag:?})"));
+                    }
+                }
+                self.read_here(statements).await.0
+            }
+            ReadLevel::Bounded => {
+                let bound = options.max_lag.unwrap_or(Duration::from_secs(1));
+                if self.lag().is_some_and(|lag| lag <= bound) {
+                    self.read_here(statements).await.0
+                } else {
+                    self.read_at_leader(statements, ReadLevel::Weak).await
+                }
+            }
+            ReadLevel::Session => {
+                let after = options.after.unwrap_or(Position::ZERO);
+                let mut watcher = self.published.clone();
+                let holds = |published: &Published| tern_core::log_holds(&published.epoch_starts, published.last, after);
+                let reached = tokio::time::timeout(options.timeout, watcher.wait_for(holds)).await.is_ok_and(|waited| waited.is_ok());
+                match reached {
+                    true => self.read_here(statements).await.0,
+                    false => read_error(
+                        503,
+                        format!(
+                            "this node has not applied position {after} within {:?} (it is at {}); retry, or read with level=weak",
+                            options.timeout,
+                            self.published().last
+                        ),
+                    ),
+                }
+            }
+            ReadLevel::Weak | ReadLevel::Strong | ReadLevel::Linearizable => {
+                if published.is_leader {
+                    self.read_as_leader(statements, options.level).await
+                } else {
+                    self.read_at_leader(statements, options.level).await
+                }
+            }
+        }
+    }
+
+    pub(super) async fn read_at_leader(&self, statements: Vec<Statement>, level: ReadLevel) -> ReadReply {
+        let published = self.published();
+        let leader = match &published.leader {
+            Some(leader) if *leader != self.config.id => leader.clone(),
+            _ => return self.read_as_leader(statements, level).await,
+        };
+        match self.forward(&leader, Duration::from_secs(10), |id| Frame::ForwardRead { id, statements, level }).await {
+            Some(ForwardReply::Read(reply)) => reply,
+            _ => read_error(503, format!("leader {leader} did not answer the forwarded read in time")),
+        }
+    }
+
+    pub(crate) async fn read_as_leader(&self, statements: Vec<Statement>, level: ReadLevel) -> ReadReply {
+        let published = self.published();
+        if !published.is_leader {
+            let error = self.not_accepting(&published);
+            return ReadReply { results: Vec::new(), error: Some(error) };
+        }
+        let (reply, observed_index) = self.read_here(statements).await;
+        if reply.error.is_some() || matches!(level, ReadLevel::Weak) {
+            return reply;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.post(Event::ReadBarrier { observed_index, reply: tx });
+        match rx.await {
+            Ok(Ok(())) => reply,
+            Ok(Err(error)) => read_error(503, format!("linearizable read refused: {error}")),
+            Err(_) => read_error(503, "replica loop stopped"),
+        }
+    }
+
+    /// Runs the statements on a local read-only connection; returns the reply and the
+    /// log index the read's snapshot contained.
+    pub(super) async fn read_here(&self, statements: Vec<Statement>) -> (ReadReply, u64) {
+        match self.with_reader(move |reader| reader.query(&statements).map_err(|error| error.to_string())).await {
+            Ok(Ok((results, observed))) => (ReadReply { results, error: None }, observed),
+            Ok(Err(error)) | Err(error) => (read_error(500, error), 0),
+        }
+    }
+
+    /// Runs `work` on a pooled read-only connection (opened with the configured limits),
+    /// off the async workers, and returns the connection to the pool.
+    pub(super) async fn with_reader<T: Send + 'static>(&self, work: impl FnOnce(&Reader) -> T + Send + 'static) -> Result<T, String> {
+        let generation = self.reader_generation.load(Ordering::Acquire);
+        // A connection opened before a snapshot replaced the file still reads the old one.
+        let pooled = {
+            let mut readers = self.readers.lock().expect("readers lock");
+            readers.retain(|(opened_in, _)| *opened_in == generation);
+            readers.pop().map(|(_, reader)| reader)
+        };
+        let directory = self.config.data_dir.clone();
+        let limits = self.config.limits;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let reader = match pooled {
+                Some(reader) => reader,
+                None => Reader::open_with_limits(&directory, limits).map_err(|error| error.to_string())?,
+            };
+            let done = work(&reader);
+            Ok::<_, String>((reader, done))
+        })
+        .await
+        .map_err(|join_error| join_error.to_string())?;
+        let (reader, done) = outcome?;
+        if self.reader_generation.load(Ordering::Acquire) == generation {
+            let mut readers = self.readers.lock().expect("readers lock");
+            if readers.len() < 16 {
+                readers.push((generation, reader));
+            }
+        }
+        Ok(done)
+    }
+
+    /// True if every statement only reads (so `/db/request` can take the read path).
+    pub async fn all_read_only(&self, statements: Vec<Statement>) -> bool {
+        self.with_reader(move |reader| tern_storage::all_read_only(reader, &statements)).await.unwrap_or(false)
+    }
+
+    /// How many entries the rollback store holds (0 if it cannot be read).
+    pub async fn rollback_count(&self) -> u64 {
+        let directory = self.config.data_dir.clone();
+        if !directory.join(tern_storage::engine::ROLLBACK_FILE).exists() {
+            return 0;
+        }
+        tokio::task::spawn_blocking(move || RollbackStore::open(&directory).and_then(|store| store.count()).unwrap_or(0)).await.unwrap_or(0)
+    }
+
+    /// The entries this node rolled back (its rollback store), oldest first.
+    pub async fn rollback_entries(&self) -> Result<Vec<RolledBack>, String> {
+        let directory = self.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || RollbackStore::open(&directory).and_then(|store| store.list()).map_err(|error| error.to_string()))
+            .await
+            .map_err(|error| error.to_string())?
+    }
+
+    /// What `tern verify` compares: this node's position and, read in the same
+    /// transaction, per-table checksums (logical formats) or page hashes (physical).
+    pub async fn verify_local(&self) -> Result<serde_json::Value, String> {
+        let directory = self.config.data_dir.clone();
+        let physical = self.config.log_format == tern_core::LogFormat::Physical;
+        let id = self.config.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = Reader::open(&directory).map_err(|error| error.to_string())?;
+            let (position, tables) = reader.checksums_at_position().map_err(|error| error.to_string())?;
+            let tables: Vec<serde_json::Value> =
+                tables.into_iter().map(|(name, rows, sum)| serde_json::json!({"table": name, "rows": rows, "checksum": format!("{sum:016x}")})).collect();
+            let mut report = serde_json::json!({"id": id, "position": position.to_string(), "tables": tables});
+            if physical {
+                let (page_position, hashes) = reader.page_hashes().map_err(|error| error.to_string())?;
+                report["page_position"] = serde_json::json!(page_position.to_string());
+                report["pages"] = serde_json::json!(hashes.iter().map(|hash| format!("{hash:016x}")).collect::<Vec<_>>());
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+
+    /// Per-table `(name, rows, checksum)` of this node's data.
+    pub async fn checksums(&self) -> Result<Vec<(String, u64, u64)>, String> {
+        let (reply, rx) = oneshot::channel();
+        if !self.storage_send(StorageCommand::Checksums { reply }) {
+            return Err("storage stopped".into());
+        }
+        rx.await.map_err(|_| "storage stopped".to_string())?
+    }
+
+    // ---- frames from peers ----
+}
+
+pub(super) fn read_error(status: u16, message: impl Into<String>) -> ReadReply {
+    ReadReply { results: Vec::new(), error: Some(RequestError::new(status, message)) }
+}

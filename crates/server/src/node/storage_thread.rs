@@ -1,0 +1,257 @@
+//! The storage thread, SQLite's only writer: group commit under the write lease, applying, snapshots, compaction.
+
+use super::*;
+
+pub(super) fn stopped_leading() -> WriteReply {
+    let error = RequestError::new(503, "this node stopped leading before the write could commit: retry (it was not applied)");
+    WriteReply { results: Vec::new(), position: None, error: Some(error) }
+}
+
+/// What the replica loop last decided about writes, for the storage thread to check
+/// before executing a batch and again just before committing it: a lease that runs out
+/// while a batch executes stops its commit.
+pub(crate) struct WriteLease {
+    /// The epoch this node may write in; 0: none.
+    pub(super) epoch: AtomicU64,
+    /// Node-clock microseconds (see `Node::now_us`) until which the lease holds.
+    pub(super) until_us: AtomicU64,
+    pub(super) clock: Instant,
+}
+
+impl WriteLease {
+    pub(super) fn publish(&self, replica: &Replica, now: u64) {
+        let (epoch, until) = match replica.write_lease_until(now) {
+            Some(until) => (replica.epoch(), until),
+            None => (0, 0),
+        };
+        self.until_us.store(until, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    pub(super) fn allows(&self, epoch: u64) -> bool {
+        let now = self.clock.elapsed().as_micros() as u64;
+        let current = self.epoch.load(Ordering::Acquire);
+        current != 0 && current == epoch && now < self.until_us.load(Ordering::Acquire)
+    }
+}
+
+/// The storage thread's state: the only SQLite writer of this node.
+pub(super) struct StorageContext {
+    pub(super) engine: Engine,
+    pub(super) stats: Arc<LogStats>,
+    pub(super) events: mpsc::UnboundedSender<Event>,
+    pub(super) write_lease: Arc<WriteLease>,
+    pub(super) log_retain: u64,
+    pub(super) reader_generation: Arc<AtomicU64>,
+    pub(super) node_id: String,
+}
+
+/// Most requests committed in one transaction.
+pub(super) const MAX_GROUP_COMMIT: usize = 1024;
+
+/// A group commit stops taking requests once they hold this many bytes, so one log
+/// entry (a group's changes) stays far below `wire::MAX_FRAME_BYTES` and can always be
+/// shipped: with `--max-body-bytes` at most `MAX_BODY_BYTES_LIMIT`, an entry holds at
+/// most about 16 + 64 MiB of statements.
+pub(super) const MAX_GROUP_COMMIT_BYTES: usize = 16 << 20;
+
+/// The largest `--max-body-bytes` a node accepts.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 << 20;
+
+impl StorageContext {
+    pub(super) fn run(mut self, commands: std_mpsc::Receiver<StorageCommand>) {
+        let mut queued: Option<StorageCommand> = None;
+        loop {
+            let first = match queued.take() {
+                Some(command) => command,
+                None => match commands.recv() {
+                    Ok(command) => command,
+                    Err(_) => return,
+                },
+            };
+            match first {
+                StorageCommand::Execute { request, requirement, epoch, reply } => {
+                    let alone = tern_storage::is_maintenance(&request);
+                    let mut bytes = request.approximate_bytes();
+                    let mut batch = vec![(request, requirement, epoch, reply)];
+                    while !alone && batch.len() < MAX_GROUP_COMMIT && bytes < MAX_GROUP_COMMIT_BYTES {
+                        match commands.try_recv() {
+                            // VACUUM runs outside any transaction, so it never joins a group.
+                            Ok(StorageCommand::Execute { request, requirement, epoch, reply }) if !tern_storage::is_maintenance(&request) => {
+                                bytes += request.approximate_bytes();
+                                batch.push((request, requirement, epoch, reply))
+                            }
+                            Ok(other) => {
+                                queued = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.execute(batch);
+                }
+                StorageCommand::Apply { mut entries } => {
+                    while entries.len() < 8 * MAX_GROUP_COMMIT {
+                        match commands.try_recv() {
+                            Ok(StorageCommand::Apply { entries: more }) => entries.extend(more),
+                            Ok(other) => {
+                                queued = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    match self.engine.apply(&entries) {
+                        Ok(position) => {
+                            self.stats.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                            self.stats.bytes.fetch_add(entries.iter().map(|entry| entry.payload.len() as u64).sum(), Ordering::Relaxed);
+                            let _ = self.events.send(Event::Persisted(position));
+                            self.maybe_compact();
+                        }
+                        Err(error) => {
+                            tracing::error!(node = %self.node_id, "cannot apply entries {}..: {error}", entries[0].index);
+                            let _ = self.events.send(Event::PersistFailed);
+                        }
+                    }
+                }
+                StorageCommand::ReadLog { to, from_index } => {
+                    let entries = match self.engine.read_log(from_index, 512, 4 << 20) {
+                        Ok(entries) => entries,
+                        Err(error) => {
+                            tracing::error!("cannot read the log: {error}");
+                            Some(Vec::new())
+                        }
+                    };
+                    let _ = self.events.send(Event::LogRead { to, from_index, entries });
+                }
+                StorageCommand::MakeSnapshot { to, rollback_after } => {
+                    // Copied on a thread and connection of its own, so writes go on
+                    // meanwhile (the physical format reads the pages in one read
+                    // transaction; periodic checkpoints do not wait for it).
+                    let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
+                    let (format, database) = (self.engine.format(), self.engine.database_path());
+                    let events = self.events.clone();
+                    let spawned = std::thread::Builder::new().name(format!("tern-snapshot-{to}")).spawn(move || {
+                        match tern_storage::write_snapshot_of(format, &database, &path) {
+                            Ok(position) => {
+                                tracing::info!("snapshot at {position} made for {to}");
+                                let _ = events.send(Event::SnapshotReady { to, path, position, rollback_after });
+                            }
+                            Err(error) => {
+                                tracing::error!("cannot make a snapshot for {to}: {error}");
+                                let _ = events.send(Event::SnapshotSent { to, position: None });
+                            }
+                        }
+                    });
+                    if let Err(error) = spawned {
+                        tracing::error!("cannot start a snapshot thread: {error}");
+                    }
+                }
+                StorageCommand::InstallSnapshot { path, rollback_after: None } => match self.engine.install_snapshot(&path, false) {
+                    Ok(position) => {
+                        self.reader_generation.fetch_add(1, Ordering::AcqRel);
+                        tracing::info!("snapshot installed at {position}");
+                        let _ = self.events.send(Event::SnapshotInstalled(position));
+                    }
+                    Err(error) => tracing::error!("cannot install snapshot: {error}"),
+                },
+                StorageCommand::InstallSnapshot { path, rollback_after: Some(common) } => {
+                    let outcome = self.engine.roll_back_and_install(common, &path);
+                    match outcome {
+                        Ok((entries, position)) => {
+                            self.reader_generation.fetch_add(1, Ordering::AcqRel);
+                            tracing::warn!(
+                                "log diverged after index {common}: {entries} entries moved to the rollback store; snapshot installed at {position}"
+                            );
+                            let _ = self.events.send(Event::RolledBack { position });
+                        }
+                        Err(error) => tracing::error!("cannot roll back after {common} and install the snapshot: {error}"),
+                    }
+                }
+                StorageCommand::Checksums { reply } => {
+                    let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
+                }
+                StorageCommand::Panic => panic!("fault injection: the storage thread was asked to panic (POST /debug/panic)"),
+                StorageCommand::Shutdown { reply } => {
+                    if let Err(error) = self.engine.checkpoint() {
+                        tracing::warn!("checkpoint at shutdown failed: {error}");
+                    }
+                    drop(self.engine);
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn execute(&mut self, batch: Vec<(WriteRequest, AckRequirement, u64, oneshot::Sender<WriteReply>)>) {
+        // Only while the replica loop still lets this node write in that epoch: a node
+        // that lost its lease or leadership meanwhile must not extend its log.
+        let lease = self.write_lease.clone();
+        let (batch, refused): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, _, epoch, _)| lease.allows(*epoch));
+        for (_, _, _, reply) in refused {
+            let _ = reply.send(stopped_leading());
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let epoch = batch[0].2;
+        let batch: Vec<(WriteRequest, AckRequirement, oneshot::Sender<WriteReply>)> =
+            batch.into_iter().map(|(request, requirement, _, reply)| (request, requirement, reply)).collect();
+        let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
+        let still_leading = || lease.allows(epoch);
+        match self.engine.execute_batch_while(epoch, &requests, &still_leading) {
+            Ok(Executed::StoppedLeading) => {
+                for (_, _, reply) in batch {
+                    let _ = reply.send(stopped_leading());
+                }
+            }
+            Ok(Executed::Committed(outcome)) => {
+                let mut writes = Vec::new();
+                for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {
+                    match &outcome.entry {
+                        Some(entry) if changed => writes.push(PendingWrite { index: entry.index, requirement, results, reply }),
+                        _ => {
+                            let _ = reply.send(WriteReply { results, position: None, error: None });
+                        }
+                    }
+                }
+                if let Some(entry) = outcome.entry {
+                    self.stats.entries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(entry.payload.len() as u64, Ordering::Relaxed);
+                    let _ = self.events.send(Event::Appended { entries: vec![entry], writes });
+                    self.maybe_compact();
+                }
+            }
+            Err(error) => {
+                tracing::error!("write batch failed: {error}");
+                if error.is_disk_full() {
+                    let _ = self.events.send(Event::DiskFull);
+                }
+                // A statement stopped at its deadline failed the group: the others retry.
+                let status = match error.kind() {
+                    tern_storage::StorageErrorKind::StatementTimedOut => 503,
+                    tern_storage::StorageErrorKind::EntryTooLarge => 413,
+                    _ => 500,
+                };
+                for (_, _, reply) in batch {
+                    let _ = reply.send(WriteReply {
+                        results: Vec::new(),
+                        position: None,
+                        error: Some(RequestError::new(status, format!("storage failure: {error}"))),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Keeps the log near `log_retain` entries, compacting in steps so it is rare.
+    pub(super) fn maybe_compact(&mut self) {
+        let held = self.engine.last().index.saturating_sub(self.engine.first_index()) + 1;
+        if held > self.log_retain + self.log_retain / 4 + 64 {
+            if let Err(error) = self.engine.compact(self.log_retain) {
+                tracing::error!("log compaction failed: {error}");
+            }
+        }
+    }
+}

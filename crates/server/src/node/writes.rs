@@ -1,0 +1,165 @@
+//! The write path: admission control, forwarding from followers to the leader, membership and leadership changes.
+
+use super::*;
+
+impl Node {
+    /// Executes a write on the leader (forwarding it there from a follower) and waits
+    /// for the acknowledgement the request asked for.
+    pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
+        let published = self.published();
+        let leader = match &published.leader {
+            Some(leader) if *leader != self.config.id => leader.clone(),
+            _ => return self.write_local(request, requirement).await,
+        };
+        let wait = self.config.write_timeout + Duration::from_secs(5);
+        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement }).await {
+            Some(ForwardReply::Write(reply)) => reply,
+            _ => {
+                let mut error = RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));
+                error.leader = Some(leader);
+                WriteReply { results: Vec::new(), position: None, error: Some(error) }
+            }
+        }
+    }
+
+    /// Why this node cannot start a write now, for a 503: the leader to go to, or that
+    /// an election is under way.
+    pub(super) fn not_accepting(&self, published: &Published) -> RequestError {
+        let mut error = match &published.leader {
+            Some(leader) if *leader != self.config.id => RequestError::new(503, format!("not the leader; leader is {leader}")),
+            Some(_) => RequestError::new(503, "this node leads but cannot confirm its lease with a majority: retry shortly"),
+            None => RequestError::new(503, "no leader is known (an election is under way): retry shortly"),
+        };
+        error.leader = published.leader.clone().filter(|leader| *leader != self.config.id);
+        error
+    }
+
+    /// Sends a request frame to `leader` and waits up to `wait` for the matching reply
+    /// frame (`None` if none came; the request's outcome is then unknown).
+    pub(super) async fn forward(&self, leader: &str, wait: Duration, frame: impl FnOnce(u64) -> Frame) -> Option<ForwardReply> {
+        let id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.forwards.lock().expect("forwards lock").insert(id, tx);
+        self.send_to(leader, frame(id));
+        // Give up as soon as this node stops following that leader (it died or was
+        // replaced): the client hears "outcome unknown" now, not after the timeout.
+        let mut watcher = self.published.clone();
+        let leader_gone = watcher.wait_for(|published| published.leader.as_deref() != Some(leader));
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(wait, rx) => reply.ok().and_then(Result::ok),
+            _ = leader_gone => None,
+        };
+        if reply.is_none() {
+            self.forwards.lock().expect("forwards lock").remove(&id);
+        }
+        reply
+    }
+
+    pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
+        let published = self.published();
+        if !published.accepting_writes {
+            return WriteReply { results: Vec::new(), position: None, error: Some(self.not_accepting(&published)) };
+        }
+        let requirement = requirement.unwrap_or(self.config.ack.requirement());
+        let members = published.membership.voters.len();
+        if let AckRequirement::Nodes(requested) = requirement {
+            if requested > members {
+                let message = WriteError::Unsatisfiable { requested, members }.to_string();
+                return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(400, message)) };
+            }
+        }
+        // Admission control: past this many writes in flight, refuse new ones at once
+        // rather than queue them without bound.
+        let pending = PendingCount::enter(&self.pending_writes);
+        if pending.count > MAX_PENDING_WRITES {
+            let message = format!("this node has {} writes in flight, over its limit of {MAX_PENDING_WRITES}: retry shortly", pending.count - 1);
+            return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(503, message)) };
+        }
+        let (reply, rx) = oneshot::channel();
+        if !self.storage_send(StorageCommand::Execute { request, requirement, epoch: published.epoch, reply }) {
+            return WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) };
+        }
+        rx.await.unwrap_or_else(|_| WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) })
+    }
+
+    // ---- reads ----
+
+    /// Asks this node, which must lead, to hand leadership to `to`.
+    ///
+    /// # Errors
+    /// Why it cannot (not the leader, unknown node, failover off).
+    pub async fn transfer_leadership(&self, to: String) -> Result<(), RequestError> {
+        self.ask_leader(
+            |reply| Event::TransferLeader { to, reply },
+            |error| match error {
+                TransferError::NotLeader { leader } => (503, leader.clone()),
+                TransferError::FailoverOff | TransferError::NotAnotherMember { .. } => (400, None),
+            },
+        )
+        .await
+    }
+
+    /// Asks this node, which must lead, to add or remove a member. Returns once raft has
+    /// the proposal; the change applies when a quorum agrees (watch `/cluster`).
+    ///
+    /// # Errors
+    /// Why it cannot (not the leader, a change already under way, nonsense request).
+    pub async fn change_membership(&self, request: MembershipRequest) -> Result<(), RequestError> {
+        self.ask_leader(
+            |reply| Event::ChangeMembership { request, reply },
+            |error| match error {
+                MembershipError::NotLeader { leader } => (503, leader.clone()),
+                MembershipError::ChangePending => (503, None),
+                MembershipError::FailoverOff | MembershipError::BadName { .. } => (400, None),
+                MembershipError::AlreadyMember { .. }
+                | MembershipError::NotMember { .. }
+                | MembershipError::RemovingLeader { .. }
+                | MembershipError::LastVoter { .. } => (409, None),
+            },
+        )
+        .await
+    }
+
+    /// Posts a leader-only request to the replica loop and turns the core's refusal into
+    /// an HTTP error: `status_of` gives its status and the leader to name, if any.
+    pub(super) async fn ask_leader<E: std::fmt::Display>(
+        &self,
+        event: impl FnOnce(oneshot::Sender<Result<(), E>>) -> Event,
+        status_of: impl FnOnce(&E) -> (u16, Option<String>),
+    ) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.post(event(reply));
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                let (status, leader) = status_of(&error);
+                let mut request_error = RequestError::new(status, error.to_string());
+                request_error.leader = leader;
+                Err(request_error)
+            }
+            Err(_) => Err(RequestError::new(503, "replica loop stopped")),
+        }
+    }
+}
+
+/// Most writes a node holds in flight (executing or waiting for acknowledgements).
+pub(super) const MAX_PENDING_WRITES: usize = 16_384;
+
+/// One write counted in flight until dropped.
+pub(super) struct PendingCount<'counter> {
+    pub(super) counter: &'counter AtomicUsize,
+    /// How many were in flight with this one.
+    pub(super) count: usize,
+}
+
+impl<'counter> PendingCount<'counter> {
+    pub(super) fn enter(counter: &'counter AtomicUsize) -> PendingCount<'counter> {
+        PendingCount { counter, count: counter.fetch_add(1, Ordering::AcqRel) + 1 }
+    }
+}
+
+impl Drop for PendingCount<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
