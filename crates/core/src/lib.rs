@@ -3,22 +3,23 @@
 //! Everything here is a plain state machine: it never touches a socket, a file, a clock,
 //! a thread or a random source. Drivers (the tokio server in `tern-server`, the
 //! deterministic simulator) feed it events with the current time and drain the
-//! [`replica::Output`]s it produces. The driving contract is written at the top of
-//! [`replica`].
+//! [`single_leader::Output`]s it produces. The driving contract is written at the top
+//! of [`single_leader`].
 //!
 //! Layout:
 //! - [`types`]: positions, entries, ack modes, read levels, log formats.
 //! - [`message`]: what replicas say to each other on the data path.
 //! - [`election`]: leader election by quorum vote, delegated to raft-rs (term = epoch).
-//! - [`replica`]: leader log shipping, ack accounting (async / semi-sync / sync / `w=`),
-//!   follower acceptance, lag measurement, linearizable read barriers.
+//! - [`single_leader`]: the single-leader topology, one file per role and concern:
+//!   leader log shipping and ack accounting (async / semi-sync / sync / `w=`), follower
+//!   acceptance, recovery and transfer, reads and leases, membership, log matching.
 
 pub mod election;
 pub mod message;
-pub mod replica;
+pub mod single_leader;
 pub mod types;
 
 pub use election::{ElectionConfig, Membership, SavedElection};
 pub use message::Message;
-pub use replica::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
+pub use single_leader::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};

@@ -1,0 +1,65 @@
+//! Reads and leases: read barriers for linearizable reads, the write lease, lag for bounded reads.
+
+use super::*;
+
+impl Replica {
+    /// Leader: a linearizable read saw the database up to `observed_index`. Completes
+    /// once a majority confirms leadership in a fresh heartbeat round and that index is
+    /// majority-durable, so the read neither misses acknowledged writes nor returns
+    /// writes that could still be lost.
+    pub fn on_read_barrier(&mut self, now: Micros, tag: u64, observed_index: u64) {
+        if !self.is_leader() {
+            let leader = self.leader.clone();
+            self.outputs.push_back(Output::ReadDone { tag, result: Err(ReadError::NotLeader { leader }) });
+            return;
+        }
+        // A round that starts after the read arrived.
+        self.broadcast_heartbeat(now);
+        let deadline = now + self.config.read_timeout_us;
+        let Role::Leader(leader) = &mut self.role else { unreachable!() };
+        let read_seq = leader.read_seq;
+        leader.reads.push(ReadWaiter { tag, read_seq, observed_index, deadline });
+        self.advance(now);
+    }
+
+    /// Until when this node may accept writes, if it may now: the end of its write lease.
+    pub fn write_lease_until(&self, now: Micros) -> Option<Micros> {
+        match &self.role {
+            Role::Leader(leader) if self.accepting_writes(now).is_ok() => Some(leader.lease_until),
+            _ => None,
+        }
+    }
+
+    /// Whether a new write may start here now; the error says where to go instead.
+    /// With elections a leader accepts writes only while its lease holds and it is not
+    /// handing leadership over.
+    pub fn accepting_writes(&self, now: Micros) -> Result<(), WriteError> {
+        match &self.role {
+            Role::Leader(leader) if now < leader.lease_until && self.handover.is_none() && !self.election.as_ref().is_some_and(Election::transferring) => {
+                Ok(())
+            }
+            Role::Leader(_) => Err(WriteError::NotLeader { leader: None }),
+            Role::Follower(_) => Err(WriteError::NotLeader { leader: self.leader.clone() }),
+        }
+    }
+
+    /// How long since this node last knew it had everything the leader had. A leader
+    /// holding its lease is never behind; one whose lease ran out may have been deposed
+    /// without knowing it, so its data is known current only up to the lease's end.
+    /// `None` on a follower before first contact.
+    pub fn lag_us(&self, now: Micros) -> Option<Micros> {
+        match &self.role {
+            Role::Leader(leader) => Some(now.saturating_sub(leader.lease_until)),
+            Role::Follower(follower) => follower.fresh_as_of.map(|at| now.saturating_sub(at)),
+        }
+    }
+}
+
+pub(super) const PENDING_FRESH_LIMIT: usize = 4096;
+
+/// How long after a heartbeat round starts a leader may accept writes on its strength:
+/// less than the shortest election timeout, with room for clocks that run at slightly
+/// different rates.
+pub(super) fn lease_us(election_timeout_min_us: Micros) -> Micros {
+    election_timeout_min_us * 3 / 4
+}
