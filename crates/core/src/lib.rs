@@ -9,17 +9,21 @@
 //! Layout:
 //! - [`types`]: positions, entries, ack modes, read levels, log formats.
 //! - [`message`]: what replicas say to each other on the data path.
+//! - [`hlc`]: a hybrid logical clock, fed the wall clock by the driver (for row versions
+//!   in the multi-leader and leaderless topologies).
 //! - [`election`]: leader election by quorum vote, delegated to raft-rs (term = epoch).
 //! - [`single_leader`]: the single-leader topology, one file per role and concern:
 //!   leader log shipping and ack accounting (async / semi-sync / sync / `w=`), follower
 //!   acceptance, recovery and transfer, reads and leases, membership, log matching.
 
 pub mod election;
+pub mod hlc;
 pub mod message;
 pub mod single_leader;
 pub mod types;
 
 pub use election::{ElectionConfig, Membership, SavedElection};
+pub use hlc::{ClockDrift, HybridClock, Timestamp};
 pub use message::Message;
 pub use single_leader::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};
