@@ -8,6 +8,7 @@
 //!
 //! Layout:
 //! - [`types`]: positions, entries, ack modes, read levels, log formats.
+//! - [`quorum`]: quorum counting and deadline waiters, for every topology.
 //! - [`message`]: what replicas say to each other on the data path.
 //! - [`hlc`]: a hybrid logical clock, fed the wall clock by the driver (for row versions
 //!   in the multi-leader and leaderless topologies).
@@ -19,6 +20,7 @@
 pub mod election;
 pub mod hlc;
 pub mod message;
+pub mod quorum;
 pub mod single_leader;
 pub mod types;
 

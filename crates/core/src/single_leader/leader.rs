@@ -1,6 +1,7 @@
 //! The leader: per-follower progress, shipping entries, counting acknowledgements (`w=`), resend backoff, and feeding followers that need a snapshot.
 
 use super::*;
+use crate::quorum::{self, Settled};
 
 impl Replica {
     /// Leader: `entries` were executed and durably committed locally. Each waiter is
@@ -259,43 +260,35 @@ impl Replica {
 
         let mut durable: Vec<u64> = leader.peers.iter().filter(counted).map(|(_, progress)| progress.matched).collect();
         durable.push(last_index);
-        durable.sort_unstable_by(|a, b| b.cmp(a));
-        leader.commit_index = leader.commit_index.max(durable[majority - 1]);
+        leader.commit_index = leader.commit_index.max(quorum::reached_by(durable, majority));
 
         let copies = |index: u64| 1 + leader.peers.iter().filter(counted).filter(|(_, progress)| progress.matched >= index).count();
         let satisfied = |waiter: &WriteWaiter| -> bool {
             let index = waiter.position.index;
-            match waiter.requirement {
-                AckRequirement::Nodes(count) => copies(index) >= count,
-                AckRequirement::Majority => copies(index) >= majority,
-                AckRequirement::All => copies(index) >= members,
-                AckRequirement::AllInSync => {
-                    copies(index) >= majority && leader.peers.iter().filter(counted).all(|(_, progress)| !progress.in_sync || progress.matched >= index)
-                }
-            }
+            quorum::requirement_met(waiter.requirement, copies(index), majority, members, || {
+                leader.peers.iter().filter(counted).all(|(_, progress)| !progress.in_sync || progress.matched >= index)
+            })
         };
-        let mut index = 0;
-        while index < leader.writes.len() {
-            let waiter = &leader.writes[index];
-            if satisfied(waiter) {
-                let waiter = leader.writes.swap_remove(index);
-                self.outputs.push_back(Output::WriteDone { tag: waiter.tag, result: Ok(waiter.position) });
-            } else if now >= waiter.deadline {
-                let waiter = leader.writes.swap_remove(index);
-                let error =
-                    WriteError::Timeout { position: waiter.position, acked_by: copies(waiter.position.index), needed: requirement_text(waiter.requirement) };
-                self.outputs.push_back(Output::WriteDone { tag: waiter.tag, result: Err(error) });
-            } else {
-                index += 1;
-            }
+        for settled in quorum::settle(&mut leader.writes, now, |waiter| waiter.deadline, satisfied) {
+            let (tag, result) = match settled {
+                Settled::Done(waiter) => (waiter.tag, Ok(waiter.position)),
+                Settled::Expired(waiter) => (
+                    waiter.tag,
+                    Err(WriteError::Timeout {
+                        position: waiter.position,
+                        acked_by: copies(waiter.position.index),
+                        needed: requirement_text(waiter.requirement),
+                    }),
+                ),
+            };
+            self.outputs.push_back(Output::WriteDone { tag, result });
         }
 
         if self.election.is_some() {
             // The newest round a majority (this node included) has acknowledged.
             let mut acked: Vec<u64> = leader.peers.iter().filter(counted).map(|(_, progress)| progress.acked_read_seq).collect();
             acked.push(leader.read_seq);
-            acked.sort_unstable_by(|a, b| b.cmp(a));
-            let round = acked[majority - 1];
+            let round = quorum::reached_by(acked, majority);
             while leader.rounds.len() > 1 && leader.rounds.front().is_some_and(|(seq, _)| *seq < round) {
                 leader.rounds.pop_front();
             }
@@ -308,18 +301,13 @@ impl Replica {
         }
         let commit_index = leader.commit_index;
         let confirmed = |read_seq: u64| 1 + leader.peers.iter().filter(counted).filter(|(_, progress)| progress.acked_read_seq >= read_seq).count();
-        let mut index = 0;
-        while index < leader.reads.len() {
-            let read = &leader.reads[index];
-            if confirmed(read.read_seq) >= majority && commit_index >= read.observed_index {
-                let read = leader.reads.swap_remove(index);
-                self.outputs.push_back(Output::ReadDone { tag: read.tag, result: Ok(()) });
-            } else if now >= read.deadline {
-                let read = leader.reads.swap_remove(index);
-                self.outputs.push_back(Output::ReadDone { tag: read.tag, result: Err(ReadError::Timeout) });
-            } else {
-                index += 1;
-            }
+        let read_done = |read: &ReadWaiter| confirmed(read.read_seq) >= majority && commit_index >= read.observed_index;
+        for settled in quorum::settle(&mut leader.reads, now, |read| read.deadline, read_done) {
+            let (tag, result) = match settled {
+                Settled::Done(read) => (read.tag, Ok(())),
+                Settled::Expired(read) => (read.tag, Err(ReadError::Timeout)),
+            };
+            self.outputs.push_back(Output::ReadDone { tag, result });
         }
 
         // Append times are only needed for indexes some follower still lacks.
