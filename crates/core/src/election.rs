@@ -276,6 +276,15 @@ impl Election {
         }
     }
 
+    /// When raft's clock next needs a tick (while a fresh node holds back, when it may start).
+    pub(crate) fn next_tick_at(&self) -> Micros {
+        if self.raw.raft.term == 0 && self.next_tick_at < self.hold_until {
+            self.hold_until
+        } else {
+            self.next_tick_at
+        }
+    }
+
     pub(crate) fn config(&self) -> &ElectionConfig {
         &self.config
     }

@@ -8,6 +8,8 @@
 //!
 //! Layout:
 //! - [`types`]: positions, entries, ack modes, read levels, log formats.
+//! - [`protocol`]: the driving contract every topology implements (`handle`,
+//!   `poll_output`, `poll_timeout`).
 //! - [`quorum`]: quorum counting and deadline waiters, for every topology.
 //! - [`message`]: what replicas say to each other on the data path.
 //! - [`hlc`]: a hybrid logical clock, fed the wall clock by the driver (for row versions
@@ -20,6 +22,7 @@
 pub mod election;
 pub mod hlc;
 pub mod message;
+pub mod protocol;
 pub mod quorum;
 pub mod single_leader;
 pub mod types;
@@ -27,5 +30,6 @@ pub mod types;
 pub use election::{ElectionConfig, Membership, SavedElection};
 pub use hlc::{ClockDrift, HybridClock, Timestamp};
 pub use message::Message;
+pub use protocol::Protocol;
 pub use single_leader::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, LogFormat, Micros, NodeId, Position, ReadLevel};

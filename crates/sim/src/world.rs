@@ -20,8 +20,10 @@ use crate::{Faults, Options};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
+use tern_core::single_leader::Event as ReplicaEvent;
 use tern_core::{
-    AckRequirement, Config, ElectionConfig, Entry, MembershipRequest, Message, Micros, Output, Position, ReadLevel, Replica, SavedElection, WriteError,
+    AckRequirement, Config, ElectionConfig, Entry, MembershipRequest, Message, Micros, Output, Position, Protocol, ReadLevel, Replica, SavedElection,
+    WriteError,
 };
 
 /// Appends a line to the trace, formatting it only when a trace is kept.
@@ -259,6 +261,8 @@ pub struct Observations {
     pub mismatched_applies: Vec<String>,
     /// Moments at which two nodes would both have accepted a write.
     pub overlapping_leases: Vec<String>,
+    /// A replica's structural invariant broken after a step (`Replica::check_invariants`).
+    pub broken_invariants: Vec<String>,
 }
 
 pub struct World {
@@ -362,7 +366,13 @@ impl World {
             nodes,
             clients,
             history: Vec::new(),
-            observations: Observations { created: BTreeMap::new(), leaders: BTreeMap::new(), mismatched_applies: Vec::new(), overlapping_leases: Vec::new() },
+            observations: Observations {
+                created: BTreeMap::new(),
+                leaders: BTreeMap::new(),
+                mismatched_applies: Vec::new(),
+                overlapping_leases: Vec::new(),
+                broken_invariants: Vec::new(),
+            },
             seed,
             events: 0,
             roles: vec![String::new(); count],
@@ -557,8 +567,21 @@ impl World {
         }
         trace!(self, "{event:?}");
         self.handle(event);
+        self.check_invariants();
         self.observe_leaders();
         true
+    }
+
+    /// Every running replica's invariants, after every step (as TigerBeetle checks its
+    /// replicas); the first few broken ones are kept for the report.
+    fn check_invariants(&mut self) {
+        for node in &self.nodes {
+            if let Some(Err(broken)) = node.replica.as_ref().map(Replica::check_invariants) {
+                if self.observations.broken_invariants.len() < 10 {
+                    self.observations.broken_invariants.push(format!("{} at {} us: {broken}", node.id, self.now));
+                }
+            }
+        }
     }
 
     fn target_node(&self, event: &Event) -> Option<usize> {
@@ -628,7 +651,7 @@ impl World {
                 }
                 let now = self.node_now(node);
                 if let Some(replica) = &mut self.nodes[node].replica {
-                    replica.on_tick(now);
+                    replica.handle(ReplicaEvent::Tick, now);
                 }
                 self.expire_sessions(node);
                 self.drain(node);
@@ -758,7 +781,7 @@ impl World {
                 let now = self.node_now(node);
                 let from_id = self.nodes[source].id.clone();
                 if let Some(replica) = &mut self.nodes[node].replica {
-                    replica.on_message(now, &from_id, message);
+                    replica.handle(ReplicaEvent::Message { from: from_id, message }, now);
                     self.drain(node);
                 }
             }
@@ -868,7 +891,7 @@ impl World {
                         let tag = state.next_tag;
                         state.next_tag += 1;
                         state.read_tags.insert(tag, (client, op, reply));
-                        state.replica.as_mut().expect("running").on_read_barrier(now, tag, observed);
+                        state.replica.as_mut().expect("running").handle(ReplicaEvent::ReadBarrier { tag, observed_index: observed }, now);
                         self.drain(node);
                     }
                 }
@@ -937,7 +960,11 @@ impl World {
                 state.next_tag += 1;
                 state.write_tags.insert(tag, (client, op));
                 let index = entry.index;
-                state.replica.as_mut().expect("persists only complete on running nodes").on_leader_appended(now, vec![entry], vec![(tag, index, requirement)]);
+                state
+                    .replica
+                    .as_mut()
+                    .expect("persists only complete on running nodes")
+                    .handle(ReplicaEvent::LeaderAppended { entries: vec![entry], waiters: vec![(tag, index, requirement)] }, now);
             }
             Persist::Follower { mut entries } => {
                 // As the engine does: entries already held (a snapshot covered them) are skipped.
@@ -968,7 +995,7 @@ impl World {
                 }
                 self.append_to_disk(node, &entries);
                 let last = self.nodes[node].last();
-                self.nodes[node].replica.as_mut().expect("running").on_persisted(now, last);
+                self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::Persisted(last), now);
             }
             Persist::Snapshot { entries, position, rollback_after: Some(common) } => {
                 let state = &mut self.nodes[node];
@@ -977,7 +1004,7 @@ impl World {
                 let state = &mut self.nodes[node];
                 state.rollback.extend(diverged);
                 state.install_snapshot(entries, position);
-                state.replica.as_mut().expect("running").on_rolled_back(now, position);
+                state.replica.as_mut().expect("running").handle(ReplicaEvent::RolledBack(position), now);
             }
             Persist::Snapshot { entries, position, rollback_after: None } => {
                 let state = &mut self.nodes[node];
@@ -985,14 +1012,14 @@ impl World {
                     // As the engine does: a snapshot not ahead of the durable state is dropped.
                     let last = state.last();
                     trace!(self, "{} dropped snapshot at {position}: already at {last}", self.nodes[node].id);
-                    self.nodes[node].replica.as_mut().expect("running").on_snapshot_installed(now, last);
+                    self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(last), now);
                     self.answer_sessions(node);
                     self.drain(node);
                     return;
                 }
                 state.install_snapshot(entries, position);
                 trace!(self, "{} installed snapshot at {position}", self.nodes[node].id);
-                self.nodes[node].replica.as_mut().expect("running").on_snapshot_installed(now, position);
+                self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(position), now);
             }
         }
         self.answer_sessions(node);
@@ -1027,10 +1054,10 @@ impl World {
                 Output::ReadLog { to, from_index } => {
                     let now = self.node_now(node);
                     if from_index < self.nodes[node].first_index {
-                        self.nodes[node].replica.as_mut().expect("running").on_log_compacted(now, &to);
+                        self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::LogCompacted { to }, now);
                     } else {
                         let entries: Vec<Entry> = self.nodes[node].disk.iter().filter(|entry| entry.index >= from_index).take(512).cloned().collect();
-                        self.nodes[node].replica.as_mut().expect("running").on_log_read(now, &to, entries);
+                        self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::LogRead { to, entries }, now);
                     }
                 }
                 Output::SaveElection { state } => self.nodes[node].saved_election = Some(state),
@@ -1040,7 +1067,7 @@ impl World {
                     // core told at once; it may still be lost or partitioned away.
                     let now = self.node_now(node);
                     let (entries, position) = (self.nodes[node].disk.clone(), self.nodes[node].last());
-                    self.nodes[node].replica.as_mut().expect("running").on_snapshot_finished(now, &to, Some(position));
+                    self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotFinished { to: to.clone(), sent: Some(position) }, now);
                     if let Some(target) = self.nodes.iter().position(|candidate| candidate.id == to) {
                         trace!(self, "snapshot at {position} from n{} to {to}", node + 1);
                         self.send(Addr::Node(node), Addr::Node(target), Payload::Snapshot { entries, position, rollback_after });

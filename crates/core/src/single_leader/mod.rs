@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 mod config;
 mod errors;
+mod events;
 mod follower;
 mod leader;
 mod log_match;
@@ -30,6 +31,7 @@ mod transfer;
 
 pub use config::*;
 pub use errors::*;
+pub use events::*;
 use follower::*;
 use leader::*;
 pub use log_match::*;
@@ -110,6 +112,8 @@ pub struct Replica {
     accepted: Position,
     role: Role,
     outputs: VecDeque<Output>,
+    /// The newest `now` an event was handled at (for `poll_timeout`).
+    handled_at: Micros,
 }
 
 impl Replica {
@@ -167,6 +171,7 @@ impl Replica {
             accepted: last,
             role,
             outputs: VecDeque::new(),
+            handled_at: now,
         };
         if let Some(election) = &mut replica.election {
             // The preferred first leader does not wait out a timeout on a fresh cluster.

@@ -1,6 +1,8 @@
 //! The replica loop: the tokio task that drives the sans-IO core with events and time, and carries out its outputs (election state saved before any vote leaves).
 
 use super::*;
+use tern_core::single_leader::Event as ReplicaEvent;
+use tern_core::Protocol;
 
 pub(super) const ELECTION_FILE: &str = "election.json";
 
@@ -65,7 +67,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
         };
         let mut now = node.now_us();
         match event {
-            None => replica.on_tick(now),
+            None => replica.handle(ReplicaEvent::Tick, now),
             Some(event) => {
                 let mut next = Some(event);
                 // Handle everything already queued before draining outputs once.
@@ -75,9 +77,9 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                             if matches!(message, Message::Append { .. }) {
                                 heard_from_leader = true;
                             }
-                            replica.on_message(now, &from, message);
+                            replica.handle(ReplicaEvent::Message { from, message }, now);
                         }
-                        Event::PeerConnected(peer) => replica.on_peer_connected(now, &peer),
+                        Event::PeerConnected(peer) => replica.handle(ReplicaEvent::PeerConnected(peer), now),
                         Event::Appended { entries, writes: new_writes } => {
                             let mut waiters = Vec::with_capacity(new_writes.len());
                             for write in new_writes {
@@ -86,21 +88,24 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                                 waiters.push((tag, write.index, write.requirement));
                                 writes.insert(tag, write);
                             }
-                            replica.on_leader_appended(now, entries, waiters);
+                            replica.handle(ReplicaEvent::LeaderAppended { entries, waiters }, now);
                         }
-                        Event::Persisted(position) => replica.on_persisted(now, position),
-                        Event::PersistFailed => replica.on_persist_failed(now),
-                        Event::LogRead { to, from_index, entries } => match entries {
-                            Some(entries) if entries.first().is_some_and(|entry| entry.index == from_index) => replica.on_log_read(now, &to, entries),
-                            Some(_) => replica.on_log_read(now, &to, Vec::new()),
-                            None => replica.on_log_compacted(now, &to),
-                        },
+                        Event::Persisted(position) => replica.handle(ReplicaEvent::Persisted(position), now),
+                        Event::PersistFailed => replica.handle(ReplicaEvent::PersistFailed, now),
+                        Event::LogRead { to, from_index, entries } => {
+                            let event = match entries {
+                                Some(entries) if entries.first().is_some_and(|entry| entry.index == from_index) => ReplicaEvent::LogRead { to, entries },
+                                Some(_) => ReplicaEvent::LogRead { to, entries: Vec::new() },
+                                None => ReplicaEvent::LogCompacted { to },
+                            };
+                            replica.handle(event, now);
+                        }
                         Event::SnapshotReady { to, path, position, rollback_after } => {
                             tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position, rollback_after));
                         }
-                        Event::SnapshotSent { to, position } => replica.on_snapshot_finished(now, &to, position),
-                        Event::SnapshotInstalled(position) => replica.on_snapshot_installed(now, position),
-                        Event::RolledBack { position } => replica.on_rolled_back(now, position),
+                        Event::SnapshotSent { to, position } => replica.handle(ReplicaEvent::SnapshotFinished { to, sent: position }, now),
+                        Event::SnapshotInstalled(position) => replica.handle(ReplicaEvent::SnapshotInstalled(position), now),
+                        Event::RolledBack { position } => replica.handle(ReplicaEvent::RolledBack(position), now),
                         Event::DiskFull => {
                             // Keep refusing writes with the error, and hand leadership to a
                             // healthy node so the cluster goes on writing.
@@ -117,7 +122,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                             let tag = next_tag;
                             next_tag += 1;
                             reads.insert(tag, reply);
-                            replica.on_read_barrier(now, tag, observed_index);
+                            replica.handle(ReplicaEvent::ReadBarrier { tag, observed_index }, now);
                         }
                         Event::Status { reply } => {
                             let _ = reply.send(replica.status(now));

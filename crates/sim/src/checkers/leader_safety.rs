@@ -12,6 +12,7 @@ pub fn check(observations: &Observations) -> Vec<String> {
         .map(|(epoch, leaders)| format!("epoch {epoch} had {} leaders: {}", leaders.len(), leaders.join(", ")))
         .collect();
     violations.extend(observations.mismatched_applies.iter().cloned());
+    violations.extend(observations.broken_invariants.iter().map(|broken| format!("invariant broken: {broken}")));
     violations.extend(observations.overlapping_leases.iter().cloned());
     violations
 }
