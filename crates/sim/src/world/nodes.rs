@@ -1,0 +1,271 @@
+//! Simulated nodes: starting and crashing them, and their disks (persists that take time, are lost in a crash, and complete in order).
+
+use super::*;
+
+impl World {
+    pub(super) fn config_for(&self, node: usize) -> Config {
+        let state = &self.nodes[node];
+        let mut config = Config::new(state.id.clone(), members(self.nodes.len()), state.leader.clone(), self.options.ack);
+        config.epoch = state.epoch;
+        config.join = state.joining;
+        config.addresses = members(self.nodes.len()).into_iter().map(|id| (id.clone(), id)).collect();
+        config.tail_cache_bytes = self.tail_cache_bytes;
+        config.snapshot_timeout_us = 3 * SECOND;
+        if self.options.failover {
+            // Slower than the server's loopback default: one-way latencies here reach 90 ms.
+            config.elections = Some(ElectionConfig { tick_us: 50 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: self.seed });
+        }
+        config
+    }
+
+    pub(super) fn start_node(&mut self, node: usize) {
+        let config = self.config_for(node);
+        let now = self.node_now(node);
+        let state = &mut self.nodes[node];
+        state.incarnation += 1;
+        state.rebuild_kv();
+        let last = state.last();
+        state.next_index = last.index + 1;
+        let mut epoch_starts: Vec<(u64, u64)> = Vec::new();
+        for entry in &state.disk {
+            if epoch_starts.last().is_none_or(|(epoch, _)| *epoch != entry.epoch) {
+                epoch_starts.push((entry.epoch, entry.index));
+            }
+        }
+        state.replica = Some(Replica::start(config, last, epoch_starts, state.saved_election.as_ref(), now));
+        let incarnation = state.incarnation;
+        trace!(self, "start {} at {last}", self.nodes[node].id);
+        self.drain(node);
+        self.schedule(TICK, Event::Tick { node, incarnation });
+    }
+
+    pub(super) fn crash_node(&mut self, node: usize) {
+        let state = &mut self.nodes[node];
+        state.replica = None;
+        state.incarnation += 1;
+        state.persists.clear();
+        state.sessions.clear();
+        state.write_tags.clear();
+        state.read_tags.clear();
+        state.paused_until = None;
+        trace!(self, "crash {} (durable at {})", self.nodes[node].id, self.nodes[node].last());
+    }
+
+    pub(super) fn enqueue_persist(&mut self, node: usize, persist: Persist) {
+        let stalled = self.nodes[node].disk_stalled_until;
+        let fsync = self.rng.range(200, 1_500);
+        let previous = self.nodes[node].persists.back().map_or(0, |(done, _)| *done);
+        let done_at = previous.max(self.now).max(stalled) + fsync;
+        let incarnation = self.nodes[node].incarnation;
+        self.nodes[node].persists.push_back((done_at, persist));
+        self.schedule(done_at - self.now, Event::PersistDone { node, incarnation });
+    }
+
+    pub(super) fn complete_persist(&mut self, node: usize) {
+        let Some((_, persist)) = self.nodes[node].persists.pop_front() else { return };
+        let now = self.node_now(node);
+        match persist {
+            Persist::LeaderWrite { entry, client, op, requirement } => {
+                // The storage commits a write only while this node still leads the epoch
+                // it was started in and it continues the log.
+                let replica = self.nodes[node].replica.as_ref().expect("persists only complete on running nodes");
+                let still_leading = replica.is_leader() && replica.epoch() == entry.epoch && entry.index == self.nodes[node].last().index + 1;
+                if !still_leading {
+                    trace!(self, "{} drops write {} at {}: no longer leading", self.nodes[node].id, decode(&entry.payload).0, entry.position());
+                    self.reply(node, client, op, Reply::WriteFailed);
+                    return;
+                }
+                self.append_to_disk(node, std::slice::from_ref(&entry));
+                let state = &mut self.nodes[node];
+                let tag = state.next_tag;
+                state.next_tag += 1;
+                state.write_tags.insert(tag, (client, op));
+                let index = entry.index;
+                state
+                    .replica
+                    .as_mut()
+                    .expect("persists only complete on running nodes")
+                    .handle(ReplicaEvent::LeaderAppended { entries: vec![entry], waiters: vec![(tag, index, requirement)] }, now);
+            }
+            Persist::Follower { mut entries } => {
+                // As the engine does: entries already held (a snapshot covered them) are skipped.
+                let held = self.nodes[node].last().index;
+                entries.retain(|entry| entry.index > held);
+                for entry in &entries {
+                    match self.observations.created.get(&(entry.epoch, entry.index)) {
+                        Some(write_id) if *write_id == decode(&entry.payload).0 => {}
+                        other => self.observations.mismatched_applies.push(format!(
+                            "{} persisted entry {} (write {}) but the leader created {:?} there",
+                            self.nodes[node].id,
+                            entry.position(),
+                            decode(&entry.payload).0,
+                            other
+                        )),
+                    }
+                }
+                let expected = self.nodes[node].last().index + 1;
+                if entries.first().is_some_and(|entry| entry.index != expected) {
+                    // The core must never hand the driver a persist that leaves a gap.
+                    self.observations.mismatched_applies.push(format!(
+                        "{} was asked to persist from {} at {}",
+                        self.nodes[node].id,
+                        entries[0].index,
+                        expected - 1
+                    ));
+                    return;
+                }
+                self.append_to_disk(node, &entries);
+                let last = self.nodes[node].last();
+                self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::Persisted(last), now);
+            }
+            Persist::Snapshot { entries, position, rollback_after: Some(common) } => {
+                let state = &mut self.nodes[node];
+                let diverged: Vec<Entry> = state.disk.iter().filter(|entry| entry.index > common).cloned().collect();
+                trace!(self, "{} rolls back {} entries after {common}, installs snapshot at {position}", self.nodes[node].id, diverged.len());
+                let state = &mut self.nodes[node];
+                state.rollback.extend(diverged);
+                state.install_snapshot(entries, position);
+                state.replica.as_mut().expect("running").handle(ReplicaEvent::RolledBack(position), now);
+            }
+            Persist::Snapshot { entries, position, rollback_after: None } => {
+                let state = &mut self.nodes[node];
+                if position.index <= state.last().index {
+                    // As the engine does: a snapshot not ahead of the durable state is dropped.
+                    let last = state.last();
+                    trace!(self, "{} dropped snapshot at {position}: already at {last}", self.nodes[node].id);
+                    self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(last), now);
+                    self.answer_sessions(node);
+                    self.drain(node);
+                    return;
+                }
+                state.install_snapshot(entries, position);
+                trace!(self, "{} installed snapshot at {position}", self.nodes[node].id);
+                self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(position), now);
+            }
+        }
+        self.answer_sessions(node);
+        self.drain(node);
+    }
+
+    pub(super) fn append_to_disk(&mut self, node: usize, entries: &[Entry]) {
+        let state = &mut self.nodes[node];
+        for entry in entries {
+            let (write_id, key) = decode(&entry.payload);
+            state.kv.insert(key, (write_id, entry.index));
+            state.disk.push(entry.clone());
+        }
+        // Compaction keeps the newest COMPACTION_KEEP entries shippable.
+        let last = state.last().index;
+        if last >= state.first_index + 2 * COMPACTION_KEEP {
+            state.first_index = last + 1 - COMPACTION_KEEP;
+        }
+    }
+
+    // ---- core outputs ----
+}
+
+/// A persist in the disk's queue, completed in order.
+pub(super) enum Persist {
+    /// Leader: a client's write, acknowledged by the core once durable.
+    LeaderWrite {
+        entry: Entry,
+        client: usize,
+        op: usize,
+        requirement: AckRequirement,
+    },
+    Follower {
+        entries: Vec<Entry>,
+    },
+    /// A snapshot from the leader: its whole state up to `position` (in this storage model,
+    /// its log), replacing the local one; with `rollback_after`, local entries beyond that
+    /// index move to the rollback store first.
+    Snapshot {
+        entries: Vec<Entry>,
+        position: Position,
+        rollback_after: Option<u64>,
+    },
+}
+
+pub(super) struct PendingRead {
+    pub(super) client: usize,
+    pub(super) op: usize,
+    pub(super) key: u8,
+    pub(super) after: Position,
+    pub(super) deadline: Micros,
+}
+
+pub struct Node {
+    pub id: String,
+    pub(super) region: usize,
+    pub(super) replica: Option<Replica>,
+    /// Durable log: what survives a crash. Invariants: contiguous from index 1.
+    pub disk: Vec<Entry>,
+    /// Bumped when the disk is destroyed.
+    pub disk_generation: u64,
+    /// Lowest index the log can still ship (older entries were compacted; their effects
+    /// remain). A follower needing older entries gets a snapshot.
+    pub(super) first_index: u64,
+    /// Bumped on every crash or restart; events for an older incarnation are dropped.
+    pub(super) incarnation: u64,
+    pub(super) persists: VecDeque<(Micros, Persist)>,
+    pub(super) disk_stalled_until: Micros,
+    /// Leader: index for the next write it executes.
+    pub(super) next_index: u64,
+    /// key → (write id, index of that write): the database.
+    pub(super) kv: BTreeMap<u8, (u64, u64)>,
+    pub(super) paused_until: Option<Micros>,
+    pub(super) skew: Micros,
+    pub(super) sessions: Vec<PendingRead>,
+    pub(super) next_tag: u64,
+    pub(super) write_tags: BTreeMap<u64, (usize, usize)>,
+    pub(super) read_tags: BTreeMap<u64, (usize, usize, Reply)>,
+    /// Config used at the next (re)start: leader and epoch change on promotion.
+    pub(super) leader: String,
+    pub(super) epoch: u64,
+    /// Durable election state (automatic failover).
+    pub(super) saved_election: Option<SavedElection>,
+    /// Durable rollback store: entries removed because the leader of a later epoch
+    /// lacked them.
+    pub rollback: Vec<Entry>,
+    /// The epoch in which `next_index` was last reset (a new leadership).
+    pub(super) leading_epoch: u64,
+    /// Started outside the cluster, waiting to be added (after its disk was replaced).
+    pub(super) joining: bool,
+    /// Entries on this node's disks that a replacement wiped (after its removal): the
+    /// async checker accepts a lost `w=1` write found here, as it does the rollback store.
+    pub wiped: Vec<Entry>,
+}
+
+impl Node {
+    /// The database is a function of the log: rebuilt from the disk.
+    pub(super) fn rebuild_kv(&mut self) {
+        self.kv.clear();
+        for entry in &self.disk {
+            let (write_id, key) = decode(&entry.payload);
+            self.kv.insert(key, (write_id, entry.index));
+        }
+    }
+
+    /// A snapshot from the leader replaces the whole local state.
+    pub(super) fn install_snapshot(&mut self, entries: Vec<Entry>, position: Position) {
+        self.disk = entries;
+        self.first_index = position.index + 1;
+        self.rebuild_kv();
+    }
+
+    pub fn last(&self) -> Position {
+        self.disk.last().map_or(Position::ZERO, Entry::position)
+    }
+
+    /// The disk is lost (the node must be down): returns what it held.
+    pub(super) fn wipe_disk(&mut self) -> Vec<Entry> {
+        self.kv.clear();
+        self.first_index = 1;
+        self.disk_generation += 1;
+        std::mem::take(&mut self.disk)
+    }
+
+    pub(super) fn is_running(&self) -> bool {
+        self.replica.is_some()
+    }
+}
