@@ -2,30 +2,15 @@
 //! (the benchmark).
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tern_core::{AckMode, LogFormat};
-use tern_server::client::HttpClient;
 use tern_server::{Node, NodeConfig, WanLatency};
 
-/// A free TCP port on loopback (bound, then released for the node to take). Ports come
-/// from below Linux's ephemeral range (32768+), so an outgoing connection cannot take the
-/// port between this check and the node's bind.
-pub fn free_addr() -> Result<SocketAddr, String> {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
-    for _ in 0..22_000 {
-        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = 10_000 + (base - 10_000 + offset) % 22_000;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().map_err(|error| error.to_string());
-        }
-    }
-    Err("no free port on 127.0.0.1 between 10000 and 32000".to_string())
-}
+pub use tern_server::client::{free_local_addr as free_addr, wait_ready};
 
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(purpose: &str) -> Result<PathBuf, String> {
@@ -158,25 +143,4 @@ pub fn start_processes(count: usize, data_dir: &Path, extra: &[String]) -> Resul
         processes.push(ServerProcess::spawn(&binary, &args, http.to_string())?);
     }
     Ok(processes)
-}
-
-/// Waits until every address answers `/readyz` with 200.
-///
-/// # Errors
-/// If one does not become ready within `timeout`.
-pub fn wait_ready(addresses: &[String], timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    for address in addresses {
-        let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(2));
-        loop {
-            if client.get("/readyz").is_ok_and(|reply| reply.status == 200) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("node at {address} did not become ready within {timeout:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    Ok(())
 }

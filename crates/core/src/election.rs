@@ -169,12 +169,7 @@ pub(crate) struct Election {
 /// Raft needs non-zero numeric ids; tern's are names. FNV-1a of the name, stable across
 /// restarts and membership changes without coordination.
 pub(crate) fn raft_id(name: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash.max(1)
+    crate::types::Fnv1a::hash(name.as_bytes()).max(1)
 }
 
 impl Election {

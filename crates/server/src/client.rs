@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct HttpClient {
     addr: String,
@@ -159,4 +159,42 @@ pub fn encode_query_value(text: &str) -> String {
         }
     }
     encoded
+}
+
+/// A free TCP address on loopback (bound, then released for a node to take). Ports come
+/// from below Linux's ephemeral range (32768+), so an outgoing connection cannot take
+/// the port between this check and the node's bind; a per-process counter keeps
+/// parallel tests and benchmarks apart.
+///
+/// # Errors
+/// If no port between 10000 and 32000 is free.
+pub fn free_local_addr() -> Result<std::net::SocketAddr, String> {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
+    for _ in 0..22_000 {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 10_000 + (base - 10_000 + offset) % 22_000;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().map_err(|error| error.to_string());
+        }
+    }
+    Err("no free port on 127.0.0.1 between 10000 and 32000".to_string())
+}
+
+/// Waits until every address answers `/readyz` with 200.
+///
+/// # Errors
+/// If one does not become ready within `timeout`.
+pub fn wait_ready(addresses: &[String], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    for address in addresses {
+        let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(2));
+        while !client.get("/readyz").is_ok_and(|reply| reply.status == 200) {
+            if Instant::now() > deadline {
+                return Err(format!("node at {address} did not become ready within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }

@@ -118,32 +118,32 @@ async fn pump(
     release: &(dyn Fn(usize) + Sync),
 ) -> std::io::Result<()> {
     loop {
-        let Some((enqueued, frame, weight)) = frames.recv().await else { return Ok(()) };
-        release(weight);
-        let due = enqueued + node.wan_delay(peer);
-        if due > Instant::now() {
-            writer.flush().await?;
-            tokio::time::sleep_until(due.into()).await;
-        }
-        write_frame(writer, &frame).await?;
+        let Some(queued) = frames.recv().await else { return Ok(()) };
+        write_when_due(node, peer, writer, queued, release).await?;
         // Flush only when nothing else is ready: consecutive frames share a syscall.
-        let mut pending = true;
-        while pending {
-            match frames.try_recv() {
-                Ok((enqueued, frame, weight)) => {
-                    release(weight);
-                    let due = enqueued + node.wan_delay(peer);
-                    if due > Instant::now() {
-                        writer.flush().await?;
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    write_frame(writer, &frame).await?;
-                }
-                Err(_) => pending = false,
-            }
+        while let Ok(queued) = frames.try_recv() {
+            write_when_due(node, peer, writer, queued, release).await?;
         }
         writer.flush().await?;
     }
+}
+
+/// Writes one queued frame once its emulated WAN delay has passed (flushing what is
+/// buffered before waiting), and releases its weight from the peer's queue bound.
+async fn write_when_due(
+    node: &Node,
+    peer: &str,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    (enqueued, frame, weight): Queued,
+    release: &(dyn Fn(usize) + Sync),
+) -> std::io::Result<()> {
+    release(weight);
+    let due = enqueued + node.wan_delay(peer);
+    if due > Instant::now() {
+        writer.flush().await?;
+        tokio::time::sleep_until(due.into()).await;
+    }
+    write_frame(writer, &frame).await
 }
 
 fn own_hello(node: &Node) -> Hello {

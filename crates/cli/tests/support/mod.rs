@@ -4,25 +4,14 @@
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_server::client::{encode_query_value, HttpClient, Reply};
 
-/// A loopback address whose port is free now. Ports come from below Linux's ephemeral
-/// range (32768+), so outgoing client connections cannot take one between this check and
-/// the server's bind; a per-process counter keeps parallel tests apart.
+/// A loopback address whose port is free now (see `tern_server::client::free_local_addr`).
 pub fn free_port_addr() -> String {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
-    loop {
-        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = 10_000 + (base - 10_000 + offset) % 22_000;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("bound socket has an address").to_string();
-        }
-    }
+    tern_server::client::free_local_addr().expect("a free loopback port").to_string()
 }
 
 pub struct ServerNode {
@@ -265,8 +254,9 @@ impl Cluster {
 }
 
 pub fn wait_node_ready(node: &ServerNode) {
-    let mut client = node.client().with_timeout(Duration::from_secs(2));
-    eventually(Duration::from_secs(30), &format!("{} to become ready", node.id), || client.get("/readyz").is_ok_and(|reply| reply.status == 200));
+    if let Err(error) = tern_server::client::wait_ready(std::slice::from_ref(&node.http), Duration::from_secs(30)) {
+        panic!("{} ({}): {error}", node.id, node.log_text());
+    }
 }
 
 impl Drop for Cluster {

@@ -18,8 +18,8 @@ pub enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::NotLeader { leader: Some(leader) } => write!(f, "not the leader; leader is {leader}"),
-            WriteError::NotLeader { leader: None } => write!(f, "no leader is known (an election is under way): retry shortly"),
+            WriteError::NotLeader { leader: Some(leader) } => f.write_str(&not_leader(Some(leader))),
+            WriteError::NotLeader { leader: None } => f.write_str(&not_leader(None)),
             WriteError::Timeout { position, acked_by, needed } => write!(
                 f,
                 "write at position {position} is durable on {acked_by} node(s) but {needed} did not \
@@ -64,8 +64,8 @@ impl std::fmt::Display for MembershipError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MembershipError::FailoverOff => write!(f, "membership changes need automatic failover (--failover on)"),
-            MembershipError::NotLeader { leader: Some(leader) } => write!(f, "not the leader; leader is {leader}"),
-            MembershipError::NotLeader { leader: None } => write!(f, "no leader is known (an election is under way): retry shortly"),
+            MembershipError::NotLeader { leader: Some(leader) } => f.write_str(&not_leader(Some(leader))),
+            MembershipError::NotLeader { leader: None } => f.write_str(&not_leader(None)),
             MembershipError::ChangePending => write!(f, "another membership change is still under way: retry shortly"),
             MembershipError::AlreadyMember { id } => write!(f, "{id} is already a member"),
             MembershipError::NotMember { id } => write!(f, "{id} is not a member"),
@@ -103,8 +103,7 @@ impl std::fmt::Display for TransferError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TransferError::FailoverOff => write!(f, "automatic failover is off: the leader is fixed by --leader"),
-            TransferError::NotLeader { leader: Some(leader) } => write!(f, "this node does not lead; the leader is {leader}"),
-            TransferError::NotLeader { leader: None } => write!(f, "this node does not lead and no leader is known: retry shortly"),
+            TransferError::NotLeader { leader } => f.write_str(&not_leader(leader.as_deref())),
             TransferError::NotAnotherMember { id } => write!(f, "{id} is not another member of the cluster"),
         }
     }
@@ -122,9 +121,18 @@ pub enum ReadError {
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReadError::NotLeader { leader: Some(leader) } => write!(f, "not the leader; leader is {leader}"),
-            ReadError::NotLeader { leader: None } => write!(f, "no leader is known (an election is under way): retry shortly"),
+            ReadError::NotLeader { leader: Some(leader) } => f.write_str(&not_leader(Some(leader))),
+            ReadError::NotLeader { leader: None } => f.write_str(&not_leader(None)),
             ReadError::Timeout => write!(f, "a quorum did not confirm leadership in time"),
         }
+    }
+}
+
+/// What a node that is not the leader answers: the leader's name, or that an election is
+/// under way. One wording for writes, reads and membership changes, on every path.
+pub fn not_leader(leader: Option<&str>) -> String {
+    match leader {
+        Some(leader) => format!("not the leader; leader is {leader}"),
+        None => "no leader is known (an election is under way): retry shortly".to_owned(),
     }
 }

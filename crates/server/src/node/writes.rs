@@ -26,9 +26,9 @@ impl Node {
     /// an election is under way.
     pub(super) fn not_accepting(&self, published: &Published) -> RequestError {
         let mut error = match &published.leader {
-            Some(leader) if *leader != self.config.id => RequestError::new(503, format!("not the leader; leader is {leader}")),
+            Some(leader) if *leader != self.config.id => RequestError::new(503, tern_core::single_leader::not_leader(Some(leader))),
             Some(_) => RequestError::new(503, "this node leads but cannot confirm its lease with a majority: retry shortly"),
-            None => RequestError::new(503, "no leader is known (an election is under way): retry shortly"),
+            None => RequestError::new(503, tern_core::single_leader::not_leader(None)),
         };
         error.leader = published.leader.clone().filter(|leader| *leader != self.config.id);
         error

@@ -1,6 +1,7 @@
 //! Comparing replicas: per-table checksums and page hashes.
 
 use super::*;
+use tern_core::Fnv1a;
 
 impl Engine {
     /// Physical format: a hash of every page of the database (FNV-1a), in page order.
@@ -34,12 +35,7 @@ pub fn page_hashes(connection: &Connection) -> Result<Vec<u64>> {
     let mut rows = statement.query([])?;
     let mut hashes = Vec::new();
     while let Some(row) = rows.next()? {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)? {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x100_0000_01b3);
-        }
-        hashes.push(hash);
+        hashes.push(Fnv1a::hash(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?));
     }
     Ok(hashes)
 }
@@ -71,16 +67,13 @@ pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)
         let mut rows = statement.query([])?;
         let (mut count, mut sum) = (0u64, 0u64);
         while let Some(row) = rows.next()? {
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            let mut hash = Fnv1a::default();
             for index in 0..columns {
                 let value: Value = row.get(index)?;
-                for byte in format!("{value:?}|").bytes() {
-                    hash ^= u64::from(byte);
-                    hash = hash.wrapping_mul(0x100_0000_01b3);
-                }
+                hash.write(format!("{value:?}|").as_bytes());
             }
             count += 1;
-            sum = sum.wrapping_add(hash);
+            sum = sum.wrapping_add(hash.finish());
         }
         sums.push((table, count, sum));
     }
