@@ -1,11 +1,13 @@
 //! `tern bench`: three real `tern server` processes on loopback; single-row writes of a
 //! fixed-size value to the leader over HTTP, per ack mode and client count.
 
+use crate::args::{AckArg, LogFormatArg};
 use crate::cluster::{scratch_dir, start_processes, wait_ready};
 use crate::stats::{millis, Samples};
 use clap::Args;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tern_core::{AckMode, LogFormat};
 use tern_server::client::HttpClient;
 
 #[derive(Args, Debug)]
@@ -17,14 +19,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1,32")]
     clients: String,
     /// Ack modes to measure, comma separated (async = w=1, semi-sync = w=majority, sync = every in-sync follower).
-    #[arg(long, default_value = "async,semi-sync,sync")]
-    acks: String,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "async,semi-sync,sync")]
+    acks: Vec<AckArg>,
     /// Bytes per written value.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
-    /// Log format of the cluster: statement, row or physical.
-    #[arg(long, default_value = "row")]
-    log_format: String,
+    /// Log format of the cluster.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Row)]
+    log_format: LogFormatArg,
     /// Instead: compare the log formats (statement, row, physical) on three workloads
     /// (single-row insert, UPDATE of 10,000 rows, bulk insert of 10,000 rows), reporting
     /// bytes shipped per transaction and transactions per second.
@@ -34,6 +36,10 @@ pub struct BenchArgs {
     /// each time) and report the time from each kill to the next acknowledged write.
     #[arg(long, default_value_t = 0)]
     failover: usize,
+}
+
+fn format_name(format: LogFormatArg) -> String {
+    LogFormat::from(format).name().to_string()
 }
 
 struct Point {
@@ -64,13 +70,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     let clients: Vec<usize> =
         args.clients.split(',').map(|count| count.trim().parse().map_err(|_| format!("bad --clients item {count:?}"))).collect::<Result<_, _>>()?;
-    let acks: Vec<String> = args.acks.split(',').map(|ack| ack.trim().to_string()).collect();
-    for ack in &acks {
-        crate::parse_ack(ack)?;
-    }
-    crate::parse_log_format(&args.log_format)?;
+    let acks: Vec<&str> = args.acks.iter().map(|ack| AckMode::from(*ack).name()).collect();
     let data_dir = scratch_dir("bench")?;
-    let processes = start_processes(3, &data_dir, &["--log-format".to_string(), args.log_format.clone()])?;
+    let processes = start_processes(3, &data_dir, &["--log-format".to_string(), format_name(args.log_format)])?;
     let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
     wait_ready(&addresses, Duration::from_secs(30))?;
     let leader = addresses[0].clone();
@@ -84,11 +86,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 
     println!(
         "tern bench: 3 tern server processes on loopback, {} log, single-row INSERTs of {} bytes to the leader over HTTP, {} s per point",
-        args.log_format, args.value_size, args.duration
+        format_name(args.log_format),
+        args.value_size,
+        args.duration
     );
     let mut points = Vec::new();
     for ack in &acks {
-        let w = match ack.as_str() {
+        let w = match *ack {
             "async" => "1",
             "semi-sync" => "majority",
             _ => "sync",
@@ -290,9 +294,8 @@ fn find_leader(addresses: &[String], timeout: Duration) -> Result<usize, String>
 /// (from the first, in order) until a write is acknowledged. The killed node restarts
 /// from its data directory before the next round.
 fn measure_failover(args: &BenchArgs) -> Result<(), String> {
-    crate::parse_log_format(&args.log_format)?;
     let data_dir = scratch_dir("bench-failover")?;
-    let mut processes = start_processes(3, &data_dir, &["--log-format".to_string(), args.log_format.clone()])?;
+    let mut processes = start_processes(3, &data_dir, &["--log-format".to_string(), format_name(args.log_format)])?;
     let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
     wait_ready(&addresses, Duration::from_secs(30))?;
     let leader = find_leader(&addresses, Duration::from_secs(30))?;
@@ -303,7 +306,7 @@ fn measure_failover(args: &BenchArgs) -> Result<(), String> {
     if reply.status != 200 {
         return Err(format!("cannot create the bench table: {}", reply.body));
     }
-    println!("tern failover: 3 processes on loopback, {} log, default settings (--ack semi-sync, 25 ms election tick)", args.log_format);
+    println!("tern failover: 3 processes on loopback, {} log, default settings (--ack semi-sync, 25 ms election tick)", format_name(args.log_format));
     let value = "x".repeat(args.value_size);
     let mut next_id: u64 = 1;
     let write = |client: &mut HttpClient, id: u64| {

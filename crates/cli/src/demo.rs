@@ -1,6 +1,7 @@
 //! `tern demo`: an in-process cluster in three regions with emulated WAN latency, an
 //! e-commerce workload from customers in every region, and a report of what it cost.
 
+use crate::args::{AckArg, LogFormatArg};
 use crate::cluster::{scratch_dir, start_in_process, ClusterSpec, Member};
 use crate::stats::{millis, Samples};
 use clap::Args;
@@ -23,12 +24,12 @@ pub struct DemoArgs {
     /// Concurrent customers per region.
     #[arg(long, default_value_t = 4)]
     customers: usize,
-    /// Log format: statement or row.
-    #[arg(long, default_value = "row")]
-    log_format: String,
-    /// Default ack mode: async, semi-sync or sync (the workload also sets w= per write).
-    #[arg(long, default_value = "semi-sync")]
-    ack: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Row)]
+    log_format: LogFormatArg,
+    /// Default ack mode (the workload also sets w= per write).
+    #[arg(long, value_enum, default_value_t = AckArg::SemiSync)]
+    ack: AckArg,
     /// One-way WAN latency per region pair, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
@@ -57,8 +58,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let data_dir = scratch_dir("demo")?;
     let spec = ClusterSpec {
         members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string() }).collect(),
-        log_format: crate::parse_log_format(&args.log_format)?,
-        ack: crate::parse_ack(&args.ack)?,
+        log_format: args.log_format.into(),
+        ack: args.ack.into(),
         wan: wan.clone(),
         data_dir: data_dir.clone(),
     };

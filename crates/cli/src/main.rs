@@ -2,16 +2,17 @@
 //! cluster with a workload, `tern bench` a benchmark on real processes.
 
 mod admin;
+mod args;
 mod bench;
 mod cluster;
 mod demo;
 mod sim;
 mod stats;
 
+use args::{AckArg, LogFormatArg, Switch};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use tern_core::{AckMode, LogFormat};
 use tern_server::{parse_cluster, NodeConfig, WanLatency};
 
 #[derive(Parser)]
@@ -117,12 +118,12 @@ pub struct ServerArgs {
     /// The leader (default: the first id in --cluster).
     #[arg(long)]
     leader: Option<String>,
-    /// How writes are logged and shipped: statement or row.
-    #[arg(long, default_value = "row")]
-    log_format: String,
-    /// When a write is acknowledged by default: async, semi-sync or sync (per request: w=).
-    #[arg(long, default_value = "semi-sync")]
-    ack: String,
+    /// How writes are logged and shipped.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Row)]
+    log_format: LogFormatArg,
+    /// When a write is acknowledged by default (per request: w=).
+    #[arg(long, value_enum, default_value_t = AckArg::SemiSync)]
+    ack: AckArg,
     /// Emulated one-way WAN latency between regions, e.g. us-east:eu-west=40,us-east:antarctica=75.
     #[arg(long, default_value = "")]
     wan: String,
@@ -144,12 +145,12 @@ pub struct ServerArgs {
     /// Statement format only: rewrite non-deterministic functions to literals on the
     /// leader (on), or let every replica evaluate them itself (off: replicas diverge;
     /// `tern verify` shows where).
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    statement_rewrite: String,
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    statement_rewrite: Switch,
     /// Automatic failover: nodes elect the leader by quorum vote (on), and --leader is
     /// only the preferred first leader; off keeps --leader fixed.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    failover: String,
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    failover: Switch,
     /// Election tick, milliseconds: a follower campaigns after 10 to 20 ticks without
     /// hearing a leader. Raise it on links with round trips near 100 ms.
     #[arg(long, default_value_t = 25)]
@@ -161,8 +162,8 @@ pub struct ServerArgs {
     join: bool,
     /// Serve POST /debug/partition?drop=ID,... to drop all traffic to and from peers
     /// (partition tests where no packet filter exists). Off by default.
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
-    fault_injection: String,
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    fault_injection: Switch,
     /// A client statement (read or write) still running after this long is stopped with
     /// an error, milliseconds. A stopped write fails its whole group commit (retry it).
     #[arg(long, default_value_t = 10_000)]
@@ -205,8 +206,8 @@ impl ServerArgs {
             peer_addr,
             cluster,
             leader,
-            log_format: self.log_format.parse()?,
-            ack: self.ack.parse()?,
+            log_format: self.log_format.into(),
+            ack: self.ack.into(),
             wan: WanLatency::parse(&self.wan)?,
             regions,
             max_body_bytes: self.max_body_bytes,
@@ -214,11 +215,11 @@ impl ServerArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(1)),
             in_sync_timeout: Duration::from_millis(self.in_sync_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
-            statement_rewrite: self.statement_rewrite == "on",
-            failover: self.failover == "on",
+            statement_rewrite: self.statement_rewrite.is_on(),
+            failover: self.failover.is_on(),
             election_tick: Duration::from_millis(self.election_tick_ms.max(1)),
             join: self.join,
-            fault_injection: self.fault_injection == "on",
+            fault_injection: self.fault_injection.is_on(),
             limits: tern_storage::Limits {
                 statement_timeout: Duration::from_millis(self.query_timeout_ms.max(1)),
                 max_result_bytes: self.max_result_bytes.max(1),
@@ -226,14 +227,6 @@ impl ServerArgs {
             id: self.id,
         })
     }
-}
-
-pub fn parse_log_format(text: &str) -> Result<LogFormat, String> {
-    text.parse()
-}
-
-pub fn parse_ack(text: &str) -> Result<AckMode, String> {
-    text.parse()
 }
 
 fn init_tracing() {

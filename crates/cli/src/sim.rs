@@ -1,5 +1,6 @@
 //! `tern sim`: run many seeds of the deterministic simulator and report violations.
 
+use crate::args::{AckArg, FaultsArg, LogFormatArg};
 use clap::Args;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -17,15 +18,15 @@ pub struct SimArgs {
     /// Nodes in the simulated cluster (3 to 7).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Default ack mode: async, semi-sync or sync.
-    #[arg(long, default_value = "semi-sync")]
-    ack: String,
+    /// Default ack mode.
+    #[arg(long, value_enum, default_value_t = AckArg::SemiSync)]
+    ack: AckArg,
     /// Log format (the simulated storage model is the same for every format).
-    #[arg(long, default_value = "row")]
-    log_format: String,
-    /// Faults to inject: none, crash, partition or all.
-    #[arg(long, default_value = "all")]
-    faults: String,
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Row)]
+    log_format: LogFormatArg,
+    /// Faults to inject.
+    #[arg(long, value_enum, default_value_t = FaultsArg::All)]
+    faults: FaultsArg,
     /// Client operations per seed during the fault phase.
     #[arg(long, default_value_t = 200)]
     steps: usize,
@@ -45,13 +46,12 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     if !(3..=7).contains(&args.nodes) {
         return Err(format!("--nodes {} is out of range: the simulator runs 3 to 7 nodes", args.nodes));
     }
-    crate::parse_log_format(&args.log_format)?;
     let options = Options {
         nodes: args.nodes,
-        ack: crate::parse_ack(&args.ack)?,
-        faults: args.faults.parse()?,
+        ack: args.ack.into(),
+        faults: args.faults.into(),
         steps: args.steps,
-        log_format: args.log_format.clone(),
+        log_format: tern_core::LogFormat::from(args.log_format).name().to_string(),
         failover: args.failover,
     };
     if args.trace.is_some() && args.seeds != 1 {

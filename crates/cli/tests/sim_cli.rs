@@ -44,7 +44,7 @@ fn the_same_seed_writes_byte_identical_traces() {
 fn bad_flags_are_refused_clearly() {
     let (ok, output) = tern_sim(&["--faults", "meteor"]);
     assert!(!ok);
-    assert!(output.contains("unknown fault set"), "{output}");
+    assert!(output.contains("invalid value 'meteor'") && output.contains("none, crash, partition, all"), "the refusal names the allowed values: {output}");
     let (ok, output) = tern_sim(&["--nodes", "9"]);
     assert!(!ok);
     assert!(output.contains("3 to 7"), "{output}");

@@ -1,0 +1,97 @@
+//! Enumerated command-line values, as clap `ValueEnum`s: clap lists them in `--help`,
+//! refuses anything else with the list, and hands over a typed value.
+
+use clap::ValueEnum;
+use tern_core::{AckMode, LogFormat};
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// SQL text, non-deterministic calls made literal (rows where they cannot be).
+    Statement,
+    /// Row images from SQLite's session extension.
+    Row,
+    /// SQLite's WAL pages.
+    Physical,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> LogFormat {
+        match format {
+            LogFormatArg::Statement => LogFormat::Statement,
+            LogFormatArg::Row => LogFormat::Row,
+            LogFormatArg::Physical => LogFormat::Physical,
+        }
+    }
+}
+
+/// `--ack`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AckArg {
+    /// The leader's own fsync.
+    Async,
+    /// The leader and a majority.
+    SemiSync,
+    /// Every in-sync follower (never fewer than a majority).
+    Sync,
+}
+
+impl From<AckArg> for AckMode {
+    fn from(ack: AckArg) -> AckMode {
+        match ack {
+            AckArg::Async => AckMode::Async,
+            AckArg::SemiSync => AckMode::SemiSync,
+            AckArg::Sync => AckMode::Sync,
+        }
+    }
+}
+
+/// An `on`/`off` flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
+
+/// `tern sim --faults`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FaultsArg {
+    None,
+    /// Crashes with restarts, and pauses.
+    Crash,
+    /// Partitions, message loss and duplication.
+    Partition,
+    /// Everything, plus clock skew, disk stalls and destroyed disks.
+    All,
+}
+
+impl From<FaultsArg> for tern_sim::Faults {
+    fn from(faults: FaultsArg) -> tern_sim::Faults {
+        match faults {
+            FaultsArg::None => tern_sim::Faults::None,
+            FaultsArg::Crash => tern_sim::Faults::Crash,
+            FaultsArg::Partition => tern_sim::Faults::Partition,
+            FaultsArg::All => tern_sim::Faults::All,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_spelled_as_the_documentation_spells_them() {
+        assert_eq!(AckArg::from_str("semi-sync", false), Ok(AckArg::SemiSync));
+        assert_eq!(AckMode::from(AckArg::SemiSync).name(), "semi-sync");
+        assert_eq!(LogFormat::from(LogFormatArg::from_str("physical", false).unwrap()).name(), "physical");
+        assert_eq!(tern_sim::Faults::from(FaultsArg::All).name(), "all");
+        assert!(Switch::from_str("maybe", false).is_err());
+    }
+}
