@@ -229,16 +229,18 @@ impl ServerArgs {
     }
 }
 
+/// Logging to stderr, filtered by `TERN_LOG` as `RUST_LOG` filters elsewhere: a level
+/// (`warn`) or per-module directives (`info,tern_server::transport=debug`).
 fn init_tracing() {
-    let filter = std::env::var("TERN_LOG").unwrap_or_else(|_| "info".to_string());
-    let level = match filter.as_str() {
-        "error" => tracing::Level::ERROR,
-        "warn" => tracing::Level::WARN,
-        "debug" => tracing::Level::DEBUG,
-        "trace" => tracing::Level::TRACE,
-        _ => tracing::Level::INFO,
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("TERN_LOG") {
+        Ok(text) => EnvFilter::try_new(&text).unwrap_or_else(|error| {
+            eprintln!("tern: TERN_LOG={text:?} is not a log filter ({error}); logging at info");
+            EnvFilter::new("info")
+        }),
+        Err(_) => EnvFilter::new("info"),
     };
-    tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
 }
 
 /// A panic anywhere ends the process. A node whose replica loop or storage thread died
