@@ -68,11 +68,22 @@ impl Reader {
     /// # Errors
     /// On a SQLite failure outside the statements themselves.
     pub fn query(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, u64)> {
-        self.connection.execute_batch("BEGIN")?;
-        let observed = database_position(&self.connection).map(|position| position.index);
-        let results = statements.iter().map(|statement| self.query_one(statement)).collect();
-        self.connection.execute_batch("COMMIT")?;
+        let (observed, results) = self.in_read_transaction(|| {
+            let observed = database_position(&self.connection).map(|position| position.index);
+            (observed, statements.iter().map(|statement| self.query_one(statement)).collect())
+        })?;
         Ok((results, observed?))
+    }
+
+    /// Runs `read` in one read transaction (one snapshot of the database), ended by a
+    /// guard whatever happens inside.
+    fn in_read_transaction<T>(&self, read: impl FnOnce() -> T) -> Result<T> {
+        let transaction = self.connection.unchecked_transaction()?;
+        let outcome = read();
+        // Nothing was written: ending it by rollback is the same as a commit, and works
+        // also if SQLite already ended it after an error.
+        transaction.finish()?;
+        Ok(outcome)
     }
 
     /// # Errors
@@ -87,10 +98,7 @@ impl Reader {
     /// # Errors
     /// On a SQLite failure.
     pub fn page_hashes(&self) -> Result<(Position, Vec<u64>)> {
-        self.connection.execute_batch("BEGIN")?;
-        let outcome = database_position(&self.connection).and_then(|position| Ok((position, page_hashes(&self.connection)?)));
-        self.connection.execute_batch("COMMIT")?;
-        outcome
+        self.in_read_transaction(|| database_position(&self.connection).and_then(|position| Ok((position, page_hashes(&self.connection)?))))?
     }
 
     /// The position and per-table checksums, read in one transaction.
@@ -98,10 +106,7 @@ impl Reader {
     /// # Errors
     /// On a SQLite failure.
     pub fn checksums_at_position(&self) -> Result<(Position, TableChecksums)> {
-        self.connection.execute_batch("BEGIN")?;
-        let outcome = database_position(&self.connection).and_then(|position| Ok((position, table_checksums(&self.connection)?)));
-        self.connection.execute_batch("COMMIT")?;
-        outcome
+        self.in_read_transaction(|| database_position(&self.connection).and_then(|position| Ok((position, table_checksums(&self.connection)?))))?
     }
 }
 
