@@ -36,6 +36,7 @@ use follower::*;
 use leader::*;
 pub use log_match::*;
 pub use output::*;
+pub use reads::may_commit;
 use reads::*;
 use recovery::*;
 

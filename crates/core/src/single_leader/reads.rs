@@ -30,6 +30,12 @@ impl Replica {
         }
     }
 
+    /// What the storage checks a commit against (see `may_commit`): this node's epoch and
+    /// the end of its write lease, while it may accept writes.
+    pub fn published_lease(&self, now: Micros) -> Option<(u64, Micros)> {
+        self.write_lease_until(now).map(|until| (self.epoch, until))
+    }
+
     /// Whether a new write may start here now; the error says where to go instead.
     /// With elections a leader accepts writes only while its lease holds and it is not
     /// handing leadership over.
@@ -53,6 +59,15 @@ impl Replica {
             Role::Follower(follower) => follower.fresh_as_of.map(|at| now.saturating_sub(at)),
         }
     }
+}
+
+/// The rule a write's commit obeys, the same in the server's storage thread and in the
+/// simulator: a write started in `epoch` commits at `now` only while the lease the
+/// replica last published (`published_lease`) is for that epoch and still covers `now`.
+/// A leader whose lease ran out while the write executed may have been replaced; its
+/// write must not extend the log.
+pub fn may_commit(lease: Option<(u64, Micros)>, epoch: u64, now: Micros) -> bool {
+    lease.is_some_and(|(leased, until)| leased == epoch && now < until)
 }
 
 pub(super) const PENDING_FRESH_LIMIT: usize = 4096;

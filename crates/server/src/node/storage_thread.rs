@@ -20,10 +20,7 @@ pub(crate) struct WriteLease {
 
 impl WriteLease {
     pub(super) fn publish(&self, replica: &Replica, now: u64) {
-        let (epoch, until) = match replica.write_lease_until(now) {
-            Some(until) => (replica.epoch(), until),
-            None => (0, 0),
-        };
+        let (epoch, until) = replica.published_lease(now).unwrap_or((0, 0));
         self.until_us.store(until, Ordering::Release);
         self.epoch.store(epoch, Ordering::Release);
     }
@@ -31,7 +28,8 @@ impl WriteLease {
     pub(super) fn allows(&self, epoch: u64) -> bool {
         let now = self.clock.elapsed().as_micros() as u64;
         let current = self.epoch.load(Ordering::Acquire);
-        current != 0 && current == epoch && now < self.until_us.load(Ordering::Acquire)
+        let lease = (current != 0).then(|| (current, self.until_us.load(Ordering::Acquire)));
+        tern_core::single_leader::may_commit(lease, epoch, now)
     }
 }
 

@@ -66,10 +66,12 @@ impl World {
         let now = self.node_now(node);
         match persist {
             Persist::LeaderWrite { entry, client, op, requirement } => {
-                // The storage commits a write only while this node still leads the epoch
-                // it was started in and it continues the log.
+                // The storage commits a write only under the rule the server's storage
+                // thread applies (`may_commit`: the lease of the epoch it was started in
+                // still holds), and only if it continues the log.
                 let replica = self.nodes[node].replica.as_ref().expect("persists only complete on running nodes");
-                let still_leading = replica.is_leader() && replica.epoch() == entry.epoch && entry.index == self.nodes[node].last().index + 1;
+                let still_leading =
+                    tern_core::single_leader::may_commit(replica.published_lease(now), entry.epoch, now) && entry.index == self.nodes[node].last().index + 1;
                 if !still_leading {
                     trace!(self, "{} drops write {} at {}: no longer leading", self.nodes[node].id, decode(&entry.payload).0, entry.position());
                     self.reply(node, client, op, Reply::WriteFailed);
