@@ -4,7 +4,8 @@
 //! requests are refused and why.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use tern_core::{AckMode, AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Output, Position, Replica};
+use tern_core::single_leader::Event;
+use tern_core::{AckMode, AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Output, Position, Protocol, Replica};
 
 struct Cluster {
     now: u64,
@@ -67,7 +68,7 @@ impl Cluster {
             while let Some((from, to, message)) = self.network.pop_front() {
                 busy = true;
                 if let Some(node) = self.nodes.get_mut(&to) {
-                    node.on_message(self.now, &from, message);
+                    node.handle(Event::Message { from: from.clone(), message }, self.now);
                 }
             }
             if !busy {
@@ -85,20 +86,20 @@ impl Cluster {
                 log.retain(|entry| entry.index < entries[0].index);
                 log.extend(entries);
                 let last = log.last().expect("just appended").position();
-                self.nodes.get_mut(id).expect("known").on_persisted(now, last);
+                self.nodes.get_mut(id).expect("known").handle(Event::Persisted(last), now);
             }
             Output::ReadLog { to, from_index } => {
                 let entries: Vec<Entry> = self.logs[id].iter().filter(|entry| entry.index >= from_index).cloned().collect();
-                self.nodes.get_mut(id).expect("known").on_log_read(now, &to, entries);
+                self.nodes.get_mut(id).expect("known").handle(Event::LogRead { to: to.clone(), entries }, now);
             }
             Output::SendSnapshot { to, .. } => {
                 let log = self.logs[id].clone();
                 let position = log.last().map_or(Position::ZERO, Entry::position);
                 self.logs.insert(to.clone(), log);
                 if let Some(node) = self.nodes.get_mut(&to) {
-                    node.on_snapshot_installed(now, position);
+                    node.handle(Event::SnapshotInstalled(position), now);
                 }
-                self.nodes.get_mut(id).expect("known").on_snapshot_finished(now, &to, Some(position));
+                self.nodes.get_mut(id).expect("known").handle(Event::SnapshotFinished { to: to.clone(), sent: Some(position) }, now);
             }
             Output::WriteDone { tag, result } => {
                 if result.is_ok() {
@@ -120,7 +121,7 @@ impl Cluster {
             self.now += 5_000;
             let now = self.now;
             for node in self.nodes.values_mut() {
-                node.on_tick(now);
+                node.handle(Event::Tick, now);
             }
             self.pump();
         }
@@ -132,7 +133,7 @@ impl Cluster {
         let epoch = self.nodes["a"].epoch();
         let entry = Entry { index, epoch, payload: vec![index as u8] };
         self.logs.get_mut("a").expect("known").push(entry.clone());
-        self.nodes.get_mut("a").expect("known").on_leader_appended(self.now, vec![entry], vec![(index, index, requirement)]);
+        self.nodes.get_mut("a").expect("known").handle(Event::LeaderAppended { entries: vec![entry], waiters: vec![(index, index, requirement)] }, self.now);
         self.pump();
     }
 
@@ -236,7 +237,7 @@ fn a_leader_cut_off_past_its_lease_stops_writing_and_no_longer_claims_to_be_curr
     assert_eq!(leader.write_lease_until(later), None, "no writes after the lease");
     assert!(leader.accepting_writes(later).is_err());
     assert_eq!(leader.lag_us(later), Some(500_000), "current only up to its lease's end");
-    leader.on_tick(later);
+    leader.handle(Event::Tick, later);
     while leader.poll_output().is_some() {}
     assert!(leader.lag_us(later).is_none_or(|lag| lag >= 500_000), "never current again by itself: {:?}", leader.lag_us(later));
 }

@@ -1,7 +1,8 @@
 //! The replica state machine, fed events one at a time, with the exact outputs it must
 //! produce. Each test names the rule it checks.
 
-use tern_core::{AckMode, AckRequirement, Config, Entry, Message, Output, Position, ReadError, Replica, WriteError};
+use tern_core::single_leader::Event;
+use tern_core::{AckMode, AckRequirement, Config, Entry, Message, Output, Position, Protocol, ReadError, Replica, WriteError};
 
 fn members() -> Vec<String> {
     vec!["n1".into(), "n2".into(), "n3".into()]
@@ -51,26 +52,26 @@ fn send(to: &str, message: Message) -> Output {
 #[test]
 fn leader_ships_each_new_entry_to_every_follower() {
     let mut replica = leader(AckMode::SemiSync);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 10);
     assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 1, 1)), send("n3", append(0, vec![entry(1)], 1, 1))]);
 }
 
 #[test]
 fn semi_sync_acknowledges_when_one_follower_of_three_has_it_durably() {
     let mut replica = leader(AckMode::SemiSync);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckMode::SemiSync.requirement())]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckMode::SemiSync.requirement())] }, 10);
     drain(&mut replica);
-    replica.on_message(20, &"n3".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n3".into(), message: ack(1, 0) }, 20);
     assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }]);
     // The second copy changes nothing further.
-    replica.on_message(21, &"n2".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 21);
     assert_eq!(drain(&mut replica), vec![]);
 }
 
 #[test]
 fn async_acknowledges_on_the_leaders_own_durable_commit() {
     let mut replica = leader(AckMode::Async);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckMode::Async.requirement())]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckMode::Async.requirement())] }, 10);
     let outputs = drain(&mut replica);
     assert_eq!(outputs.last(), Some(&Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }));
 }
@@ -78,18 +79,18 @@ fn async_acknowledges_on_the_leaders_own_durable_commit() {
 #[test]
 fn w_all_waits_for_every_member() {
     let mut replica = leader(AckMode::Async);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::All)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::All)] }, 10);
     drain(&mut replica);
-    replica.on_message(20, &"n2".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 20);
     assert_eq!(drain(&mut replica), vec![]);
-    replica.on_message(30, &"n3".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n3".into(), message: ack(1, 0) }, 30);
     assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }]);
 }
 
 #[test]
 fn w_beyond_the_cluster_size_is_refused_at_once() {
     let mut replica = leader(AckMode::Async);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Nodes(4))]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Nodes(4))] }, 10);
     let outputs = drain(&mut replica);
     assert_eq!(outputs[0], Output::WriteDone { tag: 7, result: Err(WriteError::Unsatisfiable { requested: 4, members: 3 }) });
 }
@@ -98,21 +99,21 @@ fn w_beyond_the_cluster_size_is_refused_at_once() {
 fn sync_waits_for_every_in_sync_follower_and_drops_a_silent_one() {
     let mut replica = leader(AckMode::Sync);
     // Both followers catch up, so both are in sync.
-    replica.on_leader_appended(10, vec![entry(1)], vec![]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![] }, 10);
     drain(&mut replica);
-    replica.on_message(20, &"n2".into(), ack(1, 0));
-    replica.on_message(20, &"n3".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 20);
+    replica.handle(Event::Message { from: "n3".into(), message: ack(1, 0) }, 20);
     drain(&mut replica);
 
-    replica.on_leader_appended(30, vec![entry(2)], vec![(8, 2, AckRequirement::AllInSync)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(2)], waiters: vec![(8, 2, AckRequirement::AllInSync)] }, 30);
     drain(&mut replica);
-    replica.on_message(40, &"n2".into(), ack(2, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(2, 0) }, 40);
     assert_eq!(drain(&mut replica), vec![], "n3 is in sync and has not acknowledged");
 
     // n3 stays silent past the in-sync timeout (1 s): it leaves the set, the write completes.
-    replica.on_message(1_000_000, &"n2".into(), ack(2, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(2, 0) }, 1_000_000);
     drain(&mut replica);
-    replica.on_tick(40 + 1_000_001);
+    replica.handle(Event::Tick, 40 + 1_000_001);
     let outputs = drain(&mut replica);
     assert!(outputs.contains(&Output::WriteDone { tag: 8, result: Ok(Position::new(1, 2)) }), "{outputs:?}");
     let status = replica.status(40 + 1_000_001);
@@ -124,19 +125,19 @@ fn sync_waits_for_every_in_sync_follower_and_drops_a_silent_one() {
 fn sync_never_counts_fewer_than_a_majority() {
     let mut replica = leader(AckMode::Sync);
     // No follower has ever been in sync; a sync write still needs a majority.
-    replica.on_leader_appended(10, vec![entry(1)], vec![(9, 1, AckRequirement::AllInSync)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(9, 1, AckRequirement::AllInSync)] }, 10);
     let outputs = drain(&mut replica);
     assert!(!outputs.iter().any(|output| matches!(output, Output::WriteDone { .. })));
-    replica.on_message(20, &"n2".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 20);
     assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 9, result: Ok(Position::new(1, 1)) }]);
 }
 
 #[test]
 fn a_write_not_replicated_in_time_reports_an_unknown_outcome() {
     let mut replica = leader(AckMode::SemiSync);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 10);
     drain(&mut replica);
-    replica.on_tick(10 + 10_000_000);
+    replica.handle(Event::Tick, 10 + 10_000_000);
     let outputs = drain(&mut replica);
     let done = outputs.iter().find(|output| matches!(output, Output::WriteDone { .. })).unwrap();
     assert_eq!(
@@ -148,9 +149,9 @@ fn a_write_not_replicated_in_time_reports_an_unknown_outcome() {
 #[test]
 fn follower_persists_before_it_acknowledges() {
     let mut replica = follower("n2");
-    replica.on_message(5, &"n1".into(), append(0, vec![entry(1), entry(2)], 2, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1), entry(2)], 2, 0) }, 5);
     assert_eq!(drain(&mut replica), vec![Output::Persist { entries: vec![entry(1), entry(2)] }]);
-    replica.on_persisted(6, Position::new(1, 2));
+    replica.handle(Event::Persisted(Position::new(1, 2)), 6);
     assert_eq!(
         drain(&mut replica),
         vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 2), next_index: 3, read_seq: 0, rejected: false, diverged: None })]
@@ -160,13 +161,13 @@ fn follower_persists_before_it_acknowledges() {
 #[test]
 fn follower_skips_duplicates_and_rejects_gaps() {
     let mut replica = follower("n2");
-    replica.on_message(5, &"n1".into(), append(0, vec![entry(1)], 1, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1)], 1, 0) }, 5);
     drain(&mut replica);
     // Entry 1 again plus entry 2: only entry 2 is new.
-    replica.on_message(6, &"n1".into(), append(0, vec![entry(1), entry(2)], 2, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1), entry(2)], 2, 0) }, 6);
     assert_eq!(drain(&mut replica), vec![Output::Persist { entries: vec![entry(2)] }]);
     // Entry 5 after 2: entries 3 and 4 were lost in transit.
-    replica.on_message(7, &"n1".into(), append(4, vec![entry(5)], 5, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(4, vec![entry(5)], 5, 0) }, 7);
     assert_eq!(
         drain(&mut replica),
         vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 3, read_seq: 0, rejected: true, diverged: None })]
@@ -176,12 +177,14 @@ fn follower_skips_duplicates_and_rejects_gaps() {
 #[test]
 fn leader_resends_from_what_a_rejecting_follower_expects() {
     let mut replica = leader(AckMode::SemiSync);
-    replica.on_leader_appended(10, vec![entry(1), entry(2), entry(3)], vec![]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1), entry(2), entry(3)], waiters: vec![] }, 10);
     drain(&mut replica);
-    replica.on_message(
+    replica.handle(
+        Event::Message {
+            from: "n2".into(),
+            message: Message::AppendAck { epoch: 1, durable: Position::new(1, 1), next_index: 2, read_seq: 0, rejected: true, diverged: None },
+        },
         20,
-        &"n2".into(),
-        Message::AppendAck { epoch: 1, durable: Position::new(1, 1), next_index: 2, read_seq: 0, rejected: true, diverged: None },
     );
     assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![entry(2), entry(3)], 3, 1))]);
 }
@@ -189,7 +192,7 @@ fn leader_resends_from_what_a_rejecting_follower_expects() {
 #[test]
 fn follower_stale_epoch_leader_is_told_and_ignored() {
     let mut replica = Replica::new(Config { epoch: 2, ..Config::new("n2", members(), "n1", AckMode::SemiSync) }, Position::ZERO, 0);
-    replica.on_message(5, &"n1".into(), append(0, vec![entry(1)], 1, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1)], 1, 0) }, 5);
     assert_eq!(
         drain(&mut replica),
         vec![send("n1", Message::AppendAck { epoch: 2, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None })]
@@ -199,25 +202,25 @@ fn follower_stale_epoch_leader_is_told_and_ignored() {
 #[test]
 fn linearizable_read_waits_for_a_quorum_round_and_for_what_it_saw_to_be_committed() {
     let mut replica = leader(AckMode::Async);
-    replica.on_leader_appended(10, vec![entry(1)], vec![]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![] }, 10);
     drain(&mut replica);
-    replica.on_read_barrier(20, 99, 1);
+    replica.handle(Event::ReadBarrier { tag: 99, observed_index: 1 }, 20);
     // A heartbeat round (read_seq 2; round 1 was the first heartbeat) goes to both followers.
     assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 1, 2)), send("n3", append(1, vec![], 1, 2))]);
     // An ack of an older round proves nothing about leadership now.
-    replica.on_message(30, &"n2".into(), ack(0, 1));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(0, 1) }, 30);
     assert_eq!(drain(&mut replica), vec![]);
     // A current-round ack that lacks entry 1: leadership confirmed but the read saw an uncommitted write.
-    replica.on_message(31, &"n3".into(), ack(0, 2));
+    replica.handle(Event::Message { from: "n3".into(), message: ack(0, 2) }, 31);
     assert_eq!(drain(&mut replica), vec![]);
-    replica.on_message(32, &"n2".into(), ack(1, 2));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 2) }, 32);
     assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 99, result: Ok(()) }]);
 }
 
 #[test]
 fn linearizable_read_on_a_follower_is_refused_with_the_leader() {
     let mut replica = follower("n2");
-    replica.on_read_barrier(1, 5, 0);
+    replica.handle(Event::ReadBarrier { tag: 5, observed_index: 0 }, 1);
     assert_eq!(drain(&mut replica), vec![Output::ReadDone { tag: 5, result: Err(ReadError::NotLeader { leader: Some("n1".into()) }) }]);
 }
 
@@ -227,18 +230,30 @@ fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
     let mut replica = Replica::new(config, Position::ZERO, 0);
     drain(&mut replica);
     for index in 1..=3 {
-        replica.on_leader_appended(10, vec![entry(index)], vec![]);
+        replica.handle(Event::LeaderAppended { entries: vec![entry(index)], waiters: vec![] }, 10);
     }
     drain(&mut replica);
     // n2 restarted with nothing: the leader must resend from 1, which left the cache.
-    replica.on_message(20, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
+    replica.handle(
+        Event::Message {
+            from: "n2".into(),
+            message: Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None },
+        },
+        20,
+    );
     assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n2".into(), from_index: 1 }]);
-    replica.on_log_read(21, &"n2".into(), vec![entry(1), entry(2)]);
+    replica.handle(Event::LogRead { to: "n2".into(), entries: vec![entry(1), entry(2)] }, 21);
     assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1), entry(2)], 3, 1)), send("n2", append(2, vec![entry(3)], 3, 1))]);
 
-    replica.on_message(30, &"n3".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
+    replica.handle(
+        Event::Message {
+            from: "n3".into(),
+            message: Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None },
+        },
+        30,
+    );
     assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n3".into(), from_index: 1 }]);
-    replica.on_log_compacted(31, &"n3".into());
+    replica.handle(Event::LogCompacted { to: "n3".into() }, 31);
     assert_eq!(drain(&mut replica), vec![Output::SendSnapshot { to: "n3".into(), rollback_after: None }]);
 }
 
@@ -246,14 +261,14 @@ fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
 fn follower_lag_is_the_time_since_it_last_had_everything() {
     let mut replica = follower("n2");
     assert_eq!(replica.lag_us(0), None, "no contact yet");
-    replica.on_message(1_000, &"n1".into(), append(0, vec![], 0, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![], 0, 0) }, 1_000);
     drain(&mut replica);
     assert_eq!(replica.lag_us(1_500), Some(500));
     // The leader is at 1 now; we only get there once persisted.
-    replica.on_message(2_000, &"n1".into(), append(0, vec![entry(1)], 1, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1)], 1, 0) }, 2_000);
     drain(&mut replica);
     assert_eq!(replica.lag_us(2_500), Some(1_500));
-    replica.on_persisted(3_000, Position::new(1, 1));
+    replica.handle(Event::Persisted(Position::new(1, 1)), 3_000);
     drain(&mut replica);
     assert_eq!(replica.lag_us(3_000), Some(1_000), "fresh as of when the leader said 1");
 }
@@ -261,10 +276,10 @@ fn follower_lag_is_the_time_since_it_last_had_everything() {
 #[test]
 fn leader_reports_per_follower_lag_from_the_oldest_missing_write() {
     let mut replica = leader(AckMode::Async);
-    replica.on_leader_appended(1_000, vec![entry(1)], vec![]);
-    replica.on_leader_appended(2_000, vec![entry(2)], vec![]);
-    replica.on_message(2_100, &"n2".into(), ack(2, 0));
-    replica.on_message(2_100, &"n3".into(), ack(1, 0));
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![] }, 1_000);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(2)], waiters: vec![] }, 2_000);
+    replica.handle(Event::Message { from: "n2".into(), message: ack(2, 0) }, 2_100);
+    replica.handle(Event::Message { from: "n3".into(), message: ack(1, 0) }, 2_100);
     let status = replica.status(5_000);
     let lag: Vec<(String, u64)> = status.followers.iter().map(|follower| (follower.id.clone(), follower.lag_us)).collect();
     assert_eq!(lag, vec![("n2".into(), 0), ("n3".into(), 3_000)]);
@@ -274,11 +289,11 @@ fn leader_reports_per_follower_lag_from_the_oldest_missing_write() {
 #[test]
 fn acks_from_another_epoch_count_for_nothing() {
     let mut replica = leader(AckMode::SemiSync);
-    replica.on_leader_appended(10, vec![entry(1)], vec![(7, 1, AckRequirement::Majority)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 10);
     drain(&mut replica);
     // A follower still answering an older leader's append says nothing about this log.
     let stale = Message::AppendAck { epoch: 0, durable: Position::new(0, 1), next_index: 2, read_seq: 9, rejected: false, diverged: None };
-    replica.on_message(20, &"n2".into(), stale);
+    replica.handle(Event::Message { from: "n2".into(), message: stale }, 20);
     assert_eq!(drain(&mut replica), vec![]);
     assert_eq!(replica.status(20).followers[0].matched, 0);
 }
@@ -286,12 +301,12 @@ fn acks_from_another_epoch_count_for_nothing() {
 #[test]
 fn an_installed_snapshot_never_moves_the_durable_position_backwards() {
     let mut replica = follower("n2");
-    replica.on_message(5, &"n1".into(), append(0, vec![entry(1), entry(2), entry(3)], 3, 0));
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1), entry(2), entry(3)], 3, 0) }, 5);
     drain(&mut replica);
-    replica.on_persisted(6, Position::new(1, 3));
+    replica.handle(Event::Persisted(Position::new(1, 3)), 6);
     drain(&mut replica);
     // A snapshot requested earlier, at index 2, lands after entries up to 3 were applied.
-    replica.on_snapshot_installed(7, Position::new(1, 2));
+    replica.handle(Event::SnapshotInstalled(Position::new(1, 2)), 7);
     assert_eq!(replica.last(), Position::new(1, 3));
     assert_eq!(
         drain(&mut replica),
@@ -305,23 +320,29 @@ fn a_heartbeat_during_catch_up_claims_only_what_was_sent() {
     let config = Config { max_inflight_entries: 1, max_entries_per_append: 1, ..Config::new("n1", members(), "n1", AckMode::SemiSync) };
     let mut replica = Replica::new(config, Position::ZERO, 0);
     drain(&mut replica);
-    replica.on_leader_appended(10, vec![entry(1), entry(2), entry(3)], vec![]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1), entry(2), entry(3)], waiters: vec![] }, 10);
     assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 3, 1)), send("n3", append(0, vec![entry(1)], 3, 1))]);
     // The heartbeat claims entry 1 as the previous one, not 3, which a follower that
     // has only entry 1 would reject as a gap (and the leader would resend the window).
-    replica.on_tick(10 + 50_000);
+    replica.handle(Event::Tick, 10 + 50_000);
     assert_eq!(drain(&mut replica), vec![send("n2", append(1, vec![], 3, 2)), send("n3", append(1, vec![], 3, 2))]);
 }
 
 #[test]
 fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_meanwhile() {
     let mut replica = leader(AckMode::SemiSync);
-    replica.on_leader_appended(10, vec![entry(1), entry(2)], vec![]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1), entry(2)], waiters: vec![] }, 10);
     drain(&mut replica);
-    replica.on_message(20, &"n2".into(), ack(2, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(2, 0) }, 20);
     drain(&mut replica);
     // n2 comes back empty and rejects the next append as a gap.
-    replica.on_message(30, &"n2".into(), Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None });
+    replica.handle(
+        Event::Message {
+            from: "n2".into(),
+            message: Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None },
+        },
+        30,
+    );
     let commit_2 = Message::Append {
         epoch: 1,
         leader: "n1".into(),
@@ -334,11 +355,11 @@ fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_mea
     };
     assert_eq!(drain(&mut replica), vec![send("n2", commit_2)]);
     // Its old acknowledgement no longer counts: a new write needs a fresh copy.
-    replica.on_leader_appended(40, vec![entry(3)], vec![(9, 3, AckRequirement::Majority)]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(3)], waiters: vec![(9, 3, AckRequirement::Majority)] }, 40);
     drain(&mut replica);
-    replica.on_message(50, &"n2".into(), ack(1, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 50);
     assert_eq!(drain(&mut replica), vec![], "n2 holds only entry 1 now");
-    replica.on_message(60, &"n2".into(), ack(3, 0));
+    replica.handle(Event::Message { from: "n2".into(), message: ack(3, 0) }, 60);
     assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 9, result: Ok(Position::new(1, 3)) }]);
 }
 
@@ -350,15 +371,17 @@ fn an_ack_of_another_epochs_entries_is_not_a_copy_of_ours() {
     let mut replica = Replica::new(config, Position::ZERO, 0);
     drain(&mut replica);
     let ours = Entry { index: 1, epoch: 2, payload: vec![1] };
-    replica.on_leader_appended(10, vec![ours], vec![(5, 1, AckRequirement::Majority)]);
+    replica.handle(Event::LeaderAppended { entries: vec![ours], waiters: vec![(5, 1, AckRequirement::Majority)] }, 10);
     drain(&mut replica);
     let theirs = Message::AppendAck { epoch: 2, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false, diverged: None };
-    replica.on_message(20, &"n2".into(), theirs);
+    replica.handle(Event::Message { from: "n2".into(), message: theirs }, 20);
     assert!(drain(&mut replica).iter().all(|output| !matches!(output, Output::WriteDone { .. })), "n2's entry 1 is not ours");
-    replica.on_message(
+    replica.handle(
+        Event::Message {
+            from: "n3".into(),
+            message: Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None },
+        },
         30,
-        &"n3".into(),
-        Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None },
     );
     assert!(drain(&mut replica).contains(&Output::WriteDone { tag: 5, result: Ok(Position::new(2, 1)) }));
 }
@@ -369,7 +392,7 @@ fn a_dead_followers_lag_is_measured_from_the_oldest_write_still_timed() {
     // good that record is capped, and the lag is counted from its oldest entry.
     let mut replica = leader(AckMode::Async);
     for index in 1..=70_000u64 {
-        replica.on_leader_appended(index, vec![entry(index)], vec![]);
+        replica.handle(Event::LeaderAppended { entries: vec![entry(index)], waiters: vec![] }, index);
         drain(&mut replica);
     }
     let status = replica.status(100_000);

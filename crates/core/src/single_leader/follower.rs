@@ -100,7 +100,7 @@ impl Replica {
     }
 
     /// Follower: the entries of every `Persist` up to `durable` are on disk and applied.
-    pub fn on_persisted(&mut self, _now: Micros, durable: Position) {
+    pub(crate) fn on_persisted(&mut self, _now: Micros, durable: Position) {
         let Role::Follower(follower) = &mut self.role else { return };
         if durable.index <= self.last.index {
             return;
@@ -129,7 +129,7 @@ impl Replica {
     /// the disk failed). Everything accepted beyond the durable end is forgotten. New
     /// entries are ignored for a while (doubling with each failure in a row); then the
     /// leader's next resend is tried again.
-    pub fn on_persist_failed(&mut self, now: Micros) {
+    pub(crate) fn on_persist_failed(&mut self, now: Micros) {
         let Role::Follower(follower) = &mut self.role else { return };
         self.accepted = self.last;
         follower.ack_owed = false;
@@ -142,7 +142,7 @@ impl Replica {
     /// snapshot was installed (or found not to be ahead of what was already durable, in
     /// which case the driver passes its durable position). Never moves backwards: a
     /// durable position already acknowledged must stay true.
-    pub fn on_snapshot_installed(&mut self, now: Micros, position: Position) {
+    pub(crate) fn on_snapshot_installed(&mut self, now: Micros, position: Position) {
         if position.index > self.last.index {
             self.last = position;
         }
@@ -157,7 +157,7 @@ impl Replica {
     /// leader lacks went to the rollback store and the leader's snapshot at `position`
     /// replaced the database. The one way the durable position moves backwards: what was
     /// rolled back was never on a majority of the leader's epoch.
-    pub fn on_rolled_back(&mut self, now: Micros, position: Position) {
+    pub(crate) fn on_rolled_back(&mut self, now: Micros, position: Position) {
         self.last = position;
         self.accepted = position;
         self.epoch_starts = vec![(position.epoch, position.index)];

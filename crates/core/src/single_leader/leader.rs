@@ -13,7 +13,7 @@ impl Replica {
     ///
     /// # Panics
     /// If a leader's entries do not continue its log (a driver bug).
-    pub fn on_leader_appended(&mut self, now: Micros, entries: Vec<Entry>, waiters: Vec<(u64, u64, AckRequirement)>) {
+    pub(crate) fn on_leader_appended(&mut self, now: Micros, entries: Vec<Entry>, waiters: Vec<(u64, u64, AckRequirement)>) {
         if !self.is_leader() || entries.first().is_some_and(|entry| entry.epoch != self.epoch) {
             for entry in &entries {
                 if entry.index == self.last.index + 1 {
@@ -320,7 +320,7 @@ impl Replica {
     // ---- follower internals ----
 
     /// Leader: entries requested by `Output::ReadLog` (may be empty if none exist).
-    pub fn on_log_read(&mut self, now: Micros, to: &NodeId, entries: Vec<Entry>) {
+    pub(crate) fn on_log_read(&mut self, now: Micros, to: &NodeId, entries: Vec<Entry>) {
         let epoch = self.epoch;
         let leader_id = self.config.id.clone();
         let max_inflight = self.config.max_inflight_entries;
@@ -347,7 +347,7 @@ impl Replica {
     }
 
     /// Leader: the entries a follower needs were compacted away.
-    pub fn on_log_compacted(&mut self, _now: Micros, to: &NodeId) {
+    pub(crate) fn on_log_compacted(&mut self, _now: Micros, to: &NodeId) {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(to) else { return };
         progress.fetching = false;
@@ -369,7 +369,7 @@ impl Replica {
     /// Leader: the snapshot for `to` was handed to the transport (`Some(position)`) or
     /// could not be made (`None`). Shipping resumes once the follower acknowledges the
     /// snapshot's position, or after `snapshot_timeout_us` if it never does.
-    pub fn on_snapshot_finished(&mut self, now: Micros, to: &NodeId, sent: Option<Position>) {
+    pub(crate) fn on_snapshot_finished(&mut self, now: Micros, to: &NodeId, sent: Option<Position>) {
         let timeout = self.config.snapshot_timeout_us;
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(to) else { return };
@@ -381,7 +381,7 @@ impl Replica {
     }
 
     /// The transport (re)connected to `peer`: anything in flight may be gone.
-    pub fn on_peer_connected(&mut self, now: Micros, peer: &NodeId) {
+    pub(crate) fn on_peer_connected(&mut self, now: Micros, peer: &NodeId) {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.peers.get_mut(peer) else { return };
         progress.next = progress.matched + 1;

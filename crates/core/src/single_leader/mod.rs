@@ -5,12 +5,14 @@
 //! - `now` passed to handlers never goes backwards.
 //! - After every handler call, drain `poll_output()` until it returns `None`.
 //! - `Output::Persist` must be made durable (entries applied to the database and
-//!   logged in one transaction) before `on_persisted` is called for it; acknowledgements
-//!   to the leader are only sent from `on_persisted`, so an ack always means "on disk".
-//! - A leader calls `on_leader_appended` only after its own transaction holding those
-//!   entries committed durably (fsync): the leader's copy is the first of the copies
-//!   counted for `w=`.
-//! - `on_tick` is called at least every `Config::tick_interval_us`.
+//!   logged in one transaction) before `Event::Persisted` is handed in for it;
+//!   acknowledgements to the leader are only sent on `Event::Persisted`, so an ack always
+//!   means "on disk".
+//! - A leader hands in `Event::LeaderAppended` only after its own transaction holding
+//!   those entries committed durably (fsync): the leader's copy is the first of the
+//!   copies counted for `w=`.
+//! - Every event goes through `Protocol::handle` (the `on_*` handlers are private to
+//!   the crate); the timer event (`Event::Tick`) comes no later than `poll_timeout()`.
 
 use crate::election::{Election, ElectionConfig, ElectionOutput, MemberChange, Membership, SavedElection};
 use crate::message::Message;
@@ -244,7 +246,7 @@ impl Replica {
         }
     }
 
-    pub fn on_message(&mut self, now: Micros, from: &NodeId, message: Message) {
+    pub(crate) fn on_message(&mut self, now: Micros, from: &NodeId, message: Message) {
         match message {
             Message::Append { epoch, leader, prev_index, prev_epoch, entries, commit_index, leader_last, read_seq } => {
                 self.on_append(now, epoch, leader, (prev_index, prev_epoch), entries, commit_index, leader_last, read_seq)
@@ -273,7 +275,7 @@ impl Replica {
     }
 
     /// Timers: heartbeats, resends, in-sync membership and deadlines.
-    pub fn on_tick(&mut self, now: Micros) {
+    pub(crate) fn on_tick(&mut self, now: Micros) {
         if let Some(election) = &mut self.election {
             election.on_tick(now);
             self.drain_election(now);

@@ -7,7 +7,7 @@ impl Replica {
     /// once a majority confirms leadership in a fresh heartbeat round and that index is
     /// majority-durable, so the read neither misses acknowledged writes nor returns
     /// writes that could still be lost.
-    pub fn on_read_barrier(&mut self, now: Micros, tag: u64, observed_index: u64) {
+    pub(crate) fn on_read_barrier(&mut self, now: Micros, tag: u64, observed_index: u64) {
         if !self.is_leader() {
             let leader = self.leader.clone();
             self.outputs.push_back(Output::ReadDone { tag, result: Err(ReadError::NotLeader { leader }) });
