@@ -109,7 +109,12 @@ impl Cluster {
             Output::MembershipChanged { membership } => {
                 self.reported.insert(id.to_string(), membership);
             }
-            Output::SaveElection { .. } | Output::ReadDone { .. } => {}
+            Output::SaveElection { then, .. } => {
+                for (to, message) in then {
+                    self.network.push_back((id.to_string(), to, message));
+                }
+            }
+            Output::ReadDone { .. } => {}
         }
     }
 

@@ -27,9 +27,13 @@ pub enum Output {
         to: NodeId,
         rollback_after: Option<u64>,
     },
-    /// Store this election state durably before handling any later output.
+    /// Store this election state durably, and only then send `then`: the raft messages
+    /// that carry the vote or term it records. Persist before send is in the type: a
+    /// driver that cannot store the state drops `then` (the node neither votes nor
+    /// campaigns until a later save succeeds).
     SaveElection {
         state: SavedElection,
+        then: Vec<(NodeId, Message)>,
     },
     /// Members were added, promoted or removed (or first learned, on a joining node):
     /// the driver connects to new members and stops talking to removed ones.

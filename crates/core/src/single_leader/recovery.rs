@@ -110,11 +110,24 @@ impl Replica {
         election.drain(&mut produced);
         let leadership = election.leadership();
         let membership = election.take_membership_change().then(|| election.membership());
+        // Raft messages produced after a save depend on it (a vote, a new term): they
+        // travel inside the save's output, to leave only once it is durable.
+        let mut saving: Option<(SavedElection, Vec<(NodeId, Message)>)> = None;
         for output in produced {
             match output {
-                ElectionOutput::Save(state) => self.outputs.push_back(Output::SaveElection { state }),
-                ElectionOutput::Send { to, bytes } => self.outputs.push_back(Output::Send { to, message: Message::Raft { bytes } }),
+                ElectionOutput::Save(state) => {
+                    if let Some((state, then)) = saving.replace((state, Vec::new())) {
+                        self.outputs.push_back(Output::SaveElection { state, then });
+                    }
+                }
+                ElectionOutput::Send { to, bytes } => match &mut saving {
+                    Some((_, then)) => then.push((to, Message::Raft { bytes })),
+                    None => self.outputs.push_back(Output::Send { to, message: Message::Raft { bytes } }),
+                },
             }
+        }
+        if let Some((state, then)) = saving {
+            self.outputs.push_back(Output::SaveElection { state, then });
         }
         if let Some(membership) = membership {
             self.apply_membership(now, membership);

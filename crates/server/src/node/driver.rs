@@ -162,13 +162,19 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                 Output::SendSnapshot { to, rollback_after } => {
                     node.storage_send(StorageCommand::MakeSnapshot { to, rollback_after });
                 }
-                Output::SaveElection { state } => {
-                    // Small and rare (a term or vote change): written here, before any
-                    // later output (a vote) can leave this node. If the disk refuses it
-                    // (full), raft messages are held back until a save succeeds: the
-                    // node neither votes nor campaigns, and the others carry on.
+                Output::SaveElection { state, then } => {
+                    // Small and rare (a term or vote change): written here, and the raft
+                    // messages that depend on it leave only once it is durable. If the disk
+                    // refuses it (full), they are dropped and later raft messages held back
+                    // until a save succeeds: the node neither votes nor campaigns, and the
+                    // others carry on.
                     match blocking(|| save_election(&node.config.data_dir, &state)) {
-                        Ok(()) => unsaved_election = None,
+                        Ok(()) => {
+                            unsaved_election = None;
+                            for (to, message) in then {
+                                node.send_to(&to, Frame::Replica(message));
+                            }
+                        }
                         Err(error) => {
                             if last_save_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
                                 tracing::error!("cannot save the election state: {error}; not voting or campaigning until it can be saved");

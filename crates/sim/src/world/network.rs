@@ -77,7 +77,14 @@ impl World {
                         self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::LogRead { to, entries }, now);
                     }
                 }
-                Output::SaveElection { state } => self.nodes[node].saved_election = Some(state),
+                Output::SaveElection { state, then } => {
+                    // The simulated disk stores it at once; then its messages leave.
+                    self.nodes[node].saved_election = Some(state);
+                    for (to, message) in then {
+                        let Some(target) = self.nodes.iter().position(|candidate| candidate.id == to) else { continue };
+                        self.send(Addr::Node(node), Addr::Node(target), Payload::Replica(message));
+                    }
+                }
                 Output::MembershipChanged { .. } => {}
                 Output::SendSnapshot { to, rollback_after } => {
                     // As the server does: the snapshot is handed to the transport and the
