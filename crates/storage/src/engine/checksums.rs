@@ -57,7 +57,7 @@ pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)
         .collect::<rusqlite::Result<_>>()?;
     let mut sums = Vec::new();
     for table in tables {
-        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let quoted = quote_identifier(&table);
         let mut statement = match connection.prepare(&format!("SELECT _rowid_, * FROM {quoted}")) {
             Ok(statement) => statement,
             // WITHOUT ROWID (or a table whose columns hide every rowid name).

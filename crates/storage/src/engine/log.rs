@@ -104,6 +104,7 @@ pub(super) fn write_meta(connection: &Connection, key: &str, value: u64) -> Resu
     Ok(())
 }
 
+/// Physical format: the leader writes its position into every transaction it ships.
 pub(super) fn record_position(connection: &Connection, position: Position) -> Result<()> {
     connection.execute_batch("CREATE TABLE IF NOT EXISTS _tern_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")?;
     write_meta(connection, "applied_index", position.index)?;

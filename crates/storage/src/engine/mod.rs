@@ -229,6 +229,11 @@ fn configure_writer(connection: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// `name` as a quoted SQL identifier (a table or column name of any spelling).
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Starts a write transaction that rolls back when dropped unless committed: an error
 /// path that returns early can never leave `BEGIN` open and wedge every later write.
 fn begin_immediate(connection: &Connection) -> rusqlite::Result<Transaction<'_>> {

@@ -56,13 +56,12 @@ impl Engine {
     /// row at random: an INSERT shipped as text would store other rowids on followers.
     /// False for tables without rowids and for views.
     pub(super) fn picks_random_rowids(&self, table: &str) -> bool {
-        let sql = format!("SELECT max(rowid) = 9223372036854775807 FROM \"{}\"", table.replace('"', "\"\""));
+        let sql = format!("SELECT max(rowid) = 9223372036854775807 FROM {}", quote_identifier(table));
         let taken = self.connection.prepare_cached(&sql).and_then(|mut statement| statement.query_row([], |row| row.get::<_, Option<bool>>(0)));
         matches!(taken, Ok(Some(true)))
     }
 }
 
-/// Physical format: the leader writes its position into every transaction it ships.
 /// The declared primary-key columns of `table` (in column order) if it also has a rowid
 /// that is not one of them; `None` otherwise (no declared key: the changeset addresses
 /// rows by rowid; an INTEGER PRIMARY KEY is the rowid; WITHOUT ROWID has none).
@@ -74,10 +73,6 @@ pub(super) fn keys_beside_rowid(connection: &Connection, table: &str) -> Result<
     let rowid_alias = matches!(columns.as_slice(), [(_, declared)] if declared.eq_ignore_ascii_case("INTEGER"));
     let has_rowid = connection.prepare(&format!("SELECT _rowid_ FROM {} LIMIT 0", quote_identifier(table))).is_ok();
     Ok((!columns.is_empty() && !rowid_alias && has_rowid).then(|| columns.into_iter().map(|(name, _)| name).collect()))
-}
-
-pub(super) fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `WHERE` over key columns, `IS` so that NULL keys (allowed in rowid tables) match.
