@@ -238,3 +238,17 @@ fn a_transaction_too_large_for_one_entry_is_refused_before_it_commits() {
     assert_eq!((leader.last(), leader.page_hashes().unwrap()), before, "nothing of it was applied or logged");
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A logical format's VACUUM entry reaching a physical node (a misconfigured or hostile
+/// peer) is refused whole; the node's file and log are untouched.
+#[test]
+fn a_logical_vacuum_entry_is_refused_by_a_physical_node() {
+    let root = scratch("logical-vacuum");
+    let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
+    let before = (follower.last(), follower.page_hashes().unwrap());
+    let vacuum = Entry { index: 1, epoch: 1, payload: tern_storage::Payload { changes: vec![tern_storage::Change::Vacuum] }.encode() };
+    let error = follower.apply(&[vacuum]).expect_err("a physical node never runs a logged VACUUM").to_string();
+    assert!(error.contains("physical"), "{error}");
+    assert_eq!((follower.last(), follower.page_hashes().unwrap()), before);
+    let _ = std::fs::remove_dir_all(root);
+}

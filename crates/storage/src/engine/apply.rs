@@ -23,8 +23,11 @@ impl Engine {
         }
         let entries = &entries[held..];
         self.finish_logged_vacuum()?;
+        // Logical formats only: a physical node ships VACUUM as pages, and a VACUUM entry
+        // reaching one is refused whole by `apply_payload` below.
         let vacuum = vacuum_payload();
-        if let Some(at) = entries.iter().position(|entry| entry.payload == vacuum) {
+        let logged_vacuum = if self.format == LogFormat::Physical { None } else { entries.iter().position(|entry| entry.payload == vacuum) };
+        if let Some(at) = logged_vacuum {
             // A VACUUM runs outside any transaction: apply what comes before it, then it
             // alone (logged first, as on the leader), then the rest.
             let (before, rest) = entries.split_at(at);
@@ -119,7 +122,11 @@ impl Engine {
                     set?;
                 }
                 Change::Vacuum => {
-                    return Err(StorageError::new("a VACUUM entry must be applied alone, outside any transaction"));
+                    return Err(StorageError::new(if self.format == LogFormat::Physical {
+                        "a logical VACUUM entry reached a node running the physical log format"
+                    } else {
+                        "a VACUUM entry must be applied alone, outside any transaction"
+                    }));
                 }
                 Change::Rows(changeset) => {
                     // The leader's triggers already ran and their effects are in the changeset.
