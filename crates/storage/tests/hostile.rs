@@ -566,6 +566,9 @@ fn rowids_match_on_followers_for_tables_with_any_key() {
         let mut pair = Pair::open(&format!("rowids-{}", format.name()), format);
         pair.run("CREATE TABLE p (k TEXT PRIMARY KEY, v)");
         pair.run("CREATE TABLE loose (v)");
+        // Keyed, but without a rowid: its key is its identity, nothing to carry.
+        pair.run("CREATE TABLE bare (k TEXT PRIMARY KEY, v) WITHOUT ROWID");
+        assert_eq!(pair.run("INSERT INTO bare VALUES ('b', 1), ('a', 2)").error, None, "{format:?}");
         for batch in ["('m', 1), ('b', 2), ('z', 3), ('a', 4)", "('q', 5), ('c', 6)"] {
             pair.run(&format!("INSERT INTO p VALUES {batch}"));
         }

@@ -71,8 +71,17 @@ pub(super) fn keys_beside_rowid(connection: &Connection, table: &str) -> Result<
         .query_map([table], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let rowid_alias = matches!(columns.as_slice(), [(_, declared)] if declared.eq_ignore_ascii_case("INTEGER"));
-    let has_rowid = connection.prepare(&format!("SELECT _rowid_ FROM {} LIMIT 0", quote_identifier(table))).is_ok();
-    Ok((!columns.is_empty() && !rowid_alias && has_rowid).then(|| columns.into_iter().map(|(name, _)| name).collect()))
+    if columns.is_empty() || rowid_alias {
+        return Ok(None);
+    }
+    // Asked of SQLite's catalogue with one cached statement: this runs for every table a
+    // row-format write touches.
+    let without_rowid: bool = connection
+        .prepare_cached("SELECT wr FROM pragma_table_list(?1) WHERE schema = 'main'")?
+        .query_row([table], |row| row.get(0))
+        .optional()?
+        .unwrap_or(true);
+    Ok((!without_rowid).then(|| columns.into_iter().map(|(name, _)| name).collect()))
 }
 
 /// `WHERE` over key columns, `IS` so that NULL keys (allowed in rowid tables) match.
