@@ -402,3 +402,27 @@ fn a_dead_followers_lag_is_measured_from_the_oldest_write_still_timed() {
         assert_eq!(follower.lag_us, 100_000 - oldest_timed, "{}", follower.id);
     }
 }
+
+/// `poll_timeout` is the earliest deadline the replica tracks (heartbeat, a write's
+/// timeout), and never more than one heartbeat interval after the last event.
+#[test]
+fn poll_timeout_is_the_earliest_deadline_and_never_past_a_heartbeat() {
+    let mut config = Config::new("n1", members(), "n1", AckMode::SemiSync);
+    config.write_timeout_us = 20_000;
+    let mut leader = Replica::new(config, Position::ZERO, 0);
+    drain(&mut leader);
+    assert_eq!(leader.poll_timeout(), Some(50_000), "the next heartbeat, one interval after the first");
+    leader.handle(Event::Tick, 20_000);
+    drain(&mut leader);
+    assert_eq!(leader.poll_timeout(), Some(50_000), "a tick before anything is due moves nothing");
+    leader.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 25_000);
+    drain(&mut leader);
+    assert_eq!(leader.poll_timeout(), Some(45_000), "the write's timeout comes before the heartbeat");
+    leader.handle(Event::Tick, 45_000);
+    assert!(drain(&mut leader).iter().any(|output| matches!(output, Output::WriteDone { tag: 7, result: Err(_) })), "the write timed out when asked");
+    assert_eq!(leader.poll_timeout(), Some(50_000));
+
+    let mut follower = follower("n2");
+    follower.handle(Event::Tick, 30_000);
+    assert_eq!(follower.poll_timeout(), Some(80_000), "a follower with nothing pending is woken a heartbeat after its last event");
+}
