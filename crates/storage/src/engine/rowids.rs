@@ -140,12 +140,9 @@ pub(super) fn set_rowids(connection: &Connection, tables: &[(String, Vec<(Vec<Sq
         for (at, (key, _)) in moves.iter().enumerate() {
             update.execute(rusqlite::params_from_iter(std::iter::once(Value::Integer(parked(at)?)).chain(key.iter().cloned())))?;
         }
+        let mut unpark = connection.prepare_cached(&format!("UPDATE {name} SET _rowid_ = ?1 WHERE _rowid_ = ?2"))?;
         for (at, (_, rowid)) in moves.iter().enumerate() {
-            let parked_key = [Value::Integer(parked(at)?)];
-            connection.execute(
-                &format!("UPDATE {name} SET _rowid_ = ?1 WHERE _rowid_ = ?2"),
-                rusqlite::params_from_iter([Value::Integer(*rowid)].iter().chain(parked_key.iter())),
-            )?;
+            unpark.execute(params![rowid, parked(at)?])?;
         }
     }
     Ok(())
