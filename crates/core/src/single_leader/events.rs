@@ -54,26 +54,60 @@ impl Protocol for Replica {
     type Output = Output;
 
     fn handle(&mut self, event: Event, now: Micros) {
+        let s = &mut self.shared;
         match event {
             Event::Tick => self.on_tick(now),
             Event::Message { from, message } => self.on_message(now, &from, message),
-            Event::PeerConnected(peer) => self.on_peer_connected(now, &peer),
-            Event::LeaderAppended { entries, waiters } => self.on_leader_appended(now, entries, waiters),
-            Event::Persisted(position) => self.on_persisted(now, position),
-            Event::PersistFailed => self.on_persist_failed(now),
-            Event::SnapshotInstalled(position) => self.on_snapshot_installed(now, position),
-            Event::RolledBack(position) => self.on_rolled_back(now, position),
             Event::ReadBarrier { tag, observed_index } => self.on_read_barrier(now, tag, observed_index),
-            Event::LogRead { to, entries } => self.on_log_read(now, &to, entries),
-            Event::LogCompacted { to } => self.on_log_compacted(now, &to),
-            Event::SnapshotFinished { to, sent } => self.on_snapshot_finished(now, &to, sent),
+            Event::SnapshotInstalled(position) => {
+                s.snapshot_installed(position);
+                self.after_snapshot(now);
+            }
+            Event::RolledBack(position) => {
+                s.rolled_back(position);
+                self.after_snapshot(now);
+            }
+            Event::LeaderAppended { entries, waiters } => match &mut self.role {
+                Role::Leader(leader) if entries.first().is_none_or(|entry| entry.epoch == s.epoch) => leader.append(s, now, entries, waiters),
+                _ => settle_unled_writes(s, entries, waiters),
+            },
+            Event::Persisted(position) => {
+                if let Some(follower) = self.role.follower_mut() {
+                    follower.on_persisted(s, position);
+                }
+            }
+            Event::PersistFailed => {
+                if let Some(follower) = self.role.follower_mut() {
+                    follower.on_persist_failed(s, now);
+                }
+            }
+            Event::PeerConnected(peer) => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.on_peer_connected(s, now, &peer);
+                }
+            }
+            Event::LogRead { to, entries } => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.on_log_read(s, now, &to, entries);
+                }
+            }
+            Event::LogCompacted { to } => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.on_log_compacted(s, &to);
+                }
+            }
+            Event::SnapshotFinished { to, sent } => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.on_snapshot_finished(s, now, &to, sent);
+                }
+            }
         }
         self.handled_at = self.handled_at.max(now);
         debug_assert_eq!(self.check_invariants(), Ok(()), "after an event at {now}");
     }
 
     fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.shared.outputs.pop_front()
     }
 
     /// The earliest deadline the replica tracks (election tick, heartbeat, a write's or
@@ -81,21 +115,16 @@ impl Protocol for Replica {
     /// later than one heartbeat interval after the last event: resends and the in-sync
     /// check are made on ticks.
     fn poll_timeout(&self) -> Option<Micros> {
-        let mut deadlines = vec![self.handled_at + self.config.heartbeat_interval_us];
+        let mut deadlines = vec![self.handled_at + self.shared.config.heartbeat_interval_us];
         if let Some(election) = &self.election {
             deadlines.push(election.next_tick_at());
         }
-        deadlines.extend(self.handover.as_ref().map(|(_, until)| *until));
-        deadlines.extend(self.recovery.as_ref().and_then(|recovery| recovery.transfer.as_ref()).map(|(_, until)| *until));
         match &self.role {
-            Role::Leader(leader) => {
-                deadlines.push(leader.next_heartbeat_at);
-                deadlines.extend(leader.writes.iter().map(|waiter| waiter.deadline));
-                deadlines.extend(leader.reads.iter().map(|read| read.deadline));
-                deadlines.extend(leader.peers.values().filter_map(|progress| progress.snapshot_wait.map(|(_, deadline)| deadline)));
-            }
-            Role::Follower(follower) => deadlines.extend(follower.persist_backoff.as_ref().map(|backoff| backoff.until)),
+            Role::Leader(leader) => deadlines.extend(leader.deadlines()),
+            Role::Recovering { recovery, .. } => deadlines.extend(recovery.deadline()),
+            Role::Follower(_) => {}
         }
+        deadlines.extend(self.role.follower().and_then(|follower| follower.persist_backoff.as_ref()).map(|backoff| backoff.until));
         deadlines.into_iter().min()
     }
 }
@@ -107,24 +136,21 @@ impl Replica {
     /// # Errors
     /// The broken invariant, for the simulator's report.
     pub fn check_invariants(&self) -> Result<(), String> {
-        if self.accepted.index < self.last.index {
-            return Err(format!("accepted {} is behind the durable end {}", self.accepted, self.last));
+        let s = &self.shared;
+        if s.accepted.index < s.last.index {
+            return Err(format!("accepted {} is behind the durable end {}", s.accepted, s.last));
         }
-        for pair in self.epoch_starts.windows(2) {
+        for pair in s.epoch_starts.windows(2) {
             let ((earlier_epoch, earlier_index), (later_epoch, later_index)) = (pair[0], pair[1]);
             if later_epoch <= earlier_epoch || later_index < earlier_index {
-                return Err(format!("epoch starts not ascending: {:?}", self.epoch_starts));
+                return Err(format!("epoch starts not ascending: {:?}", s.epoch_starts));
             }
         }
         if let Role::Leader(leader) = &self.role {
-            if self.accepted != self.last {
-                return Err(format!("a leader's accepted {} differs from its durable end {}", self.accepted, self.last));
+            if s.accepted != s.last {
+                return Err(format!("a leader's accepted {} differs from its durable end {}", s.accepted, s.last));
             }
-            for (id, progress) in &leader.peers {
-                if progress.matched >= progress.next {
-                    return Err(format!("progress of {id}: matched {} is not below next {}", progress.matched, progress.next));
-                }
-            }
+            leader.check_invariants()?;
         }
         Ok(())
     }

@@ -7,32 +7,13 @@ impl Replica {
     /// epoch): a session token is satisfied only then. A log that is merely as long may
     /// hold another epoch's entry there, written by an old leader and due for rollback.
     pub fn holds(&self, position: Position) -> bool {
-        log_holds(&self.epoch_starts, self.last, position)
+        log_holds(&self.shared.epoch_starts, self.shared.last, position)
     }
 
     /// Where each epoch starts in the local log (for drivers that answer session reads
     /// outside the replica loop: see [`log_holds`]).
     pub fn epoch_starts(&self) -> &[(u64, u64)] {
-        &self.epoch_starts
-    }
-
-    /// The epoch of the local entry at `index`: `None` for index 0 or below what is
-    /// recorded (taken to match), and beyond `accepted` (not held).
-    pub(super) fn epoch_at(&self, index: u64) -> Option<u64> {
-        if index == 0 || index > self.accepted.index {
-            return None;
-        }
-        epoch_in(&self.epoch_starts, index)
-    }
-
-    pub(super) fn note_epoch_start(&mut self, entry: &Entry) {
-        if self.epoch_starts.last().is_none_or(|(epoch, _)| *epoch != entry.epoch) {
-            self.epoch_starts.push((entry.epoch, entry.index));
-        }
-    }
-
-    pub(super) fn forget_epoch_starts_after(&mut self, index: u64) {
-        self.epoch_starts.retain(|(_, first)| *first <= index);
+        &self.shared.epoch_starts
     }
 }
 

@@ -5,7 +5,7 @@ use super::*;
 impl Replica {
     /// Voters and learners as this node last applied them.
     pub fn membership(&self) -> &Membership {
-        &self.membership
+        &self.shared.membership
     }
 
     /// A membership change may be under way: proposed and not yet applied here, or (on
@@ -18,27 +18,16 @@ impl Replica {
     /// Adopts the membership raft applied: a leader starts shipping to new members and
     /// stops counting removed ones; a node that was removed stops taking part.
     pub(super) fn apply_membership(&mut self, now: Micros, membership: Membership) {
-        self.membership = membership;
-        self.outputs.push_back(Output::MembershipChanged { membership: self.membership.clone() });
-        let member = self.membership.contains(&self.config.id);
+        self.shared.membership = membership;
+        self.shared.outputs.push_back(Output::MembershipChanged { membership: self.shared.membership.clone() });
+        let member = self.shared.membership.contains(&self.shared.config.id);
         if self.was_member && !member {
             self.step_down(None);
         }
         self.was_member |= member;
-        let Role::Leader(leader) = &mut self.role else { return };
-        let membership = &self.membership;
-        leader.peers.retain(|id, _| membership.contains(id));
-        let mut added = Vec::new();
-        for id in membership.members() {
-            if *id != self.config.id && !leader.peers.contains_key(id) {
-                leader.peers.insert(id.clone(), Progress::new(self.last, now));
-                added.push(id.clone());
-            }
+        if let Role::Leader(leader) = &mut self.role {
+            leader.adopt_membership(&mut self.shared, now);
         }
-        for peer in added {
-            self.send_append(&peer, now, true);
-        }
-        self.advance(now);
     }
 
     /// Leader: asks raft to add or remove a member (see [`MembershipRequest`]).
@@ -51,7 +40,7 @@ impl Replica {
             return Err(MembershipError::FailoverOff);
         }
         if self.accepting_writes(now).is_err() {
-            return Err(MembershipError::NotLeader { leader: self.leader.clone().filter(|leader| *leader != self.config.id) });
+            return Err(MembershipError::NotLeader { leader: self.shared.leader.clone().filter(|leader| *leader != self.shared.config.id) });
         }
         // Also while a new leader has not yet applied its whole metadata log: until then
         // its membership may be out of date (raft counts that as pending).
@@ -61,19 +50,19 @@ impl Replica {
         let change = match request {
             MembershipRequest::Add { id, address } => {
                 check_member_name(&id, &address)?;
-                if self.membership.contains(&id) {
+                if self.shared.membership.contains(&id) {
                     return Err(MembershipError::AlreadyMember { id });
                 }
                 MemberChange::AddLearner { id, address }
             }
             MembershipRequest::Remove { id } => {
-                if !self.membership.contains(&id) {
+                if !self.shared.membership.contains(&id) {
                     return Err(MembershipError::NotMember { id });
                 }
-                if id == self.config.id {
+                if id == self.shared.config.id {
                     return Err(MembershipError::RemovingLeader { id });
                 }
-                if self.membership.voters.len() == 1 && self.membership.voters.contains(&id) {
+                if self.shared.membership.voters.len() == 1 && self.shared.membership.voters.contains(&id) {
                     return Err(MembershipError::LastVoter { id });
                 }
                 MemberChange::Remove { id }
@@ -98,7 +87,7 @@ impl Replica {
             return;
         }
         let caught_up =
-            self.membership.learners.iter().find(|id| leader.peers.get(*id).is_some_and(|progress| progress.in_sync) && election.holds_metadata(id));
+            self.shared.membership.learners.iter().find(|id| leader.peers.get(*id).is_some_and(|progress| progress.in_sync) && election.holds_metadata(id));
         if let Some(id) = caught_up.cloned() {
             if election.propose(&MemberChange::Promote { id }).is_ok() {
                 self.drain_election(now);

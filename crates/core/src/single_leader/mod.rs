@@ -17,7 +17,7 @@
 use crate::election::{Election, ElectionConfig, ElectionOutput, MemberChange, Membership, SavedElection};
 use crate::message::Message;
 use crate::types::{AckMode, AckRequirement, Entry, Micros, NodeId, Position};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod config;
 mod errors;
@@ -27,8 +27,11 @@ mod leader;
 mod log_match;
 mod membership;
 mod output;
+mod progress;
 mod reads;
 mod recovery;
+mod role_changes;
+mod shared;
 mod transfer;
 
 pub use config::*;
@@ -38,14 +41,40 @@ use follower::*;
 use leader::*;
 pub use log_match::*;
 pub use output::*;
+use progress::*;
 pub use reads::may_commit;
-use reads::*;
 use recovery::*;
+use shared::*;
 
+/// What this node is doing now. Only `role_changes.rs` turns one role into another.
 #[derive(Debug)]
 enum Role {
-    Leader(LeaderState),
-    Follower(FollowerState),
+    Leader(Leader),
+    Follower(Follower),
+    /// Raft elected this node; it asks the voters who holds more of the log before it
+    /// leads (`recovery.rs`). It still finishes persisting what an earlier leader sent
+    /// (`follower` starts fresh, as on every role change).
+    Recovering {
+        recovery: Recovery,
+        follower: Follower,
+    },
+}
+
+impl Role {
+    /// The follower's state, also kept while recovering.
+    fn follower(&self) -> Option<&Follower> {
+        match self {
+            Role::Follower(follower) | Role::Recovering { follower, .. } => Some(follower),
+            Role::Leader(_) => None,
+        }
+    }
+
+    fn follower_mut(&mut self) -> Option<&mut Follower> {
+        match self {
+            Role::Follower(follower) | Role::Recovering { follower, .. } => Some(follower),
+            Role::Leader(_) => None,
+        }
+    }
 }
 
 /// A per-follower line of `/status`.
@@ -81,40 +110,21 @@ pub struct Status {
     pub membership_change_pending: bool,
 }
 
-/// Most append times a leader keeps for measuring follower lag.
-const APPEND_TIMES_LIMIT: usize = 65_536;
-
+/// The single-leader replica: a thin dispatcher over its role, the context every role
+/// shares, and raft's election (which decides role changes).
 pub struct Replica {
-    config: Config,
-    /// Voters and learners (with elections, as raft last applied them; without, `members`).
-    membership: Membership,
+    shared: Shared,
+    role: Role,
+    election: Option<Election>,
     /// This node has been a member (a joining node is not yet): leaving the membership
     /// after that means it was removed.
     was_member: bool,
-    /// The leader this node follows (itself when leading); `None` while unknown.
-    leader: Option<NodeId>,
-    election: Option<Election>,
-    recovery: Option<Recovery>,
-    /// Leader: an operator asked to hand leadership to this node; writes pause until it
-    /// has caught up and raft transferred, or the deadline passes.
-    handover: Option<(NodeId, Micros)>,
     /// When this replica started, and whether it restarted with saved election state
     /// (it then waits an election timeout before voting: it may have promised a lease).
     started_at: Micros,
     restarted: bool,
     /// Last time an append or recovery request from another leader was accepted.
     leader_contact_at: Option<Micros>,
-    /// Where each epoch starts in the local log, `(epoch, first index)`, ascending, up to
-    /// `accepted`. Entries below the first start (compacted or under a snapshot) are
-    /// taken to match any leader's.
-    epoch_starts: Vec<(u64, u64)>,
-    epoch: u64,
-    /// Durable end of the local log (leader: committed locally; follower: persisted).
-    last: Position,
-    /// Follower: end of what was handed to `Persist` (>= `last`). Leader: equals `last`.
-    accepted: Position,
-    role: Role,
-    outputs: VecDeque<Output>,
     /// The newest `now` an event was handled at (for `poll_timeout`).
     handled_at: Micros,
 }
@@ -149,33 +159,18 @@ impl Replica {
         };
         let restarted = saved.is_some_and(|saved| saved.term() > 0);
         let epoch = config.epoch.max(last.epoch).max(election.as_ref().map_or(0, Election::term));
-        let (role, leader) = match &election {
-            None if config.leader == config.id => {
-                (Role::Leader(LeaderState::new(&config, &membership, epoch, last, now, Micros::MAX)), Some(config.id.clone()))
-            }
-            None => (Role::Follower(FollowerState::new()), Some(config.leader.clone())),
-            Some(_) => (Role::Follower(FollowerState::new()), None),
-        };
         let was_member = membership.contains(&config.id);
-        let mut replica = Replica {
-            config,
-            membership,
-            was_member,
-            leader,
-            election,
-            recovery: None,
-            handover: None,
-            started_at: now,
-            restarted,
-            leader_contact_at: None,
-            epoch_starts,
-            epoch,
-            last,
-            accepted: last,
-            role,
-            outputs: VecDeque::new(),
-            handled_at: now,
+        let leader = match &election {
+            None if config.leader == config.id => Some(config.id.clone()),
+            None => Some(config.leader.clone()),
+            Some(_) => None,
         };
+        let shared = Shared { config, membership, epoch, leader, epoch_starts, last, accepted: last, outputs: VecDeque::new() };
+        let role = match &election {
+            None if shared.config.leader == shared.config.id => Role::Leader(Leader::new(&shared, now, Micros::MAX)),
+            _ => Role::Follower(Follower::new()),
+        };
+        let mut replica = Replica { shared, role, election, was_member, started_at: now, restarted, leader_contact_at: None, handled_at: now };
         if let Some(election) = &mut replica.election {
             // The preferred first leader does not wait out a timeout on a fresh cluster.
             if election.term() == 0 && preferred {
@@ -187,7 +182,7 @@ impl Replica {
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.shared.config
     }
 
     pub fn is_leader(&self) -> bool {
@@ -196,52 +191,39 @@ impl Replica {
 
     /// The leader this node follows (itself when leading), if one is known.
     pub fn leader(&self) -> Option<&NodeId> {
-        self.leader.as_ref()
+        self.shared.leader.as_ref()
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.shared.epoch
     }
 
     /// Durable end of the local log.
     pub fn last(&self) -> Position {
-        self.last
+        self.shared.last
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.shared.outputs.pop_front()
     }
 
     pub fn status(&self, now: Micros) -> Status {
         let (commit_index, followers) = match &self.role {
-            Role::Leader(leader) => {
-                let followers = leader
-                    .peers
-                    .iter()
-                    .map(|(id, progress)| FollowerStatus {
-                        id: id.clone(),
-                        matched: progress.matched,
-                        lag_us: self.follower_lag_us(leader, progress, now),
-                        in_sync: progress.in_sync,
-                        last_ack_ago_us: progress.last_ack_at.map(|at| now.saturating_sub(at)),
-                    })
-                    .collect();
-                (leader.commit_index, followers)
-            }
-            Role::Follower(follower) => (follower.commit_index, Vec::new()),
+            Role::Leader(leader) => (leader.commit_index, leader.follower_status(self.shared.last.index, now)),
+            Role::Follower(follower) | Role::Recovering { follower, .. } => (follower.commit_index, Vec::new()),
         };
         Status {
             is_leader: self.is_leader(),
-            leader: self.leader.clone(),
-            epoch: self.epoch,
+            leader: self.shared.leader.clone(),
+            epoch: self.shared.epoch,
             term: self.election.as_ref().map_or(0, Election::term),
-            recovering: self.recovery.is_some(),
+            recovering: matches!(self.role, Role::Recovering { .. }),
             accepting_writes: self.accepting_writes(now).is_ok(),
-            last: self.last,
+            last: self.shared.last,
             commit_index,
             lag_us: if self.is_leader() { None } else { self.lag_us(now) },
             followers,
-            membership: self.membership.clone(),
+            membership: self.shared.membership.clone(),
             membership_change_pending: self.membership_change_pending(),
         }
     }
@@ -252,7 +234,9 @@ impl Replica {
                 self.on_append(now, epoch, leader, (prev_index, prev_epoch), entries, commit_index, leader_last, read_seq)
             }
             Message::AppendAck { epoch, durable, next_index, read_seq, rejected, diverged } => {
-                self.on_append_ack(now, from, epoch, durable, next_index, read_seq, rejected, diverged)
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.on_append_ack(&mut self.shared, now, from, epoch, durable, next_index, read_seq, rejected, diverged);
+                }
             }
             Message::Raft { bytes } => {
                 let may_vote = self.may_vote(now);
@@ -263,10 +247,8 @@ impl Replica {
             }
             Message::Recover { epoch } => self.on_recover(now, from, epoch),
             Message::RecoverAck { epoch, last } => {
-                if let Some(recovery) = &mut self.recovery {
-                    // Only voters' answers make the majority (and a learner cannot lead).
-                    if recovery.epoch == epoch && self.membership.voters.contains(from) {
-                        recovery.answers.insert(from.clone(), last);
+                if let Role::Recovering { recovery, .. } = &mut self.role {
+                    if recovery.on_answer(&self.shared, from, epoch, last) {
                         self.conclude_recovery(now);
                     }
                 }
@@ -274,55 +256,68 @@ impl Replica {
         }
     }
 
-    /// Timers: heartbeats, resends, in-sync membership and deadlines.
+    /// An append from a leader: refused (with our epoch) if stale, else its sender is
+    /// followed and the entries go to the follower.
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        now: Micros,
+        epoch: u64,
+        leader_id: NodeId,
+        previous: (u64, u64),
+        entries: Vec<Entry>,
+        commit_index: u64,
+        leader_last: u64,
+        read_seq: u64,
+    ) {
+        let stale = epoch < self.shared.epoch || (self.election.is_none() && leader_id != self.shared.config.leader);
+        if stale || leader_id == self.shared.config.id {
+            // A stale or unknown leader: tell it our epoch, change nothing.
+            let seen = self.role.follower().map_or(0, |follower| follower.read_seq);
+            self.shared.send_ack_to(&leader_id, seen, true, None);
+            return;
+        }
+        if self.election.is_some() {
+            self.follow(now, epoch, &leader_id);
+        }
+        // Two leaders in one epoch would be a configuration error; a leader refuses the entries.
+        if let Some(follower) = self.role.follower_mut() {
+            follower.on_append(&mut self.shared, now, epoch, &leader_id, previous, entries, commit_index, leader_last, read_seq);
+        }
+    }
+
+    /// Timers: elections, recovery resends, handover, learner promotion, and the leader's
+    /// heartbeats, resends, in-sync membership and deadlines.
     pub(crate) fn on_tick(&mut self, now: Micros) {
         if let Some(election) = &mut self.election {
             election.on_tick(now);
             self.drain_election(now);
-            let transfer_failed = self.recovery.as_ref().and_then(|recovery| recovery.transfer.as_ref()).is_some_and(|(_, until)| now >= *until);
-            if transfer_failed {
+            let failed_transfer = match &self.role {
+                Role::Recovering { recovery, .. } if recovery.transfer_failed(now) => Some(recovery.epoch),
+                _ => None,
+            };
+            if let Some(epoch) = failed_transfer {
                 // The most up-to-date node did not take over: ask everyone again.
-                let epoch = self.recovery.as_ref().map_or(self.epoch, |recovery| recovery.epoch);
                 self.start_recovery(now, epoch);
             } else {
-                self.resend_recovery_requests(now);
+                if let Role::Recovering { recovery, .. } = &mut self.role {
+                    recovery.resend(&mut self.shared, now);
+                }
                 self.conclude_recovery(now);
             }
         }
         self.continue_handover(now);
         self.promote_caught_up_learner(now);
-        let in_sync_timeout = self.config.in_sync_timeout_us;
-        let resend_timeout = self.config.resend_timeout_us;
-        let Role::Leader(leader) = &mut self.role else { return };
-        let mut resend = Vec::new();
-        for (id, progress) in leader.peers.iter_mut() {
-            let silent = progress.last_ack_at.is_none_or(|at| now.saturating_sub(at) > in_sync_timeout);
-            if silent {
-                progress.in_sync = false;
-            }
-            if progress.snapshot_wait.is_some_and(|(_, deadline)| now >= deadline) {
-                progress.snapshot_wait = None;
-                progress.snapshotting = false;
-            }
-            let waiting = progress.next > progress.matched + 1;
-            let backoff = resend_timeout << progress.fruitless_resends.min(MAX_RESEND_BACKOFF_SHIFT);
-            if waiting && !progress.fetching && !progress.snapshotting && now.saturating_sub(progress.last_sent_at) > backoff {
-                progress.fruitless_resends = if progress.matched == progress.matched_at_resend { progress.fruitless_resends + 1 } else { 0 };
-                progress.matched_at_resend = progress.matched;
-                progress.next = progress.matched + 1;
-                resend.push(id.clone());
-            }
+        if let Role::Leader(leader) = &mut self.role {
+            leader.on_tick(&mut self.shared, now);
         }
-        for peer in resend {
-            self.send_append(&peer, now, true);
-        }
-        let Role::Leader(leader) = &mut self.role else { unreachable!() };
-        if now >= leader.next_heartbeat_at {
-            leader.next_heartbeat_at = now + self.config.heartbeat_interval_us;
-            self.broadcast_heartbeat(now);
-        }
-        self.advance(now);
     }
 
-    // ---- leader internals ----
+    /// A snapshot was installed or rolled back to: a follower acknowledges it at once.
+    fn after_snapshot(&mut self, now: Micros) {
+        match self.role.follower_mut() {
+            Some(follower) => follower.after_snapshot(&mut self.shared, now),
+            None => self.shared.send_ack(0, false),
+        }
+    }
 }

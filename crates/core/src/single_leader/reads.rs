@@ -8,18 +8,13 @@ impl Replica {
     /// majority-durable, so the read neither misses acknowledged writes nor returns
     /// writes that could still be lost.
     pub(crate) fn on_read_barrier(&mut self, now: Micros, tag: u64, observed_index: u64) {
-        if !self.is_leader() {
-            let leader = self.leader.clone();
-            self.outputs.push_back(Output::ReadDone { tag, result: Err(ReadError::NotLeader { leader }) });
-            return;
+        match &mut self.role {
+            Role::Leader(leader) => leader.add_read_barrier(&mut self.shared, now, tag, observed_index),
+            Role::Follower(_) | Role::Recovering { .. } => {
+                let leader = self.shared.leader.clone();
+                self.shared.outputs.push_back(Output::ReadDone { tag, result: Err(ReadError::NotLeader { leader }) });
+            }
         }
-        // A round that starts after the read arrived.
-        self.broadcast_heartbeat(now);
-        let deadline = now + self.config.read_timeout_us;
-        let Role::Leader(leader) = &mut self.role else { unreachable!() };
-        let read_seq = leader.read_seq;
-        leader.reads.push(ReadWaiter { tag, read_seq, observed_index, deadline });
-        self.advance(now);
     }
 
     /// Until when this node may accept writes, if it may now: the end of its write lease.
@@ -33,7 +28,7 @@ impl Replica {
     /// What the storage checks a commit against (see `may_commit`): this node's epoch and
     /// the end of its write lease, while it may accept writes.
     pub fn published_lease(&self, now: Micros) -> Option<(u64, Micros)> {
-        self.write_lease_until(now).map(|until| (self.epoch, until))
+        self.write_lease_until(now).map(|until| (self.shared.epoch, until))
     }
 
     /// Whether a new write may start here now; the error says where to go instead.
@@ -41,11 +36,9 @@ impl Replica {
     /// handing leadership over.
     pub fn accepting_writes(&self, now: Micros) -> Result<(), WriteError> {
         match &self.role {
-            Role::Leader(leader) if now < leader.lease_until && self.handover.is_none() && !self.election.as_ref().is_some_and(Election::transferring) => {
-                Ok(())
-            }
+            Role::Leader(leader) if leader.may_write(now) && !self.election.as_ref().is_some_and(Election::transferring) => Ok(()),
             Role::Leader(_) => Err(WriteError::NotLeader { leader: None }),
-            Role::Follower(_) => Err(WriteError::NotLeader { leader: self.leader.clone() }),
+            Role::Follower(_) | Role::Recovering { .. } => Err(WriteError::NotLeader { leader: self.shared.leader.clone() }),
         }
     }
 
@@ -56,7 +49,7 @@ impl Replica {
     pub fn lag_us(&self, now: Micros) -> Option<Micros> {
         match &self.role {
             Role::Leader(leader) => Some(now.saturating_sub(leader.lease_until)),
-            Role::Follower(follower) => follower.fresh_as_of.map(|at| now.saturating_sub(at)),
+            Role::Follower(follower) | Role::Recovering { follower, .. } => follower.lag_us(now),
         }
     }
 }
@@ -68,13 +61,4 @@ impl Replica {
 /// write must not extend the log.
 pub fn may_commit(lease: Option<(u64, Micros)>, epoch: u64, now: Micros) -> bool {
     lease.is_some_and(|(leased, until)| leased == epoch && now < until)
-}
-
-pub(super) const PENDING_FRESH_LIMIT: usize = 4096;
-
-/// How long after a heartbeat round starts a leader may accept writes on its strength:
-/// less than the shortest election timeout, with room for clocks that run at slightly
-/// different rates.
-pub(super) fn lease_us(election_timeout_min_us: Micros) -> Micros {
-    election_timeout_min_us * 3 / 4
 }
