@@ -309,6 +309,8 @@ fn write_rows(node_http: &str, first: u64, count: u64, acknowledged: &Mutex<Vec<
         if let Ok(reply) = outcome {
             if reply.status == 200 && reply.body["results"][0]["error"].is_null() {
                 acknowledged.lock().unwrap().push(id);
+            } else {
+                eprintln!("write {id} not acknowledged: {} {}", reply.status, reply.body);
             }
         } else {
             std::thread::sleep(Duration::from_millis(20));

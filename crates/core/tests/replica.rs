@@ -426,3 +426,27 @@ fn poll_timeout_is_the_earliest_deadline_and_never_past_a_heartbeat() {
     follower.handle(Event::Tick, 30_000);
     assert_eq!(follower.poll_timeout(), Some(80_000), "a follower with nothing pending is woken a heartbeat after its last event");
 }
+
+/// With a heartbeat interval too long to hide them, `poll_timeout` names the moment lost
+/// entries are resent (`resend_timeout_us` after they went out, 500 ms by default) and the
+/// moment a silent follower leaves the in-sync set (`in_sync_timeout_us` after its last
+/// ack, 1 s by default): a driver that sleeps until `poll_timeout` misses neither.
+#[test]
+fn poll_timeout_names_the_resend_and_the_in_sync_deadlines() {
+    let mut config = Config::new("n1", members(), "n1", AckMode::Sync);
+    config.heartbeat_interval_us = 60_000_000;
+    config.write_timeout_us = 60_000_000;
+    let mut leader = Replica::new(config, Position::ZERO, 0);
+    drain(&mut leader);
+    leader.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: Vec::new() }, 1_000);
+    drain(&mut leader);
+    assert_eq!(leader.poll_timeout(), Some(501_001), "entry 1 went out at 1 ms unacknowledged: resent after 500 ms");
+    leader.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 100_000);
+    leader.handle(Event::Message { from: "n3".into(), message: ack(1, 0) }, 200_000);
+    drain(&mut leader);
+    assert_eq!(leader.poll_timeout(), Some(1_100_001), "both acked: n2, heard last at 100 ms, is the first to fall silent");
+    leader.handle(Event::Tick, 1_100_001);
+    drain(&mut leader);
+    assert_eq!(leader.status(1_100_001).followers.iter().map(|follower| follower.in_sync).collect::<Vec<_>>(), vec![false, true]);
+    assert_eq!(leader.poll_timeout(), Some(1_200_001), "then n3");
+}

@@ -111,16 +111,17 @@ impl Protocol for Replica {
     }
 
     /// The earliest deadline the replica tracks (election tick, heartbeat, a write's or
-    /// read's timeout, a snapshot's or handover's deadline, a persist backoff), and never
-    /// later than one heartbeat interval after the last event: resends and the in-sync
-    /// check are made on ticks.
+    /// read's timeout, a snapshot's or handover's deadline, a follower leaving the in-sync
+    /// set or due a resend, the lease's end, a persist backoff), and never later than one
+    /// heartbeat interval after the last event. It may be in the past (something is due
+    /// now): a driver then hands in `Event::Tick` at once.
     fn poll_timeout(&self) -> Option<Micros> {
         let mut deadlines = vec![self.handled_at + self.shared.config.heartbeat_interval_us];
         if let Some(election) = &self.election {
             deadlines.push(election.next_tick_at());
         }
         match &self.role {
-            Role::Leader(leader) => deadlines.extend(leader.deadlines()),
+            Role::Leader(leader) => deadlines.extend(leader.deadlines(&self.shared, self.handled_at)),
             Role::Recovering { recovery, .. } => deadlines.extend(recovery.deadline()),
             Role::Follower(_) => {}
         }

@@ -493,13 +493,26 @@ impl Leader {
         }
     }
 
-    /// The deadlines this leader tracks, for `poll_timeout`.
-    pub(super) fn deadlines(&self) -> impl Iterator<Item = Micros> + '_ {
+    /// The deadlines this leader tracks, for `poll_timeout`: the next heartbeat, each
+    /// write's and read's timeout, each snapshot's and the handover's deadline, when an
+    /// in-sync follower's silence drops it from the in-sync set, when a follower's lost
+    /// entries are due to be resent, and (if still ahead, `after`) when the lease ends.
+    pub(super) fn deadlines<'a>(&'a self, s: &Shared, after: Micros) -> impl Iterator<Item = Micros> + 'a {
+        let (in_sync_timeout, resend_timeout) = (s.config.in_sync_timeout_us, s.config.resend_timeout_us);
         let writes = self.writes.iter().map(|waiter| waiter.deadline);
         let reads = self.reads.iter().map(|read| read.deadline);
-        let snapshots = self.peers.values().filter_map(|progress| progress.snapshot_wait.map(|(_, deadline)| deadline));
         let handover = self.handover.as_ref().map(|(_, until)| *until);
-        std::iter::once(self.next_heartbeat_at).chain(writes).chain(reads).chain(snapshots).chain(handover)
+        let lease = Some(self.lease_until).filter(|until| *until > after && *until != Micros::MAX);
+        let per_follower = self.peers.values().flat_map(move |progress| {
+            let snapshot = progress.snapshot_wait.map(|(_, deadline)| deadline);
+            // `on_tick` acts once the time since is *more* than the timeout.
+            let silent = progress.last_ack_at.filter(|_| progress.in_sync).map(|at| at + in_sync_timeout + 1);
+            let waiting = progress.next > progress.matched + 1 && !progress.fetching && !progress.snapshotting;
+            let backoff = resend_timeout << progress.fruitless_resends.min(MAX_RESEND_BACKOFF_SHIFT);
+            let resend = waiting.then_some(progress.last_sent_at + backoff + 1);
+            [snapshot, silent, resend].into_iter().flatten()
+        });
+        std::iter::once(self.next_heartbeat_at).chain(writes).chain(reads).chain(handover).chain(lease).chain(per_follower)
     }
 
     /// `matched < next` for every follower.

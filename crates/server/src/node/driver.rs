@@ -43,14 +43,20 @@ pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The shortest sleep of the replica loop: a deadline already due waits this long at most
+/// for other events to join it, and a core that kept naming a past deadline could not spin.
+const MIN_WAKE: Duration = Duration::from_millis(1);
+
+/// The longest: the core always names a deadline (at most a heartbeat away); this bounds
+/// the sleep if it did not.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 /// The replica loop: the only place the core lives. It turns events into core calls and
 /// core outputs into sends, storage commands and replies.
 pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut events: mpsc::UnboundedReceiver<Event>, published: watch::Sender<Published>) {
     let mut writes: HashMap<u64, PendingWrite> = HashMap::new();
     let mut reads: HashMap<u64, oneshot::Sender<Result<(), ReadError>>> = HashMap::new();
     let mut next_tag: u64 = 1;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_from_leader = replica.is_leader();
     // Election state the disk refused (it is full): until a save succeeds, this node
     // sends no raft message, so it never casts a vote it could forget on a restart.
@@ -58,12 +64,16 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
     let mut last_save_error_log: Option<Instant> = None;
     let mut last_handover_for_disk: Option<Instant> = None;
     loop {
+        // Sleep until the core's next deadline (or an event). A deadline already due is
+        // handled after a short pause, never in a busy loop.
+        let due_in = replica.poll_timeout().map_or(IDLE_WAKE, |deadline| Duration::from_micros(deadline.saturating_sub(node.now_us())));
+        let wake = tokio::time::sleep(due_in.clamp(MIN_WAKE, IDLE_WAKE));
         let event = tokio::select! {
             event = events.recv() => match event {
                 Some(event) => Some(event),
                 None => return,
             },
-            _ = tick.tick() => None,
+            () = wake => None,
         };
         let mut now = node.now_us();
         match event {
@@ -140,6 +150,11 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                         // burst's first instant would see a lease still held after it ran out.
                         now = node.now_us();
                     }
+                }
+                // Under a steady stream of events the sleep never fires: deadlines that
+                // came due meanwhile (heartbeats, the lease's renewal, timeouts) are met here.
+                if replica.poll_timeout().is_some_and(|deadline| deadline <= now) {
+                    replica.handle(ReplicaEvent::Tick, now);
                 }
             }
         }
