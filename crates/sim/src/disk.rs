@@ -61,12 +61,18 @@ pub enum Installed {
 pub enum PersistRefused {
     /// The entries would start after `at + 1`, leaving a gap.
     Gap { from: u64, at: u64 },
+    /// The entries skip an index inside the batch.
+    Hole { after: u64, next: u64 },
+    /// The last entry at an index already held is another epoch's than the one held there.
+    Conflict { entry: Position, held_epoch: u64 },
 }
 
 impl fmt::Display for PersistRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PersistRefused::Gap { from, at } => write!(f, "was asked to persist from {from} at {at}"),
+            PersistRefused::Hole { after, next } => write!(f, "was asked to persist {next} right after {after}"),
+            PersistRefused::Conflict { entry, held_epoch } => write!(f, "was asked to persist {entry} over its entry of epoch {held_epoch}"),
         }
     }
 }
@@ -138,12 +144,24 @@ impl SimDisk {
     }
 
     /// Follower: applies and logs the leader's entries, skipping those already held (a
-    /// snapshot covered them); refuses a batch that would leave a gap after the log.
+    /// snapshot covered them), as the engine does: all or nothing, refusing a batch that
+    /// would leave a gap or whose held part is another epoch's.
     pub fn persist(&mut self, entries: &[Entry]) -> Result<Position, PersistRefused> {
         let held = self.last().index;
+        if let Some(last_held) = entries.iter().take_while(|entry| entry.index <= held).last() {
+            // Held means the same entry: another epoch's entry there is a divergence (this
+            // node wrote it as an old leader), never to be skipped.
+            let held_epoch = self.entries.iter().find(|entry| entry.index == last_held.index).map(|entry| entry.epoch);
+            if let Some(held_epoch) = held_epoch.filter(|epoch| *epoch != last_held.epoch) {
+                return Err(PersistRefused::Conflict { entry: last_held.position(), held_epoch });
+            }
+        }
         let new: Vec<Entry> = entries.iter().filter(|entry| entry.index > held).cloned().collect();
         if let Some(first) = new.first().filter(|first| first.index != held + 1) {
             return Err(PersistRefused::Gap { from: first.index, at: held });
+        }
+        if let Some(pair) = new.windows(2).find(|pair| pair[1].index != pair[0].index + 1) {
+            return Err(PersistRefused::Hole { after: pair[0].index, next: pair[1].index });
         }
         self.append(&new);
         Ok(self.last())

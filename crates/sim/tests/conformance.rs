@@ -38,23 +38,11 @@ impl Harness for Model {
 fn the_disk_model_conforms() {
     assert_conforms(
         &mut Model,
-        &[
-            (
-                "a_persist_that_would_leave_a_gap_is_refused_and_changes_nothing",
-                "the model checks only that a batch starts right after its log: a batch with a hole inside (2 then 4, at 1) \
-                 is appended; the engine refuses it (the core never asks for one)",
-            ),
-            (
-                "a_held_entry_of_another_epoch_is_refused_not_skipped",
-                "the model skips every entry at an index it holds, whatever its epoch; the engine refuses one whose epoch \
-                 differs from the entry it holds there",
-            ),
-            (
-                "epoch_starts_describe_only_the_retained_log",
-                "the model keeps every entry through compaction and reports epoch starts from index 1 ([(1, 1), (2, 6)]); \
+        &[(
+            "epoch_starts_describe_only_the_retained_log",
+            "the model keeps every entry through compaction and reports epoch starts from index 1 ([(1, 1), (2, 6)]); \
                  the engine reports the retained log only ([(2, 8)]), so the model's replica knows the epochs of compacted \
                  indexes where the engine's takes them to match any leader's",
-            ),
-        ],
+        )],
     );
 }
