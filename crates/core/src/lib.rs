@@ -18,6 +18,8 @@
 //! - [`single_leader`]: the single-leader topology, one file per role and concern:
 //!   leader log shipping and ack accounting (async / semi-sync / sync / `w=`), follower
 //!   acceptance, recovery and transfer, reads and leases, membership, log matching.
+//! - [`storage_contract`]: what the core expects of a node's durable storage, and the
+//!   conformance suite the storage engine and the simulator's disk model both pass.
 
 pub mod election;
 pub mod hlc;
@@ -25,6 +27,7 @@ pub mod message;
 pub mod protocol;
 pub mod quorum;
 pub mod single_leader;
+pub mod storage_contract;
 pub mod types;
 
 pub use election::{ElectionConfig, Membership, SavedElection};

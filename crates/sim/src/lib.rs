@@ -9,6 +9,8 @@
 //! Layout:
 //! - [`rng`]: the seeded random source.
 //! - [`world`]: nodes, network, disks, clients, faults; the event loop.
+//! - [`disk`]: the storage model each node's disk holds, held to the storage engine's
+//!   contract by the conformance suite of `tern_core::storage_contract`.
 //! - [`history`]: what clients invoked and saw.
 //! - [`checkers`]: one file per property.
 //!
@@ -17,6 +19,7 @@
 //! the storage engine, which the core (what is simulated) never sees.
 
 pub mod checkers;
+pub mod disk;
 pub mod history;
 pub mod rng;
 pub mod world;
@@ -114,7 +117,7 @@ pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
     let mut world = world::World::new(options, seed, keep_trace);
     let settled = world.run();
     let lost = checkers::lost_writes::check(&world.history, &world.nodes, options.failover);
-    let surviving: BTreeSet<u64> = world.nodes[0].disk.iter().map(|entry| checkers::lost_writes::write_id(&entry.payload)).collect();
+    let surviving: BTreeSet<u64> = world.nodes[0].disk.entries().iter().map(|entry| checkers::lost_writes::write_id(&entry.payload)).collect();
     let mut violations = lost.violations;
     violations.extend(checkers::linearizable::check(&world.history, options.nodes));
     violations.extend(checkers::session::check(&world.history, &surviving));

@@ -11,15 +11,16 @@ pub fn check(nodes: &[Node], settled: bool) -> Vec<String> {
     }
     let reference = &nodes[0];
     for node in &nodes[1..] {
-        if node.disk != reference.disk {
-            let first_difference = node.disk.iter().zip(&reference.disk).position(|(a, b)| a != b).unwrap_or(node.disk.len().min(reference.disk.len()));
+        let (log, reference_log) = (node.disk.entries(), reference.disk.entries());
+        if log != reference_log {
+            let first_difference = log.iter().zip(reference_log).position(|(a, b)| a != b).unwrap_or(log.len().min(reference_log.len()));
             violations.push(format!(
                 "{} and {} differ from log index {} ({} vs {} entries)",
                 node.id,
                 reference.id,
                 first_difference + 1,
-                node.disk.len(),
-                reference.disk.len()
+                log.len(),
+                reference_log.len()
             ));
         }
     }

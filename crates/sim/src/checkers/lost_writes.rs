@@ -21,9 +21,9 @@ pub struct LostWrites {
 }
 
 pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) -> LostWrites {
-    let rolled_back: BTreeSet<u64> = nodes.iter().flat_map(|node| node.rollback.iter().chain(&node.wiped).map(|entry| write_id(&entry.payload))).collect();
+    let rolled_back: BTreeSet<u64> = nodes.iter().flat_map(|node| node.disk.rollback.iter().chain(&node.wiped).map(|entry| write_id(&entry.payload))).collect();
     let members = nodes.len();
-    let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.iter().map(|entry| write_id(&entry.payload)).collect()).collect();
+    let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.entries().iter().map(|entry| write_id(&entry.payload)).collect()).collect();
     let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
     for op in history {
         let (OpKind::Write { write_id: id, requirement, .. }, Outcome::WriteOk(position)) = (&op.kind, &op.outcome) else { continue };

@@ -14,6 +14,7 @@
 //!   time: another may be destroyed only once the rebuilt node holds every write that was
 //!   acknowledged with a majority requirement when its disk was lost.
 
+use crate::disk::{decode, encode, Installed, SimDisk, SimSnapshot};
 use crate::history::{Op, OpKind, Outcome};
 use crate::rng::Rng;
 use crate::{Faults, Options};
@@ -216,19 +217,6 @@ fn members(count: usize) -> Vec<String> {
     (1..=count).map(|number| format!("n{number}")).collect()
 }
 
-/// A simulated entry carries one write: its id and key (the id is also the value).
-fn encode(write_id: u64, key: u8) -> Vec<u8> {
-    let mut bytes = write_id.to_le_bytes().to_vec();
-    bytes.push(key);
-    bytes
-}
-
-fn decode(payload: &[u8]) -> (u64, u8) {
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&payload[..8]);
-    (u64::from_le_bytes(id), payload[8])
-}
-
 impl World {
     pub fn new(options: &Options, seed: u64, trace: bool) -> World {
         let mut rng = Rng::new(seed);
@@ -241,14 +229,12 @@ impl World {
                 id,
                 region: index % 3,
                 replica: None,
-                disk: Vec::new(),
+                disk: SimDisk::new(),
                 disk_generation: 0,
-                first_index: 1,
                 incarnation: 0,
                 persists: VecDeque::new(),
                 disk_stalled_until: 0,
                 next_index: 1,
-                kv: BTreeMap::new(),
                 paused_until: None,
                 skew: if skewed { rng.range(0, 2 * SECOND) } else { 0 },
                 sessions: Vec::new(),
@@ -258,7 +244,6 @@ impl World {
                 leader: "n1".to_string(),
                 epoch: 1,
                 saved_election: None,
-                rollback: Vec::new(),
                 leading_epoch: 0,
                 joining: false,
                 wiped: Vec::new(),
@@ -388,7 +373,7 @@ impl World {
             return false;
         }
         let clients_idle = self.clients.iter().all(|client| client.current.is_none());
-        clients_idle && self.nodes.iter().all(|node| node.is_running() && node.persists.is_empty() && node.disk.len() == leader.disk.len())
+        clients_idle && self.nodes.iter().all(|node| node.is_running() && node.persists.is_empty() && node.disk.entries().len() == leader.disk.entries().len())
     }
 
     fn heal_everything(&mut self) {

@@ -70,12 +70,11 @@ impl World {
                 Output::Persist { entries } => self.enqueue_persist(node, Persist::Follower { entries }),
                 Output::ReadLog { to, from_index } => {
                     let now = self.node_now(node);
-                    if from_index < self.nodes[node].first_index {
-                        self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::LogCompacted { to }, now);
-                    } else {
-                        let entries: Vec<Entry> = self.nodes[node].disk.iter().filter(|entry| entry.index >= from_index).take(512).cloned().collect();
-                        self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::LogRead { to, entries }, now);
-                    }
+                    let event = match self.nodes[node].disk.read_log(from_index, 512) {
+                        Some(entries) => ReplicaEvent::LogRead { to, entries },
+                        None => ReplicaEvent::LogCompacted { to },
+                    };
+                    self.nodes[node].replica.as_mut().expect("running").handle(event, now);
                 }
                 Output::SaveElection { state, then } => {
                     // The simulated disk stores it at once; then its messages leave.
@@ -90,7 +89,7 @@ impl World {
                     // As the server does: the snapshot is handed to the transport and the
                     // core told at once; it may still be lost or partitioned away.
                     let now = self.node_now(node);
-                    let (entries, position) = (self.nodes[node].disk.clone(), self.nodes[node].last());
+                    let SimSnapshot { entries, position } = self.nodes[node].disk.snapshot();
                     self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotFinished { to: to.clone(), sent: Some(position) }, now);
                     if let Some(target) = self.nodes.iter().position(|candidate| candidate.id == to) {
                         trace!(self, "snapshot at {position} from n{} to {to}", node + 1);
@@ -119,8 +118,8 @@ impl World {
 
     pub(super) fn read_local(&self, node: usize, key: u8) -> Reply {
         let state = &self.nodes[node];
-        let (write_id, write_index) = match state.kv.get(&key) {
-            Some((write_id, index)) => (Some(*write_id), *index),
+        let (write_id, write_index) = match state.disk.read(key) {
+            Some((write_id, index)) => (Some(write_id), index),
             None => (None, 0),
         };
         Reply::ReadOk { write_id, write_index, node_last: state.last() }

@@ -23,15 +23,10 @@ impl World {
         let now = self.node_now(node);
         let state = &mut self.nodes[node];
         state.incarnation += 1;
-        state.rebuild_kv();
+        state.disk.recover();
         let last = state.last();
         state.next_index = last.index + 1;
-        let mut epoch_starts: Vec<(u64, u64)> = Vec::new();
-        for entry in &state.disk {
-            if epoch_starts.last().is_none_or(|(epoch, _)| *epoch != entry.epoch) {
-                epoch_starts.push((entry.epoch, entry.index));
-            }
-        }
+        let epoch_starts = state.disk.epoch_starts();
         state.replica = Some(Replica::start(config, last, epoch_starts, state.saved_election.as_ref(), now));
         let incarnation = state.incarnation;
         trace!(self, "start {} at {last}", self.nodes[node].id);
@@ -68,16 +63,16 @@ impl World {
             Persist::LeaderWrite { entry, client, op, requirement } => {
                 // The storage commits a write only under the rule the server's storage
                 // thread applies (`may_commit`: the lease of the epoch it was started in
-                // still holds), and only if it continues the log.
+                // still holds), and only if it continues the log (the disk's rule).
                 let replica = self.nodes[node].replica.as_ref().expect("persists only complete on running nodes");
-                let still_leading =
-                    tern_core::single_leader::may_commit(replica.published_lease(now), entry.epoch, now) && entry.index == self.nodes[node].last().index + 1;
-                if !still_leading {
+                let still_leading = tern_core::single_leader::may_commit(replica.published_lease(now), entry.epoch, now);
+                let appended = if still_leading { self.nodes[node].disk.append_own(entry.epoch, entry.index, entry.payload.clone()) } else { None };
+                let Some(entry) = appended else {
                     trace!(self, "{} drops write {} at {}: no longer leading", self.nodes[node].id, decode(&entry.payload).0, entry.position());
                     self.reply(node, client, op, Reply::WriteFailed);
                     return;
-                }
-                self.append_to_disk(node, std::slice::from_ref(&entry));
+                };
+                self.compact_if_due(node);
                 let state = &mut self.nodes[node];
                 let tag = state.next_tag;
                 state.next_tag += 1;
@@ -89,11 +84,11 @@ impl World {
                     .expect("persists only complete on running nodes")
                     .handle(ReplicaEvent::LeaderAppended { entries: vec![entry], waiters: vec![(tag, index, requirement)] }, now);
             }
-            Persist::Follower { mut entries } => {
-                // As the engine does: entries already held (a snapshot covered them) are skipped.
+            Persist::Follower { entries } => {
+                // The disk skips entries it already holds (a snapshot covered them); the
+                // rest must be what the leader created there.
                 let held = self.nodes[node].last().index;
-                entries.retain(|entry| entry.index > held);
-                for entry in &entries {
+                for entry in entries.iter().filter(|entry| entry.index > held) {
                     match self.observations.created.get(&(entry.epoch, entry.index)) {
                         Some(write_id) if *write_id == decode(&entry.payload).0 => {}
                         other => self.observations.mismatched_applies.push(format!(
@@ -105,61 +100,43 @@ impl World {
                         )),
                     }
                 }
-                let expected = self.nodes[node].last().index + 1;
-                if entries.first().is_some_and(|entry| entry.index != expected) {
-                    // The core must never hand the driver a persist that leaves a gap.
-                    self.observations.mismatched_applies.push(format!(
-                        "{} was asked to persist from {} at {}",
-                        self.nodes[node].id,
-                        entries[0].index,
-                        expected - 1
-                    ));
-                    return;
-                }
-                self.append_to_disk(node, &entries);
-                let last = self.nodes[node].last();
+                let last = match self.nodes[node].disk.persist(&entries) {
+                    Ok(last) => last,
+                    Err(refused) => {
+                        // The core must never hand the driver a persist the disk refuses.
+                        self.observations.mismatched_applies.push(format!("{} {refused}", self.nodes[node].id));
+                        return;
+                    }
+                };
+                self.compact_if_due(node);
                 self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::Persisted(last), now);
             }
             Persist::Snapshot { entries, position, rollback_after: Some(common) } => {
-                let state = &mut self.nodes[node];
-                let diverged: Vec<Entry> = state.disk.iter().filter(|entry| entry.index > common).cloned().collect();
-                trace!(self, "{} rolls back {} entries after {common}, installs snapshot at {position}", self.nodes[node].id, diverged.len());
-                let state = &mut self.nodes[node];
-                state.rollback.extend(diverged);
-                state.install_snapshot(entries, position);
-                state.replica.as_mut().expect("running").handle(ReplicaEvent::RolledBack(position), now);
+                let (rolled_back, position) = self.nodes[node].disk.roll_back_and_install(common, SimSnapshot { entries, position });
+                trace!(self, "{} rolls back {rolled_back} entries after {common}, installs snapshot at {position}", self.nodes[node].id);
+                self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::RolledBack(position), now);
             }
-            Persist::Snapshot { entries, position, rollback_after: None } => {
-                let state = &mut self.nodes[node];
-                if position.index <= state.last().index {
-                    // As the engine does: a snapshot not ahead of the durable state is dropped.
-                    let last = state.last();
+            Persist::Snapshot { entries, position, rollback_after: None } => match self.nodes[node].disk.install_snapshot(SimSnapshot { entries, position }) {
+                Installed::Dropped(last) => {
                     trace!(self, "{} dropped snapshot at {position}: already at {last}", self.nodes[node].id);
                     self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(last), now);
-                    self.answer_sessions(node);
-                    self.drain(node);
-                    return;
                 }
-                state.install_snapshot(entries, position);
-                trace!(self, "{} installed snapshot at {position}", self.nodes[node].id);
-                self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(position), now);
-            }
+                Installed::Replaced(position) => {
+                    trace!(self, "{} installed snapshot at {position}", self.nodes[node].id);
+                    self.nodes[node].replica.as_mut().expect("running").handle(ReplicaEvent::SnapshotInstalled(position), now);
+                }
+            },
         }
         self.answer_sessions(node);
         self.drain(node);
     }
 
-    pub(super) fn append_to_disk(&mut self, node: usize, entries: &[Entry]) {
-        let state = &mut self.nodes[node];
-        for entry in entries {
-            let (write_id, key) = decode(&entry.payload);
-            state.kv.insert(key, (write_id, entry.index));
-            state.disk.push(entry.clone());
-        }
-        // Compaction keeps the newest COMPACTION_KEEP entries shippable.
-        let last = state.last().index;
-        if last >= state.first_index + 2 * COMPACTION_KEEP {
-            state.first_index = last + 1 - COMPACTION_KEEP;
+    /// Compaction keeps the newest COMPACTION_KEEP entries shippable, once twice as many
+    /// are (as the server compacts its engine now and then).
+    fn compact_if_due(&mut self, node: usize) {
+        let disk = &mut self.nodes[node].disk;
+        if disk.last().index >= disk.first_index() + 2 * COMPACTION_KEEP {
+            disk.compact(COMPACTION_KEEP);
         }
     }
 
@@ -200,21 +177,16 @@ pub struct Node {
     pub id: String,
     pub(super) region: usize,
     pub(super) replica: Option<Replica>,
-    /// Durable log: what survives a crash. Invariants: contiguous from index 1.
-    pub disk: Vec<Entry>,
+    /// Durable storage: the log, the database rebuilt from it, the rollback store.
+    pub disk: SimDisk,
     /// Bumped when the disk is destroyed.
     pub disk_generation: u64,
-    /// Lowest index the log can still ship (older entries were compacted; their effects
-    /// remain). A follower needing older entries gets a snapshot.
-    pub(super) first_index: u64,
     /// Bumped on every crash or restart; events for an older incarnation are dropped.
     pub(super) incarnation: u64,
     pub(super) persists: VecDeque<(Micros, Persist)>,
     pub(super) disk_stalled_until: Micros,
     /// Leader: index for the next write it executes.
     pub(super) next_index: u64,
-    /// key → (write id, index of that write): the database.
-    pub(super) kv: BTreeMap<u8, (u64, u64)>,
     pub(super) paused_until: Option<Micros>,
     pub(super) skew: Micros,
     pub(super) sessions: Vec<PendingRead>,
@@ -226,9 +198,6 @@ pub struct Node {
     pub(super) epoch: u64,
     /// Durable election state (automatic failover).
     pub(super) saved_election: Option<SavedElection>,
-    /// Durable rollback store: entries removed because the leader of a later epoch
-    /// lacked them.
-    pub rollback: Vec<Entry>,
     /// The epoch in which `next_index` was last reset (a new leadership).
     pub(super) leading_epoch: u64,
     /// Started outside the cluster, waiting to be added (after its disk was replaced).
@@ -239,32 +208,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// The database is a function of the log: rebuilt from the disk.
-    pub(super) fn rebuild_kv(&mut self) {
-        self.kv.clear();
-        for entry in &self.disk {
-            let (write_id, key) = decode(&entry.payload);
-            self.kv.insert(key, (write_id, entry.index));
-        }
-    }
-
-    /// A snapshot from the leader replaces the whole local state.
-    pub(super) fn install_snapshot(&mut self, entries: Vec<Entry>, position: Position) {
-        self.disk = entries;
-        self.first_index = position.index + 1;
-        self.rebuild_kv();
-    }
-
     pub fn last(&self) -> Position {
-        self.disk.last().map_or(Position::ZERO, Entry::position)
+        self.disk.last()
     }
 
     /// The disk is lost (the node must be down): returns what it held.
     pub(super) fn wipe_disk(&mut self) -> Vec<Entry> {
-        self.kv.clear();
-        self.first_index = 1;
         self.disk_generation += 1;
-        std::mem::take(&mut self.disk)
+        self.disk.wipe()
     }
 
     pub(super) fn is_running(&self) -> bool {
