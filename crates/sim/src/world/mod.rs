@@ -50,7 +50,9 @@ const MS: Micros = 1_000;
 
 const SECOND: Micros = 1_000_000;
 
-const TICK: Micros = 10 * MS;
+/// The soonest a node's timer fires after it is armed: a core that kept naming a deadline
+/// already past would otherwise never let simulated time advance.
+const MIN_WAKE: Micros = 1;
 
 const KEYS: u64 = 4;
 
@@ -106,9 +108,12 @@ enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// A node's timer, armed for the replica's `poll_timeout` (or a pending session
+    /// read's deadline); `timer` tells the armed one from those it replaced.
     Tick {
         node: usize,
         incarnation: u64,
+        timer: u64,
     },
     ClientWake {
         client: usize,
@@ -232,6 +237,8 @@ impl World {
                 disk: SimDisk::new(),
                 disk_generation: 0,
                 incarnation: 0,
+                timer: 0,
+                armed_at: None,
                 persists: VecDeque::new(),
                 disk_stalled_until: 0,
                 next_index: 1,
@@ -319,6 +326,26 @@ impl World {
     fn schedule(&mut self, delay: Micros, event: Event) {
         self.sequence += 1;
         self.queue.push(Scheduled { at: self.now + delay, sequence: self.sequence, event });
+    }
+
+    /// Arms the node's timer for its next deadline, as the server's replica loop sleeps
+    /// until `poll_timeout`: the replica's (on the node's clock), or a pending session
+    /// read's. A timer already armed for that time or sooner stands (it re-arms when it fires).
+    pub(super) fn arm_timer(&mut self, node: usize) {
+        let state = &self.nodes[node];
+        let Some(replica) = &state.replica else { return };
+        let replica_due = replica.poll_timeout().map(|deadline| deadline.saturating_sub(state.skew));
+        let session_due = state.sessions.iter().map(|read| read.deadline).min();
+        let Some(due) = replica_due.into_iter().chain(session_due).min() else { return };
+        let at = due.max(self.now + MIN_WAKE);
+        if state.armed_at.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        let state = &mut self.nodes[node];
+        state.timer += 1;
+        state.armed_at = Some(at);
+        let (incarnation, timer) = (state.incarnation, state.timer);
+        self.schedule(at - self.now, Event::Tick { node, incarnation, timer });
     }
 
     fn node_now(&self, node: usize) -> Micros {
@@ -416,7 +443,11 @@ impl World {
             }
         }
         trace!(self, "{event:?}");
+        let target = self.target_node(&event);
         self.handle(event);
+        if let Some(node) = target {
+            self.arm_timer(node);
+        }
         self.check_invariants();
         self.observe_leaders();
         true
@@ -495,17 +526,17 @@ impl World {
                     self.complete_persist(node);
                 }
             }
-            Event::Tick { node, incarnation } => {
-                if self.nodes[node].incarnation != incarnation {
+            Event::Tick { node, incarnation, timer } => {
+                if self.nodes[node].incarnation != incarnation || self.nodes[node].timer != timer {
                     return;
                 }
+                self.nodes[node].armed_at = None;
                 let now = self.node_now(node);
                 if let Some(replica) = &mut self.nodes[node].replica {
                     replica.handle(ReplicaEvent::Tick, now);
                 }
                 self.expire_sessions(node);
                 self.drain(node);
-                self.schedule(TICK, Event::Tick { node, incarnation });
             }
             Event::ClientWake { client } => self.client_issue(client),
             Event::ClientTimeout { client, op } => {

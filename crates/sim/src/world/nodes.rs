@@ -28,16 +28,17 @@ impl World {
         state.next_index = last.index + 1;
         let epoch_starts = state.disk.epoch_starts();
         state.replica = Some(Replica::start(config, last, epoch_starts, state.saved_election.as_ref(), now));
-        let incarnation = state.incarnation;
+        state.armed_at = None;
         trace!(self, "start {} at {last}", self.nodes[node].id);
         self.drain(node);
-        self.schedule(TICK, Event::Tick { node, incarnation });
+        self.arm_timer(node);
     }
 
     pub(super) fn crash_node(&mut self, node: usize) {
         let state = &mut self.nodes[node];
         state.replica = None;
         state.incarnation += 1;
+        state.armed_at = None;
         state.persists.clear();
         state.sessions.clear();
         state.write_tags.clear();
@@ -183,6 +184,9 @@ pub struct Node {
     pub disk_generation: u64,
     /// Bumped on every crash or restart; events for an older incarnation are dropped.
     pub(super) incarnation: u64,
+    /// The node's timer: which one is armed (older ones are stale), and for when.
+    pub(super) timer: u64,
+    pub(super) armed_at: Option<Micros>,
     pub(super) persists: VecDeque<(Micros, Persist)>,
     pub(super) disk_stalled_until: Micros,
     /// Leader: index for the next write it executes.
