@@ -184,8 +184,8 @@ impl SimDisk {
     }
 
     /// Keeps only the newest `retain` entries shippable (as `Engine::compact`).
-    pub fn compact(&mut self, retain: u64) {
-        let first_kept = self.last().index.saturating_sub(retain.max(1)) + 1;
+    pub fn compact(&mut self, retain: u64, committed: u64) {
+        let first_kept = (self.last().index.saturating_sub(retain.max(1)) + 1).min(committed.saturating_add(1));
         self.first_index = self.first_index.max(first_kept);
     }
 
@@ -250,8 +250,8 @@ impl ReplicaStorage for SimDisk {
         Ok(SimDisk::read_log(self, from_index, max_entries))
     }
 
-    fn compact(&mut self, retain: u64) -> Result<(), PersistRefused> {
-        SimDisk::compact(self, retain);
+    fn compact(&mut self, retain: u64, committed: u64) -> Result<(), PersistRefused> {
+        SimDisk::compact(self, retain, committed);
         Ok(())
     }
 

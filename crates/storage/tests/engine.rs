@@ -165,7 +165,7 @@ fn compaction_forces_a_snapshot_that_hands_over_a_consistent_state() {
         let root = scratch(&format!("snapshot-{}", format.name()));
         let mut leader = Engine::open(&root.join("leader"), format).unwrap();
         execute_each(&mut leader, &workload());
-        leader.compact(2).unwrap();
+        leader.compact(2, u64::MAX).unwrap();
         assert_eq!(leader.first_index(), 4);
         assert!(leader.read_log(1, 100, 1 << 20).unwrap().is_none(), "compacted entries are gone");
         assert_eq!(leader.read_log(4, 100, 1 << 20).unwrap().unwrap().len(), 2);

@@ -118,7 +118,7 @@ fn snapshots_are_page_copies_and_catch_up_continues_after_them() {
         for statements in &workload()[..3] {
             execute(&mut leader, statements);
         }
-        leader.compact(1).unwrap();
+        leader.compact(1, u64::MAX).unwrap();
         assert!(leader.read_log(1, 10, 1 << 20).unwrap().is_none());
         let snapshot = root.join("snapshot.db");
         assert_eq!(leader.write_snapshot(&snapshot).unwrap(), Position::new(1, 3));

@@ -56,6 +56,10 @@ impl Follower {
             s.send_ack_to(leader_id, self.read_seq, true, Some(starts));
             return;
         }
+        // Our log is the leader's up to the end of this append, and the leader's entries
+        // up to `commit_index` are on a majority: ours up to both are committed.
+        let matched = entries.last().map_or(prev_index, |entry| entry.index.max(prev_index));
+        s.committed = s.committed.max(commit_index.min(matched));
         let new_entries: Vec<Entry> = entries.into_iter().filter(|entry| entry.index > s.accepted.index).collect();
         if new_entries.is_empty() {
             if !self.ack_owed {

@@ -289,6 +289,7 @@ impl Leader {
         let mut durable: Vec<u64> = self.peers.iter().filter(counted).map(|(_, progress)| progress.matched).collect();
         durable.push(last_index);
         self.commit_index = self.commit_index.max(quorum::reached_by(durable, majority));
+        s.committed = s.committed.max(self.commit_index);
 
         let peers = &self.peers;
         let copies = |index: u64| 1 + peers.iter().filter(counted).filter(|(_, progress)| progress.matched >= index).count();

@@ -165,7 +165,7 @@ impl Replica {
             None => Some(config.leader.clone()),
             Some(_) => None,
         };
-        let shared = Shared { config, membership, epoch, leader, epoch_starts, last, accepted: last, outputs: VecDeque::new() };
+        let shared = Shared { config, membership, epoch, leader, epoch_starts, last, accepted: last, outputs: VecDeque::new(), committed: 0 };
         let role = match &election {
             None if shared.config.leader == shared.config.id => Role::Leader(Leader::new(&shared, now, Micros::MAX)),
             _ => Role::Follower(Follower::new()),
@@ -201,6 +201,13 @@ impl Replica {
     /// Durable end of the local log.
     pub fn last(&self) -> Position {
         self.shared.last
+    }
+
+    /// How far the local log may be compacted: entries up to here are durable here and on
+    /// a majority, so no leader can make this node roll them back. Entries beyond it must
+    /// stay in the log, for the rollback store to keep if they turn out to diverge.
+    pub fn compactable_through(&self) -> u64 {
+        self.shared.committed.min(self.shared.last.index)
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {

@@ -20,6 +20,10 @@ pub(super) struct Shared {
     /// Follower: end of what was handed to `Persist` (>= `last`). Leader: equals `last`.
     pub(super) accepted: Position,
     pub(super) outputs: VecDeque<Output>,
+    /// Entries up to here are on a majority in the current history (a leader counted the
+    /// copies, or a follower matched a leader's log that far and the leader said so):
+    /// they can never be rolled back, so compaction may drop them. Only ever grows.
+    pub(super) committed: u64,
 }
 
 impl Shared {

@@ -80,12 +80,14 @@ pub trait ReplicaStorage {
     /// If the log cannot be read.
     fn read_log(&self, from_index: u64, max_entries: usize) -> Result<Option<Vec<Entry>>, Self::Error>;
 
-    /// Drops log entries so that only the newest `retain` (at least one) remain to read;
-    /// never moves `first_index` backwards. The database keeps their effects.
+    /// Drops log entries so that only the newest `retain` (at least one) remain to read,
+    /// but never one after `committed` (see `Replica::compactable_through`): an entry not
+    /// yet on a majority may still be rolled back, and the rollback store needs it. Never
+    /// moves `first_index` backwards. The database keeps their effects.
     ///
     /// # Errors
     /// If the log cannot be written.
-    fn compact(&mut self, retain: u64) -> Result<(), Self::Error>;
+    fn compact(&mut self, retain: u64, committed: u64) -> Result<(), Self::Error>;
 
     /// A copy of this node's whole state, for another node to install.
     ///

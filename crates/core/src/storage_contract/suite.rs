@@ -26,7 +26,7 @@ pub fn cases<H: Harness>() -> Vec<super::Case<H>> {
         ("after_a_snapshot_the_log_starts_after_it", after_a_snapshot_the_log_starts_after_it),
         ("epoch_starts_after_a_snapshot_are_those_of_its_log", epoch_starts_after_a_snapshot_are_those_of_its_log),
         ("rollback_moves_diverged_entries_aside_and_installs_the_snapshot", rollback_moves_diverged_entries_aside_and_installs_the_snapshot),
-        ("rollback_keeps_diverged_entries_the_log_had_compacted", rollback_keeps_diverged_entries_the_log_had_compacted),
+        ("compaction_keeps_entries_a_rollback_may_need", compaction_keeps_entries_a_rollback_may_need),
         ("everything_durable_survives_a_crash", everything_durable_survives_a_crash),
         ("a_snapshot_and_the_rollback_store_survive_a_crash", a_snapshot_and_the_rollback_store_survive_a_crash),
     ]
@@ -197,15 +197,15 @@ fn the_log_is_read_from_any_retained_index<H: Harness>(harness: &mut H) -> Outco
 fn compaction_keeps_the_newest_entries_and_every_effect<H: Harness>(harness: &mut H) -> Outcome {
     let mut leader = harness.create();
     lead(harness, &mut leader, 1, 1..=10)?;
-    ok("compacting", leader.compact(4))?;
+    ok("compacting", leader.compact(4, u64::MAX))?;
     expect("first index after keeping 4", leader.first_index(), 7)?;
     expect("the log from 6", logged(&leader, 6)?, None)?;
     expect("the log from 7", logged(&leader, 7)?, Some((7..=10).map(|index| at(1, index)).collect()))?;
     expect("last", leader.last(), at(1, 10))?;
     expect("writes reflected", harness.writes_reflected(&leader), numbers(1..=10))?;
-    ok("compacting", leader.compact(8))?;
+    ok("compacting", leader.compact(8, u64::MAX))?;
     expect("first index after keeping more than it holds", leader.first_index(), 7)?;
-    ok("compacting", leader.compact(2))?;
+    ok("compacting", leader.compact(2, u64::MAX))?;
     expect("first index after keeping 2", leader.first_index(), 9)?;
     expect("the log from 9", logged(&leader, 9)?, Some(vec![at(1, 9), at(1, 10)]))
 }
@@ -214,7 +214,7 @@ fn epoch_starts_describe_only_the_retained_log<H: Harness>(harness: &mut H) -> O
     let mut leader = harness.create();
     lead(harness, &mut leader, 1, 1..=5)?;
     lead(harness, &mut leader, 2, 6..=10)?;
-    ok("compacting", leader.compact(3))?;
+    ok("compacting", leader.compact(3, u64::MAX))?;
     // The core takes entries below the first start to match any leader's.
     expect("epoch starts", ok("epoch starts", leader.epoch_starts())?, vec![(2, 8)])
 }
@@ -224,7 +224,7 @@ fn a_snapshot_ahead_of_the_durable_end_replaces_the_state<H: Harness>(harness: &
     let mut follower = harness.create();
     let entries = lead(harness, &mut leader, 1, 1..=5)?;
     ok("persisting", follower.persist(&entries[..2]))?;
-    ok("compacting", leader.compact(2))?;
+    ok("compacting", leader.compact(2, u64::MAX))?;
     let snapshot = ok("a snapshot", leader.snapshot())?;
     expect("installed", ok("installing", follower.install_snapshot(snapshot))?, at(1, 5))?;
     expect("last", follower.last(), at(1, 5))?;
@@ -282,17 +282,19 @@ fn rollback_moves_diverged_entries_aside_and_installs_the_snapshot<H: Harness>(h
     expect("writes reflected after it", harness.writes_reflected(&old), vec![1, 2, 100, 101])
 }
 
-fn rollback_keeps_diverged_entries_the_log_had_compacted<H: Harness>(harness: &mut H) -> Outcome {
+fn compaction_keeps_entries_a_rollback_may_need<H: Harness>(harness: &mut H) -> Outcome {
     let mut old = harness.create();
     let mut new = harness.create();
     let entries = lead(harness, &mut old, 1, 1..=6)?;
     ok("persisting", new.persist(&entries[..2]))?;
-    ok("compacting", old.compact(2))?;
+    // Only 1 and 2 are on a majority: 3 to 6 stay in the log however little is retained.
+    ok("compacting", old.compact(2, 2))?;
+    expect("the first index after compacting", old.first_index(), 3)?;
     lead(harness, &mut new, 2, 100..=100)?;
     let snapshot = ok("a snapshot", new.snapshot())?;
     ok("rolling back", old.roll_back_and_install(2, snapshot))?;
-    // Writes 3 and 4 were acknowledged (under async) and are in no log any more: the
-    // rollback store is the only record of them.
+    // Writes 3 to 6 may have been acknowledged (under async): the rollback store is now
+    // the only record of them.
     expect("rolled back", ok("the rollback store", old.rolled_back())?, (3..=6).map(|index| at(1, index)).collect())?;
     expect("writes reflected", harness.writes_reflected(&old), vec![1, 2, 100])
 }
@@ -302,7 +304,7 @@ fn everything_durable_survives_a_crash<H: Harness>(harness: &mut H) -> Outcome {
     let mut follower = harness.create();
     let mut entries = lead(harness, &mut leader, 1, 1..=3)?;
     entries.extend(lead(harness, &mut leader, 2, 4..=5)?);
-    ok("compacting", leader.compact(3))?;
+    ok("compacting", leader.compact(3, u64::MAX))?;
     ok("persisting", follower.persist(&entries))?;
     for (role, storage, first_index) in [("leader", leader, 3), ("follower", follower, 1)] {
         expect(&format!("the {role}'s first index"), storage.first_index(), first_index)?;

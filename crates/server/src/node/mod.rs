@@ -267,7 +267,8 @@ impl Node {
         let (published_tx, published_rx) = watch::channel(initial);
 
         let reader_generation = Arc::new(AtomicU64::new(0));
-        let write_lease = Arc::new(WriteLease { epoch: AtomicU64::new(0), until_us: AtomicU64::new(0), clock: started });
+        let write_lease =
+            Arc::new(WriteLease { epoch: AtomicU64::new(0), until_us: AtomicU64::new(0), clock: started, compactable_through: AtomicU64::new(0) });
         write_lease.publish(&replica, 0);
         let node = Arc::new(Node {
             http_addr: Mutex::new(config.http_addr.to_string()),

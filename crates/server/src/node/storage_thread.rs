@@ -16,6 +16,9 @@ pub(crate) struct WriteLease {
     /// Node-clock microseconds (see `Node::now_us`) until which the lease holds.
     pub(super) until_us: AtomicU64,
     pub(super) clock: Instant,
+    /// How far the log may be compacted (`Replica::compactable_through`): entries after it
+    /// may still be rolled back and must stay for the rollback store.
+    pub(super) compactable_through: AtomicU64,
 }
 
 impl WriteLease {
@@ -23,6 +26,7 @@ impl WriteLease {
         let (epoch, until) = replica.published_lease(now).unwrap_or((0, 0));
         self.until_us.store(until, Ordering::Release);
         self.epoch.store(epoch, Ordering::Release);
+        self.compactable_through.store(replica.compactable_through(), Ordering::Release);
     }
 
     pub(super) fn allows(&self, epoch: u64) -> bool {
@@ -99,6 +103,7 @@ impl StorageContext {
                             Err(_) => break,
                         }
                     }
+                    let before = self.engine.last();
                     match self.engine.apply(&entries) {
                         Ok(position) => {
                             self.stats.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -108,6 +113,12 @@ impl StorageContext {
                         }
                         Err(error) => {
                             tracing::error!(node = %self.node_id, "cannot apply entries {}..: {error}", entries[0].index);
+                            // The physical format commits entry by entry: those before the
+                            // failing one are durable, and the core is told so first.
+                            let durable = self.engine.last();
+                            if durable.index > before.index {
+                                let _ = self.events.send(Event::Persisted(durable));
+                            }
                             let _ = self.events.send(Event::PersistFailed);
                         }
                     }
@@ -247,7 +258,8 @@ impl StorageContext {
     pub(super) fn maybe_compact(&mut self) {
         let held = self.engine.last().index.saturating_sub(self.engine.first_index()) + 1;
         if held > self.log_retain + self.log_retain / 4 + 64 {
-            if let Err(error) = self.engine.compact(self.log_retain) {
+            let committed = self.write_lease.compactable_through.load(Ordering::Acquire);
+            if let Err(error) = self.engine.compact(self.log_retain, committed) {
                 tracing::error!("log compaction failed: {error}");
             }
         }

@@ -133,11 +133,12 @@ impl World {
     }
 
     /// Compaction keeps the newest COMPACTION_KEEP entries shippable, once twice as many
-    /// are (as the server compacts its engine now and then).
+    /// are, and every entry not yet committed (as the server compacts its engine now and then).
     fn compact_if_due(&mut self, node: usize) {
+        let Some(committed) = self.nodes[node].replica.as_ref().map(Replica::compactable_through) else { return };
         let disk = &mut self.nodes[node].disk;
         if disk.last().index >= disk.first_index() + 2 * COMPACTION_KEEP {
-            disk.compact(COMPACTION_KEEP);
+            disk.compact(COMPACTION_KEEP, committed);
         }
     }
 

@@ -3,11 +3,14 @@
 use super::*;
 
 impl Engine {
-    /// Follower: applies entries and appends them to the log in one durable transaction.
+    /// Follower: applies entries and appends them to the log durably. The logical formats
+    /// apply the whole batch in one transaction; the physical format commits each entry
+    /// on its own (one leader commit each), so a batch that fails part way keeps the
+    /// entries before the failing one: [`Engine::last`] tells what is durable.
     ///
     /// # Errors
     /// If an entry does not continue the log, cannot be decoded or does not apply (the
-    /// replicas diverged); nothing of the batch is applied then.
+    /// replicas diverged); in the logical formats nothing of the batch is applied then.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Position> {
         // Entries this node already holds (a snapshot installed meanwhile covered them)
         // are skipped: within one epoch the leader's entry at an index is the only one.

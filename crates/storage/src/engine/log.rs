@@ -36,13 +36,16 @@ impl Engine {
         Ok(Some(entries))
     }
 
-    /// Drops log entries so that only the newest `retain` remain. Followers that need
-    /// older ones get a snapshot instead.
+    /// Drops log entries so that only the newest `retain` remain, but none after
+    /// `committed` (the replica's `compactable_through`). Followers that need older ones
+    /// get a snapshot instead.
     ///
     /// # Errors
     /// On a SQLite failure.
-    pub fn compact(&mut self, retain: u64) -> Result<()> {
-        let first_kept = self.last.index.saturating_sub(retain.max(1)) + 1;
+    pub fn compact(&mut self, retain: u64, committed: u64) -> Result<()> {
+        // An entry after `committed` may still be rolled back, and the rollback store can
+        // only keep what the log still holds.
+        let first_kept = (self.last.index.saturating_sub(retain.max(1)) + 1).min(committed.saturating_add(1));
         if first_kept <= self.first_index {
             return Ok(());
         }
