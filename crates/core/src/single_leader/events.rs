@@ -116,17 +116,17 @@ impl Protocol for Replica {
     /// heartbeat interval after the last event. It may be in the past (something is due
     /// now): a driver then hands in `Event::Tick` at once.
     fn poll_timeout(&self) -> Option<Micros> {
-        let mut deadlines = vec![self.handled_at + self.shared.config.heartbeat_interval_us];
+        let mut earliest = self.handled_at + self.shared.config.heartbeat_interval_us;
         if let Some(election) = &self.election {
-            deadlines.push(election.next_tick_at());
+            earliest = earliest.min(election.next_tick_at());
         }
-        match &self.role {
-            Role::Leader(leader) => deadlines.extend(leader.deadlines(&self.shared, self.handled_at)),
-            Role::Recovering { recovery, .. } => deadlines.extend(recovery.deadline()),
-            Role::Follower(_) => {}
-        }
-        deadlines.extend(self.role.follower().and_then(|follower| follower.persist_backoff.as_ref()).map(|backoff| backoff.until));
-        deadlines.into_iter().min()
+        let role_deadline = match &self.role {
+            Role::Leader(leader) => leader.deadlines(&self.shared, self.handled_at).min(),
+            Role::Recovering { recovery, .. } => recovery.deadline(),
+            Role::Follower(_) => None,
+        };
+        let backoff = self.role.follower().and_then(|follower| follower.persist_backoff.as_ref()).map(|backoff| backoff.until);
+        Some([role_deadline, backoff].into_iter().flatten().fold(earliest, Micros::min))
     }
 }
 

@@ -63,17 +63,24 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
     let mut unsaved_election: Option<tern_core::SavedElection> = None;
     let mut last_save_error_log: Option<Instant> = None;
     let mut last_handover_for_disk: Option<Instant> = None;
+    // The timer, armed for the core's next deadline. It is moved only to an earlier
+    // time: one armed too early just hands in a tick that finds nothing due, and leaving
+    // it keeps timer-wheel work out of the loop under a stream of events.
+    let wake = tokio::time::sleep(IDLE_WAKE);
+    tokio::pin!(wake);
     loop {
-        // Sleep until the core's next deadline (or an event). A deadline already due is
-        // handled after a short pause, never in a busy loop.
+        // A deadline already due is handled after a short pause, never in a busy loop.
         let due_in = replica.poll_timeout().map_or(IDLE_WAKE, |deadline| Duration::from_micros(deadline.saturating_sub(node.now_us())));
-        let wake = tokio::time::sleep(due_in.clamp(MIN_WAKE, IDLE_WAKE));
+        let due_at = tokio::time::Instant::now() + due_in.clamp(MIN_WAKE, IDLE_WAKE);
+        if wake.is_elapsed() || due_at < wake.deadline() {
+            wake.as_mut().reset(due_at);
+        }
         let event = tokio::select! {
             event = events.recv() => match event {
                 Some(event) => Some(event),
                 None => return,
             },
-            () = wake => None,
+            () = &mut wake => None,
         };
         let mut now = node.now_us();
         match event {
