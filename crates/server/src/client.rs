@@ -1,22 +1,27 @@
-//! A small blocking HTTP/1.1 client with keep-alive, enough to talk to tern's API from
-//! end-to-end tests, the demo workload and benchmarks.
+//! A blocking HTTP client for tern's API, for end-to-end tests, the demo workload,
+//! benchmarks and `tern verify`: hyper's HTTP/1.1 client on a single-threaded tokio
+//! runtime of its own, one kept-alive connection per client, every status a reply.
 //!
-//! Kept rather than `ureq` on measurement: `ureq` 3.5 sends a POST's head and body in two
-//! writes with a `setsockopt` before each, and as `tern bench`'s load generator (sharing
-//! two cores with the servers it measures) it halved the 32-client semi-sync figure
-//! (2,574-4,123 writes/s against 4,841-5,340 with this client and the same servers; see
-//! docs/restructuring.md). This one writes each request once and sets its timeout once
-//! per connection.
+//! Not `ureq`: `ureq` 3.5 sends a POST's head and body in two writes with a `setsockopt`
+//! before each, and as `tern bench`'s load generator (sharing two cores with the servers
+//! it measures) it halved the 32-client semi-sync figure (docs/restructuring.md). hyper
+//! writes a request at once.
+//!
+//! Call it from plain threads (or `spawn_blocking`), not from inside an async task: it
+//! blocks on its own runtime.
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 pub struct HttpClient {
     addr: String,
-    connection: Option<BufReader<TcpStream>>,
     timeout: Duration,
+    runtime: tokio::runtime::Runtime,
+    connection: Option<SendRequest<Full<Bytes>>>,
 }
 
 /// A response: status code and body parsed as JSON (or a string if it is not JSON).
@@ -28,15 +33,20 @@ pub struct Reply {
 
 impl HttpClient {
     /// `addr` is `host:port` (an `http://` prefix is accepted).
+    ///
+    /// # Panics
+    /// If the operating system refuses the runtime's timer or I/O driver.
     pub fn new(addr: &str) -> HttpClient {
         let addr = addr.trim_start_matches("http://").trim_end_matches('/').to_string();
-        HttpClient { addr, connection: None, timeout: Duration::from_secs(30) }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime");
+        HttpClient { addr, timeout: Duration::from_secs(30), runtime, connection: None }
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
+    /// How long one request may take, connecting included.
     pub fn with_timeout(mut self, timeout: Duration) -> HttpClient {
         self.timeout = timeout;
         self
@@ -55,11 +65,12 @@ impl HttpClient {
         self.request("POST", path, Some(&bytes))
     }
 
-    /// Sends one request, reusing the kept-alive connection; a request that fails on a
-    /// reused connection (closed by the server meanwhile) is retried once on a new one.
+    /// Sends one request on the kept-alive connection; a request that fails on a reused
+    /// connection (closed by the server meanwhile) is retried once on a new one.
     ///
     /// # Errors
-    /// If the server cannot be reached or answers with something that is not HTTP.
+    /// If the server cannot be reached, answers with something that is not HTTP, or does
+    /// not answer within the timeout.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Reply> {
         let reused = self.connection.is_some();
         match self.try_request(method, path, body) {
@@ -73,86 +84,40 @@ impl HttpClient {
     }
 
     fn try_request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Reply> {
-        if self.connection.is_none() {
-            let stream = TcpStream::connect(&self.addr)?;
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(self.timeout))?;
-            self.connection = Some(BufReader::new(stream));
-        }
-        let outcome = self.exchange(method, path, body);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.addr)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let (addr, connection) = (&self.addr, &mut self.connection);
+        let exchange = async move {
+            if connection.as_ref().is_none_or(SendRequest::is_closed) {
+                let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                stream.set_nodelay(true)?;
+                let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                // The connection's I/O runs while this runtime is blocked on a request.
+                tokio::spawn(driver);
+                *connection = Some(sender);
+            }
+            let sender = connection.as_mut().expect("connected above");
+            sender.ready().await.map_err(std::io::Error::other)?;
+            let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+            Ok::<_, std::io::Error>(Reply {
+                status,
+                body: serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+            })
+        };
+        let timeout = self.timeout;
+        let outcome = self.runtime.block_on(async { tokio::time::timeout(timeout, exchange).await });
+        let outcome = outcome.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}"))));
         if outcome.is_err() {
             self.connection = None;
         }
         outcome
-    }
-
-    fn exchange(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Reply> {
-        let connection = self.connection.as_mut().expect("connected above");
-        let body = body.unwrap_or(&[]);
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.addr, body.len());
-        if !body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
-        }
-        head.push_str("\r\n");
-        let mut message = head.into_bytes();
-        message.extend_from_slice(body);
-        connection.get_mut().write_all(&message)?;
-
-        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-        let mut line = String::new();
-        if connection.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
-        }
-        let status: u16 = line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| invalid("bad status line"))?;
-        let mut length = None;
-        let mut chunked = false;
-        let mut close = false;
-        loop {
-            line.clear();
-            connection.read_line(&mut line)?;
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse::<usize>().ok(),
-                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = value.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-        }
-        let mut bytes = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                connection.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim(), 16).map_err(|_| invalid("bad chunk size"))?;
-                if size == 0 {
-                    line.clear();
-                    connection.read_line(&mut line)?;
-                    break;
-                }
-                let start = bytes.len();
-                bytes.resize(start + size, 0);
-                connection.read_exact(&mut bytes[start..])?;
-                line.clear();
-                connection.read_line(&mut line)?;
-            }
-        } else if let Some(length) = length {
-            bytes.resize(length, 0);
-            connection.read_exact(&mut bytes)?;
-        } else {
-            connection.read_to_end(&mut bytes)?;
-            close = true;
-        }
-        if close {
-            self.connection = None;
-        }
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok(Reply { status, body })
     }
 }
 
