@@ -18,12 +18,15 @@
 //! - [`single_leader`]: the single-leader topology, one file per role and concern:
 //!   leader log shipping and ack accounting (async / semi-sync / sync / `w=`), follower
 //!   acceptance, recovery and transfer, reads and leases, membership, log matching.
+//! - [`multi_leader`]: the multi-leader topology's pure parts so far: causal delivery
+//!   between regions, multi-value registers, conflict policies.
 //! - [`storage_contract`]: what the core expects of a node's durable storage, and the
 //!   conformance suite the storage engine and the simulator's disk model both pass.
 
 pub mod election;
 pub mod hlc;
 pub mod message;
+pub mod multi_leader;
 pub mod protocol;
 pub mod quorum;
 pub mod single_leader;
