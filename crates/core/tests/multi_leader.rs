@@ -298,3 +298,264 @@ fn regions_applying_the_same_writes_in_any_causal_order_converge_and_lose_nothin
         }
     }
 }
+
+mod exchange {
+    //! Regions running the exchange over a network that loses, delays and reorders
+    //! messages, with partitions between regions and regions that crash (losing all but
+    //! their durable log, rows and cursors) and restart. After everything heals, every
+    //! region must hold every write made anywhere, and identical rows.
+
+    use super::{Rng, KEYS, REGIONS};
+    use std::collections::BTreeMap;
+    use tern_core::multi_leader::{
+        Dot, Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, Policy, RegionMessage, Row, RowWrite, Shipment, Stamp, VersionVector,
+    };
+    use tern_core::Timestamp;
+
+    type Write = (usize, RowWrite<u64>);
+
+    struct Region {
+        exchange: Option<Exchange<Write>>,
+        /// Durable: every write held (own and applied), the rows, and when it restarts.
+        log: BTreeMap<Dot, Shipment<Write>>,
+        rows: Vec<Row<u64>>,
+        down_until: u64,
+    }
+
+    impl Region {
+        fn holds(&self) -> VersionVector {
+            let mut holds = VersionVector::new();
+            for dot in self.log.keys() {
+                holds.advance(dot);
+            }
+            holds
+        }
+    }
+
+    struct World {
+        rng: Rng,
+        now: u64,
+        regions: Vec<Region>,
+        in_flight: Vec<(u64, usize, usize, RegionMessage<Write>)>,
+        /// `cut[a][b]`: messages from a to b are lost until then.
+        cut: [[u64; 3]; 3],
+        faults: bool,
+        made: VersionVector,
+        history: Vec<Write>,
+    }
+
+    fn config(region: usize) -> ExchangeConfig {
+        ExchangeConfig {
+            region: REGIONS[region].to_string(),
+            regions: REGIONS.iter().map(|name| name.to_string()).collect(),
+            status_interval_us: 20_000,
+            resend_us: 100_000,
+        }
+    }
+
+    impl World {
+        fn drain(&mut self, region: usize) {
+            loop {
+                let Some(output) = self.regions[region].exchange.as_mut().and_then(Exchange::poll_output) else { return };
+                match output {
+                    ExchangeOutput::Send { to, message } => {
+                        let to = REGIONS.iter().position(|name| *name == to).expect("a known region");
+                        let lost = self.faults && (self.rng.below(10) == 0 || self.now < self.cut[region][to]);
+                        if !lost {
+                            let at = self.now + 1_000 + self.rng.below(60_000);
+                            self.in_flight.push((at, region, to, message));
+                        }
+                    }
+                    ExchangeOutput::Apply(shipment) => {
+                        let state = &mut self.regions[region];
+                        let (key, write) = &shipment.write;
+                        state.rows[*key].apply(write).expect("well-formed");
+                        let dot = shipment.dot.clone();
+                        state.log.insert(dot.clone(), shipment);
+                        self.handle(region, ExchangeEvent::Applied { dot });
+                    }
+                    ExchangeOutput::ReadWrites { to, origin, after, up_to } => {
+                        let writes: Vec<Shipment<Write>> = self.regions[region]
+                            .log
+                            .range(Dot::new(origin.clone(), after + 1)..=Dot::new(origin, up_to))
+                            .map(|(_, shipment)| shipment.clone())
+                            .collect();
+                        self.handle(region, ExchangeEvent::WritesRead { to, writes });
+                    }
+                }
+            }
+        }
+
+        fn handle(&mut self, region: usize, event: ExchangeEvent<Write>) {
+            let now = self.now;
+            if let Some(exchange) = self.regions[region].exchange.as_mut() {
+                exchange.handle(event, now);
+            }
+        }
+
+        fn write(&mut self, region: usize) {
+            let Some(exchange) = &self.regions[region].exchange else { return };
+            let (dot, seen) = exchange.next_local();
+            let key = self.rng.below(KEYS as u64) as usize;
+            let value = self.rng.below(1_000);
+            let write = RowWrite {
+                dot: dot.clone(),
+                stamp: Stamp::new(Timestamp::new(self.now, 0), REGIONS[region]),
+                seen: seen.clone(),
+                values: Some(vec![Some(value)]),
+            };
+            let state = &mut self.regions[region];
+            state.rows[key].apply(&write).expect("well-formed");
+            state.log.insert(dot.clone(), Shipment { dot: dot.clone(), seen, write: (key, write.clone()) });
+            self.made.advance(&dot);
+            self.history.push((key, write));
+            self.handle(region, ExchangeEvent::Committed { dot });
+        }
+
+        fn step(&mut self) {
+            self.now += 10_000;
+            for region in 0..REGIONS.len() {
+                if self.regions[region].exchange.is_none() && self.now >= self.regions[region].down_until {
+                    let holds = self.regions[region].holds();
+                    self.regions[region].exchange = Some(Exchange::new(config(region), holds, self.now));
+                }
+            }
+            if self.faults {
+                match self.rng.below(40) {
+                    0 => {
+                        let region = self.rng.below(3) as usize;
+                        self.regions[region].exchange = None;
+                        self.regions[region].down_until = self.now + self.rng.below(500_000);
+                        self.in_flight.retain(|(_, _, to, _)| *to != region);
+                    }
+                    1 => {
+                        let (a, b) = (self.rng.below(3) as usize, self.rng.below(3) as usize);
+                        let until = self.now + self.rng.below(1_000_000);
+                        self.cut[a][b] = until;
+                        self.cut[b][a] = until;
+                    }
+                    _ => {}
+                }
+                for region in 0..REGIONS.len() {
+                    if self.rng.below(3) == 0 {
+                        self.write(region);
+                    }
+                }
+            }
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) = self.in_flight.drain(..).partition(|(at, ..)| *at <= now);
+            self.in_flight = later;
+            for (_, from, to, message) in due {
+                if self.regions[to].exchange.is_some() {
+                    self.handle(to, ExchangeEvent::Message { from: REGIONS[from].to_string(), message });
+                    self.drain(to);
+                }
+            }
+            for region in 0..REGIONS.len() {
+                self.handle(region, ExchangeEvent::Tick);
+                self.drain(region);
+            }
+        }
+    }
+
+    fn run(seed: u64) -> Result<(), String> {
+        let mut world = World {
+            rng: Rng(seed),
+            now: 0,
+            regions: (0..REGIONS.len())
+                .map(|_| Region { exchange: None, log: BTreeMap::new(), rows: (0..KEYS).map(|_| Row::new(Policy::LastWriterWins, 1)).collect(), down_until: 0 })
+                .collect(),
+            in_flight: Vec::new(),
+            cut: [[0; 3]; 3],
+            faults: true,
+            made: VersionVector::new(),
+            history: Vec::new(),
+        };
+        for _ in 0..300 {
+            world.step();
+        }
+        // Heal: no more faults or writes, every region up, until quiet.
+        world.faults = false;
+        for region in &mut world.regions {
+            region.down_until = 0;
+        }
+        for _ in 0..1_000 {
+            world.step();
+        }
+        for (index, region) in world.regions.iter().enumerate() {
+            if region.holds() != world.made {
+                return Err(format!("{} holds {:?} after healing; writes made: {:?}", REGIONS[index], region.holds(), world.made));
+            }
+            if region.rows != world.regions[0].rows {
+                return Err(format!("{}'s rows differ from {}'s", REGIONS[index], REGIONS[0]));
+            }
+        }
+        for (key, write) in &world.history {
+            let held = world.regions[0].rows[*key].held_dots().contains(&write.dot);
+            let replaced = world.history.iter().any(|(other_key, other)| other_key == key && other.seen.contains(&write.dot));
+            if !held && !replaced {
+                return Err(format!("write {} vanished", write.dot));
+            }
+        }
+        Ok(())
+    }
+
+    /// 300 seeds of 3 s with faults, then healing; `TERN_ML_SEED=N` runs one.
+    #[test]
+    fn every_write_reaches_every_region_through_loss_partitions_and_crashes() {
+        let seeds: Vec<u64> = match std::env::var("TERN_ML_SEED") {
+            Ok(seed) => vec![seed.parse().expect("TERN_ML_SEED is a number")],
+            Err(_) => (0..300).collect(),
+        };
+        for seed in seeds {
+            if let Err(problem) = run(seed) {
+                panic!("seed {seed}: {problem}\nreplay: TERN_ML_SEED={seed} cargo test --release -p tern-core --test multi_leader every_write_reaches");
+            }
+        }
+    }
+}
+
+fn exchange_config(region: &str) -> tern_core::multi_leader::ExchangeConfig {
+    tern_core::multi_leader::ExchangeConfig {
+        region: region.to_string(),
+        regions: REGIONS.iter().map(|name| name.to_string()).collect(),
+        status_interval_us: 1_000_000,
+        resend_us: 100_000,
+    }
+}
+
+fn outputs(exchange: &mut tern_core::multi_leader::Exchange<&'static str>) -> Vec<tern_core::multi_leader::ExchangeOutput<&'static str>> {
+    std::iter::from_fn(|| exchange.poll_output()).collect()
+}
+
+/// A write made in us is read from the log and shipped to both other regions; eu applies
+/// it and relays it to ap (which us may not reach); us ships it again to whoever has not
+/// confirmed it after `resend_us`.
+#[test]
+fn the_exchange_ships_relays_and_resends_a_write() {
+    use tern_core::multi_leader::{Exchange, ExchangeEvent as In, ExchangeOutput as Out, RegionMessage, Shipment};
+    let mut us: Exchange<&str> = Exchange::new(exchange_config("us"), VersionVector::new(), 0);
+    let (dot, had_seen) = us.next_local();
+    assert_eq!((dot.clone(), had_seen.clone()), (Dot::new("us", 1), VersionVector::new()));
+    us.handle(In::Committed { dot: dot.clone() }, 10);
+    let read = |to: &str| Out::ReadWrites { to: to.to_string(), origin: "us".to_string(), after: 0, up_to: 1 };
+    assert_eq!(outputs(&mut us), vec![read("ap"), read("eu")]);
+    let shipment = Shipment { dot: dot.clone(), seen: had_seen, write: "the write" };
+    us.handle(In::WritesRead { to: "eu".to_string(), writes: vec![shipment.clone()] }, 11);
+    let ship = RegionMessage::Ship { writes: vec![shipment.clone()] };
+    assert_eq!(outputs(&mut us), vec![Out::Send { to: "eu".to_string(), message: ship.clone() }]);
+
+    let mut eu: Exchange<&str> = Exchange::new(exchange_config("eu"), VersionVector::new(), 0);
+    eu.handle(In::Message { from: "us".to_string(), message: ship.clone() }, 20);
+    assert_eq!(outputs(&mut eu), vec![Out::Apply(shipment.clone())]);
+    eu.handle(In::Applied { dot: dot.clone() }, 21);
+    assert_eq!(outputs(&mut eu), vec![read("ap")], "relayed to ap; not back to us, which holds it");
+    eu.handle(In::Message { from: "us".to_string(), message: ship }, 22);
+    assert_eq!(outputs(&mut eu), Vec::new(), "a resent copy is a duplicate");
+
+    us.handle(In::Message { from: "eu".to_string(), message: RegionMessage::Status { holds: eu.holds().clone() } }, 30);
+    assert_eq!(outputs(&mut us), Vec::new());
+    us.handle(In::Tick, 100_010);
+    let status = |to: &str| Out::Send { to: to.to_string(), message: RegionMessage::Status { holds: [("us", 1)].into_iter().collect() } };
+    assert_eq!(outputs(&mut us), vec![status("ap"), status("eu"), read("ap")], "ap never confirmed: asked for again; eu did");
+}

@@ -10,15 +10,19 @@
 //!   whatever the arrival order; the newest version by hybrid time is the visible one,
 //!   the others are the conflict's losers, kept until a write that saw them replaces them.
 //! - [`row`]: the conflict policies (`lww`, `column-merge`, `keep-both`) over registers.
+//! - [`exchange`]: what a region's leader sends and receives: every write a region lacks
+//!   (own and relayed), cursors, resends, and causal release for applying.
 //!
-//! Shipping, durable per-origin cursors, storage and the server come next
+//! Storage (the per-origin log and cursors), the server and the simulator come next
 //! (docs/design/multi-leader.md).
 
 pub mod causal;
+pub mod exchange;
 pub mod register;
 pub mod row;
 
 pub use causal::Received;
 pub use causal::{CausalQueue, VersionVector};
+pub use exchange::{Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, RegionMessage, Shipment};
 pub use register::{Dot, Register, Stamp, Version};
 pub use row::{Conflict, Policy, Row, RowError, RowWrite};
