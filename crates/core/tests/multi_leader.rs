@@ -4,7 +4,7 @@
 //! write that saw it replaced it.
 
 use tern_core::multi_leader::{CausalQueue, Dot, Policy, Received, Row, RowError, RowWrite, Stamp, VersionVector};
-use tern_core::Timestamp;
+use tern_core::{Protocol, Timestamp};
 
 fn stamp(time: u64, region: &str) -> Stamp {
     Stamp::new(Timestamp::new(time, 0), region)
@@ -310,7 +310,7 @@ mod exchange {
     use tern_core::multi_leader::{
         Dot, Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, Policy, RegionMessage, Row, RowWrite, Shipment, Stamp, VersionVector,
     };
-    use tern_core::Timestamp;
+    use tern_core::{Protocol, Timestamp};
 
     type Write = (usize, RowWrite<u64>);
 
@@ -342,6 +342,9 @@ mod exchange {
         faults: bool,
         made: VersionVector,
         history: Vec<Write>,
+        /// `w=regions:3` answers: how many, and any given before every region held it.
+        reached: usize,
+        premature: Vec<String>,
     }
 
     fn config(region: usize) -> ExchangeConfig {
@@ -373,6 +376,15 @@ mod exchange {
                         let dot = shipment.dot.clone();
                         state.log.insert(dot.clone(), shipment);
                         self.handle(region, ExchangeEvent::Applied { dot });
+                    }
+                    ExchangeOutput::Reached { tag, result } => {
+                        // `tag` is the write's number in this region's stream.
+                        let dot = Dot::new(REGIONS[region], tag);
+                        let holding = self.regions.iter().filter(|state| state.log.contains_key(&dot)).count();
+                        if result.is_ok() && holding < REGIONS.len() {
+                            self.premature.push(format!("{dot} reported in every region while {holding} held it"));
+                        }
+                        self.reached += 1;
                     }
                     ExchangeOutput::ReadWrites { to, origin, after, up_to } => {
                         let writes: Vec<Shipment<Write>> = self.regions[region]
@@ -409,7 +421,11 @@ mod exchange {
             state.log.insert(dot.clone(), Shipment { dot: dot.clone(), seen, write: (key, write.clone()) });
             self.made.advance(&dot);
             self.history.push((key, write));
-            self.handle(region, ExchangeEvent::Committed { dot });
+            self.handle(region, ExchangeEvent::Committed { dot: dot.clone() });
+            if self.rng.below(4) == 0 {
+                let (tag, deadline) = (dot.seq, self.now + 2_000_000);
+                self.handle(region, ExchangeEvent::WaitForRegions { tag, dot, regions: REGIONS.len(), deadline });
+            }
         }
 
         fn step(&mut self) {
@@ -470,6 +486,8 @@ mod exchange {
             faults: true,
             made: VersionVector::new(),
             history: Vec::new(),
+            reached: 0,
+            premature: Vec::new(),
         };
         for _ in 0..300 {
             world.step();
@@ -481,6 +499,12 @@ mod exchange {
         }
         for _ in 0..1_000 {
             world.step();
+        }
+        if let Some(problem) = world.premature.first() {
+            return Err(problem.clone());
+        }
+        if world.reached == 0 {
+            return Err("no w=regions:3 wait was ever answered".to_string());
         }
         for (index, region) in world.regions.iter().enumerate() {
             if region.holds() != world.made {
@@ -558,4 +582,11 @@ fn the_exchange_ships_relays_and_resends_a_write() {
     us.handle(In::Tick, 100_010);
     let status = |to: &str| Out::Send { to: to.to_string(), message: RegionMessage::Status { holds: [("us", 1)].into_iter().collect() } };
     assert_eq!(outputs(&mut us), vec![status("ap"), status("eu"), read("ap")], "ap never confirmed: asked for again; eu did");
+    assert_eq!(us.poll_timeout(), Some(200_010), "the next resend to ap comes before the next status (1,100,010)");
+    us.handle(In::WaitForRegions { tag: 7, dot: dot.clone(), regions: 2, deadline: 500_000 }, 100_020);
+    assert_eq!(outputs(&mut us), vec![Out::Reached { tag: 7, result: Ok(()) }], "us and eu hold it");
+    us.handle(In::WaitForRegions { tag: 8, dot, regions: 3, deadline: 150_000 }, 100_030);
+    assert_eq!(us.poll_timeout(), Some(150_000));
+    us.handle(In::Tick, 150_000);
+    assert_eq!(outputs(&mut us), vec![Out::Reached { tag: 8, result: Err(2) }], "ap still lacks it at the deadline");
 }

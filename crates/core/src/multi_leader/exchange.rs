@@ -11,6 +11,8 @@
 
 use super::causal::{CausalQueue, Received, VersionVector};
 use super::register::Dot;
+use crate::protocol::Protocol;
+use crate::quorum::{self, Settled};
 use crate::types::Micros;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -56,6 +58,15 @@ pub enum ExchangeEvent<W> {
     Applied {
         dot: Dot,
     },
+    /// A client asked that its write `dot` (made here) be held by `regions` regions, this
+    /// one included (`w=regions:k`), before it is answered; `ExchangeOutput::Reached`
+    /// answers, by `deadline` at the latest.
+    WaitForRegions {
+        tag: u64,
+        dot: Dot,
+        regions: usize,
+        deadline: Micros,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +85,12 @@ pub enum ExchangeOutput<W> {
         origin: String,
         after: u64,
         up_to: u64,
+    },
+    /// A `WaitForRegions` is settled: `Ok` once enough regions hold the write, else how
+    /// many did by the deadline (the write stays: it will reach the others later).
+    Reached {
+        tag: u64,
+        result: Result<(), usize>,
     },
 }
 
@@ -117,14 +134,22 @@ pub struct Exchange<W> {
     durable: VersionVector,
     peers: BTreeMap<String, Peer>,
     next_status_at: Micros,
+    waiters: Vec<RegionWaiter>,
     outputs: VecDeque<ExchangeOutput<W>>,
+}
+
+struct RegionWaiter {
+    tag: u64,
+    dot: Dot,
+    regions: usize,
+    deadline: Micros,
 }
 
 impl<W: Clone> Exchange<W> {
     /// Starts from the durable cursors (every write held, per origin, own included).
     pub fn new(config: ExchangeConfig, durable: VersionVector, now: Micros) -> Exchange<W> {
         let peers = config.regions.iter().filter(|region| **region != config.region).map(|region| (region.clone(), Peer::default())).collect();
-        Exchange { queue: CausalQueue::new(durable.clone()), durable, peers, next_status_at: now, outputs: VecDeque::new(), config }
+        Exchange { queue: CausalQueue::new(durable.clone()), durable, peers, next_status_at: now, waiters: Vec::new(), outputs: VecDeque::new(), config }
     }
 
     /// Every write durably held here, per origin.
@@ -142,15 +167,26 @@ impl<W: Clone> Exchange<W> {
         self.peers.get(region).map(|peer| &peer.holds)
     }
 
-    pub fn poll_output(&mut self) -> Option<ExchangeOutput<W>> {
-        self.outputs.pop_front()
+    /// How many regions hold `dot`, this one included, as far as this region knows.
+    pub fn regions_holding(&self, dot: &Dot) -> usize {
+        usize::from(self.durable.contains(dot)) + self.peers.values().filter(|peer| peer.holds.contains(dot)).count()
     }
 
-    pub fn poll_timeout(&self) -> Micros {
-        self.next_status_at
+    fn settle_waiters(&mut self, now: Micros) {
+        let durable = &self.durable;
+        let peers = &self.peers;
+        let held_by =
+            |waiter: &RegionWaiter| usize::from(durable.contains(&waiter.dot)) + peers.values().filter(|peer| peer.holds.contains(&waiter.dot)).count();
+        for settled in quorum::settle(&mut self.waiters, now, |waiter| waiter.deadline, |waiter| held_by(waiter) >= waiter.regions) {
+            let (tag, result) = match settled {
+                Settled::Done(waiter) => (waiter.tag, Ok(())),
+                Settled::Expired(waiter) => (waiter.tag, Err(held_by(&waiter))),
+            };
+            self.outputs.push_back(ExchangeOutput::Reached { tag, result });
+        }
     }
 
-    pub fn handle(&mut self, event: ExchangeEvent<W>, now: Micros) {
+    fn on_event(&mut self, event: ExchangeEvent<W>, now: Micros) {
         match event {
             ExchangeEvent::Tick => {
                 if now >= self.next_status_at {
@@ -203,7 +239,11 @@ impl<W: Clone> Exchange<W> {
                     self.outputs.push_back(ExchangeOutput::Send { to, message: RegionMessage::Ship { writes } });
                 }
             }
+            ExchangeEvent::WaitForRegions { tag, dot, regions, deadline } => {
+                self.waiters.push(RegionWaiter { tag, dot, regions, deadline });
+            }
         }
+        self.settle_waiters(now);
     }
 
     /// Asks for every write some peer lacks and was not shipped to it recently. What a
@@ -230,5 +270,30 @@ impl<W: Clone> Exchange<W> {
                 }
             }
         }
+    }
+}
+
+impl<W: Clone> Protocol for Exchange<W> {
+    type Event = ExchangeEvent<W>;
+    type Output = ExchangeOutput<W>;
+
+    fn handle(&mut self, event: ExchangeEvent<W>, now: Micros) {
+        self.on_event(event, now);
+    }
+
+    fn poll_output(&mut self) -> Option<ExchangeOutput<W>> {
+        self.outputs.pop_front()
+    }
+
+    /// The next status message, the next resend due, or a waiter's deadline.
+    fn poll_timeout(&self) -> Option<Micros> {
+        let resends = self.peers.values().flat_map(|peer| {
+            peer.shipped
+                .iter()
+                .filter(|(origin, outstanding)| outstanding.up_to > peer.holds.get(origin))
+                .map(|(_, outstanding)| outstanding.since + self.config.resend_us)
+        });
+        let waiters = self.waiters.iter().map(|waiter| waiter.deadline);
+        std::iter::once(self.next_status_at).chain(resends).chain(waiters).min()
     }
 }
