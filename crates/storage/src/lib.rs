@@ -9,6 +9,8 @@
 //! - [`capture`]: one module per log format: `statement` (making statements
 //!   deterministic), `row` (SQLite's session extension, the crate's only unsafe code) and
 //!   `physical` (tailing the WAL).
+//! - [`region_log`]: multi-leader's durable per-origin log of writes and its cursors (not
+//!   used by the server yet).
 //! - [`sql`]: requests and results in rqlite's shapes.
 
 pub mod capture;
@@ -16,6 +18,7 @@ pub mod client_state;
 pub mod engine;
 pub mod failpoint;
 pub mod guard;
+pub mod region_log;
 pub mod sql;
 
 pub use engine::{

@@ -3,11 +3,12 @@
 //! it replaced having been there first.
 
 use super::register::Dot;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// How far a region has applied each region's stream of writes: every write of `region`
 /// up to `self[region]` (they are applied in order, so one number per region says it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionVector {
     applied: BTreeMap<String, u64>,
 }

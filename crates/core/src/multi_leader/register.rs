@@ -2,10 +2,11 @@
 
 use super::causal::VersionVector;
 use crate::hlc::Timestamp;
+use serde::{Deserialize, Serialize};
 
 /// Names one write: the region it was made in and its place in that region's stream of
 /// writes (1, 2, 3, ...).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
     pub region: String,
     pub seq: u64,
