@@ -11,6 +11,8 @@
 //!   `physical` (tailing the WAL).
 //! - [`region_log`]: multi-leader's durable per-origin log of writes and its cursors (not
 //!   used by the server yet).
+//! - [`row_versions`]: multi-leader's kept versions per row, applied under each table's
+//!   conflict policy with the user table showing the visible one (not used by the server yet).
 //! - [`sql`]: requests and results in rqlite's shapes.
 
 pub mod capture;
@@ -19,6 +21,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod guard;
 pub mod region_log;
+pub mod row_versions;
 pub mod sql;
 
 pub use engine::{

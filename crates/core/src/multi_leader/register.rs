@@ -26,7 +26,7 @@ impl std::fmt::Display for Dot {
 
 /// When a write was made, in hybrid time, with its region to break ties: the order in
 /// which concurrent versions are ranked (the highest is visible).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     pub time: Timestamp,
     pub region: String,
@@ -39,7 +39,7 @@ impl Stamp {
 }
 
 /// One version of a value: which write made it, when, and the value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version<T> {
     pub dot: Dot,
     pub stamp: Stamp,
@@ -50,7 +50,7 @@ pub struct Version<T> {
 /// particular order of arrival. With causal delivery (see `causal.rs`), applying the same
 /// writes in any order leaves the same set: a write removes exactly the versions it had
 /// seen, and a version is never applied after one that had seen it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register<T> {
     siblings: Vec<Version<T>>,
 }

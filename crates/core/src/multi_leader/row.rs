@@ -14,8 +14,9 @@
 
 use super::causal::VersionVector;
 use super::register::{Dot, Register, Stamp, Version};
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Policy {
     LastWriterWins,
     ColumnMerge,
@@ -75,7 +76,7 @@ impl std::fmt::Display for RowError {
 impl std::error::Error for RowError {}
 
 /// One row's versions under one policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row<V> {
     policy: Policy,
     columns: usize,

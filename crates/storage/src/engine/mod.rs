@@ -230,7 +230,7 @@ fn configure_writer(connection: &Connection) -> Result<()> {
 }
 
 /// `name` as a quoted SQL identifier (a table or column name of any spelling).
-fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

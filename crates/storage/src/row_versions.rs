@@ -1,0 +1,148 @@
+//! Multi-leader's row versions (issue 13; the server does not use them yet): for each
+//! row written under multi-leader, the versions the conflict policy keeps
+//! (`tern_core::multi_leader::Row`), beside the user table, which always shows the
+//! visible version. Applying a write updates both in the caller's transaction; the rows
+//! holding losing versions are the conflicts an operator lists.
+
+use crate::engine::{quote_identifier, StorageError};
+use crate::sql::SqlValue;
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use tern_core::multi_leader::{Conflict, Policy, Row, RowWrite};
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// A user table as multi-leader writes it: its columns in order, and which of them make
+/// the primary key (in key order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableShape {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub key: Vec<usize>,
+}
+
+/// Creates the versions and policy tables if they are missing.
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn create(connection: &Connection) -> Result<()> {
+    connection.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _tern_row_versions (
+            tbl TEXT NOT NULL, key BLOB NOT NULL, state BLOB NOT NULL, losers INTEGER NOT NULL,
+            PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _tern_conflict_policy (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL)",
+    )?;
+    Ok(())
+}
+
+/// Sets `table`'s conflict policy (before any multi-leader write reaches it: rows keep
+/// the policy they were first written under).
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn set_policy(connection: &Connection, table: &str, policy: Policy) -> Result<()> {
+    connection.execute("INSERT OR REPLACE INTO _tern_conflict_policy (tbl, policy) VALUES (?1, ?2)", params![table, policy.name()])?;
+    Ok(())
+}
+
+/// `table`'s conflict policy: last writer wins unless an operator chose another.
+///
+/// # Errors
+/// If the stored name is not a policy, or on a SQLite failure.
+pub fn policy(connection: &Connection, table: &str) -> Result<Policy> {
+    let name: Option<String> = connection.query_row("SELECT policy FROM _tern_conflict_policy WHERE tbl = ?1", [table], |row| row.get(0)).optional()?;
+    name.map_or(Ok(Policy::LastWriterWins), |name| Policy::parse(&name).map_err(StorageError::new))
+}
+
+/// `table`'s columns and primary key, as SQLite declares them.
+///
+/// # Errors
+/// If the table does not exist or has no primary key (multi-leader addresses rows by
+/// key), or on a SQLite failure.
+pub fn shape(connection: &Connection, table: &str) -> Result<TableShape> {
+    let mut statement = connection.prepare("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let columns: Vec<(String, i64)> = statement.query_map([table], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    if columns.is_empty() {
+        return Err(StorageError::new(format!("no such table: {table}")));
+    }
+    let mut key: Vec<(i64, usize)> = columns.iter().enumerate().filter(|(_, (_, pk))| *pk > 0).map(|(index, (_, pk))| (*pk, index)).collect();
+    if key.is_empty() {
+        return Err(StorageError::new(format!("table {table} has no PRIMARY KEY: multi-leader replication addresses rows by key")));
+    }
+    key.sort_unstable();
+    Ok(TableShape {
+        name: table.to_string(),
+        columns: columns.into_iter().map(|(name, _)| name).collect(),
+        key: key.into_iter().map(|(_, index)| index).collect(),
+    })
+}
+
+/// Applies `write` to the row of `shape` whose key is `key` (the key columns' values, in
+/// key order) under the table's policy, in the caller's transaction: the versions are
+/// updated and the user table made to show the visible version (or not to hold the row).
+/// Returns how many losing versions the row now keeps.
+///
+/// # Errors
+/// If the write does not fit the table or the policy (nothing is changed), a stored
+/// state is damaged, or on a SQLite failure.
+pub fn apply(connection: &Connection, shape: &TableShape, key: &[SqlValue], write: &RowWrite<SqlValue>) -> Result<usize> {
+    if key.len() != shape.key.len() {
+        return Err(StorageError::new(format!("a key of {} values for {}, whose key has {}", key.len(), shape.name, shape.key.len())));
+    }
+    let key_bytes = postcard::to_allocvec(key).map_err(|error| StorageError::new(format!("cannot encode a key of {}: {error}", shape.name)))?;
+    let stored: Option<Vec<u8>> = connection
+        .prepare_cached("SELECT state FROM _tern_row_versions WHERE tbl = ?1 AND key = ?2")?
+        .query_row(params![shape.name, key_bytes], |row| row.get(0))
+        .optional()?;
+    let mut row: Row<SqlValue> = match stored {
+        Some(bytes) => {
+            postcard::from_bytes(&bytes).map_err(|error| StorageError::new(format!("the versions of a row of {} are damaged: {error}", shape.name)))?
+        }
+        None => Row::new(policy(connection, &shape.name)?, shape.columns.len()),
+    };
+    row.apply(write).map_err(|error| StorageError::new(format!("{}: {error}", shape.name)))?;
+    let table = quote_identifier(&shape.name);
+    let key_match: Vec<String> =
+        shape.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", quote_identifier(&shape.columns[*column]), place + 1)).collect();
+    match row.visible() {
+        None => {
+            connection.execute(&format!("DELETE FROM {table} WHERE {}", key_match.join(" AND ")), params_from_iter(key.iter().map(Value::from)))?;
+        }
+        Some(mut values) => {
+            for (place, column) in shape.key.iter().enumerate() {
+                values[*column] = Some(key[place].clone());
+            }
+            let names: Vec<String> = shape.columns.iter().map(|column| quote_identifier(column)).collect();
+            let slots: Vec<String> = (1..=values.len()).map(|slot| format!("?{slot}")).collect();
+            let sql = format!("INSERT OR REPLACE INTO {table} ({}) VALUES ({})", names.join(", "), slots.join(", "));
+            connection.execute(&sql, params_from_iter(values.iter().map(|value| value.as_ref().map_or(Value::Null, Value::from))))?;
+        }
+    }
+    let losers = row.conflicts().len();
+    let state = postcard::to_allocvec(&row).map_err(|error| StorageError::new(format!("cannot encode the versions of a row of {}: {error}", shape.name)))?;
+    connection.prepare_cached("INSERT OR REPLACE INTO _tern_row_versions (tbl, key, state, losers) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+        shape.name,
+        key_bytes,
+        state,
+        losers as i64
+    ])?;
+    Ok(losers)
+}
+
+/// Every row of `table` holding losing versions, with its key and its conflicts.
+///
+/// # Errors
+/// If a stored state is damaged, or on a SQLite failure.
+pub fn conflicts(connection: &Connection, table: &str) -> Result<Vec<(Vec<SqlValue>, Vec<Conflict<SqlValue>>)>> {
+    let mut statement = connection.prepare_cached("SELECT key, state FROM _tern_row_versions WHERE tbl = ?1 AND losers > 0 ORDER BY key")?;
+    let rows = statement.query_map([table], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?)))?;
+    let mut found = Vec::new();
+    for stored in rows {
+        let (key, state) = stored?;
+        let damaged = |error: postcard::Error| StorageError::new(format!("the versions of a row of {table} are damaged: {error}"));
+        let key: Vec<SqlValue> = postcard::from_bytes(&key).map_err(damaged)?;
+        let row: Row<SqlValue> = postcard::from_bytes(&state).map_err(damaged)?;
+        found.push((key, row.conflicts()));
+    }
+    Ok(found)
+}
