@@ -146,3 +146,36 @@ pub fn conflicts(connection: &Connection, table: &str) -> Result<Vec<(Vec<SqlVal
     }
     Ok(found)
 }
+
+/// One row write of a transaction from another region: the table, the row's key (key
+/// columns in key order) and the write.
+pub type RemoteRowWrite = (String, Vec<SqlValue>, RowWrite<SqlValue>);
+
+/// Applies every row write of one transaction from another region, in the caller's
+/// transaction, with user triggers off: they ran at the origin, and what they wrote is
+/// among the transaction's row writes. Triggers are back on afterwards, error or not.
+/// Returns how many losing versions the touched rows keep in all.
+///
+/// # Errors
+/// As [`apply`]; the caller's transaction then rolls back whole.
+pub fn apply_transaction(connection: &Connection, writes: &[RemoteRowWrite]) -> Result<usize> {
+    use rusqlite::config::DbConfig;
+    connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    let applied = (|| {
+        let mut shapes: Vec<TableShape> = Vec::new();
+        let mut losers = 0;
+        for (table, key, write) in writes {
+            let shape = match shapes.iter().find(|shape| shape.name == *table) {
+                Some(shape) => shape,
+                None => {
+                    shapes.push(shape(connection, table)?);
+                    shapes.last().expect("just pushed")
+                }
+            };
+            losers += apply(connection, shape, key, write)?;
+        }
+        Ok(losers)
+    })();
+    connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+    applied
+}

@@ -112,3 +112,35 @@ fn a_write_that_does_not_fit_changes_nothing() {
     assert_eq!(table(&connection), before);
     assert!(row_versions::conflicts(&connection, "products").unwrap().is_empty());
 }
+
+#[test]
+fn a_remote_transaction_applies_with_user_triggers_off_and_leaves_them_on() {
+    let mut connection = region_database();
+    connection
+        .execute_batch(
+            "CREATE TABLE audit (note TEXT);
+             CREATE TRIGGER products_audit AFTER INSERT ON products BEGIN INSERT INTO audit VALUES ('inserted ' || NEW.sku); END;",
+        )
+        .unwrap();
+    let audited = |connection: &Connection| -> i64 { connection.query_row("SELECT count(*) FROM audit", [], |row| row.get(0)).unwrap() };
+    let transaction = connection.transaction().unwrap();
+    // The origin's trigger wrote its audit row there; it arrives as a row write of its own.
+    let remote = vec![
+        ("products".to_string(), key(), write("us", 1, 100, &[], full(2, "blue"))),
+        (
+            "products".to_string(),
+            vec![SqlValue::Integer(1), text("ink")],
+            write("us", 1, 100, &[], Some(vec![Some(text("ink")), Some(SqlValue::Integer(1)), Some(SqlValue::Integer(1)), Some(text("black"))])),
+        ),
+    ];
+    row_versions::apply_transaction(&transaction, &remote).unwrap();
+    assert_eq!(audited(&transaction), 0, "the trigger did not run again here");
+    transaction.commit().unwrap();
+    assert_eq!(table(&connection).len(), 2);
+    connection.execute("INSERT INTO products VALUES ('cap', 2, 1, 'red')", []).unwrap();
+    assert_eq!(audited(&connection), 1, "local writes fire triggers again");
+    let missing = vec![("missing".to_string(), key(), write("eu", 1, 100, &[], full(1, "x")))];
+    assert!(row_versions::apply_transaction(&connection, &missing).is_err());
+    connection.execute("INSERT INTO products VALUES ('mug', 2, 1, 'red')", []).unwrap();
+    assert_eq!(audited(&connection), 2, "triggers are back on after a failed apply too");
+}
