@@ -4,16 +4,17 @@
 //! visible version. Applying a write updates both in the caller's transaction; the rows
 //! holding losing versions are the conflicts an operator lists.
 
+use crate::capture::row::{changed_rows, RowChange};
 use crate::engine::{quote_identifier, StorageError};
 use crate::sql::SqlValue;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
-use tern_core::multi_leader::{Conflict, Policy, Row, RowWrite};
+use tern_core::multi_leader::{Conflict, Dot, Policy, Row, RowWrite, Stamp, VersionVector};
 
 type Result<T> = std::result::Result<T, StorageError>;
 
 /// A user table as multi-leader writes it: its columns in order, and which of them make
-/// the primary key (in key order).
+/// the primary key (in column order, as changesets list key values).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableShape {
     pub name: String,
@@ -65,20 +66,15 @@ pub fn shape(connection: &Connection, table: &str) -> Result<TableShape> {
     if columns.is_empty() {
         return Err(StorageError::new(format!("no such table: {table}")));
     }
-    let mut key: Vec<(i64, usize)> = columns.iter().enumerate().filter(|(_, (_, pk))| *pk > 0).map(|(index, (_, pk))| (*pk, index)).collect();
+    let key: Vec<usize> = columns.iter().enumerate().filter(|(_, (_, pk))| *pk > 0).map(|(index, _)| index).collect();
     if key.is_empty() {
         return Err(StorageError::new(format!("table {table} has no PRIMARY KEY: multi-leader replication addresses rows by key")));
     }
-    key.sort_unstable();
-    Ok(TableShape {
-        name: table.to_string(),
-        columns: columns.into_iter().map(|(name, _)| name).collect(),
-        key: key.into_iter().map(|(_, index)| index).collect(),
-    })
+    Ok(TableShape { name: table.to_string(), columns: columns.into_iter().map(|(name, _)| name).collect(), key })
 }
 
 /// Applies `write` to the row of `shape` whose key is `key` (the key columns' values, in
-/// key order) under the table's policy, in the caller's transaction: the versions are
+/// column order) under the table's policy, in the caller's transaction: the versions are
 /// updated and the user table made to show the visible version (or not to hold the row).
 /// Returns how many losing versions the row now keeps.
 ///
@@ -112,9 +108,14 @@ pub fn apply(connection: &Connection, shape: &TableShape, key: &[SqlValue], writ
             for (place, column) in shape.key.iter().enumerate() {
                 values[*column] = Some(key[place].clone());
             }
+            // An upsert, not a replace: the row keeps its rowid.
             let names: Vec<String> = shape.columns.iter().map(|column| quote_identifier(column)).collect();
             let slots: Vec<String> = (1..=values.len()).map(|slot| format!("?{slot}")).collect();
-            let sql = format!("INSERT OR REPLACE INTO {table} ({}) VALUES ({})", names.join(", "), slots.join(", "));
+            let key_names: Vec<&str> = shape.key.iter().map(|column| names[*column].as_str()).collect();
+            let updates: Vec<String> =
+                names.iter().enumerate().filter(|(index, _)| !shape.key.contains(index)).map(|(_, name)| format!("{name} = excluded.{name}")).collect();
+            let on_conflict = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+            let sql = format!("INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}", names.join(", "), slots.join(", "), key_names.join(", "));
             connection.execute(&sql, params_from_iter(values.iter().map(|value| value.as_ref().map_or(Value::Null, Value::from))))?;
         }
     }
@@ -148,7 +149,7 @@ pub fn conflicts(connection: &Connection, table: &str) -> Result<Vec<(Vec<SqlVal
 }
 
 /// One row write of a transaction from another region: the table, the row's key (key
-/// columns in key order) and the write.
+/// columns in column order) and the write.
 pub type RemoteRowWrite = (String, Vec<SqlValue>, RowWrite<SqlValue>);
 
 /// Applies every row write of one transaction from another region, in the caller's
@@ -178,4 +179,51 @@ pub fn apply_transaction(connection: &Connection, writes: &[RemoteRowWrite]) -> 
     })();
     connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
     applied
+}
+
+/// Turns a transaction made here (its changeset, taken before its commit) into its row
+/// writes, named `dot`, stamped `stamp` and having seen `seen`: each changed row as the
+/// transaction left it (every column for the whole-row policies; the columns it set for
+/// column merge), or its deletion. tern's own tables are left out.
+///
+/// # Errors
+/// If a changed table has no primary key, the changeset cannot be read, or on a SQLite
+/// failure.
+pub fn local_writes(connection: &Connection, changeset: &[u8], dot: &Dot, stamp: &Stamp, seen: &VersionVector) -> Result<Vec<RemoteRowWrite>> {
+    let mut shapes: Vec<(TableShape, Policy)> = Vec::new();
+    let mut writes = Vec::new();
+    for changed in changed_rows(changeset)? {
+        if changed.table.starts_with("_tern_") {
+            continue;
+        }
+        if !shapes.iter().any(|(shape, _)| shape.name == changed.table) {
+            shapes.push((shape(connection, &changed.table)?, policy(connection, &changed.table)?));
+        }
+        let (shape, policy) = shapes.iter().find(|(shape, _)| shape.name == changed.table).expect("added above");
+        let values = match &changed.change {
+            RowChange::Delete => None,
+            change => {
+                let row = current_row(connection, shape, &changed.key)?;
+                Some(match change {
+                    RowChange::Update { columns } if *policy == Policy::ColumnMerge => {
+                        row.into_iter().zip(columns).map(|(value, set)| if *set { Some(value) } else { None }).collect()
+                    }
+                    _ => row.into_iter().map(Some).collect(),
+                })
+            }
+        };
+        writes.push((changed.table.clone(), changed.key, RowWrite { dot: dot.clone(), stamp: stamp.clone(), seen: seen.clone(), values }));
+    }
+    Ok(writes)
+}
+
+/// The row of `shape` with key `key`, every column, as the connection sees it now.
+fn current_row(connection: &Connection, shape: &TableShape, key: &[SqlValue]) -> Result<Vec<SqlValue>> {
+    let names: Vec<String> = shape.columns.iter().map(|column| quote_identifier(column)).collect();
+    let key_match: Vec<String> = shape.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", names[*column], place + 1)).collect();
+    let sql = format!("SELECT {} FROM {} WHERE {}", names.join(", "), quote_identifier(&shape.name), key_match.join(" AND "));
+    let row = connection.query_row(&sql, params_from_iter(key.iter().map(Value::from)), |row| {
+        (0..names.len()).map(|index| row.get::<_, Value>(index).map(SqlValue::from)).collect::<rusqlite::Result<Vec<SqlValue>>>()
+    });
+    row.map_err(|error| StorageError::new(format!("reading a changed row of {}: {error}", shape.name)))
 }

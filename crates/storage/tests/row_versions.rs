@@ -19,8 +19,9 @@ fn text(value: &str) -> SqlValue {
     SqlValue::Text(value.to_string())
 }
 
+/// (sku, shop): the key columns in column order.
 fn key() -> Vec<SqlValue> {
-    vec![SqlValue::Integer(1), text("pen")]
+    vec![text("pen"), SqlValue::Integer(1)]
 }
 
 fn write(region: &str, seq: u64, time: u64, seen: &[(&str, u64)], values: Option<Vec<Option<SqlValue>>>) -> RowWrite<SqlValue> {
@@ -49,10 +50,10 @@ fn apply_all(connection: &Connection, writes: &[&RowWrite<SqlValue>]) {
 }
 
 #[test]
-fn the_shape_names_columns_and_the_key_in_key_order() {
+fn the_shape_names_columns_and_the_key_in_column_order() {
     let connection = region_database();
     let shape = row_versions::shape(&connection, "products").unwrap();
-    assert_eq!(shape, TableShape { name: "products".into(), columns: vec!["sku".into(), "shop".into(), "price".into(), "colour".into()], key: vec![1, 0] });
+    assert_eq!(shape, TableShape { name: "products".into(), columns: vec!["sku".into(), "shop".into(), "price".into(), "colour".into()], key: vec![0, 1] });
     connection.execute_batch("CREATE TABLE notes (body TEXT)").unwrap();
     assert!(row_versions::shape(&connection, "notes").unwrap_err().to_string().contains("has no PRIMARY KEY"));
     assert!(row_versions::shape(&connection, "missing").unwrap_err().to_string().contains("no such table: missing"));
@@ -129,7 +130,7 @@ fn a_remote_transaction_applies_with_user_triggers_off_and_leaves_them_on() {
         ("products".to_string(), key(), write("us", 1, 100, &[], full(2, "blue"))),
         (
             "products".to_string(),
-            vec![SqlValue::Integer(1), text("ink")],
+            vec![text("ink"), SqlValue::Integer(1)],
             write("us", 1, 100, &[], Some(vec![Some(text("ink")), Some(SqlValue::Integer(1)), Some(SqlValue::Integer(1)), Some(text("black"))])),
         ),
     ];
@@ -143,4 +144,70 @@ fn a_remote_transaction_applies_with_user_triggers_off_and_leaves_them_on() {
     assert!(row_versions::apply_transaction(&connection, &missing).is_err());
     connection.execute("INSERT INTO products VALUES ('mug', 2, 1, 'red')", []).unwrap();
     assert_eq!(audited(&connection), 2, "triggers are back on after a failed apply too");
+}
+
+/// A region runs `sql` as one local transaction: the changeset becomes row writes, which
+/// are recorded in its own versions, and returned for shipping.
+fn local_transaction(connection: &mut Connection, region: &str, seq: u64, time: u64, seen: &[(&str, u64)], sql: &str) -> Vec<row_versions::RemoteRowWrite> {
+    let transaction = connection.transaction().unwrap();
+    let writes = {
+        let session = tern_storage::capture::row::Session::start(&transaction).unwrap();
+        transaction.execute_batch(sql).unwrap();
+        let changeset = session.changeset().unwrap();
+        let seen: VersionVector = seen.iter().map(|(r, s)| (*r, *s)).collect();
+        row_versions::local_writes(&transaction, &changeset, &Dot::new(region, seq), &Stamp::new(Timestamp::new(time, 0), region), &seen).unwrap()
+    };
+    row_versions::apply_transaction(&transaction, &writes).unwrap();
+    transaction.commit().unwrap();
+    writes
+}
+
+fn receive(connection: &mut Connection, writes: &[row_versions::RemoteRowWrite]) {
+    let transaction = connection.transaction().unwrap();
+    row_versions::apply_transaction(&transaction, writes).unwrap();
+    transaction.commit().unwrap();
+}
+
+#[test]
+fn local_transactions_become_row_writes_that_make_another_region_alike() {
+    let (mut us, mut eu) = (region_database(), region_database());
+    let first =
+        local_transaction(&mut us, "us", 1, 100, &[], "INSERT INTO products VALUES ('pen', 1, 2, 'blue'), ('ink', 1, 1, 'black'), ('cap', 2, 5, 'red')");
+    assert_eq!(first.len(), 3);
+    receive(&mut eu, &first);
+    assert_eq!(table(&eu), table(&us));
+    let second =
+        local_transaction(&mut us, "us", 2, 110, &[("us", 1)], "UPDATE products SET price = 3 WHERE sku = 'pen'; DELETE FROM products WHERE sku = 'cap'");
+    assert_eq!(second.iter().filter(|(_, _, write)| write.values.is_none()).count(), 1, "the delete");
+    receive(&mut eu, &second);
+    assert_eq!(table(&eu), table(&us));
+    assert_eq!(table(&eu), vec![("ink".to_string(), 1, Some(1), Some("black".to_string())), ("pen".to_string(), 1, Some(3), Some("blue".to_string()))]);
+
+    // Both regions edit the pen at once, each having seen us#1 and us#2.
+    let from_us = local_transaction(&mut us, "us", 3, 200, &[("us", 2)], "UPDATE products SET price = 4 WHERE sku = 'pen'");
+    let from_eu = local_transaction(&mut eu, "eu", 1, 210, &[("us", 2)], "UPDATE products SET colour = 'green' WHERE sku = 'pen'");
+    receive(&mut us, &from_eu);
+    receive(&mut eu, &from_us);
+    assert_eq!(table(&us), table(&eu), "the regions converge");
+    assert_eq!(table(&us)[1], ("pen".to_string(), 1, Some(3), Some("green".to_string())), "lww: eu's later whole row wins");
+    let conflicts = row_versions::conflicts(&us, "products").unwrap();
+    assert_eq!(conflicts, row_versions::conflicts(&eu, "products").unwrap());
+    assert_eq!(conflicts[0].1[0].loser.2, Some(vec![text("pen"), SqlValue::Integer(1), SqlValue::Integer(4), text("blue")]), "us's price change is on record");
+}
+
+#[test]
+fn under_column_merge_concurrent_local_edits_of_different_columns_both_survive() {
+    let (mut us, mut eu) = (region_database(), region_database());
+    for connection in [&us, &eu] {
+        row_versions::set_policy(connection, "products", Policy::ColumnMerge).unwrap();
+    }
+    let first = local_transaction(&mut us, "us", 1, 100, &[], "INSERT INTO products VALUES ('pen', 1, 2, 'blue')");
+    receive(&mut eu, &first);
+    let from_us = local_transaction(&mut us, "us", 2, 200, &[("us", 1)], "UPDATE products SET price = 4 WHERE sku = 'pen'");
+    let from_eu = local_transaction(&mut eu, "eu", 1, 210, &[("us", 1)], "UPDATE products SET colour = 'green' WHERE sku = 'pen'");
+    receive(&mut us, &from_eu);
+    receive(&mut eu, &from_us);
+    assert_eq!(table(&us), vec![("pen".to_string(), 1, Some(4), Some("green".to_string()))]);
+    assert_eq!(table(&eu), table(&us));
+    assert!(row_versions::conflicts(&us, "products").unwrap().is_empty());
 }

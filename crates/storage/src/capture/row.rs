@@ -199,6 +199,34 @@ pub struct WrittenRow {
 /// # Errors
 /// If the bytes are not a changeset.
 pub fn written_rows(changeset: &[u8]) -> rusqlite::Result<Vec<WrittenRow>> {
+    Ok(changed_rows(changeset)?.into_iter().filter(|row| row.change != RowChange::Delete).map(|row| WrittenRow { table: row.table, key: row.key }).collect())
+}
+
+/// What a changeset did to one row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowChange {
+    Insert,
+    /// `true` for each column (in table order) the update set.
+    Update {
+        columns: Vec<bool>,
+    },
+    Delete,
+}
+
+/// A row a changeset changed: its table, its key columns' values (in column order; for a
+/// table without a primary key, its rowid) and what was done to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangedRow {
+    pub table: String,
+    pub key: Vec<SqlValue>,
+    pub change: RowChange,
+}
+
+/// Every row `changeset` inserts, updates or deletes, in changeset order.
+///
+/// # Errors
+/// If the bytes are not a changeset.
+pub fn changed_rows(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedRow>> {
     let mut rows = Vec::new();
     if changeset.is_empty() {
         return Ok(rows);
@@ -227,9 +255,6 @@ pub fn written_rows(changeset: &[u8]) -> rusqlite::Result<Vec<WrittenRow>> {
             if code != ffi::SQLITE_OK || table.is_null() {
                 return Err(failed(code, "sqlite3changeset_op"));
             }
-            if op == ffi::SQLITE_DELETE {
-                continue;
-            }
             let (mut flags, mut flag_count) = (ptr::null_mut(), 0);
             // SAFETY: out-pointers; SQLite returns an array of `flag_count` flags owned by the iterator.
             let code = unsafe { sqlite3changeset_pk(iter, &mut flags, &mut flag_count) };
@@ -256,9 +281,27 @@ pub fn written_rows(changeset: &[u8]) -> rusqlite::Result<Vec<WrittenRow>> {
                 }
                 key.push(sql_value(value));
             }
+            let change = match op {
+                ffi::SQLITE_INSERT => RowChange::Insert,
+                ffi::SQLITE_DELETE => RowChange::Delete,
+                _ => {
+                    let mut set = Vec::with_capacity(columns.max(0) as usize);
+                    for column in 0..columns {
+                        let mut value = ptr::null_mut();
+                        // SAFETY: `column` is below the table's column count; an update
+                        // carries a new value only for the columns it set (else null).
+                        let code = unsafe { sqlite3changeset_new(iter, column, &mut value) };
+                        if code != ffi::SQLITE_OK {
+                            return Err(failed(code, "reading an updated value"));
+                        }
+                        set.push(!value.is_null());
+                    }
+                    RowChange::Update { columns: set }
+                }
+            };
             // SAFETY: SQLite's NUL-terminated table name, valid while the iterator is here.
             let table = unsafe { CStr::from_ptr(table) }.to_string_lossy().into_owned();
-            rows.push(WrittenRow { table, key });
+            rows.push(ChangedRow { table, key, change });
         }
     })();
     // SAFETY: created above, finalized once.
