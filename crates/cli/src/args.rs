@@ -95,3 +95,52 @@ mod tests {
         assert!(Switch::from_str("maybe", false).is_err());
     }
 }
+
+/// `tern sim --topology`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopologyArg {
+    /// One leader elected by quorum vote (the server's topology today).
+    SingleLeader,
+    /// A leader per region exchanging writes, conflicts settled by policy (simulated
+    /// regions; the server does not run it yet).
+    MultiLeader,
+}
+
+/// `--policy`: how concurrent writes of one row are settled (multi-leader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// The newest whole row wins; the others are kept on record.
+    Lww,
+    /// Each column's newest value wins; edits of different columns both survive.
+    ColumnMerge,
+    /// The newest row shows, and the row waits for a person to resolve it.
+    KeepBoth,
+}
+
+impl From<PolicyArg> for tern_core::multi_leader::Policy {
+    fn from(policy: PolicyArg) -> tern_core::multi_leader::Policy {
+        match policy {
+            PolicyArg::Lww => tern_core::multi_leader::Policy::LastWriterWins,
+            PolicyArg::ColumnMerge => tern_core::multi_leader::Policy::ColumnMerge,
+            PolicyArg::KeepBoth => tern_core::multi_leader::Policy::KeepBoth,
+        }
+    }
+}
+
+/// `tern sim --mutate`: a deliberate bug, to show the multi-leader checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MutationArg {
+    /// Keep only each row's winning version (conflicts unrecorded).
+    DropConflicts,
+    /// Never ship a write again after a loss.
+    NoResend,
+}
+
+impl From<MutationArg> for tern_sim::regions::Mutation {
+    fn from(mutation: MutationArg) -> tern_sim::regions::Mutation {
+        match mutation {
+            MutationArg::DropConflicts => tern_sim::regions::Mutation::DropConflicts,
+            MutationArg::NoResend => tern_sim::regions::Mutation::NoResend,
+        }
+    }
+}

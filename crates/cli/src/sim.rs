@@ -1,10 +1,11 @@
 //! `tern sim`: run many seeds of the deterministic simulator and report violations.
 
-use crate::args::{AckArg, FaultsArg, LogFormatArg};
+use crate::args::{AckArg, FaultsArg, LogFormatArg, MutationArg, PolicyArg, TopologyArg};
 use clap::Args;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
+use tern_sim::regions::{run_regions_seed, RegionOptions};
 use tern_sim::{run_seed, Options, SeedReport};
 
 #[derive(Args, Debug)]
@@ -15,9 +16,18 @@ pub struct SimArgs {
     /// First seed (seeds run from here upwards).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Nodes in the simulated cluster (3 to 7).
+    /// Nodes in the simulated cluster (3 to 7); with `--topology multi-leader`, regions.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// The replication topology simulated.
+    #[arg(long, value_enum, default_value_t = TopologyArg::SingleLeader)]
+    topology: TopologyArg,
+    /// Multi-leader: how concurrent writes of one row are settled.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Lww)]
+    policy: PolicyArg,
+    /// Multi-leader: run with a deliberate bug, which the checkers must report.
+    #[arg(long, value_enum)]
+    mutate: Option<MutationArg>,
     /// Default ack mode.
     #[arg(long, value_enum, default_value_t = AckArg::SemiSync)]
     ack: AckArg,
@@ -57,6 +67,13 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     if args.trace.is_some() && args.seeds != 1 {
         return Err("--trace needs --seeds 1".to_string());
     }
+    if args.topology == TopologyArg::SingleLeader && args.mutate.is_some() {
+        return Err("--mutate applies to --topology multi-leader".to_string());
+    }
+    let regions = RegionOptions { regions: args.nodes, policy: args.policy.into(), steps: args.steps, mutation: args.mutate.map(Into::into) };
+    let multi_leader = args.topology == TopologyArg::MultiLeader;
+    let run_one = |seed: u64, keep_trace: bool| if multi_leader { run_regions_seed(&regions, seed, keep_trace) } else { run_seed(&options, seed, keep_trace) };
+    let replay = |seed: u64| if multi_leader { regions.replay_command(seed) } else { options.replay_command(seed) };
     let started = Instant::now();
     let next = AtomicU64::new(args.seed);
     let end = args.seed + args.seeds;
@@ -71,7 +88,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
                 }
                 // A panic in the core is a failed seed like any other: report it with
                 // its replay command instead of losing which seed it was.
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(&options, seed, args.trace.is_some())));
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(seed, args.trace.is_some())));
                 let report = run.unwrap_or_else(|panic| {
                     let message = panic
                         .downcast_ref::<String>()
@@ -121,8 +138,21 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         }
         if !problems.is_empty() {
             violating += 1;
-            println!("seed {} FAILED (replay: {}): {}", report.seed, options.replay_command(report.seed), problems.join("; "));
+            println!("seed {} FAILED (replay: {}): {}", report.seed, replay(report.seed), problems.join("; "));
         }
+    }
+    if multi_leader {
+        println!(
+            "seeds: {}, passed: {}, violations: {}  (multi-leader, {} regions, --policy {}, {} writes, {:.1} s)",
+            reports.len(),
+            reports.len() - violating,
+            violating,
+            regions.regions,
+            regions.policy.name(),
+            operations,
+            started.elapsed().as_secs_f64()
+        );
+        return if violating > 0 { Err(format!("{violating} seed(s) violated a property")) } else { Ok(()) };
     }
     println!(
         "seeds: {}, passed: {}, violations: {}  ({} nodes, --ack {}, --faults {}, {} client operations, {:.1} s)",

@@ -13,6 +13,8 @@
 //!   contract by the conformance suite of `tern_core::storage_contract`.
 //! - [`history`]: what clients invoked and saw.
 //! - [`checkers`]: one file per property.
+//! - [`regions`]: the multi-leader topology's simulation (regions exchanging writes under
+//!   a conflict policy) and its checkers.
 //!
 //! The storage model is a key-value register per key with the log as its source of
 //! truth; it is the same for every `--log-format`, because the formats differ only inside
@@ -21,6 +23,7 @@
 pub mod checkers;
 pub mod disk;
 pub mod history;
+pub mod regions;
 pub mod rng;
 pub mod world;
 

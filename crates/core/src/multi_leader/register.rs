@@ -86,6 +86,11 @@ impl<T> Register<T> {
         self.siblings.get(1..).unwrap_or_default()
     }
 
+    /// Drops the losers (see `Row::discard_conflicts`, its only caller).
+    pub(crate) fn keep_winner_only(&mut self) {
+        self.siblings.truncate(1);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.siblings.is_empty()
     }

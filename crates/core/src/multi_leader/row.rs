@@ -170,6 +170,17 @@ impl<V: Clone> Row<V> {
         self.policy == Policy::KeepBoth && !self.whole.losers().is_empty()
     }
 
+    /// Forgets every losing version, keeping only the winners: what a store that did not
+    /// record conflicts would do. It exists for the simulator's mutation check
+    /// (`tern sim --topology multi-leader --mutate drop-conflicts` must report loss), and
+    /// nothing else calls it.
+    pub fn discard_conflicts(&mut self) {
+        self.whole.keep_winner_only();
+        for cell in &mut self.cells {
+            cell.keep_winner_only();
+        }
+    }
+
     /// Every write whose version the row still holds (winners and losers).
     pub fn held_dots(&self) -> Vec<Dot> {
         let mut dots: Vec<Dot> = self.whole.versions().iter().map(|version| version.dot.clone()).collect();
