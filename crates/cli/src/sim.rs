@@ -141,30 +141,15 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             println!("seed {} FAILED (replay: {}): {}", report.seed, replay(report.seed), problems.join("; "));
         }
     }
+    let tally = format!("seeds: {}, passed: {}, violations: {violating}", reports.len(), reports.len() - violating);
+    let seconds = started.elapsed().as_secs_f64();
     if multi_leader {
-        println!(
-            "seeds: {}, passed: {}, violations: {}  (multi-leader, {} regions, --policy {}, {} writes, {:.1} s)",
-            reports.len(),
-            reports.len() - violating,
-            violating,
-            regions.regions,
-            regions.policy.name(),
-            operations,
-            started.elapsed().as_secs_f64()
-        );
+        let (count, policy) = (regions.regions, regions.policy.name());
+        println!("{tally}  (multi-leader, {count} regions, --policy {policy}, {operations} writes, {seconds:.1} s)");
         return if violating > 0 { Err(format!("{violating} seed(s) violated a property")) } else { Ok(()) };
     }
-    println!(
-        "seeds: {}, passed: {}, violations: {}  ({} nodes, --ack {}, --faults {}, {} client operations, {:.1} s)",
-        reports.len(),
-        reports.len() - violating,
-        violating,
-        options.nodes,
-        options.ack.name(),
-        options.faults.name(),
-        operations,
-        started.elapsed().as_secs_f64()
-    );
+    let (nodes, ack, faults) = (options.nodes, options.ack.name(), options.faults.name());
+    println!("{tally}  ({nodes} nodes, --ack {ack}, --faults {faults}, {operations} client operations, {seconds:.1} s)");
     if destroyed + replaced > 0 {
         println!("faults that wipe a disk: {destroyed} leader disks destroyed, {replaced} nodes removed, wiped and added back");
     }
