@@ -34,6 +34,14 @@ impl VersionVector {
         *entry = (*entry).max(dot.seq);
     }
 
+    /// Covers every write `other` covers too.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (region, seq) in &other.applied {
+            let entry = self.applied.entry(region.clone()).or_insert(0);
+            *entry = (*entry).max(*seq);
+        }
+    }
+
     /// Whether every write `other` covers is covered here.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other.applied.iter().all(|(region, seq)| self.get(region) >= *seq)

@@ -162,21 +162,11 @@ impl<W: Clone> Exchange<W> {
         (Dot::new(self.config.region.clone(), self.durable.get(&self.config.region) + 1), self.queue.applied().clone())
     }
 
-    /// How far `region` is known to hold this region's writes (for `w=regions:k`).
-    pub fn peer_holds(&self, region: &str) -> Option<&VersionVector> {
-        self.peers.get(region).map(|peer| &peer.holds)
-    }
-
-    /// How many regions hold `dot`, this one included, as far as this region knows.
-    pub fn regions_holding(&self, dot: &Dot) -> usize {
-        usize::from(self.durable.contains(dot)) + self.peers.values().filter(|peer| peer.holds.contains(dot)).count()
-    }
-
+    /// Answers the `w=regions:k` waiters that enough regions now hold, and those whose
+    /// deadline passed.
     fn settle_waiters(&mut self, now: Micros) {
-        let durable = &self.durable;
-        let peers = &self.peers;
-        let held_by =
-            |waiter: &RegionWaiter| usize::from(durable.contains(&waiter.dot)) + peers.values().filter(|peer| peer.holds.contains(&waiter.dot)).count();
+        let (durable, peers) = (&self.durable, &self.peers);
+        let held_by = |waiter: &RegionWaiter| regions_holding(durable, peers, &waiter.dot);
         for settled in quorum::settle(&mut self.waiters, now, |waiter| waiter.deadline, |waiter| held_by(waiter) >= waiter.regions) {
             let (tag, result) = match settled {
                 Settled::Done(waiter) => (waiter.tag, Ok(())),
@@ -199,9 +189,7 @@ impl<W: Clone> Exchange<W> {
             }
             ExchangeEvent::Message { from, message: RegionMessage::Status { holds } } => {
                 let Some(peer) = self.peers.get_mut(&from) else { return };
-                for (origin, seq) in holds.iter() {
-                    peer.holds.advance(&Dot::new(origin, seq));
-                }
+                peer.holds.merge(&holds);
                 self.ship(now);
             }
             ExchangeEvent::Message { from, message: RegionMessage::Ship { writes } } => {
@@ -271,6 +259,11 @@ impl<W: Clone> Exchange<W> {
             }
         }
     }
+}
+
+/// How many regions hold `dot`, this one (`durable`) included, as far as it knows.
+fn regions_holding(durable: &VersionVector, peers: &BTreeMap<String, Peer>, dot: &Dot) -> usize {
+    usize::from(durable.contains(dot)) + peers.values().filter(|peer| peer.holds.contains(dot)).count()
 }
 
 impl<W: Clone> Protocol for Exchange<W> {
