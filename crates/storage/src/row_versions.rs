@@ -13,13 +13,41 @@ use tern_core::multi_leader::{Conflict, Dot, Policy, Row, RowWrite, Stamp, Versi
 
 type Result<T> = std::result::Result<T, StorageError>;
 
-/// A user table as multi-leader writes it: its columns in order, and which of them make
-/// the primary key (in column order, as changesets list key values).
+/// A user table as multi-leader writes it: its columns in order, which of them make the
+/// primary key (in column order, as changesets list key values), and the conflict policy
+/// its new rows are written under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableShape {
     pub name: String,
     pub columns: Vec<String>,
     pub key: Vec<usize>,
+    pub policy: Policy,
+}
+
+impl TableShape {
+    /// The columns, quoted, in table order.
+    fn quoted_columns(&self) -> Vec<String> {
+        self.columns.iter().map(|column| quote_identifier(column)).collect()
+    }
+
+    /// `key1 IS ?1 AND key2 IS ?2 …`: the row whose key values are bound in key order.
+    fn key_condition(&self) -> String {
+        let matches: Vec<String> =
+            self.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", quote_identifier(&self.columns[*column]), place + 1)).collect();
+        matches.join(" AND ")
+    }
+}
+
+/// Each table's shape, read once per transaction.
+fn cached_shape<'a>(shapes: &'a mut Vec<TableShape>, connection: &Connection, table: &str) -> Result<&'a TableShape> {
+    let index = match shapes.iter().position(|shape| shape.name == table) {
+        Some(index) => index,
+        None => {
+            shapes.push(shape(connection, table)?);
+            shapes.len() - 1
+        }
+    };
+    Ok(&shapes[index])
 }
 
 /// Creates the versions and policy tables if they are missing.
@@ -55,7 +83,7 @@ pub fn policy(connection: &Connection, table: &str) -> Result<Policy> {
     name.map_or(Ok(Policy::LastWriterWins), |name| Policy::parse(&name).map_err(StorageError::new))
 }
 
-/// `table`'s columns and primary key, as SQLite declares them.
+/// `table`'s columns and primary key, as SQLite declares them, and its policy.
 ///
 /// # Errors
 /// If the table does not exist or has no primary key (multi-leader addresses rows by
@@ -70,7 +98,7 @@ pub fn shape(connection: &Connection, table: &str) -> Result<TableShape> {
     if key.is_empty() {
         return Err(StorageError::new(format!("table {table} has no PRIMARY KEY: multi-leader replication addresses rows by key")));
     }
-    Ok(TableShape { name: table.to_string(), columns: columns.into_iter().map(|(name, _)| name).collect(), key })
+    Ok(TableShape { name: table.to_string(), columns: columns.into_iter().map(|(name, _)| name).collect(), key, policy: policy(connection, table)? })
 }
 
 /// Applies `write` to the row of `shape` whose key is `key` (the key columns' values, in
@@ -94,22 +122,20 @@ pub fn apply(connection: &Connection, shape: &TableShape, key: &[SqlValue], writ
         Some(bytes) => {
             postcard::from_bytes(&bytes).map_err(|error| StorageError::new(format!("the versions of a row of {} are damaged: {error}", shape.name)))?
         }
-        None => Row::new(policy(connection, &shape.name)?, shape.columns.len()),
+        None => Row::new(shape.policy, shape.columns.len()),
     };
     row.apply(write).map_err(|error| StorageError::new(format!("{}: {error}", shape.name)))?;
     let table = quote_identifier(&shape.name);
-    let key_match: Vec<String> =
-        shape.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", quote_identifier(&shape.columns[*column]), place + 1)).collect();
     match row.visible() {
         None => {
-            connection.execute(&format!("DELETE FROM {table} WHERE {}", key_match.join(" AND ")), params_from_iter(key.iter().map(Value::from)))?;
+            connection.execute(&format!("DELETE FROM {table} WHERE {}", shape.key_condition()), params_from_iter(key.iter().map(Value::from)))?;
         }
         Some(mut values) => {
             for (place, column) in shape.key.iter().enumerate() {
                 values[*column] = Some(key[place].clone());
             }
             // An upsert, not a replace: the row keeps its rowid.
-            let names: Vec<String> = shape.columns.iter().map(|column| quote_identifier(column)).collect();
+            let names = shape.quoted_columns();
             let slots: Vec<String> = (1..=values.len()).map(|slot| format!("?{slot}")).collect();
             let key_names: Vec<&str> = shape.key.iter().map(|column| names[*column].as_str()).collect();
             let updates: Vec<String> =
@@ -163,17 +189,10 @@ pub fn apply_transaction(connection: &Connection, writes: &[RemoteRowWrite]) -> 
     use rusqlite::config::DbConfig;
     connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
     let applied = (|| {
-        let mut shapes: Vec<TableShape> = Vec::new();
+        let mut shapes = Vec::new();
         let mut losers = 0;
         for (table, key, write) in writes {
-            let shape = match shapes.iter().find(|shape| shape.name == *table) {
-                Some(shape) => shape,
-                None => {
-                    shapes.push(shape(connection, table)?);
-                    shapes.last().expect("just pushed")
-                }
-            };
-            losers += apply(connection, shape, key, write)?;
+            losers += apply(connection, cached_shape(&mut shapes, connection, table)?, key, write)?;
         }
         Ok(losers)
     })();
@@ -190,22 +209,19 @@ pub fn apply_transaction(connection: &Connection, writes: &[RemoteRowWrite]) -> 
 /// If a changed table has no primary key, the changeset cannot be read, or on a SQLite
 /// failure.
 pub fn local_writes(connection: &Connection, changeset: &[u8], dot: &Dot, stamp: &Stamp, seen: &VersionVector) -> Result<Vec<RemoteRowWrite>> {
-    let mut shapes: Vec<(TableShape, Policy)> = Vec::new();
+    let mut shapes = Vec::new();
     let mut writes = Vec::new();
     for changed in changed_rows(changeset)? {
         if changed.table.starts_with("_tern_") {
             continue;
         }
-        if !shapes.iter().any(|(shape, _)| shape.name == changed.table) {
-            shapes.push((shape(connection, &changed.table)?, policy(connection, &changed.table)?));
-        }
-        let (shape, policy) = shapes.iter().find(|(shape, _)| shape.name == changed.table).expect("added above");
+        let shape = cached_shape(&mut shapes, connection, &changed.table)?;
         let values = match &changed.change {
             RowChange::Delete => None,
             change => {
                 let row = current_row(connection, shape, &changed.key)?;
                 Some(match change {
-                    RowChange::Update { columns } if *policy == Policy::ColumnMerge => {
+                    RowChange::Update { columns } if shape.policy == Policy::ColumnMerge => {
                         row.into_iter().zip(columns).map(|(value, set)| if *set { Some(value) } else { None }).collect()
                     }
                     _ => row.into_iter().map(Some).collect(),
@@ -219,9 +235,8 @@ pub fn local_writes(connection: &Connection, changeset: &[u8], dot: &Dot, stamp:
 
 /// The row of `shape` with key `key`, every column, as the connection sees it now.
 fn current_row(connection: &Connection, shape: &TableShape, key: &[SqlValue]) -> Result<Vec<SqlValue>> {
-    let names: Vec<String> = shape.columns.iter().map(|column| quote_identifier(column)).collect();
-    let key_match: Vec<String> = shape.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", names[*column], place + 1)).collect();
-    let sql = format!("SELECT {} FROM {} WHERE {}", names.join(", "), quote_identifier(&shape.name), key_match.join(" AND "));
+    let names = shape.quoted_columns();
+    let sql = format!("SELECT {} FROM {} WHERE {}", names.join(", "), quote_identifier(&shape.name), shape.key_condition());
     let row = connection.query_row(&sql, params_from_iter(key.iter().map(Value::from)), |row| {
         (0..names.len()).map(|index| row.get::<_, Value>(index).map(SqlValue::from)).collect::<rusqlite::Result<Vec<SqlValue>>>()
     });

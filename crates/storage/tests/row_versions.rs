@@ -53,7 +53,15 @@ fn apply_all(connection: &Connection, writes: &[&RowWrite<SqlValue>]) {
 fn the_shape_names_columns_and_the_key_in_column_order() {
     let connection = region_database();
     let shape = row_versions::shape(&connection, "products").unwrap();
-    assert_eq!(shape, TableShape { name: "products".into(), columns: vec!["sku".into(), "shop".into(), "price".into(), "colour".into()], key: vec![0, 1] });
+    assert_eq!(
+        shape,
+        TableShape {
+            name: "products".into(),
+            columns: vec!["sku".into(), "shop".into(), "price".into(), "colour".into()],
+            key: vec![0, 1],
+            policy: Policy::LastWriterWins
+        }
+    );
     connection.execute_batch("CREATE TABLE notes (body TEXT)").unwrap();
     assert!(row_versions::shape(&connection, "notes").unwrap_err().to_string().contains("has no PRIMARY KEY"));
     assert!(row_versions::shape(&connection, "missing").unwrap_err().to_string().contains("no such table: missing"));
