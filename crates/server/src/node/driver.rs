@@ -64,8 +64,8 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
     let mut last_save_error_log: Option<Instant> = None;
     let mut last_handover_for_disk: Option<Instant> = None;
     // The timer, armed for the core's next deadline. It is moved only to an earlier
-    // time: one armed too early just wakes the loop, which finds nothing due and arms it
-    // again, and leaving it keeps timer-wheel work out of the loop under a stream of events.
+    // time: one armed too early just hands in a tick that finds nothing due, and leaving
+    // it keeps timer-wheel work out of the loop under a stream of events.
     let wake = tokio::time::sleep(IDLE_WAKE);
     tokio::pin!(wake);
     loop {
@@ -83,85 +83,87 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
             () = &mut wake => None,
         };
         let mut now = node.now_us();
-        if let Some(event) = event {
-            let mut next = Some(event);
-            // Handle everything already queued before draining outputs once.
-            while let Some(event) = next.take() {
-                match event {
-                    Event::Peer { from, message } => {
-                        if matches!(message, Message::Append { .. }) {
-                            heard_from_leader = true;
+        match event {
+            None => replica.handle(ReplicaEvent::Tick, now),
+            Some(event) => {
+                let mut next = Some(event);
+                // Handle everything already queued before draining outputs once.
+                while let Some(event) = next.take() {
+                    match event {
+                        Event::Peer { from, message } => {
+                            if matches!(message, Message::Append { .. }) {
+                                heard_from_leader = true;
+                            }
+                            replica.handle(ReplicaEvent::Message { from, message }, now);
                         }
-                        replica.handle(ReplicaEvent::Message { from, message }, now);
-                    }
-                    Event::PeerConnected(peer) => replica.handle(ReplicaEvent::PeerConnected(peer), now),
-                    Event::Appended { entries, writes: new_writes } => {
-                        let mut waiters = Vec::with_capacity(new_writes.len());
-                        for write in new_writes {
-                            let tag = next_tag;
-                            next_tag += 1;
-                            waiters.push((tag, write.index, write.requirement));
-                            writes.insert(tag, write);
+                        Event::PeerConnected(peer) => replica.handle(ReplicaEvent::PeerConnected(peer), now),
+                        Event::Appended { entries, writes: new_writes } => {
+                            let mut waiters = Vec::with_capacity(new_writes.len());
+                            for write in new_writes {
+                                let tag = next_tag;
+                                next_tag += 1;
+                                waiters.push((tag, write.index, write.requirement));
+                                writes.insert(tag, write);
+                            }
+                            replica.handle(ReplicaEvent::LeaderAppended { entries, waiters }, now);
                         }
-                        replica.handle(ReplicaEvent::LeaderAppended { entries, waiters }, now);
-                    }
-                    Event::Persisted(position) => replica.handle(ReplicaEvent::Persisted(position), now),
-                    Event::PersistFailed => replica.handle(ReplicaEvent::PersistFailed, now),
-                    Event::LogRead { to, from_index, entries } => {
-                        let event = match entries {
-                            Some(entries) if entries.first().is_some_and(|entry| entry.index == from_index) => ReplicaEvent::LogRead { to, entries },
-                            Some(_) => ReplicaEvent::LogRead { to, entries: Vec::new() },
-                            None => ReplicaEvent::LogCompacted { to },
-                        };
-                        replica.handle(event, now);
-                    }
-                    Event::SnapshotReady { to, path, position, rollback_after } => {
-                        tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position, rollback_after));
-                    }
-                    Event::SnapshotSent { to, position } => replica.handle(ReplicaEvent::SnapshotFinished { to, sent: position }, now),
-                    Event::SnapshotInstalled(position) => replica.handle(ReplicaEvent::SnapshotInstalled(position), now),
-                    Event::RolledBack { position } => replica.handle(ReplicaEvent::RolledBack(position), now),
-                    Event::DiskFull => {
-                        // Keep refusing writes with the error, and hand leadership to a
-                        // healthy node so the cluster goes on writing.
-                        let due = last_handover_for_disk.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(5));
-                        if let (true, Some(successor)) = (due, replica.best_successor()) {
-                            last_handover_for_disk = Some(Instant::now());
-                            match replica.transfer_leadership(now, &successor) {
-                                Ok(()) => tracing::warn!("disk full: handing leadership to {successor}"),
-                                Err(error) => tracing::warn!("disk full, but cannot hand leadership to {successor}: {error}"),
+                        Event::Persisted(position) => replica.handle(ReplicaEvent::Persisted(position), now),
+                        Event::PersistFailed => replica.handle(ReplicaEvent::PersistFailed, now),
+                        Event::LogRead { to, from_index, entries } => {
+                            let event = match entries {
+                                Some(entries) if entries.first().is_some_and(|entry| entry.index == from_index) => ReplicaEvent::LogRead { to, entries },
+                                Some(_) => ReplicaEvent::LogRead { to, entries: Vec::new() },
+                                None => ReplicaEvent::LogCompacted { to },
+                            };
+                            replica.handle(event, now);
+                        }
+                        Event::SnapshotReady { to, path, position, rollback_after } => {
+                            tokio::spawn(transport::stream_snapshot(node.clone(), to, path, position, rollback_after));
+                        }
+                        Event::SnapshotSent { to, position } => replica.handle(ReplicaEvent::SnapshotFinished { to, sent: position }, now),
+                        Event::SnapshotInstalled(position) => replica.handle(ReplicaEvent::SnapshotInstalled(position), now),
+                        Event::RolledBack { position } => replica.handle(ReplicaEvent::RolledBack(position), now),
+                        Event::DiskFull => {
+                            // Keep refusing writes with the error, and hand leadership to a
+                            // healthy node so the cluster goes on writing.
+                            let due = last_handover_for_disk.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(5));
+                            if let (true, Some(successor)) = (due, replica.best_successor()) {
+                                last_handover_for_disk = Some(Instant::now());
+                                match replica.transfer_leadership(now, &successor) {
+                                    Ok(()) => tracing::warn!("disk full: handing leadership to {successor}"),
+                                    Err(error) => tracing::warn!("disk full, but cannot hand leadership to {successor}: {error}"),
+                                }
                             }
                         }
+                        Event::ReadBarrier { observed_index, reply } => {
+                            let tag = next_tag;
+                            next_tag += 1;
+                            reads.insert(tag, reply);
+                            replica.handle(ReplicaEvent::ReadBarrier { tag, observed_index }, now);
+                        }
+                        Event::Status { reply } => {
+                            let _ = reply.send(replica.status(now));
+                        }
+                        Event::TransferLeader { to, reply } => {
+                            let _ = reply.send(replica.transfer_leadership(now, &to));
+                        }
+                        Event::ChangeMembership { request, reply } => {
+                            let _ = reply.send(replica.change_membership(now, request));
+                        }
                     }
-                    Event::ReadBarrier { observed_index, reply } => {
-                        let tag = next_tag;
-                        next_tag += 1;
-                        reads.insert(tag, reply);
-                        replica.handle(ReplicaEvent::ReadBarrier { tag, observed_index }, now);
-                    }
-                    Event::Status { reply } => {
-                        let _ = reply.send(replica.status(now));
-                    }
-                    Event::TransferLeader { to, reply } => {
-                        let _ = reply.send(replica.transfer_leadership(now, &to));
-                    }
-                    Event::ChangeMembership { request, reply } => {
-                        let _ = reply.send(replica.change_membership(now, request));
+                    if let Ok(event) = events.try_recv() {
+                        next = Some(event);
+                        // Each event at its own time: a long burst handled with the
+                        // burst's first instant would see a lease still held after it ran out.
+                        now = node.now_us();
                     }
                 }
-                if let Ok(event) = events.try_recv() {
-                    next = Some(event);
-                    // Each event at its own time: a long burst handled with the
-                    // burst's first instant would see a lease still held after it ran out.
-                    now = node.now_us();
+                // Under a steady stream of events the sleep never fires: deadlines that
+                // came due meanwhile (heartbeats, the lease's renewal, timeouts) are met here.
+                if replica.poll_timeout().is_some_and(|deadline| deadline <= now) {
+                    replica.handle(ReplicaEvent::Tick, now);
                 }
             }
-        }
-        // Whether the timer woke the loop or events did (under a steady stream of events
-        // it may never fire), deadlines that came due are met here: heartbeats, the
-        // lease's renewal, timeouts.
-        if replica.poll_timeout().is_some_and(|deadline| deadline <= now) {
-            replica.handle(ReplicaEvent::Tick, now);
         }
         if let Some(state) = &unsaved_election {
             if blocking(|| save_election(&node.config.data_dir, state)).is_ok() {
