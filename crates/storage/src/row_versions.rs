@@ -110,6 +110,19 @@ pub fn shape(connection: &Connection, table: &str) -> Result<TableShape> {
 /// If the write does not fit the table or the policy (nothing is changed), a stored
 /// state is damaged, or on a SQLite failure.
 pub fn apply(connection: &Connection, shape: &TableShape, key: &[SqlValue], write: &RowWrite<SqlValue>) -> Result<usize> {
+    apply_showing(connection, shape, key, write, true)
+}
+
+/// Records a write made here (the user table already shows it: the write had seen every
+/// version the row keeps, so it replaced them all) in the row's versions only.
+///
+/// # Errors
+/// As [`apply`].
+fn record(connection: &Connection, shape: &TableShape, key: &[SqlValue], write: &RowWrite<SqlValue>) -> Result<usize> {
+    apply_showing(connection, shape, key, write, false)
+}
+
+fn apply_showing(connection: &Connection, shape: &TableShape, key: &[SqlValue], write: &RowWrite<SqlValue>, show: bool) -> Result<usize> {
     if key.len() != shape.key.len() {
         return Err(StorageError::new(format!("a key of {} values for {}, whose key has {}", key.len(), shape.name, shape.key.len())));
     }
@@ -127,6 +140,7 @@ pub fn apply(connection: &Connection, shape: &TableShape, key: &[SqlValue], writ
     row.apply(write).map_err(|error| StorageError::new(format!("{}: {error}", shape.name)))?;
     let table = quote_identifier(&shape.name);
     match row.visible() {
+        _ if !show => {}
         None => {
             connection.execute(&format!("DELETE FROM {table} WHERE {}", shape.key_condition()), params_from_iter(key.iter().map(Value::from)))?;
         }
@@ -198,6 +212,34 @@ pub fn apply_transaction(connection: &Connection, writes: &[RemoteRowWrite]) -> 
     })();
     connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
     applied
+}
+
+/// Records the row writes of a transaction made here (see [`local_writes`]) in the rows'
+/// versions, in the caller's transaction; the user tables already show them.
+///
+/// # Errors
+/// As [`apply`].
+pub fn record_local(connection: &Connection, writes: &[RemoteRowWrite]) -> Result<()> {
+    let mut shapes = Vec::new();
+    for (table, key, write) in writes {
+        record(connection, cached_shape(&mut shapes, connection, table)?, key, write)?;
+    }
+    Ok(())
+}
+
+/// Every table with rows holding losing versions, and how many such rows each has.
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn tables_in_conflict(connection: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut statement = connection.prepare_cached("SELECT tbl, count(*) FROM _tern_row_versions WHERE losers > 0 GROUP BY tbl ORDER BY tbl")?;
+    let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+    let mut tables = Vec::new();
+    for row in rows {
+        let (table, count) = row?;
+        tables.push((table, u64::try_from(count).unwrap_or(0)));
+    }
+    Ok(tables)
 }
 
 /// Turns a transaction made here (its changeset, taken before its commit) into its row

@@ -14,10 +14,11 @@ use super::register::Dot;
 use crate::protocol::Protocol;
 use crate::quorum::{self, Settled};
 use crate::types::Micros;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A write as it travels between regions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment<W> {
     pub dot: Dot,
     /// What its origin had applied when it was made.
@@ -25,7 +26,7 @@ pub struct Shipment<W> {
     pub write: W,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegionMessage<W> {
     Ship {
         writes: Vec<Shipment<W>>,

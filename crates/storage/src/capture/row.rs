@@ -62,7 +62,9 @@ extern "C" {
 /// (`sqlite_sequence` is maintained by the follower's own inserts) and tern's log/meta.
 fn is_replicated_table(name: &CStr) -> bool {
     let bytes = name.to_bytes();
-    !(bytes.starts_with(b"sqlite_") || bytes.starts_with(b"_tern_"))
+    // Multi-leader's own tables are the region's state: its followers hold them too.
+    let region_state = matches!(bytes, b"_tern_region_log" | b"_tern_row_versions" | b"_tern_conflict_policy");
+    region_state || !(bytes.starts_with(b"sqlite_") || bytes.starts_with(b"_tern_"))
 }
 
 unsafe extern "C" fn replicated_tables_only(_context: *mut c_void, table: *const c_char) -> c_int {

@@ -123,7 +123,7 @@ impl Engine {
 
     pub(super) fn execute_in_transaction(&self, epoch: u64, requests: &[WriteRequest]) -> Result<Batch> {
         // The row-format session starts lazily, before the first statement that changes rows.
-        let mut capture = Capture { session: None, changes: Vec::new() };
+        let mut capture = Capture::new();
         let mut results = Vec::with_capacity(requests.len());
         let mut changed = Vec::with_capacity(requests.len());
         for request in requests {
@@ -152,13 +152,14 @@ impl Engine {
             results.push(request_results);
         }
         capture.flush_rows()?;
+        let region_write = self.record_region_write(&mut capture)?;
         if self.format == LogFormat::Physical {
             // The entry is made from the WAL after commit; the position goes into the
             // transaction itself so the data file always knows where it stands.
             if changed.iter().any(|changed| *changed) {
                 record_position(&self.connection, Position::new(epoch, self.last.index + 1))?;
             }
-            return Ok(Batch { results, changed, entry: None });
+            return Ok(Batch { results, changed, entry: None, region_write });
         }
         let entry = if capture.changes.is_empty() {
             None
@@ -178,7 +179,7 @@ impl Engine {
             append_log(&self.connection, &entry)?;
             Some(entry)
         };
-        Ok(Batch { results, changed, entry })
+        Ok(Batch { results, changed, entry, region_write })
     }
 
     /// Executes one request's statements, returning per-statement results and whether
@@ -341,10 +342,21 @@ impl Engine {
 /// Changes captured so far in a batch: finished ones, and the open session recording rows.
 pub(super) struct Capture<'connection> {
     session: Option<Session<'connection>>,
-    changes: Vec<Change>,
+    pub(super) changes: Vec<Change>,
 }
 
-impl Capture<'_> {
+impl<'connection> Capture<'connection> {
+    pub(super) fn new() -> Capture<'connection> {
+        Capture { session: None, changes: Vec::new() }
+    }
+
+    /// Closes off the rows recorded so far and starts recording anew.
+    pub(super) fn start_rows(&mut self, connection: &'connection Connection) -> Result<()> {
+        self.flush_rows()?;
+        self.session = Some(Session::start(connection)?);
+        Ok(())
+    }
+
     /// Moves the rows recorded so far into `changes`; the caller starts a new session
     /// when more rows are to be recorded.
     pub(super) fn flush_rows(&mut self) -> Result<()> {

@@ -32,6 +32,7 @@ mod execute;
 mod log;
 mod maintenance;
 mod reader;
+mod regions;
 mod rollback;
 mod rowids;
 mod snapshot;
@@ -42,6 +43,8 @@ pub use error::*;
 use log::*;
 use maintenance::*;
 pub use reader::*;
+use regions::RegionState;
+pub use regions::{RegionPayload, RowValues, TableConflicts};
 pub use rollback::*;
 use rowids::*;
 pub use snapshot::*;
@@ -128,6 +131,9 @@ pub struct Batch {
     pub changed: Vec<bool>,
     /// The log entry holding the whole batch's changes; `None` if nothing changed.
     pub entry: Option<Entry>,
+    /// Multi-leader: the entry holds this write of a region's stream (a write made here,
+    /// or one from another region applied here).
+    pub region_write: Option<tern_core::multi_leader::Dot>,
 }
 
 /// The outcome of a leader's batch that is committed only while the node still leads.
@@ -166,6 +172,8 @@ pub struct Engine {
     /// Logical formats: a logged `VACUUM` has not finished here yet; it must run before
     /// anything else changes the database (mirrors `_tern_meta.vacuum_pending`).
     vacuum_pending: bool,
+    /// Multi-leader: this engine's region (see `regions`); `None` under single-leader.
+    region: Option<RegionState>,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -275,6 +283,7 @@ impl Engine {
             client,
             vacuum_pending: false,
             max_entry_bytes: MAX_ENTRY_BYTES,
+            region: None,
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {

@@ -1,0 +1,202 @@
+//! Multi-leader in the engine (issue 13). On a region's leader, a transaction made here
+//! becomes the next write of the region's stream: its row writes go into the rows'
+//! versions and, with what the region had seen, into the region log, all in the same
+//! transaction and captured in the same log entry, so the region's followers hold the
+//! region's state too. A write from another region is applied under the tables' conflict
+//! policies, and logged, as one transaction of its own.
+
+use super::execute::Capture;
+use super::*;
+use crate::region_log::{self, LoggedWrite};
+use crate::row_versions::{self, RemoteRowWrite};
+use std::cell::RefCell;
+use tern_core::multi_leader::{Conflict, Dot, RowWrite, Stamp, VersionVector};
+use tern_core::HybridClock;
+
+/// A remote stamp further ahead of this node's clock than this is not adopted (the write
+/// still applies; only this region's clock does not jump forward with it).
+const MAX_CLOCK_DRIFT_US: u64 = 60_000_000;
+
+/// This engine's region, once it runs multi-leader.
+pub(super) struct RegionState {
+    name: String,
+    /// Stamps this region's writes; a `RefCell` because the write path borrows the engine
+    /// shared while it runs a transaction.
+    clock: RefCell<HybridClock>,
+}
+
+/// One row a region write sets: its table, its key values (key columns in column order)
+/// and its values (`None`: deleted; a `None` column: not set, under column merge).
+pub type RowValues = (String, Vec<SqlValue>, Option<Vec<Option<SqlValue>>>);
+
+/// What one region write carries to the other regions (its dot and what it had seen
+/// travel beside it): its stamp, the schema statements it ran (in order, before its
+/// rows) and the rows it set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionPayload {
+    pub stamp: Stamp,
+    pub schema: Vec<(String, Params)>,
+    pub rows: Vec<RowValues>,
+}
+
+impl RegionPayload {
+    /// # Errors
+    /// If the bytes are not a region payload.
+    pub fn decode(bytes: &[u8]) -> Result<RegionPayload> {
+        postcard::from_bytes(bytes).map_err(|error| StorageError::new(format!("undecodable region write: {error}")))
+    }
+
+    /// The row writes of the write `dot`, which had seen `seen`.
+    pub fn row_writes(&self, dot: &Dot, seen: &VersionVector) -> Vec<RemoteRowWrite> {
+        self.rows
+            .iter()
+            .map(|(table, key, values)| {
+                (table.clone(), key.clone(), RowWrite { dot: dot.clone(), stamp: self.stamp.clone(), seen: seen.clone(), values: values.clone() })
+            })
+            .collect()
+    }
+}
+
+/// One table's rows holding losing versions: each row's key and its conflicts.
+pub type TableConflicts = (String, Vec<(Vec<SqlValue>, Vec<Conflict<SqlValue>>)>);
+
+fn wall_clock_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+/// Whether a schema statement from another region failed only because this region
+/// already has what it creates (both regions created the same table).
+fn already_exists(error: &str) -> bool {
+    error.contains("already exists")
+}
+
+impl Engine {
+    /// Runs this engine as `region`'s replica under multi-leader: creates the region log
+    /// and the row versions tables if missing. Row format only: conflicts are settled
+    /// per row.
+    ///
+    /// # Errors
+    /// Under another log format, or on a SQLite failure.
+    pub fn set_region(&mut self, region: &str) -> Result<()> {
+        if self.format != LogFormat::Row {
+            return Err(StorageError::new(format!("multi-leader needs the row log format (regions settle conflicts per row), not {}", self.format.name())));
+        }
+        let transaction = begin_immediate(&self.connection)?;
+        region_log::create(&self.connection)?;
+        row_versions::create(&self.connection)?;
+        transaction.commit()?;
+        self.region = Some(RegionState { name: region.to_string(), clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
+        Ok(())
+    }
+
+    /// Every write this database holds, per origin region (the durable cursors).
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn region_holds(&self) -> Result<VersionVector> {
+        region_log::holds(&self.connection)
+    }
+
+    /// `origin`'s writes numbered `after + 1 ..= up_to`, for shipping.
+    ///
+    /// # Errors
+    /// As [`region_log::read`].
+    pub fn read_region_writes(&self, origin: &str, after: u64, up_to: u64) -> Result<Vec<LoggedWrite>> {
+        region_log::read(&self.connection, origin, after, up_to)
+    }
+
+    /// Every row holding losing versions, per table, with its key and its conflicts.
+    ///
+    /// # Errors
+    /// If a stored state is damaged, or on a SQLite failure.
+    pub fn region_conflicts(&self) -> Result<Vec<TableConflicts>> {
+        let mut found = Vec::new();
+        for (table, _) in row_versions::tables_in_conflict(&self.connection)? {
+            let rows = row_versions::conflicts(&self.connection, &table)?;
+            found.push((table, rows));
+        }
+        Ok(found)
+    }
+
+    /// Leader, inside a batch's transaction after its requests ran: makes the batch's
+    /// changes the next write of this region's stream (see the module comment). Returns
+    /// its dot, or `None` if the batch changed nothing or the engine is not multi-leader.
+    pub(super) fn record_region_write<'connection>(&'connection self, capture: &mut Capture<'connection>) -> Result<Option<Dot>> {
+        let Some(region) = &self.region else { return Ok(None) };
+        let schema: Vec<(String, Params)> = capture
+            .changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Sql { sql, params } => Some((sql.clone(), params.clone())),
+                _ => None,
+            })
+            .collect();
+        let seen = region_log::holds(&self.connection)?;
+        let dot = Dot::new(region.name.clone(), seen.get(&region.name) + 1);
+        let stamp = Stamp::new(region.clock.borrow_mut().now(wall_clock_us()), region.name.clone());
+        let mut rows: Vec<RemoteRowWrite> = Vec::new();
+        for change in &capture.changes {
+            if let Change::Rows(changeset) = change {
+                for write in row_versions::local_writes(&self.connection, changeset.as_slice(), &dot, &stamp, &seen)? {
+                    // A row written on both sides of a schema change in one batch: one
+                    // write, as the transaction left it.
+                    rows.retain(|(table, key, _)| !(*table == write.0 && *key == write.1));
+                    rows.push(write);
+                }
+            }
+        }
+        if rows.is_empty() && schema.is_empty() {
+            return Ok(None);
+        }
+        capture.start_rows(&self.connection)?;
+        row_versions::record_local(&self.connection, &rows)?;
+        let rows = rows.into_iter().map(|(table, key, write)| (table, key, write.values)).collect();
+        let payload = postcard::to_allocvec(&RegionPayload { stamp, schema, rows })
+            .map_err(|error| StorageError::new(format!("cannot encode a region write: {error}")))?;
+        region_log::record(&self.connection, &LoggedWrite { dot: dot.clone(), seen, payload })?;
+        capture.flush_rows()?;
+        Ok(Some(dot))
+    }
+
+    /// Leader of a region: applies `write`, made in another region, under the conflict
+    /// policies, records it in the region log (its cursor), and logs the whole as one
+    /// entry for this region's followers, committed only while `still_leading()`.
+    ///
+    /// # Errors
+    /// If the write does not continue its origin's stream, does not fit this database
+    /// (nothing is applied then), or on a SQLite failure.
+    pub fn apply_region_write(&mut self, epoch: u64, write: &LoggedWrite, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+        self.finish_logged_vacuum()?;
+        let Some(region) = &self.region else { return Err(StorageError::new("this node does not run multi-leader")) };
+        let payload = RegionPayload::decode(&write.payload)?;
+        let batch = {
+            let transaction = begin_immediate(&self.connection)?;
+            let mut capture = Capture::new();
+            for (sql, params) in &payload.schema {
+                let result = run_statement(&self.connection, sql, params);
+                match result.error {
+                    None => capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() }),
+                    Some(error) if already_exists(&error) => {}
+                    Some(error) => return Err(StorageError::new(format!("schema change of {} failed here ({error}): {sql}", write.dot))),
+                }
+            }
+            capture.start_rows(&self.connection)?;
+            row_versions::apply_transaction(&self.connection, &payload.row_writes(&write.dot, &write.seen))?;
+            region_log::record(&self.connection, write)?;
+            capture.flush_rows()?;
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
+            append_log(&self.connection, &entry)?;
+            if !still_leading() {
+                return Ok(Executed::StoppedLeading);
+            }
+            transaction.commit()?;
+            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_write: Some(write.dot.clone()) }
+        };
+        // This region's next stamps come after what it has seen.
+        let _ = region.clock.borrow_mut().observe(payload.stamp.time, wall_clock_us());
+        if let Some(entry) = &batch.entry {
+            self.last = entry.position();
+        }
+        Ok(Executed::Committed(batch))
+    }
+}

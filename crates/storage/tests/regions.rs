@@ -1,0 +1,102 @@
+//! Multi-leader in the engine: a region leader's writes become its region's stream (held
+//! by its followers too), and two regions applying each other's concurrent writes end
+//! with the same tables and the same conflicts on record.
+
+use tern_core::multi_leader::Dot;
+use tern_core::LogFormat;
+use tern_storage::region_log::LoggedWrite;
+use tern_storage::{Batch, Engine, Executed, Statement, WriteRequest};
+
+fn request(statements: &[&str]) -> WriteRequest {
+    WriteRequest { statements: statements.iter().map(|sql| Statement::new(*sql)).collect(), transaction: false }
+}
+
+fn region_engine(root: &std::path::Path, name: &str, region: &str) -> Engine {
+    let mut engine = Engine::open(&root.join(name), LogFormat::Row).unwrap();
+    engine.set_region(region).unwrap();
+    engine
+}
+
+fn execute(engine: &mut Engine, statements: &[&str]) -> Batch {
+    let batch = engine.execute_batch(1, &[request(statements)]).unwrap();
+    for result in batch.results.iter().flatten() {
+        assert_eq!(result.error, None, "{statements:?}");
+    }
+    batch
+}
+
+/// Ships every write of `origin` that `to` lacks, as the exchange would.
+fn ship(from: &Engine, to: &mut Engine, origin: &str) -> Vec<LoggedWrite> {
+    let after = to.region_holds().unwrap().get(origin);
+    let writes = from.read_region_writes(origin, after, u64::MAX).unwrap();
+    for write in &writes {
+        match to.apply_region_write(1, write, &|| true).unwrap() {
+            Executed::Committed(batch) => assert_eq!(batch.region_write.as_ref(), Some(&write.dot)),
+            Executed::StoppedLeading => panic!("always leading here"),
+        }
+    }
+    writes
+}
+
+fn rows(engine: &Engine) -> Vec<(String, u64, u64)> {
+    engine.table_checksums().unwrap()
+}
+
+#[test]
+fn region_writes_reach_the_followers_and_other_regions_and_concurrent_edits_converge_on_record() {
+    let root = std::env::temp_dir().join(format!("tern-regions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut us = region_engine(&root, "us", "us-east");
+    let mut us_follower = region_engine(&root, "us-follower", "us-east");
+    let mut eu = region_engine(&root, "eu", "eu-west");
+
+    let batch =
+        execute(&mut us, &["CREATE TABLE products (sku TEXT PRIMARY KEY, price INTEGER, colour TEXT)", "INSERT INTO products VALUES ('pen', 10, 'red')"]);
+    assert_eq!(batch.region_write, Some(Dot::new("us-east", 1)));
+    us_follower.apply(&[batch.entry.unwrap()]).unwrap();
+    assert_eq!(us_follower.region_holds().unwrap(), us.region_holds().unwrap(), "the follower holds the region's stream");
+    assert_eq!(rows(&us_follower), rows(&us));
+
+    // Shipped to eu: the schema and the row arrive as one write.
+    assert_eq!(ship(&us, &mut eu, "us-east").len(), 1);
+    assert_eq!(rows(&eu), rows(&us));
+    assert_eq!(eu.region_holds().unwrap().get("us-east"), 1);
+
+    // Concurrent edits of one row, then exchanged both ways.
+    let us_edit = execute(&mut us, &["UPDATE products SET price = 11 WHERE sku = 'pen'"]);
+    assert_eq!(us_edit.region_write, Some(Dot::new("us-east", 2)));
+    let eu_edit = execute(&mut eu, &["UPDATE products SET colour = 'blue' WHERE sku = 'pen'"]);
+    assert_eq!(eu_edit.region_write, Some(Dot::new("eu-west", 1)));
+    ship(&us, &mut eu, "us-east");
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us), "both regions show the same row");
+    let (us_conflicts, eu_conflicts) = (us.region_conflicts().unwrap(), eu.region_conflicts().unwrap());
+    assert_eq!(us_conflicts, eu_conflicts, "the same conflict on record in both regions");
+    assert_eq!(us_conflicts.len(), 1);
+    assert_eq!(us_conflicts[0].0, "products");
+    assert_eq!(us_conflicts[0].1[0].1.len(), 1, "one losing version");
+
+    // A write that saw the conflict settles it everywhere.
+    execute(&mut eu, &["UPDATE products SET price = 12 WHERE sku = 'pen'"]);
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us));
+    assert!(us.region_conflicts().unwrap().is_empty() && eu.region_conflicts().unwrap().is_empty());
+
+    // A write never applies twice, and never out of its stream's order.
+    let again = us.read_region_writes("eu-west", 0, 1).unwrap();
+    assert!(us.apply_region_write(1, &again[0], &|| true).is_err());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn multi_leader_needs_the_row_format_and_tables_with_a_key() {
+    let root = std::env::temp_dir().join(format!("tern-regions-refusals-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut statement = Engine::open(&root.join("statement"), LogFormat::Statement).unwrap();
+    assert!(statement.set_region("us-east").unwrap_err().to_string().contains("row log format"));
+    let mut us = region_engine(&root, "us", "us-east");
+    execute(&mut us, &["CREATE TABLE notes (body TEXT)"]);
+    let error = us.execute_batch(1, &[request(&["INSERT INTO notes VALUES ('hello')"])]).unwrap_err();
+    assert!(error.to_string().contains("PRIMARY KEY"), "{error}");
+    let _ = std::fs::remove_dir_all(&root);
+}
