@@ -96,14 +96,23 @@ mod tests {
     }
 }
 
-/// `tern sim --topology`.
+/// `--topology`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TopologyArg {
-    /// One leader elected by quorum vote (the server's topology today).
+    /// One leader elected by quorum vote.
     SingleLeader,
-    /// A leader per region exchanging writes, conflicts settled by policy (simulated
-    /// regions; the server does not run it yet).
+    /// A leader per region (elected by the region's nodes), the regions exchanging
+    /// writes asynchronously, conflicts settled per row by each table's policy.
     MultiLeader,
+}
+
+impl From<TopologyArg> for tern_core::Topology {
+    fn from(topology: TopologyArg) -> tern_core::Topology {
+        match topology {
+            TopologyArg::SingleLeader => tern_core::Topology::SingleLeader,
+            TopologyArg::MultiLeader => tern_core::Topology::MultiLeader,
+        }
+    }
 }
 
 /// `--policy`: how concurrent writes of one row are settled (multi-leader).

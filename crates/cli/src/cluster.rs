@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tern_core::{AckMode, LogFormat};
+use tern_core::{AckMode, LogFormat, Topology};
 use tern_server::{Node, NodeConfig, WanLatency};
 
 pub use tern_server::client::{free_local_addr as free_addr, wait_ready};
@@ -28,6 +28,7 @@ pub struct Member {
 
 pub struct ClusterSpec {
     pub members: Vec<Member>,
+    pub topology: Topology,
     pub log_format: LogFormat,
     pub ack: AckMode,
     pub wan: WanLatency,
@@ -53,7 +54,13 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             http_addr: "127.0.0.1:0".parse().expect("literal address"),
             peer_addr: *peer_addr,
             cluster: cluster.clone(),
-            leader: spec.members[0].id.clone(),
+            // Multi-leader: the region's first member leads it first.
+            leader: spec
+                .members
+                .iter()
+                .find(|other| spec.topology == Topology::SingleLeader || other.region == member.region)
+                .map_or_else(|| member.id.clone(), |first| first.id.clone()),
+            topology: spec.topology,
             log_format: spec.log_format,
             ack: spec.ack,
             wan: spec.wan.clone(),

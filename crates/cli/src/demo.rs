@@ -57,6 +57,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let wan = WanLatency::parse(&args.wan)?;
     let data_dir = scratch_dir("demo")?;
     let spec = ClusterSpec {
+        topology: tern_core::Topology::SingleLeader,
         members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string() }).collect(),
         log_format: args.log_format.into(),
         ack: args.ack.into(),

@@ -9,11 +9,12 @@ mod demo;
 mod sim;
 mod stats;
 
-use args::{AckArg, LogFormatArg, Switch};
+use args::{AckArg, LogFormatArg, Switch, TopologyArg};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use tern_server::{parse_cluster, NodeConfig, WanLatency};
+use tern_core::Topology;
+use tern_server::{parse_cluster_with_regions, NodeConfig, WanLatency};
 
 #[derive(Parser)]
 #[command(name = "tern", version, about = "A geo-replicated SQL database on SQLite, in which replication is the product")]
@@ -112,12 +113,20 @@ pub struct ServerArgs {
     /// Address for node-to-node traffic.
     #[arg(long, default_value = "127.0.0.1:7001")]
     peer: String,
-    /// Every member as ID=PEER_ADDR, comma separated (default: this node alone).
+    /// Every member as ID=PEER_ADDR or ID@REGION=PEER_ADDR, comma separated (default:
+    /// this node alone). Multi-leader needs every member's region.
     #[arg(long)]
     cluster: Option<String>,
-    /// The leader (default: the first id in --cluster).
+    /// The leader (default: the first id in --cluster; multi-leader: the first of this
+    /// node's region).
     #[arg(long)]
     leader: Option<String>,
+    /// single-leader: one leader for the cluster. multi-leader: each region's nodes elect
+    /// their own leader, every region takes writes, and the regions exchange them
+    /// asynchronously (row log format). Fixed when the cluster is created: a node started
+    /// with another topology is refused by its peers.
+    #[arg(long, value_enum, default_value_t = TopologyArg::SingleLeader)]
+    topology: TopologyArg,
     /// How writes are logged and shipped.
     #[arg(long, value_enum, default_value_t = LogFormatArg::Row)]
     log_format: LogFormatArg,
@@ -185,20 +194,41 @@ impl ServerArgs {
         }
         let peer_addr = self.peer.parse().map_err(|error| format!("bad --peer {:?}: {error}", self.peer))?;
         let http_addr = self.http.parse().map_err(|error| format!("bad --http {:?}: {error}", self.http))?;
-        let cluster = match &self.cluster {
+        let (cluster, mut regions) = match &self.cluster {
             Some(_) if self.join => return Err("--join and --cluster exclude each other: a joining node learns the members from the leader".to_string()),
-            Some(text) => parse_cluster(text)?,
-            None => vec![(self.id.clone(), peer_addr)],
+            Some(text) => parse_cluster_with_regions(text)?,
+            None => (vec![(self.id.clone(), peer_addr)], std::collections::BTreeMap::new()),
         };
         if !cluster.iter().any(|(id, _)| *id == self.id) {
             return Err(format!("--id {} is not a member of --cluster", self.id));
         }
-        let leader = self.leader.clone().unwrap_or_else(|| cluster[0].0.clone());
+        if let Some(named) = regions.get(&self.id).filter(|named| **named != self.region) {
+            return Err(format!("--cluster puts {} in region {named}, but --region says {}", self.id, self.region));
+        }
+        regions.insert(self.id.clone(), self.region.clone());
+        let topology: Topology = self.topology.into();
+        if topology == Topology::MultiLeader {
+            if let Some((missing, _)) = cluster.iter().find(|(id, _)| !regions.contains_key(id)) {
+                return Err(format!("--topology multi-leader needs every member's region: write {missing}@REGION=ADDRESS in --cluster"));
+            }
+            if self.log_format != LogFormatArg::Row {
+                return Err("--topology multi-leader needs --log-format row: regions settle conflicts per row".to_string());
+            }
+            if self.join {
+                return Err("--join is not supported under --topology multi-leader yet: name every member in --cluster".to_string());
+            }
+        }
+        let same_group = |id: &String| topology == Topology::SingleLeader || regions.get(id) == Some(&self.region);
+        let leader = match &self.leader {
+            Some(leader) => leader.clone(),
+            None => cluster.iter().find(|(id, _)| same_group(id)).map_or_else(|| self.id.clone(), |(id, _)| id.clone()),
+        };
         if !cluster.iter().any(|(id, _)| *id == leader) {
             return Err(format!("--leader {leader} is not a member of --cluster"));
         }
-        let mut regions = std::collections::BTreeMap::new();
-        regions.insert(self.id.clone(), self.region.clone());
+        if !same_group(&leader) {
+            return Err(format!("--leader {leader} is not in region {}: under multi-leader each region leads itself", self.region));
+        }
         Ok(NodeConfig {
             data_dir: self.data.clone().unwrap_or_else(|| PathBuf::from(&self.id)),
             region: self.region,
@@ -206,6 +236,7 @@ impl ServerArgs {
             peer_addr,
             cluster,
             leader,
+            topology,
             log_format: self.log_format.into(),
             ack: self.ack.into(),
             wan: WanLatency::parse(&self.wan)?,

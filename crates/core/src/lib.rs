@@ -38,4 +38,4 @@ pub use hlc::{ClockDrift, HybridClock, Timestamp};
 pub use message::Message;
 pub use protocol::Protocol;
 pub use single_leader::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
-pub use types::{AckMode, AckRequirement, Entry, Fnv1a, LogFormat, Micros, NodeId, Position, ReadLevel};
+pub use types::{AckMode, AckRequirement, Entry, Fnv1a, LogFormat, Micros, NodeId, Position, ReadLevel, Topology};

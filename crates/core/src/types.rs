@@ -179,6 +179,26 @@ impl std::str::FromStr for ReadLevel {
     }
 }
 
+/// How a cluster's regions share writes (`--topology`), fixed when the cluster is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Topology {
+    /// One leader for the whole cluster, elected by quorum vote.
+    #[default]
+    SingleLeader,
+    /// A leader in every region (elected among that region's nodes), the regions
+    /// exchanging their writes asynchronously and settling conflicts per row.
+    MultiLeader,
+}
+
+impl Topology {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::SingleLeader => "single-leader",
+            Topology::MultiLeader => "multi-leader",
+        }
+    }
+}
+
 /// Replication log format (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogFormat {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tern_core::{AckMode, LogFormat, NodeId};
+use tern_core::{AckMode, LogFormat, NodeId, Topology};
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -16,6 +16,9 @@ pub struct NodeConfig {
     /// Every member's peer address, this node included, in `--cluster` order.
     pub cluster: Vec<(NodeId, SocketAddr)>,
     pub leader: NodeId,
+    /// Single-leader (one leader for all of `cluster`) or multi-leader (`cluster`'s nodes
+    /// of this node's region elect their leader; the regions exchange writes).
+    pub topology: Topology,
     pub log_format: LogFormat,
     pub ack: AckMode,
     /// Emulated one-way WAN latency between regions, applied by the peer transport.
@@ -48,13 +51,37 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The nodes that elect this node's leader: all of `cluster` under single-leader,
+    /// this region's nodes under multi-leader.
     pub fn members(&self) -> Vec<NodeId> {
-        self.cluster.iter().map(|(id, _)| id.clone()).collect()
+        self.group().map(|(id, _)| id.clone()).collect()
     }
 
-    /// Peer addresses of `cluster`, as the core hands them to nodes that join later.
+    /// Peer addresses of `members`, as the core hands them to nodes that join later.
     pub fn addresses(&self) -> BTreeMap<NodeId, String> {
-        self.cluster.iter().map(|(id, addr)| (id.clone(), addr.to_string())).collect()
+        self.group().map(|(id, addr)| (id.clone(), addr.to_string())).collect()
+    }
+
+    fn group(&self) -> impl Iterator<Item = &(NodeId, SocketAddr)> {
+        self.cluster.iter().filter(|(id, _)| self.topology == Topology::SingleLeader || self.regions.get(id) == Some(&self.region))
+    }
+
+    /// Multi-leader: the nodes of the other regions, with their regions.
+    pub fn remote_nodes(&self) -> Vec<(NodeId, SocketAddr, String)> {
+        if self.topology != Topology::MultiLeader {
+            return Vec::new();
+        }
+        let region_of = |id: &NodeId| self.regions.get(id).cloned().unwrap_or_default();
+        self.cluster.iter().filter(|(id, _)| region_of(id) != self.region).map(|(id, addr)| (id.clone(), *addr, region_of(id))).collect()
+    }
+
+    /// Multi-leader: every region of the cluster, this one included, in name order.
+    pub fn all_regions(&self) -> Vec<String> {
+        let mut regions: Vec<String> = self.cluster.iter().filter_map(|(id, _)| self.regions.get(id).cloned()).collect();
+        regions.push(self.region.clone());
+        regions.sort();
+        regions.dedup();
+        regions
     }
 }
 
@@ -112,15 +139,25 @@ impl WanLatency {
     }
 }
 
-/// Parses `n1=127.0.0.1:7001,n2=...`.
+/// Parses `n1=127.0.0.1:7001,n2=...`; a member may name its region, `n1@us-east=...`.
+/// Returns the members and the regions named.
 ///
 /// # Errors
 /// A message naming the malformed item.
-pub fn parse_cluster(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, String> {
+pub fn parse_cluster_with_regions(text: &str) -> Result<(Vec<(NodeId, SocketAddr)>, BTreeMap<NodeId, String>), String> {
     let mut members: Vec<(NodeId, SocketAddr)> = Vec::new();
+    let mut regions = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
-        let Some((id, addr)) = item.split_once('=') else {
-            return Err(format!("bad cluster member {item:?}: expected ID=HOST:PORT"));
+        let Some((named, addr)) = item.split_once('=') else {
+            return Err(format!("bad cluster member {item:?}: expected ID[@REGION]=HOST:PORT"));
+        };
+        let id = match named.split_once('@') {
+            Some((id, region)) if !id.trim().is_empty() && !region.trim().is_empty() => {
+                regions.insert(id.trim().to_string(), region.trim().to_string());
+                id
+            }
+            Some(_) => return Err(format!("bad cluster member {item:?}: expected ID@REGION=HOST:PORT")),
+            None => named,
         };
         let addr: SocketAddr = addr.trim().parse().map_err(|error| format!("bad address in cluster member {item:?}: {error}"))?;
         if members.iter().any(|(known, _)| known == id.trim()) {
@@ -131,7 +168,15 @@ pub fn parse_cluster(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, String> {
     if members.is_empty() {
         return Err("--cluster names no nodes".to_string());
     }
-    Ok(members)
+    Ok((members, regions))
+}
+
+/// [`parse_cluster_with_regions`], without the regions.
+///
+/// # Errors
+/// As [`parse_cluster_with_regions`].
+pub fn parse_cluster(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, String> {
+    parse_cluster_with_regions(text).map(|(members, _)| members)
 }
 
 #[cfg(test)]
@@ -154,5 +199,10 @@ mod tests {
         assert!(parse_cluster("n1=127.0.0.1:7001,n1=127.0.0.1:7002").unwrap_err().contains("twice"));
         assert!(parse_cluster("n1=localhost").is_err());
         assert!(parse_cluster("").is_err());
+        let (members, regions) = parse_cluster_with_regions("n1@us-east=127.0.0.1:7001,n2=127.0.0.1:7002").unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(regions.get("n1").map(String::as_str), Some("us-east"));
+        assert!(!regions.contains_key("n2"));
+        assert!(parse_cluster("@us-east=127.0.0.1:7001").is_err());
     }
 }

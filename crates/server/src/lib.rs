@@ -18,7 +18,7 @@ pub mod transport;
 pub mod verify;
 pub mod wire;
 
-pub use config::{parse_cluster, NodeConfig, WanLatency};
+pub use config::{parse_cluster, parse_cluster_with_regions, NodeConfig, WanLatency};
 pub use node::{Node, ReadOptions};
 
 use std::sync::Arc;

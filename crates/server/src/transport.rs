@@ -152,6 +152,7 @@ fn own_hello(node: &Node) -> Hello {
         region: node.config.region.clone(),
         http_addr: node.http_addr.lock().expect("http addr lock").clone(),
         peer_addr: node.config.peer_addr.to_string(),
+        topology: node.config.topology,
     }
 }
 
@@ -195,6 +196,15 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
         Ok(Ok(Some(Frame::Hello(hello)))) => hello,
         _ => return,
     };
+    if hello.topology != node.config.topology {
+        tracing::error!(
+            "refused a peer connection from {:?}: it runs --topology {}, and this cluster runs --topology {} (a cluster's topology is fixed when it is created)",
+            hello.id,
+            hello.topology.name(),
+            node.config.topology.name()
+        );
+        return;
+    }
     if !node.accepts_peer(&hello.id) {
         tracing::warn!("refused a peer connection from {:?}: not a member of this cluster", hello.id);
         return;

@@ -1,7 +1,8 @@
 //! Node-to-node frames: a little-endian `u32` length, then a postcard-encoded [`Frame`].
 
 use serde::{Deserialize, Serialize};
-use tern_core::{AckRequirement, Message, NodeId, Position, ReadLevel};
+use tern_core::multi_leader::RegionMessage;
+use tern_core::{AckRequirement, Message, NodeId, Position, ReadLevel, Topology};
 use tern_storage::{Statement, StatementResult, WriteRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -16,6 +17,8 @@ pub struct Hello {
     /// Where the sender listens for peers: a node that is joining answers there before
     /// the membership has told it anyone's address.
     pub peer_addr: String,
+    /// The sender's topology: a node of another topology is refused.
+    pub topology: Topology,
 }
 
 /// The outcome of a write, as the HTTP layer reports it.
@@ -71,6 +74,8 @@ pub enum Frame {
         id: u64,
         reply: ReadReply,
     },
+    /// Multi-leader: from one region's leader to another region's (writes, cursors).
+    Region(RegionMessage<Vec<u8>>),
     /// A piece of a snapshot file; `done` on the last one, which names its position.
     /// `rollback_after`: the receiver's log diverged after that index (see
     /// `Output::SendSnapshot`).
@@ -151,7 +156,13 @@ mod tests {
 
     #[test]
     fn a_frame_round_trips_and_an_oversized_or_cut_one_is_an_error() {
-        let frame = Frame::Hello(Hello { id: "n1".into(), region: "antarctica".into(), http_addr: "127.0.0.1:1".into(), peer_addr: "127.0.0.1:2".into() });
+        let frame = Frame::Hello(Hello {
+            id: "n1".into(),
+            region: "antarctica".into(),
+            http_addr: "127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+            topology: Topology::MultiLeader,
+        });
         let mut bytes = Vec::new();
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(write_frame(&mut bytes, &frame)).unwrap();
         let outcomes = read_all(&bytes, MAX_HELLO_BYTES);

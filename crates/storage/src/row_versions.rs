@@ -276,7 +276,10 @@ pub fn local_writes(connection: &Connection, changeset: &[u8], dot: &Dot, stamp:
 }
 
 /// The row of `shape` with key `key`, every column, as the connection sees it now.
-fn current_row(connection: &Connection, shape: &TableShape, key: &[SqlValue]) -> Result<Vec<SqlValue>> {
+///
+/// # Errors
+/// If there is no such row, or on a SQLite failure.
+pub fn current_row(connection: &Connection, shape: &TableShape, key: &[SqlValue]) -> Result<Vec<SqlValue>> {
     let names = shape.quoted_columns();
     let sql = format!("SELECT {} FROM {} WHERE {}", names.join(", "), quote_identifier(&shape.name), shape.key_condition());
     let row = connection.query_row(&sql, params_from_iter(key.iter().map(Value::from)), |row| {

@@ -2,10 +2,10 @@
 //! by its followers too), and two regions applying each other's concurrent writes end
 //! with the same tables and the same conflicts on record.
 
-use tern_core::multi_leader::Dot;
+use tern_core::multi_leader::{Dot, Policy};
 use tern_core::LogFormat;
 use tern_storage::region_log::LoggedWrite;
-use tern_storage::{Batch, Engine, Executed, Statement, WriteRequest};
+use tern_storage::{Batch, Engine, Executed, SqlValue, Statement, WriteRequest};
 
 fn request(statements: &[&str]) -> WriteRequest {
     WriteRequest { statements: statements.iter().map(|sql| Statement::new(*sql)).collect(), transaction: false }
@@ -85,6 +85,34 @@ fn region_writes_reach_the_followers_and_other_regions_and_concurrent_edits_conv
     // A write never applies twice, and never out of its stream's order.
     let again = us.read_region_writes("eu-west", 0, 1).unwrap();
     assert!(us.apply_region_write(1, &again[0], &|| true).is_err());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_policy_and_a_resolution_set_in_one_region_hold_in_every_region() {
+    let root = std::env::temp_dir().join(format!("tern-regions-policy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut us = region_engine(&root, "us", "us-east");
+    let mut eu = region_engine(&root, "eu", "eu-west");
+    execute(&mut us, &["CREATE TABLE products (sku TEXT PRIMARY KEY, price INTEGER, colour TEXT)"]);
+    let set = us.set_conflict_policy(1, "products", Policy::KeepBoth, &|| true).unwrap();
+    assert!(matches!(set, Executed::Committed(Batch { region_write: Some(_), .. })));
+    assert!(us.set_conflict_policy(1, "missing", Policy::KeepBoth, &|| true).is_err());
+    ship(&us, &mut eu, "us-east");
+    execute(&mut us, &["INSERT INTO products VALUES ('pen', 10, 'red')"]);
+    execute(&mut eu, &["INSERT INTO products VALUES ('pen', 20, 'blue')"]);
+    ship(&us, &mut eu, "us-east");
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us));
+    assert_eq!(us.region_conflicts().unwrap().len(), 1, "keep-both keeps the other insert on record");
+
+    // Resolved in eu by keeping a chosen row: cleared in both regions, same row.
+    let chosen = vec![SqlValue::Text("pen".into()), SqlValue::Integer(15), SqlValue::Text("green".into())];
+    eu.resolve_conflict(1, "products", &[SqlValue::Text("pen".into())], Some(chosen), &|| true).unwrap();
+    assert!(eu.resolve_conflict(1, "products", &[], None, &|| true).is_err(), "a key of the wrong length");
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us));
+    assert!(us.region_conflicts().unwrap().is_empty() && eu.region_conflicts().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -158,6 +158,11 @@ impl<W: Clone> Exchange<W> {
         &self.durable
     }
 
+    /// Per other region, what it holds as far as this region knows.
+    pub fn peers(&self) -> impl Iterator<Item = (&str, &VersionVector)> {
+        self.peers.iter().map(|(region, peer)| (region.as_str(), &peer.holds))
+    }
+
     /// The next own write's dot, and what it will have seen (what is applied here).
     pub fn next_local(&self) -> (Dot, VersionVector) {
         (Dot::new(self.config.region.clone(), self.durable.get(&self.config.region) + 1), self.queue.applied().clone())

@@ -210,14 +210,23 @@ impl Replica {
         self.shared.committed.min(self.shared.last.index)
     }
 
+    /// How far the log is known committed (durable on as many nodes as a majority).
+    pub fn commit_index(&self) -> u64 {
+        match &self.role {
+            Role::Leader(leader) => leader.commit_index,
+            Role::Follower(follower) | Role::Recovering { follower, .. } => follower.commit_index,
+        }
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.shared.outputs.pop_front()
     }
 
     pub fn status(&self, now: Micros) -> Status {
-        let (commit_index, followers) = match &self.role {
-            Role::Leader(leader) => (leader.commit_index, leader.follower_status(self.shared.last.index, now)),
-            Role::Follower(follower) | Role::Recovering { follower, .. } => (follower.commit_index, Vec::new()),
+        let commit_index = self.commit_index();
+        let followers = match &self.role {
+            Role::Leader(leader) => leader.follower_status(self.shared.last.index, now),
+            Role::Follower(_) | Role::Recovering { .. } => Vec::new(),
         };
         Status {
             is_leader: self.is_leader(),

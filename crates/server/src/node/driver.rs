@@ -68,9 +68,15 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
     // it keeps timer-wheel work out of the loop under a stream of events.
     let wake = tokio::time::sleep(IDLE_WAKE);
     tokio::pin!(wake);
+    // Multi-leader: the exchange with the other regions, run while this node leads its own.
+    let mut regions = RegionLink::new();
     loop {
         // A deadline already due is handled after a short pause, never in a busy loop.
-        let due_in = replica.poll_timeout().map_or(IDLE_WAKE, |deadline| Duration::from_micros(deadline.saturating_sub(node.now_us())));
+        let deadline = match (replica.poll_timeout(), regions.poll_timeout()) {
+            (Some(replica_due), Some(regions_due)) => Some(replica_due.min(regions_due)),
+            (replica_due, regions_due) => replica_due.or(regions_due),
+        };
+        let due_in = deadline.map_or(IDLE_WAKE, |deadline| Duration::from_micros(deadline.saturating_sub(node.now_us())));
         let due_at = tokio::time::Instant::now() + due_in.clamp(MIN_WAKE, IDLE_WAKE);
         if wake.is_elapsed() || due_at < wake.deadline() {
             wake.as_mut().reset(due_at);
@@ -97,7 +103,10 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                             replica.handle(ReplicaEvent::Message { from, message }, now);
                         }
                         Event::PeerConnected(peer) => replica.handle(ReplicaEvent::PeerConnected(peer), now),
-                        Event::Appended { entries, writes: new_writes } => {
+                        Event::Appended { entries, writes: new_writes, region_write } => {
+                            if let (Some(dot), Some(entry)) = (region_write, entries.last()) {
+                                regions.on_appended(entry.index, dot);
+                            }
                             let mut waiters = Vec::with_capacity(new_writes.len());
                             for write in new_writes {
                                 let tag = next_tag;
@@ -143,6 +152,13 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                         }
                         Event::Status { reply } => {
                             let _ = reply.send(replica.status(now));
+                        }
+                        Event::Region { from, region, message } => regions.on_message(&from, &region, message, now),
+                        Event::RegionHolds(holds) => regions.on_holds(&node, holds, replica.accepting_writes(now).is_ok(), now),
+                        Event::RegionWritesRead { to, writes } => regions.on_writes_read(to, writes, now),
+                        Event::RegionApplyFailed(why) => regions.restart(&why),
+                        Event::RegionStatus { reply } => {
+                            let _ = reply.send(regions.status());
                         }
                         Event::TransferLeader { to, reply } => {
                             let _ = reply.send(replica.transfer_leadership(now, &to));
@@ -231,6 +247,9 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                     }
                 }
             }
+        }
+        if node.config.topology == tern_core::Topology::MultiLeader {
+            regions.drive(&node, &replica, now);
         }
         let lag = replica.lag_us(now);
         let accepting_writes = replica.accepting_writes(now).is_ok();

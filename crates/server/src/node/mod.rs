@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+use tern_core::multi_leader::{Dot, RegionMessage, Shipment, VersionVector};
 use tern_core::{
     AckRequirement, Config, ElectionConfig, Entry, Membership, MembershipError, MembershipRequest, Message, Output, Position, ReadError, ReadLevel, Replica,
     SavedElection, Status, TransferError, WriteError,
@@ -27,11 +28,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod driver;
 mod peers;
 mod reads;
+mod regions;
 mod storage_thread;
 mod writes;
 
 use driver::*;
 pub(crate) use peers::*;
+use regions::RegionLink;
+pub use regions::RegionStatus;
 pub use storage_thread::*;
 
 /// What the replica loop reacts to.
@@ -46,6 +50,25 @@ pub(crate) enum Event {
     Appended {
         entries: Vec<Entry>,
         writes: Vec<PendingWrite>,
+        /// Multi-leader: the region write the (single) entry holds.
+        region_write: Option<Dot>,
+    },
+    /// Multi-leader: a message from another region's leader (`region`, node `from`).
+    Region {
+        from: String,
+        region: String,
+        message: RegionMessage<Vec<u8>>,
+    },
+    /// Multi-leader: the region's durable cursors, read for a new exchange.
+    RegionHolds(VersionVector),
+    RegionWritesRead {
+        to: String,
+        writes: Vec<Shipment<Vec<u8>>>,
+    },
+    /// Multi-leader: a write from another region could not be applied here.
+    RegionApplyFailed(String),
+    RegionStatus {
+        reply: oneshot::Sender<RegionStatus>,
     },
     Persisted(Position),
     PersistFailed,
@@ -122,6 +145,22 @@ pub(crate) enum StorageCommand {
     },
     Checksums {
         reply: oneshot::Sender<Result<Vec<(String, u64, u64)>, String>>,
+    },
+    /// Multi-leader: the region's cursors (answered with `Event::RegionHolds`).
+    RegionHolds,
+    ReadRegionWrites {
+        to: String,
+        origin: String,
+        after: u64,
+        up_to: u64,
+    },
+    /// Multi-leader, region leader: apply a write from another region in `epoch`.
+    ApplyRegionWrite {
+        shipment: Shipment<Vec<u8>>,
+        epoch: u64,
+    },
+    Conflicts {
+        reply: oneshot::Sender<Result<Vec<tern_storage::TableConflicts>, String>>,
     },
     /// Fault injection (`POST /debug/panic`): panic on the storage thread, to show that
     /// a node that cannot continue exits and the others fail over.
@@ -227,6 +266,9 @@ impl Node {
         let mut engine =
             Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);
+        if config.topology == tern_core::Topology::MultiLeader {
+            engine.set_region(&config.region).map_err(|error| format!("cannot run multi-leader: {error}"))?;
+        }
         engine.set_limits(config.limits);
         let recovered = engine.last();
         let epoch_starts = engine.epoch_starts().map_err(|error| format!("cannot read the log: {error}"))?;

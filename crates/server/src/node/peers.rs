@@ -44,11 +44,15 @@ impl Node {
 
     /// Opens a connection to every member not yet connected and closes those to nodes
     /// that left the membership.
+    /// Multi-leader: the nodes of the other regions stay connected too.
     pub(super) fn connect_members(self: &Arc<Node>, membership: &Membership) {
-        self.outbound.lock().expect("outbound lock").retain(|id, _| membership.contains(id));
-        self.peers.lock().expect("peers lock").retain(|id, _| membership.contains(id));
+        self.outbound.lock().expect("outbound lock").retain(|id, _| membership.contains(id) || self.is_remote_node(id));
+        self.peers.lock().expect("peers lock").retain(|id, _| membership.contains(id) || self.is_remote_node(id));
         for (id, address) in &membership.addresses {
             self.connect_peer(id, address);
+        }
+        for (id, address, _) in self.config.remote_nodes() {
+            self.connect_peer(&id, &address.to_string());
         }
     }
 
@@ -106,7 +110,7 @@ impl Node {
     /// while this node is not yet a member (it waits for a leader to add it).
     pub(crate) fn accepts_peer(&self, id: &str) -> bool {
         let membership = &self.published.borrow().membership;
-        id != self.config.id && (membership.contains(id) || !membership.contains(&self.config.id))
+        id != self.config.id && (membership.contains(id) || !membership.contains(&self.config.id) || self.is_remote_node(id))
     }
 
     /// Emulated one-way latency to `peer`, from the regions of both ends.
@@ -127,7 +131,14 @@ impl Node {
         }
         match frame {
             Frame::Hello(_) => {}
-            Frame::Replica(message) => self.post(Event::Peer { from: from.to_string(), message }),
+            Frame::Replica(message) if !self.is_remote_node(from) => self.post(Event::Peer { from: from.to_string(), message }),
+            // Another region's node has no say in this region's replication.
+            Frame::Replica(_) => {}
+            Frame::Region(message) => {
+                if let Some(region) = self.region_of_remote(from) {
+                    self.post(Event::Region { from: from.to_string(), region, message });
+                }
+            }
             Frame::ForwardWrite { id, request, requirement } => {
                 let node = self.clone();
                 let origin = from.to_string();
@@ -267,6 +278,7 @@ pub(crate) fn frame_weight(frame: &Frame) -> usize {
             Frame::Replica(Message::Append { entries, .. }) => entries.iter().map(|entry| entry.payload.len() + 32).sum(),
             Frame::Replica(Message::Raft { bytes }) => bytes.len(),
             Frame::Replica(_) | Frame::Hello(_) => 0,
+            Frame::Region(tern_core::multi_leader::RegionMessage::Ship { writes }) => writes.iter().map(|shipment| shipment.write.len() + 64).sum(),
             Frame::SnapshotChunk { bytes, .. } => bytes.len(),
             // Client requests and results: rarer, and of any shape; measure them exactly.
             other => postcard::experimental::serialized_size(other).unwrap_or(0),

@@ -177,6 +177,25 @@ impl StorageContext {
                         Err(error) => tracing::error!("cannot roll back after {common} and install the snapshot: {error}"),
                     }
                 }
+                StorageCommand::RegionHolds => match self.engine.region_holds() {
+                    Ok(holds) => {
+                        let _ = self.events.send(Event::RegionHolds(holds));
+                    }
+                    Err(error) => {
+                        let _ = self.events.send(Event::RegionApplyFailed(format!("cannot read the region log: {error}")));
+                    }
+                },
+                StorageCommand::ReadRegionWrites { to, origin, after, up_to } => match self.engine.read_region_writes(&origin, after, up_to) {
+                    Ok(writes) => {
+                        let writes = writes.into_iter().map(|write| Shipment { dot: write.dot, seen: write.seen, write: write.payload }).collect();
+                        let _ = self.events.send(Event::RegionWritesRead { to, writes });
+                    }
+                    Err(error) => tracing::error!("cannot read {origin}'s writes from the region log: {error}"),
+                },
+                StorageCommand::ApplyRegionWrite { shipment, epoch } => self.apply_region_write(shipment, epoch),
+                StorageCommand::Conflicts { reply } => {
+                    let _ = reply.send(self.engine.region_conflicts().map_err(|error| error.to_string()));
+                }
                 StorageCommand::Checksums { reply } => {
                     let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
                 }
@@ -226,10 +245,7 @@ impl StorageContext {
                     }
                 }
                 if let Some(entry) = outcome.entry {
-                    self.stats.entries.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(entry.payload.len() as u64, Ordering::Relaxed);
-                    let _ = self.events.send(Event::Appended { entries: vec![entry], writes });
-                    self.maybe_compact();
+                    self.appended(entry, writes, outcome.region_write);
                 }
             }
             Err(error) => {
@@ -252,6 +268,35 @@ impl StorageContext {
                 }
             }
         }
+    }
+
+    fn appended(&mut self, entry: Entry, writes: Vec<PendingWrite>, region_write: Option<Dot>) {
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(entry.payload.len() as u64, Ordering::Relaxed);
+        let _ = self.events.send(Event::Appended { entries: vec![entry], writes, region_write });
+        self.maybe_compact();
+    }
+
+    /// Region leader: applies a write from another region as one entry of this region's
+    /// log, while this node still leads `epoch`.
+    fn apply_region_write(&mut self, shipment: Shipment<Vec<u8>>, epoch: u64) {
+        let lease = self.write_lease.clone();
+        let write = tern_storage::region_log::LoggedWrite { dot: shipment.dot, seen: shipment.seen, payload: shipment.write };
+        let failure = match self.engine.apply_region_write(epoch, &write, &|| lease.allows(epoch)) {
+            Ok(Executed::Committed(batch)) => match batch.entry {
+                Some(entry) => {
+                    self.appended(entry, Vec::new(), batch.region_write);
+                    return;
+                }
+                None => format!("applying {} logged nothing", write.dot),
+            },
+            Ok(Executed::StoppedLeading) => format!("this node stopped leading before {} was applied", write.dot),
+            Err(error) => {
+                tracing::error!("cannot apply {} from region {}: {error}", write.dot, write.dot.region);
+                format!("cannot apply {}: {error}", write.dot)
+            }
+        };
+        let _ = self.events.send(Event::RegionApplyFailed(failure));
     }
 
     /// Keeps the log near `log_retain` entries, compacting in steps so it is rare.

@@ -10,7 +10,7 @@ use super::*;
 use crate::region_log::{self, LoggedWrite};
 use crate::row_versions::{self, RemoteRowWrite};
 use std::cell::RefCell;
-use tern_core::multi_leader::{Conflict, Dot, RowWrite, Stamp, VersionVector};
+use tern_core::multi_leader::{Conflict, Dot, Policy, RowWrite, Stamp, VersionVector};
 use tern_core::HybridClock;
 
 /// A remote stamp further ahead of this node's clock than this is not adopted (the write
@@ -122,7 +122,9 @@ impl Engine {
     /// changes the next write of this region's stream (see the module comment). Returns
     /// its dot, or `None` if the batch changed nothing or the engine is not multi-leader.
     pub(super) fn record_region_write<'connection>(&'connection self, capture: &mut Capture<'connection>) -> Result<Option<Dot>> {
-        let Some(region) = &self.region else { return Ok(None) };
+        if self.region.is_none() {
+            return Ok(None);
+        }
         let schema: Vec<(String, Params)> = capture
             .changes
             .iter()
@@ -131,9 +133,7 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        let seen = region_log::holds(&self.connection)?;
-        let dot = Dot::new(region.name.clone(), seen.get(&region.name) + 1);
-        let stamp = Stamp::new(region.clock.borrow_mut().now(wall_clock_us()), region.name.clone());
+        let (dot, seen, stamp) = self.next_own_write()?;
         let mut rows: Vec<RemoteRowWrite> = Vec::new();
         for change in &capture.changes {
             if let Change::Rows(changeset) = change {
@@ -150,12 +150,54 @@ impl Engine {
         }
         capture.start_rows(&self.connection)?;
         row_versions::record_local(&self.connection, &rows)?;
-        let rows = rows.into_iter().map(|(table, key, write)| (table, key, write.values)).collect();
-        let payload = postcard::to_allocvec(&RegionPayload { stamp, schema, rows })
-            .map_err(|error| StorageError::new(format!("cannot encode a region write: {error}")))?;
-        region_log::record(&self.connection, &LoggedWrite { dot: dot.clone(), seen, payload })?;
-        capture.flush_rows()?;
+        self.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, RegionPayload { stamp, schema, rows: values_of(rows) })?;
         Ok(Some(dot))
+    }
+
+    /// Records this region's write `write` (its payload made of `payload`) in the region
+    /// log, and closes off the rows captured since `capture.start_rows`.
+    fn log_own_write<'connection>(&'connection self, capture: &mut Capture<'connection>, mut write: LoggedWrite, payload: RegionPayload) -> Result<()> {
+        write.payload = postcard::to_allocvec(&payload).map_err(|error| StorageError::new(format!("cannot encode a region write: {error}")))?;
+        region_log::record(&self.connection, &write)?;
+        capture.flush_rows()
+    }
+
+    /// This region's next write: its dot, what it saw, and its stamp.
+    fn next_own_write(&self) -> Result<(Dot, VersionVector, Stamp)> {
+        let region = self.region.as_ref().ok_or_else(|| StorageError::new("this node does not run multi-leader"))?;
+        let seen = region_log::holds(&self.connection)?;
+        let dot = Dot::new(region.name.clone(), seen.get(&region.name) + 1);
+        let stamp = Stamp::new(region.clock.borrow_mut().now(wall_clock_us()), region.name.clone());
+        Ok((dot, seen, stamp))
+    }
+
+    /// Leader: runs `body` in one transaction whose changes (`Sql` statements it pushes,
+    /// and rows recorded by the session it starts) become one log entry, committed only
+    /// while `still_leading()`. `body` names the region write the entry holds.
+    fn logged_transaction(
+        &mut self,
+        epoch: u64,
+        still_leading: &dyn Fn() -> bool,
+        body: &dyn for<'connection> Fn(&'connection Engine, &mut Capture<'connection>) -> Result<Option<Dot>>,
+    ) -> Result<Executed> {
+        self.finish_logged_vacuum()?;
+        let batch = {
+            let transaction = begin_immediate(&self.connection)?;
+            let mut capture = Capture::new();
+            let region_write = body(self, &mut capture)?;
+            capture.flush_rows()?;
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
+            append_log(&self.connection, &entry)?;
+            if !still_leading() {
+                return Ok(Executed::StoppedLeading);
+            }
+            transaction.commit()?;
+            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_write }
+        };
+        if let Some(entry) = &batch.entry {
+            self.last = entry.position();
+        }
+        Ok(Executed::Committed(batch))
     }
 
     /// Leader of a region: applies `write`, made in another region, under the conflict
@@ -166,37 +208,93 @@ impl Engine {
     /// If the write does not continue its origin's stream, does not fit this database
     /// (nothing is applied then), or on a SQLite failure.
     pub fn apply_region_write(&mut self, epoch: u64, write: &LoggedWrite, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
-        self.finish_logged_vacuum()?;
-        let Some(region) = &self.region else { return Err(StorageError::new("this node does not run multi-leader")) };
+        if self.region.is_none() {
+            return Err(StorageError::new("this node does not run multi-leader"));
+        }
         let payload = RegionPayload::decode(&write.payload)?;
-        let batch = {
-            let transaction = begin_immediate(&self.connection)?;
-            let mut capture = Capture::new();
+        let executed = self.logged_transaction(epoch, still_leading, &|engine, capture| {
             for (sql, params) in &payload.schema {
-                let result = run_statement(&self.connection, sql, params);
+                let result = run_statement(&engine.connection, sql, params);
                 match result.error {
                     None => capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() }),
                     Some(error) if already_exists(&error) => {}
                     Some(error) => return Err(StorageError::new(format!("schema change of {} failed here ({error}): {sql}", write.dot))),
                 }
             }
-            capture.start_rows(&self.connection)?;
-            row_versions::apply_transaction(&self.connection, &payload.row_writes(&write.dot, &write.seen))?;
-            region_log::record(&self.connection, write)?;
-            capture.flush_rows()?;
-            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
-            append_log(&self.connection, &entry)?;
-            if !still_leading() {
-                return Ok(Executed::StoppedLeading);
-            }
-            transaction.commit()?;
-            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_write: Some(write.dot.clone()) }
-        };
+            capture.start_rows(&engine.connection)?;
+            row_versions::apply_transaction(&engine.connection, &payload.row_writes(&write.dot, &write.seen))?;
+            region_log::record(&engine.connection, write)?;
+            Ok(Some(write.dot.clone()))
+        })?;
         // This region's next stamps come after what it has seen.
-        let _ = region.clock.borrow_mut().observe(payload.stamp.time, wall_clock_us());
-        if let Some(entry) = &batch.entry {
-            self.last = entry.position();
+        if let Some(region) = &self.region {
+            let _ = region.clock.borrow_mut().observe(payload.stamp.time, wall_clock_us());
         }
-        Ok(Executed::Committed(batch))
+        Ok(executed)
     }
+
+    /// Leader of a region: sets `table`'s conflict policy in every region (it travels as
+    /// a schema statement of this region's stream). Rows keep the policy they were first
+    /// written under.
+    ///
+    /// # Errors
+    /// If the table does not exist or has no primary key, or on a SQLite failure.
+    pub fn set_conflict_policy(&mut self, epoch: u64, table: &str, policy: Policy, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+        row_versions::shape(&self.connection, table)?;
+        let sql = "INSERT OR REPLACE INTO _tern_conflict_policy (tbl, policy) VALUES (?1, ?2)".to_string();
+        let params = Params::Positional(vec![SqlValue::Text(table.to_string()), SqlValue::Text(policy.name().to_string())]);
+        self.logged_transaction(epoch, still_leading, &|engine, capture| {
+            let result = run_statement(&engine.connection, &sql, &params);
+            if let Some(error) = result.error {
+                return Err(StorageError::new(format!("cannot set the conflict policy of {table}: {error}")));
+            }
+            capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() });
+            let (dot, seen, stamp) = engine.next_own_write()?;
+            capture.start_rows(&engine.connection)?;
+            let payload = RegionPayload { stamp, schema: vec![(sql.clone(), params.clone())], rows: Vec::new() };
+            engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?;
+            Ok(Some(dot))
+        })
+    }
+
+    /// Leader of a region: settles the conflicts of `table`'s row `key` in every region,
+    /// keeping `values` (the whole row; `None`: the version shown now) as a write that
+    /// has seen every version the row keeps.
+    ///
+    /// # Errors
+    /// If the row does not exist, the values do not fit the table, or on a SQLite failure.
+    pub fn resolve_conflict(
+        &mut self,
+        epoch: u64,
+        table: &str,
+        key: &[SqlValue],
+        values: Option<Vec<SqlValue>>,
+        still_leading: &dyn Fn() -> bool,
+    ) -> Result<Executed> {
+        let shape = row_versions::shape(&self.connection, table)?;
+        if key.len() != shape.key.len() {
+            return Err(StorageError::new(format!("{table}'s key has {} columns, not {}", shape.key.len(), key.len())));
+        }
+        if values.as_ref().is_some_and(|values| values.len() != shape.columns.len()) {
+            return Err(StorageError::new(format!("{table} has {} columns: give a value for each", shape.columns.len())));
+        }
+        self.logged_transaction(epoch, still_leading, &|engine, capture| {
+            let values = match &values {
+                Some(values) => values.clone(),
+                None => row_versions::current_row(&engine.connection, &shape, key)?,
+            };
+            let (dot, seen, stamp) = engine.next_own_write()?;
+            capture.start_rows(&engine.connection)?;
+            let write = RowWrite { dot: dot.clone(), stamp: stamp.clone(), seen: seen.clone(), values: Some(values.into_iter().map(Some).collect()) };
+            row_versions::apply(&engine.connection, &shape, key, &write)?;
+            let payload = RegionPayload { stamp, schema: Vec::new(), rows: vec![(table.to_string(), key.to_vec(), write.values)] };
+            engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?;
+            Ok(Some(dot))
+        })
+    }
+}
+
+/// Row writes as a payload carries them (dot, stamp and what was seen travel once).
+fn values_of(rows: Vec<RemoteRowWrite>) -> Vec<RowValues> {
+    rows.into_iter().map(|(table, key, write)| (table, key, write.values)).collect()
 }

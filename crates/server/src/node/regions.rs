@@ -1,0 +1,216 @@
+//! Multi-leader on a node: while this node leads its region (and its write lease holds),
+//! it runs the core's `Exchange` beside its `Replica`. The exchange's writes are read from
+//! and applied through the storage thread (an applied write is one entry of the region's
+//! own log, so the region's followers get it), a region write counts as held once the
+//! region has committed it, and the exchange's messages go to the other regions' leaders.
+
+use super::*;
+use std::collections::VecDeque;
+use tern_core::multi_leader::{Dot, Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, RegionMessage, Shipment, VersionVector};
+use tern_core::Protocol;
+
+pub(crate) type RegionExchange = Exchange<Vec<u8>>;
+
+/// How often a region leader tells the others what it holds.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A shipment unconfirmed this long is sent again.
+const RESEND_AFTER: Duration = Duration::from_millis(1000);
+
+/// A region whose leader has not spoken for this long is written to at every node.
+const LEADER_HINT_TTL: Duration = Duration::from_millis(1000);
+
+/// What `/status` shows of the exchange.
+#[derive(Clone, Debug, Default)]
+pub struct RegionStatus {
+    /// Whether this node runs its region's exchange now.
+    pub exchanging: bool,
+    /// Every write this region holds, per origin.
+    pub holds: VersionVector,
+    /// Per other region: what it last said it holds, and when it last spoke (ms ago).
+    pub regions: Vec<(String, VersionVector, Option<f64>)>,
+}
+
+/// The replica loop's multi-leader state.
+pub(super) struct RegionLink {
+    exchange: Option<RegionExchange>,
+    /// A new exchange waits for the region's cursors from the storage thread.
+    starting: bool,
+    /// Region writes in the local log, by log index, until the region commits them.
+    uncommitted: VecDeque<(u64, Dot)>,
+    /// Per other region: the node that last spoke for it (its leader), and when.
+    leaders: BTreeMap<String, (String, Instant)>,
+    /// `w=regions:k` writes waiting for other regions.
+    waiters: HashMap<u64, oneshot::Sender<Result<(), usize>>>,
+    next_tag: u64,
+}
+
+impl RegionLink {
+    pub(super) fn new() -> RegionLink {
+        RegionLink { exchange: None, starting: false, uncommitted: VecDeque::new(), leaders: BTreeMap::new(), waiters: HashMap::new(), next_tag: 1 }
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<u64> {
+        self.exchange.as_ref().and_then(Protocol::poll_timeout)
+    }
+
+    /// An entry of the local log holds a region write.
+    pub(super) fn on_appended(&mut self, index: u64, dot: Dot) {
+        self.uncommitted.push_back((index, dot));
+    }
+
+    /// The region's cursors, read for a new exchange.
+    pub(super) fn on_holds(&mut self, node: &Node, holds: VersionVector, leading: bool, now: u64) {
+        self.starting = false;
+        if !leading {
+            return;
+        }
+        let config = ExchangeConfig {
+            region: node.config.region.clone(),
+            regions: node.config.all_regions(),
+            status_interval_us: STATUS_INTERVAL.as_micros() as u64,
+            resend_us: RESEND_AFTER.as_micros() as u64,
+        };
+        tracing::info!("exchanging writes with the other regions from {holds:?}");
+        self.exchange = Some(Exchange::new(config, holds, now));
+    }
+
+    /// The exchange cannot go on as it stands (a write failed to apply, or leadership
+    /// wavered under it): it starts again from the durable cursors.
+    pub(super) fn restart(&mut self, why: &str) {
+        if self.exchange.take().is_some() {
+            tracing::warn!("restarting the exchange with the other regions: {why}");
+        }
+        for (_, waiter) in self.waiters.drain() {
+            let _ = waiter.send(Err(0));
+        }
+    }
+
+    pub(super) fn on_message(&mut self, from_node: &str, region: &str, message: RegionMessage<Vec<u8>>, now: u64) {
+        self.leaders.insert(region.to_string(), (from_node.to_string(), Instant::now()));
+        if let Some(exchange) = &mut self.exchange {
+            exchange.handle(ExchangeEvent::Message { from: region.to_string(), message }, now);
+        }
+    }
+
+    pub(super) fn on_writes_read(&mut self, to: String, writes: Vec<Shipment<Vec<u8>>>, now: u64) {
+        if let Some(exchange) = &mut self.exchange {
+            exchange.handle(ExchangeEvent::WritesRead { to, writes }, now);
+        }
+    }
+
+    /// A client's write `dot` waits until `regions` regions hold it.
+    pub(super) fn wait_for_regions(&mut self, dot: Dot, regions: usize, deadline: u64, reply: oneshot::Sender<Result<(), usize>>, now: u64) {
+        let Some(exchange) = &mut self.exchange else {
+            let _ = reply.send(Err(1));
+            return;
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.waiters.insert(tag, reply);
+        exchange.handle(ExchangeEvent::WaitForRegions { tag, dot, regions, deadline }, now);
+    }
+
+    pub(super) fn status(&self) -> RegionStatus {
+        let Some(exchange) = &self.exchange else { return RegionStatus::default() };
+        let regions = exchange
+            .peers()
+            .map(|(region, holds)| {
+                let heard = self.leaders.get(region).map(|(_, at)| at.elapsed().as_secs_f64() * 1000.0);
+                (region.to_string(), holds.clone(), heard)
+            })
+            .collect();
+        RegionStatus { exchanging: true, holds: exchange.holds().clone(), regions }
+    }
+
+    /// After the replica loop handled events: starts or stops the exchange as this node
+    /// gains or loses the right to write, hands in what the region committed and the
+    /// timers that came due, and carries out the exchange's outputs.
+    pub(super) fn drive(&mut self, node: &Node, replica: &Replica, now: u64) {
+        let leading = replica.accepting_writes(now).is_ok();
+        if !leading {
+            if self.exchange.is_some() {
+                self.restart("this node no longer leads its region");
+            }
+        } else if self.exchange.is_none() && !self.starting {
+            self.starting = node.storage_send(StorageCommand::RegionHolds);
+        }
+        let committed = replica.commit_index().min(replica.last().index);
+        while self.uncommitted.front().is_some_and(|(index, _)| *index <= committed) {
+            let Some((_, dot)) = self.uncommitted.pop_front() else { break };
+            if let Some(exchange) = &mut self.exchange {
+                let event = if dot.region == node.config.region { ExchangeEvent::Committed { dot } } else { ExchangeEvent::Applied { dot } };
+                exchange.handle(event, now);
+            }
+        }
+        if self.uncommitted.len() > 1 << 20 {
+            // Not leading and never committing: what the log holds is read afresh anyway.
+            self.uncommitted.clear();
+        }
+        let Some(exchange) = &mut self.exchange else { return };
+        if exchange.poll_timeout().is_some_and(|deadline| deadline <= now) {
+            exchange.handle(ExchangeEvent::Tick, now);
+        }
+        while let Some(output) = exchange.poll_output() {
+            match output {
+                ExchangeOutput::Send { to, message } => send_to_region(&self.leaders, node, &to, message),
+                ExchangeOutput::Apply(shipment) => {
+                    node.storage_send(StorageCommand::ApplyRegionWrite { shipment, epoch: replica.epoch() });
+                }
+                ExchangeOutput::ReadWrites { to, origin, after, up_to } => {
+                    node.storage_send(StorageCommand::ReadRegionWrites { to, origin, after, up_to });
+                }
+                ExchangeOutput::Reached { tag, result } => {
+                    if let Some(waiter) = self.waiters.remove(&tag) {
+                        let _ = waiter.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// To the region's leader if one spoke lately, else to each of its nodes (only its leader
+/// listens).
+fn send_to_region(leaders: &BTreeMap<String, (String, Instant)>, node: &Node, region: &str, message: RegionMessage<Vec<u8>>) {
+    {
+        if let Some((leader, _)) = leaders.get(region).filter(|(_, at)| at.elapsed() < LEADER_HINT_TTL) {
+            node.send_to(leader, Frame::Region(message));
+            return;
+        }
+        for (id, _, _) in node.config.remote_nodes().into_iter().filter(|(_, _, of)| of == region) {
+            node.send_to(&id, Frame::Region(message.clone()));
+        }
+    }
+}
+
+impl Node {
+    /// Whether `id` is a node of another region (multi-leader).
+    pub(crate) fn is_remote_node(&self, id: &str) -> bool {
+        self.config.remote_nodes().iter().any(|(remote, _, _)| remote == id)
+    }
+
+    /// The region of a node of another region, from the configuration.
+    pub(crate) fn region_of_remote(&self, id: &str) -> Option<String> {
+        self.config.remote_nodes().into_iter().find(|(remote, _, _)| remote == id).map(|(_, _, region)| region)
+    }
+
+    /// Multi-leader: what the exchange with the other regions stands at.
+    pub async fn region_status(&self) -> Option<RegionStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::RegionStatus { reply });
+        answer.await.ok()
+    }
+
+    /// Multi-leader: every row holding losing versions, per table.
+    ///
+    /// # Errors
+    /// If the storage thread has stopped or cannot read them.
+    pub async fn conflicts(&self) -> Result<Vec<tern_storage::TableConflicts>, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        if !self.storage_send(StorageCommand::Conflicts { reply }) {
+            return Err(storage_gone());
+        }
+        answer.await.map_err(|_| storage_gone())?.map_err(|error| RequestError::new(500, error))
+    }
+}
