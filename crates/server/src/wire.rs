@@ -1,7 +1,7 @@
 //! Node-to-node frames: a little-endian `u32` length, then a postcard-encoded [`Frame`].
 
 use serde::{Deserialize, Serialize};
-use tern_core::multi_leader::RegionMessage;
+use tern_core::multi_leader::{Dot, RegionMessage};
 use tern_core::{AckRequirement, Message, NodeId, Position, ReadLevel, Topology};
 use tern_storage::{Statement, StatementResult, WriteRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +29,8 @@ pub struct WriteReply {
     pub position: Option<Position>,
     /// Set when the request as a whole failed (not per statement): not leader, timeout.
     pub error: Option<RequestError>,
+    /// Multi-leader: the write of the region's stream that holds this request's changes.
+    pub region_write: Option<Dot>,
 }
 
 /// A failure of a whole request, with the HTTP status it maps to.
@@ -60,6 +62,8 @@ pub enum Frame {
         id: u64,
         request: WriteRequest,
         requirement: Option<AckRequirement>,
+        /// Multi-leader (`w=regions:k`): answer once this many regions hold the write.
+        regions: Option<usize>,
     },
     ForwardWriteReply {
         id: u64,

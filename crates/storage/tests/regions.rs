@@ -73,8 +73,9 @@ fn region_writes_reach_the_followers_and_other_regions_and_concurrent_edits_conv
     let (us_conflicts, eu_conflicts) = (us.region_conflicts().unwrap(), eu.region_conflicts().unwrap());
     assert_eq!(us_conflicts, eu_conflicts, "the same conflict on record in both regions");
     assert_eq!(us_conflicts.len(), 1);
-    assert_eq!(us_conflicts[0].0, "products");
-    assert_eq!(us_conflicts[0].1[0].1.len(), 1, "one losing version");
+    assert_eq!(us_conflicts[0].table, "products");
+    assert_eq!(us_conflicts[0].columns, ["sku", "price", "colour"]);
+    assert_eq!(us_conflicts[0].rows[0].1.len(), 1, "one losing version");
 
     // A write that saw the conflict settles it everywhere.
     execute(&mut eu, &["UPDATE products SET price = 12 WHERE sku = 'pen'"]);

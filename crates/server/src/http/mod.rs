@@ -18,10 +18,12 @@ use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
 
 mod admin;
 mod debug;
+mod regions;
 mod rqlite;
 
 use admin::*;
 use debug::*;
+use regions::*;
 use rqlite::*;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -33,6 +35,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(status))
         .route("/readyz", get(readyz))
         .route("/nodes", get(nodes))
+        .route("/db/conflicts", get(conflicts))
+        .route("/db/conflicts/resolve", post(resolve_conflict))
+        .route("/db/conflicts/policy", post(set_policy))
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
         .route("/cluster/transfer-leader", post(transfer_leader))

@@ -13,8 +13,38 @@ pub(super) fn not_ready(node: &Node) -> Option<Response> {
     })
 }
 
-pub(super) fn write_options(params: &Params) -> Result<Option<AckRequirement>, String> {
-    params.get("w").map(AckRequirement::parse).transpose()
+/// What a write's `w=` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WriteWait {
+    /// Copies within this node's cluster or region (`w=1`, `majority`, `all`, `sync`).
+    Copies(AckRequirement),
+    /// Multi-leader: this many regions, this one included (`w=regions:2`); `None`: all.
+    Regions(Option<usize>),
+}
+
+pub(super) fn write_options(params: &Params) -> Result<Option<WriteWait>, String> {
+    let Some(text) = params.get("w") else { return Ok(None) };
+    match text.strip_prefix("regions:") {
+        Some("all") => Ok(Some(WriteWait::Regions(None))),
+        Some(count) => match count.parse::<usize>() {
+            Ok(count) if count >= 1 => Ok(Some(WriteWait::Regions(Some(count)))),
+            _ => Err(format!("bad w={text:?}: expected regions:1, regions:2, ... or regions:all")),
+        },
+        None => AckRequirement::parse(text).map(|requirement| Some(WriteWait::Copies(requirement))),
+    }
+}
+
+/// How many regions a `w=regions:` write waits for, checked against this cluster.
+fn regions_wanted(node: &Node, wanted: Option<usize>) -> Result<usize, String> {
+    if node.config.topology != tern_core::Topology::MultiLeader {
+        return Err("w=regions:k needs --topology multi-leader: under single-leader every write goes to one leader (use w=majority or w=all)".to_string());
+    }
+    let regions = node.config.all_regions().len();
+    match wanted {
+        None => Ok(regions),
+        Some(count) if count <= regions => Ok(count),
+        Some(count) => Err(format!("w=regions:{count} asks for more regions than this cluster has ({regions})")),
+    }
 }
 
 pub(super) fn write_response(reply: WriteReply, started: Instant, params: &Params) -> Response {
@@ -46,15 +76,20 @@ pub(super) fn with_timings(mut body: Value, started: Instant, params: &Params) -
 
 /// The write half shared by `/db/execute` and `/db/request`.
 pub(super) async fn write_path(node: &Node, statements: Vec<Statement>, params: &Params, started: Instant) -> Response {
-    let requirement = match write_options(params) {
-        Ok(requirement) => requirement,
+    let (requirement, regions) = match write_options(params) {
+        Ok(None) => (None, None),
+        Ok(Some(WriteWait::Copies(requirement))) => (Some(requirement), None),
+        Ok(Some(WriteWait::Regions(wanted))) => match regions_wanted(node, wanted) {
+            Ok(regions) => (None, Some(regions)),
+            Err(message) => return bad_request(message),
+        },
         Err(message) => return bad_request(message),
     };
     let request = WriteRequest { statements, transaction: params.flag("transaction") };
     if let Some(message) = tern_storage::request_shape_error(&request) {
         return bad_request(message);
     }
-    let reply = node.write(request, requirement).await;
+    let reply = node.write(request, requirement, regions).await;
     write_response(reply, started, params)
 }
 
@@ -182,7 +217,7 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
         })
         .collect();
     let published = node.published();
-    let body = json!({
+    let mut body = json!({
         "node": {
             "id": node.config.id,
             "region": node.config.region,
@@ -205,13 +240,16 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
             "bytes": node.log_stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
         },
         "replication": {
-            "topology": "single-leader",
+            "topology": node.config.topology.name(),
             "failover": if node.config.failover { "automatic" } else { "manual" },
             "log_format": node.config.log_format.name(),
             "ack": node.config.ack.name(),
             "followers": followers,
         },
     });
+    if node.config.topology == tern_core::Topology::MultiLeader {
+        body["regions"] = regions_status(&node).await;
+    }
     Json(body).into_response()
 }
 

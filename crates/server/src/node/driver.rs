@@ -157,6 +157,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                         Event::RegionHolds(holds) => regions.on_holds(&node, holds, replica.accepting_writes(now).is_ok(), now),
                         Event::RegionWritesRead { to, writes } => regions.on_writes_read(to, writes, now),
                         Event::RegionApplyFailed(why) => regions.restart(&why),
+                        Event::WaitForRegions { dot, regions: wanted, deadline, reply } => regions.wait_for_regions(dot, wanted, deadline, reply, now),
                         Event::RegionStatus { reply } => {
                             let _ = reply.send(regions.status());
                         }
@@ -230,13 +231,13 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                 Output::WriteDone { tag, result } => {
                     let Some(write) = writes.remove(&tag) else { continue };
                     let reply = match result {
-                        Ok(position) => WriteReply { results: write.results, position: Some(position), error: None },
+                        Ok(position) => WriteReply { results: write.results, position: Some(position), error: None, region_write: write.region_write },
                         Err(error) => {
                             let status = match error {
                                 WriteError::Unsatisfiable { .. } => 400,
                                 WriteError::Timeout { .. } | WriteError::NotLeader { .. } => 503,
                             };
-                            WriteReply { results: write.results, position: None, error: Some(RequestError::new(status, error.to_string())) }
+                            WriteReply { results: write.results, position: None, error: Some(RequestError::new(status, error.to_string())), region_write: None }
                         }
                     };
                     let _ = write.reply.send(reply);

@@ -35,7 +35,7 @@ mod writes;
 use driver::*;
 pub(crate) use peers::*;
 use regions::RegionLink;
-pub use regions::RegionStatus;
+pub use regions::{RegionChange, RegionStatus};
 pub use storage_thread::*;
 
 /// What the replica loop reacts to.
@@ -69,6 +69,14 @@ pub(crate) enum Event {
     RegionApplyFailed(String),
     RegionStatus {
         reply: oneshot::Sender<RegionStatus>,
+    },
+    /// Multi-leader, `w=regions:k`: answer once `regions` regions hold `dot` (or, at the
+    /// deadline, with how many did).
+    WaitForRegions {
+        dot: Dot,
+        regions: usize,
+        deadline: u64,
+        reply: oneshot::Sender<Result<(), usize>>,
     },
     Persisted(Position),
     PersistFailed,
@@ -113,6 +121,7 @@ pub(crate) enum Event {
 /// A write executed on the leader, waiting for its copies.
 pub(crate) struct PendingWrite {
     index: u64,
+    region_write: Option<Dot>,
     requirement: AckRequirement,
     results: Vec<StatementResult>,
     reply: oneshot::Sender<WriteReply>,
@@ -161,6 +170,13 @@ pub(crate) enum StorageCommand {
     },
     Conflicts {
         reply: oneshot::Sender<Result<Vec<tern_storage::TableConflicts>, String>>,
+    },
+    /// Multi-leader, region leader: set a table's policy or settle a row's conflicts, in
+    /// `epoch`; answered with the entry's position.
+    RegionAdmin {
+        change: RegionChange,
+        epoch: u64,
+        reply: oneshot::Sender<Result<Position, RequestError>>,
     },
     /// Fault injection (`POST /debug/panic`): panic on the storage thread, to show that
     /// a node that cannot continue exits and the others fail over.

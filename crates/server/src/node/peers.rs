@@ -139,11 +139,11 @@ impl Node {
                     self.post(Event::Region { from: from.to_string(), region, message });
                 }
             }
-            Frame::ForwardWrite { id, request, requirement } => {
+            Frame::ForwardWrite { id, request, requirement, regions } => {
                 let node = self.clone();
                 let origin = from.to_string();
                 tokio::spawn(async move {
-                    let reply = node.write_local(request, requirement).await;
+                    let reply = node.write_local(request, requirement, regions).await;
                     node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
                 });
             }

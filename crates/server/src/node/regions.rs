@@ -31,6 +31,17 @@ pub struct RegionStatus {
     pub regions: Vec<(String, VersionVector, Option<f64>)>,
 }
 
+/// An operator's change to conflict handling, made by a region leader and carried to
+/// every region.
+#[derive(Clone, Debug)]
+pub enum RegionChange {
+    /// `table`'s rows written from now on are settled under `policy`.
+    Policy { table: String, policy: tern_core::multi_leader::Policy },
+    /// Settles the conflicts of `table`'s row `key`, keeping `values` (the whole row), or
+    /// the version shown now.
+    Resolve { table: String, key: Vec<tern_storage::SqlValue>, values: Option<Vec<tern_storage::SqlValue>> },
+}
+
 /// The replica loop's multi-leader state.
 pub(super) struct RegionLink {
     exchange: Option<RegionExchange>,
@@ -195,11 +206,55 @@ impl Node {
         self.config.remote_nodes().into_iter().find(|(remote, _, _)| remote == id).map(|(_, _, region)| region)
     }
 
+    /// `w=regions:k`: holds a committed write's answer until `regions` regions hold it,
+    /// or until the write timeout, when it says how many did (the write stays; it will
+    /// reach the others).
+    pub(super) async fn wait_for_regions(&self, mut reply: WriteReply, regions: usize) -> WriteReply {
+        // A request that changed nothing is in no region's stream: nothing to wait for.
+        let Some(dot) = reply.region_write.clone() else { return reply };
+        let (answer, answered) = oneshot::channel();
+        let deadline = self.now_us() + self.config.write_timeout.as_micros() as u64;
+        self.post(Event::WaitForRegions { dot: dot.clone(), regions, deadline, reply: answer });
+        let held = match answered.await {
+            Ok(Ok(())) => return reply,
+            Ok(Err(held)) => held,
+            Err(_) => 1,
+        };
+        let message = format!(
+            "write {dot} is committed in region {}, but {held} of the {regions} regions asked for (w=regions) held it within {} ms; \
+             it stays, and will reach the others when they are reachable",
+            self.config.region,
+            self.config.write_timeout.as_millis()
+        );
+        reply.error = Some(RequestError::new(503, message));
+        reply
+    }
+
     /// Multi-leader: what the exchange with the other regions stands at.
     pub async fn region_status(&self) -> Option<RegionStatus> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::RegionStatus { reply });
         answer.await.ok()
+    }
+
+    /// Multi-leader: sets a policy or settles a conflict; this node must lead its region.
+    ///
+    /// # Errors
+    /// Single-leader; not the region's leader (503, naming it); a change that does not
+    /// fit the database (400).
+    pub async fn region_change(&self, change: RegionChange) -> Result<Position, RequestError> {
+        if self.config.topology != tern_core::Topology::MultiLeader {
+            return Err(RequestError::new(400, "conflict policies and resolutions need --topology multi-leader"));
+        }
+        let published = self.published();
+        if !published.accepting_writes {
+            return Err(self.not_accepting(&published));
+        }
+        let (reply, answer) = oneshot::channel();
+        if !self.storage_send(StorageCommand::RegionAdmin { change, epoch: published.epoch, reply }) {
+            return Err(storage_gone());
+        }
+        answer.await.map_err(|_| storage_gone())?
     }
 
     /// Multi-leader: every row holding losing versions, per table.

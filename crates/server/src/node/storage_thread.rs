@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) fn stopped_leading() -> WriteReply {
     let error = RequestError::new(503, "this node stopped leading before the write could commit: retry (it was not applied)");
-    WriteReply { results: Vec::new(), position: None, error: Some(error) }
+    WriteReply { results: Vec::new(), position: None, error: Some(error), region_write: None }
 }
 
 /// What the replica loop last decided about writes, for the storage thread to check
@@ -193,6 +193,9 @@ impl StorageContext {
                     Err(error) => tracing::error!("cannot read {origin}'s writes from the region log: {error}"),
                 },
                 StorageCommand::ApplyRegionWrite { shipment, epoch } => self.apply_region_write(shipment, epoch),
+                StorageCommand::RegionAdmin { change, epoch, reply } => {
+                    let _ = reply.send(self.region_admin(change, epoch));
+                }
                 StorageCommand::Conflicts { reply } => {
                     let _ = reply.send(self.engine.region_conflicts().map_err(|error| error.to_string()));
                 }
@@ -238,9 +241,11 @@ impl StorageContext {
                 let mut writes = Vec::new();
                 for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {
                     match &outcome.entry {
-                        Some(entry) if changed => writes.push(PendingWrite { index: entry.index, requirement, results, reply }),
+                        Some(entry) if changed => {
+                            writes.push(PendingWrite { index: entry.index, region_write: outcome.region_write.clone(), requirement, results, reply })
+                        }
                         _ => {
-                            let _ = reply.send(WriteReply { results, position: None, error: None });
+                            let _ = reply.send(WriteReply { results, position: None, error: None, region_write: None });
                         }
                     }
                 }
@@ -264,6 +269,7 @@ impl StorageContext {
                         results: Vec::new(),
                         position: None,
                         error: Some(RequestError::new(status, format!("storage failure: {error}"))),
+                        region_write: None,
                     });
                 }
             }
@@ -297,6 +303,32 @@ impl StorageContext {
             }
         };
         let _ = self.events.send(Event::RegionApplyFailed(failure));
+    }
+
+    /// Region leader: a policy or a resolution, logged as one entry of this region while
+    /// this node leads `epoch`.
+    fn region_admin(&mut self, change: RegionChange, epoch: u64) -> Result<Position, RequestError> {
+        let lease = self.write_lease.clone();
+        let still_leading = || lease.allows(epoch);
+        if !still_leading() {
+            return Err(stopped_leading().error.unwrap_or_else(|| RequestError::new(503, "not leading")));
+        }
+        let executed = match change {
+            RegionChange::Policy { table, policy } => self.engine.set_conflict_policy(epoch, &table, policy, &still_leading),
+            RegionChange::Resolve { table, key, values } => self.engine.resolve_conflict(epoch, &table, &key, values, &still_leading),
+        };
+        match executed {
+            Ok(Executed::Committed(batch)) => match batch.entry {
+                Some(entry) => {
+                    let position = entry.position();
+                    self.appended(entry, Vec::new(), batch.region_write);
+                    Ok(position)
+                }
+                None => Err(RequestError::new(500, "nothing was logged")),
+            },
+            Ok(Executed::StoppedLeading) => Err(stopped_leading().error.unwrap_or_else(|| RequestError::new(503, "not leading"))),
+            Err(error) => Err(RequestError::new(400, error.to_string())),
+        }
     }
 
     /// Keeps the log near `log_retain` entries, compacting in steps so it is rare.

@@ -5,19 +5,21 @@ use super::*;
 impl Node {
     /// Executes a write on the leader (forwarding it there from a follower) and waits
     /// for the acknowledgement the request asked for.
-    pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
+    /// Multi-leader: with `regions`, the answer waits until that many regions hold the
+    /// write (`w=regions:k`).
+    pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>) -> WriteReply {
         let published = self.published();
         let leader = match &published.leader {
             Some(leader) if *leader != self.config.id => leader.clone(),
-            _ => return self.write_local(request, requirement).await,
+            _ => return self.write_local(request, requirement, regions).await,
         };
-        let wait = self.config.write_timeout + Duration::from_secs(5);
-        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement }).await {
+        let wait = self.config.write_timeout * if regions.is_some() { 2 } else { 1 } + Duration::from_secs(5);
+        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement, regions }).await {
             Some(ForwardReply::Write(reply)) => reply,
             _ => {
                 let mut error = RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));
                 error.leader = Some(leader);
-                WriteReply { results: Vec::new(), position: None, error: Some(error) }
+                WriteReply { results: Vec::new(), position: None, error: Some(error), region_write: None }
             }
         }
     }
@@ -55,17 +57,17 @@ impl Node {
         reply
     }
 
-    pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>) -> WriteReply {
+    pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>) -> WriteReply {
         let published = self.published();
         if !published.accepting_writes {
-            return WriteReply { results: Vec::new(), position: None, error: Some(self.not_accepting(&published)) };
+            return WriteReply { results: Vec::new(), position: None, error: Some(self.not_accepting(&published)), region_write: None };
         }
         let requirement = requirement.unwrap_or(self.config.ack.requirement());
         let members = published.membership.voters.len();
         if let AckRequirement::Nodes(requested) = requirement {
             if requested > members {
                 let message = WriteError::Unsatisfiable { requested, members }.to_string();
-                return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(400, message)) };
+                return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(400, message)), region_write: None };
             }
         }
         // Admission control: past this many writes in flight, refuse new ones at once
@@ -73,13 +75,17 @@ impl Node {
         let pending = PendingCount::enter(&self.pending_writes);
         if pending.count > MAX_PENDING_WRITES {
             let message = format!("this node has {} writes in flight, over its limit of {MAX_PENDING_WRITES}: retry shortly", pending.count - 1);
-            return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(503, message)) };
+            return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(503, message)), region_write: None };
         }
         let (reply, rx) = oneshot::channel();
         if !self.storage_send(StorageCommand::Execute { request, requirement, epoch: published.epoch, reply }) {
-            return WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) };
+            return WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()), region_write: None };
         }
-        rx.await.unwrap_or_else(|_| WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()) })
+        let reply = rx.await.unwrap_or_else(|_| WriteReply { results: Vec::new(), position: None, error: Some(storage_gone()), region_write: None });
+        match regions {
+            Some(regions) if reply.error.is_none() => self.wait_for_regions(reply, regions).await,
+            _ => reply,
+        }
     }
 
     // ---- reads ----

@@ -58,7 +58,13 @@ impl RegionPayload {
 }
 
 /// One table's rows holding losing versions: each row's key and its conflicts.
-pub type TableConflicts = (String, Vec<(Vec<SqlValue>, Vec<Conflict<SqlValue>>)>);
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableConflicts {
+    pub table: String,
+    /// The table's columns, in order (a conflict's `column` indexes them).
+    pub columns: Vec<String>,
+    pub rows: Vec<(Vec<SqlValue>, Vec<Conflict<SqlValue>>)>,
+}
 
 fn wall_clock_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
@@ -113,7 +119,8 @@ impl Engine {
         let mut found = Vec::new();
         for (table, _) in row_versions::tables_in_conflict(&self.connection)? {
             let rows = row_versions::conflicts(&self.connection, &table)?;
-            found.push((table, rows));
+            let columns = row_versions::shape(&self.connection, &table).map(|shape| shape.columns).unwrap_or_default();
+            found.push(TableConflicts { table, columns, rows });
         }
         Ok(found)
     }

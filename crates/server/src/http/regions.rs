@@ -1,0 +1,143 @@
+//! Multi-leader's own endpoints: the conflicts on record (`GET /db/conflicts`), settling
+//! one (`POST /db/conflicts/resolve`), a table's conflict policy
+//! (`POST /db/conflicts/policy`), and the regions part of `/status`.
+
+use super::*;
+use crate::node::{RegionChange, RegionStatus};
+use tern_core::multi_leader::{Conflict, Dot, Policy, Stamp, VersionVector};
+use tern_storage::SqlValue;
+
+fn vector_json(vector: &VersionVector) -> Value {
+    Value::Object(vector.iter().map(|(origin, seq)| (origin.to_string(), json!(seq))).collect())
+}
+
+fn version_json(dot: &Dot, stamp: &Stamp, values: &Option<Vec<SqlValue>>) -> Value {
+    json!({
+        "write": dot.to_string(),
+        "region": dot.region,
+        "time_us": stamp.time.wall_us,
+        "values": values.as_ref().map(|values| values.iter().map(SqlValue::to_json).collect::<Vec<_>>()),
+    })
+}
+
+fn conflict_json(table: &str, columns: &[String], key: &[SqlValue], conflict: &Conflict<SqlValue>) -> Value {
+    let (loser, winner) = (&conflict.loser, &conflict.winner);
+    json!({
+        "table": table,
+        "key": key.iter().map(SqlValue::to_json).collect::<Vec<_>>(),
+        "column": conflict.column.map(|index| columns.get(index).cloned().unwrap_or_else(|| index.to_string())),
+        "kept": version_json(&winner.0, &winner.1, &winner.2),
+        "lost": version_json(&loser.0, &loser.1, &loser.2),
+    })
+}
+
+/// `GET /db/conflicts`: every losing version on record here, beside the version shown.
+pub(super) async fn conflicts(State(node): State<Arc<Node>>) -> Response {
+    if node.config.topology != tern_core::Topology::MultiLeader {
+        return bad_request("conflicts exist only under --topology multi-leader");
+    }
+    match node.conflicts().await {
+        Ok(tables) => {
+            let listed: Vec<Value> = tables
+                .iter()
+                .flat_map(|table| {
+                    table
+                        .rows
+                        .iter()
+                        .flat_map(move |(key, conflicts)| conflicts.iter().map(move |conflict| conflict_json(&table.table, &table.columns, key, conflict)))
+                })
+                .collect();
+            Json(json!({ "region": node.config.region, "conflicts": listed })).into_response()
+        }
+        Err(error) => error_response(&error),
+    }
+}
+
+/// A JSON body as an object, or the response saying what is wrong with it.
+fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad_request("expected a JSON object")),
+        Err(error) => Err(bad_request(format!("the body is not JSON: {error}"))),
+    }
+}
+
+fn text_field(object: &serde_json::Map<String, Value>, name: &str) -> Result<String, Response> {
+    match object.get(name) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        _ => Err(bad_request(format!("missing \"{name}\": a string"))),
+    }
+}
+
+fn values_field(object: &serde_json::Map<String, Value>, name: &str) -> Result<Option<Vec<SqlValue>>, Response> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => {
+            items.iter().map(SqlValue::from_json).collect::<Result<Vec<_>, _>>().map(Some).map_err(|error| bad_request(format!("{name}: {error}")))
+        }
+        Some(_) => Err(bad_request(format!("\"{name}\" must be an array of values"))),
+    }
+}
+
+async fn change_response(node: &Node, change: RegionChange) -> Response {
+    match node.region_change(change).await {
+        Ok(position) => Json(json!({ "position": position.to_string(), "region": node.config.region })).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `POST /db/conflicts/resolve` with `{"table": T, "key": [..], "values": [..]}`: keeps
+/// `values` (the whole row; left out: the version shown now) as a write that saw every
+/// version of the row, so its conflicts are settled in every region.
+pub(super) async fn resolve_conflict(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let parsed = object_body(&body).and_then(|object| {
+        let table = text_field(&object, "table")?;
+        let key = values_field(&object, "key")?.ok_or_else(|| bad_request("missing \"key\": the row's key values, in column order"))?;
+        Ok(RegionChange::Resolve { table, key, values: values_field(&object, "values")? })
+    });
+    match parsed {
+        Ok(change) => change_response(&node, change).await,
+        Err(response) => response,
+    }
+}
+
+/// `POST /db/conflicts/policy` with `{"table": T, "policy": "lww"|"column-merge"|"keep-both"}`.
+pub(super) async fn set_policy(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let parsed = object_body(&body).and_then(|object| {
+        let table = text_field(&object, "table")?;
+        let policy = Policy::parse(&text_field(&object, "policy")?).map_err(bad_request)?;
+        Ok(RegionChange::Policy { table, policy })
+    });
+    match parsed {
+        Ok(change) => change_response(&node, change).await,
+        Err(response) => response,
+    }
+}
+
+/// The `regions` part of `/status` (multi-leader): what this region holds of every
+/// origin, and per other region what it holds, how many of its writes this region still
+/// lacks, and when its leader last spoke.
+pub(super) async fn regions_status(node: &Node) -> Value {
+    let status: RegionStatus = node.region_status().await.unwrap_or_default();
+    let conflicted_rows: usize = node.conflicts().await.map(|tables| tables.iter().map(|table| table.rows.len()).sum()).unwrap_or(0);
+    let regions: Vec<Value> = status
+        .regions
+        .iter()
+        .map(|(region, holds, heard_ms_ago)| {
+            json!({
+                "region": region,
+                "holds": vector_json(holds),
+                "missing_here": holds.get(region).saturating_sub(status.holds.get(region)),
+                "missing_there": status.holds.get(&node.config.region).saturating_sub(holds.get(&node.config.region)),
+                "last_heard_ms_ago": heard_ms_ago,
+            })
+        })
+        .collect();
+    json!({
+        "region": node.config.region,
+        "exchanging": status.exchanging,
+        "holds": vector_json(&status.holds),
+        "conflicted_rows": conflicted_rows,
+        "regions": regions,
+    })
+}
