@@ -146,22 +146,43 @@ impl Cluster {
 
     /// Like `start` but leaves every node stopped.
     pub fn new(name: &str, count: usize, extra: &[&str]) -> Cluster {
+        let regions = ["us-east", "eu-west", "antarctica", "ap-south", "sa-east"];
+        let node_regions: Vec<&str> = (0..count).map(|index| regions[index % regions.len()]).collect();
+        Cluster::with_regions(name, &node_regions, false, extra)
+    }
+
+    /// Multi-leader: node `i` (n1, n2, ...) in region `node_regions[i]`, each region's
+    /// first node its first leader; all started, each with `extra` and fault injection.
+    pub fn start_multi_leader(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::with_regions(name, node_regions, true, extra);
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    fn with_regions(name: &str, node_regions: &[&str], multi_leader: bool, extra: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("tern-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        let specs: Vec<(String, String, String)> = (1..=count).map(|number| (format!("n{number}"), free_port_addr(), free_port_addr())).collect();
-        let members = specs.iter().map(|(id, _, peer)| format!("{id}={peer}")).collect::<Vec<_>>().join(",");
-        let regions = ["us-east", "eu-west", "antarctica", "ap-south", "sa-east"];
+        let specs: Vec<(String, String, String)> = (1..=node_regions.len()).map(|number| (format!("n{number}"), free_port_addr(), free_port_addr())).collect();
+        let members = specs
+            .iter()
+            .zip(node_regions)
+            .map(|((id, _, peer), region)| if multi_leader { format!("{id}@{region}={peer}") } else { format!("{id}={peer}") })
+            .collect::<Vec<_>>()
+            .join(",");
         let nodes = specs
             .iter()
-            .enumerate()
-            .map(|(index, (id, http, peer))| {
+            .zip(node_regions)
+            .map(|((id, http, peer), region)| {
                 let data = dir.join(id);
                 let mut args: Vec<String> = vec![
                     "--id".into(),
                     id.clone(),
                     "--region".into(),
-                    regions[index % regions.len()].into(),
+                    region.to_string(),
                     "--data".into(),
                     data.display().to_string(),
                     "--http".into(),
@@ -171,6 +192,9 @@ impl Cluster {
                     "--cluster".into(),
                     members.clone(),
                 ];
+                if multi_leader {
+                    args.extend(["--topology", "multi-leader", "--fault-injection", "on"].map(String::from));
+                }
                 args.extend(extra.iter().map(|arg| arg.to_string()));
                 ServerNode {
                     id: id.clone(),
@@ -234,6 +258,26 @@ impl Cluster {
         node.start();
         self.nodes.push(node);
         self.nodes.len() - 1
+    }
+
+    /// A node this cluster does not know, with its own defaults (single-leader) and a
+    /// `--cluster` of itself and `others` (`ID=PEER,...`); not started.
+    pub fn stray_node(&self, id: &str, others: &str) -> ServerNode {
+        let (http, peer) = (free_port_addr(), free_port_addr());
+        let data = self.dir.join(id);
+        let args: Vec<String> = vec![
+            "--id".into(),
+            id.into(),
+            "--data".into(),
+            data.display().to_string(),
+            "--http".into(),
+            http.clone(),
+            "--peer".into(),
+            peer.clone(),
+            "--cluster".into(),
+            format!("{id}={peer},{others}"),
+        ];
+        ServerNode { id: id.into(), http, peer, data, args, wrapper: Vec::new(), log: self.dir.join(format!("{id}.log")), child: None }
     }
 
     pub fn wait_ready(&self) {

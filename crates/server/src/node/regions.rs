@@ -53,16 +53,30 @@ pub(super) struct RegionLink {
     leaders: BTreeMap<String, (String, Instant)>,
     /// `w=regions:k` writes waiting for other regions.
     waiters: HashMap<u64, oneshot::Sender<Result<(), usize>>>,
+    /// Waits asked for while no exchange runs (it is starting): handed to the next one.
+    early: Vec<EarlyWait>,
     next_tag: u64,
 }
 
 impl RegionLink {
     pub(super) fn new() -> RegionLink {
-        RegionLink { exchange: None, starting: false, uncommitted: VecDeque::new(), leaders: BTreeMap::new(), waiters: HashMap::new(), next_tag: 1 }
+        RegionLink {
+            exchange: None,
+            starting: false,
+            uncommitted: VecDeque::new(),
+            leaders: BTreeMap::new(),
+            waiters: HashMap::new(),
+            early: Vec::new(),
+            next_tag: 1,
+        }
     }
 
     pub(super) fn poll_timeout(&self) -> Option<u64> {
-        self.exchange.as_ref().and_then(Protocol::poll_timeout)
+        let early = self.early.iter().map(|(_, _, deadline, _)| *deadline).min();
+        match (self.exchange.as_ref().and_then(Protocol::poll_timeout), early) {
+            (Some(exchange), Some(early)) => Some(exchange.min(early)),
+            (exchange, early) => exchange.or(early),
+        }
     }
 
     /// An entry of the local log holds a region write.
@@ -84,6 +98,9 @@ impl RegionLink {
         };
         tracing::info!("exchanging writes with the other regions from {holds:?}");
         self.exchange = Some(Exchange::new(config, holds, now));
+        for (dot, regions, deadline, reply) in std::mem::take(&mut self.early) {
+            self.wait_for_regions(dot, regions, deadline, reply, now);
+        }
     }
 
     /// The exchange cannot go on as it stands (a write failed to apply, or leadership
@@ -93,7 +110,7 @@ impl RegionLink {
             tracing::warn!("restarting the exchange with the other regions: {why}");
         }
         for (_, waiter) in self.waiters.drain() {
-            let _ = waiter.send(Err(0));
+            let _ = waiter.send(Err(1));
         }
     }
 
@@ -113,7 +130,7 @@ impl RegionLink {
     /// A client's write `dot` waits until `regions` regions hold it.
     pub(super) fn wait_for_regions(&mut self, dot: Dot, regions: usize, deadline: u64, reply: oneshot::Sender<Result<(), usize>>, now: u64) {
         let Some(exchange) = &mut self.exchange else {
-            let _ = reply.send(Err(1));
+            self.early.push((dot, regions, deadline, reply));
             return;
         };
         let tag = self.next_tag;
@@ -158,7 +175,14 @@ impl RegionLink {
             // Not leading and never committing: what the log holds is read afresh anyway.
             self.uncommitted.clear();
         }
-        let Some(exchange) = &mut self.exchange else { return };
+        let Some(exchange) = &mut self.exchange else {
+            // No exchange to count regions with: those past their deadline get what is
+            // known, that this region holds the write.
+            for (_, _, _, reply) in extract_expired(&mut self.early, now) {
+                let _ = reply.send(Err(1));
+            }
+            return;
+        };
         if exchange.poll_timeout().is_some_and(|deadline| deadline <= now) {
             exchange.handle(ExchangeEvent::Tick, now);
         }
@@ -179,6 +203,14 @@ impl RegionLink {
             }
         }
     }
+}
+
+type EarlyWait = (Dot, usize, u64, oneshot::Sender<Result<(), usize>>);
+
+fn extract_expired(waits: &mut Vec<EarlyWait>, now: u64) -> Vec<EarlyWait> {
+    let (expired, kept) = std::mem::take(waits).into_iter().partition(|(_, _, deadline, _)| *deadline <= now);
+    *waits = kept;
+    expired
 }
 
 /// To the region's leader if one spoke lately, else to each of its nodes (only its leader

@@ -1,0 +1,189 @@
+//! Multi-leader on real `tern server` processes: three regions (and a region of three
+//! nodes) taking writes everywhere, concurrent edits settled per table policy with the
+//! losers on record, a region cut off that keeps taking writes and converges after heal,
+//! and nodes killed mid-stream that resume without losing or repeating a write.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Drops all traffic between `node` and every other node (`heal`: none).
+fn isolate(cluster: &Cluster, node: usize, heal: bool) {
+    let others: Vec<String> = cluster.nodes.iter().enumerate().filter(|(index, _)| *index != node).map(|(_, other)| other.id.clone()).collect();
+    let drop = if heal { String::new() } else { others.join(",") };
+    let reply = cluster.nodes[node].client().post_json(&format!("/debug/partition?drop={drop}"), &json!({})).expect("node answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+fn ok(reply: &tern_server::client::Reply) {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for result in reply.body["results"].as_array().into_iter().flatten() {
+        assert!(result["error"].is_null(), "{}", reply.body);
+    }
+}
+
+fn post(cluster: &Cluster, node: usize, path: &str, body: Value) -> tern_server::client::Reply {
+    cluster.nodes[node].client().post_json(path, &body).expect("node answers")
+}
+
+fn table_rows(cluster: &Cluster, node: usize, sql: &str) -> Vec<Value> {
+    rows(&query(&mut cluster.nodes[node].client(), sql, ""))
+}
+
+fn conflicts(cluster: &Cluster, node: usize) -> Vec<Value> {
+    let reply = cluster.nodes[node].client().get("/db/conflicts").expect("node answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["conflicts"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until every running node shows `expected` for `sql`.
+fn converges(cluster: &Cluster, nodes: &[usize], sql: &str, expected: &Value) {
+    let shows = |node: usize| {
+        let reply = cluster.nodes[node].client().get(&format!("/db/query?q={}", tern_server::client::encode_query_value(sql)));
+        reply.is_ok_and(|reply| reply.body["results"][0]["values"] == *expected)
+    };
+    eventually(LONG, &format!("every region to show {expected} for {sql}"), || nodes.iter().all(|node| shows(*node)));
+}
+
+fn region_holds(cluster: &Cluster, node: usize) -> Value {
+    cluster.nodes[node].client().get("/status").expect("node answers").body["regions"]["holds"].clone()
+}
+
+#[test]
+fn concurrent_edits_in_two_regions_are_settled_by_each_tables_policy_with_the_losers_on_record() {
+    let cluster = Cluster::start_multi_leader("ml-policies", &["us-east", "eu-west", "antarctica"], &[]);
+    let (us, eu, antarctica) = (0, 1, 2);
+    ok(&execute(
+        &mut cluster.nodes[us].client(),
+        "?w=regions:all",
+        json!(["CREATE TABLE products (sku TEXT PRIMARY KEY, price INTEGER, colour TEXT)", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"]),
+    ));
+    let set = post(&cluster, us, "/db/conflicts/policy", json!({"table": "products", "policy": "column-merge"}));
+    assert_eq!(set.status, 200, "{}", set.body);
+    let refused = post(&cluster, us, "/db/conflicts/policy", json!({"table": "products", "policy": "newest"}));
+    assert_eq!(refused.status, 400, "an unknown policy is refused: {}", refused.body);
+    // Behind the policy in us-east's stream, so every region has both when this returns.
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["INSERT INTO products VALUES ('pen', 10, 'red')"])));
+
+    // eu-west is cut off; both sides edit the same rows.
+    isolate(&cluster, eu, false);
+    ok(&execute(
+        &mut cluster.nodes[us].client(),
+        "",
+        json!(["UPDATE products SET price = 11 WHERE sku = 'pen'", "INSERT INTO notes VALUES (1, 'from us-east')"]),
+    ));
+    std::thread::sleep(Duration::from_millis(5));
+    ok(&execute(
+        &mut cluster.nodes[eu].client(),
+        "",
+        json!(["UPDATE products SET colour = 'blue' WHERE sku = 'pen'", "INSERT INTO notes VALUES (1, 'from eu-west')"]),
+    ));
+    assert_eq!(table_rows(&cluster, eu, "SELECT * FROM notes"), vec![json!([1, "from eu-west"])], "eu-west answers from its own writes");
+    isolate(&cluster, eu, true);
+
+    // column-merge: both edits survive; lww: the later insert shows, the other is on record.
+    let all = [us, eu, antarctica];
+    converges(&cluster, &all, "SELECT * FROM products", &json!([["pen", 11, "blue"]]));
+    converges(&cluster, &all, "SELECT * FROM notes", &json!([[1, "from eu-west"]]));
+    for node in all {
+        let found = conflicts(&cluster, node);
+        assert_eq!(found.len(), 1, "one conflict on record at {}: {found:?}", cluster.nodes[node].id);
+        assert_eq!(found[0]["table"], "notes");
+        assert_eq!(found[0]["kept"]["values"], json!([1, "from eu-west"]));
+        assert_eq!(found[0]["lost"]["values"], json!([1, "from us-east"]));
+        assert_eq!(found[0]["lost"]["region"], "us-east");
+    }
+
+    // Settled in antarctica, for everyone.
+    let resolved = post(&cluster, antarctica, "/db/conflicts/resolve", json!({"table": "notes", "key": [1], "values": [1, "from both"]}));
+    assert_eq!(resolved.status, 200, "{}", resolved.body);
+    converges(&cluster, &all, "SELECT * FROM notes", &json!([[1, "from both"]]));
+    eventually(LONG, "the conflict to be settled everywhere", || all.iter().all(|node| conflicts(&cluster, *node).is_empty()));
+    let bad = post(&cluster, antarctica, "/db/conflicts/resolve", json!({"table": "notes", "key": "1"}));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // A node of another topology is refused at the handshake, with the reason.
+    let mut stranger = cluster.stray_node("stranger", &format!("n1={}", cluster.nodes[us].peer));
+    stranger.start();
+    eventually(LONG, "us-east to refuse the single-leader node", || cluster.nodes[us].log_text().contains("runs --topology single-leader"));
+}
+
+#[test]
+fn a_region_cut_off_keeps_taking_writes_and_every_region_converges_after_a_node_restarts_mid_stream() {
+    let cluster = Cluster::start_multi_leader("ml-partition", &["us-east", "eu-west", "antarctica"], &["--write-timeout-ms", "1500"]);
+    let mut cluster = cluster;
+    let (us, eu, antarctica) = (0, 1, 2);
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["CREATE TABLE orders (id INTEGER PRIMARY KEY, placed_in TEXT)"])));
+
+    isolate(&cluster, antarctica, false);
+    for id in 0..40 {
+        ok(&execute(&mut cluster.nodes[antarctica].client(), "", json!([format!("INSERT INTO orders VALUES ({}, 'antarctica')", 1000 + id)])));
+        ok(&execute(&mut cluster.nodes[us].client(), "", json!([format!("INSERT INTO orders VALUES ({id}, 'us-east')")])));
+    }
+    // Cross-region durability on request: refused honestly while a region is away.
+    let lonely = execute(&mut cluster.nodes[antarctica].client(), "?w=regions:all", json!(["INSERT INTO orders VALUES (2000, 'antarctica')"]));
+    assert_eq!(lonely.status, 503, "{}", lonely.body);
+    assert!(lonely.body["error"].as_str().unwrap_or_default().contains("1 of the 3"), "{}", lonely.body);
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:2", json!(["INSERT INTO orders VALUES (2001, 'us-east')"])));
+    let too_many = execute(&mut cluster.nodes[us].client(), "?w=regions:4", json!(["INSERT INTO orders VALUES (2002, 'us-east')"]));
+    assert_eq!(too_many.status, 400, "{}", too_many.body);
+
+    // Heal, and kill eu-west while the catch-up streams in; it comes back from its cursors.
+    isolate(&cluster, antarctica, false);
+    isolate(&cluster, antarctica, true);
+    cluster.nodes[eu].kill();
+    for id in 40..60 {
+        ok(&execute(&mut cluster.nodes[us].client(), "", json!([format!("INSERT INTO orders VALUES ({id}, 'us-east')")])));
+    }
+    cluster.nodes[eu].start();
+    wait_node_ready(&cluster.nodes[eu]);
+    let expected = json!([[102]]);
+    converges(&cluster, &[us, eu, antarctica], "SELECT count(*) FROM orders", &expected);
+    let reference = table_rows(&cluster, us, "SELECT * FROM orders ORDER BY id");
+    for node in [eu, antarctica] {
+        assert_eq!(table_rows(&cluster, node, "SELECT * FROM orders ORDER BY id"), reference);
+    }
+    eventually(LONG, "every region to hold the same writes", || {
+        let holds = region_holds(&cluster, us);
+        holds == region_holds(&cluster, eu) && holds == region_holds(&cluster, antarctica)
+    });
+    let holds = region_holds(&cluster, us);
+    assert_eq!(holds, json!({"us-east": 62, "antarctica": 41}), "one write per transaction, none twice");
+}
+
+#[test]
+fn a_region_of_three_nodes_fails_over_and_its_new_leader_carries_on_the_exchange() {
+    let mut cluster = Cluster::start_multi_leader("ml-group", &["us-east", "us-east", "us-east", "eu-west"], &[]);
+    let eu = 3;
+    // Through a follower of us-east (forwarded to its leader), to eu-west.
+    ok(&execute(
+        &mut cluster.nodes[1].client(),
+        "?w=regions:all",
+        json!(["CREATE TABLE orders (id INTEGER PRIMARY KEY, placed_in TEXT)", "INSERT INTO orders VALUES (1, 'us-east')"]),
+    ));
+    converges(&cluster, &[0, 1, 2, eu], "SELECT count(*) FROM orders", &json!([[1]]));
+
+    cluster.nodes[0].kill();
+    let mut new_leader = None;
+    eventually(LONG, "us-east to elect a new leader", || {
+        new_leader = [1, 2].into_iter().find(|node| {
+            cluster.nodes[*node]
+                .client()
+                .get("/status")
+                .is_ok_and(|reply| reply.body["node"]["role"] == "leader" && reply.body["node"]["accepting_writes"] == true)
+        });
+        new_leader.is_some()
+    });
+    let leader = new_leader.expect("checked by eventually");
+    ok(&execute(&mut cluster.nodes[leader].client(), "", json!(["INSERT INTO orders VALUES (2, 'us-east')"])));
+    ok(&execute(&mut cluster.nodes[eu].client(), "", json!(["INSERT INTO orders VALUES (3, 'eu-west')"])));
+    converges(&cluster, &[1, 2, eu], "SELECT count(*) FROM orders", &json!([[3]]));
+
+    cluster.nodes[0].start();
+    wait_node_ready(&cluster.nodes[0]);
+    converges(&cluster, &[0, 1, 2, eu], "SELECT * FROM orders ORDER BY id", &json!([[1, "us-east"], [2, "us-east"], [3, "eu-west"]]));
+}
