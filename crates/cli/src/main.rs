@@ -208,6 +208,12 @@ impl ServerArgs {
         regions.insert(self.id.clone(), self.region.clone());
         let topology: Topology = self.topology.into();
         if topology == Topology::MultiLeader {
+            let well_named = |region: &str| !region.is_empty() && region.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if let Some(region) = regions.values().find(|region| !well_named(region)) {
+                return Err(format!(
+                    "region name {region:?}: under multi-leader a region is named with letters, digits, '-', '_' and '.' only (it appears in session tokens)"
+                ));
+            }
             if let Some((missing, _)) = cluster.iter().find(|(id, _)| !regions.contains_key(id)) {
                 return Err(format!("--topology multi-leader needs every member's region: write {missing}@REGION=ADDRESS in --cluster"));
             }

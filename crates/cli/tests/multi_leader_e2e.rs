@@ -132,16 +132,30 @@ fn a_region_cut_off_keeps_taking_writes_and_every_region_converges_after_a_node_
     let too_many = execute(&mut cluster.nodes[us].client(), "?w=regions:4", json!(["INSERT INTO orders VALUES (2002, 'us-east')"]));
     assert_eq!(too_many.status, 400, "{}", too_many.body);
 
+    // A session token from us-east: antarctica, still cut off, says it lacks the write.
+    let written = execute(&mut cluster.nodes[us].client(), "", json!(["INSERT INTO orders VALUES (3000, 'us-east')"]));
+    ok(&written);
+    let token = written.body["token"].as_str().expect("a multi-leader write answers with a token").to_string();
+    assert!(token.starts_with("us-east:"), "{token}");
+    let session = format!("level=session&after={}&timeout=200ms", tern_server::client::encode_query_value(&token));
+    let behind = query(&mut cluster.nodes[antarctica].client(), "SELECT count(*) FROM orders WHERE id = 3000", &session);
+    assert_eq!(behind.status, 503, "{}", behind.body);
+    assert!(behind.body["error"].as_str().unwrap_or_default().contains(&token), "{}", behind.body);
+
     // Heal, and kill eu-west while the catch-up streams in; it comes back from its cursors.
-    isolate(&cluster, antarctica, false);
     isolate(&cluster, antarctica, true);
+    let session = format!("level=session&after={}&timeout=30s", tern_server::client::encode_query_value(&token));
+    let caught_up = query(&mut cluster.nodes[antarctica].client(), "SELECT count(*) FROM orders WHERE id = 3000", &session);
+    assert_eq!(rows(&caught_up), vec![json!([1])], "read-your-writes across regions with the token");
+    let seen: tern_core::multi_leader::VersionVector = caught_up.body["token"].as_str().expect("reads answer with a token").parse().expect("a token");
+    assert!(seen.get("us-east") >= 42 && seen.get("antarctica") >= 41, "{seen}");
     cluster.nodes[eu].kill();
     for id in 40..60 {
         ok(&execute(&mut cluster.nodes[us].client(), "", json!([format!("INSERT INTO orders VALUES ({id}, 'us-east')")])));
     }
     cluster.nodes[eu].start();
     wait_node_ready(&cluster.nodes[eu]);
-    let expected = json!([[102]]);
+    let expected = json!([[103]]);
     converges(&cluster, &[us, eu, antarctica], "SELECT count(*) FROM orders", &expected);
     let reference = table_rows(&cluster, us, "SELECT * FROM orders ORDER BY id");
     for node in [eu, antarctica] {
@@ -152,7 +166,7 @@ fn a_region_cut_off_keeps_taking_writes_and_every_region_converges_after_a_node_
         holds == region_holds(&cluster, eu) && holds == region_holds(&cluster, antarctica)
     });
     let holds = region_holds(&cluster, us);
-    assert_eq!(holds, json!({"us-east": 62, "antarctica": 41}), "one write per transaction, none twice");
+    assert_eq!(holds, json!({"us-east": 63, "antarctica": 41}), "one write per transaction, none twice");
 }
 
 #[test]

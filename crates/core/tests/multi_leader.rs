@@ -350,3 +350,15 @@ fn the_exchange_ships_relays_and_resends_a_write() {
     us.handle(In::Tick, 150_000);
     assert_eq!(outputs(&mut us), vec![Out::Reached { tag: 8, result: Err(2) }], "ap still lacks it at the deadline");
 }
+
+#[test]
+fn a_session_token_is_a_version_vector_written_region_by_region() {
+    let token: VersionVector = "us-east:4, eu-west:2".parse().unwrap();
+    assert_eq!((token.get("us-east"), token.get("eu-west"), token.get("antarctica")), (4, 2, 0));
+    assert_eq!(token.to_string(), "eu-west:2,us-east:4");
+    assert_eq!(token.to_string().parse::<VersionVector>().unwrap(), token);
+    assert_eq!("".parse::<VersionVector>().unwrap(), VersionVector::new());
+    for bad in ["us-east", "us-east:x", ":3", "a:1,a:2", "a:-1"] {
+        assert!(bad.parse::<VersionVector>().is_err(), "{bad:?} is refused");
+    }
+}

@@ -53,6 +53,35 @@ impl VersionVector {
     }
 }
 
+/// `us-east:4,eu-west:2`: a session token under multi-leader (empty: nothing).
+impl std::fmt::Display for VersionVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.iter().map(|(region, seq)| format!("{region}:{seq}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl std::str::FromStr for VersionVector {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<VersionVector, String> {
+        let mut vector = VersionVector::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let parsed = part.rsplit_once(':').and_then(|(region, seq)| Some((region.trim(), seq.trim().parse::<u64>().ok()?)));
+            match parsed {
+                Some((region, seq)) if !region.is_empty() => {
+                    if vector.get(region) != 0 {
+                        return Err(format!("region {region:?} appears twice in {text:?}"));
+                    }
+                    vector.merge(&std::iter::once((region, seq)).collect());
+                }
+                _ => return Err(format!("bad region token part {part:?}: expected REGION:NUMBER")),
+            }
+        }
+        Ok(vector)
+    }
+}
+
 impl<S: Into<String>> FromIterator<(S, u64)> for VersionVector {
     fn from_iter<I: IntoIterator<Item = (S, u64)>>(entries: I) -> VersionVector {
         VersionVector { applied: entries.into_iter().map(|(region, seq)| (region.into(), seq)).filter(|(_, seq)| *seq > 0).collect() }

@@ -57,6 +57,10 @@ pub(super) fn write_response(reply: WriteReply, started: Instant, params: &Param
     if let Some(position) = reply.position {
         body["position"] = json!(position.to_string());
     }
+    if let Some(dot) = &reply.region_write {
+        // Multi-leader: read this write anywhere with level=session&after=<token>.
+        body["token"] = json!(format!("{}:{}", dot.region, dot.seq));
+    }
     if let Some(error) = &reply.error {
         // Executed on the leader, but not acknowledged as asked: the outcome is unknown.
         body["error"] = json!(error.message);
@@ -123,8 +127,13 @@ pub(super) fn read_options(params: &Params) -> Result<ReadOptions, String> {
         None if params.get("after").is_some() => ReadLevel::Session,
         None => ReadLevel::Weak,
     };
-    let after = params.get("after").map(str::parse::<Position>).transpose()?;
-    if level == ReadLevel::Session && after.is_none() {
+    // A multi-leader token names region writes (`us-east:4,eu-west:2`), a position does not.
+    let (after, after_regions) = match params.get("after") {
+        Some(token) if token.contains(':') => (None, Some(token.parse::<tern_core::multi_leader::VersionVector>()?)),
+        Some(position) => (Some(position.parse::<Position>()?), None),
+        None => (None, None),
+    };
+    if level == ReadLevel::Session && after.is_none() && after_regions.is_none() {
         return Err("level=session needs after=<position> (the \"position\" of a write response)".to_string());
     }
     let max_lag = params
@@ -133,14 +142,18 @@ pub(super) fn read_options(params: &Params) -> Result<ReadOptions, String> {
         .transpose()?;
     let freshness = params.get("freshness").map(parse_duration).transpose()?;
     let timeout = params.get("timeout").map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(5));
-    Ok(ReadOptions { level, after, max_lag, freshness, timeout })
+    Ok(ReadOptions { level, after, after_regions, max_lag, freshness, timeout })
 }
 
-pub(super) fn read_response(reply: ReadReply, started: Instant, params: &Params) -> Response {
+pub(super) fn read_response(reply: ReadReply, token: Option<String>, started: Instant, params: &Params) -> Response {
     if let Some(error) = &reply.error {
         return error_response(error);
     }
-    with_timings(json!({ "results": results_json(&reply.results) }), started, params)
+    let mut body = json!({ "results": results_json(&reply.results) });
+    if let Some(token) = token {
+        body["token"] = json!(token);
+    }
+    with_timings(body, started, params)
 }
 
 pub(super) async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
@@ -168,7 +181,17 @@ pub(super) async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery
         }
     };
     let reply = node.read(statements, options).await;
-    read_response(reply, started, &params)
+    let token = region_token_of(&node, &reply).await;
+    read_response(reply, token, started, &params)
+}
+
+/// Multi-leader: what a successful read's region held (at least what the read saw), as
+/// a token for `level=session&after=` in any region.
+pub(super) async fn region_token_of(node: &Node, reply: &ReadReply) -> Option<String> {
+    if node.config.topology != tern_core::Topology::MultiLeader || reply.error.is_some() {
+        return None;
+    }
+    node.region_token().await.map(|token| token.to_string())
 }
 
 /// rqlite's unified endpoint: reads take the read path at `level=`; anything that writes
@@ -185,7 +208,8 @@ pub(super) async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
             Err(message) => return bad_request(message),
         };
         let reply = node.read(statements, options).await;
-        return read_response(reply, started, &params);
+        let token = region_token_of(&node, &reply).await;
+        return read_response(reply, token, started, &params);
     }
     write_path(&node, statements, &params, started).await
 }

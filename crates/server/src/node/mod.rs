@@ -234,6 +234,8 @@ pub struct ReadOptions {
     pub level: ReadLevel,
     /// `level=session`: the position to wait for.
     pub after: Option<Position>,
+    /// Multi-leader `level=session`: the region writes to wait for (a token).
+    pub after_regions: Option<VersionVector>,
     /// `level=bounded`: serve locally only while lag is under this.
     pub max_lag: Option<Duration>,
     /// `level=none`: refuse if this node's lag exceeds this (rqlite's `freshness`).

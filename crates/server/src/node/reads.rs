@@ -24,6 +24,27 @@ impl Node {
                     self.read_at_leader(statements, ReadLevel::Weak).await
                 }
             }
+            ReadLevel::Session if options.after_regions.is_some() => {
+                let wanted = options.after_regions.unwrap_or_default();
+                let deadline = Instant::now() + options.timeout;
+                loop {
+                    let holds = self.region_token().await;
+                    if holds.as_ref().is_some_and(|holds| holds.dominates(&wanted)) {
+                        return self.read_here(statements).await.0;
+                    }
+                    if Instant::now() >= deadline {
+                        let held = holds.map_or_else(|| "unknown".to_string(), |holds| holds.to_string());
+                        return read_error(
+                            503,
+                            format!(
+                                "region {} has not applied the writes of token {wanted} within {:?} (it holds {held}); retry, or read with level=weak",
+                                self.config.region, options.timeout
+                            ),
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             ReadLevel::Session => {
                 let after = options.after.unwrap_or(Position::ZERO);
                 let mut watcher = self.published.clone();
@@ -121,6 +142,12 @@ impl Node {
             }
         }
         Ok(done)
+    }
+
+    /// Multi-leader: every write this node's database holds, per origin region (what a
+    /// read here has seen, as a session token).
+    pub async fn region_token(&self) -> Option<VersionVector> {
+        self.with_reader(|reader| reader.region_holds().ok()).await.ok().flatten()
     }
 
     /// True if every statement only reads (so `/db/request` can take the read path).

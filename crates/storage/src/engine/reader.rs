@@ -86,6 +86,19 @@ impl Reader {
         Ok(outcome)
     }
 
+    /// Multi-leader: every write this database holds, per origin region (empty when it
+    /// holds none, or does not run multi-leader).
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn region_holds(&self) -> Result<tern_core::multi_leader::VersionVector> {
+        let exists: bool = self.connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_region_log'", [], |row| row.get(0))?;
+        if !exists {
+            return Ok(tern_core::multi_leader::VersionVector::new());
+        }
+        crate::region_log::holds(&self.connection)
+    }
+
     /// # Errors
     /// On a SQLite failure.
     pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {
