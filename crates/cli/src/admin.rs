@@ -89,9 +89,14 @@ fn leader_http(http: &str) -> Result<String, String> {
 /// under way (no leader known, or a 503 from a node that just stopped leading), it asks
 /// again for up to 15 s.
 fn post_to_leader(http: &str, path: &str) -> Result<(String, Value), String> {
+    post_json_to_leader(http, path, &json!({}))
+}
+
+/// [`post_to_leader`] with a JSON body.
+pub(crate) fn post_json_to_leader(http: &str, path: &str, body: &Value) -> Result<(String, Value), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match post_to_leader_once(http, path) {
+        match post_to_leader_once(http, path, body) {
             Err(error) if (error.contains("(503)") || error.contains("no leader is known")) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(250));
             }
@@ -100,9 +105,9 @@ fn post_to_leader(http: &str, path: &str) -> Result<(String, Value), String> {
     }
 }
 
-fn post_to_leader_once(http: &str, path: &str) -> Result<(String, Value), String> {
+fn post_to_leader_once(http: &str, path: &str, body: &Value) -> Result<(String, Value), String> {
     let leader = leader_http(http)?;
-    let reply = HttpClient::new(&leader).post_json(path, &json!({})).map_err(|error| format!("cannot reach the leader at {leader}: {error}"))?;
+    let reply = HttpClient::new(&leader).post_json(path, body).map_err(|error| format!("cannot reach the leader at {leader}: {error}"))?;
     if reply.status != 200 {
         let message = reply.body["error"].as_str().map_or_else(|| reply.body.to_string(), str::to_string);
         return Err(format!("the leader at {leader} refused ({}): {message}", reply.status));

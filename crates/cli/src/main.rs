@@ -5,6 +5,7 @@ mod admin;
 mod args;
 mod bench;
 mod cluster;
+mod conflicts;
 mod demo;
 mod sim;
 mod stats;
@@ -43,6 +44,9 @@ enum Command {
     /// Change who is in the cluster and who leads.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
+    /// Multi-leader: list conflicts, settle one, or set a table's conflict policy.
+    #[command(subcommand)]
+    Conflicts(conflicts::ConflictsCommand),
 }
 
 #[derive(Subcommand)]
@@ -304,6 +308,7 @@ fn main() {
         Command::Verify(args) => run_verify(args),
         Command::Rollback(command) => run_rollback(command),
         Command::Cluster(command) => admin::run_cluster(command),
+        Command::Conflicts(command) => conflicts::run_conflicts(command),
     };
     if let Err(message) = outcome {
         eprintln!("tern: {message}");

@@ -53,6 +53,14 @@ fn region_holds(cluster: &Cluster, node: usize) -> Value {
     cluster.nodes[node].client().get("/status").expect("node answers").body["regions"]["holds"].clone()
 }
 
+/// Runs the `tern` binary; its standard output (it must succeed).
+fn tern(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tern")).args(args).output().expect("tern runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "tern {args:?} failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    text
+}
+
 #[test]
 fn concurrent_edits_in_two_regions_are_settled_by_each_tables_policy_with_the_losers_on_record() {
     let cluster = Cluster::start_multi_leader("ml-policies", &["us-east", "eu-west", "antarctica"], &[]);
@@ -98,9 +106,13 @@ fn concurrent_edits_in_two_regions_are_settled_by_each_tables_policy_with_the_lo
         assert_eq!(found[0]["lost"]["region"], "us-east");
     }
 
-    // Settled in antarctica, for everyone.
-    let resolved = post(&cluster, antarctica, "/db/conflicts/resolve", json!({"table": "notes", "key": [1], "values": [1, "from both"]}));
-    assert_eq!(resolved.status, 200, "{}", resolved.body);
+    // Listed and settled with `tern conflicts`, from antarctica, for everyone.
+    let listed = tern(&["conflicts", "list", "--http", &cluster.nodes[antarctica].http]);
+    assert!(listed.contains("1 conflicts on record in region antarctica"), "{listed}");
+    assert!(listed.contains("lost: us-east#") && listed.contains("[1,\"from us-east\"]"), "{listed}");
+    let resolved =
+        tern(&["conflicts", "resolve", "--http", &cluster.nodes[antarctica].http, "--table", "notes", "--key", "[1]", "--values", "[1, \"from both\"]"]);
+    assert!(resolved.contains("every region follows"), "{resolved}");
     converges(&cluster, &all, "SELECT * FROM notes", &json!([[1, "from both"]]));
     eventually(LONG, "the conflict to be settled everywhere", || all.iter().all(|node| conflicts(&cluster, *node).is_empty()));
     let bad = post(&cluster, antarctica, "/db/conflicts/resolve", json!({"table": "notes", "key": "1"}));
