@@ -1,7 +1,7 @@
 //! `tern demo`: an in-process cluster in three regions with emulated WAN latency, an
 //! e-commerce workload from customers in every region, and a report of what it cost.
 
-use crate::args::{AckArg, LogFormatArg};
+use crate::args::{AckArg, LogFormatArg, TopologyArg};
 use crate::cluster::{scratch_dir, start_in_process, ClusterSpec, Member};
 use crate::stats::{millis, Samples};
 use clap::Args;
@@ -15,21 +15,26 @@ use tern_server::WanLatency;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// single-leader: one leader (us-east) for the three regions, with a failover drill.
+    /// multi-leader: every region leads itself; shows local write latency, cross-region
+    /// delay, a conflict and how it is settled, and a region cut off that keeps working.
+    #[arg(long, value_enum, default_value_t = TopologyArg::SingleLeader)]
+    topology: TopologyArg,
     /// After the report, keep serving this many seconds and exit with code 0 (default: until Ctrl-C).
     #[arg(long)]
-    exit_after: Option<u64>,
+    pub(crate) exit_after: Option<u64>,
     /// How long the workload runs, seconds.
     #[arg(long, default_value_t = 8)]
-    duration: u64,
+    pub(crate) duration: u64,
     /// Concurrent customers per region.
     #[arg(long, default_value_t = 4)]
-    customers: usize,
+    pub(crate) customers: usize,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormatArg::Row)]
     log_format: LogFormatArg,
     /// Default ack mode (the workload also sets w= per write).
     #[arg(long, value_enum, default_value_t = AckArg::SemiSync)]
-    ack: AckArg,
+    pub(crate) ack: AckArg,
     /// One-way WAN latency per region pair, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
@@ -55,6 +60,12 @@ struct RegionReport {
 
 pub fn run(args: DemoArgs) -> Result<(), String> {
     let wan = WanLatency::parse(&args.wan)?;
+    if args.topology == TopologyArg::MultiLeader {
+        if args.log_format != LogFormatArg::Row {
+            return Err("--topology multi-leader needs --log-format row: regions settle conflicts per row".to_string());
+        }
+        return crate::demo_multi::run(&args, wan);
+    }
     let data_dir = scratch_dir("demo")?;
     let spec = ClusterSpec {
         topology: tern_core::Topology::SingleLeader,
@@ -132,7 +143,15 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         verify_convergence(&runtime, &nodes);
     }
 
-    match args.exit_after {
+    serve_until_done(&runtime, args.exit_after, &addresses[2]);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+/// After the report: serve `exit_after` seconds more, or until Ctrl-C.
+pub(crate) fn serve_until_done(runtime: &tokio::runtime::Runtime, exit_after: Option<u64>, example: &str) {
+    match exit_after {
         Some(seconds) => {
             println!("\nserving for {seconds} more s (--exit-after)...");
             runtime.block_on(async {
@@ -143,16 +162,13 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             });
         }
         None => {
-            println!("\nthe cluster keeps serving; try: curl -s 'http://{}/db/query?level=none&q=SELECT+count(*)+FROM+orders'", addresses[2]);
+            println!("\nthe cluster keeps serving; try: curl -s 'http://{example}/db/query?level=none&q=SELECT+count(*)+FROM+orders'");
             println!("press Ctrl-C to stop.");
             runtime.block_on(async {
                 let _ = tokio::signal::ctrl_c().await;
             });
         }
     }
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    Ok(())
 }
 
 fn setup_schema(leader: &str) -> Result<(), String> {

@@ -7,6 +7,7 @@ mod bench;
 mod cluster;
 mod conflicts;
 mod demo;
+mod demo_multi;
 mod sim;
 mod stats;
 

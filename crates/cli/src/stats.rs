@@ -8,6 +8,14 @@ pub struct Samples {
 }
 
 impl Samples {
+    pub fn len(&self) -> usize {
+        self.durations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.durations.is_empty()
+    }
+
     pub fn push(&mut self, duration: Duration) {
         self.durations.push(duration);
     }

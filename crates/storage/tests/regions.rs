@@ -30,12 +30,16 @@ fn ship(from: &Engine, to: &mut Engine, origin: &str) -> Vec<LoggedWrite> {
     let after = to.region_holds().unwrap().get(origin);
     let writes = from.read_region_writes(origin, after, u64::MAX).unwrap();
     for write in &writes {
-        match to.apply_region_write(1, write, &|| true).unwrap() {
-            Executed::Committed(batch) => assert_eq!(batch.region_write.as_ref(), Some(&write.dot)),
+        match to.apply_region_writes(1, std::slice::from_ref(write), &|| true).unwrap() {
+            Executed::Committed(batch) => assert_eq!(batch.region_writes, [write.clone()]),
             Executed::StoppedLeading => panic!("always leading here"),
         }
     }
     writes
+}
+
+fn dots(batch: &Batch) -> Vec<Dot> {
+    batch.region_writes.iter().map(|write| write.dot.clone()).collect()
 }
 
 fn rows(engine: &Engine) -> Vec<(String, u64, u64)> {
@@ -52,7 +56,7 @@ fn region_writes_reach_the_followers_and_other_regions_and_concurrent_edits_conv
 
     let batch =
         execute(&mut us, &["CREATE TABLE products (sku TEXT PRIMARY KEY, price INTEGER, colour TEXT)", "INSERT INTO products VALUES ('pen', 10, 'red')"]);
-    assert_eq!(batch.region_write, Some(Dot::new("us-east", 1)));
+    assert_eq!(dots(&batch), [Dot::new("us-east", 1)]);
     us_follower.apply(&[batch.entry.unwrap()]).unwrap();
     assert_eq!(us_follower.region_holds().unwrap(), us.region_holds().unwrap(), "the follower holds the region's stream");
     assert_eq!(rows(&us_follower), rows(&us));
@@ -64,9 +68,9 @@ fn region_writes_reach_the_followers_and_other_regions_and_concurrent_edits_conv
 
     // Concurrent edits of one row, then exchanged both ways.
     let us_edit = execute(&mut us, &["UPDATE products SET price = 11 WHERE sku = 'pen'"]);
-    assert_eq!(us_edit.region_write, Some(Dot::new("us-east", 2)));
+    assert_eq!(dots(&us_edit), [Dot::new("us-east", 2)]);
     let eu_edit = execute(&mut eu, &["UPDATE products SET colour = 'blue' WHERE sku = 'pen'"]);
-    assert_eq!(eu_edit.region_write, Some(Dot::new("eu-west", 1)));
+    assert_eq!(dots(&eu_edit), [Dot::new("eu-west", 1)]);
     ship(&us, &mut eu, "us-east");
     ship(&eu, &mut us, "eu-west");
     assert_eq!(rows(&eu), rows(&us), "both regions show the same row");
@@ -85,7 +89,7 @@ fn region_writes_reach_the_followers_and_other_regions_and_concurrent_edits_conv
 
     // A write never applies twice, and never out of its stream's order.
     let again = us.read_region_writes("eu-west", 0, 1).unwrap();
-    assert!(us.apply_region_write(1, &again[0], &|| true).is_err());
+    assert!(us.apply_region_writes(1, &again, &|| true).is_err());
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -97,7 +101,7 @@ fn a_policy_and_a_resolution_set_in_one_region_hold_in_every_region() {
     let mut eu = region_engine(&root, "eu", "eu-west");
     execute(&mut us, &["CREATE TABLE products (sku TEXT PRIMARY KEY, price INTEGER, colour TEXT)"]);
     let set = us.set_conflict_policy(1, "products", Policy::KeepBoth, &|| true).unwrap();
-    assert!(matches!(set, Executed::Committed(Batch { region_write: Some(_), .. })));
+    assert!(matches!(set, Executed::Committed(Batch { ref region_writes, .. }) if region_writes.len() == 1));
     assert!(us.set_conflict_policy(1, "missing", Policy::KeepBoth, &|| true).is_err());
     ship(&us, &mut eu, "us-east");
     execute(&mut us, &["INSERT INTO products VALUES ('pen', 10, 'red')"]);

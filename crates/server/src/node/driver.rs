@@ -103,9 +103,11 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                             replica.handle(ReplicaEvent::Message { from, message }, now);
                         }
                         Event::PeerConnected(peer) => replica.handle(ReplicaEvent::PeerConnected(peer), now),
-                        Event::Appended { entries, writes: new_writes, region_write } => {
-                            if let (Some(dot), Some(entry)) = (region_write, entries.last()) {
-                                regions.on_appended(entry.index, dot);
+                        Event::Appended { entries, writes: new_writes, region_writes } => {
+                            if let Some(entry) = entries.last() {
+                                for write in region_writes {
+                                    regions.on_appended(entry.index, write);
+                                }
                             }
                             let mut waiters = Vec::with_capacity(new_writes.len());
                             for write in new_writes {

@@ -50,8 +50,8 @@ pub(crate) enum Event {
     Appended {
         entries: Vec<Entry>,
         writes: Vec<PendingWrite>,
-        /// Multi-leader: the region write the (single) entry holds.
-        region_write: Option<Dot>,
+        /// Multi-leader: the region writes the (single) entry holds.
+        region_writes: Vec<tern_storage::region_log::LoggedWrite>,
     },
     /// Multi-leader: a message from another region's leader (`region`, node `from`).
     Region {
@@ -163,9 +163,10 @@ pub(crate) enum StorageCommand {
         after: u64,
         up_to: u64,
     },
-    /// Multi-leader, region leader: apply a write from another region in `epoch`.
-    ApplyRegionWrite {
-        shipment: Shipment<Vec<u8>>,
+    /// Multi-leader, region leader: apply writes from other regions (in this order) in
+    /// `epoch`.
+    ApplyRegionWrites {
+        shipments: Vec<Shipment<Vec<u8>>>,
         epoch: u64,
     },
     Conflicts {

@@ -8,6 +8,7 @@ use super::*;
 use std::collections::VecDeque;
 use tern_core::multi_leader::{Dot, Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, RegionMessage, Shipment, VersionVector};
 use tern_core::Protocol;
+use tern_storage::region_log::LoggedWrite;
 
 pub(crate) type RegionExchange = Exchange<Vec<u8>>;
 
@@ -15,7 +16,7 @@ pub(crate) type RegionExchange = Exchange<Vec<u8>>;
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A shipment unconfirmed this long is sent again.
-const RESEND_AFTER: Duration = Duration::from_millis(1000);
+const RESEND_AFTER: Duration = Duration::from_millis(400);
 
 /// A region whose leader has not spoken for this long is written to at every node.
 const LEADER_HINT_TTL: Duration = Duration::from_millis(1000);
@@ -51,6 +52,8 @@ pub(super) struct RegionLink {
     uncommitted: VecDeque<(u64, Dot)>,
     /// Per other region: the node that last spoke for it (its leader), and when.
     leaders: BTreeMap<String, (String, Instant)>,
+    /// The writes logged here most recently, to ship without reading them back.
+    recent: RecentWrites,
     /// `w=regions:k` writes waiting for other regions.
     waiters: HashMap<u64, oneshot::Sender<Result<(), usize>>>,
     /// Waits asked for while no exchange runs (it is starting): handed to the next one.
@@ -67,6 +70,7 @@ impl RegionLink {
             leaders: BTreeMap::new(),
             waiters: HashMap::new(),
             early: Vec::new(),
+            recent: RecentWrites::default(),
             next_tag: 1,
         }
     }
@@ -80,8 +84,9 @@ impl RegionLink {
     }
 
     /// An entry of the local log holds a region write.
-    pub(super) fn on_appended(&mut self, index: u64, dot: Dot) {
-        self.uncommitted.push_back((index, dot));
+    pub(super) fn on_appended(&mut self, index: u64, write: LoggedWrite) {
+        self.uncommitted.push_back((index, write.dot.clone()));
+        self.recent.keep(Shipment { dot: write.dot, seen: write.seen, write: write.payload });
     }
 
     /// The region's cursors, read for a new exchange.
@@ -186,15 +191,18 @@ impl RegionLink {
         if exchange.poll_timeout().is_some_and(|deadline| deadline <= now) {
             exchange.handle(ExchangeEvent::Tick, now);
         }
+        // Writes released together are applied in one transaction.
+        let mut applies = Vec::new();
         while let Some(output) = exchange.poll_output() {
             match output {
                 ExchangeOutput::Send { to, message } => send_to_region(&self.leaders, node, &to, message),
-                ExchangeOutput::Apply(shipment) => {
-                    node.storage_send(StorageCommand::ApplyRegionWrite { shipment, epoch: replica.epoch() });
-                }
-                ExchangeOutput::ReadWrites { to, origin, after, up_to } => {
-                    node.storage_send(StorageCommand::ReadRegionWrites { to, origin, after, up_to });
-                }
+                ExchangeOutput::Apply(shipment) => applies.push(shipment),
+                ExchangeOutput::ReadWrites { to, origin, after, up_to } => match self.recent.range(&origin, after, up_to) {
+                    Some(writes) => exchange.handle(ExchangeEvent::WritesRead { to, writes }, now),
+                    None => {
+                        node.storage_send(StorageCommand::ReadRegionWrites { to, origin, after, up_to });
+                    }
+                },
                 ExchangeOutput::Reached { tag, result } => {
                     if let Some(waiter) = self.waiters.remove(&tag) {
                         let _ = waiter.send(result);
@@ -202,6 +210,52 @@ impl RegionLink {
                 }
             }
         }
+        if !applies.is_empty() {
+            node.storage_send(StorageCommand::ApplyRegionWrites { shipments: applies, epoch: replica.epoch() });
+        }
+    }
+}
+
+/// The region writes logged here most recently (own and applied), by origin: a shipment
+/// of fresh writes is made from memory instead of a read through the busy storage thread.
+#[derive(Default)]
+struct RecentWrites {
+    writes: BTreeMap<String, VecDeque<Shipment<Vec<u8>>>>,
+    bytes: usize,
+}
+
+impl RecentWrites {
+    /// Kept per origin, in stream order.
+    const MAX_BYTES: usize = 64 << 20;
+    const MAX_PER_ORIGIN: usize = 4096;
+
+    fn keep(&mut self, write: Shipment<Vec<u8>>) {
+        let stream = self.writes.entry(write.dot.region.clone()).or_default();
+        if stream.back().is_some_and(|last| last.dot.seq + 1 != write.dot.seq) {
+            // Not the next of its stream (a restart of the exchange, a rollback): start over.
+            self.bytes -= stream.iter().map(|kept| kept.write.len()).sum::<usize>();
+            stream.clear();
+        }
+        self.bytes += write.write.len();
+        stream.push_back(write);
+        while stream.len() > Self::MAX_PER_ORIGIN || (self.bytes > Self::MAX_BYTES && stream.len() > 1) {
+            if let Some(dropped) = stream.pop_front() {
+                self.bytes -= dropped.write.len();
+            }
+        }
+    }
+
+    /// `origin`'s writes `after + 1 ..= up_to`, if all of them are kept.
+    fn range(&self, origin: &str, after: u64, up_to: u64) -> Option<Vec<Shipment<Vec<u8>>>> {
+        let stream = self.writes.get(origin)?;
+        let first = stream.front()?.dot.seq;
+        let last = stream.back()?.dot.seq;
+        if after + 1 < first || up_to > last || up_to <= after {
+            return None;
+        }
+        let start = usize::try_from(after + 1 - first).ok()?;
+        let count = usize::try_from(up_to - after).ok()?;
+        Some(stream.iter().skip(start).take(count).cloned().collect())
     }
 }
 

@@ -192,7 +192,20 @@ impl StorageContext {
                     }
                     Err(error) => tracing::error!("cannot read {origin}'s writes from the region log: {error}"),
                 },
-                StorageCommand::ApplyRegionWrite { shipment, epoch } => self.apply_region_write(shipment, epoch),
+                StorageCommand::ApplyRegionWrites { mut shipments, epoch } => {
+                    // Writes released together (or queued meanwhile) share one commit.
+                    while shipments.len() < MAX_GROUP_COMMIT {
+                        match commands.try_recv() {
+                            Ok(StorageCommand::ApplyRegionWrites { shipments: more, epoch: same }) if same == epoch => shipments.extend(more),
+                            Ok(other) => {
+                                queued = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply_region_writes(shipments, epoch);
+                }
                 StorageCommand::RegionAdmin { change, epoch, reply } => {
                     let _ = reply.send(self.region_admin(change, epoch));
                 }
@@ -241,16 +254,20 @@ impl StorageContext {
                 let mut writes = Vec::new();
                 for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {
                     match &outcome.entry {
-                        Some(entry) if changed => {
-                            writes.push(PendingWrite { index: entry.index, region_write: outcome.region_write.clone(), requirement, results, reply })
-                        }
+                        Some(entry) if changed => writes.push(PendingWrite {
+                            index: entry.index,
+                            region_write: outcome.region_writes.first().map(|write| write.dot.clone()),
+                            requirement,
+                            results,
+                            reply,
+                        }),
                         _ => {
                             let _ = reply.send(WriteReply { results, position: None, error: None, region_write: None });
                         }
                     }
                 }
                 if let Some(entry) = outcome.entry {
-                    self.appended(entry, writes, outcome.region_write);
+                    self.appended(entry, writes, outcome.region_writes);
                 }
             }
             Err(error) => {
@@ -276,30 +293,34 @@ impl StorageContext {
         }
     }
 
-    fn appended(&mut self, entry: Entry, writes: Vec<PendingWrite>, region_write: Option<Dot>) {
+    fn appended(&mut self, entry: Entry, writes: Vec<PendingWrite>, region_writes: Vec<tern_storage::region_log::LoggedWrite>) {
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(entry.payload.len() as u64, Ordering::Relaxed);
-        let _ = self.events.send(Event::Appended { entries: vec![entry], writes, region_write });
+        let _ = self.events.send(Event::Appended { entries: vec![entry], writes, region_writes });
         self.maybe_compact();
     }
 
-    /// Region leader: applies a write from another region as one entry of this region's
+    /// Region leader: applies writes from other regions as one entry of this region's
     /// log, while this node still leads `epoch`.
-    fn apply_region_write(&mut self, shipment: Shipment<Vec<u8>>, epoch: u64) {
+    fn apply_region_writes(&mut self, shipments: Vec<Shipment<Vec<u8>>>, epoch: u64) {
         let lease = self.write_lease.clone();
-        let write = tern_storage::region_log::LoggedWrite { dot: shipment.dot, seen: shipment.seen, payload: shipment.write };
-        let failure = match self.engine.apply_region_write(epoch, &write, &|| lease.allows(epoch)) {
+        let writes: Vec<_> = shipments
+            .into_iter()
+            .map(|shipment| tern_storage::region_log::LoggedWrite { dot: shipment.dot, seen: shipment.seen, payload: shipment.write })
+            .collect();
+        let first = writes.first().map(|write| write.dot.to_string()).unwrap_or_default();
+        let failure = match self.engine.apply_region_writes(epoch, &writes, &|| lease.allows(epoch)) {
             Ok(Executed::Committed(batch)) => match batch.entry {
                 Some(entry) => {
-                    self.appended(entry, Vec::new(), batch.region_write);
+                    self.appended(entry, Vec::new(), batch.region_writes);
                     return;
                 }
-                None => format!("applying {} logged nothing", write.dot),
+                None => format!("applying {} writes from {first} on logged nothing", writes.len()),
             },
-            Ok(Executed::StoppedLeading) => format!("this node stopped leading before {} was applied", write.dot),
+            Ok(Executed::StoppedLeading) => format!("this node stopped leading before {} writes from {first} on were applied", writes.len()),
             Err(error) => {
-                tracing::error!("cannot apply {} from region {}: {error}", write.dot, write.dot.region);
-                format!("cannot apply {}: {error}", write.dot)
+                tracing::error!("cannot apply {} writes from other regions, {first} first: {error}", writes.len());
+                format!("cannot apply {first}: {error}")
             }
         };
         let _ = self.events.send(Event::RegionApplyFailed(failure));
@@ -321,7 +342,7 @@ impl StorageContext {
             Ok(Executed::Committed(batch)) => match batch.entry {
                 Some(entry) => {
                     let position = entry.position();
-                    self.appended(entry, Vec::new(), batch.region_write);
+                    self.appended(entry, Vec::new(), batch.region_writes);
                     Ok(position)
                 }
                 None => Err(RequestError::new(500, "nothing was logged")),

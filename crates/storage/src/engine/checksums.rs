@@ -46,7 +46,9 @@ pub type TableChecksums = Vec<(String, u64, u64)>;
 /// `(table, rows, checksum)` for every user table, in name order. The checksum is
 /// order-independent over rows (FNV-1a of each row's rendered values, summed), and covers
 /// each row's rowid too (tables without rowids: their columns only): a client can read
-/// and address rows by rowid, so replicas must agree on them.
+/// and address rows by rowid, so replicas must agree on them. Under multi-leader, a
+/// table whose rows are named by a declared key beside the rowid gets its rowids from
+/// each region's own order of inserts, so there only its columns count.
 ///
 /// # Errors
 /// On a SQLite failure.
@@ -55,10 +57,13 @@ pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_tern_' ORDER BY name")?
         .query_map([], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let multi_leader: bool = connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_region_log'", [], |row| row.get(0))?;
     let mut sums = Vec::new();
     for table in tables {
         let quoted = quote_identifier(&table);
-        let mut statement = match connection.prepare(&format!("SELECT _rowid_, * FROM {quoted}")) {
+        let rowids_are_regional = multi_leader && keys_beside_rowid(connection, &table)?.is_some();
+        let columns = if rowids_are_regional { "*" } else { "_rowid_, *" };
+        let mut statement = match connection.prepare(&format!("SELECT {columns} FROM {quoted}")) {
             Ok(statement) => statement,
             // WITHOUT ROWID (or a table whose columns hide every rowid name).
             Err(_) => connection.prepare(&format!("SELECT * FROM {quoted}"))?,

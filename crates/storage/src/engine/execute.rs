@@ -159,7 +159,7 @@ impl Engine {
             if changed.iter().any(|changed| *changed) {
                 record_position(&self.connection, Position::new(epoch, self.last.index + 1))?;
             }
-            return Ok(Batch { results, changed, entry: None, region_write });
+            return Ok(Batch { results, changed, entry: None, region_writes: region_write.into_iter().collect() });
         }
         let entry = if capture.changes.is_empty() {
             None
@@ -179,7 +179,7 @@ impl Engine {
             append_log(&self.connection, &entry)?;
             Some(entry)
         };
-        Ok(Batch { results, changed, entry, region_write })
+        Ok(Batch { results, changed, entry, region_writes: region_write.into_iter().collect() })
     }
 
     /// Executes one request's statements, returning per-statement results and whether
@@ -341,7 +341,7 @@ impl Engine {
 
 /// Changes captured so far in a batch: finished ones, and the open session recording rows.
 pub(super) struct Capture<'connection> {
-    session: Option<Session<'connection>>,
+    pub(super) session: Option<Session<'connection>>,
     pub(super) changes: Vec<Change>,
 }
 

@@ -131,9 +131,9 @@ pub struct Batch {
     pub changed: Vec<bool>,
     /// The log entry holding the whole batch's changes; `None` if nothing changed.
     pub entry: Option<Entry>,
-    /// Multi-leader: the entry holds this write of a region's stream (a write made here,
-    /// or one from another region applied here).
-    pub region_write: Option<tern_core::multi_leader::Dot>,
+    /// Multi-leader: the writes of regions' streams the entry holds (the one made here,
+    /// or those from other regions applied here).
+    pub region_writes: Vec<crate::region_log::LoggedWrite>,
 }
 
 /// The outcome of a leader's batch that is committed only while the node still leads.

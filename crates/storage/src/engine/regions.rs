@@ -128,7 +128,7 @@ impl Engine {
     /// Leader, inside a batch's transaction after its requests ran: makes the batch's
     /// changes the next write of this region's stream (see the module comment). Returns
     /// its dot, or `None` if the batch changed nothing or the engine is not multi-leader.
-    pub(super) fn record_region_write<'connection>(&'connection self, capture: &mut Capture<'connection>) -> Result<Option<Dot>> {
+    pub(super) fn record_region_write<'connection>(&'connection self, capture: &mut Capture<'connection>) -> Result<Option<LoggedWrite>> {
         if self.region.is_none() {
             return Ok(None);
         }
@@ -157,16 +157,22 @@ impl Engine {
         }
         capture.start_rows(&self.connection)?;
         row_versions::record_local(&self.connection, &rows)?;
-        self.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, RegionPayload { stamp, schema, rows: values_of(rows) })?;
-        Ok(Some(dot))
+        let write = self.log_own_write(capture, LoggedWrite { dot, seen, payload: Vec::new() }, RegionPayload { stamp, schema, rows: values_of(rows) })?;
+        Ok(Some(write))
     }
 
     /// Records this region's write `write` (its payload made of `payload`) in the region
     /// log, and closes off the rows captured since `capture.start_rows`.
-    fn log_own_write<'connection>(&'connection self, capture: &mut Capture<'connection>, mut write: LoggedWrite, payload: RegionPayload) -> Result<()> {
+    fn log_own_write<'connection>(
+        &'connection self,
+        capture: &mut Capture<'connection>,
+        mut write: LoggedWrite,
+        payload: RegionPayload,
+    ) -> Result<LoggedWrite> {
         write.payload = postcard::to_allocvec(&payload).map_err(|error| StorageError::new(format!("cannot encode a region write: {error}")))?;
         region_log::record(&self.connection, &write)?;
-        capture.flush_rows()
+        capture.flush_rows()?;
+        Ok(write)
     }
 
     /// This region's next write: its dot, what it saw, and its stamp.
@@ -180,18 +186,18 @@ impl Engine {
 
     /// Leader: runs `body` in one transaction whose changes (`Sql` statements it pushes,
     /// and rows recorded by the session it starts) become one log entry, committed only
-    /// while `still_leading()`. `body` names the region write the entry holds.
+    /// while `still_leading()`. `body` names the region writes the entry holds.
     fn logged_transaction(
         &mut self,
         epoch: u64,
         still_leading: &dyn Fn() -> bool,
-        body: &dyn for<'connection> Fn(&'connection Engine, &mut Capture<'connection>) -> Result<Option<Dot>>,
+        body: &dyn for<'connection> Fn(&'connection Engine, &mut Capture<'connection>) -> Result<Vec<LoggedWrite>>,
     ) -> Result<Executed> {
         self.finish_logged_vacuum()?;
         let batch = {
             let transaction = begin_immediate(&self.connection)?;
             let mut capture = Capture::new();
-            let region_write = body(self, &mut capture)?;
+            let region_writes = body(self, &mut capture)?;
             capture.flush_rows()?;
             let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
             append_log(&self.connection, &entry)?;
@@ -199,7 +205,7 @@ impl Engine {
                 return Ok(Executed::StoppedLeading);
             }
             transaction.commit()?;
-            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_write }
+            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_writes }
         };
         if let Some(entry) = &batch.entry {
             self.last = entry.position();
@@ -207,35 +213,43 @@ impl Engine {
         Ok(Executed::Committed(batch))
     }
 
-    /// Leader of a region: applies `write`, made in another region, under the conflict
-    /// policies, records it in the region log (its cursor), and logs the whole as one
-    /// entry for this region's followers, committed only while `still_leading()`.
+    /// Leader of a region: applies `writes`, made in other regions (in causal order),
+    /// under the conflict policies, records each in the region log (its cursor), and
+    /// logs the whole as one entry for this region's followers (one fsync for many
+    /// writes), committed only while `still_leading()`.
     ///
     /// # Errors
-    /// If the write does not continue its origin's stream, does not fit this database
-    /// (nothing is applied then), or on a SQLite failure.
-    pub fn apply_region_write(&mut self, epoch: u64, write: &LoggedWrite, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+    /// If a write does not continue its origin's stream or does not fit this database,
+    /// or on a SQLite failure; then none of them is applied.
+    pub fn apply_region_writes(&mut self, epoch: u64, writes: &[LoggedWrite], still_leading: &dyn Fn() -> bool) -> Result<Executed> {
         if self.region.is_none() {
             return Err(StorageError::new("this node does not run multi-leader"));
         }
-        let payload = RegionPayload::decode(&write.payload)?;
+        let payloads = writes.iter().map(|write| RegionPayload::decode(&write.payload)).collect::<Result<Vec<_>>>()?;
         let executed = self.logged_transaction(epoch, still_leading, &|engine, capture| {
-            for (sql, params) in &payload.schema {
-                let result = run_statement(&engine.connection, sql, params);
-                match result.error {
-                    None => capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() }),
-                    Some(error) if already_exists(&error) => {}
-                    Some(error) => return Err(StorageError::new(format!("schema change of {} failed here ({error}): {sql}", write.dot))),
+            for (write, payload) in writes.iter().zip(&payloads) {
+                if !payload.schema.is_empty() {
+                    capture.flush_rows()?;
                 }
+                for (sql, params) in &payload.schema {
+                    let result = run_statement(&engine.connection, sql, params);
+                    match result.error {
+                        None => capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() }),
+                        Some(error) if already_exists(&error) => {}
+                        Some(error) => return Err(StorageError::new(format!("schema change of {} failed here ({error}): {sql}", write.dot))),
+                    }
+                }
+                if capture.session.is_none() {
+                    capture.start_rows(&engine.connection)?;
+                }
+                row_versions::apply_transaction(&engine.connection, &payload.row_writes(&write.dot, &write.seen))?;
+                region_log::record(&engine.connection, write)?;
             }
-            capture.start_rows(&engine.connection)?;
-            row_versions::apply_transaction(&engine.connection, &payload.row_writes(&write.dot, &write.seen))?;
-            region_log::record(&engine.connection, write)?;
-            Ok(Some(write.dot.clone()))
+            Ok(writes.to_vec())
         })?;
         // This region's next stamps come after what it has seen.
-        if let Some(region) = &self.region {
-            let _ = region.clock.borrow_mut().observe(payload.stamp.time, wall_clock_us());
+        if let (Some(region), Some(newest)) = (&self.region, payloads.iter().map(|payload| payload.stamp.time).max()) {
+            let _ = region.clock.borrow_mut().observe(newest, wall_clock_us());
         }
         Ok(executed)
     }
@@ -259,8 +273,7 @@ impl Engine {
             let (dot, seen, stamp) = engine.next_own_write()?;
             capture.start_rows(&engine.connection)?;
             let payload = RegionPayload { stamp, schema: vec![(sql.clone(), params.clone())], rows: Vec::new() };
-            engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?;
-            Ok(Some(dot))
+            Ok(vec![engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?])
         })
     }
 
@@ -295,8 +308,7 @@ impl Engine {
             let write = RowWrite { dot: dot.clone(), stamp: stamp.clone(), seen: seen.clone(), values: Some(values.into_iter().map(Some).collect()) };
             row_versions::apply(&engine.connection, &shape, key, &write)?;
             let payload = RegionPayload { stamp, schema: Vec::new(), rows: vec![(table.to_string(), key.to_vec(), write.values)] };
-            engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?;
-            Ok(Some(dot))
+            Ok(vec![engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?])
         })
     }
 }
