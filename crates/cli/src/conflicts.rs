@@ -68,6 +68,16 @@ pub fn run_conflicts(command: ConflictsCommand) -> Result<(), String> {
             let conflicts = body["conflicts"].as_array().cloned().unwrap_or_default();
             println!("{} conflicts on record in region {}", conflicts.len(), body["region"].as_str().unwrap_or("?"));
             for conflict in conflicts {
+                if conflict["kind"] == "unique" {
+                    println!(
+                        "  {} {}: taken out of the table, {} holds a UNIQUE value it claims",
+                        conflict["table"].as_str().unwrap_or("?"),
+                        conflict["key"],
+                        conflict["held_by"]
+                    );
+                    println!("    its row: {}", conflict["values"]);
+                    continue;
+                }
                 let column = conflict["column"].as_str().map(|column| format!(" column {column}")).unwrap_or_default();
                 println!("  {} {}{column}", conflict["table"].as_str().unwrap_or("?"), conflict["key"]);
                 println!("    kept: {}", version(&conflict["kept"]));

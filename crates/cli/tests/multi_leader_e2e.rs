@@ -118,6 +118,20 @@ fn concurrent_edits_in_two_regions_are_settled_by_each_tables_policy_with_the_lo
     let bad = post(&cluster, antarctica, "/db/conflicts/resolve", json!({"table": "notes", "key": "1"}));
     assert_eq!(bad.status, 400, "{}", bad.body);
 
+    // Two regions give different rows one UNIQUE value: every region keeps the same one,
+    // the other is on record, and the stream goes on.
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["CREATE TABLE customers (id TEXT PRIMARY KEY, email TEXT UNIQUE)"])));
+    isolate(&cluster, eu, false);
+    ok(&execute(&mut cluster.nodes[us].client(), "", json!(["INSERT INTO customers VALUES ('us-1', 'ann@example.com')"])));
+    ok(&execute(&mut cluster.nodes[eu].client(), "", json!(["INSERT INTO customers VALUES ('eu-1', 'ann@example.com')"])));
+    isolate(&cluster, eu, true);
+    ok(&execute(&mut cluster.nodes[eu].client(), "?w=regions:all", json!(["INSERT INTO customers VALUES ('eu-2', 'bo@example.com')"])));
+    eventually(LONG, "every region to keep the same customers, one clash on record", || {
+        let kept: Vec<Vec<Value>> = all.iter().map(|node| table_rows(&cluster, *node, "SELECT * FROM customers ORDER BY id")).collect();
+        let clashes = all.iter().all(|node| conflicts(&cluster, *node).iter().filter(|conflict| conflict["kind"] == "unique").count() == 1);
+        kept[0].len() == 2 && kept.iter().all(|rows| *rows == kept[0]) && clashes
+    });
+
     // A node of another topology is refused at the handshake, with the reason.
     let mut stranger = cluster.stray_node("stranger", &format!("n1={}", cluster.nodes[us].peer));
     stranger.start();

@@ -59,7 +59,9 @@ pub fn create(connection: &Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS _tern_row_versions (
             tbl TEXT NOT NULL, key BLOB NOT NULL, state BLOB NOT NULL, losers INTEGER NOT NULL,
             PRIMARY KEY (tbl, key)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS _tern_conflict_policy (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL)",
+         CREATE TABLE IF NOT EXISTS _tern_conflict_policy (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS _tern_unique_conflicts (
+            tbl TEXT NOT NULL, key BLOB NOT NULL, held_by BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID",
     )?;
     Ok(())
 }
@@ -126,37 +128,22 @@ fn apply_showing(connection: &Connection, shape: &TableShape, key: &[SqlValue], 
     if key.len() != shape.key.len() {
         return Err(StorageError::new(format!("a key of {} values for {}, whose key has {}", key.len(), shape.name, shape.key.len())));
     }
-    let key_bytes = postcard::to_allocvec(key).map_err(|error| StorageError::new(format!("cannot encode a key of {}: {error}", shape.name)))?;
-    let stored: Option<Vec<u8>> = connection
-        .prepare_cached("SELECT state FROM _tern_row_versions WHERE tbl = ?1 AND key = ?2")?
-        .query_row(params![shape.name, key_bytes], |row| row.get(0))
-        .optional()?;
-    let mut row: Row<SqlValue> = match stored {
-        Some(bytes) => {
-            postcard::from_bytes(&bytes).map_err(|error| StorageError::new(format!("the versions of a row of {} are damaged: {error}", shape.name)))?
-        }
-        None => Row::new(shape.policy, shape.columns.len()),
-    };
+    let key_bytes = encode_key(&shape.name, key)?;
+    let mut row = stored_row(connection, shape, &key_bytes)?.unwrap_or_else(|| Row::new(shape.policy, shape.columns.len()));
     row.apply(write).map_err(|error| StorageError::new(format!("{}: {error}", shape.name)))?;
     let table = quote_identifier(&shape.name);
     match row.visible() {
-        _ if !show => {}
+        // Made here: the table shows it (a row taken out by a UNIQUE clash is back).
+        _ if !show => forget_unique_clash(connection, shape, &key_bytes)?,
         None => {
             connection.execute(&format!("DELETE FROM {table} WHERE {}", shape.key_condition()), params_from_iter(key.iter().map(Value::from)))?;
+            forget_unique_clash(connection, shape, &key_bytes)?;
         }
         Some(mut values) => {
             for (place, column) in shape.key.iter().enumerate() {
                 values[*column] = Some(key[place].clone());
             }
-            // An upsert, not a replace: the row keeps its rowid.
-            let names = shape.quoted_columns();
-            let slots: Vec<String> = (1..=values.len()).map(|slot| format!("?{slot}")).collect();
-            let key_names: Vec<&str> = shape.key.iter().map(|column| names[*column].as_str()).collect();
-            let updates: Vec<String> =
-                names.iter().enumerate().filter(|(index, _)| !shape.key.contains(index)).map(|(_, name)| format!("{name} = excluded.{name}")).collect();
-            let on_conflict = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
-            let sql = format!("INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}", names.join(", "), slots.join(", "), key_names.join(", "));
-            connection.execute(&sql, params_from_iter(values.iter().map(|value| value.as_ref().map_or(Value::Null, Value::from))))?;
+            show_row(connection, shape, key, &key_bytes, &values, row.newest_stamp())?;
         }
     }
     let losers = row.conflicts().len();
@@ -168,6 +155,146 @@ fn apply_showing(connection: &Connection, shape: &TableShape, key: &[SqlValue], 
         losers as i64
     ])?;
     Ok(losers)
+}
+
+/// Makes the user table show `values` as the row `key`, by an upsert (the row keeps its
+/// rowid). Two regions may give different rows one UNIQUE value: the row with the newer
+/// version (then the greater key) keeps it, in every region alike, and the other row is
+/// taken out of the table, its versions kept and the clash on record
+/// (`_tern_unique_conflicts`), until a write shows it again.
+fn show_row(connection: &Connection, shape: &TableShape, key: &[SqlValue], key_bytes: &[u8], values: &[Option<SqlValue>], stamp: Option<&Stamp>) -> Result<()> {
+    let table = quote_identifier(&shape.name);
+    let names = shape.quoted_columns();
+    let slots: Vec<String> = (1..=values.len()).map(|slot| format!("?{slot}")).collect();
+    let key_names: Vec<&str> = shape.key.iter().map(|column| names[*column].as_str()).collect();
+    let updates: Vec<String> =
+        names.iter().enumerate().filter(|(index, _)| !shape.key.contains(index)).map(|(_, name)| format!("{name} = excluded.{name}")).collect();
+    let on_conflict = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+    let sql = format!("INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}", names.join(", "), slots.join(", "), key_names.join(", "));
+    // Each round takes one clashing row out (or this one): a few rounds at most.
+    for _ in 0..=unique_indexes(connection, shape)?.len() {
+        let shown = connection.execute(&sql, params_from_iter(values.iter().map(|value| value.as_ref().map_or(Value::Null, Value::from))));
+        match shown {
+            Ok(_) => return forget_unique_clash(connection, shape, key_bytes),
+            Err(rusqlite::Error::SqliteFailure(error, _)) if error.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
+                let Some(holder) = unique_holder(connection, shape, key, values)? else {
+                    return Err(StorageError::new(format!("a row of {} breaks a UNIQUE constraint no other row explains", shape.name)));
+                };
+                let holder_bytes = encode_key(&shape.name, &holder)?;
+                let holder_stamp = stored_row(connection, shape, &holder_bytes)?.and_then(|row| row.newest_stamp().cloned());
+                let (loser, winner) = if (stamp, key_bytes) > (holder_stamp.as_ref(), holder_bytes.as_slice()) {
+                    (holder.clone(), key.to_vec())
+                } else {
+                    (key.to_vec(), holder.clone())
+                };
+                connection.execute(&format!("DELETE FROM {table} WHERE {}", shape.key_condition()), params_from_iter(loser.iter().map(Value::from)))?;
+                connection.prepare_cached("INSERT OR REPLACE INTO _tern_unique_conflicts (tbl, key, held_by) VALUES (?1, ?2, ?3)")?.execute(params![
+                    shape.name,
+                    encode_key(&shape.name, &loser)?,
+                    encode_key(&shape.name, &winner)?
+                ])?;
+                if loser == key {
+                    return Ok(());
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(StorageError::new(format!("a row of {} still breaks a UNIQUE constraint after every clashing row was taken out", shape.name)))
+}
+
+fn forget_unique_clash(connection: &Connection, shape: &TableShape, key_bytes: &[u8]) -> Result<()> {
+    connection.prepare_cached("DELETE FROM _tern_unique_conflicts WHERE tbl = ?1 AND key = ?2")?.execute(params![shape.name, key_bytes])?;
+    Ok(())
+}
+
+fn encode_key(table: &str, key: &[SqlValue]) -> Result<Vec<u8>> {
+    postcard::to_allocvec(key).map_err(|error| StorageError::new(format!("cannot encode a key of {table}: {error}")))
+}
+
+/// The stored versions of `table`'s row with the encoded key.
+fn stored_row(connection: &Connection, shape: &TableShape, key_bytes: &[u8]) -> Result<Option<Row<SqlValue>>> {
+    let stored: Option<Vec<u8>> = connection
+        .prepare_cached("SELECT state FROM _tern_row_versions WHERE tbl = ?1 AND key = ?2")?
+        .query_row(params![shape.name, key_bytes], |row| row.get(0))
+        .optional()?;
+    stored
+        .map(|bytes| postcard::from_bytes(&bytes).map_err(|error| StorageError::new(format!("the versions of a row of {} are damaged: {error}", shape.name))))
+        .transpose()
+}
+
+/// The columns (by position) of each UNIQUE index of the table other than its key.
+fn unique_indexes(connection: &Connection, shape: &TableShape) -> Result<Vec<Vec<usize>>> {
+    let mut statement = connection.prepare_cached("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND origin <> 'pk'")?;
+    let names: Vec<String> = statement.query_map([&shape.name], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let mut indexes = Vec::new();
+    for name in names {
+        let mut columns = connection.prepare_cached("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?;
+        let named: Vec<Option<String>> = columns.query_map([&name], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+        // An index on an expression has no column name: no row can be found by it here.
+        let positions: Option<Vec<usize>> =
+            named.iter().map(|column| column.as_ref().and_then(|column| shape.columns.iter().position(|known| known == column))).collect();
+        if let Some(positions) = positions {
+            indexes.push(positions);
+        }
+    }
+    Ok(indexes)
+}
+
+/// Another row holding one of this row's UNIQUE values: its key.
+fn unique_holder(connection: &Connection, shape: &TableShape, key: &[SqlValue], values: &[Option<SqlValue>]) -> Result<Option<Vec<SqlValue>>> {
+    let names = shape.quoted_columns();
+    let key_names: Vec<&str> = shape.key.iter().map(|column| names[*column].as_str()).collect();
+    for index in unique_indexes(connection, shape)? {
+        let bound: Option<Vec<SqlValue>> = index.iter().map(|column| values[*column].clone().filter(|value| *value != SqlValue::Null)).collect();
+        // NULLs never clash under UNIQUE.
+        let Some(bound) = bound else { continue };
+        let matches: Vec<String> = index.iter().enumerate().map(|(place, column)| format!("{} = ?{}", names[*column], place + 1)).collect();
+        let sql = format!("SELECT {} FROM {} WHERE {}", key_names.join(", "), quote_identifier(&shape.name), matches.join(" AND "));
+        let mut statement = connection.prepare(&sql)?;
+        let mut rows = statement.query(params_from_iter(bound.iter().map(Value::from)))?;
+        while let Some(row) = rows.next()? {
+            let holder: Vec<SqlValue> = (0..key_names.len()).map(|place| row.get::<_, Value>(place).map(SqlValue::from)).collect::<rusqlite::Result<_>>()?;
+            if holder != key {
+                return Ok(Some(holder));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `table`'s rows taken out of it because another row holds a UNIQUE value they claim:
+/// each one's key, the key of the row holding the value, and the versions it keeps.
+///
+/// # Errors
+/// If a stored state is damaged, or on a SQLite failure.
+pub fn unique_conflicts(connection: &Connection, table: &str) -> Result<Vec<UniqueConflict>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT u.key, u.held_by, v.state FROM _tern_unique_conflicts u LEFT JOIN _tern_row_versions v ON v.tbl = u.tbl AND v.key = u.key WHERE u.tbl = ?1 ORDER BY u.key",
+    )?;
+    let rows = statement.query_map([table], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, Option<Vec<u8>>>(2)?)))?;
+    let damaged = |error: postcard::Error| StorageError::new(format!("a UNIQUE clash of {table} is damaged on record: {error}"));
+    let mut found = Vec::new();
+    for stored in rows {
+        let (key, held_by, state) = stored?;
+        let row: Option<Row<SqlValue>> = state.map(|state| postcard::from_bytes(&state)).transpose().map_err(damaged)?;
+        found.push(UniqueConflict {
+            key: postcard::from_bytes(&key).map_err(damaged)?,
+            held_by: postcard::from_bytes(&held_by).map_err(damaged)?,
+            values: row.and_then(|row| row.visible()).map(|values| values.into_iter().map(|value| value.unwrap_or(SqlValue::Null)).collect()),
+        });
+    }
+    Ok(found)
+}
+
+/// A row taken out of its table because another row holds a UNIQUE value it claims.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UniqueConflict {
+    pub key: Vec<SqlValue>,
+    /// The key of the row that keeps the value.
+    pub held_by: Vec<SqlValue>,
+    /// What the row taken out would show.
+    pub values: Option<Vec<SqlValue>>,
 }
 
 /// Every row of `table` holding losing versions, with its key and its conflicts.
@@ -227,12 +354,16 @@ pub fn record_local(connection: &Connection, writes: &[RemoteRowWrite]) -> Resul
     Ok(())
 }
 
-/// Every table with rows holding losing versions, and how many such rows each has.
+/// Every table with rows holding losing versions or taken out by a UNIQUE clash, and how
+/// many such rows each has.
 ///
 /// # Errors
 /// On a SQLite failure.
 pub fn tables_in_conflict(connection: &Connection) -> Result<Vec<(String, u64)>> {
-    let mut statement = connection.prepare_cached("SELECT tbl, count(*) FROM _tern_row_versions WHERE losers > 0 GROUP BY tbl ORDER BY tbl")?;
+    let mut statement = connection.prepare_cached(
+        "SELECT tbl, sum(rows) FROM (SELECT tbl, count(*) AS rows FROM _tern_row_versions WHERE losers > 0 GROUP BY tbl
+         UNION ALL SELECT tbl, count(*) FROM _tern_unique_conflicts GROUP BY tbl) GROUP BY tbl ORDER BY tbl",
+    )?;
     let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
     let mut tables = Vec::new();
     for row in rows {

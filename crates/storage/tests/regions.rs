@@ -122,6 +122,40 @@ fn a_policy_and_a_resolution_set_in_one_region_hold_in_every_region() {
 }
 
 #[test]
+fn two_regions_giving_different_rows_one_unique_value_agree_on_which_keeps_it_and_the_stream_goes_on() {
+    let root = std::env::temp_dir().join(format!("tern-regions-unique-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut us = region_engine(&root, "us", "us-east");
+    let mut eu = region_engine(&root, "eu", "eu-west");
+    execute(&mut us, &["CREATE TABLE customers (id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT)"]);
+    ship(&us, &mut eu, "us-east");
+    execute(&mut us, &["INSERT INTO customers VALUES ('us-1', 'ann@example.com', 'Ann in us-east')"]);
+    execute(&mut eu, &["INSERT INTO customers VALUES ('eu-1', 'ann@example.com', 'Ann in eu-west')"]);
+    ship(&us, &mut eu, "us-east");
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us), "both regions keep the same row");
+    for engine in [&us, &eu] {
+        let conflicts = engine.region_conflicts().unwrap();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].unique.len(), 1, "the row taken out is on record: {conflicts:?}");
+        let clash = &conflicts[0].unique[0];
+        assert_ne!(clash.key, clash.held_by);
+        assert!(clash.values.as_ref().is_some_and(|values| values[1] == SqlValue::Text("ann@example.com".into())));
+    }
+    // The stream goes on, and the row taken out comes back once it no longer clashes.
+    let hidden = us.region_conflicts().unwrap()[0].unique[0].clone();
+    let mut values = hidden.values.clone().unwrap();
+    values[1] = SqlValue::Text("ann+2@example.com".into());
+    us.resolve_conflict(1, "customers", &hidden.key, Some(values), &|| true).unwrap();
+    execute(&mut us, &["INSERT INTO customers VALUES ('us-2', 'bo@example.com', 'Bo')"]);
+    ship(&us, &mut eu, "us-east");
+    assert_eq!(rows(&eu), rows(&us));
+    assert_eq!(rows(&us)[0].1, 3, "three customers shown");
+    assert!(us.region_conflicts().unwrap().is_empty() && eu.region_conflicts().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn multi_leader_needs_the_row_format_and_tables_with_a_key() {
     let root = std::env::temp_dir().join(format!("tern-regions-refusals-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

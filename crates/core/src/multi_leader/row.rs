@@ -147,6 +147,14 @@ impl<V: Clone> Row<V> {
         }
     }
 
+    /// The hybrid time of the newest version shown (whole row, or any column): which of
+    /// two rows keeps a UNIQUE value they both claim.
+    pub fn newest_stamp(&self) -> Option<&Stamp> {
+        let whole = self.whole.winner().map(|version| &version.stamp);
+        let cells = self.cells.iter().filter_map(Register::winner).map(|version| &version.stamp);
+        whole.into_iter().chain(cells).max()
+    }
+
     /// The versions that lost a conflict and are not yet replaced by a write that saw
     /// them: `(column, loser, winner)`, the column `None` for the whole row. The same in every region once the same
     /// writes are applied.

@@ -20,9 +20,20 @@ fn version_json(dot: &Dot, stamp: &Stamp, values: &Option<Vec<SqlValue>>) -> Val
     })
 }
 
+fn unique_json(table: &str, clash: &tern_storage::row_versions::UniqueConflict) -> Value {
+    json!({
+        "kind": "unique",
+        "table": table,
+        "key": clash.key.iter().map(SqlValue::to_json).collect::<Vec<_>>(),
+        "held_by": clash.held_by.iter().map(SqlValue::to_json).collect::<Vec<_>>(),
+        "values": clash.values.as_ref().map(|values| values.iter().map(SqlValue::to_json).collect::<Vec<_>>()),
+    })
+}
+
 fn conflict_json(table: &str, columns: &[String], key: &[SqlValue], conflict: &Conflict<SqlValue>) -> Value {
     let (loser, winner) = (&conflict.loser, &conflict.winner);
     json!({
+        "kind": "versions",
         "table": table,
         "key": key.iter().map(SqlValue::to_json).collect::<Vec<_>>(),
         "column": conflict.column.map(|index| columns.get(index).cloned().unwrap_or_else(|| index.to_string())),
@@ -38,15 +49,14 @@ pub(super) async fn conflicts(State(node): State<Arc<Node>>) -> Response {
     }
     match node.conflicts().await {
         Ok(tables) => {
-            let listed: Vec<Value> = tables
-                .iter()
-                .flat_map(|table| {
-                    table
-                        .rows
-                        .iter()
-                        .flat_map(move |(key, conflicts)| conflicts.iter().map(move |conflict| conflict_json(&table.table, &table.columns, key, conflict)))
-                })
-                .collect();
+            let versions = tables.iter().flat_map(|table| {
+                table
+                    .rows
+                    .iter()
+                    .flat_map(move |(key, conflicts)| conflicts.iter().map(move |conflict| conflict_json(&table.table, &table.columns, key, conflict)))
+            });
+            let unique = tables.iter().flat_map(|table| table.unique.iter().map(move |clash| unique_json(&table.table, clash)));
+            let listed: Vec<Value> = versions.chain(unique).collect();
             Json(json!({ "region": node.config.region, "conflicts": listed })).into_response()
         }
         Err(error) => error_response(&error),
@@ -119,7 +129,7 @@ pub(super) async fn set_policy(State(node): State<Arc<Node>>, body: Bytes) -> Re
 /// lacks, and when its leader last spoke.
 pub(super) async fn regions_status(node: &Node) -> Value {
     let status: RegionStatus = node.region_status().await.unwrap_or_default();
-    let conflicted_rows: usize = node.conflicts().await.map(|tables| tables.iter().map(|table| table.rows.len()).sum()).unwrap_or(0);
+    let conflicted_rows: usize = node.conflicts().await.map(|tables| tables.iter().map(|table| table.rows.len() + table.unique.len()).sum()).unwrap_or(0);
     let regions: Vec<Value> = status
         .regions
         .iter()

@@ -63,7 +63,7 @@ extern "C" {
 fn is_replicated_table(name: &CStr) -> bool {
     let bytes = name.to_bytes();
     // Multi-leader's own tables are the region's state: its followers hold them too.
-    let region_state = matches!(bytes, b"_tern_region_log" | b"_tern_row_versions" | b"_tern_conflict_policy");
+    let region_state = matches!(bytes, b"_tern_region_log" | b"_tern_row_versions" | b"_tern_conflict_policy" | b"_tern_unique_conflicts");
     region_state || !(bytes.starts_with(b"sqlite_") || bytes.starts_with(b"_tern_"))
 }
 

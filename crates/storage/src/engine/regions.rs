@@ -64,6 +64,8 @@ pub struct TableConflicts {
     /// The table's columns, in order (a conflict's `column` indexes them).
     pub columns: Vec<String>,
     pub rows: Vec<(Vec<SqlValue>, Vec<Conflict<SqlValue>>)>,
+    /// Rows taken out of the table because another row holds a UNIQUE value they claim.
+    pub unique: Vec<row_versions::UniqueConflict>,
 }
 
 fn wall_clock_us() -> u64 {
@@ -120,7 +122,8 @@ impl Engine {
         for (table, _) in row_versions::tables_in_conflict(&self.connection)? {
             let rows = row_versions::conflicts(&self.connection, &table)?;
             let columns = row_versions::shape(&self.connection, &table).map(|shape| shape.columns).unwrap_or_default();
-            found.push(TableConflicts { table, columns, rows });
+            let unique = row_versions::unique_conflicts(&self.connection, &table)?;
+            found.push(TableConflicts { table, columns, rows, unique });
         }
         Ok(found)
     }
