@@ -157,6 +157,15 @@ fn a_region_cut_off_keeps_taking_writes_and_every_region_converges_after_a_node_
     ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:2", json!(["INSERT INTO orders VALUES (2001, 'us-east')"])));
     let too_many = execute(&mut cluster.nodes[us].client(), "?w=regions:4", json!(["INSERT INTO orders VALUES (2002, 'us-east')"]));
     assert_eq!(too_many.status, 400, "{}", too_many.body);
+    // Schema changes: only in the schema region (us-east, first in --cluster), and not
+    // while a region is away; nothing is changed either way.
+    let elsewhere = execute(&mut cluster.nodes[antarctica].client(), "", json!(["CREATE TABLE audit (id INTEGER PRIMARY KEY)"]));
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
+    assert!(elsewhere.body["error"].as_str().unwrap_or_default().contains("made in region us-east"), "{}", elsewhere.body);
+    let away = execute(&mut cluster.nodes[us].client(), "", json!(["INSERT INTO orders VALUES (2003, 'us-east'); DROP TABLE orders"]));
+    assert_eq!(away.status, 503, "{}", away.body);
+    assert!(away.body["error"].as_str().unwrap_or_default().contains("antarctica"), "{}", away.body);
+    assert_eq!(rows(&query(&mut cluster.nodes[us].client(), "SELECT count(*) FROM orders WHERE id = 2003", "")), vec![json!([0])]);
 
     // A session token from us-east: antarctica, still cut off, says it lacks the write.
     let written = execute(&mut cluster.nodes[us].client(), "", json!(["INSERT INTO orders VALUES (3000, 'us-east')"]));
@@ -193,6 +202,11 @@ fn a_region_cut_off_keeps_taking_writes_and_every_region_converges_after_a_node_
     });
     let holds = region_holds(&cluster, us);
     assert_eq!(holds, json!({"us-east": 63, "antarctica": 41}), "one write per transaction, none twice");
+    // With every region back, a schema change is made, and answered once all hold it.
+    ok(&execute(&mut cluster.nodes[us].client(), "", json!(["CREATE TABLE audit (id INTEGER PRIMARY KEY)"])));
+    for node in [eu, antarctica] {
+        assert_eq!(rows(&query(&mut cluster.nodes[node].client(), "SELECT count(*) FROM audit", "")), vec![json!([0])]);
+    }
 }
 
 #[test]

@@ -75,6 +75,12 @@ impl NodeConfig {
         self.cluster.iter().filter(|(id, _)| region_of(id) != self.region).map(|(id, addr)| (id.clone(), *addr, region_of(id))).collect()
     }
 
+    /// Multi-leader: the region where schema changes are made (that of the first member
+    /// in `cluster`), so every region applies them in one order.
+    pub fn schema_region(&self) -> String {
+        self.cluster.first().and_then(|(id, _)| self.regions.get(id)).cloned().unwrap_or_else(|| self.region.clone())
+    }
+
     /// Multi-leader: every region of the cluster, this one included, in name order.
     pub fn all_regions(&self) -> Vec<String> {
         let mut regions: Vec<String> = self.cluster.iter().filter_map(|(id, _)| self.regions.get(id).cloned()).collect();

@@ -25,8 +25,8 @@ pub mod row_versions;
 pub mod sql;
 
 pub use engine::{
-    all_read_only, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch, Change, Engine, Executed, Payload,
-    Reader, RegionPayload, RollbackStore, RolledBack, StorageError, StorageErrorKind, TableConflicts, WriteRequest, DATABASE_FILE,
+    all_read_only, changes_schema, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch, Change, Engine,
+    Executed, Payload, Reader, RegionPayload, RollbackStore, RolledBack, StorageError, StorageErrorKind, TableConflicts, WriteRequest, DATABASE_FILE,
 };
 pub use guard::Limits;
 pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};

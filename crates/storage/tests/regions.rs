@@ -167,3 +167,14 @@ fn multi_leader_needs_the_row_format_and_tables_with_a_key() {
     assert!(error.to_string().contains("PRIMARY KEY"), "{error}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn schema_changes_are_told_apart_from_writes_that_only_mention_them() {
+    let changes = |sql: &str| tern_storage::changes_schema(&request(&[sql]));
+    for sql in ["CREATE TABLE t (id INTEGER PRIMARY KEY)", "  drop table t", "/* why */ ALTER TABLE t ADD c", "INSERT INTO t VALUES (1); DROP TABLE t"] {
+        assert!(changes(sql), "{sql}");
+    }
+    for sql in ["INSERT INTO t VALUES ('CREATE TABLE x')", "UPDATE t SET drop_count = 1", "SELECT 1 -- ALTER TABLE t", "INSERT INTO created VALUES (1)", ""] {
+        assert!(!changes(sql), "{sql}");
+    }
+}

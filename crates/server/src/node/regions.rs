@@ -18,6 +18,12 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// A shipment unconfirmed this long is sent again.
 const RESEND_AFTER: Duration = Duration::from_millis(400);
 
+/// A schema change waits this long for every region to be heard from before it is refused.
+const SCHEMA_WAIT: Duration = Duration::from_secs(3);
+
+/// A region counts as reachable for a schema change if its leader spoke this recently.
+const REACHABLE_WITHIN: Duration = Duration::from_millis(1000);
+
 /// A region whose leader has not spoken for this long is written to at every node.
 const LEADER_HINT_TTL: Duration = Duration::from_millis(1000);
 
@@ -314,6 +320,51 @@ impl Node {
         );
         reply.error = Some(RequestError::new(503, message));
         reply
+    }
+
+    /// Multi-leader: a schema change may be made here only in the schema region, and only
+    /// while every other region's leader is heard from (waiting a few seconds for one not
+    /// heard yet), so that every region applies schema changes in one order and none is
+    /// applied on one side of a partition only.
+    ///
+    /// # Errors
+    /// Another region (400, naming the schema region), or a region unreachable (503).
+    pub(super) async fn schema_change_allowed(&self) -> Result<(), RequestError> {
+        let schema_region = self.config.schema_region();
+        if self.config.region != schema_region {
+            return Err(RequestError::new(
+                400,
+                format!(
+                    "schema changes (CREATE, DROP, ALTER) are made in region {schema_region}, the first in --cluster, so that every region \
+                     applies them in one order: send this one to a node of {schema_region}"
+                ),
+            ));
+        }
+        let deadline = Instant::now() + SCHEMA_WAIT;
+        loop {
+            let status = self.region_status().await.unwrap_or_default();
+            let others = self.config.all_regions().into_iter().filter(|region| *region != self.config.region);
+            let unreachable: Vec<String> = others
+                .filter(|region| {
+                    let heard = status.regions.iter().find(|(known, _, _)| known == region).and_then(|(_, _, heard)| *heard);
+                    heard.is_none_or(|ms_ago| ms_ago > REACHABLE_WITHIN.as_secs_f64() * 1000.0)
+                })
+                .collect();
+            if unreachable.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(RequestError::new(
+                    503,
+                    format!(
+                        "schema changes need every region reachable, and {} not heard from within {} ms: nothing was changed; retry once it is back",
+                        unreachable.join(", "),
+                        REACHABLE_WITHIN.as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Multi-leader: what the exchange with the other regions stands at.

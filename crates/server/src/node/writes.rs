@@ -62,6 +62,14 @@ impl Node {
         if !published.accepting_writes {
             return WriteReply { results: Vec::new(), position: None, error: Some(self.not_accepting(&published)), region_write: None };
         }
+        let mut regions = regions;
+        if self.config.topology == tern_core::Topology::MultiLeader && tern_storage::changes_schema(&request) {
+            if let Err(error) = self.schema_change_allowed().await {
+                return WriteReply { results: Vec::new(), position: None, error: Some(error), region_write: None };
+            }
+            // Answered once every region has it: no region writes to a table another lacks.
+            regions = Some(regions.unwrap_or(self.config.all_regions().len()));
+        }
         let requirement = requirement.unwrap_or(self.config.ack.requirement());
         let members = published.membership.voters.len();
         if let AckRequirement::Nodes(requested) = requirement {

@@ -7,6 +7,30 @@ pub fn is_maintenance(request: &WriteRequest) -> bool {
     request.statements.iter().any(|statement| first_keyword(&statement.sql) == "VACUUM")
 }
 
+/// Whether a request changes the schema: a statement (or a piece of one string of
+/// several) starting with CREATE, DROP or ALTER. Multi-leader makes such writes in one
+/// region only.
+pub fn changes_schema(request: &WriteRequest) -> bool {
+    request.statements.iter().any(|statement| {
+        let mut at_start = true;
+        for token in tokenize(&statement.sql) {
+            let text = &statement.sql[token.start..token.end];
+            match token.kind {
+                TokenKind::Space => {}
+                TokenKind::Other if text == ";" => at_start = true,
+                TokenKind::Word if at_start => {
+                    if ["CREATE", "DROP", "ALTER"].iter().any(|keyword| text.eq_ignore_ascii_case(keyword)) {
+                        return true;
+                    }
+                    at_start = false;
+                }
+                _ => at_start = false,
+            }
+        }
+        false
+    })
+}
+
 /// Why a write request's shape is invalid as a whole (a 400 before anything is queued),
 /// or `None`: `VACUUM` runs outside any transaction, so it must be the request's only
 /// statement.
