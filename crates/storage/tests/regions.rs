@@ -31,7 +31,7 @@ fn ship(from: &Engine, to: &mut Engine, origin: &str) -> Vec<LoggedWrite> {
     let writes = from.read_region_writes(origin, after, u64::MAX).unwrap();
     for write in &writes {
         match to.apply_region_writes(1, std::slice::from_ref(write), &|| true).unwrap() {
-            Executed::Committed(batch) => assert_eq!(batch.region_writes, [write.clone()]),
+            Executed::Committed(batch) => assert_eq!(batch.region_writes, std::slice::from_ref(write)),
             Executed::StoppedLeading => panic!("always leading here"),
         }
     }
