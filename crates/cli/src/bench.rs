@@ -36,6 +36,15 @@ pub struct BenchArgs {
     /// each time) and report the time from each kill to the next acknowledged write.
     #[arg(long, default_value_t = 0)]
     failover: usize,
+    /// Instead: three regions on an emulated WAN (--wan), single-leader (semi-sync, leader
+    /// in us-east) against multi-leader in one run: write latency per region, the delay
+    /// until a write is readable in the other regions, and throughput with every region
+    /// writing (--clients: the first count, per region).
+    #[arg(long)]
+    geo: bool,
+    /// One-way WAN latency per region pair for --geo, milliseconds.
+    #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
+    wan: String,
 }
 
 fn format_name(format: LogFormatArg) -> String {
@@ -67,6 +76,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     if args.failover > 0 {
         return measure_failover(&args);
+    }
+    if args.geo {
+        let clients = args.clients.split(',').next().and_then(|count| count.trim().parse().ok()).unwrap_or(4);
+        return crate::bench_geo::run(&args.wan, clients, Duration::from_secs(args.duration));
     }
     let clients: Vec<usize> =
         args.clients.split(',').map(|count| count.trim().parse().map_err(|_| format!("bad --clients item {count:?}"))).collect::<Result<_, _>>()?;

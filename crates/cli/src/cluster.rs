@@ -134,18 +134,30 @@ impl Drop for ServerProcess {
 /// # Errors
 /// If a process cannot be spawned.
 pub fn start_processes(count: usize, data_dir: &Path, extra: &[String]) -> Result<Vec<ServerProcess>, String> {
+    start_processes_in_regions(&vec!["local"; count], false, data_dir, extra)
+}
+
+/// Starts one server process per entry of `regions` (n1 in the first, ...). With
+/// `name_regions`, `--cluster` names each member's region (multi-leader needs it).
+///
+/// # Errors
+/// If a process cannot be spawned.
+pub fn start_processes_in_regions(regions: &[&str], name_regions: bool, data_dir: &Path, extra: &[String]) -> Result<Vec<ServerProcess>, String> {
     let binary = std::env::current_exe().map_err(|error| error.to_string())?;
     let mut peers = Vec::new();
     let mut https = Vec::new();
-    for number in 1..=count {
+    for number in 1..=regions.len() {
         peers.push((format!("n{number}"), free_addr()?));
         https.push(free_addr()?);
     }
-    let cluster = peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
+    let member =
+        |((id, addr), region): (&(String, std::net::SocketAddr), &&str)| if name_regions { format!("{id}@{region}={addr}") } else { format!("{id}={addr}") };
+    let cluster = peers.iter().zip(regions).map(member).collect::<Vec<_>>().join(",");
     let mut processes = Vec::new();
-    for ((id, peer), http) in peers.iter().zip(&https) {
+    for (((id, peer), http), region) in peers.iter().zip(&https).zip(regions) {
         let mut args: Vec<String> = vec!["server".into(), "--id".into(), id.clone(), "--data".into(), data_dir.join(id).display().to_string()];
         args.extend(["--http".into(), http.to_string(), "--peer".into(), peer.to_string(), "--cluster".into(), cluster.clone()]);
+        args.extend(["--region".into(), region.to_string()]);
         args.extend(extra.iter().cloned());
         processes.push(ServerProcess::spawn(&binary, &args, http.to_string())?);
     }

@@ -42,7 +42,7 @@ impl Node {
                             ),
                         );
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
             ReadLevel::Session => {

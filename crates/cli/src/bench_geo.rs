@@ -1,0 +1,178 @@
+//! `tern bench --geo`: the same three regions on an emulated WAN, run as single-leader
+//! (semi-sync, leader in us-east) and then as multi-leader, each as real `tern server`
+//! processes: write latency per region (each region's clients write to their own
+//! region's node), the delay from a write's acknowledgement to it being readable in each
+//! other region (a session read with the write's position or token), and the throughput
+//! with every region writing. Ratios between the two are printed beside the figures.
+
+use crate::cluster::{scratch_dir, start_processes_in_regions, wait_ready};
+use crate::stats::Samples;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tern_server::client::{encode_query_value, HttpClient};
+
+const REGIONS: [&str; 3] = ["us-east", "eu-west", "antarctica"];
+
+/// What one topology measured.
+struct GeoResult {
+    name: &'static str,
+    writes: Vec<Samples>,
+    delays: Vec<Samples>,
+    throughput: f64,
+    errors: u64,
+}
+
+pub fn run(wan: &str, clients: usize, duration: Duration) -> Result<(), String> {
+    tern_server::WanLatency::parse(wan)?;
+    println!(
+        "tern bench --geo: 3 tern server processes in us-east, eu-west and antarctica (one-way WAN {wan} ms), {clients} client(s) per \
+         region writing to their own region's node, {} s per topology",
+        duration.as_secs()
+    );
+    let single = measure("single-leader", wan, clients, duration)?;
+    let multi = measure("multi-leader", wan, clients, duration)?;
+    println!("\nwrite latency p50/p99 in ms, per region:");
+    println!("  {:<15}{:>16}{:>16}{:>16}", "topology", REGIONS[0], REGIONS[1], REGIONS[2]);
+    for result in [&single, &multi] {
+        print!("  {:<15}", result.name);
+        for samples in &result.writes {
+            print!("{:>16}", samples.p50_p99());
+        }
+        println!();
+    }
+    print!("  {:<15}", "ratio of p50s");
+    for (one, many) in single.writes.iter().zip(&multi.writes) {
+        let ratio = match (one.percentile(50.0), many.percentile(50.0)) {
+            (Some(one), Some(many)) if !many.is_zero() => format!("{:.1}x", one.as_secs_f64() / many.as_secs_f64()),
+            _ => "-".to_string(),
+        };
+        print!("{ratio:>16}");
+    }
+    println!();
+    let latency = tern_server::WanLatency::parse(wan)?;
+    println!("\nwrite acknowledged in a region -> readable in another, p50/p99 in ms:");
+    println!("  {:<26}{:>12}{:>16}{:>16}", "from -> to", "one-way WAN", single.name, multi.name);
+    for (pair, ((from, to), one)) in pairs().into_iter().zip(&single.delays).enumerate() {
+        let many = &multi.delays[pair];
+        let one_way = latency.one_way(REGIONS[from], REGIONS[to]).as_millis();
+        println!("  {:<26}{:>12}{:>16}{:>16}", format!("{} -> {}", REGIONS[from], REGIONS[to]), one_way, one.p50_p99(), many.p50_p99());
+    }
+    println!("\nthroughput with every region writing:");
+    for result in [&single, &multi] {
+        println!("  {:<15}{:>10.0} writes/s   ({} errors)", result.name, result.throughput, result.errors);
+    }
+    if single.throughput > 0.0 {
+        println!("  {:<15}{:>10.1}x", "ratio", multi.throughput / single.throughput);
+    }
+    Ok(())
+}
+
+fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) -> Result<GeoResult, String> {
+    let data_dir = scratch_dir(&format!("bench-geo-{name}"))?;
+    let multi = name == "multi-leader";
+    let mut extra: Vec<String> = ["--wan", wan, "--election-tick-ms", "60", "--ack", "semi-sync"].iter().map(|arg| arg.to_string()).collect();
+    if multi {
+        extra.extend(["--topology".to_string(), "multi-leader".to_string()]);
+    }
+    let processes = start_processes_in_regions(&REGIONS, multi, &data_dir, &extra)?;
+    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+    wait_ready(&addresses, Duration::from_secs(30))?;
+    let create = json!(["CREATE TABLE bench (id TEXT PRIMARY KEY, v TEXT NOT NULL)"]);
+    let w = if multi { "regions:all" } else { "all" };
+    let reply = HttpClient::new(&addresses[0]).post_json(&format!("/db/execute?w={w}"), &create).map_err(|error| format!("{name}: {error}"))?;
+    if reply.status != 200 {
+        return Err(format!("{name}: cannot create the bench table: {}", reply.body));
+    }
+    println!("  {name}: measuring...");
+    let warmup_end = Instant::now() + Duration::from_secs(1);
+    let end = warmup_end + duration;
+    let writers: Vec<_> = (0..REGIONS.len())
+        .flat_map(|region| (0..clients).map(move |client| (region, client)))
+        .map(|(region, client)| {
+            let address = addresses[region].clone();
+            std::thread::spawn(move || write_load(&address, &format!("{}-{client}", REGIONS[region]), warmup_end, end))
+        })
+        .collect();
+    let probe = {
+        let addresses = addresses.clone();
+        std::thread::spawn(move || probe_delays(&addresses, multi, warmup_end, end))
+    };
+    let mut writes: Vec<Samples> = (0..REGIONS.len()).map(|_| Samples::default()).collect();
+    let mut errors = 0;
+    for (index, writer) in writers.into_iter().enumerate() {
+        let (samples, failed) = writer.join().map_err(|_| "a bench client panicked".to_string())?;
+        writes[index / clients].extend(samples);
+        errors += failed;
+    }
+    let delays = probe.join().map_err(|_| "the delay probe panicked".to_string())?;
+    let total: usize = writes.iter().map(Samples::len).sum();
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(GeoResult { name, writes, delays, throughput: total as f64 / duration.as_secs_f64(), errors })
+}
+
+fn write_load(address: &str, prefix: &str, warmup_end: Instant, end: Instant) -> (Samples, u64) {
+    let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(10));
+    let (mut samples, mut errors, mut number) = (Samples::default(), 0u64, 0u64);
+    loop {
+        let started = Instant::now();
+        if started >= end {
+            return (samples, errors);
+        }
+        number += 1;
+        let ok = client
+            .post_json("/db/execute", &json!([["INSERT INTO bench VALUES (?, 'x')", format!("{prefix}-{number}")]]))
+            .is_ok_and(|reply| reply.status == 200);
+        if started < warmup_end {
+            continue;
+        }
+        if ok {
+            samples.push(started.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+}
+
+/// Per origin region: writes a row there, then times how long until each other region
+/// serves a session read after it (its position, or under multi-leader its token).
+/// Every ordered pair of distinct regions, by index.
+fn pairs() -> Vec<(usize, usize)> {
+    (0..REGIONS.len()).flat_map(|from| (0..REGIONS.len()).filter(move |to| *to != from).map(move |to| (from, to))).collect()
+}
+
+fn probe_delays(addresses: &[String], multi: bool, warmup_end: Instant, end: Instant) -> Vec<Samples> {
+    let mut delays: Vec<Samples> = pairs().iter().map(|_| Samples::default()).collect();
+    let mut round = 0u64;
+    std::thread::sleep(warmup_end.saturating_duration_since(Instant::now()));
+    while Instant::now() < end {
+        round += 1;
+        for (from, address) in addresses.iter().enumerate() {
+            let body = json!([["INSERT INTO bench VALUES (?, 'probe')", format!("probe-{from}-{round}")]]);
+            let Ok(reply) = HttpClient::new(address).post_json("/db/execute", &body) else { continue };
+            let acknowledged = Instant::now();
+            let after = if multi { reply.body["token"].as_str() } else { reply.body["position"].as_str() };
+            let Some(after) = after.map(str::to_string) else { continue };
+            // Each other region is asked at once, in its own thread: one slow answer must
+            // not add to another pair's delay.
+            let readers: Vec<_> = addresses
+                .iter()
+                .enumerate()
+                .filter(|(to, _)| *to != from)
+                .map(|(to, other)| {
+                    let path = format!("/db/query?level=session&after={}&timeout=10s&q={}", encode_query_value(&after), encode_query_value("SELECT 1"));
+                    let other = other.clone();
+                    (to, std::thread::spawn(move || HttpClient::new(&other).get(&path).is_ok_and(|reply| reply.status == 200).then(|| acknowledged.elapsed())))
+                })
+                .collect();
+            for (to, reader) in readers {
+                let pair = pairs().iter().position(|pair| *pair == (from, to)).expect("every pair is listed");
+                if let Ok(Some(delay)) = reader.join() {
+                    delays[pair].push(delay);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    delays
+}
