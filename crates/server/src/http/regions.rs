@@ -139,6 +139,8 @@ pub(super) async fn regions_status(node: &Node) -> Value {
                 "holds": vector_json(holds),
                 "missing_here": holds.get(region).saturating_sub(status.holds.get(region)),
                 "missing_there": status.holds.get(&node.config.region).saturating_sub(holds.get(&node.config.region)),
+                // For how long this region has lacked some of that region's writes (0: none).
+                "behind_ms": status.behind_ms.get(region).copied().unwrap_or(0.0),
                 "last_heard_ms_ago": heard_ms_ago,
             })
         })

@@ -36,6 +36,9 @@ pub struct RegionStatus {
     pub holds: VersionVector,
     /// Per other region: what it last said it holds, and when it last spoke (ms ago).
     pub regions: Vec<(String, VersionVector, Option<f64>)>,
+    /// Per other region lacking here some of its own writes it says it holds: for how
+    /// long (ms) this region has lacked some.
+    pub behind_ms: BTreeMap<String, f64>,
 }
 
 /// An operator's change to conflict handling, made by a region leader and carried to
@@ -60,6 +63,8 @@ pub(super) struct RegionLink {
     leaders: BTreeMap<String, (String, Instant)>,
     /// The writes logged here most recently, to ship without reading them back.
     recent: RecentWrites,
+    /// Per other region: since when this region lacks some of that region's own writes.
+    behind_since: BTreeMap<String, Instant>,
     /// `w=regions:k` writes waiting for other regions.
     waiters: HashMap<u64, oneshot::Sender<Result<(), usize>>>,
     /// Waits asked for while no exchange runs (it is starting): handed to the next one.
@@ -77,6 +82,7 @@ impl RegionLink {
             waiters: HashMap::new(),
             early: Vec::new(),
             recent: RecentWrites::default(),
+            behind_since: BTreeMap::new(),
             next_tag: 1,
         }
     }
@@ -159,7 +165,8 @@ impl RegionLink {
                 (region.to_string(), holds.clone(), heard)
             })
             .collect();
-        RegionStatus { exchanging: true, holds: exchange.holds().clone(), regions }
+        let behind_ms = self.behind_since.iter().map(|(region, since)| (region.clone(), since.elapsed().as_secs_f64() * 1000.0)).collect();
+        RegionStatus { exchanging: true, holds: exchange.holds().clone(), regions, behind_ms }
     }
 
     /// After the replica loop handled events: starts or stops the exchange as this node
@@ -196,6 +203,13 @@ impl RegionLink {
         };
         if exchange.poll_timeout().is_some_and(|deadline| deadline <= now) {
             exchange.handle(ExchangeEvent::Tick, now);
+        }
+        for (region, holds) in exchange.peers() {
+            if holds.get(region) > exchange.holds().get(region) {
+                self.behind_since.entry(region.to_string()).or_insert_with(Instant::now);
+            } else {
+                self.behind_since.remove(region);
+            }
         }
         // Writes released together are applied in one transaction.
         let mut applies = Vec::new();
