@@ -54,6 +54,12 @@ impl ClientCounters {
         Ok(client)
     }
 
+    /// The row id a client sees as last inserted, once tern moved that row (multi-leader
+    /// gives each region its own rowids).
+    pub fn set_last_insert_rowid(&self, rowid: i64) {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner).last_insert_rowid = rowid;
+    }
+
     pub fn get(&self) -> Counters {
         *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }

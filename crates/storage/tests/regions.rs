@@ -13,7 +13,7 @@ fn request(statements: &[&str]) -> WriteRequest {
 
 fn region_engine(root: &std::path::Path, name: &str, region: &str) -> Engine {
     let mut engine = Engine::open(&root.join(name), LogFormat::Row).unwrap();
-    engine.set_region(region).unwrap();
+    engine.set_region(region, &["us-east".to_string(), "eu-west".to_string()]).unwrap();
     engine
 }
 
@@ -160,7 +160,7 @@ fn multi_leader_needs_the_row_format_and_tables_with_a_key() {
     let root = std::env::temp_dir().join(format!("tern-regions-refusals-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let mut statement = Engine::open(&root.join("statement"), LogFormat::Statement).unwrap();
-    assert!(statement.set_region("us-east").unwrap_err().to_string().contains("row log format"));
+    assert!(statement.set_region("us-east", &["us-east".to_string()]).unwrap_err().to_string().contains("row log format"));
     let mut us = region_engine(&root, "us", "us-east");
     execute(&mut us, &["CREATE TABLE notes (body TEXT)"]);
     let error = us.execute_batch(1, &[request(&["INSERT INTO notes VALUES ('hello')"])]).unwrap_err();
@@ -177,4 +177,69 @@ fn schema_changes_are_told_apart_from_writes_that_only_mention_them() {
     for sql in ["INSERT INTO t VALUES ('CREATE TABLE x')", "UPDATE t SET drop_count = 1", "SELECT 1 -- ALTER TABLE t", "INSERT INTO created VALUES (1)", ""] {
         assert!(!changes(sql), "{sql}");
     }
+}
+
+#[test]
+fn rows_given_no_key_get_rowids_no_other_region_picks_and_keys_given_are_kept() {
+    let root = std::env::temp_dir().join(format!("tern-regions-rowids-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    // Two regions: eu-west gives even rowids, us-east odd ones (name order).
+    let mut us = region_engine(&root, "us", "us-east");
+    let mut us_follower = region_engine(&root, "us-follower", "us-east");
+    let mut eu = region_engine(&root, "eu", "eu-west");
+    let created = execute(&mut us, &["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"]);
+    ship(&us, &mut eu, "us-east");
+    let single = execute(&mut us, &["INSERT INTO notes (body) VALUES ('us one')"]);
+    let given = single.results[0][0].last_insert_id;
+    let more = execute(&mut us, &["INSERT INTO notes (body) VALUES ('us two'), ('us three')", "INSERT INTO notes VALUES (100, 'us given')"]);
+    let entries: Vec<_> = [created, single, more].into_iter().filter_map(|batch| batch.entry).collect();
+    us_follower.apply(&entries).unwrap();
+    assert_eq!(rows(&us_follower), rows(&us), "the region's followers hold the rowids its leader placed");
+    execute(&mut eu, &["INSERT INTO notes (body) VALUES ('eu one')", "INSERT INTO notes DEFAULT VALUES", "INSERT INTO notes VALUES (NULL, 'eu null')"]);
+    ship(&us, &mut eu, "us-east");
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us));
+    assert!(us.region_conflicts().unwrap().is_empty(), "no two inserts met on one key");
+    let reader = tern_storage::Reader::open(&root.join("eu")).unwrap();
+    let (results, _) = reader.query(&[Statement::new("SELECT id, body FROM notes ORDER BY id")]).unwrap();
+    let ids: Vec<(i64, Option<String>)> = results[0]
+        .values
+        .iter()
+        .map(|row| {
+            let SqlValue::Integer(id) = row[0] else { panic!("integer ids") };
+            let body = match &row[1] {
+                SqlValue::Text(text) => Some(text.clone()),
+                _ => None,
+            };
+            (id, body)
+        })
+        .collect();
+    assert_eq!(ids.len(), 7, "{ids:?}");
+    for (id, body) in &ids {
+        match body.as_deref() {
+            Some("us given") => assert_eq!(*id, 100, "a key given is kept"),
+            Some(text) if text.starts_with("us") => assert_eq!(id.rem_euclid(2), 1, "{text} got {id}"),
+            _ => assert_eq!(id.rem_euclid(2), 0, "{body:?} got {id}"),
+        }
+    }
+    assert!(ids.iter().any(|(id, body)| *id == given && body.as_deref() == Some("us one")), "the client was told the rowid kept: {given}, {ids:?}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn no_client_names_a_table_view_or_trigger_as_tern_does() {
+    let root = std::env::temp_dir().join(format!("tern-regions-names-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut us = region_engine(&root, "us", "us-east");
+    execute(&mut us, &["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"]);
+    for sql in [
+        "CREATE TRIGGER _tern_rowid_b_notes AFTER INSERT ON notes BEGIN DELETE FROM notes; END",
+        "CREATE TABLE _tern_region_log (x)",
+        "CREATE VIEW _tern_rowid_view AS SELECT 1",
+    ] {
+        let batch = us.execute_batch(1, &[request(&[sql])]).unwrap();
+        let error = batch.results[0][0].error.clone().unwrap_or_default();
+        assert!(error.contains("_tern_"), "{sql}: {error:?}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -286,7 +286,7 @@ impl Node {
             Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);
         if config.topology == tern_core::Topology::MultiLeader {
-            engine.set_region(&config.region).map_err(|error| format!("cannot run multi-leader: {error}"))?;
+            engine.set_region(&config.region, &config.all_regions()).map_err(|error| format!("cannot run multi-leader: {error}"))?;
         }
         engine.set_limits(config.limits);
         let recovered = engine.last();

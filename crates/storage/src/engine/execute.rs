@@ -305,6 +305,9 @@ impl Engine {
         } else if self.format != LogFormat::Physical && capture.session.is_none() {
             capture.session = Some(Session::start(&self.connection)?);
         }
+        if ships_rows && self.region.is_some() && changes_rows(&sql) {
+            self.prepare_region_rowids(&sql)?;
+        }
         // Each statement gets a savepoint so a failing one leaves no partial effects.
         self.run_cached("SAVEPOINT statement")?;
         let rowid_before = self.connection.last_insert_rowid();
@@ -330,6 +333,14 @@ impl Engine {
         };
         let counters = self.client.record_write(&self.connection, rowid_before, &kind);
         result.last_insert_id = counters.last_insert_rowid;
+        if self.region.is_some() {
+            for (_, picked, placed) in self.place_region_rowids()? {
+                if kind.inserts && picked == result.last_insert_id {
+                    result.last_insert_id = placed;
+                    self.client.set_last_insert_rowid(placed);
+                }
+            }
+        }
         result.rows_affected = counters.changes;
         self.run_cached("RELEASE statement")?;
         if ships_as_sql {

@@ -7,6 +7,7 @@
 
 use super::execute::Capture;
 use super::*;
+use crate::guard::ROWID_TRIGGER_PREFIX;
 use crate::region_log::{self, LoggedWrite};
 use crate::row_versions::{self, RemoteRowWrite};
 use std::cell::RefCell;
@@ -20,6 +21,10 @@ const MAX_CLOCK_DRIFT_US: u64 = 60_000_000;
 /// This engine's region, once it runs multi-leader.
 pub(super) struct RegionState {
     name: String,
+    /// Rowids this region gives rows of `INTEGER PRIMARY KEY` tables when the client
+    /// leaves the key to SQLite: those equal to `.1` modulo `.0` (the number of regions,
+    /// and this region's place among them), so regions never pick the same one.
+    rowid_class: (i64, i64),
     /// Stamps this region's writes; a `RefCell` because the write path borrows the engine
     /// shared while it runs a transaction.
     clock: RefCell<HybridClock>,
@@ -68,6 +73,18 @@ pub struct TableConflicts {
     pub unique: Vec<row_versions::UniqueConflict>,
 }
 
+/// Whether `table` keeps its rows by rowid under an `INTEGER PRIMARY KEY` (its key is
+/// the rowid, so a row inserted without one gets a rowid SQLite picks).
+fn has_rowid_key(connection: &Connection, table: &str) -> Result<bool> {
+    let key: Vec<String> = connection
+        .prepare_cached("SELECT type FROM main.pragma_table_info(?1) WHERE pk > 0")?
+        .query_map([table], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let without_rowid: bool =
+        connection.prepare_cached("SELECT count(*) > 0 FROM main.pragma_table_list(?1) WHERE wr = 1")?.query_row([table], |row| row.get(0))?;
+    Ok(!without_rowid && matches!(key.as_slice(), [declared] if declared.eq_ignore_ascii_case("INTEGER")))
+}
+
 fn wall_clock_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
 }
@@ -85,7 +102,7 @@ impl Engine {
     ///
     /// # Errors
     /// Under another log format, or on a SQLite failure.
-    pub fn set_region(&mut self, region: &str) -> Result<()> {
+    pub fn set_region(&mut self, region: &str, regions: &[String]) -> Result<()> {
         if self.format != LogFormat::Row {
             return Err(StorageError::new(format!("multi-leader needs the row log format (regions settle conflicts per row), not {}", self.format.name())));
         }
@@ -93,8 +110,84 @@ impl Engine {
         region_log::create(&self.connection)?;
         row_versions::create(&self.connection)?;
         transaction.commit()?;
-        self.region = Some(RegionState { name: region.to_string(), clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
+        let mut sorted: Vec<&String> = regions.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let place = sorted.iter().position(|known| *known == region).ok_or_else(|| StorageError::new(format!("region {region} is not among {regions:?}")))?;
+        let rowid_class = (sorted.len() as i64, place as i64);
+        self.region = Some(RegionState { name: region.to_string(), rowid_class, clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
+        self.connection.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS _tern_rowid_pending (tbl TEXT PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS _tern_rowid_auto (tbl TEXT NOT NULL, rid INTEGER NOT NULL);",
+        )?;
         Ok(())
+    }
+
+    /// Before a client statement that may insert rows (region leader): the tables it
+    /// inserts into whose key is the rowid get tern's temporary triggers, which note each
+    /// row whose rowid SQLite picked (in a BEFORE INSERT trigger such a row's rowid reads
+    /// -1; one given by the client reads as given).
+    pub(super) fn prepare_region_rowids(&self, sql: &str) -> Result<()> {
+        let Some(touched) = self.policy.touched(&self.connection, sql) else { return Ok(()) };
+        self.connection.execute_batch("DELETE FROM temp._tern_rowid_pending; DELETE FROM temp._tern_rowid_auto;")?;
+        for table in touched.inserts_into.iter().filter(|table| !table.starts_with("_tern_")) {
+            if !has_rowid_key(&self.connection, table)? {
+                continue;
+            }
+            let name = quote_identifier(table);
+            let literal = format!("'{}'", table.replace('\'', "''"));
+            let before = quote_identifier(&format!("{ROWID_TRIGGER_PREFIX}b_{table}"));
+            let after = quote_identifier(&format!("{ROWID_TRIGGER_PREFIX}a_{table}"));
+            self.connection.execute_batch(&format!(
+                "CREATE TEMP TRIGGER IF NOT EXISTS {before} BEFORE INSERT ON main.{name} BEGIN
+                    DELETE FROM temp._tern_rowid_pending WHERE tbl = {literal};
+                    INSERT INTO temp._tern_rowid_pending SELECT {literal} WHERE NEW.rowid = -1;
+                 END;
+                 CREATE TEMP TRIGGER IF NOT EXISTS {after} AFTER INSERT ON main.{name} BEGIN
+                    INSERT INTO temp._tern_rowid_auto SELECT {literal}, NEW.rowid
+                        WHERE NEW.rowid <> -1 AND EXISTS (SELECT 1 FROM temp._tern_rowid_pending WHERE tbl = {literal});
+                    DELETE FROM temp._tern_rowid_pending WHERE tbl = {literal};
+                 END;"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// After a client statement (region leader): moves each row whose rowid SQLite picked
+    /// to the next free rowid of this region's class, with triggers off (the row is the
+    /// statement's own, just inserted). Returns `(table, picked, placed)` per row.
+    pub(super) fn place_region_rowids(&self) -> Result<Vec<(String, i64, i64)>> {
+        let Some(region) = &self.region else { return Ok(Vec::new()) };
+        let picked: Vec<(String, i64)> = self
+            .connection
+            .prepare_cached("SELECT tbl, rid FROM temp._tern_rowid_auto ORDER BY rowid")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run_cached("DELETE FROM temp._tern_rowid_auto")?;
+        let (regions, place) = region.rowid_class;
+        let mut placed = Vec::new();
+        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        let moved = (|| -> Result<()> {
+            for (table, rowid) in picked {
+                if rowid.rem_euclid(regions) == place {
+                    continue;
+                }
+                let name = quote_identifier(&table);
+                let largest: i64 = self.connection.query_row(&format!("SELECT max(rowid) FROM main.{name}"), [], |row| row.get(0))?;
+                // The smallest rowid above every row's that is in this region's class.
+                let Some(base) = largest.checked_sub(largest.rem_euclid(regions)).and_then(|base| base.checked_add(place)) else { continue };
+                let Some(target) = (if base > largest { Some(base) } else { base.checked_add(regions) }) else { continue };
+                self.connection.execute(&format!("UPDATE main.{name} SET rowid = ?1 WHERE rowid = ?2"), rusqlite::params![target, rowid])?;
+                placed.push((table, rowid, target));
+            }
+            Ok(())
+        })();
+        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+        moved?;
+        Ok(placed)
     }
 
     /// Every write this database holds, per origin region (the durable cursors).
