@@ -264,3 +264,21 @@ fn a_region_of_three_nodes_fails_over_and_its_new_leader_carries_on_the_exchange
     wait_node_ready(&cluster.nodes[0]);
     converges(&cluster, &[0, 1, 2, eu], "SELECT * FROM orders ORDER BY id", &json!([[1, "us-east"], [2, "us-east"], [3, "eu-west"]]));
 }
+
+#[test]
+fn a_regions_writes_reach_every_region_through_another_after_it_is_gone_for_good() {
+    let mut cluster = Cluster::start_multi_leader("ml-relay", &["us-east", "eu-west", "antarctica"], &[]);
+    let (us, eu, antarctica) = (0, 1, 2);
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["CREATE TABLE orders (id INTEGER PRIMARY KEY, placed_in TEXT)"])));
+    // Antarctica is cut off; us-east's orders reach eu-west alone.
+    isolate(&cluster, antarctica, false);
+    for id in 1..=5 {
+        ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:2", json!([format!("INSERT INTO orders (placed_in) VALUES ('us-east {id}')")])));
+    }
+    assert_eq!(rows(&query(&mut cluster.nodes[antarctica].client(), "SELECT count(*) FROM orders", "")), vec![json!([0])], "not there yet");
+    // us-east is gone for good before antarctica is back; eu-west relays its orders.
+    cluster.nodes[us].kill();
+    isolate(&cluster, antarctica, true);
+    converges(&cluster, &[eu, antarctica], "SELECT count(*) FROM orders", &json!([[5]]));
+    assert_eq!(region_holds(&cluster, antarctica)["us-east"], 6, "the table and five orders, from eu-west");
+}

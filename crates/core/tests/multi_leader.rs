@@ -351,6 +351,20 @@ fn the_exchange_ships_relays_and_resends_a_write() {
     assert_eq!(outputs(&mut us), vec![Out::Reached { tag: 8, result: Err(2) }], "ap still lacks it at the deadline");
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, failure_persistence: None, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// A token is client input: any text parses or is refused, and what parses prints back as itself.
+    #[test]
+    fn any_token_text_parses_or_is_refused(text in "\\PC{0,40}", near in "[a-z:,0-9 é-]{0,30}") {
+        for candidate in [text.as_str(), near.as_str()] {
+            if let Ok(token) = candidate.parse::<VersionVector>() {
+                proptest::prop_assert_eq!(token.to_string().parse::<VersionVector>().unwrap(), token);
+            }
+        }
+    }
+}
+
 #[test]
 fn a_session_token_is_a_version_vector_written_region_by_region() {
     let token: VersionVector = "us-east:4, eu-west:2".parse().unwrap();

@@ -89,6 +89,20 @@ fn values_field(object: &serde_json::Map<String, Value>, name: &str) -> Result<O
     }
 }
 
+fn parse_resolve(body: &[u8]) -> Result<RegionChange, Response> {
+    let object = object_body(body)?;
+    let table = text_field(&object, "table")?;
+    let key = values_field(&object, "key")?.ok_or_else(|| bad_request("missing \"key\": the row's key values, in column order"))?;
+    Ok(RegionChange::Resolve { table, key, values: values_field(&object, "values")? })
+}
+
+fn parse_policy(body: &[u8]) -> Result<RegionChange, Response> {
+    let object = object_body(body)?;
+    let table = text_field(&object, "table")?;
+    let policy = Policy::parse(&text_field(&object, "policy")?).map_err(bad_request)?;
+    Ok(RegionChange::Policy { table, policy })
+}
+
 async fn change_response(node: &Node, change: RegionChange) -> Response {
     match node.region_change(change).await {
         Ok(position) => Json(json!({ "position": position.to_string(), "region": node.config.region })).into_response(),
@@ -100,12 +114,7 @@ async fn change_response(node: &Node, change: RegionChange) -> Response {
 /// `values` (the whole row; left out: the version shown now) as a write that saw every
 /// version of the row, so its conflicts are settled in every region.
 pub(super) async fn resolve_conflict(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let parsed = object_body(&body).and_then(|object| {
-        let table = text_field(&object, "table")?;
-        let key = values_field(&object, "key")?.ok_or_else(|| bad_request("missing \"key\": the row's key values, in column order"))?;
-        Ok(RegionChange::Resolve { table, key, values: values_field(&object, "values")? })
-    });
-    match parsed {
+    match parse_resolve(&body) {
         Ok(change) => change_response(&node, change).await,
         Err(response) => response,
     }
@@ -113,12 +122,7 @@ pub(super) async fn resolve_conflict(State(node): State<Arc<Node>>, body: Bytes)
 
 /// `POST /db/conflicts/policy` with `{"table": T, "policy": "lww"|"column-merge"|"keep-both"}`.
 pub(super) async fn set_policy(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let parsed = object_body(&body).and_then(|object| {
-        let table = text_field(&object, "table")?;
-        let policy = Policy::parse(&text_field(&object, "policy")?).map_err(bad_request)?;
-        Ok(RegionChange::Policy { table, policy })
-    });
-    match parsed {
+    match parse_policy(&body) {
         Ok(change) => change_response(&node, change).await,
         Err(response) => response,
     }
@@ -152,4 +156,38 @@ pub(super) async fn regions_status(node: &Node) -> Value {
         "conflicted_rows": conflicted_rows,
         "regions": regions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn conflict_bodies_are_read_or_refused_with_the_reason() {
+        assert!(matches!(parse_resolve(br#"{"table": "t", "key": [1], "values": [1, "x"]}"#), Ok(RegionChange::Resolve { .. })));
+        assert!(matches!(parse_policy(br#"{"table": "t", "policy": "keep-both"}"#), Ok(RegionChange::Policy { .. })));
+        for body in [&b"[]"[..], b"{}", b"{\"table\": 1}", b"{\"table\": \"t\", \"key\": {}}", b"not json", b"{\"table\": \"t\", \"policy\": \"newest\"}"] {
+            let resolve = parse_resolve(body).err().map(|response| response.status());
+            let policy = parse_policy(body).err().map(|response| response.status());
+            assert_eq!((resolve, policy), (Some(StatusCode::BAD_REQUEST), Some(StatusCode::BAD_REQUEST)), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes, and any JSON-ish text, posted to the conflict endpoints: read or
+        /// refused with a 400, never a panic.
+        #[test]
+        fn any_conflict_body_is_read_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..256), text in "[{}\\[\\]\"a-z:,0-9 é]{0,60}") {
+            for body in [bytes.as_slice(), text.as_bytes()] {
+                for parsed in [parse_resolve(body), parse_policy(body)] {
+                    if let Err(response) = parsed {
+                        prop_assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+                    }
+                }
+            }
+        }
+    }
 }
