@@ -223,6 +223,17 @@ fn rows_given_no_key_get_rowids_no_other_region_picks_and_keys_given_are_kept() 
         }
     }
     assert!(ids.iter().any(|(id, body)| *id == given && body.as_deref() == Some("us one")), "the client was told the rowid kept: {given}, {ids:?}");
+
+    // A follower that catches up by snapshot, then leads: its rowids still get placed.
+    let snapshot = root.join("us-snapshot.db");
+    tern_storage::write_snapshot_of(LogFormat::Row, &us.database_path(), &snapshot).unwrap();
+    let mut late = region_engine(&root, "us-late", "us-east");
+    late.install_snapshot(&snapshot, false).unwrap();
+    let placed = execute(&mut late, &["INSERT INTO notes (body) VALUES ('after the snapshot')"]).results[0][0].last_insert_id;
+    assert_eq!(placed.rem_euclid(2), 1, "{placed}");
+    let mut expected = us.region_holds().unwrap();
+    expected.advance(&Dot::new("us-east", expected.get("us-east") + 1));
+    assert_eq!(late.region_holds().unwrap(), expected, "the snapshot's stream, and the next write of it");
     let _ = std::fs::remove_dir_all(&root);
 }
 

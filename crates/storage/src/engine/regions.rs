@@ -106,16 +106,25 @@ impl Engine {
         if self.format != LogFormat::Row {
             return Err(StorageError::new(format!("multi-leader needs the row log format (regions settle conflicts per row), not {}", self.format.name())));
         }
-        let transaction = begin_immediate(&self.connection)?;
-        region_log::create(&self.connection)?;
-        row_versions::create(&self.connection)?;
-        transaction.commit()?;
         let mut sorted: Vec<&String> = regions.iter().collect();
         sorted.sort();
         sorted.dedup();
         let place = sorted.iter().position(|known| *known == region).ok_or_else(|| StorageError::new(format!("region {region} is not among {regions:?}")))?;
         let rowid_class = (sorted.len() as i64, place as i64);
         self.region = Some(RegionState { name: region.to_string(), rowid_class, clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
+        self.prepare_region_connection()
+    }
+
+    /// Multi-leader: creates the region's tables if missing and the writer connection's
+    /// temporary tables (again after a snapshot replaced the connection).
+    pub(super) fn prepare_region_connection(&self) -> Result<()> {
+        if self.region.is_none() {
+            return Ok(());
+        }
+        let transaction = begin_immediate(&self.connection)?;
+        region_log::create(&self.connection)?;
+        row_versions::create(&self.connection)?;
+        transaction.commit()?;
         self.connection.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS _tern_rowid_pending (tbl TEXT PRIMARY KEY);
              CREATE TEMP TABLE IF NOT EXISTS _tern_rowid_auto (tbl TEXT NOT NULL, rid INTEGER NOT NULL);",

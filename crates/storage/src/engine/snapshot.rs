@@ -101,6 +101,8 @@ impl Engine {
             self.connection.set_prepared_statement_cache_capacity(256);
         }
         self.load_position()?;
+        // Multi-leader's tables and temporary tables, on the new connection.
+        self.prepare_region_connection()?;
         Ok(self.last)
     }
 }
