@@ -162,9 +162,11 @@ fn multi_leader_needs_the_row_format_and_tables_with_a_key() {
     let mut statement = Engine::open(&root.join("statement"), LogFormat::Statement).unwrap();
     assert!(statement.set_region("us-east", &["us-east".to_string()]).unwrap_err().to_string().contains("row log format"));
     let mut us = region_engine(&root, "us", "us-east");
-    execute(&mut us, &["CREATE TABLE notes (body TEXT)"]);
-    let error = us.execute_batch(1, &[request(&["INSERT INTO notes VALUES ('hello')"])]).unwrap_err();
-    assert!(error.to_string().contains("PRIMARY KEY"), "{error}");
+    let refused = us.execute_batch(1, &[request(&["CREATE TABLE notes (body TEXT)"])]).unwrap();
+    let error = refused.results[0][0].error.clone().unwrap_or_default();
+    assert!(error.contains("has no PRIMARY KEY"), "{error}");
+    assert!(refused.entry.is_none(), "nothing was created");
+    execute(&mut us, &["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"]);
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -318,6 +318,10 @@ impl Engine {
         if result.error.is_none() {
             if let Some(refusal) = self.null_key_refusal(&keyed_tables)? {
                 result = StatementResult::error(refusal);
+            } else if ships_as_sql && self.region.is_some() {
+                if let Some(refusal) = self.keyless_table_refusal()? {
+                    result = StatementResult::error(refusal);
+                }
             }
         }
         if result.error.is_some() {

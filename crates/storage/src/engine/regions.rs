@@ -132,6 +132,22 @@ impl Engine {
         Ok(())
     }
 
+    /// After a schema statement under multi-leader: a table without a PRIMARY KEY is
+    /// refused (regions name rows by their key), so the statement is undone.
+    pub(super) fn keyless_table_refusal(&self) -> Result<Option<String>> {
+        let keyless: Option<String> = self
+            .connection
+            .prepare_cached(
+                "SELECT name FROM main.sqlite_schema s WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_tern_'
+                 AND NOT EXISTS (SELECT 1 FROM main.pragma_table_info(s.name) WHERE pk > 0) LIMIT 1",
+            )?
+            .query_row([], |row| row.get(0))
+            .optional()?;
+        Ok(keyless.map(|table| {
+            format!("table {table} has no PRIMARY KEY: under multi-leader, regions name rows by their key (declare one, e.g. id INTEGER PRIMARY KEY)")
+        }))
+    }
+
     /// Before a client statement that may insert rows (region leader): the tables it
     /// inserts into whose key is the rowid get tern's temporary triggers, which note each
     /// row whose rowid SQLite picked (in a BEFORE INSERT trigger such a row's rowid reads
