@@ -67,25 +67,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         return crate::demo_multi::run(&args, wan);
     }
     let data_dir = scratch_dir("demo")?;
-    let spec = ClusterSpec {
-        topology: tern_core::Topology::SingleLeader,
-        members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string() }).collect(),
-        log_format: args.log_format.into(),
-        ack: args.ack.into(),
-        wan: wan.clone(),
-        data_dir: data_dir.clone(),
-    };
-    let runtime = crate::runtime()?;
-    let nodes = runtime.block_on(start_in_process(&spec))?;
-    let addresses: Vec<String> = nodes.iter().map(|node| node.http_addr.lock().expect("http addr lock").clone()).collect();
-
-    println!("tern demo: 3 nodes, single leader in us-east, {} log, --ack {}", spec.log_format.name(), spec.ack.name());
-    println!(
-        "emulated one-way WAN latency: us-east<->eu-west {} ms, us-east<->antarctica {} ms, eu-west<->antarctica {} ms",
-        wan.one_way("us-east", "eu-west").as_millis(),
-        wan.one_way("us-east", "antarctica").as_millis(),
-        wan.one_way("eu-west", "antarctica").as_millis()
-    );
+    let (runtime, nodes, addresses) = start_demo_regions(tern_core::Topology::SingleLeader, args.log_format.into(), args.ack.into(), &wan, &data_dir)?;
+    let (log_format, ack): (tern_core::LogFormat, tern_core::AckMode) = (args.log_format.into(), args.ack.into());
+    println!("tern demo: 3 nodes, single leader in us-east, {} log, --ack {}", log_format.name(), ack.name());
+    print_wan(&wan);
     for ((id, region), address) in REGIONS.iter().zip(&addresses) {
         let role = if *id == "n1" { "leader" } else { "follower" };
         println!("  {id} {region:<11} {role:<9} http://{address}");
@@ -147,6 +132,38 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
+}
+
+/// The demo's three regions (n1 us-east, n2 eu-west, n3 antarctica), started in this
+/// process: its runtime, the nodes and their HTTP addresses.
+pub(crate) fn start_demo_regions(
+    topology: tern_core::Topology,
+    log_format: tern_core::LogFormat,
+    ack: tern_core::AckMode,
+    wan: &WanLatency,
+    data_dir: &std::path::Path,
+) -> Result<(tokio::runtime::Runtime, Vec<Arc<tern_server::Node>>, Vec<String>), String> {
+    let spec = ClusterSpec {
+        topology,
+        members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string() }).collect(),
+        log_format,
+        ack,
+        wan: wan.clone(),
+        data_dir: data_dir.to_path_buf(),
+    };
+    let runtime = crate::runtime()?;
+    let nodes = runtime.block_on(start_in_process(&spec))?;
+    let addresses = nodes.iter().map(|node| node.http_addr.lock().expect("http addr lock").clone()).collect();
+    Ok((runtime, nodes, addresses))
+}
+
+pub(crate) fn print_wan(wan: &WanLatency) {
+    println!(
+        "emulated one-way WAN latency: us-east<->eu-west {} ms, us-east<->antarctica {} ms, eu-west<->antarctica {} ms",
+        wan.one_way("us-east", "eu-west").as_millis(),
+        wan.one_way("us-east", "antarctica").as_millis(),
+        wan.one_way("eu-west", "antarctica").as_millis()
+    );
 }
 
 /// After the report: serve `exit_after` seconds more, or until Ctrl-C.

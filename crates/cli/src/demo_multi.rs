@@ -5,7 +5,7 @@
 //! cuts antarctica off while its customers keep ordering, then heals and checks that
 //! every region holds the same tables.
 
-use crate::cluster::{scratch_dir, start_in_process, ClusterSpec, Member};
+use crate::cluster::scratch_dir;
 use crate::demo::DemoArgs;
 use crate::stats::{millis, Samples};
 use serde_json::{json, Value};
@@ -22,24 +22,10 @@ const THINK_TIME: Duration = Duration::from_millis(20);
 
 pub fn run(args: &DemoArgs, wan: WanLatency) -> Result<(), String> {
     let data_dir = scratch_dir("demo-multi")?;
-    let spec = ClusterSpec {
-        topology: tern_core::Topology::MultiLeader,
-        members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string() }).collect(),
-        log_format: tern_core::LogFormat::Row,
-        ack: args.ack.into(),
-        wan: wan.clone(),
-        data_dir: data_dir.clone(),
-    };
-    let runtime = crate::runtime()?;
-    let nodes = runtime.block_on(start_in_process(&spec))?;
-    let addresses: Vec<String> = nodes.iter().map(|node| node.http_addr.lock().expect("http addr lock").clone()).collect();
-    println!("tern demo: 3 regions, multi-leader (each region leads itself and takes writes), row log, --ack {}", spec.ack.name());
-    println!(
-        "emulated one-way WAN latency: us-east<->eu-west {} ms, us-east<->antarctica {} ms, eu-west<->antarctica {} ms",
-        wan.one_way("us-east", "eu-west").as_millis(),
-        wan.one_way("us-east", "antarctica").as_millis(),
-        wan.one_way("eu-west", "antarctica").as_millis()
-    );
+    let ack: tern_core::AckMode = args.ack.into();
+    let (runtime, nodes, addresses) = crate::demo::start_demo_regions(tern_core::Topology::MultiLeader, tern_core::LogFormat::Row, ack, &wan, &data_dir)?;
+    println!("tern demo: 3 regions, multi-leader (each region leads itself and takes writes), row log, --ack {}", ack.name());
+    crate::demo::print_wan(&wan);
     for ((id, region), address) in REGIONS.iter().zip(&addresses) {
         println!("  {id} {region:<11} leader of {region:<11} http://{address}");
     }

@@ -178,20 +178,8 @@ impl Cluster {
             .zip(node_regions)
             .map(|((id, http, peer), region)| {
                 let data = dir.join(id);
-                let mut args: Vec<String> = vec![
-                    "--id".into(),
-                    id.clone(),
-                    "--region".into(),
-                    region.to_string(),
-                    "--data".into(),
-                    data.display().to_string(),
-                    "--http".into(),
-                    http.clone(),
-                    "--peer".into(),
-                    peer.clone(),
-                    "--cluster".into(),
-                    members.clone(),
-                ];
+                let mut args = node_args(id, &data, http, peer, &members);
+                args.extend(["--region".to_string(), region.to_string()]);
                 if multi_leader {
                     args.extend(["--topology", "multi-leader", "--fault-injection", "on"].map(String::from));
                 }
@@ -265,18 +253,7 @@ impl Cluster {
     pub fn stray_node(&self, id: &str, others: &str) -> ServerNode {
         let (http, peer) = (free_port_addr(), free_port_addr());
         let data = self.dir.join(id);
-        let args: Vec<String> = vec![
-            "--id".into(),
-            id.into(),
-            "--data".into(),
-            data.display().to_string(),
-            "--http".into(),
-            http.clone(),
-            "--peer".into(),
-            peer.clone(),
-            "--cluster".into(),
-            format!("{id}={peer},{others}"),
-        ];
+        let args = node_args(id, &data, &http, &peer, &format!("{id}={peer},{others}"));
         ServerNode { id: id.into(), http, peer, data, args, wrapper: Vec::new(), log: self.dir.join(format!("{id}.log")), child: None }
     }
 
@@ -295,6 +272,12 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|node| format!("---- {} ----\n{}", node.id, node.log_text())).collect()
     }
+}
+
+/// `tern server`'s flags for a node: its id, data directory, addresses and `--cluster`.
+fn node_args(id: &str, data: &std::path::Path, http: &str, peer: &str, cluster: &str) -> Vec<String> {
+    let flags = ["--id", id, "--data", &data.display().to_string(), "--http", http, "--peer", peer, "--cluster", cluster].map(String::from);
+    flags.to_vec()
 }
 
 pub fn wait_node_ready(node: &ServerNode) {
