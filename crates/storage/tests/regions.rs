@@ -159,6 +159,13 @@ fn two_regions_giving_different_rows_one_unique_value_agree_on_which_keeps_it_an
 fn multi_leader_needs_the_row_format_and_tables_with_a_key() {
     let root = std::env::temp_dir().join(format!("tern-regions-refusals-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
+    let mut made = Engine::open(&root.join("made"), LogFormat::Row).unwrap();
+    made.settle_topology(tern_core::Topology::SingleLeader).unwrap();
+    drop(made);
+    let mut reopened = Engine::open(&root.join("made"), LogFormat::Row).unwrap();
+    reopened.settle_topology(tern_core::Topology::SingleLeader).unwrap();
+    let refused = reopened.settle_topology(tern_core::Topology::MultiLeader).unwrap_err().to_string();
+    assert!(refused.contains("belongs to a single-leader cluster"), "{refused}");
     let mut statement = Engine::open(&root.join("statement"), LogFormat::Statement).unwrap();
     assert!(statement.set_region("us-east", &["us-east".to_string()]).unwrap_err().to_string().contains("row log format"));
     let mut us = region_engine(&root, "us", "us-east");

@@ -30,6 +30,9 @@ pub(super) struct RegionState {
     clock: RefCell<HybridClock>,
 }
 
+/// `_tern_meta`'s key for the cluster's topology (0 single-leader, 1 multi-leader).
+const TOPOLOGY: &str = "topology";
+
 /// One row a region write sets: its table, its key values (key columns in column order)
 /// and its values (`None`: deleted; a `None` column: not set, under column merge).
 pub type RowValues = (String, Vec<SqlValue>, Option<Vec<Option<SqlValue>>>);
@@ -113,6 +116,34 @@ impl Engine {
         let rowid_class = (sorted.len() as i64, place as i64);
         self.region = Some(RegionState { name: region.to_string(), rowid_class, clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
         self.prepare_region_connection()
+    }
+
+    /// The topology this database's cluster was made with: recorded on first start and
+    /// checked on every later one, so a node restarted with the other topology is refused
+    /// before it touches anything.
+    ///
+    /// # Errors
+    /// If the database was made under the other topology, or on a SQLite failure.
+    pub fn settle_topology(&mut self, topology: tern_core::Topology) -> Result<()> {
+        let code = |topology: tern_core::Topology| match topology {
+            tern_core::Topology::SingleLeader => 0,
+            tern_core::Topology::MultiLeader => 1,
+        };
+        // In the log's own database: a physical follower's data file takes only its leader's pages.
+        match read_meta(self.log(), TOPOLOGY)? {
+            None => write_meta(self.log(), TOPOLOGY, code(topology)),
+            Some(recorded) if recorded == code(topology) => Ok(()),
+            Some(_) => {
+                let other = if topology == tern_core::Topology::SingleLeader { tern_core::Topology::MultiLeader } else { tern_core::Topology::SingleLeader };
+                Err(StorageError::new(format!(
+                    "this data directory belongs to a {} cluster, and this node was started with --topology {}: a cluster's topology is fixed \
+                     when it is made (start it with --topology {})",
+                    other.name(),
+                    topology.name(),
+                    other.name()
+                )))
+            }
+        }
     }
 
     /// Multi-leader: creates the region's tables if missing and the writer connection's
