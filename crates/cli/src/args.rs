@@ -143,6 +143,9 @@ pub enum MutationArg {
     DropConflicts,
     /// Never ship a write again after a loss.
     NoResend,
+    /// With --homes: move keys the naive way (the new region declares itself home while
+    /// the old one goes on writing), which the conflict checker must report.
+    NaiveRehome,
 }
 
 impl From<MutationArg> for tern_sim::regions::Mutation {
@@ -150,6 +153,7 @@ impl From<MutationArg> for tern_sim::regions::Mutation {
         match mutation {
             MutationArg::DropConflicts => tern_sim::regions::Mutation::DropConflicts,
             MutationArg::NoResend => tern_sim::regions::Mutation::NoResend,
+            MutationArg::NaiveRehome => tern_sim::regions::Mutation::NaiveRehome,
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct SimArgs {
     /// Multi-leader: run with a deliberate bug, which the checkers must report.
     #[arg(long, value_enum)]
     mutate: Option<MutationArg>,
+    /// Multi-leader: every key has a home region, the only one that writes it, and keys
+    /// move between regions by fenced handovers; the checkers then require 0 conflicts.
+    #[arg(long)]
+    homes: bool,
     /// Default ack mode.
     #[arg(long, value_enum, default_value_t = AckArg::SemiSync)]
     ack: AckArg,
@@ -70,7 +74,11 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     if args.topology == TopologyArg::SingleLeader && args.mutate.is_some() {
         return Err("--mutate applies to --topology multi-leader".to_string());
     }
-    let regions = RegionOptions { regions: args.nodes, policy: args.policy.into(), steps: args.steps, mutation: args.mutate.map(Into::into) };
+    if args.mutate == Some(MutationArg::NaiveRehome) && !args.homes {
+        return Err("--mutate naive-rehome needs --homes".to_string());
+    }
+    let regions =
+        RegionOptions { regions: args.nodes, policy: args.policy.into(), steps: args.steps, mutation: args.mutate.map(Into::into), homes: args.homes };
     let multi_leader = args.topology == TopologyArg::MultiLeader;
     let run_one = |seed: u64, keep_trace: bool| if multi_leader { run_regions_seed(&regions, seed, keep_trace) } else { run_seed(&options, seed, keep_trace) };
     let replay = |seed: u64| if multi_leader { regions.replay_command(seed) } else { options.replay_command(seed) };

@@ -376,3 +376,32 @@ fn a_session_token_is_a_version_vector_written_region_by_region() {
         assert!(bad.parse::<VersionVector>().is_err(), "{bad:?} is refused");
     }
 }
+
+#[test]
+fn a_key_changes_home_only_by_a_handover_from_its_home() {
+    use std::collections::BTreeMap;
+    use tern_core::multi_leader::{Handover, HomeError, Homes};
+    let start: BTreeMap<u32, String> = [(1, "us-east".to_string()), (2, "eu-west".to_string())].into_iter().collect();
+    let mut us = Homes::new("us-east", start.clone());
+    let mut antarctica = Homes::new("antarctica", start);
+    assert_eq!(us.may_write(&1), Ok(()));
+    assert_eq!(us.may_write(&2), Err(HomeError::HomedElsewhere { home: "eu-west".into() }));
+    assert_eq!(us.may_write(&3), Ok(()), "a key without a home is written anywhere");
+    assert_eq!(us.hand_over(&2, "antarctica"), Err(HomeError::HomedElsewhere { home: "eu-west".into() }), "only the home hands a key over");
+    assert_eq!(us.hand_over(&1, "us-east"), Err(HomeError::AlreadyHome { home: "us-east".into() }));
+
+    let handover = us.hand_over(&1, "antarctica").unwrap();
+    assert_eq!(handover, Handover { key: 1, from: "us-east".into(), to: "antarctica".into() });
+    assert!(us.may_write(&1).is_err(), "the old home stops at once");
+    assert!(antarctica.may_write(&1).is_err(), "the new home waits for the handover");
+    antarctica.apply(&handover);
+    assert_eq!(antarctica.may_write(&1), Ok(()));
+    assert_eq!(antarctica.counts().get("antarctica"), Some(&1));
+
+    // The naive move: a region declares itself home while the old home still writes.
+    let mut eu = Homes::new("eu-west", [(1, "antarctica".to_string())].into_iter().collect());
+    let claim = eu.claim(&1);
+    assert_eq!((eu.may_write(&1), antarctica.may_write(&1)), (Ok(()), Ok(())), "two regions write key 1: the window the naive move opens");
+    antarctica.apply(&claim);
+    assert!(antarctica.may_write(&1).is_err());
+}

@@ -20,6 +20,15 @@ pub(super) fn check(world: &RegionWorld) -> Vec<String> {
             }
         }
     }
+    if world.options.homes {
+        let conflicts: usize = (0..KEYS).map(|key| first.rows[key].conflicts().len()).sum();
+        if conflicts > 0 {
+            violations.push(format!("{conflicts} conflict(s) on homed keys after {} move(s): two regions wrote one key at once", world.moves));
+        }
+        if let Some(other) = world.regions.iter().find(|region| (0..KEYS).any(|key| region.homes.home_of(&key) != first.homes.home_of(&key))) {
+            violations.push(format!("{} and {} disagree on which region is each key's home after healing", first.name, other.name));
+        }
+    }
     for (key, write) in &world.history {
         let held = first.rows[*key].held_dots().contains(&write.dot);
         let replaced = world.history.iter().any(|(other_key, other)| other_key == key && other.dot != write.dot && other.seen.contains(&write.dot));

@@ -15,7 +15,7 @@ use crate::SeedReport;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use tern_core::multi_leader::{
-    Dot, Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, Policy, RegionMessage, Row, RowWrite, Shipment, Stamp, VersionVector,
+    Dot, Exchange, ExchangeConfig, ExchangeEvent, ExchangeOutput, Handover, Homes, Policy, RegionMessage, Row, RowWrite, Shipment, Stamp, VersionVector,
 };
 use tern_core::{Micros, Protocol, Timestamp};
 
@@ -31,6 +31,9 @@ pub enum Mutation {
     DropConflicts,
     /// Regions never ship a write again after a loss.
     NoResend,
+    /// With `--homes`: a key moves the naive way, the region taking it declaring itself
+    /// its home while the old home goes on writing until that reaches it.
+    NaiveRehome,
 }
 
 #[derive(Clone, Debug)]
@@ -40,6 +43,9 @@ pub struct RegionOptions {
     /// Steps of 10 ms in the fault phase.
     pub steps: usize,
     pub mutation: Option<Mutation>,
+    /// Every key has a home region, the only one that writes it; keys move between
+    /// regions by fenced handovers (issue 14).
+    pub homes: bool,
 }
 
 impl RegionOptions {
@@ -48,25 +54,36 @@ impl RegionOptions {
         let mutation = match self.mutation {
             Some(Mutation::DropConflicts) => " --mutate drop-conflicts",
             Some(Mutation::NoResend) => " --mutate no-resend",
+            Some(Mutation::NaiveRehome) => " --mutate naive-rehome",
             None => "",
         };
         format!(
-            "tern sim --topology multi-leader --seed {seed} --seeds 1 --nodes {} --policy {} --steps {}{mutation}",
+            "tern sim --topology multi-leader --seed {seed} --seeds 1 --nodes {} --policy {} --steps {}{}{mutation}",
             self.regions,
             self.policy.name(),
-            self.steps
+            self.steps,
+            if self.homes { " --homes" } else { "" }
         )
     }
 }
 
-/// The simulated table's row writes, as shipped: key, then the write.
+/// A row write of the simulated table: key, then the write.
 pub(crate) type Write = (usize, RowWrite<u64>);
+
+/// What a region's stream carries: row writes, and keys changing home.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Item {
+    Row(Write),
+    Handover(Handover<usize>),
+}
 
 struct Region {
     name: String,
-    exchange: Option<Exchange<Write>>,
+    exchange: Option<Exchange<Item>>,
+    /// Durable, like the rows: which region each key's home is, as applied here.
+    homes: Homes<usize>,
     /// Durable: every write held (own and applied) and the rows.
-    log: BTreeMap<Dot, Shipment<Write>>,
+    log: BTreeMap<Dot, Shipment<Item>>,
     rows: Vec<Row<u64>>,
     down_until: Micros,
     clock: Micros,
@@ -87,13 +104,15 @@ pub(crate) struct RegionWorld {
     rng: Rng,
     now: Micros,
     regions: Vec<Region>,
-    in_flight: Vec<(Micros, usize, usize, RegionMessage<Write>)>,
+    in_flight: Vec<(Micros, usize, usize, RegionMessage<Item>)>,
     /// `cut[a][b]`: messages from a to b are lost until then.
     cut: Vec<Vec<Micros>>,
     faults: bool,
     pub(crate) made: VersionVector,
     pub(crate) history: Vec<Write>,
     pub(crate) reached: usize,
+    /// Handovers made (`--homes`).
+    pub(crate) moves: usize,
     pub(crate) premature: Vec<String>,
     trace: Option<String>,
 }
@@ -101,11 +120,15 @@ pub(crate) struct RegionWorld {
 impl RegionWorld {
     fn new(options: &RegionOptions, seed: u64, keep_trace: bool) -> RegionWorld {
         let names: Vec<String> = (1..=options.regions).map(|number| format!("r{number}")).collect();
+        // Every key starts at home in one region, the same in every region's view.
+        let homes: BTreeMap<usize, String> =
+            if options.homes { (0..KEYS).map(|key| (key, names[key % names.len()].clone())).collect() } else { BTreeMap::new() };
         let regions = names
             .iter()
             .map(|name| Region {
                 name: name.clone(),
                 exchange: None,
+                homes: Homes::new(name.clone(), homes.clone()),
                 log: BTreeMap::new(),
                 rows: (0..KEYS).map(|_| Row::new(options.policy, COLUMNS)).collect(),
                 down_until: 0,
@@ -123,6 +146,7 @@ impl RegionWorld {
             made: VersionVector::new(),
             history: Vec::new(),
             reached: 0,
+            moves: 0,
             premature: Vec::new(),
             trace: keep_trace.then(String::new),
         }
@@ -151,7 +175,7 @@ impl RegionWorld {
         self.regions.iter().position(|region| region.name == name).expect("a known region")
     }
 
-    fn handle(&mut self, region: usize, event: ExchangeEvent<Write>) {
+    fn handle(&mut self, region: usize, event: ExchangeEvent<Item>) {
         let now = self.now;
         if let Some(exchange) = self.regions[region].exchange.as_mut() {
             exchange.handle(event, now);
@@ -180,8 +204,10 @@ impl RegionWorld {
                     }
                 }
                 ExchangeOutput::Apply(shipment) => {
-                    let (key, write) = shipment.write.clone();
-                    self.apply_row(region, key, &write);
+                    match shipment.write.clone() {
+                        Item::Row((key, write)) => self.apply_row(region, key, &write),
+                        Item::Handover(handover) => self.regions[region].homes.apply(&handover),
+                    }
                     let dot = shipment.dot.clone();
                     self.note(|world| format!("{} applies {dot}", world.regions[region].name));
                     self.regions[region].log.insert(dot.clone(), shipment);
@@ -191,7 +217,7 @@ impl RegionWorld {
                     }
                 }
                 ExchangeOutput::ReadWrites { to, origin, after, up_to } => {
-                    let writes: Vec<Shipment<Write>> = self.regions[region]
+                    let writes: Vec<Shipment<Item>> = self.regions[region]
                         .log
                         .range(Dot::new(origin.clone(), after + 1)..=Dot::new(origin, up_to))
                         .map(|(_, shipment)| shipment.clone())
@@ -217,6 +243,16 @@ impl RegionWorld {
         let Some(exchange) = &self.regions[region].exchange else { return };
         let (dot, seen) = exchange.next_local();
         let key = self.rng.range(0, KEYS as u64 - 1) as usize;
+        if self.options.homes {
+            if self.rng.chance(5) {
+                return self.move_home(region, key, dot, seen);
+            }
+            // A write to a key homed elsewhere goes to its home (which writes its own keys
+            // here too): this region does not write it.
+            if self.regions[region].homes.may_write(&key).is_err() {
+                return;
+            }
+        }
         let values = if self.rng.chance(15) {
             None
         } else {
@@ -231,7 +267,7 @@ impl RegionWorld {
         state.clock = state.clock.max(self.now) + 1;
         let write = RowWrite { dot: dot.clone(), stamp: Stamp::new(Timestamp::new(state.clock, 0), state.name.clone()), seen: seen.clone(), values };
         self.apply_row(region, key, &write);
-        self.regions[region].log.insert(dot.clone(), Shipment { dot: dot.clone(), seen, write: (key, write.clone()) });
+        self.regions[region].log.insert(dot.clone(), Shipment { dot: dot.clone(), seen, write: Item::Row((key, write.clone())) });
         self.made.advance(&dot);
         self.history.push((key, write));
         self.note(|world| format!("{} writes {dot} on key {key}", world.regions[region].name));
@@ -241,6 +277,29 @@ impl RegionWorld {
             let regions = self.regions.len();
             self.handle(region, ExchangeEvent::WaitForRegions { tag: dot.seq, dot, regions, deadline });
         }
+    }
+
+    /// Moves `key`: its home hands it to another region (fenced); under the naive
+    /// mutation, this region takes it while the old home goes on.
+    fn move_home(&mut self, region: usize, key: usize, dot: Dot, seen: VersionVector) {
+        let handover = if self.options.mutation == Some(Mutation::NaiveRehome) {
+            if self.regions[region].homes.may_write(&key).is_ok() {
+                return;
+            }
+            self.regions[region].homes.claim(&key)
+        } else {
+            let count = self.regions.len() as u64;
+            let to = self.regions[self.rng.range(0, count - 1) as usize].name.clone();
+            match self.regions[region].homes.hand_over(&key, &to) {
+                Ok(handover) => handover,
+                Err(_) => return,
+            }
+        };
+        self.note(|world| format!("{} writes {dot}: key {key} to {}", world.regions[region].name, handover.to));
+        self.regions[region].log.insert(dot.clone(), Shipment { dot: dot.clone(), seen, write: Item::Handover(handover) });
+        self.made.advance(&dot);
+        self.moves += 1;
+        self.handle(region, ExchangeEvent::Committed { dot });
     }
 
     fn step(&mut self) {
