@@ -169,9 +169,6 @@ pub(crate) enum StorageCommand {
         shipments: Vec<Shipment<Vec<u8>>>,
         epoch: u64,
     },
-    Conflicts {
-        reply: oneshot::Sender<Result<Vec<tern_storage::TableConflicts>, String>>,
-    },
     /// Multi-leader, region leader: set a table's policy or settle a row's conflicts, in
     /// `epoch`; answered with the entry's position.
     RegionAdmin {

@@ -413,10 +413,8 @@ impl Node {
     /// # Errors
     /// If the storage thread has stopped or cannot read them.
     pub async fn conflicts(&self) -> Result<Vec<tern_storage::TableConflicts>, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        if !self.storage_send(StorageCommand::Conflicts { reply }) {
-            return Err(storage_gone());
-        }
-        answer.await.map_err(|_| storage_gone())?.map_err(|error| RequestError::new(500, error))
+        // On a read-only connection: listing conflicts never waits behind writes.
+        let listed = self.with_reader(|reader| reader.region_conflicts().map_err(|error| error.to_string())).await;
+        listed.and_then(|listed| listed).map_err(|error| RequestError::new(500, error))
     }
 }

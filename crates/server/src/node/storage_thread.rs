@@ -209,9 +209,6 @@ impl StorageContext {
                 StorageCommand::RegionAdmin { change, epoch, reply } => {
                     let _ = reply.send(self.region_admin(change, epoch));
                 }
-                StorageCommand::Conflicts { reply } => {
-                    let _ = reply.send(self.engine.region_conflicts().map_err(|error| error.to_string()));
-                }
                 StorageCommand::Checksums { reply } => {
                     let _ = reply.send(self.engine.table_checksums().map_err(|error| error.to_string()));
                 }

@@ -99,6 +99,15 @@ impl Reader {
         crate::region_log::holds(&self.connection)
     }
 
+    /// Multi-leader: every conflict on record, read in one transaction (none if the
+    /// database does not run multi-leader).
+    ///
+    /// # Errors
+    /// If a stored state is damaged, or on a SQLite failure.
+    pub fn region_conflicts(&self) -> Result<Vec<super::TableConflicts>> {
+        self.in_read_transaction(|| super::regions::conflicts_in(&self.connection))?
+    }
+
     /// # Errors
     /// On a SQLite failure.
     pub fn table_checksums(&self) -> Result<Vec<(String, u64, u64)>> {

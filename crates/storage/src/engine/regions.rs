@@ -76,6 +76,23 @@ pub struct TableConflicts {
     pub unique: Vec<row_versions::UniqueConflict>,
 }
 
+/// Every row holding losing versions or taken out by a UNIQUE clash, per table, as
+/// `connection` sees the database (none if it does not run multi-leader).
+pub(super) fn conflicts_in(connection: &Connection) -> Result<Vec<TableConflicts>> {
+    let multi_leader: bool = connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_row_versions'", [], |row| row.get(0))?;
+    if !multi_leader {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for (table, _) in row_versions::tables_in_conflict(connection)? {
+        let rows = row_versions::conflicts(connection, &table)?;
+        let columns = row_versions::shape(connection, &table).map(|shape| shape.columns).unwrap_or_default();
+        let unique = row_versions::unique_conflicts(connection, &table)?;
+        found.push(TableConflicts { table, columns, rows, unique });
+    }
+    Ok(found)
+}
+
 /// Whether `table` keeps its rows by rowid under an `INTEGER PRIMARY KEY` (its key is
 /// the rowid, so a row inserted without one gets a rowid SQLite picks).
 fn has_rowid_key(connection: &Connection, table: &str) -> Result<bool> {
@@ -267,14 +284,7 @@ impl Engine {
     /// # Errors
     /// If a stored state is damaged, or on a SQLite failure.
     pub fn region_conflicts(&self) -> Result<Vec<TableConflicts>> {
-        let mut found = Vec::new();
-        for (table, _) in row_versions::tables_in_conflict(&self.connection)? {
-            let rows = row_versions::conflicts(&self.connection, &table)?;
-            let columns = row_versions::shape(&self.connection, &table).map(|shape| shape.columns).unwrap_or_default();
-            let unique = row_versions::unique_conflicts(&self.connection, &table)?;
-            found.push(TableConflicts { table, columns, rows, unique });
-        }
-        Ok(found)
+        conflicts_in(&self.connection)
     }
 
     /// Leader, inside a batch's transaction after its requests ran: makes the batch's
