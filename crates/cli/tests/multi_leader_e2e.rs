@@ -282,3 +282,29 @@ fn a_regions_writes_reach_every_region_through_another_after_it_is_gone_for_good
     converges(&cluster, &[eu, antarctica], "SELECT count(*) FROM orders", &json!([[5]]));
     assert_eq!(region_holds(&cluster, antarctica)["us-east"], 6, "the table and five orders, from eu-west");
 }
+
+#[test]
+fn only_a_rows_home_region_writes_it_and_a_customer_moves_without_a_conflict() {
+    let cluster = Cluster::start_multi_leader("ml-homes", &["us-east", "eu-west", "antarctica"], &[]);
+    let (us, antarctica) = (0, 2);
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, home TEXT)"])));
+    let rule = post(&cluster, us, "/db/homes/rule", json!({"table": "customers", "column": "home"}));
+    assert_eq!(rule.status, 200, "{}", rule.body);
+    assert_eq!(post(&cluster, us, "/db/homes/rule", json!({"table": "customers", "column": "nowhere"})).status, 400);
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["INSERT INTO customers VALUES (42, 'Ann', 'us-east')"])));
+
+    let refused = execute(&mut cluster.nodes[antarctica].client(), "", json!(["UPDATE customers SET name = 'Ann in the south' WHERE id = 42"]));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body["error"].as_str().unwrap_or_default().contains("home is region us-east"), "{}", refused.body);
+
+    // Ann moves: her home region writes the move; antarctica takes her row once it has it.
+    ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["UPDATE customers SET home = 'antarctica' WHERE id = 42"])));
+    ok(&execute(&mut cluster.nodes[antarctica].client(), "", json!(["UPDATE customers SET name = 'Ann in the south' WHERE id = 42"])));
+    let late = execute(&mut cluster.nodes[us].client(), "", json!(["UPDATE customers SET name = 'Ann in the north' WHERE id = 42"]));
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert!(late.body["error"].as_str().unwrap_or_default().contains("home is region antarctica"), "{}", late.body);
+    converges(&cluster, &[0, 1, 2], "SELECT name, home FROM customers", &json!([["Ann in the south", "antarctica"]]));
+    for node in 0..3 {
+        assert!(conflicts(&cluster, node).is_empty(), "no conflict anywhere");
+    }
+}

@@ -60,6 +60,7 @@ pub fn create(connection: &Connection) -> Result<()> {
             tbl TEXT NOT NULL, key BLOB NOT NULL, state BLOB NOT NULL, losers INTEGER NOT NULL,
             PRIMARY KEY (tbl, key)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS _tern_conflict_policy (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS _tern_home_rule (tbl TEXT PRIMARY KEY, home_column TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS _tern_unique_conflicts (
             tbl TEXT NOT NULL, key BLOB NOT NULL, held_by BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID",
     )?;

@@ -263,3 +263,37 @@ fn no_client_names_a_table_view_or_trigger_as_tern_does() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn only_a_rows_home_writes_it_and_a_row_moves_by_an_update_made_at_its_home() {
+    let root = std::env::temp_dir().join(format!("tern-regions-homes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut us = region_engine(&root, "us", "us-east");
+    let mut eu = region_engine(&root, "eu", "eu-west");
+    execute(&mut us, &["CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, home TEXT)"]);
+    us.set_home_rule(1, "customers", "home", &|| true).unwrap();
+    assert!(us.set_home_rule(1, "customers", "nowhere", &|| true).is_err());
+    execute(&mut us, &["INSERT INTO customers VALUES (1, 'Ann', 'us-east')", "INSERT INTO customers VALUES (3, 'Cy', NULL)"]);
+    ship(&us, &mut eu, "us-east");
+    let homed_elsewhere = |engine: &mut Engine, sql: &str| {
+        let batch = engine.execute_batch(1, &[request(&[sql])]).unwrap();
+        let refused = batch.results[0][0].error.clone();
+        assert_eq!(batch.homed_elsewhere[0].is_some(), refused.is_some(), "{sql}");
+        batch.homed_elsewhere[0].clone()
+    };
+    // eu-west may not write Ann's row, nor insert a row homed in us-east; rows without a home are anyone's.
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE customers SET name = 'Ann B' WHERE id = 1"), Some("us-east".to_string()));
+    assert_eq!(homed_elsewhere(&mut eu, "INSERT INTO customers VALUES (2, 'Bo', 'us-east')"), Some("us-east".to_string()));
+    assert_eq!(homed_elsewhere(&mut eu, "DELETE FROM customers WHERE id = 1"), Some("us-east".to_string()));
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE customers SET name = 'Cy B' WHERE id = 3"), None);
+    // Ann moves to eu-west: an update of her home made at her home.
+    assert_eq!(homed_elsewhere(&mut us, "UPDATE customers SET home = 'eu-west' WHERE id = 1"), None);
+    assert_eq!(homed_elsewhere(&mut us, "UPDATE customers SET name = 'late' WHERE id = 1"), Some("eu-west".to_string()), "the old home stops at once");
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE customers SET name = 'early' WHERE id = 1"), Some("us-east".to_string()), "the new home waits for the move");
+    ship(&us, &mut eu, "us-east");
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE customers SET name = 'Ann in Europe' WHERE id = 1"), None);
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us));
+    assert!(us.region_conflicts().unwrap().is_empty() && eu.region_conflicts().unwrap().is_empty(), "no conflict");
+    let _ = std::fs::remove_dir_all(&root);
+}

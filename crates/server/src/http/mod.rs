@@ -38,6 +38,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/conflicts", get(conflicts))
         .route("/db/conflicts/resolve", post(resolve_conflict))
         .route("/db/conflicts/policy", post(set_policy))
+        .route("/db/homes/rule", post(set_home_rule))
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
         .route("/cluster/transfer-leader", post(transfer_leader))

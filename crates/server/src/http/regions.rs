@@ -96,6 +96,21 @@ fn parse_resolve(body: &[u8]) -> Result<RegionChange, Response> {
     Ok(RegionChange::Resolve { table, key, values: values_field(&object, "values")? })
 }
 
+fn parse_home_rule(body: &[u8]) -> Result<RegionChange, Response> {
+    let object = object_body(body)?;
+    Ok(RegionChange::HomeRule { table: text_field(&object, "table")?, column: text_field(&object, "column")? })
+}
+
+/// `POST /db/homes/rule` with `{"table": T, "column": C}`: `T`'s rows have a home region,
+/// the one their column `C` names; only it writes them (elsewhere: 409, nothing changed).
+/// A row moves by an update of `C` made at its home.
+pub(super) async fn set_home_rule(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match parse_home_rule(&body) {
+        Ok(change) => change_response(&node, change).await,
+        Err(response) => response,
+    }
+}
+
 fn parse_policy(body: &[u8]) -> Result<RegionChange, Response> {
     let object = object_body(body)?;
     let table = text_field(&object, "table")?;
@@ -182,7 +197,7 @@ mod tests {
         #[test]
         fn any_conflict_body_is_read_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..256), text in "[{}\\[\\]\"a-z:,0-9 é]{0,60}") {
             for body in [bytes.as_slice(), text.as_bytes()] {
-                for parsed in [parse_resolve(body), parse_policy(body)] {
+                for parsed in [parse_resolve(body), parse_policy(body), parse_home_rule(body)] {
                     if let Err(response) = parsed {
                         prop_assert_eq!(response.status(), StatusCode::BAD_REQUEST);
                     }

@@ -47,6 +47,8 @@ pub struct RegionStatus {
 pub enum RegionChange {
     /// `table`'s rows written from now on are settled under `policy`.
     Policy { table: String, policy: tern_core::multi_leader::Policy },
+    /// `table`'s rows have a home region, named by `column`: only it writes them.
+    HomeRule { table: String, column: String },
     /// Settles the conflicts of `table`'s row `key`, keeping `values` (the whole row), or
     /// the version shown now.
     Resolve { table: String, key: Vec<tern_storage::SqlValue>, values: Option<Vec<tern_storage::SqlValue>> },

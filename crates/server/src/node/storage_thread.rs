@@ -249,7 +249,13 @@ impl StorageContext {
             }
             Ok(Executed::Committed(outcome)) => {
                 let mut writes = Vec::new();
-                for ((results, changed), (_, requirement, reply)) in outcome.results.into_iter().zip(outcome.changed).zip(batch) {
+                for (number, ((results, changed), (_, requirement, reply))) in outcome.results.into_iter().zip(outcome.changed).zip(batch).enumerate() {
+                    if let Some(home) = outcome.homed_elsewhere.get(number).cloned().flatten() {
+                        // Undone: its rows belong to another region.
+                        let message = format!("this request writes rows whose home is region {home}: only {home} writes them; send it to a node of {home}");
+                        let _ = reply.send(WriteReply { results, position: None, error: Some(RequestError::new(409, message)), region_write: None });
+                        continue;
+                    }
                     match &outcome.entry {
                         Some(entry) if changed => writes.push(PendingWrite {
                             index: entry.index,
@@ -333,6 +339,7 @@ impl StorageContext {
         }
         let executed = match change {
             RegionChange::Policy { table, policy } => self.engine.set_conflict_policy(epoch, &table, policy, &still_leading),
+            RegionChange::HomeRule { table, column } => self.engine.set_home_rule(epoch, &table, &column, &still_leading),
             RegionChange::Resolve { table, key, values } => self.engine.resolve_conflict(epoch, &table, &key, values, &still_leading),
         };
         match executed {

@@ -63,7 +63,7 @@ extern "C" {
 fn is_replicated_table(name: &CStr) -> bool {
     let bytes = name.to_bytes();
     // Multi-leader's own tables are the region's state: its followers hold them too.
-    let region_state = matches!(bytes, b"_tern_region_log" | b"_tern_row_versions" | b"_tern_conflict_policy" | b"_tern_unique_conflicts");
+    let region_state = matches!(bytes, b"_tern_region_log" | b"_tern_row_versions" | b"_tern_conflict_policy" | b"_tern_unique_conflicts" | b"_tern_home_rule");
     region_state || !(bytes.starts_with(b"sqlite_") || bytes.starts_with(b"_tern_"))
 }
 
@@ -222,6 +222,9 @@ pub struct ChangedRow {
     pub table: String,
     pub key: Vec<SqlValue>,
     pub change: RowChange,
+    /// Updates and deletes: each column's value before the change, where the changeset
+    /// carries it (a delete: every column; an update: the key and the columns it set).
+    pub old: Vec<Option<SqlValue>>,
 }
 
 /// Every row `changeset` inserts, updates or deletes, in changeset order.
@@ -301,9 +304,22 @@ pub fn changed_rows(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedRow>> {
                     RowChange::Update { columns: set }
                 }
             };
+            let mut old = Vec::new();
+            if op != ffi::SQLITE_INSERT {
+                for column in 0..columns {
+                    let mut value = ptr::null_mut();
+                    // SAFETY: `column` is below the table's column count; a value the
+                    // change does not carry is a null pointer.
+                    let code = unsafe { sqlite3changeset_old(iter, column, &mut value) };
+                    if code != ffi::SQLITE_OK {
+                        return Err(failed(code, "reading an old value"));
+                    }
+                    old.push((!value.is_null()).then(|| sql_value(value)));
+                }
+            }
             // SAFETY: SQLite's NUL-terminated table name, valid while the iterator is here.
             let table = unsafe { CStr::from_ptr(table) }.to_string_lossy().into_owned();
-            rows.push(ChangedRow { table, key, change });
+            rows.push(ChangedRow { table, key, change, old });
         }
     })();
     // SAFETY: created above, finalized once.

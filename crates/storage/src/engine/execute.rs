@@ -126,7 +126,14 @@ impl Engine {
         let mut capture = Capture::new();
         let mut results = Vec::with_capacity(requests.len());
         let mut changed = Vec::with_capacity(requests.len());
+        let mut homed_elsewhere = Vec::with_capacity(requests.len());
+        // Multi-leader: tables whose rows have a home region (and its column).
+        let home_rules = self.home_rules()?;
         for request in requests {
+            if !home_rules.is_empty() {
+                // This request's rows alone, to see whose home they are.
+                capture.flush_rows()?;
+            }
             // Statement format: any statement may flush rows that a MIXED statement of an
             // earlier request left in the session.
             if self.format == LogFormat::Statement
@@ -140,6 +147,22 @@ impl Engine {
             self.run_cached("SAVEPOINT request")?;
             let (request_results, wrote) = self.execute_request(request, &mut capture)?;
             let failed = request_results.iter().any(|result| result.error.is_some());
+            let elsewhere = if home_rules.is_empty() || (request.transaction && failed) {
+                None
+            } else {
+                capture.flush_rows()?;
+                self.home_elsewhere(&capture.changes[mark..], &home_rules)?
+            };
+            homed_elsewhere.push(elsewhere.clone());
+            if let Some(home) = elsewhere {
+                self.run_cached("ROLLBACK TO request")?;
+                self.run_cached("RELEASE request")?;
+                capture.changes.truncate(mark);
+                changed.push(false);
+                let refusal = format!("this request writes rows whose home is region {home}: only {home} writes them; send it to a node of {home}");
+                results.push(request.statements.iter().map(|_| StatementResult::error(refusal.clone())).collect());
+                continue;
+            }
             if request.transaction && failed {
                 self.run_cached("ROLLBACK TO request")?;
                 self.run_cached("RELEASE request")?;
@@ -159,7 +182,7 @@ impl Engine {
             if changed.iter().any(|changed| *changed) {
                 record_position(&self.connection, Position::new(epoch, self.last.index + 1))?;
             }
-            return Ok(Batch { results, changed, entry: None, region_writes: region_write.into_iter().collect() });
+            return Ok(Batch { results, changed, entry: None, region_writes: region_write.into_iter().collect(), homed_elsewhere });
         }
         let entry = if capture.changes.is_empty() {
             None
@@ -179,7 +202,7 @@ impl Engine {
             append_log(&self.connection, &entry)?;
             Some(entry)
         };
-        Ok(Batch { results, changed, entry, region_writes: region_write.into_iter().collect() })
+        Ok(Batch { results, changed, entry, region_writes: region_write.into_iter().collect(), homed_elsewhere })
     }
 
     /// Executes one request's statements, returning per-statement results and whether

@@ -36,8 +36,15 @@ impl Engine {
     /// ships its page images; the logical formats log it as a `Change::Vacuum` that every
     /// replica runs itself (see `log_and_run_vacuum`).
     pub(super) fn execute_maintenance(&mut self, epoch: u64, request: &WriteRequest) -> Result<Batch> {
-        let refused =
-            |error: String| Ok(Batch { results: vec![vec![StatementResult::error(error)]], changed: vec![false], entry: None, region_writes: Vec::new() });
+        let refused = |error: String| {
+            Ok(Batch {
+                results: vec![vec![StatementResult::error(error)]],
+                changed: vec![false],
+                entry: None,
+                region_writes: Vec::new(),
+                homed_elsewhere: Vec::new(),
+            })
+        };
         let statement = match request.statements.as_slice() {
             [statement] => statement,
             _ => return refused(request_shape_error(request).unwrap_or_else(|| "VACUUM must be sent alone in its request".to_owned())),
@@ -64,7 +71,7 @@ impl Engine {
                     StatementResult::error(format!("VACUUM is logged but did not finish on this node ({error}); it runs again before the next write"))
                 }
             };
-            return Ok(Batch { results: vec![vec![result]], changed: vec![true], entry: Some(entry), region_writes: Vec::new() });
+            return Ok(Batch { results: vec![vec![result]], changed: vec![true], entry: Some(entry), region_writes: Vec::new(), homed_elsewhere: Vec::new() });
         }
         // The whole rewritten file becomes one entry: it must fit one peer frame.
         let bytes: i64 = self.connection.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |row| row.get(0))?;
@@ -77,7 +84,7 @@ impl Engine {
         }
         let result = run_statement(&self.connection, &statement.sql, &statement.params);
         if result.error.is_some() {
-            return Ok(Batch { results: vec![vec![result]], changed: vec![false], entry: None, region_writes: Vec::new() });
+            return Ok(Batch { results: vec![vec![result]], changed: vec![false], entry: None, region_writes: Vec::new(), homed_elsewhere: Vec::new() });
         }
         let next = Position::new(epoch, self.last.index + 1);
         let transaction = begin_immediate(&self.connection)?;
@@ -86,7 +93,7 @@ impl Engine {
         forget_cached_pages(&self.connection)?;
         let entry = self.log_committed_pages(epoch)?;
         self.last = entry.position();
-        Ok(Batch { results: vec![vec![result]], changed: vec![true], entry: Some(entry), region_writes: Vec::new() })
+        Ok(Batch { results: vec![vec![result]], changed: vec![true], entry: Some(entry), region_writes: Vec::new(), homed_elsewhere: Vec::new() })
     }
 
     /// Copies the WAL into the database file and truncates it (physical format: only

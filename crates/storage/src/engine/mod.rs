@@ -134,6 +134,9 @@ pub struct Batch {
     /// Multi-leader: the writes of regions' streams the entry holds (the one made here,
     /// or those from other regions applied here).
     pub region_writes: Vec<crate::region_log::LoggedWrite>,
+    /// Multi-leader, per request: the home region of rows it would have written here
+    /// though another region is their home (the request was undone; send it there).
+    pub homed_elsewhere: Vec<Option<String>>,
 }
 
 /// The outcome of a leader's batch that is committed only while the node still leads.

@@ -7,6 +7,7 @@
 
 use super::execute::Capture;
 use super::*;
+use crate::capture::row::RowChange;
 use crate::guard::ROWID_TRIGGER_PREFIX;
 use crate::region_log::{self, LoggedWrite};
 use crate::row_versions::{self, RemoteRowWrite};
@@ -367,7 +368,7 @@ impl Engine {
                 return Ok(Executed::StoppedLeading);
             }
             transaction.commit()?;
-            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_writes }
+            Batch { results: Vec::new(), changed: Vec::new(), entry: Some(entry), region_writes, homed_elsewhere: Vec::new() }
         };
         if let Some(entry) = &batch.entry {
             self.last = entry.position();
@@ -426,10 +427,16 @@ impl Engine {
         row_versions::shape(&self.connection, table)?;
         let sql = "INSERT OR REPLACE INTO _tern_conflict_policy (tbl, policy) VALUES (?1, ?2)".to_string();
         let params = Params::Positional(vec![SqlValue::Text(table.to_string()), SqlValue::Text(policy.name().to_string())]);
+        self.log_schema_statement(epoch, sql, params, still_leading)
+    }
+
+    /// Leader of a region: runs one of tern's own statements on its bookkeeping tables and
+    /// logs it as a schema statement of this region's stream, so every region runs it.
+    fn log_schema_statement(&mut self, epoch: u64, sql: String, params: Params, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
         self.logged_transaction(epoch, still_leading, &|engine, capture| {
             let result = run_statement(&engine.connection, &sql, &params);
             if let Some(error) = result.error {
-                return Err(StorageError::new(format!("cannot set the conflict policy of {table}: {error}")));
+                return Err(StorageError::new(format!("{error}: {sql}")));
             }
             capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() });
             let (dot, seen, stamp) = engine.next_own_write()?;
@@ -437,6 +444,74 @@ impl Engine {
             let payload = RegionPayload { stamp, schema: vec![(sql.clone(), params.clone())], rows: Vec::new() };
             Ok(vec![engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?])
         })
+    }
+
+    /// Leader of a region: gives `table`'s rows a home region, named by their `column`, in
+    /// every region (it travels as a schema statement of this region's stream). From then
+    /// on only a row's home writes it; a row moves by an update of that column made at its
+    /// home, which the region streams carry in order, so no two regions write it at once.
+    ///
+    /// # Errors
+    /// If the table or column does not exist, or on a SQLite failure.
+    pub fn set_home_rule(&mut self, epoch: u64, table: &str, column: &str, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+        let shape = row_versions::shape(&self.connection, table)?;
+        if !shape.columns.iter().any(|known| known == column) {
+            return Err(StorageError::new(format!("table {table} has no column {column:?}")));
+        }
+        let sql = "INSERT OR REPLACE INTO _tern_home_rule (tbl, home_column) VALUES (?1, ?2)".to_string();
+        let params = Params::Positional(vec![SqlValue::Text(table.to_string()), SqlValue::Text(column.to_string())]);
+        self.log_schema_statement(epoch, sql, params, still_leading)
+    }
+
+    /// Multi-leader: each homed table and the position of its home column.
+    pub(super) fn home_rules(&self) -> Result<Vec<(String, usize)>> {
+        if self.region.is_none() {
+            return Ok(Vec::new());
+        }
+        let rules: Vec<(String, String)> = self
+            .connection
+            .prepare_cached("SELECT tbl, home_column FROM _tern_home_rule")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut found = Vec::new();
+        for (table, column) in rules {
+            if let Ok(shape) = row_versions::shape(&self.connection, &table) {
+                if let Some(position) = shape.columns.iter().position(|known| *known == column) {
+                    found.push((table, position));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The home region, other than this one, of a row `changes` wrote: an inserted row's
+    /// home as inserted; an updated or deleted row's home before the change (an update
+    /// of the home column made at the home is how a row moves).
+    pub(super) fn home_elsewhere(&self, changes: &[Change], rules: &[(String, usize)]) -> Result<Option<String>> {
+        let Some(region) = &self.region else { return Ok(None) };
+        for change in changes {
+            let Change::Rows(changeset) = change else { continue };
+            for row in crate::capture::row::changed_rows(changeset)? {
+                let Some((_, column)) = rules.iter().find(|(table, _)| *table == row.table) else { continue };
+                let home = match &row.change {
+                    RowChange::Delete => row.old.get(*column).cloned().flatten(),
+                    RowChange::Update { columns } if columns.get(*column) == Some(&true) => row.old.get(*column).cloned().flatten(),
+                    _ => {
+                        let shape = row_versions::shape(&self.connection, &row.table)?;
+                        row_versions::current_row(&self.connection, &shape, &row.key).ok().and_then(|values| values.get(*column).cloned())
+                    }
+                };
+                let home = match home {
+                    None | Some(SqlValue::Null) => continue,
+                    Some(SqlValue::Text(text)) => text,
+                    Some(other) => format!("{other:?}"),
+                };
+                if home != region.name {
+                    return Ok(Some(home));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Leader of a region: settles the conflicts of `table`'s row `key` in every region,
