@@ -293,14 +293,20 @@ fn only_a_rows_home_region_writes_it_and_a_customer_moves_without_a_conflict() {
     assert_eq!(post(&cluster, us, "/db/homes/rule", json!({"table": "customers", "column": "nowhere"})).status, 400);
     ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["INSERT INTO customers VALUES (42, 'Ann', 'us-east')"])));
 
-    let refused = execute(&mut cluster.nodes[antarctica].client(), "", json!(["UPDATE customers SET name = 'Ann in the south' WHERE id = 42"]));
+    // Written from antarctica: sent to us-east, Ann's home, and answered from there.
+    let forwarded = execute(&mut cluster.nodes[antarctica].client(), "", json!(["UPDATE customers SET name = 'Ann A' WHERE id = 42"]));
+    ok(&forwarded);
+    assert!(forwarded.body["token"].as_str().unwrap_or_default().starts_with("us-east:"), "made in us-east: {}", forwarded.body);
+    let refused = execute(&mut cluster.nodes[antarctica].client(), "?home=local", json!(["UPDATE customers SET name = 'Ann in the south' WHERE id = 42"]));
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert!(refused.body["error"].as_str().unwrap_or_default().contains("home is region us-east"), "{}", refused.body);
 
     // Ann moves: her home region writes the move; antarctica takes her row once it has it.
     ok(&execute(&mut cluster.nodes[us].client(), "?w=regions:all", json!(["UPDATE customers SET home = 'antarctica' WHERE id = 42"])));
-    ok(&execute(&mut cluster.nodes[antarctica].client(), "", json!(["UPDATE customers SET name = 'Ann in the south' WHERE id = 42"])));
-    let late = execute(&mut cluster.nodes[us].client(), "", json!(["UPDATE customers SET name = 'Ann in the north' WHERE id = 42"]));
+    let local = execute(&mut cluster.nodes[antarctica].client(), "?home=local", json!(["UPDATE customers SET name = 'Ann in the south' WHERE id = 42"]));
+    ok(&local);
+    assert!(local.body["token"].as_str().unwrap_or_default().starts_with("antarctica:"), "{}", local.body);
+    let late = execute(&mut cluster.nodes[us].client(), "?home=local", json!(["UPDATE customers SET name = 'Ann in the north' WHERE id = 42"]));
     assert_eq!(late.status, 409, "{}", late.body);
     assert!(late.body["error"].as_str().unwrap_or_default().contains("home is region antarctica"), "{}", late.body);
     converges(&cluster, &[0, 1, 2], "SELECT name, home FROM customers", &json!([["Ann in the south", "antarctica"]]));

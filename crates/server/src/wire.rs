@@ -40,11 +40,19 @@ pub struct RequestError {
     pub message: String,
     /// Known leader, for clients to retry against.
     pub leader: Option<NodeId>,
+    /// Multi-leader: the request writes rows homed in this region, which alone writes them.
+    pub home: Option<String>,
 }
 
 impl RequestError {
     pub fn new(status: u16, message: impl Into<String>) -> RequestError {
-        RequestError { status, message: message.into(), leader: None }
+        RequestError { status, message: message.into(), leader: None, home: None }
+    }
+
+    /// A request undone because its rows' home is `region` (409).
+    pub fn homed_in(region: &str) -> RequestError {
+        let message = format!("this request writes rows whose home is region {region}: only {region} writes them; send it to a node of {region}");
+        RequestError { home: Some(region.to_string()), ..RequestError::new(409, message) }
     }
 }
 
@@ -64,6 +72,9 @@ pub enum Frame {
         requirement: Option<AckRequirement>,
         /// Multi-leader (`w=regions:k`): answer once this many regions hold the write.
         regions: Option<usize>,
+        /// Multi-leader: sent on by another region to this region, the rows' home; not sent
+        /// on again.
+        to_home: bool,
     },
     ForwardWriteReply {
         id: u64,

@@ -93,7 +93,8 @@ pub(super) async fn write_path(node: &Node, statements: Vec<Statement>, params: 
     if let Some(message) = tern_storage::request_shape_error(&request) {
         return bad_request(message);
     }
-    let reply = node.write(request, requirement, regions).await;
+    // Multi-leader: rows homed in another region are written there, unless ?home=local.
+    let reply = node.write(request, requirement, regions, !matches!(params.get("home"), Some("local"))).await;
     write_response(reply, started, params)
 }
 

@@ -267,6 +267,8 @@ pub struct Node {
     write_lease: Arc<WriteLease>,
     /// Fault injection: peers whose traffic, both ways, is dropped (an emulated partition).
     cut_off: Mutex<std::collections::BTreeSet<String>>,
+    /// Multi-leader: per other region, the node that last spoke for it (its leader).
+    region_leaders: Mutex<BTreeMap<String, String>>,
 }
 
 fn storage_gone() -> RequestError {
@@ -346,6 +348,7 @@ impl Node {
             log_stats: Arc::new(LogStats::default()),
             write_lease: write_lease.clone(),
             cut_off: Mutex::new(std::collections::BTreeSet::new()),
+            region_leaders: Mutex::new(BTreeMap::new()),
         });
 
         let storage_context = StorageContext {

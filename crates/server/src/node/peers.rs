@@ -136,14 +136,18 @@ impl Node {
             Frame::Replica(_) => {}
             Frame::Region(message) => {
                 if let Some(region) = self.region_of_remote(from) {
+                    // Only a region's leader speaks for it: where to send its rows' writes.
+                    self.region_leaders.lock().expect("region leaders lock").insert(region.clone(), from.to_string());
                     self.post(Event::Region { from: from.to_string(), region, message });
                 }
             }
-            Frame::ForwardWrite { id, request, requirement, regions } => {
+            Frame::ForwardWrite { id, request, requirement, regions, to_home } => {
                 let node = self.clone();
                 let origin = from.to_string();
                 tokio::spawn(async move {
-                    let reply = node.write_local(request, requirement, regions).await;
+                    // From another region, to this one as the rows' home: to its leader.
+                    let reply =
+                        if to_home { node.write_in_region(request, requirement, regions).await } else { node.write_local(request, requirement, regions).await };
                     node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
                 });
             }

@@ -304,6 +304,15 @@ fn send_to_region(leaders: &BTreeMap<String, (String, Instant)>, node: &Node, re
 }
 
 impl Node {
+    /// A node of `region` to send its writes to: the one that last spoke for it (its
+    /// leader), else its first node.
+    pub(crate) fn node_of_region(&self, region: &str) -> Option<String> {
+        if let Some(leader) = self.region_leaders.lock().expect("region leaders lock").get(region) {
+            return Some(leader.clone());
+        }
+        self.config.remote_nodes().into_iter().find(|(_, _, of)| of == region).map(|(id, _, _)| id)
+    }
+
     /// Whether `id` is a node of another region (multi-leader).
     pub(crate) fn is_remote_node(&self, id: &str) -> bool {
         self.config.remote_nodes().iter().any(|(remote, _, _)| remote == id)

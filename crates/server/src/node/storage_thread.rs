@@ -252,8 +252,7 @@ impl StorageContext {
                 for (number, ((results, changed), (_, requirement, reply))) in outcome.results.into_iter().zip(outcome.changed).zip(batch).enumerate() {
                     if let Some(home) = outcome.homed_elsewhere.get(number).cloned().flatten() {
                         // Undone: its rows belong to another region.
-                        let message = format!("this request writes rows whose home is region {home}: only {home} writes them; send it to a node of {home}");
-                        let _ = reply.send(WriteReply { results, position: None, error: Some(RequestError::new(409, message)), region_write: None });
+                        let _ = reply.send(WriteReply { results, position: None, error: Some(RequestError::homed_in(&home)), region_write: None });
                         continue;
                     }
                     match &outcome.entry {

@@ -7,14 +7,43 @@ impl Node {
     /// for the acknowledgement the request asked for.
     /// Multi-leader: with `regions`, the answer waits until that many regions hold the
     /// write (`w=regions:k`).
-    pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>) -> WriteReply {
+    ///
+    /// Multi-leader, with `to_home`: a request whose rows are homed in another region is
+    /// sent on to that region and answered from there (else it is refused with a 409).
+    pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>, to_home: bool) -> WriteReply {
+        let multi_leader = self.config.topology == tern_core::Topology::MultiLeader;
+        let kept = (to_home && multi_leader).then(|| request.clone());
+        let reply = self.write_in_region(request, requirement, regions).await;
+        match (kept, reply.error.as_ref().and_then(|error| error.home.clone())) {
+            (Some(request), Some(home)) if home != self.config.region => self.write_at_home(&home, request, requirement, regions).await,
+            _ => reply,
+        }
+    }
+
+    /// Sends a request to `home`, the region its rows' home is, and waits for its answer.
+    async fn write_at_home(&self, home: &str, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>) -> WriteReply {
+        let Some(target) = self.node_of_region(home) else {
+            return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::homed_in(home)), region_write: None };
+        };
+        let wait = self.config.write_timeout * 2 + Duration::from_secs(5);
+        match self.forward_to(&target, wait, false, |id| Frame::ForwardWrite { id, request, requirement, regions, to_home: true }).await {
+            Some(ForwardReply::Write(reply)) => reply,
+            _ => {
+                let message = format!("region {home}, this request's rows' home, did not answer in time: its outcome is unknown");
+                WriteReply { results: Vec::new(), position: None, error: Some(RequestError::new(503, message)), region_write: None }
+            }
+        }
+    }
+
+    /// In this node's region: here if it leads, else at its region's leader.
+    pub(crate) async fn write_in_region(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>) -> WriteReply {
         let published = self.published();
         let leader = match &published.leader {
             Some(leader) if *leader != self.config.id => leader.clone(),
             _ => return self.write_local(request, requirement, regions).await,
         };
         let wait = self.config.write_timeout * if regions.is_some() { 2 } else { 1 } + Duration::from_secs(5);
-        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement, regions }).await {
+        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement, regions, to_home: false }).await {
             Some(ForwardReply::Write(reply)) => reply,
             _ => {
                 let mut error = RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));
@@ -39,17 +68,29 @@ impl Node {
     /// Sends a request frame to `leader` and waits up to `wait` for the matching reply
     /// frame (`None` if none came; the request's outcome is then unknown).
     pub(super) async fn forward(&self, leader: &str, wait: Duration, frame: impl FnOnce(u64) -> Frame) -> Option<ForwardReply> {
+        self.forward_to(leader, wait, true, frame).await
+    }
+
+    /// Sends a request frame to node `to` and waits up to `wait` for its reply; with
+    /// `follows`, `to` is this node's leader, and the wait ends as soon as it is not.
+    pub(super) async fn forward_to(&self, to: &str, wait: Duration, follows: bool, frame: impl FnOnce(u64) -> Frame) -> Option<ForwardReply> {
         let id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.forwards.lock().expect("forwards lock").insert(id, tx);
-        self.send_to(leader, frame(id));
+        self.send_to(to, frame(id));
         // Give up as soon as this node stops following that leader (it died or was
         // replaced): the client hears "outcome unknown" now, not after the timeout.
         let mut watcher = self.published.clone();
-        let leader_gone = watcher.wait_for(|published| published.leader.as_deref() != Some(leader));
+        let leader_gone = async {
+            if follows {
+                let _ = watcher.wait_for(|published| published.leader.as_deref() != Some(to)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let reply = tokio::select! {
             reply = tokio::time::timeout(wait, rx) => reply.ok().and_then(Result::ok),
-            _ = leader_gone => None,
+            () = leader_gone => None,
         };
         if reply.is_none() {
             self.forwards.lock().expect("forwards lock").remove(&id);
