@@ -49,6 +49,9 @@ enum Command {
     /// Multi-leader: list conflicts, settle one, or set a table's conflict policy.
     #[command(subcommand)]
     Conflicts(conflicts::ConflictsCommand),
+    /// Multi-leader: move a row of a homed table to another home region, fenced (no two
+    /// regions ever write it at once).
+    Rehome(conflicts::RehomeArgs),
 }
 
 #[derive(Subcommand)]
@@ -311,6 +314,7 @@ fn main() {
         Command::Rollback(command) => run_rollback(command),
         Command::Cluster(command) => admin::run_cluster(command),
         Command::Conflicts(command) => conflicts::run_conflicts(command),
+        Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {
         eprintln!("tern: {message}");

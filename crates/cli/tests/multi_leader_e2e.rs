@@ -310,6 +310,17 @@ fn only_a_rows_home_region_writes_it_and_a_customer_moves_without_a_conflict() {
     assert_eq!(late.status, 409, "{}", late.body);
     assert!(late.body["error"].as_str().unwrap_or_default().contains("home is region antarctica"), "{}", late.body);
     converges(&cluster, &[0, 1, 2], "SELECT name, home FROM customers", &json!([["Ann in the south", "antarctica"]]));
+
+    // And back, with `tern rehome` asked of eu-west (the move is made at her home).
+    let moved = tern(&["rehome", "--http", &cluster.nodes[1].http, "--table", "customers", "--key", "[42]", "--to", "us-east"]);
+    assert!(moved.contains("now has its home in us-east"), "{moved}");
+    ok(&execute(&mut cluster.nodes[us].client(), "?home=local", json!(["UPDATE customers SET name = 'Ann back north' WHERE id = 42"])));
+    let homes = cluster.nodes[antarctica].client().get("/db/homes").expect("node answers").body;
+    assert_eq!(homes["tables"][0]["rows_per_home"]["us-east"], 1, "{homes}");
+    let nowhere = post(&cluster, us, "/db/homes/move", json!({"table": "customers", "key": [7], "to": "eu-west"}));
+    assert_eq!(nowhere.status, 404, "{}", nowhere.body);
+    assert_eq!(post(&cluster, us, "/db/homes/move", json!({"table": "customers", "key": [42], "to": "mars"})).status, 400);
+    converges(&cluster, &[0, 1, 2], "SELECT name, home FROM customers", &json!([["Ann back north", "us-east"]]));
     for node in 0..3 {
         assert!(conflicts(&cluster, node).is_empty(), "no conflict anywhere");
     }

@@ -39,6 +39,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/conflicts/resolve", post(resolve_conflict))
         .route("/db/conflicts/policy", post(set_policy))
         .route("/db/homes/rule", post(set_home_rule))
+        .route("/db/homes/move", post(move_home))
+        .route("/db/homes", get(homes))
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
         .route("/cluster/transfer-leader", post(transfer_leader))

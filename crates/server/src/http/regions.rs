@@ -111,6 +111,41 @@ pub(super) async fn set_home_rule(State(node): State<Arc<Node>>, body: Bytes) ->
     }
 }
 
+/// `POST /db/homes/move` with `{"table": T, "key": [..], "to": REGION}`: moves one row
+/// to another home region, fenced (see `Node::move_home`).
+pub(super) async fn move_home(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let parsed = object_body(&body).and_then(|object| {
+        let key = values_field(&object, "key")?.ok_or_else(|| bad_request("missing \"key\": the row's key values, in column order"))?;
+        Ok((text_field(&object, "table")?, key, text_field(&object, "to")?))
+    });
+    let (table, key, to) = match parsed {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    match node.move_home(table, key, to).await {
+        Ok(reply) => write_response(reply, Instant::now(), &Params::parse(None)),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `GET /db/homes`: per homed table, how many rows each region is home to.
+pub(super) async fn homes(State(node): State<Arc<Node>>) -> Response {
+    match node.home_counts().await {
+        Ok(counts) => {
+            let tables: Vec<Value> = counts
+                .iter()
+                .map(|(table, per_region)| {
+                    let regions: serde_json::Map<String, Value> =
+                        per_region.iter().map(|(region, count)| (region.clone().unwrap_or_else(|| "(none)".to_string()), json!(count))).collect();
+                    json!({ "table": table, "rows_per_home": regions })
+                })
+                .collect();
+            Json(json!({ "region": node.config.region, "tables": tables })).into_response()
+        }
+        Err(error) => error_response(&error),
+    }
+}
+
 fn parse_policy(body: &[u8]) -> Result<RegionChange, Response> {
     let object = object_body(body)?;
     let table = text_field(&object, "table")?;

@@ -313,6 +313,40 @@ impl Node {
         self.config.remote_nodes().into_iter().find(|(_, _, of)| of == region).map(|(id, _, _)| id)
     }
 
+    /// Multi-leader: moves `table`'s row `key` to region `to`. The move is an update of the
+    /// row's home column made at its current home (sent there from here), so the old home
+    /// stops writing the row as it makes it, and `to` starts only once it holds it and
+    /// every earlier write of the row; answered once every region holds the move. With the
+    /// old home unreachable, the move cannot be made, and the answer says so.
+    ///
+    /// # Errors
+    /// An unknown region, a table without a home rule, a key that fits no row (400/404).
+    pub async fn move_home(&self, table: String, key: Vec<tern_storage::SqlValue>, to: String) -> Result<WriteReply, RequestError> {
+        if !self.config.all_regions().contains(&to) {
+            return Err(RequestError::new(400, format!("no region {to:?} in this cluster (regions: {})", self.config.all_regions().join(", "))));
+        }
+        let statement = self
+            .with_reader(move |reader| reader.home_move(&table, &key, &to).map_err(|error| error.to_string()))
+            .await
+            .and_then(|made| made)
+            .map_err(|error| RequestError::new(400, error))?;
+        let request = WriteRequest { statements: vec![statement], transaction: false };
+        let reply = self.write(request, None, Some(self.config.all_regions().len()), true).await;
+        if reply.error.is_none() && reply.results.first().is_some_and(|result| result.error.is_none() && result.rows_affected == 0) {
+            return Err(RequestError::new(404, "no row has that key: nothing was moved"));
+        }
+        Ok(reply)
+    }
+
+    /// Multi-leader: per homed table, how many rows each region is home to.
+    ///
+    /// # Errors
+    /// If they cannot be read.
+    pub async fn home_counts(&self) -> Result<Vec<(String, Vec<(Option<String>, u64)>)>, RequestError> {
+        let counted = self.with_reader(|reader| reader.home_counts().map_err(|error| error.to_string())).await;
+        counted.and_then(|counted| counted).map_err(|error| RequestError::new(500, error))
+    }
+
     /// Whether `id` is a node of another region (multi-leader).
     pub(crate) fn is_remote_node(&self, id: &str) -> bool {
         self.config.remote_nodes().iter().any(|(remote, _, _)| remote == id)

@@ -99,6 +99,57 @@ impl Reader {
         crate::region_log::holds(&self.connection)
     }
 
+    /// Multi-leader: the statement that moves `table`'s row `key` to region `to` (an
+    /// update of its home column, to be made at its home), or why there is none.
+    ///
+    /// # Errors
+    /// The table has no home rule, the key does not fit it, or a SQLite failure.
+    pub fn home_move(&self, table: &str, key: &[SqlValue], to: &str) -> Result<Statement> {
+        let rule: Option<String> = self
+            .connection
+            .query_row("SELECT home_column FROM _tern_home_rule WHERE tbl = ?1", [table], |row| row.get(0))
+            .optional()
+            .map_err(|_| StorageError::new("this database has no home rules (multi-leader only)"))?;
+        let Some(column) = rule else { return Err(StorageError::new(format!("table {table} has no home rule (POST /db/homes/rule)"))) };
+        let shape = crate::row_versions::shape(&self.connection, table)?;
+        if key.len() != shape.key.len() {
+            return Err(StorageError::new(format!("{table}'s key has {} column(s), not {}", shape.key.len(), key.len())));
+        }
+        let matches: Vec<String> =
+            shape.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", quote_identifier(&shape.columns[*column]), place + 2)).collect();
+        let sql = format!("UPDATE {} SET {} = ?1 WHERE {}", quote_identifier(table), quote_identifier(&column), matches.join(" AND "));
+        let mut values = vec![SqlValue::Text(to.to_string())];
+        values.extend(key.iter().cloned());
+        Ok(Statement { sql, params: Params::Positional(values) })
+    }
+
+    /// Multi-leader: per homed table, how many rows each region is home to.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn home_counts(&self) -> Result<Vec<(String, Vec<(Option<String>, u64)>)>> {
+        let exists: bool = self.connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_home_rule'", [], |row| row.get(0))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rules: Vec<(String, String)> = self
+            .connection
+            .prepare("SELECT tbl, home_column FROM _tern_home_rule ORDER BY tbl")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut counts = Vec::new();
+        for (table, column) in rules {
+            let sql = format!("SELECT {0}, count(*) FROM {1} GROUP BY {0} ORDER BY {0}", quote_identifier(&column), quote_identifier(&table));
+            let per_region: Vec<(Option<String>, u64)> = self
+                .connection
+                .prepare(&sql)?
+                .query_map([], |row| Ok((row.get::<_, Option<String>>(0).ok().flatten(), row.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<_>>()?;
+            counts.push((table, per_region));
+        }
+        Ok(counts)
+    }
+
     /// Multi-leader: every conflict on record, read in one transaction (none if the
     /// database does not run multi-leader).
     ///
