@@ -298,6 +298,16 @@ pub struct UniqueConflict {
     pub values: Option<Vec<SqlValue>>,
 }
 
+/// Each homed table and the column naming its rows' home region, in table order.
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn home_rules(connection: &Connection) -> Result<Vec<(String, String)>> {
+    let mut statement = connection.prepare_cached("SELECT tbl, home_column FROM _tern_home_rule ORDER BY tbl")?;
+    let rules = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    Ok(rules)
+}
+
 /// Every row of `table` holding losing versions, with its key and its conflicts.
 ///
 /// # Errors

@@ -155,13 +155,13 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                         Event::Status { reply } => {
                             let _ = reply.send(replica.status(now));
                         }
-                        Event::Region { from, region, message } => regions.on_message(&from, &region, message, now),
+                        Event::Region { region, message } => regions.on_message(&region, message, now),
                         Event::RegionHolds(holds) => regions.on_holds(&node, holds, replica.accepting_writes(now).is_ok(), now),
                         Event::RegionWritesRead { to, writes } => regions.on_writes_read(to, writes, now),
                         Event::RegionApplyFailed(why) => regions.restart(&why),
                         Event::WaitForRegions { dot, regions: wanted, deadline, reply } => regions.wait_for_regions(dot, wanted, deadline, reply, now),
                         Event::RegionStatus { reply } => {
-                            let _ = reply.send(regions.status());
+                            let _ = reply.send(regions.status(&node));
                         }
                         Event::TransferLeader { to, reply } => {
                             let _ = reply.send(replica.transfer_leadership(now, &to));

@@ -53,9 +53,8 @@ pub(crate) enum Event {
         /// Multi-leader: the region writes the (single) entry holds.
         region_writes: Vec<tern_storage::region_log::LoggedWrite>,
     },
-    /// Multi-leader: a message from another region's leader (`region`, node `from`).
+    /// Multi-leader: a message from another region's leader.
     Region {
-        from: String,
         region: String,
         message: RegionMessage<Vec<u8>>,
     },
@@ -267,8 +266,12 @@ pub struct Node {
     write_lease: Arc<WriteLease>,
     /// Fault injection: peers whose traffic, both ways, is dropped (an emulated partition).
     cut_off: Mutex<std::collections::BTreeSet<String>>,
-    /// Multi-leader: per other region, the node that last spoke for it (its leader).
-    region_leaders: Mutex<BTreeMap<String, String>>,
+    /// Multi-leader: per other region, the node that last spoke for it (its leader) and
+    /// when: where the exchange and writes homed there are sent.
+    region_leaders: Mutex<BTreeMap<String, (String, Instant)>>,
+    /// Multi-leader: the nodes of the other regions, with their regions (fixed at start;
+    /// asked of every incoming frame).
+    remote_regions: BTreeMap<String, String>,
 }
 
 fn storage_gone() -> RequestError {
@@ -331,6 +334,7 @@ impl Node {
         let write_lease =
             Arc::new(WriteLease { epoch: AtomicU64::new(0), until_us: AtomicU64::new(0), clock: started, compactable_through: AtomicU64::new(0) });
         write_lease.publish(&replica, 0);
+        let remote_regions = config.remote_nodes().into_iter().map(|(id, _, region)| (id, region)).collect();
         let node = Arc::new(Node {
             http_addr: Mutex::new(config.http_addr.to_string()),
             config,
@@ -349,6 +353,7 @@ impl Node {
             write_lease: write_lease.clone(),
             cut_off: Mutex::new(std::collections::BTreeSet::new()),
             region_leaders: Mutex::new(BTreeMap::new()),
+            remote_regions,
         });
 
         let storage_context = StorageContext {

@@ -137,8 +137,8 @@ impl Node {
             Frame::Region(message) => {
                 if let Some(region) = self.region_of_remote(from) {
                     // Only a region's leader speaks for it: where to send its rows' writes.
-                    self.region_leaders.lock().expect("region leaders lock").insert(region.clone(), from.to_string());
-                    self.post(Event::Region { from: from.to_string(), region, message });
+                    self.region_leaders.lock().expect("region leaders lock").insert(region.clone(), (from.to_string(), Instant::now()));
+                    self.post(Event::Region { region, message });
                 }
             }
             Frame::ForwardWrite { id, request, requirement, regions, to_home } => {

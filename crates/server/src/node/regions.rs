@@ -61,8 +61,6 @@ pub(super) struct RegionLink {
     starting: bool,
     /// Region writes in the local log, by log index, until the region commits them.
     uncommitted: VecDeque<(u64, Dot)>,
-    /// Per other region: the node that last spoke for it (its leader), and when.
-    leaders: BTreeMap<String, (String, Instant)>,
     /// The writes logged here most recently, to ship without reading them back.
     recent: RecentWrites,
     /// Per other region: since when this region lacks some of that region's own writes.
@@ -80,7 +78,6 @@ impl RegionLink {
             exchange: None,
             starting: false,
             uncommitted: VecDeque::new(),
-            leaders: BTreeMap::new(),
             waiters: HashMap::new(),
             early: Vec::new(),
             recent: RecentWrites::default(),
@@ -133,8 +130,7 @@ impl RegionLink {
         }
     }
 
-    pub(super) fn on_message(&mut self, from_node: &str, region: &str, message: RegionMessage<Vec<u8>>, now: u64) {
-        self.leaders.insert(region.to_string(), (from_node.to_string(), Instant::now()));
+    pub(super) fn on_message(&mut self, region: &str, message: RegionMessage<Vec<u8>>, now: u64) {
         if let Some(exchange) = &mut self.exchange {
             exchange.handle(ExchangeEvent::Message { from: region.to_string(), message }, now);
         }
@@ -158,12 +154,13 @@ impl RegionLink {
         exchange.handle(ExchangeEvent::WaitForRegions { tag, dot, regions, deadline }, now);
     }
 
-    pub(super) fn status(&self) -> RegionStatus {
+    pub(super) fn status(&self, node: &Node) -> RegionStatus {
+        let leaders = node.region_leaders.lock().expect("region leaders lock");
         let Some(exchange) = &self.exchange else { return RegionStatus::default() };
         let regions = exchange
             .peers()
             .map(|(region, holds)| {
-                let heard = self.leaders.get(region).map(|(_, at)| at.elapsed().as_secs_f64() * 1000.0);
+                let heard = leaders.get(region).map(|(_, at)| at.elapsed().as_secs_f64() * 1000.0);
                 (region.to_string(), holds.clone(), heard)
             })
             .collect();
@@ -217,7 +214,7 @@ impl RegionLink {
         let mut applies = Vec::new();
         while let Some(output) = exchange.poll_output() {
             match output {
-                ExchangeOutput::Send { to, message } => send_to_region(&self.leaders, node, &to, message),
+                ExchangeOutput::Send { to, message } => send_to_region(node, &to, message),
                 ExchangeOutput::Apply(shipment) => applies.push(shipment),
                 ExchangeOutput::ReadWrites { to, origin, after, up_to } => match self.recent.range(&origin, after, up_to) {
                     Some(writes) => exchange.handle(ExchangeEvent::WritesRead { to, writes }, now),
@@ -291,15 +288,15 @@ fn extract_expired(waits: &mut Vec<EarlyWait>, now: u64) -> Vec<EarlyWait> {
 
 /// To the region's leader if one spoke lately, else to each of its nodes (only its leader
 /// listens).
-fn send_to_region(leaders: &BTreeMap<String, (String, Instant)>, node: &Node, region: &str, message: RegionMessage<Vec<u8>>) {
-    {
-        if let Some((leader, _)) = leaders.get(region).filter(|(_, at)| at.elapsed() < LEADER_HINT_TTL) {
-            node.send_to(leader, Frame::Region(message));
-            return;
-        }
-        for (id, _, _) in node.config.remote_nodes().into_iter().filter(|(_, _, of)| of == region) {
-            node.send_to(&id, Frame::Region(message.clone()));
-        }
+fn send_to_region(node: &Node, region: &str, message: RegionMessage<Vec<u8>>) {
+    let leader =
+        node.region_leaders.lock().expect("region leaders lock").get(region).filter(|(_, at)| at.elapsed() < LEADER_HINT_TTL).map(|(leader, _)| leader.clone());
+    if let Some(leader) = leader {
+        node.send_to(&leader, Frame::Region(message));
+        return;
+    }
+    for (id, _) in node.remote_regions.iter().filter(|(_, of)| *of == region) {
+        node.send_to(id, Frame::Region(message.clone()));
     }
 }
 
@@ -307,10 +304,10 @@ impl Node {
     /// A node of `region` to send its writes to: the one that last spoke for it (its
     /// leader), else its first node.
     pub(crate) fn node_of_region(&self, region: &str) -> Option<String> {
-        if let Some(leader) = self.region_leaders.lock().expect("region leaders lock").get(region) {
+        if let Some((leader, _)) = self.region_leaders.lock().expect("region leaders lock").get(region) {
             return Some(leader.clone());
         }
-        self.config.remote_nodes().into_iter().find(|(_, _, of)| of == region).map(|(id, _, _)| id)
+        self.remote_regions.iter().find(|(_, of)| *of == region).map(|(id, _)| id.clone())
     }
 
     /// Multi-leader: moves `table`'s row `key` to region `to`. The move is an update of the
@@ -349,12 +346,12 @@ impl Node {
 
     /// Whether `id` is a node of another region (multi-leader).
     pub(crate) fn is_remote_node(&self, id: &str) -> bool {
-        self.config.remote_nodes().iter().any(|(remote, _, _)| remote == id)
+        self.remote_regions.contains_key(id)
     }
 
     /// The region of a node of another region, from the configuration.
     pub(crate) fn region_of_remote(&self, id: &str) -> Option<String> {
-        self.config.remote_nodes().into_iter().find(|(remote, _, _)| remote == id).map(|(_, _, region)| region)
+        self.remote_regions.get(id).cloned()
     }
 
     /// `w=regions:k`: holds a committed write's answer until `regions` regions hold it,

@@ -57,7 +57,7 @@ pub fn table_checksums(connection: &Connection) -> Result<Vec<(String, u64, u64)
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_tern_' ORDER BY name")?
         .query_map([], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let multi_leader: bool = connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_region_log'", [], |row| row.get(0))?;
+    let multi_leader = has_table(connection, "_tern_region_log")?;
     let mut sums = Vec::new();
     for table in tables {
         let quoted = quote_identifier(&table);

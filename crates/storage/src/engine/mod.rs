@@ -219,14 +219,18 @@ fn database_position(connection: &Connection) -> Result<Position> {
     match recorded {
         Ok(Some((Some(epoch), Some(index)))) => Ok(Position::new(epoch as u64, index as u64)),
         _ => {
-            let has_log: bool = connection.query_row("SELECT count(*) FROM sqlite_schema WHERE name = '_tern_log'", [], |row| row.get::<_, i64>(0))? > 0;
-            if has_log {
+            if has_table(connection, "_tern_log")? {
                 last_logged(connection)
             } else {
                 Ok(Position::ZERO)
             }
         }
     }
+}
+
+/// Whether the database holds a table (or other object) named `name`.
+pub(crate) fn has_table(connection: &Connection, name: &str) -> Result<bool> {
+    Ok(connection.prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = ?1")?.query_row([name], |row| row.get(0))?)
 }
 
 fn configure_writer(connection: &Connection) -> Result<()> {

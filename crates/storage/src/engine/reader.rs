@@ -92,8 +92,7 @@ impl Reader {
     /// # Errors
     /// On a SQLite failure.
     pub fn region_holds(&self) -> Result<tern_core::multi_leader::VersionVector> {
-        let exists: bool = self.connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_region_log'", [], |row| row.get(0))?;
-        if !exists {
+        if !has_table(&self.connection, "_tern_region_log")? {
             return Ok(tern_core::multi_leader::VersionVector::new());
         }
         crate::region_log::holds(&self.connection)
@@ -128,15 +127,10 @@ impl Reader {
     /// # Errors
     /// On a SQLite failure.
     pub fn home_counts(&self) -> Result<Vec<(String, Vec<(Option<String>, u64)>)>> {
-        let exists: bool = self.connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_home_rule'", [], |row| row.get(0))?;
-        if !exists {
+        if !has_table(&self.connection, "_tern_home_rule")? {
             return Ok(Vec::new());
         }
-        let rules: Vec<(String, String)> = self
-            .connection
-            .prepare("SELECT tbl, home_column FROM _tern_home_rule ORDER BY tbl")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let rules = crate::row_versions::home_rules(&self.connection)?;
         let mut counts = Vec::new();
         for (table, column) in rules {
             let sql = format!("SELECT {0}, count(*) FROM {1} GROUP BY {0} ORDER BY {0}", quote_identifier(&column), quote_identifier(&table));

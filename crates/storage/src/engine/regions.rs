@@ -80,8 +80,7 @@ pub struct TableConflicts {
 /// Every row holding losing versions or taken out by a UNIQUE clash, per table, as
 /// `connection` sees the database (none if it does not run multi-leader).
 pub(super) fn conflicts_in(connection: &Connection) -> Result<Vec<TableConflicts>> {
-    let multi_leader: bool = connection.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_tern_row_versions'", [], |row| row.get(0))?;
-    if !multi_leader {
+    if !has_table(connection, "_tern_row_versions")? {
         return Ok(Vec::new());
     }
     let mut found = Vec::new();
@@ -468,13 +467,8 @@ impl Engine {
         if self.region.is_none() {
             return Ok(Vec::new());
         }
-        let rules: Vec<(String, String)> = self
-            .connection
-            .prepare_cached("SELECT tbl, home_column FROM _tern_home_rule")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
         let mut found = Vec::new();
-        for (table, column) in rules {
+        for (table, column) in row_versions::home_rules(&self.connection)? {
             if let Ok(shape) = row_versions::shape(&self.connection, &table) {
                 if let Some(position) = shape.columns.iter().position(|known| *known == column) {
                     found.push((table, position));
