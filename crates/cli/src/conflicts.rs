@@ -1,5 +1,6 @@
 //! `tern conflicts`: multi-leader's conflicts on record, settling one, and a table's
-//! conflict policy, over HTTP (changes go to the region's leader).
+//! conflict policy; `tern homes` and `tern rehome`: home regions. Over HTTP (changes go to
+//! the region's leader).
 
 use crate::admin::{get, post_json_to_leader};
 use clap::Subcommand;
@@ -61,15 +62,27 @@ fn version(version: &Value) -> String {
     )
 }
 
-/// `tern rehome`: moves one row of a homed table to another home region.
+/// A key given on the command line: a JSON array of the key's values ('[42]', '["pen", 1]'),
+/// one JSON value (42), or else one text value (pen).
+fn key_values(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(array @ Value::Array(_)) => array,
+        Ok(value @ (Value::Number(_) | Value::String(_))) => json!([value]),
+        _ => json!([text]),
+    }
+}
+
+/// `tern rehome`: moves one row of a homed table, or one key of the home directory, to
+/// another home region.
 #[derive(clap::Args)]
 pub struct RehomeArgs {
     /// HTTP address of any node; the move is made at the row's current home.
     #[arg(long, default_value = "127.0.0.1:4001")]
     http: String,
+    /// The homed table (homed by a column); left out: a key of the home directory.
     #[arg(long)]
-    table: String,
-    /// The row's key values as a JSON array, in column order: '[42]'.
+    table: Option<String>,
+    /// The row's key: one value (42, pen) or a JSON array in column order ('["pen", 1]').
     #[arg(long)]
     key: String,
     /// The region that becomes the row's home.
@@ -77,8 +90,73 @@ pub struct RehomeArgs {
     to: String,
 }
 
+/// `tern homes`: home regions.
+#[derive(Subcommand)]
+pub enum HomesCommand {
+    /// Per homed table, how many rows each region is home to, and moves in progress.
+    Show {
+        /// HTTP address of any node.
+        #[arg(long, default_value = "127.0.0.1:4001")]
+        http: String,
+    },
+    /// Give a table's rows a home region, in every region: the one their --column names,
+    /// or with --directory, the one the home directory (tern_homes) gives the key their
+    /// --column holds (so one customer's rows in many tables move together).
+    Rule {
+        /// HTTP address of any node of a region; the change goes to its leader.
+        #[arg(long, default_value = "127.0.0.1:4001")]
+        http: String,
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        column: String,
+        #[arg(long)]
+        directory: bool,
+    },
+}
+
+pub fn run_homes(command: HomesCommand) -> Result<(), String> {
+    match command {
+        HomesCommand::Show { http } => {
+            let body = get(&http, "/db/homes")?;
+            println!("homes as region {} sees them", body["region"].as_str().unwrap_or("?"));
+            for table in body["tables"].as_array().into_iter().flatten() {
+                let counts: Vec<String> = table["rows_per_home"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(region, count)| format!("{region} {count}"))
+                    .collect();
+                println!("  {}: {}", table["table"].as_str().unwrap_or("?"), counts.join(", "));
+            }
+            for moving in body["moves_in_progress"].as_array().into_iter().flatten() {
+                println!(
+                    "  moving {} {} from {} to {} for {:.0} ms",
+                    moving["table"].as_str().unwrap_or("?"),
+                    moving["key"],
+                    moving["from"].as_str().unwrap_or("(no home)"),
+                    moving["to"].as_str().unwrap_or("?"),
+                    moving["for_ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+            Ok(())
+        }
+        HomesCommand::Rule { http, table, column, directory } => {
+            let body = json!({ "table": table, "column": column, "directory": directory });
+            let (leader, reply) = post_json_to_leader(&http, "/db/homes/rule", &body)?;
+            let by = if directory { format!("the home directory's entry for its {column}") } else { format!("its column {column}") };
+            println!("{table}: each row's home is the region {by} names, set by the leader at {leader} (position {})", reply["position"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+    }
+}
+
 pub fn run_rehome(args: RehomeArgs) -> Result<(), String> {
-    let body = json!({ "table": args.table, "key": json_array("--key", &args.key)?, "to": args.to });
+    let key = key_values(&args.key);
+    let mut body = json!({ "key": key, "to": args.to });
+    if let Some(table) = &args.table {
+        body["table"] = json!(table);
+    }
     let started = std::time::Instant::now();
     let reply =
         tern_server::client::HttpClient::new(&args.http).post_json("/db/homes/move", &body).map_err(|error| format!("cannot reach {}: {error}", args.http))?;
@@ -87,8 +165,8 @@ pub fn run_rehome(args: RehomeArgs) -> Result<(), String> {
     }
     println!(
         "{} {} now has its home in {} (every region holds the move; {} ms; write {})",
-        args.table,
-        args.key,
+        args.table.as_deref().unwrap_or("directory key"),
+        key,
         args.to,
         started.elapsed().as_millis(),
         reply.body["token"].as_str().unwrap_or("?")

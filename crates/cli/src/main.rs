@@ -52,6 +52,9 @@ enum Command {
     /// Multi-leader: move a row of a homed table to another home region, fenced (no two
     /// regions ever write it at once).
     Rehome(conflicts::RehomeArgs),
+    /// Multi-leader: see how many rows each region is home to, or set a table's home rule.
+    #[command(subcommand)]
+    Homes(conflicts::HomesCommand),
 }
 
 #[derive(Subcommand)]
@@ -314,6 +317,7 @@ fn main() {
         Command::Rollback(command) => run_rollback(command),
         Command::Cluster(command) => admin::run_cluster(command),
         Command::Conflicts(command) => conflicts::run_conflicts(command),
+        Command::Homes(command) => conflicts::run_homes(command),
         Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {

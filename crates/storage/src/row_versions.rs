@@ -60,11 +60,33 @@ pub fn create(connection: &Connection) -> Result<()> {
             tbl TEXT NOT NULL, key BLOB NOT NULL, state BLOB NOT NULL, losers INTEGER NOT NULL,
             PRIMARY KEY (tbl, key)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS _tern_conflict_policy (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS _tern_home_rule (tbl TEXT PRIMARY KEY, home_column TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS _tern_home_rule (tbl TEXT PRIMARY KEY, home_column TEXT NOT NULL, directory INTEGER NOT NULL DEFAULT 0);
          CREATE TABLE IF NOT EXISTS _tern_unique_conflicts (
             tbl TEXT NOT NULL, key BLOB NOT NULL, held_by BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID",
     )?;
+    // Databases made before directory homes existed: their rules are all by column.
+    let has_directory: bool =
+        connection.query_row("SELECT EXISTS (SELECT 1 FROM pragma_table_info('_tern_home_rule') WHERE name = 'directory')", [], |row| row.get(0))?;
+    if !has_directory {
+        connection.execute_batch("ALTER TABLE _tern_home_rule ADD COLUMN directory INTEGER NOT NULL DEFAULT 0")?;
+    }
     Ok(())
+}
+
+/// The directory of homes tern keeps for tables homed by key (`POST /db/homes/rule` with
+/// `"directory": true`): one row per key, naming its home region. It is an ordinary table,
+/// homed by its own `region` column, so a key moves the way a row does: by an update made
+/// at its home.
+pub const HOME_DIRECTORY: &str = "tern_homes";
+
+/// How a homed table's rows find their home region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeRule {
+    pub table: String,
+    pub column: String,
+    /// `false`: the column names the home region; `true`: the column holds a key of the
+    /// directory ([`HOME_DIRECTORY`]), whose row names it.
+    pub directory: bool,
 }
 
 /// Sets `table`'s conflict policy (before any multi-leader write reaches it: rows keep
@@ -298,14 +320,29 @@ pub struct UniqueConflict {
     pub values: Option<Vec<SqlValue>>,
 }
 
-/// Each homed table and the column naming its rows' home region, in table order.
+/// Each homed table's rule, in table order.
 ///
 /// # Errors
 /// On a SQLite failure.
-pub fn home_rules(connection: &Connection) -> Result<Vec<(String, String)>> {
-    let mut statement = connection.prepare_cached("SELECT tbl, home_column FROM _tern_home_rule ORDER BY tbl")?;
-    let rules = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+pub fn home_rules(connection: &Connection) -> Result<Vec<HomeRule>> {
+    let mut statement = connection.prepare_cached("SELECT tbl, home_column, directory FROM _tern_home_rule ORDER BY tbl")?;
+    let rules = statement
+        .query_map([], |row| Ok(HomeRule { table: row.get(0)?, column: row.get(1)?, directory: row.get::<_, i64>(2)? != 0 }))?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(rules)
+}
+
+/// The home region the directory gives `key` (`None`: the key has none).
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn directory_home(connection: &Connection, key: &SqlValue) -> Result<Option<String>> {
+    if matches!(key, SqlValue::Null) {
+        return Ok(None);
+    }
+    let sql = format!("SELECT region FROM {HOME_DIRECTORY} WHERE home_key = ?1");
+    let home = connection.prepare_cached(&sql)?.query_row([Value::from(key)], |row| row.get::<_, Option<String>>(0)).optional()?;
+    Ok(home.flatten())
 }
 
 /// Every row of `table` holding losing versions, with its key and its conflicts.

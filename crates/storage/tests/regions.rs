@@ -271,8 +271,8 @@ fn only_a_rows_home_writes_it_and_a_row_moves_by_an_update_made_at_its_home() {
     let mut us = region_engine(&root, "us", "us-east");
     let mut eu = region_engine(&root, "eu", "eu-west");
     execute(&mut us, &["CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, home TEXT)"]);
-    us.set_home_rule(1, "customers", "home", &|| true).unwrap();
-    assert!(us.set_home_rule(1, "customers", "nowhere", &|| true).is_err());
+    us.set_home_rule(1, "customers", "home", false, &|| true).unwrap();
+    assert!(us.set_home_rule(1, "customers", "nowhere", false, &|| true).is_err());
     execute(&mut us, &["INSERT INTO customers VALUES (1, 'Ann', 'us-east')", "INSERT INTO customers VALUES (3, 'Cy', NULL)"]);
     ship(&us, &mut eu, "us-east");
     let homed_elsewhere = |engine: &mut Engine, sql: &str| {
@@ -294,6 +294,52 @@ fn only_a_rows_home_writes_it_and_a_row_moves_by_an_update_made_at_its_home() {
     assert_eq!(homed_elsewhere(&mut eu, "UPDATE customers SET name = 'Ann in Europe' WHERE id = 1"), None);
     ship(&eu, &mut us, "eu-west");
     assert_eq!(rows(&eu), rows(&us));
+    assert!(us.region_conflicts().unwrap().is_empty() && eu.region_conflicts().unwrap().is_empty(), "no conflict");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn rows_homed_through_the_directory_follow_their_key_and_move_with_it() {
+    let root = std::env::temp_dir().join(format!("tern-regions-directory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut us = region_engine(&root, "us", "us-east");
+    let mut eu = region_engine(&root, "eu", "eu-west");
+    execute(&mut us, &["CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER, item TEXT)"]);
+    us.set_home_rule(1, "orders", "customer", true, &|| true).unwrap();
+    assert!(us.set_home_rule(1, "tern_homes", "home_key", true, &|| true).is_err(), "the directory is homed by its own region column");
+    // Customer 42 is homed in us-east: the key is added at its home, like any homed row.
+    execute(&mut us, &["INSERT INTO tern_homes VALUES (42, 'us-east')", "INSERT INTO orders VALUES (1, 42, 'pen'), (2, 7, 'ink')"]);
+    ship(&us, &mut eu, "us-east");
+    let homed_elsewhere = |engine: &mut Engine, sql: &str| {
+        let batch = engine.execute_batch(1, &[request(&[sql])]).unwrap();
+        assert_eq!(batch.homed_elsewhere[0].is_some(), batch.results[0][0].error.is_some(), "{sql}");
+        batch.homed_elsewhere[0].clone()
+    };
+    let us_east = Some("us-east".to_string());
+    assert_eq!(homed_elsewhere(&mut eu, "INSERT INTO orders VALUES (3, 42, 'cap')"), us_east, "a new order of 42 is 42's home's to write");
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE orders SET item = 'nib' WHERE id = 1"), us_east);
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE tern_homes SET region = 'eu-west' WHERE home_key = 42"), us_east, "only the home moves a key");
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE orders SET item = 'quill' WHERE id = 2"), None, "customer 7 has no home");
+    // 42 moves to eu-west, with the statement `POST /db/homes/move` makes, at its home.
+    let reader = tern_storage::Reader::open(&root.join("us")).unwrap();
+    let (statement, from) = reader.home_move("tern_homes", &[SqlValue::Integer(42)], "eu-west").unwrap();
+    assert_eq!(from, us_east);
+    assert!(reader.home_move("orders", &[SqlValue::Integer(1)], "eu-west").is_err(), "orders move with their key");
+    let batch = us.execute_batch(1, &[WriteRequest { statements: vec![statement], transaction: false }]).unwrap();
+    assert_eq!((batch.homed_elsewhere[0].clone(), batch.results[0][0].error.clone()), (None, None));
+    let eu_west = Some("eu-west".to_string());
+    assert_eq!(homed_elsewhere(&mut us, "UPDATE orders SET item = 'late' WHERE id = 1"), eu_west, "the old home stops at once");
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE orders SET item = 'early' WHERE id = 1"), us_east, "the new home waits for the move");
+    ship(&us, &mut eu, "us-east");
+    assert_eq!(homed_elsewhere(&mut eu, "INSERT INTO orders VALUES (3, 42, 'cap')"), None);
+    assert_eq!(homed_elsewhere(&mut eu, "UPDATE orders SET item = 'nib' WHERE id = 1"), None);
+    ship(&eu, &mut us, "eu-west");
+    assert_eq!(rows(&eu), rows(&us));
+    let counts = reader.home_counts().unwrap();
+    let orders = counts.iter().find(|(table, _)| table == "orders").map(|(_, counts)| counts.clone());
+    assert_eq!(orders, Some(vec![(None, 1), (eu_west.clone(), 2)]), "order 2's customer has no home; 1 and 3 are 42's");
+    let keys = counts.iter().find(|(table, _)| table == "tern_homes").map(|(_, counts)| counts.clone());
+    assert_eq!(keys, Some(vec![(eu_west, 1)]));
     assert!(us.region_conflicts().unwrap().is_empty() && eu.region_conflicts().unwrap().is_empty(), "no conflict");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -98,12 +98,20 @@ fn parse_resolve(body: &[u8]) -> Result<RegionChange, Response> {
 
 fn parse_home_rule(body: &[u8]) -> Result<RegionChange, Response> {
     let object = object_body(body)?;
-    Ok(RegionChange::HomeRule { table: text_field(&object, "table")?, column: text_field(&object, "column")? })
+    let directory = match object.get("directory") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(directory)) => *directory,
+        Some(_) => return Err(bad_request("\"directory\" must be true or false")),
+    };
+    Ok(RegionChange::HomeRule { table: text_field(&object, "table")?, column: text_field(&object, "column")?, directory })
 }
 
 /// `POST /db/homes/rule` with `{"table": T, "column": C}`: `T`'s rows have a home region,
-/// the one their column `C` names; only it writes them (elsewhere: 409, nothing changed).
-/// A row moves by an update of `C` made at its home.
+/// the one their column `C` names; only it writes them (elsewhere: forwarded there, or
+/// 409 with `?home=local`). A row moves by an update of `C` made at its home. With
+/// `"directory": true`, `C` holds a key of the home directory (`tern_homes`, which tern
+/// keeps), and the directory names the home: one customer's rows in many tables move
+/// together when their key moves.
 pub(super) async fn set_home_rule(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse_home_rule(&body) {
         Ok(change) => change_response(&node, change).await,
@@ -112,12 +120,10 @@ pub(super) async fn set_home_rule(State(node): State<Arc<Node>>, body: Bytes) ->
 }
 
 /// `POST /db/homes/move` with `{"table": T, "key": [..], "to": REGION}`: moves one row
-/// to another home region, fenced (see `Node::move_home`).
+/// to another home region, fenced (see `Node::move_home`). Without `"table"`, moves a key
+/// of the home directory (`{"key": [42], "to": ..}`), adding it if it has no home yet.
 pub(super) async fn move_home(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    let parsed = object_body(&body).and_then(|object| {
-        let key = values_field(&object, "key")?.ok_or_else(|| bad_request("missing \"key\": the row's key values, in column order"))?;
-        Ok((text_field(&object, "table")?, key, text_field(&object, "to")?))
-    });
+    let parsed = parse_move(&body);
     let (table, key, to) = match parsed {
         Ok(parsed) => parsed,
         Err(response) => return response,
@@ -128,22 +134,57 @@ pub(super) async fn move_home(State(node): State<Arc<Node>>, body: Bytes) -> Res
     }
 }
 
-/// `GET /db/homes`: per homed table, how many rows each region is home to.
+/// Per homed table, how many rows each region is home to, and the moves asked of this
+/// node that are not answered yet.
+async fn homes_json(node: &Node) -> Result<Value, RequestError> {
+    let counts = node.home_counts().await?;
+    let tables: Vec<Value> = counts
+        .iter()
+        .map(|(table, per_region)| {
+            let regions: serde_json::Map<String, Value> =
+                per_region.iter().map(|(region, count)| (region.clone().unwrap_or_else(|| "(none)".to_string()), json!(count))).collect();
+            json!({ "table": table, "rows_per_home": regions })
+        })
+        .collect();
+    let moves: Vec<Value> = node
+        .moves
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|listed| {
+            json!({
+                "table": listed.table,
+                "key": listed.key.iter().map(SqlValue::to_json).collect::<Vec<_>>(),
+                "from": listed.from,
+                "to": listed.to,
+                "for_ms": listed.started.elapsed().as_secs_f64() * 1000.0,
+            })
+        })
+        .collect();
+    Ok(json!({ "tables": tables, "moves_in_progress": moves }))
+}
+
+/// `GET /db/homes`: per homed table, how many rows each region is home to (a directory
+/// rule's rows counted by their key's home; `tern_homes` counts the keys), and the moves
+/// asked of this node that are not answered yet.
 pub(super) async fn homes(State(node): State<Arc<Node>>) -> Response {
-    match node.home_counts().await {
-        Ok(counts) => {
-            let tables: Vec<Value> = counts
-                .iter()
-                .map(|(table, per_region)| {
-                    let regions: serde_json::Map<String, Value> =
-                        per_region.iter().map(|(region, count)| (region.clone().unwrap_or_else(|| "(none)".to_string()), json!(count))).collect();
-                    json!({ "table": table, "rows_per_home": regions })
-                })
-                .collect();
-            Json(json!({ "region": node.config.region, "tables": tables })).into_response()
+    match homes_json(&node).await {
+        Ok(mut homes) => {
+            homes["region"] = json!(node.config.region);
+            Json(homes).into_response()
         }
         Err(error) => error_response(&error),
     }
+}
+
+fn parse_move(body: &[u8]) -> Result<(String, Vec<SqlValue>, String), Response> {
+    let object = object_body(body)?;
+    let key = values_field(&object, "key")?.ok_or_else(|| bad_request("missing \"key\": the row's key values, in column order"))?;
+    let table = match object.get("table") {
+        None | Some(Value::Null) => tern_storage::row_versions::HOME_DIRECTORY.to_string(),
+        Some(_) => text_field(&object, "table")?,
+    };
+    Ok((table, key, text_field(&object, "to")?))
 }
 
 fn parse_policy(body: &[u8]) -> Result<RegionChange, Response> {
@@ -205,6 +246,7 @@ pub(super) async fn regions_status(node: &Node) -> Value {
         "holds": vector_json(&status.holds),
         "conflicted_rows": conflicted_rows,
         "regions": regions,
+        "homes": homes_json(node).await.unwrap_or_else(|error| json!({ "error": error.message })),
     })
 }
 
@@ -224,6 +266,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_move_without_a_table_moves_a_key_of_the_home_directory() {
+        let (table, key, to) = parse_move(br#"{"key": [42], "to": "antarctica"}"#).unwrap_or_else(|_| panic!("read"));
+        assert_eq!((table.as_str(), key, to.as_str()), ("tern_homes", vec![SqlValue::Integer(42)], "antarctica"));
+        let (table, _, _) = parse_move(br#"{"table": "customers", "key": ["ann"], "to": "eu-west"}"#).unwrap_or_else(|_| panic!("read"));
+        assert_eq!(table, "customers");
+        for body in [&br#"{"to": "x"}"#[..], br#"{"key": [1]}"#, br#"{"key": [1], "to": "x", "table": 7}"#, br#"{"key": 1, "to": "x"}"#] {
+            assert_eq!(parse_move(body).err().map(|response| response.status()), Some(StatusCode::BAD_REQUEST), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(matches!(parse_home_rule(br#"{"table": "orders", "column": "customer", "directory": true}"#), Ok(RegionChange::HomeRule { directory: true, .. })));
+        assert!(parse_home_rule(br#"{"table": "orders", "column": "customer", "directory": "yes"}"#).is_err());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -236,6 +291,9 @@ mod tests {
                     if let Err(response) = parsed {
                         prop_assert_eq!(response.status(), StatusCode::BAD_REQUEST);
                     }
+                }
+                if let Err(response) = parse_move(body) {
+                    prop_assert_eq!(response.status(), StatusCode::BAD_REQUEST);
                 }
             }
         }

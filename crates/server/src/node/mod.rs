@@ -272,6 +272,8 @@ pub struct Node {
     /// Multi-leader: the nodes of the other regions, with their regions (fixed at start;
     /// asked of every incoming frame).
     remote_regions: BTreeMap<String, String>,
+    /// Multi-leader: moves of homed rows asked of this node and not yet answered.
+    pub(crate) moves: Mutex<Vec<regions::MoveInProgress>>,
 }
 
 fn storage_gone() -> RequestError {
@@ -354,6 +356,7 @@ impl Node {
             cut_off: Mutex::new(std::collections::BTreeSet::new()),
             region_leaders: Mutex::new(BTreeMap::new()),
             remote_regions,
+            moves: Mutex::new(Vec::new()),
         });
 
         let storage_context = StorageContext {

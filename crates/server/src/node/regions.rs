@@ -48,10 +48,35 @@ pub enum RegionChange {
     /// `table`'s rows written from now on are settled under `policy`.
     Policy { table: String, policy: tern_core::multi_leader::Policy },
     /// `table`'s rows have a home region, named by `column`: only it writes them.
-    HomeRule { table: String, column: String },
+    HomeRule { table: String, column: String, directory: bool },
     /// Settles the conflicts of `table`'s row `key`, keeping `values` (the whole row), or
     /// the version shown now.
     Resolve { table: String, key: Vec<tern_storage::SqlValue>, values: Option<Vec<tern_storage::SqlValue>> },
+}
+
+/// A move of a homed row (or directory key) asked of this node, shown in `/status` until
+/// it is answered: made at the old home, then held by every region.
+#[derive(Clone, Debug)]
+pub struct MoveInProgress {
+    pub id: u64,
+    pub table: String,
+    pub key: Vec<tern_storage::SqlValue>,
+    /// The home as this node saw it when the move was asked (`None`: none yet).
+    pub from: Option<String>,
+    pub to: String,
+    pub started: Instant,
+}
+
+/// Takes a move off the list when its request ends, however it ends.
+struct MoveListed<'a> {
+    node: &'a Node,
+    id: u64,
+}
+
+impl Drop for MoveListed<'_> {
+    fn drop(&mut self) {
+        self.node.moves.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|listed| listed.id != self.id);
+    }
 }
 
 /// The replica loop's multi-leader state.
@@ -322,11 +347,16 @@ impl Node {
         if !self.config.all_regions().contains(&to) {
             return Err(RequestError::new(400, format!("no region {to:?} in this cluster (regions: {})", self.config.all_regions().join(", "))));
         }
-        let statement = self
+        let asked = (table.clone(), key.clone(), to.clone());
+        let (statement, from) = self
             .with_reader(move |reader| reader.home_move(&table, &key, &to).map_err(|error| error.to_string()))
             .await
             .and_then(|made| made)
             .map_err(|error| RequestError::new(400, error))?;
+        let (table, key, to) = asked;
+        let id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
+        self.moves.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(MoveInProgress { id, table, key, from, to, started: Instant::now() });
+        let _listed = MoveListed { node: self, id };
         let request = WriteRequest { statements: vec![statement], transaction: false };
         let reply = self.write(request, None, Some(self.config.all_regions().len()), true).await;
         if reply.error.is_none() && reply.results.first().is_some_and(|result| result.error.is_none() && result.rows_affected == 0) {

@@ -338,7 +338,7 @@ impl StorageContext {
         }
         let executed = match change {
             RegionChange::Policy { table, policy } => self.engine.set_conflict_policy(epoch, &table, policy, &still_leading),
-            RegionChange::HomeRule { table, column } => self.engine.set_home_rule(epoch, &table, &column, &still_leading),
+            RegionChange::HomeRule { table, column, directory } => self.engine.set_home_rule(epoch, &table, &column, directory, &still_leading),
             RegionChange::Resolve { table, key, values } => self.engine.resolve_conflict(epoch, &table, &key, values, &still_leading),
         };
         match executed {

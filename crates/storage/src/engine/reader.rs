@@ -99,17 +99,34 @@ impl Reader {
     }
 
     /// Multi-leader: the statement that moves `table`'s row `key` to region `to` (an
-    /// update of its home column, to be made at its home), or why there is none.
+    /// update of its home column, to be made at its home) and the row's home as this
+    /// replica sees it, or why there is none. In the home directory, a key not there yet
+    /// is added (an insert, made at its new home).
     ///
     /// # Errors
     /// The table has no home rule, the key does not fit it, or a SQLite failure.
-    pub fn home_move(&self, table: &str, key: &[SqlValue], to: &str) -> Result<Statement> {
-        let rule: Option<String> = self
-            .connection
-            .query_row("SELECT home_column FROM _tern_home_rule WHERE tbl = ?1", [table], |row| row.get(0))
-            .optional()
-            .map_err(|_| StorageError::new("this database has no home rules (multi-leader only)"))?;
-        let Some(column) = rule else { return Err(StorageError::new(format!("table {table} has no home rule (POST /db/homes/rule)"))) };
+    pub fn home_move(&self, table: &str, key: &[SqlValue], to: &str) -> Result<(Statement, Option<String>)> {
+        let rules = if has_table(&self.connection, "_tern_home_rule")? { crate::row_versions::home_rules(&self.connection)? } else { Vec::new() };
+        let directory = crate::row_versions::HOME_DIRECTORY;
+        let Some(rule) = rules.into_iter().find(|rule| rule.table == table) else {
+            if table == directory {
+                return Err(StorageError::new(format!("there is no home directory yet: give a table a directory rule first (POST /db/homes/rule with \"directory\": true)")));
+            }
+            return Err(StorageError::new(format!("table {table} has no home rule (POST /db/homes/rule)")));
+        };
+        if rule.directory {
+            return Err(StorageError::new(format!(
+                "{table}'s rows take their home from the directory key in their column {}: move that key (POST /db/homes/move with no \"table\")",
+                rule.column
+            )));
+        }
+        if table == directory {
+            let [home_key] = key else { return Err(StorageError::new("a directory key is one value, like [42]")) };
+            let sql = format!("INSERT INTO {directory} (home_key, region) VALUES (?2, ?1) ON CONFLICT (home_key) DO UPDATE SET region = excluded.region");
+            let from = crate::row_versions::directory_home(&self.connection, home_key)?;
+            return Ok((Statement { sql, params: Params::Positional(vec![SqlValue::Text(to.to_string()), home_key.clone()]) }, from));
+        }
+        let column = rule.column;
         let shape = crate::row_versions::shape(&self.connection, table)?;
         if key.len() != shape.key.len() {
             return Err(StorageError::new(format!("{table}'s key has {} column(s), not {}", shape.key.len(), key.len())));
@@ -117,9 +134,14 @@ impl Reader {
         let matches: Vec<String> =
             shape.key.iter().enumerate().map(|(place, column)| format!("{} IS ?{}", quote_identifier(&shape.columns[*column]), place + 2)).collect();
         let sql = format!("UPDATE {} SET {} = ?1 WHERE {}", quote_identifier(table), quote_identifier(&column), matches.join(" AND "));
+        let position = shape.columns.iter().position(|known| *known == column);
+        let from = crate::row_versions::current_row(&self.connection, &shape, key)
+            .ok()
+            .and_then(|values| position.and_then(|position| values.get(position).cloned()))
+            .and_then(|home| if let SqlValue::Text(home) = home { Some(home) } else { None });
         let mut values = vec![SqlValue::Text(to.to_string())];
         values.extend(key.iter().cloned());
-        Ok(Statement { sql, params: Params::Positional(values) })
+        Ok((Statement { sql, params: Params::Positional(values) }, from))
     }
 
     /// Multi-leader: per homed table, how many rows each region is home to.
@@ -132,8 +154,15 @@ impl Reader {
         }
         let rules = crate::row_versions::home_rules(&self.connection)?;
         let mut counts = Vec::new();
-        for (table, column) in rules {
-            let sql = format!("SELECT {0}, count(*) FROM {1} GROUP BY {0} ORDER BY {0}", quote_identifier(&column), quote_identifier(&table));
+        for rule in rules {
+            let (column, table) = (quote_identifier(&rule.column), quote_identifier(&rule.table));
+            let sql = if rule.directory {
+                let directory = crate::row_versions::HOME_DIRECTORY;
+                format!("SELECT h.region, count(*) FROM {table} t LEFT JOIN {directory} h ON h.home_key = t.{column} GROUP BY 1 ORDER BY 1")
+            } else {
+                format!("SELECT {column}, count(*) FROM {table} GROUP BY 1 ORDER BY 1")
+            };
+            let table = rule.table;
             let per_region: Vec<(Option<String>, u64)> = self
                 .connection
                 .prepare(&sql)?

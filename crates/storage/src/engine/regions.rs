@@ -426,52 +426,69 @@ impl Engine {
         row_versions::shape(&self.connection, table)?;
         let sql = "INSERT OR REPLACE INTO _tern_conflict_policy (tbl, policy) VALUES (?1, ?2)".to_string();
         let params = Params::Positional(vec![SqlValue::Text(table.to_string()), SqlValue::Text(policy.name().to_string())]);
-        self.log_schema_statement(epoch, sql, params, still_leading)
+        self.log_schema_statement(epoch, vec![(sql, params)], still_leading)
     }
 
-    /// Leader of a region: runs one of tern's own statements on its bookkeeping tables and
-    /// logs it as a schema statement of this region's stream, so every region runs it.
-    fn log_schema_statement(&mut self, epoch: u64, sql: String, params: Params, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+    /// Leader of a region: runs tern's own statements (on its bookkeeping tables, or
+    /// creating the home directory) and logs them as schema statements of this region's
+    /// stream, so every region runs them.
+    fn log_schema_statement(&mut self, epoch: u64, statements: Vec<(String, Params)>, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
         self.logged_transaction(epoch, still_leading, &|engine, capture| {
-            let result = run_statement(&engine.connection, &sql, &params);
-            if let Some(error) = result.error {
-                return Err(StorageError::new(format!("{error}: {sql}")));
+            for (sql, params) in &statements {
+                let result = run_statement(&engine.connection, sql, params);
+                if let Some(error) = result.error {
+                    return Err(StorageError::new(format!("{error}: {sql}")));
+                }
+                capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() });
             }
-            capture.changes.push(Change::Sql { sql: sql.clone(), params: params.clone() });
             let (dot, seen, stamp) = engine.next_own_write()?;
             capture.start_rows(&engine.connection)?;
-            let payload = RegionPayload { stamp, schema: vec![(sql.clone(), params.clone())], rows: Vec::new() };
+            let payload = RegionPayload { stamp, schema: statements.clone(), rows: Vec::new() };
             Ok(vec![engine.log_own_write(capture, LoggedWrite { dot: dot.clone(), seen, payload: Vec::new() }, payload)?])
         })
     }
 
-    /// Leader of a region: gives `table`'s rows a home region, named by their `column`, in
-    /// every region (it travels as a schema statement of this region's stream). From then
-    /// on only a row's home writes it; a row moves by an update of that column made at its
-    /// home, which the region streams carry in order, so no two regions write it at once.
+    /// Leader of a region: gives `table`'s rows a home region in every region (it travels
+    /// as a schema statement of this region's stream): the region their `column` names,
+    /// or with `directory`, the region the home directory ([`row_versions::HOME_DIRECTORY`],
+    /// created with the first such rule) gives the key their `column` holds. From then on
+    /// only a row's home writes it; a row (or a directory key) moves by an update made at
+    /// its home, which the region streams carry in order, so no two regions write it at once.
     ///
     /// # Errors
     /// If the table or column does not exist, or on a SQLite failure.
-    pub fn set_home_rule(&mut self, epoch: u64, table: &str, column: &str, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+    pub fn set_home_rule(&mut self, epoch: u64, table: &str, column: &str, directory: bool, still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+        if directory && table == row_versions::HOME_DIRECTORY {
+            return Err(StorageError::new(format!("{table} is the home directory itself: its rows are homed by their region column")));
+        }
         let shape = row_versions::shape(&self.connection, table)?;
         if !shape.columns.iter().any(|known| known == column) {
             return Err(StorageError::new(format!("table {table} has no column {column:?}")));
         }
-        let sql = "INSERT OR REPLACE INTO _tern_home_rule (tbl, home_column) VALUES (?1, ?2)".to_string();
-        let params = Params::Positional(vec![SqlValue::Text(table.to_string()), SqlValue::Text(column.to_string())]);
-        self.log_schema_statement(epoch, sql, params, still_leading)
+        let rule = |table: &str, column: &str, directory: bool| {
+            let sql = "INSERT OR REPLACE INTO _tern_home_rule (tbl, home_column, directory) VALUES (?1, ?2, ?3)".to_string();
+            (sql, Params::Positional(vec![SqlValue::Text(table.to_string()), SqlValue::Text(column.to_string()), SqlValue::Integer(i64::from(directory))]))
+        };
+        let mut statements = Vec::new();
+        if directory {
+            let create = format!("CREATE TABLE IF NOT EXISTS {} (home_key NOT NULL PRIMARY KEY, region TEXT NOT NULL)", row_versions::HOME_DIRECTORY);
+            statements.push((create, Params::None));
+            statements.push(rule(row_versions::HOME_DIRECTORY, "region", false));
+        }
+        statements.push(rule(table, column, directory));
+        self.log_schema_statement(epoch, statements, still_leading)
     }
 
-    /// Multi-leader: each homed table and the position of its home column.
-    pub(super) fn home_rules(&self) -> Result<Vec<(String, usize)>> {
+    /// Multi-leader: each homed table's rule, with the position of its column.
+    pub(super) fn home_rules(&self) -> Result<Vec<(row_versions::HomeRule, usize)>> {
         if self.region.is_none() {
             return Ok(Vec::new());
         }
         let mut found = Vec::new();
-        for (table, column) in row_versions::home_rules(&self.connection)? {
-            if let Ok(shape) = row_versions::shape(&self.connection, &table) {
-                if let Some(position) = shape.columns.iter().position(|known| *known == column) {
-                    found.push((table, position));
+        for rule in row_versions::home_rules(&self.connection)? {
+            if let Ok(shape) = row_versions::shape(&self.connection, &rule.table) {
+                if let Some(position) = shape.columns.iter().position(|known| *known == rule.column) {
+                    found.push((rule, position));
                 }
             }
         }
@@ -480,20 +497,25 @@ impl Engine {
 
     /// The home region, other than this one, of a row `changes` wrote: an inserted row's
     /// home as inserted; an updated or deleted row's home before the change (an update
-    /// of the home column made at the home is how a row moves).
-    pub(super) fn home_elsewhere(&self, changes: &[Change], rules: &[(String, usize)]) -> Result<Option<String>> {
+    /// of the home column made at the home is how a row moves). Under a directory rule,
+    /// the home the directory gives the row's key, as it stands after the request.
+    pub(super) fn home_elsewhere(&self, changes: &[Change], rules: &[(row_versions::HomeRule, usize)]) -> Result<Option<String>> {
         let Some(region) = &self.region else { return Ok(None) };
         for change in changes {
             let Change::Rows(changeset) = change else { continue };
             for row in crate::capture::row::changed_rows(changeset)? {
-                let Some((_, column)) = rules.iter().find(|(table, _)| *table == row.table) else { continue };
-                let home = match &row.change {
+                let Some((rule, column)) = rules.iter().find(|(rule, _)| rule.table == row.table) else { continue };
+                let named = match &row.change {
                     RowChange::Delete => row.old.get(*column).cloned().flatten(),
                     RowChange::Update { columns } if columns.get(*column) == Some(&true) => row.old.get(*column).cloned().flatten(),
                     _ => {
                         let shape = row_versions::shape(&self.connection, &row.table)?;
                         row_versions::current_row(&self.connection, &shape, &row.key).ok().and_then(|values| values.get(*column).cloned())
                     }
+                };
+                let home = match named {
+                    Some(key) if rule.directory => row_versions::directory_home(&self.connection, &key)?.map(SqlValue::Text),
+                    named => named,
                 };
                 let home = match home {
                     None | Some(SqlValue::Null) => continue,
