@@ -121,12 +121,7 @@ pub fn run_homes(command: HomesCommand) -> Result<(), String> {
             let body = get(&http, "/db/homes")?;
             println!("homes as region {} sees them", body["region"].as_str().unwrap_or("?"));
             for table in body["tables"].as_array().into_iter().flatten() {
-                let counts: Vec<String> = table["rows_per_home"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(region, count)| format!("{region} {count}"))
-                    .collect();
+                let counts: Vec<String> = table["rows_per_home"].as_object().into_iter().flatten().map(|(region, count)| format!("{region} {count}")).collect();
                 println!("  {}: {}", table["table"].as_str().unwrap_or("?"), counts.join(", "));
             }
             for moving in body["moves_in_progress"].as_array().into_iter().flatten() {
@@ -145,7 +140,10 @@ pub fn run_homes(command: HomesCommand) -> Result<(), String> {
             let body = json!({ "table": table, "column": column, "directory": directory });
             let (leader, reply) = post_json_to_leader(&http, "/db/homes/rule", &body)?;
             let by = if directory { format!("the home directory's entry for its {column}") } else { format!("its column {column}") };
-            println!("{table}: each row's home is the region {by} names, set by the leader at {leader} (position {})", reply["position"].as_str().unwrap_or("?"));
+            println!(
+                "{table}: each row's home is the region {by} names, set by the leader at {leader} (position {})",
+                reply["position"].as_str().unwrap_or("?")
+            );
             Ok(())
         }
     }

@@ -325,3 +325,155 @@ fn only_a_rows_home_region_writes_it_and_a_customer_moves_without_a_conflict() {
         assert!(conflicts(&cluster, node).is_empty(), "no conflict anywhere");
     }
 }
+
+/// A visit of customer 42, counted in her row of `visits` (both tables are homed through
+/// the directory by their `customer` column).
+const VISIT: &str = "UPDATE visits SET count = count + 1 WHERE customer = 42";
+
+/// Three regions, `visits` and `orders` homed through the directory by `customer`, and
+/// customer 42 at home in us-east with no visits yet.
+fn start_with_customer_42(name: &str, extra: &[&str]) -> Cluster {
+    let cluster = Cluster::start_multi_leader(name, &["us-east", "eu-west", "antarctica"], extra);
+    let tables = json!([
+        "CREATE TABLE visits (customer INTEGER PRIMARY KEY, count INTEGER NOT NULL)",
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, made_in TEXT NOT NULL)"
+    ]);
+    ok(&execute(&mut cluster.nodes[0].client(), "?w=regions:all", tables));
+    for table in ["visits", "orders"] {
+        let said = tern(&["homes", "rule", "--http", &cluster.nodes[0].http, "--table", table, "--column", "customer", "--directory"]);
+        assert!(said.contains("home directory"), "{said}");
+    }
+    // 42 is added to the directory in us-east (asked of antarctica), once every region has the rules.
+    let added = tern(&["rehome", "--http", &cluster.nodes[2].http, "--key", "42", "--to", "us-east"]);
+    assert!(added.contains("now has its home in us-east"), "{added}");
+    ok(&execute(&mut cluster.nodes[0].client(), "?w=regions:all", json!(["INSERT INTO visits VALUES (42, 0)"])));
+    cluster
+}
+
+/// What became of a write: acknowledged, refused (nothing changed), or outcome unknown.
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcomes {
+    acked: u64,
+    refused: u64,
+    unknown: u64,
+}
+
+impl Outcomes {
+    fn count(&mut self, reply: &tern_server::client::Reply) {
+        let results = reply.body["results"].as_array().cloned().unwrap_or_default();
+        let errors: Vec<String> = std::iter::once(&reply.body["error"])
+            .chain(results.iter().map(|result| &result["error"]))
+            .filter_map(|error| error.as_str().map(str::to_string))
+            .collect();
+        if reply.status == 200 && errors.is_empty() {
+            self.acked += 1;
+        } else if errors.iter().any(|error| error.contains("unknown")) {
+            self.unknown += 1;
+        } else {
+            self.refused += 1;
+        }
+    }
+}
+
+#[test]
+fn a_customer_moves_around_the_regions_while_two_of_them_write_her_rows_and_no_write_is_lost() {
+    let cluster = start_with_customer_42("ml-moves", &[]);
+    let regions = ["us-east", "eu-west", "antarctica"];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outcomes: Vec<Outcomes> = std::thread::scope(|scope| {
+        let writers: Vec<_> = [0, 2]
+            .into_iter()
+            .map(|node| {
+                let (stop, cluster) = (&stop, &cluster);
+                scope.spawn(move || {
+                    let mut client = cluster.nodes[node].client();
+                    let mut outcomes = Outcomes::default();
+                    let order = format!("INSERT INTO orders (customer, made_in) VALUES (42, '{}')", regions[node]);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        outcomes.count(&execute(&mut client, "?transaction", json!([VISIT, order])));
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        // 42 goes around the regions twice, each move asked of another node; each is made
+        // at her home of the moment and answered once every region holds it.
+        for (step, to) in ["antarctica", "eu-west", "us-east", "antarctica", "us-east", "eu-west", "us-east"].into_iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(300));
+            let reply = cluster.nodes[step % 3].client().post_json("/db/homes/move", &json!({"key": [42], "to": to})).expect("node answers");
+            assert_eq!(reply.status, 200, "move {step} to {to}: {}", reply.body);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writers.into_iter().map(|writer| writer.join().expect("writer runs")).collect()
+    });
+    let acked: u64 = outcomes.iter().map(|outcomes| outcomes.acked).sum();
+    let unknown: u64 = outcomes.iter().map(|outcomes| outcomes.unknown).sum();
+    assert!(outcomes.iter().all(|outcomes| outcomes.acked > 0), "both regions' writes were taken: {outcomes:?}");
+    // Every region ends with the same count; a move that let two regions write her row at
+    // once would lose increments to last-writer-wins and show fewer than were acknowledged.
+    let count_in = |node: usize| table_rows(&cluster, node, "SELECT count, (SELECT count(*) FROM orders) FROM visits")[0].clone();
+    eventually(LONG, "every region to hold every visit", || (0..3).all(|node| count_in(node) == count_in(0)));
+    let shown = count_in(0);
+    let (visits, orders) = (shown[0].as_u64().unwrap_or(0), shown[1].as_u64().unwrap_or(0));
+    assert!(acked <= visits && visits <= acked + unknown, "{visits} visits shown, {acked} acknowledged, {unknown} unknown: {outcomes:?}");
+    assert_eq!(visits, orders, "a visit and its order are one transaction");
+    for node in 0..3 {
+        assert!(conflicts(&cluster, node).is_empty(), "no conflict in {}", regions[node]);
+        let homes = cluster.nodes[node].client().get("/status").expect("node answers").body["regions"]["homes"].clone();
+        assert_eq!(homes["moves_in_progress"], json!([]), "{homes}");
+        let directory = homes["tables"].as_array().into_iter().flatten().find(|table| table["table"] == "tern_homes").cloned();
+        assert_eq!(directory.map(|table| table["rows_per_home"].clone()), Some(json!({"us-east": 1})), "{homes}");
+    }
+}
+
+#[test]
+fn a_move_waits_for_a_cut_off_old_home_and_a_cut_off_new_home_takes_over_only_once_it_has_the_move() {
+    let cluster = start_with_customer_42("ml-move-cut", &["--write-timeout-ms", "1500"]);
+    let (us, eu, antarctica) = (0, 1, 2);
+    let write_locally = |node: usize| execute(&mut cluster.nodes[node].client(), "?home=local", json!([VISIT]));
+    let refused_for = |reply: &tern_server::client::Reply, home: &str| {
+        reply.status == 409 && reply.body["error"].as_str().unwrap_or_default().contains(&format!("home is region {home}"))
+    };
+
+    // The old home cut off: only it can make the move, so the move cannot be made; it is
+    // listed while it waits, then fails with the reason, and antarctica never takes 42's rows.
+    isolate(&cluster, us, false);
+    std::thread::scope(|scope| {
+        let mover = scope.spawn(|| cluster.nodes[antarctica].client().post_json("/db/homes/move", &json!({"key": [42], "to": "antarctica"})));
+        eventually(LONG, "antarctica to list the move", || {
+            let homes = cluster.nodes[antarctica].client().get("/db/homes").expect("node answers").body;
+            homes["moves_in_progress"][0]["from"] == "us-east" && homes["moves_in_progress"][0]["to"] == "antarctica"
+        });
+        let reply = mover.join().expect("mover runs").expect("node answers");
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(reply.body["error"].as_str().unwrap_or_default().contains("us-east"), "names the unreachable home: {}", reply.body);
+    });
+    let refused = write_locally(antarctica);
+    assert!(refused_for(&refused, "us-east"), "{}", refused.body);
+    for _ in 0..3 {
+        ok(&write_locally(us));
+    }
+    isolate(&cluster, us, true);
+    converges(&cluster, &[us, eu, antarctica], "SELECT count FROM visits", &json!([[3]]));
+
+    // Healed, the move is made; then the new home is cut off as 42 moves there. The old
+    // home stops at once; the new one starts only when the move reaches it.
+    let moved = post(&cluster, eu, "/db/homes/move", json!({"key": [42], "to": "antarctica"}));
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    ok(&write_locally(antarctica));
+    isolate(&cluster, eu, false);
+    let cut_move = post(&cluster, antarctica, "/db/homes/move", json!({"key": [42], "to": "eu-west"}));
+    assert_eq!(cut_move.status, 503, "{}", cut_move.body);
+    assert!(cut_move.body["error"].as_str().unwrap_or_default().contains("it stays"), "committed, not yet everywhere: {}", cut_move.body);
+    assert!(refused_for(&write_locally(antarctica), "eu-west"), "the old home stopped");
+    eventually(LONG, "us-east to learn the move", || refused_for(&write_locally(us), "eu-west"));
+    let early = write_locally(eu);
+    assert!(refused_for(&early, "antarctica"), "eu-west, cut off, has not got the move: {}", early.body);
+    isolate(&cluster, eu, true);
+    eventually(LONG, "eu-west to take 42's rows once the move reaches it", || write_locally(eu).status == 200);
+    converges(&cluster, &[us, eu, antarctica], "SELECT count, (SELECT region FROM tern_homes) FROM visits", &json!([[5, "eu-west"]]));
+    for node in 0..3 {
+        assert!(conflicts(&cluster, node).is_empty(), "no conflict");
+    }
+}

@@ -275,7 +275,10 @@ mod tests {
         for body in [&br#"{"to": "x"}"#[..], br#"{"key": [1]}"#, br#"{"key": [1], "to": "x", "table": 7}"#, br#"{"key": 1, "to": "x"}"#] {
             assert_eq!(parse_move(body).err().map(|response| response.status()), Some(StatusCode::BAD_REQUEST), "{}", String::from_utf8_lossy(body));
         }
-        assert!(matches!(parse_home_rule(br#"{"table": "orders", "column": "customer", "directory": true}"#), Ok(RegionChange::HomeRule { directory: true, .. })));
+        assert!(matches!(
+            parse_home_rule(br#"{"table": "orders", "column": "customer", "directory": true}"#),
+            Ok(RegionChange::HomeRule { directory: true, .. })
+        ));
         assert!(parse_home_rule(br#"{"table": "orders", "column": "customer", "directory": "yes"}"#).is_err());
     }
 

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// How many times a request follows its rows' home before it is refused (a row moved
+/// while the request travelled; each move is rare, so more hops mean a key moving
+/// back and forth faster than a request crosses regions).
+const HOME_HOPS: usize = 3;
+
 impl Node {
     /// Executes a write on the leader (forwarding it there from a follower) and waits
     /// for the acknowledgement the request asked for.
@@ -10,14 +15,26 @@ impl Node {
     ///
     /// Multi-leader, with `to_home`: a request whose rows are homed in another region is
     /// sent on to that region and answered from there (else it is refused with a 409).
+    ///
+    /// A row may move while its request travels: the region sent to then names the new
+    /// home, and the request follows it, up to [`HOME_HOPS`] times (nothing was written
+    /// on the way: a region that is not a row's home undoes the request).
     pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>, to_home: bool) -> WriteReply {
         let multi_leader = self.config.topology == tern_core::Topology::MultiLeader;
         let kept = (to_home && multi_leader).then(|| request.clone());
-        let reply = self.write_in_region(request, requirement, regions).await;
-        match (kept, reply.error.as_ref().and_then(|error| error.home.clone())) {
-            (Some(request), Some(home)) if home != self.config.region => self.write_at_home(&home, request, requirement, regions).await,
-            _ => reply,
+        let mut reply = self.write_in_region(request, requirement, regions).await;
+        let Some(request) = kept else { return reply };
+        for _ in 0..HOME_HOPS {
+            let Some(home) = reply.error.as_ref().and_then(|error| error.home.clone()) else { break };
+            reply = if home == self.config.region {
+                // The row moved here while the request was on its way: this region may
+                // have applied the move by now.
+                self.write_in_region(request.clone(), requirement, regions).await
+            } else {
+                self.write_at_home(&home, request.clone(), requirement, regions).await
+            };
         }
+        reply
     }
 
     /// Sends a request to `home`, the region its rows' home is, and waits for its answer.
