@@ -4,6 +4,8 @@
 //! region's node), the delay from a write's acknowledgement to it being readable in each
 //! other region (a session read with the write's position or token), and the throughput
 //! with every region writing. Ratios between the two are printed beside the figures.
+//! Then, on the multi-leader cluster, home regions: a write from each region to a row
+//! homed in each region (local, or sent to its home), and the duration of a move.
 
 use crate::cluster::{scratch_dir, start_processes_in_regions, wait_ready};
 use crate::stats::Samples;
@@ -20,7 +22,22 @@ struct GeoResult {
     delays: Vec<Samples>,
     throughput: f64,
     errors: u64,
+    /// Multi-leader only: home regions' figures.
+    homes: Option<HomeFigures>,
 }
+
+/// Home regions, measured on the multi-leader cluster.
+struct HomeFigures {
+    /// Per client region, per home region: the latency of a write to a row homed there.
+    writes: Vec<Vec<Samples>>,
+    /// Per ordered pair of regions (`pairs()`): a move from the first to the second,
+    /// asked of the second, answered once every region holds it.
+    moves: Vec<Samples>,
+}
+
+/// Writes per (client region, home region) cell, and moves per pair of regions.
+const HOME_WRITES: usize = 20;
+const HOME_MOVES: usize = 4;
 
 pub fn run(wan: &str, clients: usize, duration: Duration) -> Result<(), String> {
     tern_server::WanLatency::parse(wan)?;
@@ -64,7 +81,88 @@ pub fn run(wan: &str, clients: usize, duration: Duration) -> Result<(), String> 
     if single.throughput > 0.0 {
         println!("  {:<15}{:>10.1}x", "ratio", multi.throughput / single.throughput);
     }
+    if let Some(homes) = &multi.homes {
+        print_homes(homes, &latency);
+    }
     Ok(())
+}
+
+fn print_homes(homes: &HomeFigures, latency: &tern_server::WanLatency) {
+    println!(
+        "
+home regions (multi-leader): a write from a region (row) to a row homed in a region (column), p50/p99 in ms:"
+    );
+    println!("  {:<15}{:>16}{:>16}{:>16}", "written from", REGIONS[0], REGIONS[1], REGIONS[2]);
+    for (from, cells) in homes.writes.iter().enumerate() {
+        print!("  {:<15}", REGIONS[from]);
+        for cell in cells {
+            print!("{:>16}", cell.p50_p99());
+        }
+        println!();
+    }
+    println!(
+        "
+a move (made at the old home, answered once every region holds it), asked in the new home, p50/p99 in ms:"
+    );
+    println!("  {:<26}{:>12}{:>16}", "old home -> new home", "one-way WAN", "move");
+    for ((from, to), samples) in pairs().into_iter().zip(&homes.moves) {
+        let one_way = latency.one_way(REGIONS[from], REGIONS[to]).as_millis();
+        println!("  {:<26}{:>12}{:>16}", format!("{} -> {}", REGIONS[from], REGIONS[to]), one_way, samples.p50_p99());
+    }
+}
+
+/// Home regions on a running multi-leader cluster: a table homed by a column, one row
+/// homed in each region; each region writes every row (its own locally, the others'
+/// sent to their home), then rows are moved between every pair of regions.
+fn measure_homes(addresses: &[String]) -> Result<HomeFigures, String> {
+    let post = |address: &str, path: &str, body: &serde_json::Value| -> Result<serde_json::Value, String> {
+        let reply = HttpClient::new(address).with_timeout(Duration::from_secs(30)).post_json(path, body).map_err(|error| format!("homes: {error}"))?;
+        let failed = reply.status != 200 || reply.body["results"].as_array().into_iter().flatten().any(|result| !result["error"].is_null());
+        if failed {
+            return Err(format!("homes: {path} answered {}: {}", reply.status, reply.body));
+        }
+        Ok(reply.body)
+    };
+    post(&addresses[0], "/db/execute?w=regions:all", &json!(["CREATE TABLE accounts (id INTEGER PRIMARY KEY, home TEXT, v INTEGER NOT NULL)"]))?;
+    post(&addresses[0], "/db/homes/rule", &json!({"table": "accounts", "column": "home"}))?;
+    for (home, address) in addresses.iter().enumerate() {
+        post(address, "/db/execute?w=regions:all", &json!([["INSERT INTO accounts VALUES (?, ?, 0)", home, REGIONS[home]]]))?;
+    }
+    println!("  multi-leader: measuring home regions...");
+    let writers: Vec<_> = addresses
+        .iter()
+        .map(|address| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut client = HttpClient::new(&address).with_timeout(Duration::from_secs(30));
+                (0..REGIONS.len())
+                    .map(|home| {
+                        let mut samples = Samples::default();
+                        for _ in 0..HOME_WRITES {
+                            let started = Instant::now();
+                            let body = json!([["UPDATE accounts SET v = v + 1 WHERE id = ?", home]]);
+                            if client.post_json("/db/execute", &body).is_ok_and(|reply| reply.status == 200 && reply.body["results"][0]["error"].is_null()) {
+                                samples.push(started.elapsed());
+                            }
+                        }
+                        samples
+                    })
+                    .collect::<Vec<Samples>>()
+            })
+        })
+        .collect();
+    let writes = writers.into_iter().map(|writer| writer.join().map_err(|_| "a home writer panicked".to_string())).collect::<Result<_, _>>()?;
+    // Row 0 moves around: each move from its home of the moment to the next region.
+    let mut moves: Vec<Samples> = pairs().iter().map(|_| Samples::default()).collect();
+    for _ in 0..HOME_MOVES {
+        for (pair, (from, to)) in pairs().into_iter().enumerate() {
+            post(&addresses[0], "/db/homes/move", &json!({"table": "accounts", "key": [0], "to": REGIONS[from]}))?;
+            let started = Instant::now();
+            post(&addresses[to], "/db/homes/move", &json!({"table": "accounts", "key": [0], "to": REGIONS[to]}))?;
+            moves[pair].push(started.elapsed());
+        }
+    }
+    Ok(HomeFigures { writes, moves })
 }
 
 fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) -> Result<GeoResult, String> {
@@ -106,9 +204,10 @@ fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) ->
     }
     let delays = probe.join().map_err(|_| "the delay probe panicked".to_string())?;
     let total: usize = writes.iter().map(Samples::len).sum();
+    let homes = if multi { Some(measure_homes(&addresses)?) } else { None };
     drop(processes);
     let _ = std::fs::remove_dir_all(&data_dir);
-    Ok(GeoResult { name, writes, delays, throughput: total as f64 / duration.as_secs_f64(), errors })
+    Ok(GeoResult { name, writes, delays, throughput: total as f64 / duration.as_secs_f64(), errors, homes })
 }
 
 fn write_load(address: &str, prefix: &str, warmup_end: Instant, end: Instant) -> (Samples, u64) {

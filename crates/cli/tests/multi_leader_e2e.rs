@@ -418,8 +418,8 @@ fn a_customer_moves_around_the_regions_while_two_of_them_write_her_rows_and_no_w
     let (visits, orders) = (shown[0].as_u64().unwrap_or(0), shown[1].as_u64().unwrap_or(0));
     assert!(acked <= visits && visits <= acked + unknown, "{visits} visits shown, {acked} acknowledged, {unknown} unknown: {outcomes:?}");
     assert_eq!(visits, orders, "a visit and its order are one transaction");
-    for node in 0..3 {
-        assert!(conflicts(&cluster, node).is_empty(), "no conflict in {}", regions[node]);
+    for (node, region) in regions.iter().enumerate() {
+        assert!(conflicts(&cluster, node).is_empty(), "no conflict in {region}");
         let homes = cluster.nodes[node].client().get("/status").expect("node answers").body["regions"]["homes"].clone();
         assert_eq!(homes["moves_in_progress"], json!([]), "{homes}");
         let directory = homes["tables"].as_array().into_iter().flatten().find(|table| table["table"] == "tern_homes").cloned();

@@ -110,9 +110,9 @@ impl Reader {
         let directory = crate::row_versions::HOME_DIRECTORY;
         let Some(rule) = rules.into_iter().find(|rule| rule.table == table) else {
             if table == directory {
-                return Err(StorageError::new(format!(
-                    "there is no home directory yet: give a table a directory rule first (POST /db/homes/rule with \"directory\": true)"
-                )));
+                return Err(StorageError::new(
+                    "there is no home directory yet: give a table a directory rule first (POST /db/homes/rule with \"directory\": true)",
+                ));
             }
             return Err(StorageError::new(format!("table {table} has no home rule (POST /db/homes/rule)")));
         };
