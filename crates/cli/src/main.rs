@@ -9,6 +9,7 @@ mod cluster;
 mod conflicts;
 mod demo;
 mod demo_multi;
+mod device;
 mod sim;
 mod stats;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Multi-leader: see how many rows each region is home to, or set a table's home rule.
     #[command(subcommand)]
     Homes(conflicts::HomesCommand),
+    /// An offline-first device replica: run SQL on it offline, sync it with a
+    /// multi-leader cluster, see what is pending.
+    Device(device::DeviceArgs),
 }
 
 #[derive(Subcommand)]
@@ -318,6 +322,7 @@ fn main() {
         Command::Cluster(command) => admin::run_cluster(command),
         Command::Conflicts(command) => conflicts::run_conflicts(command),
         Command::Homes(command) => conflicts::run_homes(command),
+        Command::Device(args) => device::run(args),
         Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {

@@ -351,6 +351,28 @@ fn the_exchange_ships_relays_and_resends_a_write() {
     assert_eq!(outputs(&mut us), vec![Out::Reached { tag: 8, result: Err(2) }], "ap still lacks it at the deadline");
 }
 
+/// A device's pushed writes are released in causal order (the second waits for the
+/// first), never a region's writes passed off as a device's, and once applied they are
+/// shipped on to every region like any write held here.
+#[test]
+fn a_devices_writes_are_applied_in_causal_order_and_shipped_on_to_every_region() {
+    use tern_core::multi_leader::{Exchange, ExchangeEvent as In, ExchangeOutput as Out, Shipment};
+    let mut us: Exchange<&str> = Exchange::new(exchange_config("us"), VersionVector::new(), 0);
+    let second = Shipment { dot: Dot::new("phone", 2), seen: seen(&[("phone", 1)]), write: "second" };
+    let forged = Shipment { dot: Dot::new("eu", 1), seen: VersionVector::new(), write: "not the phone's" };
+    us.handle(In::FromDevice { writes: vec![second.clone(), forged] }, 1);
+    assert_eq!(outputs(&mut us), Vec::new(), "phone:2 waits for phone:1; eu's write is eu's to send");
+    let first = Shipment { dot: Dot::new("phone", 1), seen: VersionVector::new(), write: "first" };
+    us.handle(In::FromDevice { writes: vec![first.clone()] }, 2);
+    assert_eq!(outputs(&mut us), vec![Out::Apply(first.clone()), Out::Apply(second.clone())]);
+    us.handle(In::FromDevice { writes: vec![first] }, 3);
+    assert_eq!(outputs(&mut us), Vec::new(), "pushed again after an interrupted sync: a duplicate");
+    us.handle(In::Applied { dot: Dot::new("phone", 2) }, 4);
+    let read = |to: &str| Out::ReadWrites { to: to.to_string(), origin: "phone".to_string(), after: 0, up_to: 2 };
+    assert_eq!(outputs(&mut us), vec![read("ap"), read("eu")]);
+    assert_eq!(us.holds().get("phone"), 2);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, failure_persistence: None, ..proptest::prelude::ProptestConfig::default() })]
 

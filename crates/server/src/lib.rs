@@ -9,9 +9,11 @@
 //! - [`http`]: the HTTP API.
 //! - [`verify`]: comparing replicas for `tern verify`.
 //! - [`client`]: a small blocking HTTP client for tests, the demo and benchmarks.
+//! - [`device`]: an offline-first device replica that syncs with a cluster (issue 15).
 
 pub mod client;
 pub mod config;
+pub mod device;
 pub mod http;
 pub mod node;
 pub mod transport;

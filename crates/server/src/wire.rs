@@ -89,6 +89,12 @@ pub enum Frame {
         id: u64,
         reply: ReadReply,
     },
+    /// Device sync: a device's own writes, pushed to a follower, for its region's leader
+    /// (answered with a `ForwardWriteReply`).
+    ForwardDevicePush {
+        id: u64,
+        writes: Vec<(tern_core::multi_leader::Dot, tern_core::multi_leader::VersionVector, Vec<u8>)>,
+    },
     /// Multi-leader: from one region's leader to another region's (writes, cursors).
     Region(RegionMessage<Vec<u8>>),
     /// A piece of a snapshot file; `done` on the last one, which names its position.

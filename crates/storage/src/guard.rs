@@ -325,7 +325,7 @@ pub fn describe(error: &rusqlite::Error) -> String {
 /// The names of tern's temporary triggers that place multi-leader rowids.
 pub(crate) const ROWID_TRIGGER_PREFIX: &str = "_tern_rowid_";
 
-fn is_internal_table(name: &str) -> bool {
+pub(crate) fn is_internal_table(name: &str) -> bool {
     // `get`, not `[..6]`: byte 6 may fall inside a character ('Andrés').
     name.get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("_tern_")) || name.eq_ignore_ascii_case("sqlite_dbpage")
 }

@@ -23,6 +23,7 @@ pub mod guard;
 pub mod region_log;
 pub mod row_versions;
 pub mod sql;
+pub mod sync;
 
 pub use engine::{
     all_read_only, changes_schema, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch, Change, Engine,

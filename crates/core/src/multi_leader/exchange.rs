@@ -59,6 +59,12 @@ pub enum ExchangeEvent<W> {
     Applied {
         dot: Dot,
     },
+    /// A device's own writes, pushed to this region when it synced (issue 15): released
+    /// for applying in causal order like a region's shipment, then shipped on to every
+    /// region like any write this region holds. A device is no peer: it is told nothing.
+    FromDevice {
+        writes: Vec<Shipment<W>>,
+    },
     /// A client asked that its write `dot` (made here) be held by `regions` regions, this
     /// one included (`w=regions:k`), before it is answered; `ExchangeOutput::Reached`
     /// answers, by `deadline` at the latest.
@@ -210,9 +216,16 @@ impl<W: Clone> Exchange<W> {
                         }
                     }
                 }
-                while let Some((dot, seen, write)) = self.queue.release() {
-                    self.outputs.push_back(ExchangeOutput::Apply(Shipment { dot, seen, write }));
+                self.release();
+            }
+            ExchangeEvent::FromDevice { writes } => {
+                for shipment in writes {
+                    // A region's writes come from the region alone.
+                    if !self.config.regions.contains(&shipment.dot.region) {
+                        self.queue.receive(shipment.dot, shipment.seen, shipment.write);
+                    }
                 }
+                self.release();
             }
             ExchangeEvent::Committed { dot } => {
                 let expected = self.durable.get(&self.config.region) + 1;
@@ -238,6 +251,13 @@ impl<W: Clone> Exchange<W> {
             }
         }
         self.settle_waiters(now);
+    }
+
+    /// Hands out every write the causal queue can release now, for applying in order.
+    fn release(&mut self) {
+        while let Some((dot, seen, write)) = self.queue.release() {
+            self.outputs.push_back(ExchangeOutput::Apply(Shipment { dot, seen, write }));
+        }
     }
 
     /// Asks for every write some peer lacks and was not shipped to it recently. What a

@@ -18,11 +18,13 @@ use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
 
 mod admin;
 mod debug;
+mod devices;
 mod regions;
 mod rqlite;
 
 use admin::*;
 use debug::*;
+use devices::*;
 use regions::*;
 use rqlite::*;
 
@@ -41,6 +43,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/homes/rule", post(set_home_rule))
         .route("/db/homes/move", post(move_home))
         .route("/db/homes", get(homes))
+        .route("/db/sync/pull", post(sync_pull))
+        .route("/db/sync/push", post(sync_push))
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
         .route("/cluster/transfer-leader", post(transfer_leader))

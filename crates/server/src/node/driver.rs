@@ -160,6 +160,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                         Event::RegionWritesRead { to, writes } => regions.on_writes_read(to, writes, now),
                         Event::RegionApplyFailed(why) => regions.restart(&why),
                         Event::WaitForRegions { dot, regions: wanted, deadline, reply } => regions.wait_for_regions(dot, wanted, deadline, reply, now),
+                        Event::DevicePush { shipments, deadline, reply } => regions.device_push(shipments, deadline, reply, now),
                         Event::RegionStatus { reply } => {
                             let _ = reply.send(regions.status(&node));
                         }

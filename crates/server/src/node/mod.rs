@@ -25,6 +25,7 @@ use tern_core::{
 use tern_storage::{Engine, Executed, Reader, RollbackStore, RolledBack, Statement, StatementResult, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod devices;
 mod driver;
 mod peers;
 mod reads;
@@ -68,6 +69,13 @@ pub(crate) enum Event {
     RegionApplyFailed(String),
     RegionStatus {
         reply: oneshot::Sender<RegionStatus>,
+    },
+    /// Device sync: a device's own writes, for this region's exchange; answered once this
+    /// region holds the last (`Err`: not by the deadline, or no exchange runs here).
+    DevicePush {
+        shipments: Vec<Shipment<Vec<u8>>>,
+        deadline: u64,
+        reply: oneshot::Sender<Result<(), usize>>,
     },
     /// Multi-leader, `w=regions:k`: answer once `regions` regions hold `dot` (or, at the
     /// deadline, with how many did).

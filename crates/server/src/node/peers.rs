@@ -151,6 +151,15 @@ impl Node {
                     node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
                 });
             }
+            Frame::ForwardDevicePush { id, writes } => {
+                let node = self.clone();
+                let origin = from.to_string();
+                tokio::spawn(async move {
+                    let writes = writes.into_iter().map(|(dot, seen, payload)| tern_storage::region_log::LoggedWrite { dot, seen, payload }).collect();
+                    let reply = node.device_push_here(writes).await;
+                    node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
+                });
+            }
             Frame::ForwardRead { id, statements, level } => {
                 let node = self.clone();
                 let origin = from.to_string();

@@ -179,6 +179,17 @@ impl RegionLink {
         exchange.handle(ExchangeEvent::WaitForRegions { tag, dot, regions, deadline }, now);
     }
 
+    /// A device's own writes, pushed when it synced: into the exchange (which applies
+    /// them in causal order and ships them on), answered once this region holds the last.
+    pub(super) fn device_push(&mut self, shipments: Vec<Shipment<Vec<u8>>>, deadline: u64, reply: oneshot::Sender<Result<(), usize>>, now: u64) {
+        let (Some(exchange), Some(last)) = (&mut self.exchange, shipments.iter().map(|shipment| shipment.dot.clone()).max_by_key(|dot| dot.seq)) else {
+            let _ = reply.send(Err(0));
+            return;
+        };
+        exchange.handle(ExchangeEvent::FromDevice { writes: shipments }, now);
+        self.wait_for_regions(last, 1, deadline, reply, now);
+    }
+
     pub(super) fn status(&self, node: &Node) -> RegionStatus {
         let leaders = node.region_leaders.lock().expect("region leaders lock");
         let Some(exchange) = &self.exchange else { return RegionStatus::default() };

@@ -146,6 +146,49 @@ impl Reader {
         Ok((Statement { sql, params: Params::Positional(values) }, from))
     }
 
+    /// Device sync (issue 15): the writes this database holds that a device holding
+    /// `holds` lacks, in an order it can apply them in, at most `max_writes` and about
+    /// `max_bytes` of them, read in one transaction; with what this database holds, and
+    /// whether more remain after this page.
+    ///
+    /// # Errors
+    /// If the database does not run multi-leader, or on a SQLite failure.
+    pub fn sync_pull(&self, holds: &tern_core::multi_leader::VersionVector, max_writes: usize, max_bytes: usize) -> Result<SyncPage> {
+        if !has_table(&self.connection, "_tern_region_log")? {
+            return Err(StorageError::new("this cluster does not run multi-leader: devices sync only with --topology multi-leader"));
+        }
+        self.in_read_transaction(|| {
+            let here = crate::region_log::holds(&self.connection)?;
+            let lacking: u64 = here.iter().map(|(origin, seq)| seq.saturating_sub(holds.get(origin))).sum();
+            let mut candidates = Vec::new();
+            for (origin, seq) in here.iter() {
+                let after = holds.get(origin);
+                if seq > after {
+                    candidates.extend(crate::region_log::read(&self.connection, origin, after, seq.min(after.saturating_add(max_writes as u64)))?);
+                }
+            }
+            let mut writes = crate::sync::causal_order(holds, candidates);
+            let mut bytes = 0;
+            let fits = writes.iter().take_while(|write| {
+                bytes += write.payload.len();
+                bytes <= max_bytes
+            });
+            let keep = fits.count().clamp(1, max_writes.max(1));
+            writes.truncate(keep);
+            let more = (writes.len() as u64) < lacking;
+            Ok(SyncPage { writes, holds: here, more })
+        })?
+    }
+
+    /// Device sync: whether a device's pushed writes may enter the cluster's streams
+    /// (see [`crate::sync`]).
+    ///
+    /// # Errors
+    /// The first thing wrong with them.
+    pub fn check_device_writes(&self, device: &str, writes: &[crate::region_log::LoggedWrite]) -> Result<()> {
+        crate::sync::check_device_writes(&self.connection, device, writes)
+    }
+
     /// Multi-leader: per homed table, how many rows each region is home to.
     ///
     /// # Errors
@@ -212,4 +255,13 @@ impl Reader {
 /// Statements that fail to prepare count as reads, so their error comes from the read path.
 pub fn all_read_only(reader: &Reader, statements: &[Statement]) -> bool {
     statements.iter().all(|statement| reader.reads_only(&statement.sql))
+}
+
+/// One page of a device's pull: writes in an order it can apply them in, what the
+/// cluster's node holds, and whether more remain.
+#[derive(Clone, Debug)]
+pub struct SyncPage {
+    pub writes: Vec<crate::region_log::LoggedWrite>,
+    pub holds: tern_core::multi_leader::VersionVector,
+    pub more: bool,
 }

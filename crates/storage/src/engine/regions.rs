@@ -24,12 +24,19 @@ pub(super) struct RegionState {
     name: String,
     /// Rowids this region gives rows of `INTEGER PRIMARY KEY` tables when the client
     /// leaves the key to SQLite: those equal to `.1` modulo `.0` (the number of regions,
-    /// and this region's place among them), so regions never pick the same one.
-    rowid_class: (i64, i64),
+    /// and this region's place among them), so regions never pick the same one. `None`:
+    /// a device (issue 15), one of any number, which picks a free rowid at random from
+    /// [`DEVICE_ROWIDS`], far above the regions' (which count up from 1).
+    rowid_class: Option<(i64, i64)>,
     /// Stamps this region's writes; a `RefCell` because the write path borrows the engine
     /// shared while it runs a transaction.
     clock: RefCell<HybridClock>,
 }
+
+/// The rowids a device picks from at random (2^52 to 2^62): with many devices and many
+/// rows each, two picking the same one is as likely as a UUID collision's cousin, and the
+/// regions' own rowids (counting up past the largest row) have 2^62 left above them.
+const DEVICE_ROWIDS: (i64, i64) = (1 << 52, 1 << 62);
 
 /// `_tern_meta`'s key for the cluster's topology (0 single-leader, 1 multi-leader).
 const TOPOLOGY: &str = "topology";
@@ -130,8 +137,22 @@ impl Engine {
         sorted.sort();
         sorted.dedup();
         let place = sorted.iter().position(|known| *known == region).ok_or_else(|| StorageError::new(format!("region {region} is not among {regions:?}")))?;
-        let rowid_class = (sorted.len() as i64, place as i64);
+        let rowid_class = Some((sorted.len() as i64, place as i64));
         self.region = Some(RegionState { name: region.to_string(), rowid_class, clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
+        self.prepare_region_connection()
+    }
+
+    /// Runs this engine as an offline-first device (issue 15): an origin of its own named
+    /// `device`, whose writes become its stream (as a region's do) and which applies the
+    /// cluster's writes, pulled when it syncs, under the tables' policies.
+    ///
+    /// # Errors
+    /// Under another log format, or on a SQLite failure.
+    pub fn set_device(&mut self, device: &str) -> Result<()> {
+        if self.format != LogFormat::Row {
+            return Err(StorageError::new("a device needs the row log format"));
+        }
+        self.region = Some(RegionState { name: device.to_string(), rowid_class: None, clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
         self.prepare_region_connection()
     }
 
@@ -240,10 +261,18 @@ impl Engine {
             return Ok(Vec::new());
         }
         self.run_cached("DELETE FROM temp._tern_rowid_auto")?;
-        let (regions, place) = region.rowid_class;
         let mut placed = Vec::new();
         self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
         let moved = (|| -> Result<()> {
+            let Some((regions, place)) = region.rowid_class else {
+                for (table, rowid) in picked {
+                    let target = self.free_device_rowid(&table)?;
+                    let name = quote_identifier(&table);
+                    self.connection.execute(&format!("UPDATE main.{name} SET rowid = ?1 WHERE rowid = ?2"), rusqlite::params![target, rowid])?;
+                    placed.push((table, rowid, target));
+                }
+                return Ok(());
+            };
             for (table, rowid) in picked {
                 if rowid.rem_euclid(regions) == place {
                     continue;
@@ -261,6 +290,21 @@ impl Engine {
         self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
         moved?;
         Ok(placed)
+    }
+
+    /// A device: a rowid of [`DEVICE_ROWIDS`] no row of `table` has, picked at random.
+    fn free_device_rowid(&self, table: &str) -> Result<i64> {
+        let name = quote_identifier(table);
+        let (low, high) = DEVICE_ROWIDS;
+        for _ in 0..16 {
+            let candidate: i64 = self.connection.query_row("SELECT ?1 + abs(random() % (?2 - ?1))", rusqlite::params![low, high], |row| row.get(0))?;
+            let taken: bool =
+                self.connection.query_row(&format!("SELECT EXISTS (SELECT 1 FROM main.{name} WHERE rowid = ?1)"), [candidate], |row| row.get(0))?;
+            if !taken {
+                return Ok(candidate);
+            }
+        }
+        Err(StorageError::new(format!("no free rowid found for a row of {table}: give its key yourself")))
     }
 
     /// Every write this database holds, per origin region (the durable cursors).
