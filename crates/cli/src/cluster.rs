@@ -48,11 +48,6 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
     let mut nodes = Vec::new();
     for (member, (_, peer_addr)) in spec.members.iter().zip(&cluster) {
         let config = NodeConfig {
-            id: member.id.clone(),
-            region: member.region.clone(),
-            data_dir: spec.data_dir.join(&member.id),
-            http_addr: "127.0.0.1:0".parse().expect("literal address"),
-            peer_addr: *peer_addr,
             cluster: cluster.clone(),
             // Multi-leader: the region's first member leads it first.
             leader: spec
@@ -65,19 +60,11 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             ack: spec.ack,
             wan: spec.wan.clone(),
             regions: regions.clone(),
-            max_body_bytes: 8 << 20,
-            log_retain: 100_000,
-            heartbeat_interval: Duration::from_millis(50),
-            in_sync_timeout: Duration::from_secs(1),
-            write_timeout: Duration::from_secs(10),
-            statement_rewrite: true,
-            failover: true,
             // Ticks long enough for the emulated WAN: a round trip to the nearest
             // majority must fit well inside the lease.
             election_tick: if spec.wan.is_empty() { Duration::from_millis(25) } else { Duration::from_millis(60) },
-            join: false,
             fault_injection: true,
-            limits: tern_storage::Limits::default(),
+            ..NodeConfig::new(&member.id, &member.region, spec.data_dir.join(&member.id), *peer_addr)
         };
         nodes.push(tern_server::serve(config).await?);
     }

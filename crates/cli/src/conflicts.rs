@@ -44,7 +44,7 @@ pub enum ConflictsCommand {
     },
 }
 
-fn json_array(flag: &str, text: &str) -> Result<Value, String> {
+pub(crate) fn json_array(flag: &str, text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(value @ Value::Array(_)) => Ok(value),
         Ok(_) => Err(format!("{flag} must be a JSON array, like '[\"pen\"]'")),
@@ -64,7 +64,7 @@ fn version(version: &Value) -> String {
 
 /// A key given on the command line: a JSON array of the key's values ('[42]', '["pen", 1]'),
 /// one JSON value (42), or else one text value (pen).
-fn key_values(text: &str) -> Value {
+pub(crate) fn key_values(text: &str) -> Value {
     match serde_json::from_str::<Value>(text) {
         Ok(array @ Value::Array(_)) => array,
         Ok(value @ (Value::Number(_) | Value::String(_))) => json!([value]),

@@ -35,6 +35,23 @@ enum DeviceCommand {
     Status,
     /// Conflicts on record here: each row's versions kept and lost.
     Conflicts,
+    /// Settle one row's conflicts for every device and region (sent when this device
+    /// syncs): keep the version shown now, or the whole row given with --values.
+    Resolve {
+        #[arg(long)]
+        table: String,
+        /// The row's key: one value ('Dec 3 09:00', 42) or a JSON array in column order.
+        #[arg(long)]
+        key: String,
+        /// The row to keep as a JSON array of every column's value (default: the version shown).
+        #[arg(long)]
+        values: Option<String>,
+    },
+}
+
+fn sql_values(json: &serde_json::Value, flag: &str) -> Result<Vec<tern_storage::SqlValue>, String> {
+    let items = json.as_array().ok_or_else(|| format!("{flag} must be a JSON array"))?;
+    items.iter().map(tern_storage::SqlValue::from_json).collect::<Result<_, _>>().map_err(|error| format!("{flag}: {error}"))
 }
 
 pub fn run(args: DeviceArgs) -> Result<(), String> {
@@ -87,6 +104,13 @@ pub fn run(args: DeviceArgs) -> Result<(), String> {
             }
             println!("  holds: {}", if status.holds.iter().next().is_none() { "nothing yet".to_string() } else { status.holds.to_string() });
             println!("  conflicted rows: {}", status.conflicted_rows);
+            Ok(())
+        }
+        DeviceCommand::Resolve { table, key, values } => {
+            let key = sql_values(&crate::conflicts::key_values(&key), "--key")?;
+            let values = values.map(|values| crate::conflicts::json_array("--values", &values).and_then(|json| sql_values(&json, "--values"))).transpose()?;
+            device.resolve(&table, &key, values)?;
+            println!("settled on device {}; every device and region follows once it syncs", device.id());
             Ok(())
         }
         DeviceCommand::Conflicts => {

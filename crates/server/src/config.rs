@@ -51,6 +51,37 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// A node that is a cluster of one (single-leader, row format, semi-sync), listening
+    /// for HTTP on any free loopback port: the defaults `tern server` has, for programs
+    /// that embed a node (the demo, examples) and change what they need.
+    pub fn new(id: &str, region: &str, data_dir: PathBuf, peer_addr: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            id: id.to_string(),
+            region: region.to_string(),
+            data_dir,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer_addr,
+            cluster: vec![(id.to_string(), peer_addr)],
+            leader: id.to_string(),
+            topology: Topology::SingleLeader,
+            log_format: LogFormat::Row,
+            ack: AckMode::SemiSync,
+            wan: WanLatency::default(),
+            regions: BTreeMap::from([(id.to_string(), region.to_string())]),
+            max_body_bytes: 8 << 20,
+            log_retain: 100_000,
+            heartbeat_interval: Duration::from_millis(50),
+            in_sync_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(10),
+            statement_rewrite: true,
+            failover: true,
+            election_tick: Duration::from_millis(25),
+            join: false,
+            fault_injection: false,
+            limits: tern_storage::Limits::default(),
+        }
+    }
+
     /// The nodes that elect this node's leader: all of `cluster` under single-leader,
     /// this region's nodes under multi-leader.
     pub fn members(&self) -> Vec<NodeId> {

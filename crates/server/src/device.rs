@@ -198,6 +198,17 @@ impl Device {
         self.engine.region_conflicts().map_err(|error| error.to_string())
     }
 
+    /// Settles the conflicts of `table`'s row `key` for every device and region: keeps
+    /// `values` (the whole row), or the version shown now, as a write of this device that
+    /// has seen every version of the row (it reaches the others when this device syncs).
+    ///
+    /// # Errors
+    /// If the row does not exist or the values do not fit, or on a failure of the local database.
+    pub fn resolve(&mut self, table: &str, key: &[tern_storage::SqlValue], values: Option<Vec<tern_storage::SqlValue>>) -> Result<(), String> {
+        self.engine.resolve_conflict(1, table, key, values, &|| true).map_err(|error| error.to_string())?;
+        self.compact()
+    }
+
     /// # Errors
     /// On a failure of the local database.
     pub fn status(&self) -> Result<DeviceStatus, String> {
