@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// writing (--clients: the first count, per region).
     #[arg(long)]
     geo: bool,
+    /// Instead: offline devices' sync, for each count of writes made offline (comma
+    /// separated): the time and bytes to push them, and for a fresh device to pull them.
+    #[arg(long)]
+    devices: Option<String>,
     /// One-way WAN latency per region pair for --geo, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
@@ -76,6 +80,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     if args.failover > 0 {
         return measure_failover(&args);
+    }
+    if let Some(counts) = &args.devices {
+        let counts: Vec<usize> =
+            counts.split(',').map(|count| count.trim().parse().map_err(|_| format!("bad --devices item {count:?}"))).collect::<Result<_, _>>()?;
+        return crate::bench_devices::run(&counts);
     }
     if args.geo {
         let clients = args.clients.split(',').next().and_then(|count| count.trim().parse().ok()).unwrap_or(4);

@@ -4,6 +4,7 @@
 mod admin;
 mod args;
 mod bench;
+mod bench_devices;
 mod bench_geo;
 mod cluster;
 mod conflicts;

@@ -80,6 +80,8 @@ pub struct DeviceStatus {
 pub struct Device {
     directory: PathBuf,
     engine: Engine,
+    /// Opened at the first read, then kept (it sees each write once committed).
+    reader: Option<Reader>,
     state: DeviceState,
 }
 
@@ -131,7 +133,7 @@ impl Device {
         };
         let mut engine = Engine::open(directory, LogFormat::Row).map_err(|error| error.to_string())?;
         engine.set_device(&state.id).map_err(|error| error.to_string())?;
-        let device = Device { directory: directory.to_path_buf(), engine, state };
+        let device = Device { directory: directory.to_path_buf(), engine, reader: None, state };
         device.save()?;
         Ok(device)
     }
@@ -167,8 +169,11 @@ impl Device {
         if tern_storage::changes_schema(&request) {
             return Err("a device takes its schema from the cluster: make schema changes there, then sync".to_string());
         }
-        let reader = Reader::open(&self.directory).map_err(|error| error.to_string())?;
-        if tern_storage::all_read_only(&reader, &request.statements) {
+        if self.reader.is_none() {
+            self.reader = Some(Reader::open(&self.directory).map_err(|error| error.to_string())?);
+        }
+        let reader = self.reader.as_ref().expect("opened above");
+        if tern_storage::all_read_only(reader, &request.statements) {
             return reader.query(&request.statements).map(|(results, _)| results).map_err(|error| error.to_string());
         }
         let batch = self.engine.execute_batch(1, std::slice::from_ref(&request)).map_err(|error| error.to_string())?;
