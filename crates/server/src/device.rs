@@ -83,6 +83,8 @@ pub struct Device {
     /// Opened at the first read, then kept (it sees each write once committed).
     reader: Option<Reader>,
     state: DeviceState,
+    /// Held locked while the device is open: one program at a time.
+    _lock: std::fs::File,
 }
 
 fn unix_ms() -> u64 {
@@ -115,6 +117,16 @@ impl Device {
     /// If the directory cannot be used, or `id` does not match the device there.
     pub fn open(directory: &Path, id: Option<&str>) -> Result<Device, String> {
         std::fs::create_dir_all(directory).map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+        let lock_path = directory.join("device.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| format!("cannot open {}: {error}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            return Err(format!("device {} is in use by another program", directory.display()));
+        }
         let path = directory.join(STATE_FILE);
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -133,7 +145,7 @@ impl Device {
         };
         let mut engine = Engine::open(directory, LogFormat::Row).map_err(|error| error.to_string())?;
         engine.set_device(&state.id).map_err(|error| error.to_string())?;
-        let device = Device { directory: directory.to_path_buf(), engine, reader: None, state };
+        let device = Device { directory: directory.to_path_buf(), engine, reader: None, state, _lock: lock };
         device.save()?;
         Ok(device)
     }
