@@ -83,6 +83,9 @@ pub fn run(args: DeviceArgs) -> Result<(), String> {
         }
         DeviceCommand::Sync { to } => {
             let report = device.sync(&to)?;
+            if report.snapshot {
+                println!("device {} was behind what the cluster keeps of its log: it took a snapshot, its own unsynced writes kept", device.id());
+            }
             println!(
                 "device {} synced with {to}: pulled {} write(s), pushed {} in {} ms ({} bytes sent, {} received)",
                 device.id(),

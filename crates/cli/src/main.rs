@@ -159,6 +159,10 @@ pub struct ServerArgs {
     /// Log entries kept after compaction; followers further behind receive a snapshot.
     #[arg(long, default_value_t = 100_000)]
     log_retain: u64,
+    /// Multi-leader: writes kept per origin in the region log beyond what every region
+    /// holds; a device further behind is sent a snapshot when it syncs.
+    #[arg(long, default_value_t = 100_000)]
+    region_log_retain: u64,
     /// Leader heartbeat interval, milliseconds.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
@@ -266,6 +270,7 @@ impl ServerArgs {
             regions,
             max_body_bytes: self.max_body_bytes,
             log_retain: self.log_retain.max(1),
+            region_log_retain: self.region_log_retain,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(1)),
             in_sync_timeout: Duration::from_millis(self.in_sync_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),

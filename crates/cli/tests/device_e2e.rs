@@ -182,3 +182,38 @@ fn a_sync_killed_mid_transfer_on_either_side_resumes_without_a_write_lost_or_app
     assert_eq!((status.own_writes, status.pending), (2 * ROUND as u64, 0));
     assert_eq!(conflicted(&cluster, 0), 0, "no write was applied twice (a second copy would be a conflict or a refusal)");
 }
+
+#[test]
+fn a_device_away_longer_than_the_cluster_keeps_its_log_gets_a_snapshot_and_keeps_its_own_writes() {
+    let cluster = Cluster::start_multi_leader("dev-away", &["us-east"], &["--region-log-retain", "50"]);
+    ok(&execute(&mut cluster.nodes[0].client(), "", json!(["CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT NOT NULL)"])));
+    let server = cluster.nodes[0].http.clone();
+    let tablet_dir = cluster.dir.join("tablet");
+    let mut tablet = Device::open(&tablet_dir, Some("tablet")).expect("opens");
+    tablet.sync(&server).expect("the schema reaches the tablet");
+    let away = tablet.holds().expect("reads");
+    for number in 0..3 {
+        let results = tablet.execute(&[&format!("INSERT INTO notes VALUES ('tablet-{number}', 'written away')")]).expect("offline write");
+        assert_eq!(results[0].error, None);
+    }
+    drop(tablet);
+    for number in 0..200 {
+        ok(&execute(&mut cluster.nodes[0].client(), "", json!([format!("INSERT INTO notes VALUES ('hq-{number}', 'at the office')")])));
+    }
+    let pull = json!({ "holds": tern_storage::sync::vector_to_json(&away) });
+    eventually(LONG, "the region log to be compacted past what the tablet holds", || {
+        cluster.nodes[0].client().post_json("/db/sync/pull", &pull).is_ok_and(|reply| reply.body["snapshot"] == json!(true))
+    });
+    let said = tern_device(&tablet_dir, &["sync", "--to", &server]);
+    assert!(said.contains("took a snapshot") && said.contains("pushed 3"), "{said}");
+    let mut tablet = Device::open(&tablet_dir, None).expect("opens");
+    assert_eq!(device_rows(&mut tablet, "SELECT count(*) FROM notes"), json!([[203]]));
+    assert_eq!(device_rows(&mut tablet, "SELECT count(*) FROM notes WHERE id LIKE 'tablet-%'"), json!([[3]]), "its own writes kept over the snapshot");
+    assert_eq!(count(&mut cluster.nodes[0].client(), "SELECT count(*) FROM notes", ""), 203);
+    assert_eq!(held(&cluster, 0, "tablet"), 3);
+    assert_eq!(tablet.status().expect("reads").pending, 0);
+    // It goes on as any device: a write made after the snapshot reaches the cluster.
+    tablet.execute(&["UPDATE notes SET body = 'edited on the tablet' WHERE id = 'hq-0'"]).expect("writes");
+    tablet.sync(&server).expect("syncs");
+    assert_eq!(shown(&cluster, 0, "SELECT body FROM notes WHERE id = 'hq-0'"), json!([["edited on the tablet"]]));
+}

@@ -72,6 +72,12 @@ impl HttpClient {
     /// If the server cannot be reached, answers with something that is not HTTP, or does
     /// not answer within the timeout.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Reply> {
+        let (status, bytes) = self.request_raw(method, path, body)?;
+        Ok(Reply { status, body: serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) })
+    }
+
+    /// The status and the body's bytes as they came (a file, or JSON to parse oneself).
+    pub fn request_raw(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Bytes)> {
         let reused = self.connection.is_some();
         match self.try_request(method, path, body) {
             Ok(reply) => Ok(reply),
@@ -83,7 +89,7 @@ impl HttpClient {
         }
     }
 
-    fn try_request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Reply> {
+    fn try_request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Bytes)> {
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -106,10 +112,7 @@ impl HttpClient {
             let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
             let status = response.status().as_u16();
             let bytes = response.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
-            Ok::<_, std::io::Error>(Reply {
-                status,
-                body: serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
-            })
+            Ok::<_, std::io::Error>((status, bytes))
         };
         let timeout = self.timeout;
         let outcome = self.runtime.block_on(async { tokio::time::timeout(timeout, exchange).await });

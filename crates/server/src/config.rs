@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     /// Log entries kept after compaction; a follower further behind gets a snapshot.
     pub log_retain: u64,
+    /// Multi-leader: writes kept per origin in the region log beyond what every region
+    /// holds; a device further behind gets a snapshot when it syncs.
+    pub region_log_retain: u64,
     pub heartbeat_interval: Duration,
     pub in_sync_timeout: Duration,
     pub write_timeout: Duration,
@@ -70,6 +73,7 @@ impl NodeConfig {
             regions: BTreeMap::from([(id.to_string(), region.to_string())]),
             max_body_bytes: 8 << 20,
             log_retain: 100_000,
+            region_log_retain: 100_000,
             heartbeat_interval: Duration::from_millis(50),
             in_sync_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(10),

@@ -53,6 +53,9 @@ struct DeviceState {
 /// What one sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// The device was behind what the cluster keeps of its log: it installed a copy of
+    /// the node's database (its own unsynced writes kept on top) before pulling.
+    pub snapshot: bool,
     /// Writes pulled from the cluster and applied here.
     pub pulled: u64,
     /// Writes of this device pushed and held by the cluster.
@@ -267,13 +270,33 @@ impl Device {
     fn call(client: &mut HttpClient, path: &str, body: &Value, report: &mut SyncReport) -> Result<Value, String> {
         let sent = serde_json::to_vec(body).map_err(|error| error.to_string())?;
         report.bytes_sent += sent.len() as u64;
-        let reply = client.request("POST", path, Some(&sent)).map_err(|error| format!("cannot reach {}: {error}", client.addr()))?;
-        report.bytes_received += serde_json::to_vec(&reply.body).map_or(0, |bytes| bytes.len() as u64);
-        if reply.status != 200 {
-            let why = reply.body["error"].as_str().map_or_else(|| reply.body.to_string(), str::to_string);
-            return Err(format!("{} answered {path} with {}: {why}", client.addr(), reply.status));
+        let (status, bytes) = client.request_raw("POST", path, Some(&sent)).map_err(|error| format!("cannot reach {}: {error}", client.addr()))?;
+        report.bytes_received += bytes.len() as u64;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status != 200 {
+            let why = body["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
+            return Err(format!("{} answered {path} with {status}: {why}", client.addr()));
         }
-        Ok(reply.body)
+        Ok(body)
+    }
+
+    /// Fetches a copy of the node's database and installs it, keeping this device's own
+    /// writes the copy lacks.
+    fn install_snapshot(&mut self, client: &mut HttpClient, report: &mut SyncReport) -> Result<(), String> {
+        let (status, bytes) = client.request_raw("GET", "/db/sync/snapshot", None).map_err(|error| format!("cannot reach {}: {error}", client.addr()))?;
+        report.bytes_received += bytes.len() as u64;
+        if status != 200 {
+            return Err(format!("{} could not send a snapshot ({status}): {}", client.addr(), String::from_utf8_lossy(&bytes)));
+        }
+        let path = self.directory.join("snapshot.incoming.db");
+        std::fs::write(&path, &bytes).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        // The read connection would go on reading the file the snapshot replaces.
+        self.reader = None;
+        let installed = self.engine.install_device_snapshot(&path).map_err(|error| format!("cannot install the snapshot: {error}"));
+        let _ = std::fs::remove_file(&path);
+        installed?;
+        report.snapshot = true;
+        self.compact()
     }
 
     /// Pulls and applies pages until none is left; returns what the node holds.
@@ -282,6 +305,13 @@ impl Device {
             let holds = self.holds()?;
             let body = json!({ "holds": vector_to_json(&holds), "max_writes": PULL_WRITES });
             let page = Self::call(client, "/db/sync/pull", &body, report)?;
+            if page["snapshot"] == json!(true) {
+                if report.snapshot {
+                    return Err("the node asked for a snapshot twice in one sync".to_string());
+                }
+                self.install_snapshot(client, report)?;
+                continue;
+            }
             let writes = page["writes"].as_array().ok_or("the node's pull answer has no writes")?;
             let writes =
                 writes.iter().map(write_from_json).collect::<Result<Vec<_>, _>>().map_err(|error| format!("the node sent a write that is not one: {error}"))?;

@@ -97,6 +97,21 @@ pub fn read(connection: &Connection, origin: &str, after: u64, up_to: u64) -> Re
     Ok(writes)
 }
 
+/// The oldest write of `origin` the log still holds (0: none): older ones were compacted
+/// away, and a device lacking them needs a snapshot.
+///
+/// # Errors
+/// On a SQLite failure.
+pub fn first_kept(connection: &Connection, origin: &str) -> Result<u64> {
+    let seq: Option<i64> =
+        connection.prepare_cached("SELECT min(seq) FROM _tern_region_log WHERE origin = ?1")?.query_row([origin], |row| row.get(0)).optional()?.flatten();
+    Ok(seq.map_or(0, |seq| u64::try_from(seq).unwrap_or(0)))
+}
+
+/// The statement that drops `origin`'s writes up to `through` from the log, always
+/// keeping its newest (the log's end is the origin's cursor).
+pub const COMPACT: &str = "DELETE FROM _tern_region_log WHERE origin = ?1 AND seq <= ?2 AND seq < (SELECT max(seq) FROM _tern_region_log WHERE origin = ?1)";
+
 fn held_of(connection: &Connection, origin: &str) -> Result<u64> {
     let seq: Option<i64> =
         connection.prepare_cached("SELECT max(seq) FROM _tern_region_log WHERE origin = ?1")?.query_row([origin], |row| row.get(0)).optional()?.flatten();

@@ -162,3 +162,46 @@ proptest! {
         run(&steps, case);
     }
 }
+
+#[test]
+fn a_device_behind_the_compacted_log_gets_a_snapshot_and_keeps_its_unsynced_writes() {
+    let root = std::env::temp_dir().join(format!("tern-devices-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut engine = Engine::open(&root.join("us"), LogFormat::Row).unwrap();
+    engine.set_region("us-east", &["us-east".to_string()]).unwrap();
+    let mut region = Replica { name: "us-east".into(), directory: root.join("us"), engine };
+    let write = |engine: &mut Engine, sql: &str| {
+        let batch = engine.execute_batch(1, &[WriteRequest { statements: vec![Statement::new(sql)], transaction: true }]).unwrap();
+        assert!(batch.results[0][0].error.is_none(), "{sql}: {:?}", batch.results);
+    };
+    write(&mut region.engine, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)");
+    let mut engine = Engine::open(&root.join("phone"), LogFormat::Row).unwrap();
+    engine.set_device("phone").unwrap();
+    let mut phone = Replica { name: "phone".into(), directory: root.join("phone"), engine };
+    let pulled = Reader::open(&region.directory).unwrap().sync_pull(&phone.holds(), 100, 1 << 20).unwrap();
+    phone.take(pulled.writes);
+    // Offline, the phone writes twice; meanwhile the region writes 20 times and compacts its log.
+    write(&mut phone.engine, "INSERT INTO t VALUES (1000, 'phone a')");
+    write(&mut phone.engine, "INSERT INTO t VALUES (1001, 'phone b')");
+    for number in 0..20 {
+        write(&mut region.engine, &format!("INSERT INTO t VALUES ({number}, 'region')"));
+    }
+    assert!(matches!(region.engine.compact_region_log(1, &[("us-east".to_string(), 15)], &|| true).unwrap(), Executed::Committed(_)));
+    let reader = Reader::open(&region.directory).unwrap();
+    let page = reader.sync_pull(&phone.holds(), 100, 1 << 20).unwrap();
+    assert!(page.snapshot && page.writes.is_empty(), "us-east:2..15 are gone: only a snapshot brings the phone up to date");
+    assert!(!reader.sync_pull(&region.holds(), 100, 1 << 20).unwrap().snapshot, "one that is up to date needs none");
+    let copy = root.join("snapshot.db");
+    tern_storage::write_logical_snapshot(&region.directory.join(tern_storage::DATABASE_FILE), &copy).unwrap();
+    phone.engine.install_device_snapshot(&copy).unwrap();
+    let mut expected = region.holds();
+    expected.advance(&tern_core::multi_leader::Dot::new("phone", 2));
+    assert_eq!(phone.holds(), expected, "the region's writes, and the phone's own two kept");
+    // The phone goes on: a new write, then its three reach the region.
+    write(&mut phone.engine, "UPDATE t SET v = 'phone c' WHERE k = 0");
+    let own: Vec<LoggedWrite> = phone.lacking(&region.holds()).into_iter().filter(|write| write.dot.region == phone.name).collect();
+    assert_eq!(region.take(own), 3);
+    assert_eq!(phone.engine.table_checksums().unwrap(), region.engine.table_checksums().unwrap());
+    drop((region, phone));
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -67,11 +67,21 @@ pub(super) async fn sync_pull(State(node): State<Arc<Node>>, body: Bytes) -> Res
                     "writes": writes,
                     "holds": vector_to_json(&page.holds),
                     "more": page.more,
+                    "snapshot": page.snapshot,
                 }))
                 .into_response(),
                 Err(error) => error_response(&RequestError::new(500, error.to_string())),
             }
         }
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `GET /db/sync/snapshot`: a copy of the node's database (a SQLite file), for a device
+/// whose pull answered `"snapshot": true`.
+pub(super) async fn sync_snapshot(State(node): State<Arc<Node>>) -> Response {
+    match node.device_snapshot().await {
+        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, "application/vnd.sqlite3")], bytes).into_response(),
         Err(error) => error_response(&error),
     }
 }

@@ -45,6 +45,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/homes", get(homes))
         .route("/db/sync/pull", post(sync_pull))
         .route("/db/sync/push", post(sync_push))
+        .route("/db/sync/snapshot", get(sync_snapshot))
         .route("/db/verify", get(verify))
         .route("/db/rollback", get(rollback))
         .route("/cluster/transfer-leader", post(transfer_leader))

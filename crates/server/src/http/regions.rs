@@ -245,6 +245,9 @@ pub(super) async fn regions_status(node: &Node) -> Value {
         "exchanging": status.exchanging,
         "holds": vector_json(&status.holds),
         "conflicted_rows": conflicted_rows,
+        // Per origin: its writes up to here are gone from this region's log (every region
+        // holds them); a device further behind gets a snapshot.
+        "log_compacted_through": status.compacted,
         "regions": regions,
         "homes": homes_json(node).await.unwrap_or_else(|error| json!({ "error": error.message })),
     })

@@ -29,6 +29,28 @@ impl Node {
         pulled.and_then(|page| page).map_err(|error| RequestError::new(500, error))
     }
 
+    /// A consistent copy of this node's database, for a device that lacks writes the
+    /// region log no longer keeps.
+    ///
+    /// # Errors
+    /// Not multi-leader, or the copy cannot be made.
+    pub async fn device_snapshot(&self) -> Result<Vec<u8>, RequestError> {
+        self.devices_allowed()?;
+        let database = self.config.data_dir.join(tern_storage::DATABASE_FILE);
+        let target = self.config.data_dir.join(format!("device-snapshot-{}.db", self.next_forward_id.fetch_add(1, Ordering::Relaxed)));
+        let made = tokio::task::spawn_blocking(move || {
+            let made = tern_storage::write_logical_snapshot(&database, &target)
+                .map_err(|error| error.to_string())
+                .and_then(|_| std::fs::read(&target).map_err(|error| error.to_string()));
+            let _ = std::fs::remove_file(&target);
+            made
+        })
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|made| made);
+        made.map_err(|error| RequestError::new(500, format!("cannot make a snapshot: {error}")))
+    }
+
     /// Device `device`'s own writes, checked here and applied by its region's leader;
     /// answered once the region holds them all.
     pub async fn device_push(&self, device: String, writes: Vec<LoggedWrite>) -> WriteReply {

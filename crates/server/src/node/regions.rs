@@ -39,6 +39,8 @@ pub struct RegionStatus {
     /// Per other region lacking here some of its own writes it says it holds: for how
     /// long (ms) this region has lacked some.
     pub behind_ms: BTreeMap<String, f64>,
+    /// Per origin, how far this leader has compacted the region log.
+    pub compacted: BTreeMap<String, u64>,
 }
 
 /// An operator's change to conflict handling, made by a region leader and carried to
@@ -52,7 +54,13 @@ pub enum RegionChange {
     /// Settles the conflicts of `table`'s row `key`, keeping `values` (the whole row), or
     /// the version shown now.
     Resolve { table: String, key: Vec<tern_storage::SqlValue>, values: Option<Vec<tern_storage::SqlValue>> },
+    /// Drops each origin's writes up to its floor from this region's log (every region
+    /// holds them); made by the region's leader on its own, not carried to other regions.
+    CompactLog { floors: Vec<(String, u64)> },
 }
+
+/// How often a region leader looks for region log writes to compact.
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
 /// A move of a homed row (or directory key) asked of this node, shown in `/status` until
 /// it is answered: made at the old home, then held by every region.
@@ -95,6 +103,9 @@ pub(super) struct RegionLink {
     /// Waits asked for while no exchange runs (it is starting): handed to the next one.
     early: Vec<EarlyWait>,
     next_tag: u64,
+    /// Per origin, how far this leader has compacted the region log, and when it looks next.
+    compacted: BTreeMap<String, u64>,
+    next_compaction: Option<Instant>,
 }
 
 impl RegionLink {
@@ -108,6 +119,8 @@ impl RegionLink {
             recent: RecentWrites::default(),
             behind_since: BTreeMap::new(),
             next_tag: 1,
+            compacted: BTreeMap::new(),
+            next_compaction: None,
         }
     }
 
@@ -201,7 +214,7 @@ impl RegionLink {
             })
             .collect();
         let behind_ms = self.behind_since.iter().map(|(region, since)| (region.clone(), since.elapsed().as_secs_f64() * 1000.0)).collect();
-        RegionStatus { exchanging: true, holds: exchange.holds().clone(), regions, behind_ms }
+        RegionStatus { exchanging: true, holds: exchange.holds().clone(), regions, behind_ms, compacted: self.compacted.clone() }
     }
 
     /// After the replica loop handled events: starts or stops the exchange as this node
@@ -267,6 +280,35 @@ impl RegionLink {
         }
         if !applies.is_empty() {
             node.storage_send(StorageCommand::ApplyRegionWrites { shipments: applies, epoch: replica.epoch() });
+        }
+        self.compact(node, replica.epoch());
+    }
+
+    /// Now and then: drops from the region log what every region holds, beyond the
+    /// writes kept per origin (`--region-log-retain`). A region that has not told what it
+    /// holds holds nothing as far as this one knows, so nothing it may need is dropped.
+    fn compact(&mut self, node: &Node, epoch: u64) {
+        let Some(exchange) = &self.exchange else { return };
+        if self.next_compaction.is_some_and(|next| Instant::now() < next) {
+            return;
+        }
+        self.next_compaction = Some(Instant::now() + COMPACT_EVERY);
+        let retain = node.config.region_log_retain;
+        let mut floors = Vec::new();
+        for (origin, held) in exchange.holds().iter() {
+            let everywhere = exchange.peers().map(|(_, holds)| holds.get(origin)).fold(held, u64::min);
+            let floor = everywhere.saturating_sub(retain);
+            if floor > self.compacted.get(origin).copied().unwrap_or(0) {
+                floors.push((origin.to_string(), floor));
+            }
+        }
+        if floors.is_empty() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        if node.storage_send(StorageCommand::RegionAdmin { change: RegionChange::CompactLog { floors: floors.clone() }, epoch, reply }) {
+            tracing::debug!("compacting the region log through {floors:?}");
+            self.compacted.extend(floors);
         }
     }
 }

@@ -340,6 +340,7 @@ impl StorageContext {
             RegionChange::Policy { table, policy } => self.engine.set_conflict_policy(epoch, &table, policy, &still_leading),
             RegionChange::HomeRule { table, column, directory } => self.engine.set_home_rule(epoch, &table, &column, directory, &still_leading),
             RegionChange::Resolve { table, key, values } => self.engine.resolve_conflict(epoch, &table, &key, values, &still_leading),
+            RegionChange::CompactLog { floors } => self.engine.compact_region_log(epoch, &floors, &still_leading),
         };
         match executed {
             Ok(Executed::Committed(batch)) => match batch.entry {

@@ -163,6 +163,10 @@ impl Reader {
             let mut candidates = Vec::new();
             for (origin, seq) in here.iter() {
                 let after = holds.get(origin);
+                if seq > after && crate::region_log::first_kept(&self.connection, origin)? > after + 1 {
+                    // Compacted away: only a snapshot brings the device up to date.
+                    return Ok(SyncPage { writes: Vec::new(), holds: here.clone(), more: false, snapshot: true });
+                }
                 if seq > after {
                     candidates.extend(crate::region_log::read(&self.connection, origin, after, seq.min(after.saturating_add(max_writes as u64)))?);
                 }
@@ -176,7 +180,7 @@ impl Reader {
             let keep = fits.count().clamp(1, max_writes.max(1));
             writes.truncate(keep);
             let more = (writes.len() as u64) < lacking;
-            Ok(SyncPage { writes, holds: here, more })
+            Ok(SyncPage { writes, holds: here, more, snapshot: false })
         })?
     }
 
@@ -264,4 +268,7 @@ pub struct SyncPage {
     pub writes: Vec<crate::region_log::LoggedWrite>,
     pub holds: tern_core::multi_leader::VersionVector,
     pub more: bool,
+    /// The device lacks writes this database no longer keeps (compacted): it needs a
+    /// snapshot (`writes` is then empty).
+    pub snapshot: bool,
 }

@@ -574,6 +574,52 @@ impl Engine {
         Ok(None)
     }
 
+    /// Leader of a region: drops from the region log each origin's writes up to its
+    /// floor (`floors`: every region holds them, so no exchange needs them again), in a
+    /// logged entry so the region's followers drop the same. A device lacking them gets a
+    /// snapshot when it syncs. Each origin's newest write is always kept.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn compact_region_log(&mut self, epoch: u64, floors: &[(String, u64)], still_leading: &dyn Fn() -> bool) -> Result<Executed> {
+        self.logged_transaction(epoch, still_leading, &|engine, capture| {
+            for (origin, through) in floors {
+                let params = Params::Positional(vec![SqlValue::Text(origin.clone()), SqlValue::Integer(i64::try_from(*through).unwrap_or(i64::MAX))]);
+                let result = run_statement(&engine.connection, region_log::COMPACT, &params);
+                if let Some(error) = result.error {
+                    return Err(StorageError::new(format!("compacting the region log: {error}")));
+                }
+                capture.changes.push(Change::Sql { sql: region_log::COMPACT.to_string(), params });
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    /// A device (issue 15) away so long that the cluster compacted writes it lacks:
+    /// replaces its database with `snapshot` (a copy of a node's), keeping the device's own
+    /// writes the snapshot lacks, which are applied again on top (they reach the cluster
+    /// at the next push).
+    ///
+    /// # Errors
+    /// If the file is not a tern database, or on a SQLite or file system failure.
+    pub fn install_device_snapshot(&mut self, snapshot: &Path) -> Result<()> {
+        let Some(device) = self.region.as_ref().map(|region| region.name.clone()) else {
+            return Err(StorageError::new("only a device installs a device snapshot"));
+        };
+        let in_snapshot = {
+            let check = Connection::open_with_flags(snapshot, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            region_log::holds(&check)?.get(&device)
+        };
+        let own_held = self.region_holds()?.get(&device);
+        let unsynced = if own_held > in_snapshot { region_log::read(&self.connection, &device, in_snapshot, own_held)? } else { Vec::new() };
+        self.install_snapshot(snapshot, true)?;
+        self.reset_log_after(self.last.index)?;
+        if !unsynced.is_empty() {
+            self.apply_region_writes(self.last.epoch, &unsynced, &|| true)?;
+        }
+        Ok(())
+    }
+
     /// Leader of a region: settles the conflicts of `table`'s row `key` in every region,
     /// keeping `values` (the whole row; `None`: the version shown now) as a write that
     /// has seen every version the row keeps.
