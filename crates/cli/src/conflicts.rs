@@ -20,14 +20,8 @@ pub enum ConflictsCommand {
         /// HTTP address of any node of a region; the change goes to its leader.
         #[arg(long, default_value = "127.0.0.1:4001")]
         http: String,
-        #[arg(long)]
-        table: String,
-        /// The row's key values as a JSON array, in column order: '["pen"]', '[1]'.
-        #[arg(long)]
-        key: String,
-        /// The row to keep as a JSON array of every column's value (default: the version shown).
-        #[arg(long)]
-        values: Option<String>,
+        #[command(flatten)]
+        row: RowToSettle,
     },
     /// Set how concurrent writes of a table's rows are settled, in every region: lww (the
     /// default: the newest write shows), column-merge (each column's newest write), or
@@ -42,6 +36,19 @@ pub enum ConflictsCommand {
         #[arg(long)]
         policy: String,
     },
+}
+
+/// The row whose conflicts are settled, and what it keeps.
+#[derive(clap::Args)]
+pub struct RowToSettle {
+    #[arg(long)]
+    pub table: String,
+    /// The row's key: one value ('pen', 42) or a JSON array in column order ('["pen", 1]').
+    #[arg(long)]
+    pub key: String,
+    /// The row to keep as a JSON array of every column's value (default: the version shown).
+    #[arg(long)]
+    pub values: Option<String>,
 }
 
 pub(crate) fn json_array(flag: &str, text: &str) -> Result<Value, String> {
@@ -196,8 +203,8 @@ pub fn run_conflicts(command: ConflictsCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        ConflictsCommand::Resolve { http, table, key, values } => {
-            let mut body = json!({ "table": table, "key": json_array("--key", &key)? });
+        ConflictsCommand::Resolve { http, row: RowToSettle { table, key, values } } => {
+            let mut body = json!({ "table": table, "key": key_values(&key) });
             if let Some(values) = values {
                 body["values"] = json_array("--values", &values)?;
             }

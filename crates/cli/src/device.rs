@@ -38,14 +38,8 @@ enum DeviceCommand {
     /// Settle one row's conflicts for every device and region (sent when this device
     /// syncs): keep the version shown now, or the whole row given with --values.
     Resolve {
-        #[arg(long)]
-        table: String,
-        /// The row's key: one value ('Dec 3 09:00', 42) or a JSON array in column order.
-        #[arg(long)]
-        key: String,
-        /// The row to keep as a JSON array of every column's value (default: the version shown).
-        #[arg(long)]
-        values: Option<String>,
+        #[command(flatten)]
+        row: crate::conflicts::RowToSettle,
     },
 }
 
@@ -109,7 +103,7 @@ pub fn run(args: DeviceArgs) -> Result<(), String> {
             println!("  conflicted rows: {}", status.conflicted_rows);
             Ok(())
         }
-        DeviceCommand::Resolve { table, key, values } => {
+        DeviceCommand::Resolve { row: crate::conflicts::RowToSettle { table, key, values } } => {
             let key = sql_values(&crate::conflicts::key_values(&key), "--key")?;
             let values = values.map(|values| crate::conflicts::json_array("--values", &values).and_then(|json| sql_values(&json, "--values"))).transpose()?;
             device.resolve(&table, &key, values)?;

@@ -217,3 +217,23 @@ fn a_device_away_longer_than_the_cluster_keeps_its_log_gets_a_snapshot_and_keeps
     tablet.sync(&server).expect("syncs");
     assert_eq!(shown(&cluster, 0, "SELECT body FROM notes WHERE id = 'hq-0'"), json!([["edited on the tablet"]]));
 }
+
+#[test]
+fn a_device_syncs_through_a_follower_and_a_second_device_under_the_same_id_is_refused() {
+    let cluster = Cluster::start_multi_leader("dev-follower", &["us-east", "us-east"], &[]);
+    let (leader, follower) = (0, 1);
+    ok(&execute(&mut cluster.nodes[leader].client(), "?w=all", json!(["CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT NOT NULL)"])));
+    let follower_http = cluster.nodes[follower].http.clone();
+    let mut phone = Device::open(&cluster.dir.join("phone"), Some("phone")).expect("opens");
+    phone.sync(&follower_http).expect("pulls the schema from the follower");
+    phone.execute(&["INSERT INTO notes VALUES ('a', 'one')", "INSERT INTO notes VALUES ('b', 'two')"]).expect("writes");
+    let report = phone.sync(&follower_http).expect("the follower passes the push to its leader");
+    assert_eq!(report.pushed, 1, "one transaction, one write");
+    assert_eq!(held(&cluster, leader, "phone"), 1);
+    eventually(LONG, "the follower to show the phone's notes", || shown(&cluster, follower, "SELECT count(*) FROM notes") == json!([[2]]));
+
+    // Another device given the same id would have its writes taken for the phone's: refused, with the reason.
+    let mut twin = Device::open(&cluster.dir.join("twin"), Some("phone")).expect("opens");
+    let refused = twin.sync(&follower_http).expect_err("the cluster holds writes of phone the twin never made");
+    assert!(refused.contains("another device uses this id"), "{refused}");
+}

@@ -25,6 +25,7 @@
 
 pub mod election;
 pub mod hlc;
+pub mod leaderless;
 pub mod message;
 pub mod multi_leader;
 pub mod protocol;

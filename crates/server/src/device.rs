@@ -315,6 +315,15 @@ impl Device {
             let writes = page["writes"].as_array().ok_or("the node's pull answer has no writes")?;
             let writes =
                 writes.iter().map(write_from_json).collect::<Result<Vec<_>, _>>().map_err(|error| format!("the node sent a write that is not one: {error}"))?;
+            let node_holds = vector_from_json(&page["holds"]).map_err(|error| format!("the node's holds: {error}"))?;
+            if node_holds.get(&self.state.id) > holds.get(&self.state.id) || writes.iter().any(|write| write.dot.region == self.state.id) {
+                // Its own writes would be taken for ones the cluster has, and dropped.
+                return Err(format!(
+                    "the cluster holds writes of device {} that this device never made: another device uses this id (or this one lost \
+                     its data); give each device its own id",
+                    self.state.id
+                ));
+            }
             if !writes.is_empty() {
                 match self.engine.apply_region_writes(1, &writes, &|| true).map_err(|error| format!("cannot apply pulled writes: {error}"))? {
                     Executed::Committed(_) => report.pulled += writes.len() as u64,
@@ -322,7 +331,6 @@ impl Device {
                 }
                 self.compact()?;
             }
-            let node_holds = vector_from_json(&page["holds"]).map_err(|error| format!("the node's holds: {error}"))?;
             if page["more"] != json!(true) || writes.is_empty() {
                 return Ok(node_holds);
             }
