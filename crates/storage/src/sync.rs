@@ -307,7 +307,7 @@ mod tests {
         };
         let candidates = vec![write("b", 1, &[("a", 2)]), write("a", 2, &[("a", 1)]), write("a", 1, &[]), write("c", 1, &[("d", 1)])];
         let order: Vec<String> = causal_order(&VersionVector::new(), candidates).iter().map(|write| write.dot.to_string()).collect();
-        assert_eq!(order, ["a:1", "a:2", "b:1"], "c:1 waits for d:1, which is not in the page");
+        assert_eq!(order, ["a#1", "a#2", "b#1"], "c:1 waits for d:1, which is not in the page");
     }
 
     proptest! {
