@@ -103,7 +103,11 @@ fn new_device_id() -> String {
     format!("device-{:016x}", hasher.finish())
 }
 
-fn valid_id(id: &str) -> Result<(), String> {
+/// Whether `id` may name a device: 1 to 64 letters, digits, `-`, `_` or `.`.
+///
+/// # Errors
+/// Why it may not.
+pub fn valid_id(id: &str) -> Result<(), String> {
     let fine = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if fine {
         Ok(())
@@ -305,6 +309,15 @@ impl Device {
             let holds = self.holds()?;
             let body = json!({ "holds": vector_to_json(&holds), "max_writes": PULL_WRITES });
             let page = Self::call(client, "/db/sync/pull", &body, report)?;
+            let node_holds = vector_from_json(&page["holds"]).map_err(|error| format!("the node's holds: {error}"))?;
+            if node_holds.get(&self.state.id) > holds.get(&self.state.id) {
+                // Its own writes would be taken for ones the cluster has, and dropped.
+                return Err(format!(
+                    "the cluster holds writes of device {} that this device never made: another device uses this id (or this one lost \
+                     its data); give each device its own id",
+                    self.state.id
+                ));
+            }
             if page["snapshot"] == json!(true) {
                 if report.snapshot {
                     return Err("the node asked for a snapshot twice in one sync".to_string());
@@ -315,14 +328,8 @@ impl Device {
             let writes = page["writes"].as_array().ok_or("the node's pull answer has no writes")?;
             let writes =
                 writes.iter().map(write_from_json).collect::<Result<Vec<_>, _>>().map_err(|error| format!("the node sent a write that is not one: {error}"))?;
-            let node_holds = vector_from_json(&page["holds"]).map_err(|error| format!("the node's holds: {error}"))?;
-            if node_holds.get(&self.state.id) > holds.get(&self.state.id) || writes.iter().any(|write| write.dot.region == self.state.id) {
-                // Its own writes would be taken for ones the cluster has, and dropped.
-                return Err(format!(
-                    "the cluster holds writes of device {} that this device never made: another device uses this id (or this one lost \
-                     its data); give each device its own id",
-                    self.state.id
-                ));
+            if writes.iter().any(|write| write.dot.region == self.state.id) {
+                return Err(format!("the node sent writes of device {} itself: another device uses this id; give each device its own id", self.state.id));
             }
             if !writes.is_empty() {
                 match self.engine.apply_region_writes(1, &writes, &|| true).map_err(|error| format!("cannot apply pulled writes: {error}"))? {

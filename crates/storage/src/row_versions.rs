@@ -340,8 +340,16 @@ pub fn directory_home(connection: &Connection, key: &SqlValue) -> Result<Option<
     if matches!(key, SqlValue::Null) {
         return Ok(None);
     }
-    let sql = format!("SELECT region FROM {HOME_DIRECTORY} WHERE home_key = ?1");
-    let home = connection.prepare_cached(&sql)?.query_row([Value::from(key)], |row| row.get::<_, Option<String>>(0)).optional()?;
+    // A key column's value and the directory's key may differ in type (42 and '42', as
+    // SQLite's column affinity would have them equal): the same value in the other
+    // type matches too, the exact one first.
+    let alternate = match key {
+        SqlValue::Integer(number) => SqlValue::Text(number.to_string()),
+        SqlValue::Text(text) => text.parse::<i64>().ok().filter(|number| number.to_string() == *text).map_or(SqlValue::Null, SqlValue::Integer),
+        _ => SqlValue::Null,
+    };
+    let sql = format!("SELECT region FROM {HOME_DIRECTORY} WHERE home_key = ?1 OR home_key = ?2 ORDER BY home_key = ?1 DESC LIMIT 1");
+    let home = connection.prepare_cached(&sql)?.query_row([Value::from(key), Value::from(&alternate)], |row| row.get::<_, Option<String>>(0)).optional()?;
     Ok(home.flatten())
 }
 

@@ -201,29 +201,83 @@ pub fn write_from_json(value: &Value) -> Result<LoggedWrite> {
 /// # Errors
 /// The first thing wrong, said plainly.
 pub(crate) fn check_device_writes(connection: &rusqlite::Connection, device: &str, writes: &[LoggedWrite]) -> std::result::Result<(), StorageError> {
-    let mut shapes: Vec<crate::row_versions::TableShape> = Vec::new();
+    let homed: Vec<String> = if crate::engine::has_table(connection, "_tern_home_rule")? {
+        crate::row_versions::home_rules(connection)?.into_iter().map(|rule| rule.table).collect()
+    } else {
+        Vec::new()
+    };
+    let mut tables: Vec<TableCheck> = Vec::new();
     for write in writes {
+        let refuse = |why: String| Err(StorageError::new(format!("write {}: {why}", write.dot)));
         if write.dot.region != device {
-            return Err(StorageError::new(format!("write {} is not device {device}'s own: a device pushes only its own writes", write.dot)));
+            return refuse(format!("not device {device}'s own: a device pushes only its own writes"));
         }
         let payload = RegionPayload::decode(&write.payload)?;
         if !payload.schema.is_empty() {
-            return Err(StorageError::new(format!("write {} changes the schema: devices take the schema from the cluster", write.dot)));
+            return refuse("it changes the schema: devices take the schema from the cluster".to_string());
         }
         for (table, key, values) in &payload.rows {
             if crate::guard::is_internal_table(table) || table.to_ascii_lowercase().starts_with("sqlite_") {
-                return Err(StorageError::new(format!("write {} sets a row of {table}, which is tern's or SQLite's own", write.dot)));
+                return refuse(format!("it sets a row of {table}, which is tern's or SQLite's own"));
             }
-            if !shapes.iter().any(|shape| shape.name == *table) {
-                shapes.push(crate::row_versions::shape(connection, table).map_err(|error| StorageError::new(format!("write {}: {error}", write.dot)))?);
+            if homed.contains(table) || table == crate::row_versions::HOME_DIRECTORY {
+                return refuse(format!("{table}'s rows have home regions, and only a row's home writes it"));
             }
-            let shape = shapes.iter().find(|shape| shape.name == *table).expect("just added");
-            if key.len() != shape.key.len() || values.as_ref().is_some_and(|values| values.len() != shape.columns.len()) {
-                return Err(StorageError::new(format!("write {} sets a row of {table} that does not fit it (its key or its columns)", write.dot)));
+            if !tables.iter().any(|known| known.shape.name == *table) {
+                tables.push(TableCheck::of(connection, table).map_err(|error| StorageError::new(format!("write {}: {error}", write.dot)))?);
+            }
+            let check = tables.iter().find(|known| known.shape.name == *table).expect("just added");
+            if let Some(why) = check.refusal(key, values.as_deref()) {
+                return refuse(format!("a row of {table} {why}"));
             }
         }
     }
     Ok(())
+}
+
+/// What a pushed row must fit in one table: every region applies it, and one that does
+/// not fit would stop a region's exchange.
+struct TableCheck {
+    shape: crate::row_versions::TableShape,
+    /// The key is the rowid: its value must be an integer.
+    rowid_key: bool,
+    not_null: Vec<bool>,
+}
+
+impl TableCheck {
+    fn of(connection: &rusqlite::Connection, table: &str) -> std::result::Result<TableCheck, StorageError> {
+        let shape = crate::row_versions::shape(connection, table)?;
+        let rowid_key = crate::engine::has_rowid_key(connection, table)?;
+        let not_null = connection
+            .prepare("SELECT \"notnull\" FROM pragma_table_info(?1) ORDER BY cid")?
+            .query_map([table], |row| row.get::<_, bool>(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(TableCheck { shape, rowid_key, not_null })
+    }
+
+    /// Why the row `key` set to `values` (`None`: deleted) does not fit, if it does not.
+    fn refusal(&self, key: &[SqlValue], values: Option<&[Option<SqlValue>]>) -> Option<String> {
+        if key.len() != self.shape.key.len() {
+            return Some(format!("has a key of {} values; the table's has {}", key.len(), self.shape.key.len()));
+        }
+        if self.rowid_key && !matches!(key, [SqlValue::Integer(_)]) {
+            return Some("has a key that is not an integer (its key is an INTEGER PRIMARY KEY)".to_string());
+        }
+        let values = values?;
+        if values.len() != self.shape.columns.len() {
+            return Some(format!("has {} columns; the table has {}", values.len(), self.shape.columns.len()));
+        }
+        if self.shape.policy != tern_core::multi_leader::Policy::ColumnMerge && values.iter().any(Option::is_none) {
+            return Some(format!("leaves columns unset, which only column-merge tables take (this one is {})", self.shape.policy.name()));
+        }
+        for (place, column) in self.shape.key.iter().enumerate() {
+            if values[*column].as_ref() != Some(&key[place]) {
+                return Some(format!("has key column {} set to other than its key", self.shape.columns[*column]));
+            }
+        }
+        let null_in_not_null = values.iter().zip(&self.not_null).position(|(value, not_null)| *not_null && matches!(value, Some(SqlValue::Null)));
+        null_in_not_null.map(|column| format!("sets NOT NULL column {} to null", self.shape.columns[column]))
+    }
 }
 
 /// Of `candidates` (writes a device lacks, any order), those it can apply given that it

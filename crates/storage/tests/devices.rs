@@ -205,3 +205,44 @@ fn a_device_behind_the_compacted_log_gets_a_snapshot_and_keeps_its_unsynced_writ
     drop((region, phone));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_pushed_write_that_would_not_apply_in_every_region_is_refused_with_the_reason() {
+    let root = std::env::temp_dir().join(format!("tern-devices-checks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut region = Engine::open(&root, LogFormat::Row).unwrap();
+    region.set_region("us-east", &["us-east".to_string()]).unwrap();
+    let create = [
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+        "CREATE TABLE tags (name TEXT PRIMARY KEY, color TEXT)",
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, home TEXT)",
+    ];
+    region.execute_batch(1, &[WriteRequest { statements: create.iter().map(|sql| Statement::new(*sql)).collect(), transaction: true }]).unwrap();
+    region.set_conflict_policy(1, "tags", tern_core::multi_leader::Policy::ColumnMerge, &|| true).unwrap();
+    region.set_home_rule(1, "customers", "home", false, &|| true).unwrap();
+    let reader = Reader::open(&root).unwrap();
+    let write = |rows: serde_json::Value| {
+        let json = serde_json::json!({"origin": "phone", "seq": 1, "seen": {}, "time": {"wall_us": 1, "logical": 0}, "rows": rows});
+        tern_storage::sync::write_from_json(&json).unwrap()
+    };
+    let check = |rows: serde_json::Value| reader.check_device_writes("phone", &[write(rows)]).err().map(|error| error.to_string());
+    assert_eq!(check(serde_json::json!([{"table": "notes", "key": [1], "values": [1, "fine"]}])), None);
+    assert_eq!(check(serde_json::json!([{"table": "tags", "key": ["red"], "values": ["red", null], "unset": [1]}])), None, "column merge leaves columns");
+    assert_eq!(check(serde_json::json!([{"table": "notes", "key": [1], "values": null}])), None, "a delete");
+    for (rows, why) in [
+        (serde_json::json!([{"table": "notes", "key": ["one"], "values": ["one", "x"]}]), "not an integer"),
+        (serde_json::json!([{"table": "notes", "key": [1], "values": [1, null]}]), "NOT NULL column body"),
+        (serde_json::json!([{"table": "notes", "key": [1], "values": [1, "x"], "unset": [1]}]), "only column-merge"),
+        (serde_json::json!([{"table": "notes", "key": [1], "values": [2, "x"]}]), "other than its key"),
+        (serde_json::json!([{"table": "notes", "key": [1], "values": [1]}]), "has 1 columns"),
+        (serde_json::json!([{"table": "customers", "key": [1], "values": [1, "us-east"]}]), "home regions"),
+        (serde_json::json!([{"table": "_tern_row_versions", "key": [1], "values": null}]), "tern's or SQLite's own"),
+        (serde_json::json!([{"table": "nowhere", "key": [1], "values": null}]), "no such table"),
+    ] {
+        let refused = check(rows.clone()).unwrap_or_else(|| panic!("{rows} was taken"));
+        assert!(refused.contains(why), "{rows}: {refused}");
+    }
+    assert!(reader.check_device_writes("tablet", &[write(serde_json::json!([]))]).is_err(), "only its own stream");
+    drop((reader, region));
+    let _ = std::fs::remove_dir_all(&root);
+}

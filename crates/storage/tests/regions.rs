@@ -320,6 +320,7 @@ fn rows_homed_through_the_directory_follow_their_key_and_move_with_it() {
     assert_eq!(homed_elsewhere(&mut eu, "UPDATE orders SET item = 'nib' WHERE id = 1"), us_east);
     assert_eq!(homed_elsewhere(&mut eu, "UPDATE tern_homes SET region = 'eu-west' WHERE home_key = 42"), us_east, "only the home moves a key");
     assert_eq!(homed_elsewhere(&mut eu, "UPDATE orders SET item = 'quill' WHERE id = 2"), None, "customer 7 has no home");
+    assert_eq!(homed_elsewhere(&mut eu, "INSERT INTO orders VALUES (9, '42', 'cap')"), us_east, "'42' is customer 42 too, as SQLite compares them");
     // 42 moves to eu-west, with the statement `POST /db/homes/move` makes, at its home.
     let reader = tern_storage::Reader::open(&root.join("us")).unwrap();
     let (statement, from) = reader.home_move("tern_homes", &[SqlValue::Integer(42)], "eu-west").unwrap();

@@ -41,9 +41,10 @@ pub(super) fn parse_pull(body: &[u8]) -> Result<(tern_core::multi_leader::Versio
 pub(super) fn parse_push(body: &[u8]) -> Result<(String, Vec<tern_storage::region_log::LoggedWrite>), Response> {
     let object = object_of(body)?;
     let device = match object.get("device") {
-        Some(Value::String(device)) if !device.is_empty() && device.len() <= 128 => device.clone(),
-        _ => return Err(bad_request("missing \"device\": the device's id, 1 to 128 bytes")),
+        Some(Value::String(device)) => device.clone(),
+        _ => return Err(bad_request("missing \"device\": the device's id")),
     };
+    crate::device::valid_id(&device).map_err(bad_request)?;
     let Some(Value::Array(items)) = object.get("writes") else { return Err(bad_request("missing \"writes\": an array of the device's writes")) };
     let writes = items
         .iter()

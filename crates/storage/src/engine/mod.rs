@@ -43,6 +43,7 @@ pub use error::*;
 use log::*;
 use maintenance::*;
 pub use reader::*;
+pub(crate) use regions::has_rowid_key;
 use regions::RegionState;
 pub use regions::{RegionPayload, RowValues, TableConflicts};
 pub use rollback::*;

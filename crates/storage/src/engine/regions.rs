@@ -38,6 +38,9 @@ pub(super) struct RegionState {
 /// regions' own rowids (counting up past the largest row) have 2^62 left above them.
 const DEVICE_ROWIDS: (i64, i64) = (1 << 52, 1 << 62);
 
+/// A device's own unsynced writes, kept beside its database while a snapshot replaces it.
+const UNSYNCED_FILE: &str = "unsynced-writes.bin";
+
 /// `_tern_meta`'s key for the cluster's topology (0 single-leader, 1 multi-leader).
 const TOPOLOGY: &str = "topology";
 
@@ -102,7 +105,7 @@ pub(super) fn conflicts_in(connection: &Connection) -> Result<Vec<TableConflicts
 
 /// Whether `table` keeps its rows by rowid under an `INTEGER PRIMARY KEY` (its key is
 /// the rowid, so a row inserted without one gets a rowid SQLite picks).
-fn has_rowid_key(connection: &Connection, table: &str) -> Result<bool> {
+pub(crate) fn has_rowid_key(connection: &Connection, table: &str) -> Result<bool> {
     let key: Vec<String> = connection
         .prepare_cached("SELECT type FROM main.pragma_table_info(?1) WHERE pk > 0")?
         .query_map([table], |row| row.get(0))?
@@ -153,7 +156,9 @@ impl Engine {
             return Err(StorageError::new("a device needs the row log format"));
         }
         self.region = Some(RegionState { name: device.to_string(), rowid_class: None, clock: RefCell::new(HybridClock::new(MAX_CLOCK_DRIFT_US)) });
-        self.prepare_region_connection()
+        self.prepare_region_connection()?;
+        // A snapshot install interrupted before the device's own writes were applied on top.
+        self.apply_kept_device_writes()
     }
 
     /// The topology this database's cluster was made with: recorded on first start and
@@ -611,12 +616,47 @@ impl Engine {
             region_log::holds(&check)?.get(&device)
         };
         let own_held = self.region_holds()?.get(&device);
-        let unsynced = if own_held > in_snapshot { region_log::read(&self.connection, &device, in_snapshot, own_held)? } else { Vec::new() };
+        if in_snapshot > own_held {
+            return Err(StorageError::new(format!(
+                "the snapshot holds writes of device {device} this device never made: another device uses this id (or this one lost its \
+                 data); give each device its own id"
+            )));
+        }
+        let unsynced = region_log::read(&self.connection, &device, in_snapshot, own_held)?;
+        // Kept durably beside the database until they are applied on top of the snapshot:
+        // a crash between the install and the apply must not lose them.
+        let kept: Vec<(Dot, VersionVector, Vec<u8>)> = unsynced.into_iter().map(|write| (write.dot, write.seen, write.payload)).collect();
+        let bytes = postcard::to_allocvec(&kept).map_err(|error| StorageError::new(format!("cannot keep the unsynced writes: {error}")))?;
+        let side = self.directory.join(UNSYNCED_FILE);
+        let staged = self.directory.join(format!("{UNSYNCED_FILE}.new"));
+        std::fs::write(&staged, &bytes)?;
+        std::fs::File::open(&staged)?.sync_all()?;
+        std::fs::rename(&staged, &side)?;
         self.install_snapshot(snapshot, true)?;
         self.reset_log_after(self.last.index)?;
-        if !unsynced.is_empty() {
-            self.apply_region_writes(self.last.epoch, &unsynced, &|| true)?;
+        self.apply_kept_device_writes()
+    }
+
+    /// A device: applies its own writes kept aside while a snapshot was installed (after
+    /// a crash, at the next open), those the database does not hold yet, then drops the file.
+    fn apply_kept_device_writes(&mut self) -> Result<()> {
+        let side = self.directory.join(UNSYNCED_FILE);
+        let bytes = match std::fs::read(&side) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let kept: Vec<(Dot, VersionVector, Vec<u8>)> =
+            postcard::from_bytes(&bytes).map_err(|error| StorageError::new(format!("{} is damaged: {error}", side.display())))?;
+        let held = self.region_holds()?;
+        let writes: Vec<LoggedWrite> =
+            kept.into_iter().filter(|(dot, _, _)| !held.contains(dot)).map(|(dot, seen, payload)| LoggedWrite { dot, seen, payload }).collect();
+        if !writes.is_empty() {
+            self.apply_region_writes(self.last.epoch, &writes, &|| true).map_err(|error| {
+                StorageError::new(format!("this device's own writes do not apply over the cluster's snapshot (kept in {}): {error}", side.display()))
+            })?;
         }
+        std::fs::remove_file(&side)?;
         Ok(())
     }
 
