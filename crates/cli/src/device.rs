@@ -96,7 +96,7 @@ pub fn run(args: DeviceArgs) -> Result<(), String> {
             println!("device {}", status.id);
             println!("  writes made here: {} ({} not yet pushed to the cluster)", status.own_writes, status.pending);
             match (status.last_sync_ms, &status.last_server) {
-                (Some(at), Some(server)) => println!("  last sync: with {server}, {} s ago", unix_ms().saturating_sub(at) / 1000),
+                (Some(at), Some(server)) => println!("  last sync: with {server}, {} s ago", tern_server::device::unix_ms().saturating_sub(at) / 1000),
                 _ => println!("  last sync: never"),
             }
             println!("  holds: {}", if status.holds.iter().next().is_none() { "nothing yet".to_string() } else { status.holds.to_string() });
@@ -135,8 +135,4 @@ pub fn run(args: DeviceArgs) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }

@@ -73,7 +73,7 @@ impl HttpClient {
     /// not answer within the timeout.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Reply> {
         let (status, bytes) = self.request_raw(method, path, body)?;
-        Ok(Reply { status, body: serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) })
+        Ok(Reply { status, body: parse_body(&bytes) })
     }
 
     /// The status and the body's bytes as they came (a file, or JSON to parse oneself).
@@ -122,6 +122,11 @@ impl HttpClient {
         }
         outcome
     }
+}
+
+/// A response body as JSON, or as a string if it is not JSON.
+pub fn parse_body(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Percent-encodes a query-string value.

@@ -12,14 +12,6 @@ const PULL_WRITES: usize = 1_000;
 const MAX_PULL_WRITES: usize = 10_000;
 const PULL_BYTES: usize = 4 << 20;
 
-fn object_of(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(bad_request("expected a JSON object")),
-        Err(error) => Err(bad_request(format!("the body is not JSON: {error}"))),
-    }
-}
-
 fn size_field(object: &serde_json::Map<String, Value>, name: &str, default: usize, largest: usize) -> Result<usize, Response> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(default),
@@ -32,14 +24,14 @@ fn size_field(object: &serde_json::Map<String, Value>, name: &str, default: usiz
 
 /// What a pull asks: the device's holds and the page's limits.
 pub(super) fn parse_pull(body: &[u8]) -> Result<(tern_core::multi_leader::VersionVector, usize, usize), Response> {
-    let object = object_of(body)?;
+    let object = object_body(body)?;
     let holds = vector_from_json(object.get("holds").unwrap_or(&json!({}))).map_err(|error| bad_request(format!("holds: {error}")))?;
     Ok((holds, size_field(&object, "max_writes", PULL_WRITES, MAX_PULL_WRITES)?, size_field(&object, "max_bytes", PULL_BYTES, 64 << 20)?))
 }
 
 /// What a push carries: the device and its writes.
 pub(super) fn parse_push(body: &[u8]) -> Result<(String, Vec<tern_storage::region_log::LoggedWrite>), Response> {
-    let object = object_of(body)?;
+    let object = object_body(body)?;
     let device = match object.get("device") {
         Some(Value::String(device)) => device.clone(),
         _ => return Err(bad_request("missing \"device\": the device's id")),

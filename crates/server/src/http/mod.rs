@@ -90,6 +90,15 @@ fn bad_request(message: impl Into<String>) -> Response {
     error_response(&RequestError::new(400, message))
 }
 
+/// A JSON body as an object, or the response saying what is wrong with it.
+fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad_request("expected a JSON object")),
+        Err(error) => Err(bad_request(format!("the body is not JSON: {error}"))),
+    }
+}
+
 fn results_json(results: &[StatementResult]) -> Vec<Value> {
     results.iter().map(StatementResult::to_json).collect()
 }

@@ -63,15 +63,6 @@ pub(super) async fn conflicts(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-/// A JSON body as an object, or the response saying what is wrong with it.
-fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(bad_request("expected a JSON object")),
-        Err(error) => Err(bad_request(format!("the body is not JSON: {error}"))),
-    }
-}
-
 fn text_field(object: &serde_json::Map<String, Value>, name: &str) -> Result<String, Response> {
     match object.get(name) {
         Some(Value::String(text)) => Ok(text.clone()),
