@@ -104,6 +104,9 @@ pub enum TopologyArg {
     /// A leader per region (elected by the region's nodes), the regions exchanging
     /// writes asynchronously, conflicts settled per row by each table's policy.
     MultiLeader,
+    /// No leader: each row on --replicas nodes by consistent hashing, w=/r= quorums,
+    /// read repair, hinted handoff and anti-entropy.
+    Leaderless,
 }
 
 impl From<TopologyArg> for tern_core::Topology {
@@ -111,6 +114,7 @@ impl From<TopologyArg> for tern_core::Topology {
         match topology {
             TopologyArg::SingleLeader => tern_core::Topology::SingleLeader,
             TopologyArg::MultiLeader => tern_core::Topology::MultiLeader,
+            TopologyArg::Leaderless => tern_core::Topology::Leaderless,
         }
     }
 }
@@ -146,14 +150,32 @@ pub enum MutationArg {
     /// With --homes: move keys the naive way (the new region declares itself home while
     /// the old one goes on writing), which the conflict checker must report.
     NaiveRehome,
+    /// Leaderless: reads never repair the stale replicas they saw.
+    NoReadRepair,
+    /// Leaderless: fallback nodes keep hints and never deliver them.
+    NoHints,
+    /// Leaderless: hinted copies count toward a strict w.
+    SloppyStrict,
 }
 
-impl From<MutationArg> for tern_sim::regions::Mutation {
-    fn from(mutation: MutationArg) -> tern_sim::regions::Mutation {
-        match mutation {
-            MutationArg::DropConflicts => tern_sim::regions::Mutation::DropConflicts,
-            MutationArg::NoResend => tern_sim::regions::Mutation::NoResend,
-            MutationArg::NaiveRehome => tern_sim::regions::Mutation::NaiveRehome,
+impl MutationArg {
+    /// The multi-leader mutation, if this is one.
+    pub fn regions(self) -> Option<tern_sim::regions::Mutation> {
+        match self {
+            MutationArg::DropConflicts => Some(tern_sim::regions::Mutation::DropConflicts),
+            MutationArg::NoResend => Some(tern_sim::regions::Mutation::NoResend),
+            MutationArg::NaiveRehome => Some(tern_sim::regions::Mutation::NaiveRehome),
+            _ => None,
+        }
+    }
+
+    /// The leaderless mutation, if this is one.
+    pub fn leaderless(self) -> Option<tern_sim::leaderless::Mutation> {
+        match self {
+            MutationArg::NoReadRepair => Some(tern_sim::leaderless::Mutation::NoReadRepair),
+            MutationArg::NoHints => Some(tern_sim::leaderless::Mutation::NoHints),
+            MutationArg::SloppyStrict => Some(tern_sim::leaderless::Mutation::SloppyStrict),
+            _ => None,
         }
     }
 }

@@ -5,6 +5,7 @@ use clap::Args;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
+use tern_sim::leaderless::{run_leaderless_seed, LeaderlessOptions};
 use tern_sim::regions::{run_regions_seed, RegionOptions};
 use tern_sim::{run_seed, Options, SeedReport};
 
@@ -25,7 +26,10 @@ pub struct SimArgs {
     /// Multi-leader: how concurrent writes of one row are settled.
     #[arg(long, value_enum, default_value_t = PolicyArg::Lww)]
     policy: PolicyArg,
-    /// Multi-leader: run with a deliberate bug, which the checkers must report.
+    /// Leaderless: replicas of each key.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Multi-leader and leaderless: run with a deliberate bug, which the checkers must report.
     #[arg(long, value_enum)]
     mutate: Option<MutationArg>,
     /// Multi-leader: every key has a home region, the only one that writes it, and keys
@@ -71,17 +75,41 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     if args.trace.is_some() && args.seeds != 1 {
         return Err("--trace needs --seeds 1".to_string());
     }
-    if args.topology == TopologyArg::SingleLeader && args.mutate.is_some() {
-        return Err("--mutate applies to --topology multi-leader".to_string());
+    let mutation_fits = match (args.topology, args.mutate) {
+        (_, None) => true,
+        (TopologyArg::SingleLeader, Some(_)) => false,
+        (TopologyArg::MultiLeader, Some(mutation)) => mutation.regions().is_some(),
+        (TopologyArg::Leaderless, Some(mutation)) => mutation.leaderless().is_some(),
+    };
+    if !mutation_fits {
+        return Err(format!("--mutate {:?} does not apply to --topology {}", args.mutate, tern_core::Topology::from(args.topology).name()));
+    }
+    if args.topology == TopologyArg::Leaderless && !(1..=args.nodes).contains(&args.replicas) {
+        return Err(format!("--replicas {} is out of range: 1 to --nodes ({})", args.replicas, args.nodes));
     }
     if args.mutate == Some(MutationArg::NaiveRehome) && !args.homes {
         return Err("--mutate naive-rehome needs --homes".to_string());
     }
-    let regions =
-        RegionOptions { regions: args.nodes, policy: args.policy.into(), steps: args.steps, mutation: args.mutate.map(Into::into), homes: args.homes };
-    let multi_leader = args.topology == TopologyArg::MultiLeader;
-    let run_one = |seed: u64, keep_trace: bool| if multi_leader { run_regions_seed(&regions, seed, keep_trace) } else { run_seed(&options, seed, keep_trace) };
-    let replay = |seed: u64| if multi_leader { regions.replay_command(seed) } else { options.replay_command(seed) };
+    let regions = RegionOptions {
+        regions: args.nodes,
+        policy: args.policy.into(),
+        steps: args.steps,
+        mutation: args.mutate.and_then(MutationArg::regions),
+        homes: args.homes,
+    };
+    let leaderless =
+        LeaderlessOptions { nodes: args.nodes, replicas: args.replicas, steps: args.steps, mutation: args.mutate.and_then(MutationArg::leaderless) };
+    let topology = args.topology;
+    let run_one = |seed: u64, keep_trace: bool| match topology {
+        TopologyArg::MultiLeader => run_regions_seed(&regions, seed, keep_trace),
+        TopologyArg::Leaderless => run_leaderless_seed(&leaderless, seed, keep_trace),
+        TopologyArg::SingleLeader => run_seed(&options, seed, keep_trace),
+    };
+    let replay = |seed: u64| match topology {
+        TopologyArg::MultiLeader => regions.replay_command(seed),
+        TopologyArg::Leaderless => leaderless.replay_command(seed),
+        TopologyArg::SingleLeader => options.replay_command(seed),
+    };
     let started = Instant::now();
     let next = AtomicU64::new(args.seed);
     let end = args.seed + args.seeds;
@@ -151,7 +179,15 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     }
     let tally = format!("seeds: {}, passed: {}, violations: {violating}", reports.len(), reports.len() - violating);
     let seconds = started.elapsed().as_secs_f64();
-    if multi_leader {
+    if topology == TopologyArg::Leaderless {
+        let (nodes, replicas) = (leaderless.nodes, leaderless.replicas);
+        println!(
+            "{tally}  (leaderless, {nodes} nodes, {replicas} replicas per key, {operations} acknowledged writes and completed reads, {seconds:.1} s; \
+             each seed ends by wiping a node and repairing it)"
+        );
+        return if violating > 0 { Err(format!("{violating} seed(s) violated a property")) } else { Ok(()) };
+    }
+    if topology == TopologyArg::MultiLeader {
         let (count, policy) = (regions.regions, regions.policy.name());
         println!("{tally}  (multi-leader, {count} regions, --policy {policy}, {operations} writes, {seconds:.1} s)");
         return if violating > 0 { Err(format!("{violating} seed(s) violated a property")) } else { Ok(()) };

@@ -188,6 +188,9 @@ pub enum Topology {
     /// A leader in every region (elected among that region's nodes), the regions
     /// exchanging their writes asynchronously and settling conflicts per row.
     MultiLeader,
+    /// No leader: every row on N nodes chosen by consistent hashing, any node
+    /// coordinating any request, `w=`/`r=` quorums, read repair, hints, anti-entropy.
+    Leaderless,
 }
 
 impl Topology {
@@ -195,6 +198,7 @@ impl Topology {
         match self {
             Topology::SingleLeader => "single-leader",
             Topology::MultiLeader => "multi-leader",
+            Topology::Leaderless => "leaderless",
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   contract by the conformance suite of `tern_core::storage_contract`.
 //! - [`history`]: what clients invoked and saw.
 //! - [`checkers`]: one file per property.
+//! - [`leaderless`]: the leaderless topology's simulation (quorums, read repair, hints,
+//!   anti-entropy, a wiped node) and its checkers.
 //! - [`regions`]: the multi-leader topology's simulation (regions exchanging writes under
 //!   a conflict policy) and its checkers.
 //!
@@ -23,6 +25,7 @@
 pub mod checkers;
 pub mod disk;
 pub mod history;
+pub mod leaderless;
 pub mod regions;
 pub mod rng;
 pub mod world;

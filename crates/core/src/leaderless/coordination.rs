@@ -75,6 +75,10 @@ impl WriteTally {
     }
 
     /// How many acknowledgements count toward `w`.
+    pub fn wanted(&self) -> usize {
+        self.wanted
+    }
+
     pub fn counted(&self) -> usize {
         if self.strict {
             self.replicas

@@ -16,7 +16,7 @@ fn mix(mut hash: u64) -> u64 {
     hash ^ (hash >> 31)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MerkleTree {
     depth: u32,
     /// Level by level from the root: `levels[0]` is the root alone, `levels[depth]` the
@@ -49,6 +49,20 @@ impl MerkleTree {
         } else {
             (token >> (64 - depth)) as usize
         }
+    }
+
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// Whether the tree has the shape `build` gives it: one from a peer may not.
+    pub fn is_well_formed(&self) -> bool {
+        self.depth <= 20 && self.levels.len() == self.depth as usize + 1 && self.levels.iter().enumerate().all(|(level, hashes)| hashes.len() == 1 << level)
+    }
+
+    /// Whether two trees of one depth hold the same keys and digests.
+    pub fn same_as(&self, other: &MerkleTree) -> bool {
+        self.depth == other.depth && self.root() == other.root()
     }
 
     pub fn root(&self) -> u64 {

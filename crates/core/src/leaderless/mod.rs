@@ -13,16 +13,21 @@
 //!   go when replicas are down (hints on fallbacks), when `w` is met (strict or not), and
 //!   after a read, the merged versions and the replicas to repair.
 //!
-//! Not built yet (issue 16): the node protocol that drives these (requests, messages,
-//! timers, hints kept and handed over, the anti-entropy exchange), its simulation, the
-//! server (docs/design/leaderless.md).
+//! - [`node`]: the node protocol that drives these: coordinating requests (forwarded
+//!   to a replica for writes), counting acknowledgements, read repair, hints kept and
+//!   handed over, failure detection by pings, the anti-entropy exchange of Merkle trees.
 
 pub mod coordination;
 pub mod dvv;
 pub mod merkle;
+pub mod node;
 pub mod ring;
 
 pub use coordination::{merge_answers, plan_write, Destination, WriteOutcome, WriteTally};
 pub use dvv::{Context, Versions};
 pub use merkle::MerkleTree;
+pub use node::{
+    digest, visible, write_locally, Answer, Count, Dot, Key, KeyVersions, LeaderlessNode, Levels, NodeConfig, NodeEvent, NodeMessage, NodeOutput, Placement,
+    Refusal, RepairReport, Request, Stamped,
+};
 pub use ring::{Ring, RingNode};

@@ -171,13 +171,17 @@ impl Engine {
         let code = |topology: tern_core::Topology| match topology {
             tern_core::Topology::SingleLeader => 0,
             tern_core::Topology::MultiLeader => 1,
+            tern_core::Topology::Leaderless => 2,
         };
         // In the log's own database: a physical follower's data file takes only its leader's pages.
         match read_meta(self.log(), TOPOLOGY)? {
             None => write_meta(self.log(), TOPOLOGY, code(topology)),
             Some(recorded) if recorded == code(topology) => Ok(()),
-            Some(_) => {
-                let other = if topology == tern_core::Topology::SingleLeader { tern_core::Topology::MultiLeader } else { tern_core::Topology::SingleLeader };
+            Some(recorded) => {
+                let other = [tern_core::Topology::SingleLeader, tern_core::Topology::MultiLeader, tern_core::Topology::Leaderless]
+                    .into_iter()
+                    .find(|other| code(*other) == recorded)
+                    .unwrap_or(tern_core::Topology::SingleLeader);
                 Err(StorageError::new(format!(
                     "this data directory belongs to a {} cluster, and this node was started with --topology {}: a cluster's topology is fixed \
                      when it is made (start it with --topology {})",
