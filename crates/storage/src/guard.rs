@@ -145,6 +145,8 @@ pub struct Touched {
     pub sets_rowid_of: Vec<String>,
     /// Tables the statement (or a trigger) updates.
     pub updates: Vec<String>,
+    /// Tables whose columns the statement reads (through views too).
+    pub reads: Vec<String>,
 }
 
 /// What a client statement may do, enforced by SQLite itself: an authorizer that sees
@@ -205,6 +207,11 @@ impl ClientPolicy {
                 match context.action {
                     AuthAction::Function { function_name } => touched.functions.push(function_name.to_ascii_lowercase()),
                     AuthAction::Insert { table_name } => touched.inserts_into.push(table_name.to_owned()),
+                    AuthAction::Read { table_name, .. } => {
+                        if !touched.reads.iter().any(|table| table == table_name) {
+                            touched.reads.push(table_name.to_owned());
+                        }
+                    }
                     // SQLite names the rowid "ROWID" whichever alias the statement used.
                     AuthAction::Update { table_name, column_name } => {
                         if column_name.eq_ignore_ascii_case("ROWID") {

@@ -9,6 +9,8 @@
 //! - [`capture`]: one module per log format: `statement` (making statements
 //!   deterministic), `row` (SQLite's session extension, the crate's only unsafe code) and
 //!   `physical` (tailing the WAL).
+//! - [`leaderless`]: a leaderless node's storage: versions per key, the user tables
+//!   showing the visible ones, hints, schema; client writes captured as one row's change.
 //! - [`region_log`]: multi-leader's durable per-origin log of writes and its cursors (not
 //!   used by the server yet).
 //! - [`row_versions`]: multi-leader's kept versions per row, applied under each table's
@@ -20,6 +22,7 @@ pub mod client_state;
 pub mod engine;
 pub mod failpoint;
 pub mod guard;
+pub mod leaderless;
 pub mod region_log;
 pub mod row_versions;
 pub mod sql;

@@ -49,6 +49,7 @@ pub use regions::{RegionPayload, RowValues, TableConflicts};
 pub use rollback::*;
 use rowids::*;
 pub use snapshot::*;
+pub(crate) use statements::run_statement_with;
 pub use statements::*;
 
 pub const DATABASE_FILE: &str = "data.db";

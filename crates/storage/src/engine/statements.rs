@@ -97,7 +97,7 @@ pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> Sta
     run_statement_with(connection, None, sql, params)
 }
 
-pub(super) fn run_statement_with(connection: &Connection, policy: Option<&ClientPolicy>, sql: &str, params: &Params) -> StatementResult {
+pub(crate) fn run_statement_with(connection: &Connection, policy: Option<&ClientPolicy>, sql: &str, params: &Params) -> StatementResult {
     let max_bytes = policy.map_or(usize::MAX, |policy| policy.limits().max_result_bytes);
     let mut too_large = false;
     let outcome = (|| -> rusqlite::Result<StatementResult> {
