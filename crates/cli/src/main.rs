@@ -202,6 +202,20 @@ pub struct ServerArgs {
     /// through large results with LIMIT/OFFSET).
     #[arg(long, default_value_t = 64 << 20)]
     max_result_bytes: usize,
+    /// Leaderless: nodes holding each row (placed by consistent hashing of the table
+    /// and primary key, spread over regions).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Leaderless: copies a write waits for unless it says w= (one, quorum, all or a number).
+    #[arg(long, default_value = "quorum")]
+    default_w: String,
+    /// Leaderless: replicas a read asks unless it says r= (one, quorum, all or a number).
+    #[arg(long, default_value = "quorum")]
+    default_r: String,
+    /// Leaderless: how often a node compares Merkle trees with its next peer and sends
+    /// what differs, milliseconds; 0: only when asked (`tern repair`).
+    #[arg(long, default_value_t = 30_000)]
+    anti_entropy_interval_ms: u64,
 }
 
 impl ServerArgs {
@@ -245,6 +259,21 @@ impl ServerArgs {
                 return Err("--join is not supported under --topology multi-leader yet: name every member in --cluster".to_string());
             }
         }
+        let leaderless = topology == Topology::Leaderless;
+        if leaderless && self.join {
+            return Err("--join is not supported under --topology leaderless: name every member in --cluster".to_string());
+        }
+        let count = |flag: &str, text: &str| text.parse::<tern_core::leaderless::Count>().map_err(|error| format!("bad {flag}: {error}"));
+        let leaderless_settings = tern_server::config::LeaderlessSettings {
+            replicas: self.replicas,
+            w: count("--default-w", &self.default_w)?,
+            r: count("--default-r", &self.default_r)?,
+            anti_entropy_interval: Duration::from_millis(self.anti_entropy_interval_ms),
+            vnodes: 128,
+        };
+        if leaderless && !(1..=cluster.len()).contains(&self.replicas) {
+            return Err(format!("--replicas {} is out of range: 1 to the {} members of --cluster", self.replicas, cluster.len()));
+        }
         let same_group = |id: &String| topology == Topology::SingleLeader || regions.get(id) == Some(&self.region);
         let leader = match &self.leader {
             Some(leader) => leader.clone(),
@@ -283,6 +312,7 @@ impl ServerArgs {
                 statement_timeout: Duration::from_millis(self.query_timeout_ms.max(1)),
                 max_result_bytes: self.max_result_bytes.max(1),
             },
+            leaderless: leaderless_settings,
             id: self.id,
         })
     }
@@ -341,8 +371,36 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| format!("cannot start the runtime: {error}"))
 }
 
+fn run_leaderless_server(config: NodeConfig) -> Result<(), String> {
+    runtime()?.block_on(async move {
+        let node = tern_server::leaderless::serve(config).await?;
+        let config = &node.config;
+        tracing::info!(
+            "node {} ({}) serving HTTP on {} and peers on {}; leaderless, {} replicas per row, w={} r={} by default; data in {}",
+            config.id,
+            config.region,
+            node.http_addr.lock().expect("http addr lock"),
+            config.peer_addr,
+            config.leaderless.replicas,
+            config.leaderless.w.name(),
+            config.leaderless.r.name(),
+            config.data_dir.display()
+        );
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|error| error.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
 fn run_server(args: ServerArgs) -> Result<(), String> {
     let config = args.into_config()?;
+    if config.topology == Topology::Leaderless {
+        return run_leaderless_server(config);
+    }
     runtime()?.block_on(async move {
         let node = tern_server::serve(config).await?;
         let config = &node.config;

@@ -51,6 +51,32 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// What one client statement may cost: its running time and its result's size.
     pub limits: tern_storage::Limits,
+    /// Leaderless: replicas per row, default `w=`/`r=`, anti-entropy.
+    pub leaderless: LeaderlessSettings,
+}
+
+/// Leaderless settings (`--replicas`, `--default-w`, `--default-r`,
+/// `--anti-entropy-interval-ms`).
+#[derive(Clone, Debug)]
+pub struct LeaderlessSettings {
+    pub replicas: usize,
+    pub w: tern_core::leaderless::Count,
+    pub r: tern_core::leaderless::Count,
+    /// 0: only on demand (`tern repair`).
+    pub anti_entropy_interval: Duration,
+    pub vnodes: usize,
+}
+
+impl Default for LeaderlessSettings {
+    fn default() -> LeaderlessSettings {
+        LeaderlessSettings {
+            replicas: 3,
+            w: tern_core::leaderless::Count::Quorum,
+            r: tern_core::leaderless::Count::Quorum,
+            anti_entropy_interval: Duration::from_secs(30),
+            vnodes: 128,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -83,6 +109,7 @@ impl NodeConfig {
             join: false,
             fault_injection: false,
             limits: tern_storage::Limits::default(),
+            leaderless: LeaderlessSettings::default(),
         }
     }
 

@@ -9,12 +9,15 @@
 //! - [`http`]: the HTTP API.
 //! - [`verify`]: comparing replicas for `tern verify`.
 //! - [`client`]: a small blocking HTTP client for tests, the demo and benchmarks.
+//! - [`leaderless`]: the leaderless topology's node: the core's `LeaderlessNode` driven
+//!   on a thread of its own with its SQLite store, its peer links and its HTTP API.
 //! - [`device`]: an offline-first device replica that syncs with a cluster (issue 15).
 
 pub mod client;
 pub mod config;
 pub mod device;
 pub mod http;
+pub mod leaderless;
 pub mod node;
 pub mod transport;
 pub mod verify;

@@ -97,6 +97,8 @@ pub enum Frame {
     },
     /// Multi-leader: from one region's leader to another region's (writes, cursors).
     Region(RegionMessage<Vec<u8>>),
+    /// Leaderless: everything nodes say to each other.
+    Leaderless(crate::leaderless::LeaderlessFrame),
     /// A piece of a snapshot file; `done` on the last one, which names its position.
     /// `rollback_after`: the receiver's log diverged after that index (see
     /// `Output::SendSnapshot`).

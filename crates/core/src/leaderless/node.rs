@@ -201,6 +201,14 @@ impl Placement {
     pub fn nodes(&self) -> Vec<String> {
         self.ring.nodes().iter().map(|node| node.id.clone()).collect()
     }
+
+    /// Whether the nodes in `answered` include at least `r` replicas of every arc of the
+    /// ring: a scan that heard from them has read every key `r` times.
+    pub fn covers(&self, answered: &BTreeSet<String>, r: usize) -> bool {
+        let mut arcs: Vec<u64> = self.ring.tokens().collect();
+        arcs.dedup();
+        arcs.iter().all(|token| self.ring.replicas(*token, self.replicas).iter().filter(|node| answered.contains(**node)).count() >= r)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -252,6 +260,10 @@ pub enum Request {
         value: Option<Vec<u8>>,
         context: Option<Context>,
     },
+    /// Every key of these tables, read from at least `r` replicas of every range.
+    Scan {
+        tables: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +279,11 @@ pub enum Answer {
         versions: KeyVersions,
         acks: usize,
         hinted: usize,
+    },
+    /// Every key of the scanned tables, merged from the nodes that answered.
+    Scanned {
+        entries: Vec<(Key, KeyVersions)>,
+        answered: usize,
     },
     Refused(Refusal),
 }
@@ -347,6 +364,14 @@ pub enum NodeMessage {
         key: Key,
         versions: KeyVersions,
     },
+    Scan {
+        op: u64,
+        tables: Vec<String>,
+    },
+    ScanAnswer {
+        op: u64,
+        entries: Vec<(Key, KeyVersions)>,
+    },
     Hint {
         key: Key,
         versions: KeyVersions,
@@ -401,6 +426,10 @@ pub enum NodeEvent {
         tree: MerkleTree,
     },
     RangesLoaded {
+        op: u64,
+        entries: Vec<(Key, KeyVersions)>,
+    },
+    TablesLoaded {
         op: u64,
         entries: Vec<(Key, KeyVersions)>,
     },
@@ -466,6 +495,11 @@ pub enum NodeOutput {
         peer: String,
         ranges: Vec<(u64, u64)>,
     },
+    /// Answer with `TablesLoaded`: every stored key of `tables`.
+    LoadTables {
+        op: u64,
+        tables: Vec<String>,
+    },
 }
 
 /// Who waits for a request's answer.
@@ -504,6 +538,12 @@ enum Pending {
         client: Client,
         deadline: Micros,
     },
+    Scan {
+        client: Client,
+        wanted: usize,
+        answers: BTreeMap<String, Vec<(Key, KeyVersions)>>,
+        deadline: Micros,
+    },
     /// Our tree for a round we start with `peer`.
     OwnTree {
         peer: String,
@@ -527,9 +567,11 @@ enum Pending {
 impl Pending {
     fn deadline(&self) -> Option<Micros> {
         match self {
-            Pending::LocalWrite { deadline, .. } | Pending::Write { deadline, .. } | Pending::Read { deadline, .. } | Pending::Forwarded { deadline, .. } => {
-                Some(*deadline)
-            }
+            Pending::LocalWrite { deadline, .. }
+            | Pending::Write { deadline, .. }
+            | Pending::Read { deadline, .. }
+            | Pending::Forwarded { deadline, .. }
+            | Pending::Scan { deadline, .. } => Some(*deadline),
             _ => None,
         }
     }
@@ -640,6 +682,7 @@ impl LeaderlessNode {
         let replicas = self.config.placement.replicas(&key);
         match request {
             Request::Read => self.start_read(client, key, levels, replicas, deadline),
+            Request::Scan { tables } => self.start_scan(client, tables, levels, deadline),
             Request::Write { value, context } => {
                 let n = replicas.len();
                 let wanted = levels.w.of(n);
@@ -693,6 +736,44 @@ impl LeaderlessNode {
             }
         }
         self.pending.insert(op, Pending::Read { client: Some(client), key, wanted, replicas, answers: Vec::new(), deadline });
+    }
+
+    fn start_scan(&mut self, client: Client, tables: Vec<String>, levels: Levels, deadline: Micros) {
+        let wanted = levels.r.of(self.config.placement.replicas);
+        let up: BTreeSet<String> = self.config.placement.nodes().into_iter().filter(|node| !self.is_down(node)).collect();
+        if !self.config.placement.covers(&up, wanted) {
+            let level = format!("r={} (every range)", levels.r.name());
+            let answer = Answer::Refused(Refusal::Unavailable { wanted, up: up.len(), level });
+            return self.answer(client, answer);
+        }
+        let op = self.op();
+        for node in &up {
+            if *node == self.config.name {
+                self.outputs.push_back(NodeOutput::LoadTables { op, tables: tables.clone() });
+            } else {
+                self.send(node, NodeMessage::Scan { op, tables: tables.clone() });
+            }
+        }
+        self.pending.insert(op, Pending::Scan { client, wanted, answers: BTreeMap::new(), deadline });
+    }
+
+    fn scan_answer(&mut self, from: String, op: u64, entries: Vec<(Key, KeyVersions)>) {
+        let Some(Pending::Scan { wanted, answers, .. }) = self.pending.get_mut(&op) else { return };
+        // Only keys the answering node is a replica of: a leftover copy does not count.
+        let placement = &self.config.placement;
+        let entries = entries.into_iter().filter(|(key, _)| placement.is_replica(key.token(), &from)).collect();
+        answers.insert(from, entries);
+        let answered: BTreeSet<String> = answers.keys().cloned().collect();
+        if !placement.covers(&answered, *wanted) {
+            return;
+        }
+        let Some(Pending::Scan { client, answers, .. }) = self.pending.remove(&op) else { return };
+        let mut merged: BTreeMap<Key, KeyVersions> = BTreeMap::new();
+        let count = answers.len();
+        for (key, versions) in answers.into_values().flatten() {
+            merged.entry(key).or_default().merge(&versions);
+        }
+        self.answer(client, Answer::Scanned { entries: merged.into_iter().collect(), answered: count });
     }
 
     fn local_written(&mut self, op: u64, dot: Dot, versions: KeyVersions) {
@@ -797,6 +878,9 @@ impl LeaderlessNode {
             self.pending.iter().filter(|(_, pending)| pending.deadline().is_some_and(|deadline| deadline <= now)).map(|(op, _)| *op).collect();
         for op in expired {
             match self.pending.remove(&op) {
+                Some(Pending::Scan { client, wanted, answers, .. }) => {
+                    self.answer(client, Answer::Refused(Refusal::TimedOut { wanted, got: answers.len() }));
+                }
                 Some(Pending::LocalWrite { client, .. }) | Some(Pending::Forwarded { client, .. }) => {
                     self.answer(client, Answer::Refused(Refusal::TimedOut { wanted: 1, got: 0 }));
                 }
@@ -956,6 +1040,12 @@ impl LeaderlessNode {
                     }
                 }
             },
+            NodeMessage::Scan { op, tables } => {
+                let load = self.op();
+                self.outputs.push_back(NodeOutput::LoadTables { op: load, tables });
+                self.remote_loads.insert(load, (from, op));
+            }
+            NodeMessage::ScanAnswer { op, entries } => self.scan_answer(from, op, entries),
             NodeMessage::Repair { key, versions } => {
                 if self.config.placement.is_replica(key.token(), &self.config.name) {
                     self.outputs.push_back(NodeOutput::Merge { key, versions });
@@ -1097,6 +1187,14 @@ impl Protocol for LeaderlessNode {
             NodeEvent::Loaded { op, versions } => self.loaded(op, versions),
             NodeEvent::TreeBuilt { op, tree } => self.tree_built(op, tree),
             NodeEvent::RangesLoaded { op, entries } => self.ranges_loaded(op, entries),
+            NodeEvent::TablesLoaded { op, entries } => {
+                if let Some((from, remote_op)) = self.remote_loads.remove(&op) {
+                    self.send(&from, NodeMessage::ScanAnswer { op: remote_op, entries });
+                } else {
+                    let name = self.config.name.clone();
+                    self.scan_answer(name, op, entries);
+                }
+            }
             NodeEvent::Repair { id } => self.repair(id),
             NodeEvent::Tick => self.tick(),
         }

@@ -47,6 +47,11 @@ impl Ring {
         Ring { nodes, tokens }
     }
 
+    /// Every token on the ring, in order: the ends of the arcs whose keys share replicas.
+    pub fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tokens.iter().map(|(token, _)| *token)
+    }
+
     pub fn nodes(&self) -> &[RingNode] {
         &self.nodes
     }

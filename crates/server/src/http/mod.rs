@@ -19,12 +19,14 @@ use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
 mod admin;
 mod debug;
 mod devices;
+mod leaderless;
 mod regions;
 mod rqlite;
 
 use admin::*;
 use debug::*;
 use devices::*;
+pub use leaderless::leaderless_router;
 use regions::*;
 use rqlite::*;
 

@@ -130,7 +130,8 @@ impl Node {
             return;
         }
         match frame {
-            Frame::Hello(_) => {}
+            // A leaderless node's frames: the handshake already refused its topology.
+            Frame::Hello(_) | Frame::Leaderless(_) => {}
             Frame::Replica(message) if !self.is_remote_node(from) => self.post(Event::Peer { from: from.to_string(), message }),
             // Another region's node has no say in this region's replication.
             Frame::Replica(_) => {}

@@ -234,6 +234,15 @@ impl LeaderlessWorld {
                     let tree = self.tree(index, &peer, depth);
                     self.nodes[index].node.as_mut().expect("drained node").handle(NodeEvent::TreeBuilt { op, tree }, self.now);
                 }
+                NodeOutput::LoadTables { op, tables } => {
+                    let entries: Vec<(Key, KeyVersions)> = self.nodes[index]
+                        .store
+                        .iter()
+                        .filter(|(key, _)| tables.contains(&key.table))
+                        .map(|(key, versions)| (key.clone(), versions.clone()))
+                        .collect();
+                    self.nodes[index].node.as_mut().expect("drained node").handle(NodeEvent::TablesLoaded { op, entries }, self.now);
+                }
                 NodeOutput::LoadRanges { op, peer, ranges } => {
                     let me = self.nodes[index].name.clone();
                     let entries: Vec<(Key, KeyVersions)> = self.nodes[index]
@@ -272,6 +281,15 @@ impl LeaderlessWorld {
                 self.note(|_| format!("{node} answers read of {:?} from {answered}: {:?}", invocation.key.key, versions.context()));
                 self.reads.push(CompletedRead { key: invocation.key, invoked: invocation.invoked, r, versions });
             }
+            Answer::Scanned { entries, answered } => {
+                let r = invocation.levels.r.of(self.options.replicas);
+                self.note(|_| format!("{node} answers a scan from {answered} nodes with {} keys", entries.len()));
+                // A scan reads every key: each is checked as a read of its own.
+                for key in keys() {
+                    let versions = entries.iter().find(|(found, _)| *found == key).map(|(_, versions)| versions.clone()).unwrap_or_default();
+                    self.reads.push(CompletedRead { key, invoked: invocation.invoked, r, versions });
+                }
+            }
             Answer::Refused(refusal) => {
                 self.refused += 1;
                 self.note(|_| format!("{node} refuses: {refusal}"));
@@ -300,6 +318,9 @@ impl LeaderlessWorld {
             let value = if self.rng.chance(10) { None } else { Some(self.next_request.to_le_bytes().to_vec()) };
             self.note(|world| format!("client writes {:?} at {} w={} strict={}", key.key, world.nodes[index].name, levels.w.name(), levels.strict));
             self.invoke(index, key, levels, Request::Write { value, context: None });
+        } else if self.rng.chance(20) {
+            self.note(|world| format!("client scans at {} r={}", world.nodes[index].name, levels.r.name()));
+            self.invoke(index, key, levels, Request::Scan { tables: vec!["t".to_string()] });
         } else {
             self.note(|world| format!("client reads {:?} at {} r={}", key.key, world.nodes[index].name, levels.r.name()));
             self.invoke(index, key, levels, Request::Read);

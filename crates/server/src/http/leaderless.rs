@@ -1,0 +1,139 @@
+//! The HTTP API of a leaderless node: rqlite's `/db/execute` and `/db/query` with
+//! `w=`, `r=` (`one`, `quorum`, `all` or a number), `strict` (only the row's own
+//! replicas count toward `w`), `context=` (a write replacing exactly what a read saw) and
+//! `siblings` (a read returning every concurrent version); each result says how many
+//! replicas answered. Plus `/status`, `/readyz`, `/db/repair` and `/db/conflicts`.
+
+use super::*;
+use crate::leaderless::{Leaderless, Outcome};
+use tern_core::leaderless::{Count, Levels};
+
+pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
+    let limit = node.config.max_body_bytes;
+    Router::new()
+        .route("/db/execute", post(execute))
+        .route("/db/query", get(query).post(query))
+        .route("/db/repair", post(repair))
+        .route("/db/conflicts", get(conflicts))
+        .route("/status", get(status))
+        .route("/readyz", get(|| async { "[+]node ok\n" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+fn levels(node: &Leaderless, params: &Params) -> Result<Levels, String> {
+    let count = |name: &str, default: Count| -> Result<Count, String> {
+        match params.get(name) {
+            None => Ok(default),
+            Some(text) => text.parse::<Count>().map_err(|error| format!("bad {name}=: {error}")),
+        }
+    };
+    let settings = &node.config.leaderless;
+    let levels = Levels { w: count("w", settings.w)?, r: count("r", settings.r)?, strict: params.flag("strict") };
+    for (name, asked) in [("w", levels.w), ("r", levels.r)] {
+        if let Count::Exactly(number) = asked {
+            if number > settings.replicas {
+                return Err(format!("{name}={number} asks for more copies than a row has (--replicas {})", settings.replicas));
+            }
+        }
+    }
+    Ok(levels)
+}
+
+fn outcomes_response(outcomes: Vec<Outcome>, started: Instant, params: &Params) -> Response {
+    let unavailable = outcomes.iter().any(|outcome| outcome.unavailable);
+    let results: Vec<Value> = outcomes
+        .iter()
+        .map(|outcome| {
+            let mut result = outcome.result.to_json();
+            if let Some(replicas) = outcome.replicas {
+                result["replicas"] = json!(replicas);
+            }
+            if let Some(hinted) = outcome.hinted.filter(|hinted| *hinted > 0) {
+                result["hinted"] = json!(hinted);
+            }
+            if let Some(context) = &outcome.context {
+                result["context"] = json!(context);
+            }
+            result
+        })
+        .collect();
+    let body = json!({ "results": results });
+    if unavailable {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    with_timings(body, started, params)
+}
+
+async fn execute(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let params = Params::parse(raw);
+    let statements = match parse_statements(&body) {
+        Ok(statements) => statements,
+        Err(message) => return bad_request(message),
+    };
+    let levels = match levels(&node, &params) {
+        Ok(levels) => levels,
+        Err(message) => return bad_request(message),
+    };
+    if params.flag("transaction") && statements.len() > 1 {
+        return bad_request(
+            "?transaction with several statements: under --topology leaderless each statement writes one row on that row's replicas, and no transaction spans \
+             rows on different replicas; send the statements without ?transaction (each is then its own write), or choose --topology single-leader",
+        );
+    }
+    // A write that computes from the row (UPDATE … SET n = n + 1) reads it first from
+    // r= replicas when r= is given.
+    let pre_read = params.get("r").and_then(|text| text.parse::<Count>().ok());
+    let context = params.get("context").map(str::to_string);
+    let outcomes = node.execute(statements, levels, pre_read, context).await;
+    outcomes_response(outcomes, started, &params)
+}
+
+async fn query(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
+    let params = Params::parse(raw);
+    let levels = match levels(&node, &params) {
+        Ok(levels) => levels,
+        Err(message) => return bad_request(message),
+    };
+    let statements = if let Some(sql) = params.get("q") {
+        vec![Statement::new(sql)]
+    } else if body.is_empty() {
+        return bad_request("no query: pass q=<SQL> or a JSON array of statements in the body");
+    } else {
+        match parse_statements(&body) {
+            Ok(statements) => statements,
+            Err(message) => return bad_request(message),
+        }
+    };
+    let outcomes = node.query(statements, levels, params.flag("siblings")).await;
+    outcomes_response(outcomes, started, &params)
+}
+
+async fn repair(State(node): State<Arc<Leaderless>>) -> Response {
+    match node.repair().await {
+        Some(report) => Json(json!(report)).into_response(),
+        None => error_response(&RequestError::new(503, "the node is stopping")),
+    }
+}
+
+async fn status(State(node): State<Arc<Leaderless>>) -> Response {
+    match node.status().await {
+        Some(status) => {
+            Json(json!({ "topology": "leaderless", "leaderless": status, "http_addr": node.http_addr.lock().expect("http addr lock").clone() })).into_response()
+        }
+        None => error_response(&RequestError::new(503, "the node is stopping")),
+    }
+}
+
+async fn conflicts(State(node): State<Arc<Leaderless>>) -> Response {
+    match node.status().await {
+        Some(status) => Json(json!({
+            "keys_with_siblings": status.keys_with_siblings,
+            "note": "concurrent writes to one row stand side by side until a write that saw them replaces them; a read shows the newest by hybrid time, ?siblings shows them all with the context a resolving write passes as context=",
+        }))
+        .into_response(),
+        None => error_response(&RequestError::new(503, "the node is stopping")),
+    }
+}

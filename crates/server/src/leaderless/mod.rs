@@ -1,0 +1,229 @@
+//! A leaderless node (`--topology leaderless`, issue 16): the core's `LeaderlessNode`
+//! and the node's SQLite store, both owned by one thread (`driver.rs`), which carries the
+//! core's outputs out in order (a store change is durable before any later message
+//! leaves); peer links (`peers.rs`); and what the HTTP API asks of it.
+//!
+//! A client statement reaches any node. A write is run (and rolled back) on this node's
+//! copy to learn the one row it changes; if this node is not a replica of that row, the
+//! statement goes to the first replica up, which runs it on its own copy, and the row's
+//! new version is coordinated there: stored, sent to the other replicas, answered after
+//! `w=` copies. A SELECT by primary key reads that key's replicas (`r=`); any other
+//! SELECT reads every range of its tables from `r` replicas, and runs over the merged rows.
+
+mod driver;
+mod peers;
+
+use crate::config::NodeConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tern_core::leaderless::{Count, Key, Levels, NodeMessage, RepairReport};
+use tern_storage::{Statement, StatementResult};
+use tokio::sync::{mpsc, oneshot};
+
+/// What leaderless nodes say to each other: the core's messages, and the SQL around them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderlessFrame {
+    Node(NodeMessage),
+    /// A write statement for a replica of its row to run and coordinate.
+    Execute {
+        id: u64,
+        statement: Statement,
+        levels: Levels,
+        pre_read: Option<Count>,
+        key: Option<Key>,
+    },
+    Executed {
+        id: u64,
+        outcome: Outcome,
+    },
+    /// Which row would this statement change on your copy? (A write reaching a node
+    /// without the row.)
+    Probe {
+        id: u64,
+        statement: Statement,
+    },
+    Probed {
+        id: u64,
+        key: Option<Key>,
+        error: Option<String>,
+    },
+    Schema {
+        id: u64,
+        statement: Statement,
+    },
+    SchemaApplied {
+        id: u64,
+        error: Option<String>,
+    },
+    /// Send me your schema statements (a node starting, or catching up).
+    SchemaPull,
+    SchemaList {
+        statements: Vec<String>,
+    },
+}
+
+/// One statement's outcome as the client sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    pub result: StatementResult,
+    /// Replicas that answered a read or hold a write (hints included unless strict).
+    pub replicas: Option<usize>,
+    /// Of those, hinted copies on fallback nodes.
+    pub hinted: Option<usize>,
+    /// A read's context: pass it as `context=` to a write that replaces what was read.
+    pub context: Option<String>,
+    /// Refused for availability (too few replicas up, timed out): HTTP 503.
+    pub unavailable: bool,
+}
+
+impl Outcome {
+    pub fn error(message: impl Into<String>) -> Outcome {
+        Outcome { result: StatementResult::error(message), ..Outcome::default() }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Outcome {
+        Outcome { result: StatementResult::error(message), unavailable: true, ..Outcome::default() }
+    }
+}
+
+/// What the HTTP side asks the driver thread.
+pub(crate) enum Command {
+    Frame { from: String, frame: LeaderlessFrame },
+    Execute { statements: Vec<Statement>, levels: Levels, pre_read: Option<Count>, context: Option<String>, reply: oneshot::Sender<Vec<Outcome>> },
+    Query { statements: Vec<Statement>, levels: Levels, siblings: bool, reply: oneshot::Sender<Vec<Outcome>> },
+    Repair { reply: oneshot::Sender<RepairReport> },
+    Status { reply: oneshot::Sender<LeaderlessStatus> },
+    Stop,
+}
+
+/// `/status` under leaderless.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LeaderlessStatus {
+    pub id: String,
+    pub region: String,
+    pub replicas: usize,
+    pub default_w: String,
+    pub default_r: String,
+    pub keys_stored: u64,
+    /// Hints kept for other nodes, by node.
+    pub hints: BTreeMap<String, usize>,
+    pub peers_down: Vec<String>,
+    pub requests_in_flight: usize,
+    /// Keys holding concurrent versions (siblings), by table.
+    pub keys_with_siblings: BTreeMap<String, u64>,
+    pub schema_statements: usize,
+    pub incarnation: String,
+}
+
+pub struct Leaderless {
+    pub config: NodeConfig,
+    pub http_addr: Mutex<String>,
+    commands: std_mpsc::Sender<Command>,
+    outbound: BTreeMap<String, mpsc::UnboundedSender<(Instant, LeaderlessFrame)>>,
+    driver: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Leaderless {
+    /// Opens the store, starts the driver thread and the peer links.
+    ///
+    /// # Errors
+    /// If the store cannot be opened or the peer address bound.
+    pub async fn start(config: NodeConfig, http_addr: String) -> Result<Arc<Leaderless>, String> {
+        let listener =
+            tokio::net::TcpListener::bind(config.peer_addr).await.map_err(|error| format!("cannot listen for peers on {}: {error}", config.peer_addr))?;
+        let store = tern_storage::leaderless::LeaderlessStore::open(&config.data_dir, config.limits).map_err(|error| error.to_string())?;
+        let (commands, receiver) = std_mpsc::channel();
+        let mut outbound = BTreeMap::new();
+        let mut queues = Vec::new();
+        for (id, addr) in &config.cluster {
+            if *id != config.id {
+                let (sender, queue) = mpsc::unbounded_channel();
+                outbound.insert(id.clone(), sender);
+                queues.push((id.clone(), *addr, queue));
+            }
+        }
+        let node = Arc::new(Leaderless { config, http_addr: Mutex::new(http_addr), commands, outbound, driver: Mutex::new(None) });
+        let driver = driver::Driver::new(node.clone(), store)?;
+        let thread = std::thread::Builder::new().name("tern-leaderless".into()).spawn(move || driver.run(receiver)).map_err(|error| error.to_string())?;
+        *node.driver.lock().expect("driver lock") = Some(thread);
+        for (peer, addr, queue) in queues {
+            tokio::spawn(peers::outbound_loop(node.clone(), peer, addr, queue));
+        }
+        tokio::spawn(peers::accept_loop(node.clone(), listener));
+        Ok(node)
+    }
+
+    fn post(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    pub(crate) fn send(&self, to: &str, frame: LeaderlessFrame) {
+        if let Some(queue) = self.outbound.get(to) {
+            let _ = queue.send((Instant::now(), frame));
+        }
+    }
+
+    fn wan_delay(&self, peer: &str) -> std::time::Duration {
+        let region = self.config.regions.get(peer).cloned().unwrap_or_default();
+        self.config.wan.one_way(&self.config.region, &region)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.post(make(reply));
+        answer.await.ok()
+    }
+
+    /// Runs write statements, one after another. `pre_read`: read each row from this
+    /// many replicas before the statement computes its new value.
+    pub async fn execute(&self, statements: Vec<Statement>, levels: Levels, pre_read: Option<Count>, context: Option<String>) -> Vec<Outcome> {
+        let count = statements.len();
+        self.ask(|reply| Command::Execute { statements, levels, pre_read, context, reply })
+            .await
+            .unwrap_or_else(|| vec![Outcome::unavailable("the node is stopping"); count])
+    }
+
+    pub async fn query(&self, statements: Vec<Statement>, levels: Levels, siblings: bool) -> Vec<Outcome> {
+        let count = statements.len();
+        self.ask(|reply| Command::Query { statements, levels, siblings, reply })
+            .await
+            .unwrap_or_else(|| vec![Outcome::unavailable("the node is stopping"); count])
+    }
+
+    pub async fn repair(&self) -> Option<RepairReport> {
+        self.ask(|reply| Command::Repair { reply }).await
+    }
+
+    pub async fn status(&self) -> Option<LeaderlessStatus> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Stops the driver thread (the store is closed with it).
+    pub async fn shutdown(&self) {
+        self.post(Command::Stop);
+        let thread = self.driver.lock().expect("driver lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Starts a leaderless node and its HTTP server; returns once both are listening.
+///
+/// # Errors
+/// If storage cannot be opened or an address cannot be bound.
+pub async fn serve(mut config: NodeConfig) -> Result<Arc<Leaderless>, String> {
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
+    config.http_addr = listener.local_addr().map_err(|error| error.to_string())?;
+    let node = Leaderless::start(config.clone(), config.http_addr.to_string()).await?;
+    let app = crate::http::leaderless_router(node.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server stopped: {error}");
+        }
+    });
+    Ok(node)
+}

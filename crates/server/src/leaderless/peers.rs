@@ -1,0 +1,130 @@
+//! Leaderless peer links: one outbound connection per peer for what this node sends,
+//! inbound connections for what peers send, each opened with a `Hello` naming the sender
+//! and its topology. Frames queued while a peer is unreachable are dropped: the protocol
+//! is built for loss (a write's copy goes to a hint, a read asks the others, pings mark
+//! the peer down). The emulated WAN delay holds each frame until its enqueue time plus the
+//! one-way latency between the two regions, as the single-leader transport does.
+
+use super::{Command, Leaderless, LeaderlessFrame};
+use crate::wire::{read_frame, read_frame_up_to, write_frame, Frame, Hello, MAX_HELLO_BYTES};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+fn hello(node: &Leaderless) -> Hello {
+    Hello {
+        id: node.config.id.clone(),
+        region: node.config.region.clone(),
+        http_addr: node.http_addr.lock().expect("http addr lock").clone(),
+        peer_addr: node.config.peer_addr.to_string(),
+        topology: tern_core::Topology::Leaderless,
+    }
+}
+
+pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<(Instant, LeaderlessFrame)>) {
+    let delay = node.wan_delay(&peer);
+    loop {
+        let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                while frames.try_recv().is_ok() {}
+                if frames.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut writer = BufWriter::with_capacity(256 << 10, stream);
+        if write_frame(&mut writer, &Frame::Hello(hello(&node))).await.is_err() || writer.flush().await.is_err() {
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
+        }
+        tracing::debug!("connected to {peer} at {addr}");
+        // Frames queued while the link was down are stale: the protocol resends what matters.
+        while frames.try_recv().is_ok() {}
+        let written: std::io::Result<()> = async {
+            loop {
+                let Some((queued, frame)) = frames.recv().await else { return Ok(()) };
+                let due = queued + delay;
+                if due > Instant::now() {
+                    writer.flush().await?;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                write_frame(&mut writer, &Frame::Leaderless(frame)).await?;
+                while let Ok((queued, frame)) = frames.try_recv() {
+                    let due = queued + delay;
+                    if due > Instant::now() {
+                        writer.flush().await?;
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    write_frame(&mut writer, &Frame::Leaderless(frame)).await?;
+                }
+                writer.flush().await?;
+            }
+        }
+        .await;
+        if written.is_ok() {
+            return;
+        }
+        tracing::debug!("connection to {peer} lost");
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+pub(super) async fn accept_loop(node: Arc<Leaderless>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(inbound(node.clone(), stream));
+            }
+            Err(error) => {
+                tracing::warn!("accepting a peer connection failed: {error}");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Reads one peer's frames. The first must be a `Hello` from a member of the cluster
+/// running leaderless; anything else closes the connection.
+async fn inbound(node: Arc<Leaderless>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::with_capacity(256 << 10, stream);
+    let mut buffer = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;
+    let Ok(Ok(Some(Frame::Hello(hello)))) = first else { return };
+    if hello.topology != tern_core::Topology::Leaderless {
+        tracing::error!(
+            "refused a peer connection from {:?}: it runs --topology {}, and this cluster runs --topology leaderless",
+            hello.id,
+            hello.topology.name()
+        );
+        return;
+    }
+    if hello.id == node.config.id || !node.config.cluster.iter().any(|(id, _)| *id == hello.id) {
+        tracing::warn!("refused a peer connection from {:?}: not a member of this cluster", hello.id);
+        return;
+    }
+    let from = hello.id;
+    loop {
+        match read_frame(&mut reader, &mut buffer).await {
+            Ok(Some(Frame::Leaderless(frame))) => node.post(Command::Frame { from: from.clone(), frame }),
+            Ok(Some(_)) => {
+                tracing::warn!("{from} sent a frame of another topology: closing the connection");
+                return;
+            }
+            Ok(None) => return,
+            Err(error) => {
+                tracing::debug!("connection from {from} ended: {error}");
+                return;
+            }
+        }
+    }
+}
