@@ -219,3 +219,36 @@ pub fn run_conflicts(command: ConflictsCommand) -> Result<(), String> {
         }
     }
 }
+
+/// `tern repair`: anti-entropy of one leaderless node with every peer, now.
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    /// HTTP address of the node to repair (it compares with every peer).
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    http: String,
+}
+
+pub fn run_repair(args: RepairArgs) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let reply =
+        tern_server::client::HttpClient::new(&args.http).post_json("/db/repair", &json!({})).map_err(|error| format!("cannot reach {}: {error}", args.http))?;
+    if reply.status != 200 {
+        return Err(format!("the repair was refused ({}): {}", reply.status, reply.body["error"].as_str().unwrap_or(&reply.body.to_string())));
+    }
+    let report = &reply.body;
+    let number = |name: &str| report[name].as_u64().unwrap_or(0);
+    println!(
+        "compared Merkle trees with {} peer(s) in {:.1} s: {} already in sync, {} range(s) differed, {} row version(s) received, {} sent",
+        number("peers_compared"),
+        started.elapsed().as_secs_f64(),
+        number("peers_in_sync"),
+        number("ranges_differing"),
+        number("keys_received"),
+        number("keys_sent")
+    );
+    if let Some(unreachable) = report["peers_unreachable"].as_array().filter(|peers| !peers.is_empty()) {
+        let names: Vec<&str> = unreachable.iter().filter_map(|peer| peer.as_str()).collect();
+        println!("not reachable, not compared: {} (run tern repair again once they are up)", names.join(", "));
+    }
+    Ok(())
+}

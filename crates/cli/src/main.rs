@@ -57,6 +57,9 @@ enum Command {
     /// Multi-leader: see how many rows each region is home to, or set a table's home rule.
     #[command(subcommand)]
     Homes(conflicts::HomesCommand),
+    /// Leaderless: compare Merkle trees with every peer now and exchange the rows that
+    /// differ (a node whose disk was wiped comes back complete).
+    Repair(conflicts::RepairArgs),
     /// An offline-first device replica: run SQL on it offline, sync it with a
     /// multi-leader cluster, see what is pending.
     Device(device::DeviceArgs),
@@ -260,6 +263,13 @@ impl ServerArgs {
             }
         }
         let leaderless = topology == Topology::Leaderless;
+        if leaderless {
+            if let Some((missing, _)) = cluster.iter().find(|(id, _)| !regions.contains_key(id)) {
+                return Err(format!(
+                    "--topology leaderless needs every member's region (each node places rows with the same ring): write {missing}@REGION=ADDRESS in --cluster"
+                ));
+            }
+        }
         if leaderless && self.join {
             return Err("--join is not supported under --topology leaderless: name every member in --cluster".to_string());
         }
@@ -353,6 +363,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Repair(args) => conflicts::run_repair(args),
         Command::Verify(args) => run_verify(args),
         Command::Rollback(command) => run_rollback(command),
         Command::Cluster(command) => admin::run_cluster(command),

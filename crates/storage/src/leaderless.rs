@@ -104,7 +104,8 @@ impl LeaderlessStore {
                  target TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, versions BLOB NOT NULL,
                  PRIMARY KEY (target, tbl, key)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS _tern_ll_schema (seq INTEGER PRIMARY KEY, sql TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS _tern_ll_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS _tern_ll_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS _tern_ll_members (id INTEGER PRIMARY KEY CHECK (id = 1), members TEXT NOT NULL);",
         )?;
         let incarnation: Option<i64> = connection.query_row("SELECT value FROM _tern_ll_meta WHERE name = 'incarnation'", [], |row| row.get(0)).optional()?;
         let incarnation = match incarnation {
@@ -468,6 +469,23 @@ impl LeaderlessStore {
     /// On a SQLite failure.
     pub fn key_count(&self) -> Result<u64> {
         Ok(self.connection.query_row("SELECT count(*) FROM _tern_ll_versions", [], |row| row.get::<_, i64>(0))? as u64)
+    }
+
+    // --- membership ---
+
+    /// The cluster's members as last changed (a JSON text the server reads), if ever.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn members(&self) -> Result<Option<String>> {
+        Ok(self.connection.query_row("SELECT members FROM _tern_ll_members WHERE id = 1", [], |row| row.get(0)).optional()?)
+    }
+
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn set_members(&mut self, members: &str) -> Result<()> {
+        self.connection.execute("INSERT OR REPLACE INTO _tern_ll_members (id, members) VALUES (1, ?1)", [members])?;
+        Ok(())
     }
 
     // --- schema ---

@@ -148,13 +148,13 @@ impl Cluster {
     pub fn new(name: &str, count: usize, extra: &[&str]) -> Cluster {
         let regions = ["us-east", "eu-west", "antarctica", "ap-south", "sa-east"];
         let node_regions: Vec<&str> = (0..count).map(|index| regions[index % regions.len()]).collect();
-        Cluster::with_regions(name, &node_regions, false, extra)
+        Cluster::with_regions(name, &node_regions, "single-leader", extra)
     }
 
     /// Multi-leader: node `i` (n1, n2, ...) in region `node_regions[i]`, each region's
     /// first node its first leader; all started, each with `extra` and fault injection.
     pub fn start_multi_leader(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
-        let mut cluster = Cluster::with_regions(name, node_regions, true, extra);
+        let mut cluster = Cluster::with_regions(name, node_regions, "multi-leader", extra);
         for node in &mut cluster.nodes {
             node.start();
         }
@@ -162,7 +162,18 @@ impl Cluster {
         cluster
     }
 
-    fn with_regions(name: &str, node_regions: &[&str], multi_leader: bool, extra: &[&str]) -> Cluster {
+    /// Leaderless: node `i` (n1, n2, ...) in region `node_regions[i]`; all started.
+    pub fn start_leaderless(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::with_regions(name, node_regions, "leaderless", extra);
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    fn with_regions(name: &str, node_regions: &[&str], topology: &str, extra: &[&str]) -> Cluster {
+        let named_regions = topology != "single-leader";
         let dir = std::env::temp_dir().join(format!("tern-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -170,7 +181,7 @@ impl Cluster {
         let members = specs
             .iter()
             .zip(node_regions)
-            .map(|((id, _, peer), region)| if multi_leader { format!("{id}@{region}={peer}") } else { format!("{id}={peer}") })
+            .map(|((id, _, peer), region)| if named_regions { format!("{id}@{region}={peer}") } else { format!("{id}={peer}") })
             .collect::<Vec<_>>()
             .join(",");
         let nodes = specs
@@ -180,8 +191,11 @@ impl Cluster {
                 let data = dir.join(id);
                 let mut args = node_args(id, &data, http, peer, &members);
                 args.extend(["--region".to_string(), region.to_string()]);
-                if multi_leader {
+                if topology == "multi-leader" {
                     args.extend(["--topology", "multi-leader", "--fault-injection", "on"].map(String::from));
+                }
+                if topology == "leaderless" {
+                    args.extend(["--topology", "leaderless"].map(String::from));
                 }
                 args.extend(extra.iter().map(|arg| arg.to_string()));
                 ServerNode {
@@ -254,6 +268,17 @@ impl Cluster {
         let (http, peer) = (free_port_addr(), free_port_addr());
         let data = self.dir.join(id);
         let args = node_args(id, &data, &http, &peer, &format!("{id}={peer},{others}"));
+        ServerNode { id: id.into(), http, peer, data, args, wrapper: Vec::new(), log: self.dir.join(format!("{id}.log")), child: None }
+    }
+
+    /// Leaderless: a node not yet a member, whose `--cluster` is every current member
+    /// (`ID@REGION=PEER`, comma separated) and itself; not started.
+    pub fn leaderless_newcomer(&self, id: &str, region: &str, members: &str, extra: &[&str]) -> ServerNode {
+        let (http, peer) = (free_port_addr(), free_port_addr());
+        let data = self.dir.join(id);
+        let mut args = node_args(id, &data, &http, &peer, &format!("{members},{id}@{region}={peer}"));
+        args.extend(["--region", region, "--topology", "leaderless"].map(String::from));
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         ServerNode { id: id.into(), http, peer, data, args, wrapper: Vec::new(), log: self.dir.join(format!("{id}.log")), child: None }
     }
 

@@ -162,7 +162,7 @@ impl Default for Levels {
 }
 
 /// Where keys live: the ring and how many replicas each key has.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
     pub ring: Ring,
     pub replicas: usize,
@@ -437,6 +437,10 @@ pub enum NodeEvent {
     Repair {
         id: u64,
     },
+    /// The cluster's members changed: keys move to their new replicas by anti-entropy,
+    /// started at once with every peer; hints for nodes gone are dropped (their writes
+    /// have other copies, which anti-entropy spreads).
+    Placement(Placement),
     Tick,
 }
 
@@ -1154,6 +1158,27 @@ impl LeaderlessNode {
         }
     }
 
+    fn change_placement(&mut self, placement: Placement) {
+        let nodes = placement.nodes();
+        self.config.placement = placement;
+        self.last_heard.retain(|peer, _| nodes.contains(peer));
+        for node in nodes {
+            if node != self.config.name {
+                self.last_heard.entry(node).or_insert(self.now);
+            }
+        }
+        let gone: Vec<(String, Key)> = self.hints.keys().filter(|(target, _)| !self.last_heard.contains_key(target)).cloned().collect();
+        for slot in gone {
+            self.hints.remove(&slot);
+            let (target, key) = slot;
+            self.outputs.push_back(NodeOutput::DropHint { target, key });
+        }
+        let peers: Vec<String> = self.last_heard.keys().cloned().collect();
+        for peer in peers {
+            self.start_round(peer, None);
+        }
+    }
+
     fn repair(&mut self, id: u64) {
         let peers: Vec<String> = self.last_heard.keys().cloned().collect();
         let mut report = RepairReport::default();
@@ -1196,6 +1221,7 @@ impl Protocol for LeaderlessNode {
                 }
             }
             NodeEvent::Repair { id } => self.repair(id),
+            NodeEvent::Placement(placement) => self.change_placement(placement),
             NodeEvent::Tick => self.tick(),
         }
     }

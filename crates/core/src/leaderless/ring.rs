@@ -16,7 +16,7 @@ pub struct RingNode {
     pub region: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
     nodes: Vec<RingNode>,
     /// `(token, index into nodes)`, sorted by token.

@@ -5,7 +5,7 @@
 //! replicas answered. Plus `/status`, `/readyz`, `/db/repair` and `/db/conflicts`.
 
 use super::*;
-use crate::leaderless::{Leaderless, Outcome};
+use crate::leaderless::{Leaderless, Member, MemberChange, Outcome};
 use tern_core::leaderless::{Count, Levels};
 
 pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
@@ -15,6 +15,9 @@ pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
         .route("/db/query", get(query).post(query))
         .route("/db/repair", post(repair))
         .route("/db/conflicts", get(conflicts))
+        .route("/cluster", get(cluster))
+        .route("/cluster/add", post(add_member))
+        .route("/cluster/remove", post(remove_member))
         .route("/status", get(status))
         .route("/readyz", get(|| async { "[+]node ok\n" }))
         .layer(DefaultBodyLimit::max(limit))
@@ -109,6 +112,41 @@ async fn query(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, bod
     };
     let outcomes = node.query(statements, levels, params.flag("siblings")).await;
     outcomes_response(outcomes, started, &params)
+}
+
+async fn cluster(State(node): State<Arc<Leaderless>>) -> Response {
+    Json(json!({ "node": node.config.id, "topology": "leaderless", "membership": node.members() })).into_response()
+}
+
+/// `POST /cluster/add?id=ID&addr=PEER_ADDR&region=REGION` on any node: every node takes
+/// the new member, and the keys it becomes a replica of move to it by anti-entropy.
+async fn add_member(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let (Some(id), Some(address)) = (params.get("id"), params.get("addr")) else {
+        return bad_request("missing ?id=<node id>&addr=<peer host:port>[&region=<region>]");
+    };
+    let addr = match address.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr,
+        Err(error) => return bad_request(format!("bad peer address {address:?}: {error} (expected HOST:PORT, as the node's --peer)")),
+    };
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return bad_request(format!("bad node id {id:?}: letters, digits, '-', '_' and '.', at most 64"));
+    }
+    let member = Member { id: id.to_string(), region: params.get("region").unwrap_or("local").to_string(), addr };
+    match node.change_members(MemberChange::Add(member)).await {
+        Ok(membership) => Json(json!({ "added": id, "membership": membership })).into_response(),
+        Err(message) => bad_request(message),
+    }
+}
+
+/// `POST /cluster/remove?id=ID`: the keys it held move to their new replicas.
+async fn remove_member(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
+    let Some(id) = params.get("id") else { return bad_request("missing ?id=<node id>") };
+    match node.change_members(MemberChange::Remove(id.to_string())).await {
+        Ok(membership) => Json(json!({ "removed": id, "membership": membership })).into_response(),
+        Err(message) => bad_request(message),
+    }
 }
 
 async fn repair(State(node): State<Arc<Leaderless>>) -> Response {

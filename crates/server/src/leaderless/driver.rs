@@ -5,7 +5,7 @@
 //! of that row, asking every node which row a statement changes when this node does not
 //! hold it, schema changes on every node, and SELECTs run over the versions read.
 
-use super::{Command, Leaderless, LeaderlessFrame, LeaderlessStatus, Outcome};
+use super::{Command, Leaderless, LeaderlessFrame, LeaderlessStatus, MemberChange, Membership, Outcome};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -95,6 +95,11 @@ pub(super) fn decode_context(text: &str) -> Result<Context, String> {
     postcard::from_bytes(&bytes).map_err(|_| bad())
 }
 
+fn placement_of(members: &Membership, replicas: usize, vnodes: usize) -> Placement {
+    let nodes: Vec<RingNode> = members.members.iter().map(|member| RingNode { id: member.id.clone(), region: member.region.clone() }).collect();
+    Placement::new(Ring::new(nodes, vnodes), replicas)
+}
+
 fn is_insert(sql: &str) -> bool {
     let keyword = tern_storage::guard::first_keyword(sql);
     keyword == "INSERT" || keyword == "REPLACE"
@@ -103,16 +108,12 @@ fn is_insert(sql: &str) -> bool {
 impl Driver {
     pub(super) fn new(node: Arc<Leaderless>, store: LeaderlessStore) -> Result<Driver, String> {
         let config = &node.config;
-        let nodes: Vec<RingNode> = config
-            .cluster
-            .iter()
-            .map(|(id, _)| RingNode { id: id.clone(), region: config.regions.get(id).cloned().unwrap_or_else(|| "local".to_string()) })
-            .collect();
         let settings = &config.leaderless;
-        if settings.replicas == 0 || settings.replicas > nodes.len() {
-            return Err(format!("--replicas {} is out of range: 1 to the cluster's {} nodes", settings.replicas, nodes.len()));
+        let members = node.members();
+        if settings.replicas == 0 || settings.replicas > members.members.len() {
+            return Err(format!("--replicas {} is out of range: 1 to the cluster's {} nodes", settings.replicas, members.members.len()));
         }
-        let placement = Placement::new(Ring::new(nodes, settings.vnodes), settings.replicas);
+        let placement = placement_of(&members, settings.replicas, settings.vnodes);
         let dot_name = format!("{}.{:x}", config.id, store.incarnation());
         let mut core_config = CoreConfig::new(config.id.clone(), dot_name.clone(), placement.clone());
         core_config.request_timeout_us = config.write_timeout.as_micros() as Micros;
@@ -171,7 +172,7 @@ impl Driver {
             if Instant::now() >= self.next_schema_pull {
                 let interval = if self.schema_heard { SCHEMA_PULL_INTERVAL } else { Duration::from_secs(1) };
                 self.next_schema_pull = Instant::now() + interval;
-                for (peer, _) in self.node.config.cluster.clone() {
+                for peer in self.placement.nodes() {
                     if peer != self.me() {
                         self.node.send(&peer, LeaderlessFrame::SchemaPull);
                     }
@@ -203,6 +204,9 @@ impl Driver {
                 self.waits.insert(id, Wait::Repair { reply });
                 self.handle(NodeEvent::Repair { id });
             }
+            Command::Members { change, reply } => {
+                let _ = reply.send(self.change_members(change));
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -226,6 +230,54 @@ impl Driver {
             schema_statements: self.store.schema().map_or(0, |schema| schema.len()),
             incarnation: self.dot_name.clone(),
         }
+    }
+
+    // --- membership ---
+
+    fn change_members(&mut self, change: MemberChange) -> Result<Membership, String> {
+        let mut next = self.node.members();
+        let before: Vec<String> = next.members.iter().map(|member| member.id.clone()).collect();
+        match change {
+            MemberChange::Add(member) => {
+                if next.members.iter().any(|known| known.id == member.id || known.addr == member.addr) {
+                    return Err(format!("{} or its address {} is a member already", member.id, member.addr));
+                }
+                next.members.push(member);
+            }
+            MemberChange::Remove(id) => {
+                if !next.members.iter().any(|known| known.id == id) {
+                    return Err(format!("{id} is not a member: the members are {}", before.join(", ")));
+                }
+                next.members.retain(|known| known.id != id);
+                if next.members.len() < self.placement.replicas {
+                    return Err(format!("removing {id} would leave {} nodes for {} replicas per row", next.members.len(), self.placement.replicas));
+                }
+            }
+        }
+        next.version += 1;
+        // Everyone who was or is a member hears of it; a node removed stops taking part.
+        let everyone: BTreeSet<String> = before.into_iter().chain(next.members.iter().map(|member| member.id.clone())).collect();
+        // A member removed loses its link when the change applies here: tell it first.
+        for peer in everyone.iter().filter(|peer| !next.members.iter().any(|member| member.id == **peer)) {
+            self.node.send(peer, LeaderlessFrame::Members(next.clone()));
+        }
+        self.apply_members(next.clone());
+        for peer in next.members.iter().map(|member| member.id.clone()).filter(|peer| peer != self.me()) {
+            self.node.send(&peer, LeaderlessFrame::Members(next.clone()));
+        }
+        Ok(next)
+    }
+
+    fn apply_members(&mut self, members: Membership) {
+        if let Err(error) = self.store.set_members(&serde_json::to_string(&members).expect("members encode")) {
+            tracing::error!("could not store the member list: {error}");
+            return;
+        }
+        tracing::info!("members now (version {}): {}", members.version, members.members.iter().map(|member| member.id.as_str()).collect::<Vec<_>>().join(", "));
+        self.placement = placement_of(&members, self.placement.replicas, self.node.config.leaderless.vnodes);
+        self.node.set_members(members);
+        let placement = self.placement.clone();
+        self.handle(NodeEvent::Placement(placement));
     }
 
     // --- jobs ---
@@ -513,6 +565,11 @@ impl Driver {
                     if let Some(Wait::Schema { job, failed, .. }) = self.waits.remove(&id) {
                         self.schema_done(job, failed, Vec::new());
                     }
+                }
+            }
+            LeaderlessFrame::Members(members) => {
+                if members.version > self.node.members().version {
+                    self.apply_members(members);
                 }
             }
             LeaderlessFrame::SchemaPull => {

@@ -63,6 +63,29 @@ pub enum LeaderlessFrame {
     SchemaList {
         statements: Vec<String>,
     },
+    /// The cluster's members, from the node where they were changed (newer versions win).
+    Members(Membership),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub region: String,
+    pub addr: std::net::SocketAddr,
+}
+
+/// The cluster's members; each change numbered one higher than the one it replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub version: u64,
+    pub members: Vec<Member>,
+}
+
+/// `/cluster/add` and `/cluster/remove`.
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    Add(Member),
+    Remove(String),
 }
 
 /// One statement's outcome as the client sees it.
@@ -95,6 +118,7 @@ pub(crate) enum Command {
     Execute { statements: Vec<Statement>, levels: Levels, pre_read: Option<Count>, context: Option<String>, reply: oneshot::Sender<Vec<Outcome>> },
     Query { statements: Vec<Statement>, levels: Levels, siblings: bool, reply: oneshot::Sender<Vec<Outcome>> },
     Repair { reply: oneshot::Sender<RepairReport> },
+    Members { change: MemberChange, reply: oneshot::Sender<Result<Membership, String>> },
     Status { reply: oneshot::Sender<LeaderlessStatus> },
     Stop,
 }
@@ -122,7 +146,9 @@ pub struct Leaderless {
     pub config: NodeConfig,
     pub http_addr: Mutex<String>,
     commands: std_mpsc::Sender<Command>,
-    outbound: BTreeMap<String, mpsc::UnboundedSender<(Instant, LeaderlessFrame)>>,
+    members: Mutex<Membership>,
+    outbound: Mutex<BTreeMap<String, mpsc::UnboundedSender<(Instant, LeaderlessFrame)>>>,
+    runtime: tokio::runtime::Handle,
     driver: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -136,22 +162,33 @@ impl Leaderless {
             tokio::net::TcpListener::bind(config.peer_addr).await.map_err(|error| format!("cannot listen for peers on {}: {error}", config.peer_addr))?;
         let store = tern_storage::leaderless::LeaderlessStore::open(&config.data_dir, config.limits).map_err(|error| error.to_string())?;
         let (commands, receiver) = std_mpsc::channel();
-        let mut outbound = BTreeMap::new();
-        let mut queues = Vec::new();
-        for (id, addr) in &config.cluster {
-            if *id != config.id {
-                let (sender, queue) = mpsc::unbounded_channel();
-                outbound.insert(id.clone(), sender);
-                queues.push((id.clone(), *addr, queue));
-            }
-        }
-        let node = Arc::new(Leaderless { config, http_addr: Mutex::new(http_addr), commands, outbound, driver: Mutex::new(None) });
+        // Members as last changed on this node, else as --cluster names them.
+        let stored = store.members().map_err(|error| error.to_string())?;
+        let members = match stored.as_deref().map(serde_json::from_str::<Membership>) {
+            Some(Ok(members)) => members,
+            Some(Err(error)) => return Err(format!("the stored member list does not read: {error}")),
+            None => Membership {
+                version: 0,
+                members: config
+                    .cluster
+                    .iter()
+                    .map(|(id, addr)| Member { id: id.clone(), region: config.regions.get(id).cloned().unwrap_or_else(|| "local".to_string()), addr: *addr })
+                    .collect(),
+            },
+        };
+        let node = Arc::new(Leaderless {
+            config,
+            http_addr: Mutex::new(http_addr),
+            commands,
+            members: Mutex::new(Membership::default()),
+            outbound: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            driver: Mutex::new(None),
+        });
+        node.set_members(members);
         let driver = driver::Driver::new(node.clone(), store)?;
         let thread = std::thread::Builder::new().name("tern-leaderless".into()).spawn(move || driver.run(receiver)).map_err(|error| error.to_string())?;
         *node.driver.lock().expect("driver lock") = Some(thread);
-        for (peer, addr, queue) in queues {
-            tokio::spawn(peers::outbound_loop(node.clone(), peer, addr, queue));
-        }
         tokio::spawn(peers::accept_loop(node.clone(), listener));
         Ok(node)
     }
@@ -161,14 +198,45 @@ impl Leaderless {
     }
 
     pub(crate) fn send(&self, to: &str, frame: LeaderlessFrame) {
-        if let Some(queue) = self.outbound.get(to) {
+        if let Some(queue) = self.outbound.lock().expect("outbound lock").get(to) {
             let _ = queue.send((Instant::now(), frame));
         }
     }
 
+    pub fn members(&self) -> Membership {
+        self.members.lock().expect("members lock").clone()
+    }
+
+    fn is_member(&self, id: &str) -> bool {
+        self.members.lock().expect("members lock").members.iter().any(|member| member.id == id)
+    }
+
+    /// Takes `members` as the cluster: links to new members open, links to members gone close.
+    fn set_members(self: &Arc<Self>, members: Membership) {
+        let mut outbound = self.outbound.lock().expect("outbound lock");
+        // A link dropped here still writes what was queued on it, then closes.
+        outbound.retain(|peer, _| members.members.iter().any(|member| member.id == *peer));
+        for member in &members.members {
+            if member.id != self.config.id && !outbound.contains_key(&member.id) {
+                let (sender, queue) = mpsc::unbounded_channel();
+                outbound.insert(member.id.clone(), sender);
+                self.runtime.spawn(peers::outbound_loop(self.clone(), member.id.clone(), member.addr, queue));
+            }
+        }
+        *self.members.lock().expect("members lock") = members;
+    }
+
     fn wan_delay(&self, peer: &str) -> std::time::Duration {
-        let region = self.config.regions.get(peer).cloned().unwrap_or_default();
-        self.config.wan.one_way(&self.config.region, &region)
+        let region = self.members.lock().expect("members lock").members.iter().find(|member| member.id == peer).map(|member| member.region.clone());
+        self.config.wan.one_way(&self.config.region, &region.unwrap_or_default())
+    }
+
+    /// Adds or removes a member on every node; keys then move to their new replicas.
+    ///
+    /// # Errors
+    /// If the change does not fit the cluster (an id twice, too few nodes for --replicas).
+    pub async fn change_members(&self, change: MemberChange) -> Result<Membership, String> {
+        self.ask(|reply| Command::Members { change, reply }).await.unwrap_or_else(|| Err("the node is stopping".to_string()))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {

@@ -27,8 +27,8 @@ fn hello(node: &Leaderless) -> Hello {
 }
 
 pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<(Instant, LeaderlessFrame)>) {
-    let delay = node.wan_delay(&peer);
     loop {
+        let delay = node.wan_delay(&peer);
         let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             _ => {
@@ -108,7 +108,7 @@ async fn inbound(node: Arc<Leaderless>, stream: TcpStream) {
         );
         return;
     }
-    if hello.id == node.config.id || !node.config.cluster.iter().any(|(id, _)| *id == hello.id) {
+    if hello.id == node.config.id || !node.is_member(&hello.id) {
         tracing::warn!("refused a peer connection from {:?}: not a member of this cluster", hello.id);
         return;
     }
