@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// separated): the time and bytes to push them, and for a fresh device to pull them.
     #[arg(long)]
     devices: Option<String>,
+    /// Instead: leaderless clusters (one node per region on the emulated WAN) for several
+    /// (N, R, W): read and write latency per region, and the probability that a read t ms
+    /// after a write returns an older value, for t = 0, 10, 100, 1000 ms.
+    #[arg(long)]
+    leaderless: bool,
     /// One-way WAN latency per region pair for --geo, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
@@ -85,6 +90,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         let counts: Vec<usize> =
             counts.split(',').map(|count| count.trim().parse().map_err(|_| format!("bad --devices item {count:?}"))).collect::<Result<_, _>>()?;
         return crate::bench_devices::run(&counts);
+    }
+    if args.leaderless {
+        return crate::bench_leaderless::run(&args.wan, Duration::from_secs(args.duration));
     }
     if args.geo {
         let clients = args.clients.split(',').next().and_then(|count| count.trim().parse().ok()).unwrap_or(4);

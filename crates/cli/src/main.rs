@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod bench_devices;
 mod bench_geo;
+mod bench_leaderless;
 mod cluster;
 mod conflicts;
 mod demo;
