@@ -207,10 +207,8 @@ impl ClientPolicy {
                 match context.action {
                     AuthAction::Function { function_name } => touched.functions.push(function_name.to_ascii_lowercase()),
                     AuthAction::Insert { table_name } => touched.inserts_into.push(table_name.to_owned()),
-                    AuthAction::Read { table_name, .. } => {
-                        if !touched.reads.iter().any(|table| table == table_name) {
-                            touched.reads.push(table_name.to_owned());
-                        }
+                    AuthAction::Read { table_name, .. } if !touched.reads.iter().any(|table| table == table_name) => {
+                        touched.reads.push(table_name.to_owned());
                     }
                     // SQLite names the rowid "ROWID" whichever alias the statement used.
                     AuthAction::Update { table_name, column_name } => {

@@ -265,6 +265,10 @@ impl LeaderlessStore {
     }
 
     fn store(&mut self, key: &Key, versions: &KeyVersions) -> Result<()> {
+        // A peer names the table; only a user table's rows are kept.
+        if crate::guard::is_internal_table(&key.table) || key.table.to_ascii_lowercase().starts_with("sqlite_") {
+            return Err(StorageError::new(format!("{:?} is not a user table: its rows are not replicated", key.table)));
+        }
         let siblings = versions.siblings().len() as i64;
         self.connection
             .prepare_cached("INSERT OR REPLACE INTO _tern_ll_versions (tbl, key, token, siblings, versions) VALUES (?1, ?2, ?3, ?4, ?5)")?

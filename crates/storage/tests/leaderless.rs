@@ -111,7 +111,7 @@ fn a_statement_changing_several_rows_is_refused_with_the_reason() {
 #[test]
 fn key_lookups_are_found_in_select_text_and_nothing_else_is() {
     let positional = |sql: &str, value: SqlValue| Statement { sql: sql.into(), params: Params::Positional(vec![value]) };
-    let found = |statement: &Statement| key_lookup(statement).map(|(table, column, value)| (table, column, value));
+    let found = |statement: &Statement| key_lookup(statement);
     assert_eq!(found(&Statement::new("SELECT * FROM people WHERE id = 5")), Some(("people".into(), "id".into(), SqlValue::Integer(5))));
     assert_eq!(found(&Statement::new("select name from \"peo ple\" where id = -5;")), Some(("peo ple".into(), "id".into(), SqlValue::Integer(-5))));
     assert_eq!(found(&Statement::new("SELECT * FROM t WHERE k = 'Andrés'")), Some(("t".into(), "k".into(), SqlValue::Text("Andrés".into()))));

@@ -1284,6 +1284,19 @@ mod tests {
         assert_eq!(drain(&mut node), [NodeOutput::Answer { id: 7, answer }], "the coordinator's copy and the hint make w=quorum");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, failure_persistence: None, ..Default::default() })]
+
+        /// Any text is a replica count or a reason, and a count is always 1..=replicas.
+        #[test]
+        fn any_count_text_is_parsed_or_explained(text in proptest::prelude::any::<String>(), replicas in 1usize..9) {
+            match text.parse::<Count>() {
+                Ok(count) => proptest::prop_assert!((1..=replicas).contains(&count.of(replicas))),
+                Err(message) => proptest::prop_assert!(message.contains("not a replica count")),
+            }
+        }
+    }
+
     #[test]
     fn a_read_answers_at_r_with_the_merged_versions_and_repairs_the_stale_replica() {
         let placement = placement(3, 3);

@@ -24,14 +24,13 @@ pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
         .with_state(node)
 }
 
-fn levels(node: &Leaderless, params: &Params) -> Result<Levels, String> {
+fn levels(settings: &crate::config::LeaderlessSettings, params: &Params) -> Result<Levels, String> {
     let count = |name: &str, default: Count| -> Result<Count, String> {
         match params.get(name) {
             None => Ok(default),
             Some(text) => text.parse::<Count>().map_err(|error| format!("bad {name}=: {error}")),
         }
     };
-    let settings = &node.config.leaderless;
     let levels = Levels { w: count("w", settings.w)?, r: count("r", settings.r)?, strict: params.flag("strict") };
     for (name, asked) in [("w", levels.w), ("r", levels.r)] {
         if let Count::Exactly(number) = asked {
@@ -75,7 +74,7 @@ async fn execute(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, b
         Ok(statements) => statements,
         Err(message) => return bad_request(message),
     };
-    let levels = match levels(&node, &params) {
+    let levels = match levels(&node.config.leaderless, &params) {
         Ok(levels) => levels,
         Err(message) => return bad_request(message),
     };
@@ -96,7 +95,7 @@ async fn execute(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, b
 async fn query(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     let params = Params::parse(raw);
-    let levels = match levels(&node, &params) {
+    let levels = match levels(&node.config.leaderless, &params) {
         Ok(levels) => levels,
         Err(message) => return bad_request(message),
     };
@@ -173,5 +172,41 @@ async fn conflicts(State(node): State<Arc<Leaderless>>) -> Response {
         }))
         .into_response(),
         None => error_response(&RequestError::new(503, "the node is stopping")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_come_from_the_query_string_or_the_cluster_defaults() {
+        let settings = crate::config::LeaderlessSettings::default();
+        let parsed = |text: &str| levels(&settings, &Params::parse(Some(text.into())));
+        assert_eq!(parsed("").unwrap(), Levels { w: Count::Quorum, r: Count::Quorum, strict: false });
+        assert_eq!(parsed("w=all&r=one&strict").unwrap(), Levels { w: Count::All, r: Count::One, strict: true });
+        assert_eq!(parsed("w=2").unwrap().w, Count::Exactly(2));
+        assert!(parsed("w=4").unwrap_err().contains("--replicas 3"));
+        assert!(parsed("r=0").unwrap_err().contains("not a replica count"));
+        assert!(parsed("w=lots").unwrap_err().contains("bad w="));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, failure_persistence: None, ..Default::default() })]
+
+        /// Any query string, any script: levels or a reason, never a panic; and any
+        /// `context=` text is a context or a reason.
+        #[test]
+        fn any_levels_and_context_text_is_parsed_or_explained(raw in proptest::prelude::any::<String>(), tail in "[%&=+a-z0-9é日]{0,30}") {
+            let settings = crate::config::LeaderlessSettings::default();
+            for text in [raw.clone(), format!("w={tail}&r={tail}"), format!("strict={tail}&w={raw}")] {
+                if let Err(message) = levels(&settings, &Params::parse(Some(text))) {
+                    proptest::prop_assert!(!message.is_empty());
+                }
+            }
+            for text in [raw.clone(), tail.clone(), format!("01{tail}"), "é1".to_string()] {
+                let _ = crate::leaderless::decode_context(&text);
+            }
+        }
     }
 }

@@ -86,9 +86,9 @@ fn encode_context(context: &Context) -> String {
 
 /// # Errors
 /// If the text is not a context this node gave out.
-pub(super) fn decode_context(text: &str) -> Result<Context, String> {
+pub fn decode_context(text: &str) -> Result<Context, String> {
     let bad = || format!("context={text:?} is not a context from a read: pass the \"context\" of a read's result as it was given");
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|at| u8::from_str_radix(&text[at..at + 2], 16)).collect::<Result<_, _>>().map_err(|_| bad())?;

@@ -13,6 +13,8 @@
 mod driver;
 mod peers;
 
+pub use driver::decode_context;
+
 use crate::config::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
