@@ -48,6 +48,8 @@ pub struct LeaderlessStore {
     policy: ClientPolicy,
     shapes: BTreeMap<String, Shape>,
     incarnation: u64,
+    /// Keys a merge could not keep since last asked, with why (see `take_skipped`).
+    skipped: Vec<String>,
 }
 
 /// A key's bytes: its key columns' values, in column order.
@@ -103,7 +105,7 @@ impl LeaderlessStore {
              CREATE TABLE IF NOT EXISTS _tern_ll_hints (
                  target TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, versions BLOB NOT NULL,
                  PRIMARY KEY (target, tbl, key)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS _tern_ll_schema (seq INTEGER PRIMARY KEY, sql TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS _tern_ll_schema (seq INTEGER PRIMARY KEY, origin TEXT NOT NULL UNIQUE, sql TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS _tern_ll_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS _tern_ll_members (id INTEGER PRIMARY KEY CHECK (id = 1), members TEXT NOT NULL);",
         )?;
@@ -119,7 +121,7 @@ impl LeaderlessStore {
             }
         };
         let policy = ClientPolicy::install(&mut connection, true, limits)?;
-        Ok(LeaderlessStore { connection, policy, shapes: BTreeMap::new(), incarnation })
+        Ok(LeaderlessStore { connection, policy, shapes: BTreeMap::new(), incarnation, skipped: Vec::new() })
     }
 
     /// This store's incarnation: it names the versions this node writes (with its id).
@@ -355,17 +357,39 @@ impl LeaderlessStore {
         let outcome = (|| {
             let mut changed = 0;
             for (key, versions) in entries {
-                let mut stored = self.load(key)?;
-                let before = stored.clone();
-                stored.merge(versions);
-                if stored != before {
+                // Each key on its own: one that cannot be kept (a table this node does
+                // not have the shape for, a key that does not decode) is skipped, not
+                // the whole batch.
+                self.connection.execute_batch("SAVEPOINT tern_merge_key")?;
+                let merged = (|| -> Result<bool> {
+                    let mut stored = self.load(key)?;
+                    let before = stored.clone();
+                    stored.merge(versions);
+                    if stored == before {
+                        return Ok(false);
+                    }
                     self.store(key, &stored)?;
-                    changed += 1;
+                    Ok(true)
+                })();
+                match merged {
+                    Ok(was_changed) => {
+                        self.connection.execute_batch("RELEASE tern_merge_key")?;
+                        changed += usize::from(was_changed);
+                    }
+                    Err(error) => {
+                        self.connection.execute_batch("ROLLBACK TO tern_merge_key; RELEASE tern_merge_key")?;
+                        self.skipped.push(format!("{}: {error}", key.table));
+                    }
                 }
             }
             Ok(changed)
         })();
         self.finish(outcome)
+    }
+
+    /// Why keys were skipped by merges since the last call.
+    pub fn take_skipped(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.skipped)
     }
 
     // --- hints ---
@@ -498,17 +522,17 @@ impl LeaderlessStore {
     ///
     /// # Errors
     /// On a SQLite failure.
-    pub fn schema(&self) -> Result<Vec<String>> {
-        let mut statement = self.connection.prepare("SELECT sql FROM _tern_ll_schema ORDER BY seq")?;
-        let rows = statement.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+    pub fn schema(&self) -> Result<Vec<(String, String)>> {
+        let mut statement = self.connection.prepare("SELECT origin, sql FROM _tern_ll_schema ORDER BY seq")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     /// Runs a client schema statement (CREATE, DROP, ALTER) and records it. A table
     /// without a primary key is refused. Already applied (the same text is recorded):
     /// nothing is done.
-    pub fn apply_schema(&mut self, statement: &Statement) -> StatementResult {
-        if self.schema().is_ok_and(|made| made.contains(&statement.sql)) {
+    pub fn apply_schema(&mut self, origin: &str, statement: &Statement) -> StatementResult {
+        if self.schema().is_ok_and(|made| made.iter().any(|(made_as, _)| made_as == origin)) {
             return StatementResult::default();
         }
         if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
@@ -527,11 +551,13 @@ impl LeaderlessStore {
             for table in self.tables()?.into_iter().filter(|table| !before.contains(table)) {
                 self.shape(&table)?;
             }
-            self.connection.execute("INSERT INTO _tern_ll_schema (sql) VALUES (?1)", [&statement.sql])?;
+            self.connection.execute("INSERT INTO _tern_ll_schema (origin, sql) VALUES (?1, ?2)", [origin, &statement.sql])?;
             // Versions that arrived before their table existed are shown now.
             let waiting = self.table_entries(&self.tables()?)?;
             for (key, versions) in waiting {
-                self.show(&key, &versions)?;
+                if let Err(error) = self.show(&key, &versions) {
+                    self.skipped.push(format!("{}: {error}", key.table));
+                }
             }
             Ok(result)
         })();
@@ -739,6 +765,10 @@ impl LeaderlessStore {
     /// column's declared type would store it; `None` if `column` is not the table's
     /// whole primary key.
     pub fn key_of(&mut self, table: &str, column: &str, value: &SqlValue) -> Option<Key> {
+        // The table's own spelling: SQLite matches names without case, keys use the name.
+        let table: String =
+            self.connection.query_row("SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE", [table], |row| row.get(0)).ok()?;
+        let table = table.as_str();
         let shape = self.shape(table).ok()?;
         let [index] = shape.key.as_slice() else { return None };
         if !shape.columns[*index].eq_ignore_ascii_case(column) {
@@ -752,6 +782,7 @@ impl LeaderlessStore {
             SqlValue::Integer(number) if declared.contains("CHAR") || declared.contains("TEXT") || declared.contains("CLOB") => {
                 SqlValue::Text(number.to_string())
             }
+            SqlValue::Integer(number) if declared.contains("REAL") || declared.contains("FLOA") || declared.contains("DOUB") => SqlValue::Real(*number as f64),
             _ => value.clone(),
         };
         Some(Key::new(table, encode_key(&[value])))

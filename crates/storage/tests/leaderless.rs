@@ -10,7 +10,7 @@ use tern_storage::{Limits, Params, SqlValue, Statement};
 fn store() -> (tempfile_dir::Dir, LeaderlessStore) {
     let dir = tempfile_dir::Dir::new();
     let mut store = LeaderlessStore::open(dir.path(), Limits::default()).unwrap();
-    let made = store.apply_schema(&Statement::new("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0)"));
+    let made = store.apply_schema("n1.1:1", &Statement::new("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0)"));
     assert_eq!(made.error, None);
     (dir, store)
 }

@@ -75,6 +75,15 @@ impl WriteTally {
     }
 
     /// How many acknowledgements count toward `w`.
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// Copies stored on the key's own replicas.
+    pub fn replicas_stored(&self) -> usize {
+        self.replicas
+    }
+
     pub fn wanted(&self) -> usize {
         self.wanted
     }

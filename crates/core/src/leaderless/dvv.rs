@@ -59,8 +59,21 @@ impl<V: Clone> Versions<V> {
     pub fn siblings(&self) -> Vec<((String, u64), &V)> {
         self.entries
             .iter()
-            .flat_map(|(node, entry)| entry.values.iter().enumerate().map(move |(place, value)| ((node.clone(), entry.counter - place as u64), value)))
+            .flat_map(|(node, entry)| {
+                entry.values.iter().enumerate().map(move |(place, value)| ((node.clone(), entry.counter.saturating_sub(place as u64)), value))
+            })
             .collect()
+    }
+
+    /// Whether the versions have the shape this module gives them: no coordinator with
+    /// more standing versions than writes. Versions from a peer may not.
+    pub fn is_well_formed(&self) -> bool {
+        self.entries.values().all(|entry| entry.values.len() as u64 <= entry.counter)
+    }
+
+    /// How many of `node`'s writes these versions have seen.
+    pub fn seen_of(&self, node: &str) -> u64 {
+        self.entries.get(node).map_or(0, |entry| entry.counter)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,7 +98,7 @@ impl<V: Clone> Versions<V> {
             }
         }
         let entry = self.entries.entry(node.to_string()).or_insert(Entry { counter: 0, values: Vec::new() });
-        entry.counter += 1;
+        entry.counter = entry.counter.saturating_add(1);
         entry.values.insert(0, value);
         entry.counter
     }

@@ -95,7 +95,13 @@ pub fn digest(versions: &KeyVersions) -> u64 {
 /// replacing the versions `context` saw (the stored ones for a blind write: Riak's
 /// choice). Returns the new version's dot.
 pub fn write_locally(stored: &mut KeyVersions, dot_name: &str, context: Option<&Context>, value: Stamped) -> Dot {
-    let context = context.cloned().unwrap_or_else(|| stored.context());
+    let mut context = context.cloned().unwrap_or_else(|| stored.context());
+    // No one can have seen more of this coordinator's writes than it made: a client's
+    // context claiming so would make it number a write again.
+    let made = stored.seen_of(dot_name);
+    if let Some(seen) = context.get_mut(dot_name) {
+        *seen = (*seen).min(made);
+    }
     let counter = stored.write(dot_name, &context, value);
     (dot_name.to_string(), counter)
 }
@@ -227,6 +233,10 @@ pub struct NodeConfig {
     pub anti_entropy_interval_us: Micros,
     pub merkle_depth: u32,
     pub max_clock_drift_us: Micros,
+    /// The first number this node gives a request or message exchange: different on
+    /// every start (the driver passes the wall clock), so a peer's late answer to a
+    /// previous run never lands on a new request.
+    pub first_op: u64,
     /// Off only to show the checkers notice (the simulator's mutations).
     pub read_repair: bool,
     pub deliver_hints: bool,
@@ -245,6 +255,7 @@ impl NodeConfig {
             anti_entropy_interval_us: 10_000_000,
             merkle_depth: 10,
             max_clock_drift_us: 500_000,
+            first_op: 1,
             read_repair: true,
             deliver_hints: true,
         }
@@ -506,6 +517,42 @@ pub enum NodeOutput {
     },
 }
 
+/// Keys per anti-entropy message: far below the peer frame limit for rows of a few KB.
+const ENTRIES_PER_MESSAGE: usize = 2_000;
+
+/// A peer's ranges, sorted, overlapping ones joined, at most `most` of them.
+fn merge_ranges(mut ranges: Vec<(u64, u64)>, most: usize) -> Vec<(u64, u64)> {
+    ranges.retain(|(start, end)| start <= end);
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged.truncate(most);
+    merged
+}
+
+impl NodeMessage {
+    /// Whether every key's versions in the message are well formed.
+    fn is_well_formed(&self) -> bool {
+        match self {
+            NodeMessage::Replicate { versions, .. }
+            | NodeMessage::Repair { versions, .. }
+            | NodeMessage::Hint { versions, .. }
+            | NodeMessage::HintTaken { versions, .. } => versions.is_well_formed(),
+            NodeMessage::ReadAnswer { versions, .. } => versions.as_ref().is_none_or(KeyVersions::is_well_formed),
+            NodeMessage::ScanAnswer { entries, .. } | NodeMessage::Differ { entries, .. } | NodeMessage::Entries { entries, .. } => {
+                entries.iter().all(|(_, versions)| versions.is_well_formed())
+            }
+            NodeMessage::Coordinated { answer: Answer::Read { versions, .. } | Answer::Written { versions, .. }, .. } => versions.is_well_formed(),
+            _ => true,
+        }
+    }
+}
+
 /// Who waits for a request's answer.
 #[derive(Clone, Debug)]
 enum Client {
@@ -618,7 +665,7 @@ impl LeaderlessNode {
         LeaderlessNode {
             clock: HybridClock::new(config.max_clock_drift_us),
             now,
-            next_op: 1,
+            next_op: config.first_op.max(1),
             pending: BTreeMap::new(),
             rounds: BTreeMap::new(),
             repairs: BTreeMap::new(),
@@ -806,20 +853,12 @@ impl LeaderlessNode {
     fn settle_write(&mut self, op: u64) {
         let Some(Pending::Write { client, copies, answered, tally, dot, versions, .. }) = self.pending.get_mut(&op) else { return };
         let outcome = tally.outcome();
-        let hinted = copies.iter().filter(|copy| copy.hint_for.is_some() && answered.contains(&copy.node)).count();
+        let hinted = if tally.strict() { 0 } else { tally.counted() - tally.replicas_stored() };
         let finished = answered.len() == copies.len();
         let reply = match outcome {
-            WriteOutcome::Done => client.take().map(|client| {
-                (
-                    client,
-                    Answer::Written {
-                        dot: dot.clone(),
-                        versions: versions.clone(),
-                        acks: tally.counted(),
-                        hinted: if tally.counted() > 0 { hinted } else { 0 },
-                    },
-                )
-            }),
+            WriteOutcome::Done => {
+                client.take().map(|client| (client, Answer::Written { dot: dot.clone(), versions: versions.clone(), acks: tally.counted(), hinted }))
+            }
             WriteOutcome::Short => client.take().map(|client| (client, Answer::Refused(Refusal::Short { wanted: tally.wanted(), got: tally.counted() }))),
             WriteOutcome::Waiting => None,
         };
@@ -967,14 +1006,20 @@ impl LeaderlessNode {
         }
     }
 
-    fn ranges_loaded(&mut self, op: u64, entries: Vec<(Key, KeyVersions)>) {
+    fn ranges_loaded(&mut self, op: u64, mut entries: Vec<(Key, KeyVersions)>) {
         let Some(Pending::DifferingKeys { peer, round, ranges, closing }) = self.pending.remove(&op) else { return };
+        let sent = entries.len();
+        // Many keys go in several messages (a wiped node's whole share), the earlier ones
+        // only merged; the link keeps them in order.
+        let last = entries.split_off(entries.len().saturating_sub(1) / ENTRIES_PER_MESSAGE * ENTRIES_PER_MESSAGE);
+        for chunk in entries.chunks(ENTRIES_PER_MESSAGE) {
+            self.send(&peer, NodeMessage::Entries { round, entries: chunk.to_vec() });
+        }
         if closing {
-            let sent = entries.len();
-            self.send(&peer, NodeMessage::Entries { round, entries });
+            self.send(&peer, NodeMessage::Entries { round, entries: last });
             self.end_round(round, |report| report.keys_sent += sent);
         } else {
-            self.send(&peer, NodeMessage::Differ { round, ranges, entries });
+            self.send(&peer, NodeMessage::Differ { round, ranges, entries: last });
         }
     }
 
@@ -995,13 +1040,18 @@ impl LeaderlessNode {
             return; // not a member: nothing it says is taken
         }
         self.last_heard.insert(from.clone(), self.now);
+        if !message.is_well_formed() {
+            return; // versions no node makes: a bug or garbage, never merged
+        }
         match message {
             NodeMessage::Ping => self.send(&from, NodeMessage::Pong),
             NodeMessage::Pong => {}
             NodeMessage::Coordinate { req, key, request, levels } => self.request(Client::Remote { node: from, req }, key, request, levels),
             NodeMessage::Coordinated { req, answer } => {
-                if let Some(Pending::Forwarded { client, .. }) = self.pending.remove(&req) {
-                    self.answer(client, answer);
+                if matches!(self.pending.get(&req), Some(Pending::Forwarded { .. })) {
+                    if let Some(Pending::Forwarded { client, .. }) = self.pending.remove(&req) {
+                        self.answer(client, answer);
+                    }
                 }
             }
             NodeMessage::Replicate { op, key, versions, hint_for } => {
@@ -1038,9 +1088,17 @@ impl LeaderlessNode {
             NodeMessage::ReadAnswer { op, versions } => match versions {
                 Some(versions) => self.read_answer(&from, op, versions),
                 None => {
-                    if let Some(Pending::Read { replicas, .. }) = self.pending.get_mut(&op) {
-                        // Not a replica after all: wait for the others only.
-                        replicas.retain(|node| *node != from);
+                    let Some(Pending::Read { client, wanted, replicas, answers, .. }) = self.pending.get_mut(&op) else { return };
+                    // Not a replica after all: wait for the others only, or say now that
+                    // `r` cannot be reached.
+                    replicas.retain(|node| *node != from);
+                    let (short, finished) = (replicas.len() < *wanted, answers.len() >= replicas.len());
+                    let refusal = Refusal::Short { wanted: *wanted, got: answers.len() };
+                    if let Some(client) = client.take_if(|_| short) {
+                        self.answer(client, Answer::Refused(refusal));
+                    }
+                    if finished {
+                        self.finish_read(op);
                     }
                 }
             },
@@ -1056,10 +1114,16 @@ impl LeaderlessNode {
                 }
             }
             NodeMessage::Hint { key, versions } => {
+                // A node no longer a replica of the key (the ring changed) takes the hint
+                // all the same and passes it to the key's replicas now.
                 if self.config.placement.is_replica(key.token(), &self.config.name) {
                     self.outputs.push_back(NodeOutput::Merge { key: key.clone(), versions: versions.clone() });
-                    self.send(&from, NodeMessage::HintTaken { key, versions });
+                } else {
+                    for replica in self.config.placement.replicas(&key) {
+                        self.send(&replica, NodeMessage::Repair { key: key.clone(), versions: versions.clone() });
+                    }
                 }
+                self.send(&from, NodeMessage::HintTaken { key, versions });
             }
             NodeMessage::HintTaken { key, versions } => {
                 let slot = (from, key);
@@ -1085,8 +1149,7 @@ impl LeaderlessNode {
                 if self.rounds.get(&round).is_none_or(|open| open.peer != from) {
                     return;
                 }
-                let leaves = 1usize << self.config.merkle_depth.min(20);
-                let ranges: Vec<(u64, u64)> = ranges.into_iter().filter(|(start, end)| start <= end).take(leaves).collect();
+                let ranges = merge_ranges(ranges, 1usize << self.config.merkle_depth.min(20));
                 let received = self.merge_shared(&from, entries);
                 if let Some(Round { repair: Some(id), .. }) = self.rounds.get(&round) {
                     if let Some((_, report)) = self.repairs.get_mut(id) {
@@ -1282,6 +1345,22 @@ mod tests {
         node.handle(NodeEvent::Message { from: fallback.clone(), message: NodeMessage::Replicated { op: *op, stored: true } }, 1_500_100);
         let answer = Answer::Written { dot, versions: stored, acks: 2, hinted: 1 };
         assert_eq!(drain(&mut node), [NodeOutput::Answer { id: 7, answer }], "the coordinator's copy and the hint make w=quorum");
+    }
+
+    #[test]
+    fn a_peers_ranges_are_joined_and_bounded() {
+        assert_eq!(merge_ranges(vec![(10, 20), (0, u64::MAX), (5, 1), (0, u64::MAX)], 8), [(0, u64::MAX)]);
+        assert_eq!(merge_ranges(vec![(30, 40), (10, 20), (21, 25)], 8), [(10, 25), (30, 40)]);
+        assert_eq!(merge_ranges((0..100u64).map(|leaf| (leaf * 10, leaf * 10 + 5)).collect(), 4).len(), 4);
+    }
+
+    #[test]
+    fn a_context_claiming_more_of_the_coordinators_writes_than_it_made_cannot_renumber_a_write() {
+        let mut stored = KeyVersions::new();
+        assert_eq!(write_locally(&mut stored, "n1.1", None, stamped(1, "a")), ("n1.1".to_string(), 1));
+        let inflated: Context = [("n1.1".to_string(), u64::MAX)].into_iter().collect();
+        assert_eq!(write_locally(&mut stored, "n1.1", Some(&inflated), stamped(2, "b")), ("n1.1".to_string(), 2));
+        assert!(stored.is_well_formed());
     }
 
     proptest::proptest! {

@@ -46,7 +46,7 @@ struct Job {
 /// What a core request or a frame sent is waiting for.
 enum Wait {
     Write { job: u64, result: StatementResult },
-    PreRead { job: u64, key: Key },
+    PreRead { job: u64, key: Key, again: bool },
     KeyRead { job: u64, key: Key },
     Scan { job: u64 },
     Forwarded { job: u64, to: String, deadline: Instant },
@@ -70,7 +70,6 @@ pub(super) struct Driver {
     core: LeaderlessNode,
     placement: Placement,
     dot_name: String,
-    started: Instant,
     next_id: u64,
     jobs: BTreeMap<u64, Job>,
     waits: BTreeMap<u64, Wait>,
@@ -93,6 +92,10 @@ pub fn decode_context(text: &str) -> Result<Context, String> {
     }
     let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|at| u8::from_str_radix(&text[at..at + 2], 16)).collect::<Result<_, _>>().map_err(|_| bad())?;
     postcard::from_bytes(&bytes).map_err(|_| bad())
+}
+
+fn wall_clock_us() -> Micros {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as Micros)
 }
 
 fn placement_of(members: &Membership, replicas: usize, vnodes: usize) -> Placement {
@@ -119,15 +122,16 @@ impl Driver {
         core_config.request_timeout_us = config.write_timeout.as_micros() as Micros;
         core_config.anti_entropy_interval_us = settings.anti_entropy_interval.as_micros() as Micros;
         let hints = store.hints().map_err(|error| error.to_string())?;
-        let core = LeaderlessNode::new(core_config, hints, 0);
+        // Numbers that a previous run of this node never gave out.
+        core_config.first_op = wall_clock_us();
+        let core = LeaderlessNode::new(core_config, hints, wall_clock_us());
         Ok(Driver {
             node,
             store,
             core,
             placement,
             dot_name,
-            started: Instant::now(),
-            next_id: 1,
+            next_id: wall_clock_us(),
             jobs: BTreeMap::new(),
             waits: BTreeMap::new(),
             next_schema_pull: Instant::now(),
@@ -135,8 +139,10 @@ impl Driver {
         })
     }
 
+    /// The wall clock, µs since the epoch: the core stamps writes with it (hybrid
+    /// time decides which concurrent version shows) and never lets it go backwards.
     fn now(&self) -> Micros {
-        self.started.elapsed().as_micros() as Micros
+        wall_clock_us()
     }
 
     fn id(&mut self) -> u64 {
@@ -270,11 +276,10 @@ impl Driver {
 
     fn apply_members(&mut self, members: Membership) {
         if let Err(error) = self.store.set_members(&serde_json::to_string(&members).expect("members encode")) {
-            tracing::error!("could not store the member list: {error}");
-            return;
+            panic!("cannot store the member list: {error}");
         }
         tracing::info!("members now (version {}): {}", members.version, members.members.iter().map(|member| member.id.as_str()).collect::<Vec<_>>().join(", "));
-        self.placement = placement_of(&members, self.placement.replicas, self.node.config.leaderless.vnodes);
+        self.placement = placement_of(&members, self.node.config.leaderless.replicas, self.node.config.leaderless.vnodes);
         self.node.set_members(members);
         let placement = self.placement.clone();
         self.handle(NodeEvent::Placement(placement));
@@ -388,14 +393,14 @@ impl Driver {
         let Some(replica) = self.placement.replicas(&key).into_iter().find(|node| !down.contains(node)) else {
             return self.finish(job, Outcome::unavailable("every replica of this row is down: nothing was written; retry"));
         };
-        let (levels, pre_read) = match self.jobs.get(&job).map(|current| &current.kind) {
-            Some(JobKind::Write { levels, pre_read, .. }) => (*levels, *pre_read),
-            _ => (Levels::default(), None),
+        let (levels, pre_read, context) = match self.jobs.get(&job).map(|current| &current.kind) {
+            Some(JobKind::Write { levels, pre_read, context }) => (*levels, *pre_read, context.clone()),
+            _ => (Levels::default(), None, None),
         };
         let id = self.id();
         let deadline = Instant::now() + self.node.config.write_timeout;
         self.waits.insert(id, Wait::Forwarded { job, to: replica.clone(), deadline });
-        self.node.send(&replica, LeaderlessFrame::Execute { id, statement, levels, pre_read, key: Some(key) });
+        self.node.send(&replica, LeaderlessFrame::Execute { id, statement, levels, pre_read, context, key: Some(key) });
     }
 
     fn probe(&mut self, job: u64, statement: Statement, nothing: StatementResult) {
@@ -447,19 +452,27 @@ impl Driver {
         match pre_read {
             Some(count) if count.of(self.placement.replicas) > 1 => {
                 let levels = Levels { r: count, ..self.levels(job) };
-                self.request(Wait::PreRead { job, key: key.clone() }, key, Request::Read, levels);
+                self.request(Wait::PreRead { job, key: key.clone(), again: false }, key, Request::Read, levels);
             }
-            _ => self.capture_and_write(job, key),
+            _ => self.capture_and_write(job, key, false),
         }
     }
 
-    fn capture_and_write(&mut self, job: u64, key: Key) {
+    /// `read_first`: the row was just read from other replicas (so a statement that
+    /// finds no row here finds none anywhere asked).
+    fn capture_and_write(&mut self, job: u64, key: Key, read_first: bool) {
         let Some(statement) = self.current_statement(job) else { return };
         let captured = self.store.capture(&statement);
         if captured.result.error.is_some() {
             return self.finish(job, Outcome { result: captured.result, ..Outcome::default() });
         }
         let Some((changed, image)) = captured.row else {
+            if !read_first && !is_insert(&statement.sql) {
+                // This replica may have missed the row another replica holds: read it from
+                // a quorum of them, then run the statement again.
+                let levels = Levels { r: Count::Quorum, ..self.levels(job) };
+                return self.request(Wait::PreRead { job, key: key.clone(), again: true }, key, Request::Read, levels);
+            }
             return self.finish(job, Outcome { result: captured.result, replicas: Some(0), ..Outcome::default() });
         };
         if changed != key {
@@ -480,7 +493,8 @@ impl Driver {
     // --- schema ---
 
     fn start_schema(&mut self, job: u64, statement: Statement) {
-        let result = self.store.apply_schema(&statement);
+        let origin = format!("{}:{}", self.dot_name, self.next_id);
+        let result = self.store.apply_schema(&origin, &statement);
         if result.error.is_some() {
             return self.finish(job, Outcome { result, ..Outcome::default() });
         }
@@ -490,7 +504,7 @@ impl Driver {
         }
         let id = self.id();
         for peer in &peers {
-            self.node.send(peer, LeaderlessFrame::Schema { id, statement: statement.clone() });
+            self.node.send(peer, LeaderlessFrame::Schema { id, origin: origin.clone(), statement: statement.clone() });
         }
         let deadline = Instant::now() + self.node.config.write_timeout;
         self.waits.insert(id, Wait::Schema { job, waiting: peers, failed: Vec::new(), deadline });
@@ -516,8 +530,8 @@ impl Driver {
     fn on_frame(&mut self, from: String, frame: LeaderlessFrame) {
         match frame {
             LeaderlessFrame::Node(message) => self.handle(NodeEvent::Message { from, message }),
-            LeaderlessFrame::Execute { id, statement, levels, pre_read, key } => {
-                let kind = JobKind::Write { levels, pre_read, context: None };
+            LeaderlessFrame::Execute { id, statement, levels, pre_read, context, key } => {
+                let kind = JobKind::Write { levels, pre_read, context };
                 let job = self.id();
                 self.jobs.insert(
                     job,
@@ -551,8 +565,8 @@ impl Driver {
                     }
                 }
             }
-            LeaderlessFrame::Schema { id, statement } => {
-                let result = self.store.apply_schema(&statement);
+            LeaderlessFrame::Schema { id, origin, statement } => {
+                let result = self.store.apply_schema(&origin, &statement);
                 self.node.send(&from, LeaderlessFrame::SchemaApplied { id, error: result.error });
             }
             LeaderlessFrame::SchemaApplied { id, error } => {
@@ -568,8 +582,14 @@ impl Driver {
                 }
             }
             LeaderlessFrame::Members(members) => {
-                if members.version > self.node.members().version {
+                let ids: BTreeSet<&str> = members.members.iter().map(|member| member.id.as_str()).collect();
+                let fits = ids.len() == members.members.len() && ids.len() >= self.node.config.leaderless.replicas;
+                // Two changes made at once on two nodes can take one number: the list
+                // itself breaks the tie, the same way on every node.
+                if fits && members.order() > self.node.members().order() {
                     self.apply_members(members);
+                } else if !fits {
+                    tracing::warn!("{from} sent a member list that cannot be the cluster's (an id twice, or fewer nodes than --replicas): ignored");
                 }
             }
             LeaderlessFrame::SchemaPull => {
@@ -579,8 +599,8 @@ impl Driver {
             LeaderlessFrame::SchemaList { statements } => {
                 self.schema_heard = true;
                 let made = self.store.schema().unwrap_or_default();
-                for sql in statements.into_iter().filter(|sql| !made.contains(sql)) {
-                    let result = self.store.apply_schema(&Statement::new(sql.clone()));
+                for (origin, sql) in statements.into_iter().filter(|(origin, _)| !made.iter().any(|(made_as, _)| made_as == origin)) {
+                    let result = self.store.apply_schema(&origin, &Statement::new(sql.clone()));
                     if let Some(error) = result.error {
                         tracing::warn!("could not apply schema statement {sql:?} from {from}: {error}");
                     }
@@ -620,9 +640,9 @@ impl Driver {
                 Answer::Written { acks, hinted, .. } => self.finish(job, Outcome { result, replicas: Some(acks), hinted: Some(hinted), ..Outcome::default() }),
                 other => self.finish(job, refusal(&other).unwrap_or_default()),
             },
-            Wait::PreRead { job, key } => match answer {
+            Wait::PreRead { job, key, again } => match answer {
                 Answer::Read { versions, .. } => match self.store.merge(&[(key.clone(), versions)]) {
-                    Ok(_) => self.capture_and_write(job, key),
+                    Ok(_) => self.capture_and_write(job, key, again),
                     Err(error) => self.finish(job, Outcome::error(error.to_string())),
                 },
                 other => self.finish(job, refusal(&other).unwrap_or_default()),
@@ -658,8 +678,13 @@ impl Driver {
         loop {
             let output = self.core.poll_output();
             if !matches!(output, Some(NodeOutput::Merge { .. })) && !merges.is_empty() {
+                // An acknowledgement may follow: a store that cannot write ends the node
+                // rather than acknowledge what it did not keep (another replica takes over).
                 if let Err(error) = self.store.merge(&merges) {
-                    tracing::error!("could not store {} merged key(s): {error}", merges.len());
+                    panic!("cannot store {} merged row version(s): {error}", merges.len());
+                }
+                for skipped in self.store.take_skipped() {
+                    tracing::warn!("a row version from a peer was not kept: {skipped}");
                 }
                 merges.clear();
             }
@@ -675,19 +700,16 @@ impl Driver {
                 }
                 NodeOutput::WriteLocal { op, key, value, context } => match self.store.write_local(&key, &self.dot_name, context.as_ref(), value) {
                     Ok((dot, versions)) => self.handle(NodeEvent::LocalWritten { op, dot, versions }),
-                    // The request times out in the core and the client hears "outcome unknown".
-                    Err(error) => tracing::error!("could not write a row locally: {error}"),
+                    Err(error) => panic!("cannot store a row's new version: {error}"),
                 },
                 NodeOutput::Load { op, key } => {
-                    let versions = self.store.load(&key).unwrap_or_else(|error| {
-                        tracing::error!("could not load a row: {error}");
-                        Default::default()
-                    });
+                    // An empty answer would count toward r as "no such row".
+                    let versions = self.store.load(&key).unwrap_or_else(|error| panic!("cannot read a row's versions: {error}"));
                     self.handle(NodeEvent::Loaded { op, versions });
                 }
                 NodeOutput::StoreHint { target, key, versions } => {
                     if let Err(error) = self.store.store_hint(&target, &key, &versions) {
-                        tracing::error!("could not store a hint for {target}: {error}");
+                        panic!("cannot store a hint for {target}: {error}");
                     }
                 }
                 NodeOutput::DropHint { target, key } => {

@@ -35,6 +35,7 @@ pub enum LeaderlessFrame {
         statement: Statement,
         levels: Levels,
         pre_read: Option<Count>,
+        context: Option<tern_core::leaderless::Context>,
         key: Option<Key>,
     },
     Executed {
@@ -52,8 +53,11 @@ pub enum LeaderlessFrame {
         key: Option<Key>,
         error: Option<String>,
     },
+    /// A schema change, named by where it was made (`incarnation:number`): the same
+    /// text made twice (CREATE, DROP, CREATE) is two changes.
     Schema {
         id: u64,
+        origin: String,
         statement: Statement,
     },
     SchemaApplied {
@@ -63,7 +67,7 @@ pub enum LeaderlessFrame {
     /// Send me your schema statements (a node starting, or catching up).
     SchemaPull,
     SchemaList {
-        statements: Vec<String>,
+        statements: Vec<(String, String)>,
     },
     /// The cluster's members, from the node where they were changed (newer versions win).
     Members(Membership),
@@ -81,6 +85,15 @@ pub struct Member {
 pub struct Membership {
     pub version: u64,
     pub members: Vec<Member>,
+}
+
+impl Membership {
+    /// Which of two lists is newer: the version, then (for two changes made at once) a
+    /// digest of the list, the same on every node.
+    pub fn order(&self) -> (u64, u64) {
+        let text = serde_json::to_string(&self.members).unwrap_or_default();
+        (self.version, tern_core::Fnv1a::hash(text.as_bytes()))
+    }
 }
 
 /// `/cluster/add` and `/cluster/remove`.

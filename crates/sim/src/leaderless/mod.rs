@@ -179,6 +179,8 @@ impl LeaderlessWorld {
         config.hint_interval_us = 100_000;
         config.anti_entropy_interval_us = 0;
         config.merkle_depth = 4;
+        // Numbers a previous start of this node never gave out (as the server's clock does).
+        config.first_op = self.now * 1_000 + 1;
         config.read_repair = self.options.mutation != Some(Mutation::NoReadRepair);
         config.deliver_hints = self.options.mutation != Some(Mutation::NoHints);
         config
