@@ -383,6 +383,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| format!("cannot start the runtime: {error}"))
 }
 
+/// Waits for Ctrl-C or SIGTERM.
+async fn until_told_to_stop() -> Result<(), String> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|error| error.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
 fn run_leaderless_server(config: NodeConfig) -> Result<(), String> {
     runtime()?.block_on(async move {
         let node = tern_server::leaderless::serve(config).await?;
@@ -398,11 +408,7 @@ fn run_leaderless_server(config: NodeConfig) -> Result<(), String> {
             config.leaderless.r.name(),
             config.data_dir.display()
         );
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|error| error.to_string())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        until_told_to_stop().await?;
         node.shutdown().await;
         Ok(())
     })
@@ -427,11 +433,7 @@ fn run_server(args: ServerArgs) -> Result<(), String> {
             config.ack.name(),
             config.data_dir.display()
         );
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|error| error.to_string())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        until_told_to_stop().await?;
         tracing::info!("shutting down: checkpointing the database");
         node.shutdown().await;
         Ok(())

@@ -172,11 +172,18 @@ fn set_connected(node: &Node, peer: &str, connected: bool) {
 }
 
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    accept_each(listener, |stream| {
+        tokio::spawn(inbound(node.clone(), stream));
+    })
+    .await;
+}
+
+/// Accepts peer connections for ever, handing each to `serve`; a failed accept is
+/// retried after a pause (a full file table clears as connections close).
+pub(crate) async fn accept_each(listener: TcpListener, serve: impl Fn(TcpStream)) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(inbound(node.clone(), stream));
-            }
+            Ok((stream, _)) => serve(stream),
             Err(error) => {
                 tracing::warn!("accepting a peer connection failed: {error}");
                 tokio::time::sleep(RECONNECT_DELAY).await;

@@ -99,15 +99,9 @@ async fn query(State(node): State<Arc<Leaderless>>, RawQuery(raw): RawQuery, bod
         Ok(levels) => levels,
         Err(message) => return bad_request(message),
     };
-    let statements = if let Some(sql) = params.get("q") {
-        vec![Statement::new(sql)]
-    } else if body.is_empty() {
-        return bad_request("no query: pass q=<SQL> or a JSON array of statements in the body");
-    } else {
-        match parse_statements(&body) {
-            Ok(statements) => statements,
-            Err(message) => return bad_request(message),
-        }
+    let statements = match query_statements(&params, &body) {
+        Ok(statements) => statements,
+        Err(response) => return response,
     };
     let outcomes = node.query(statements, levels, params.flag("siblings")).await;
     outcomes_response(outcomes, started, &params)

@@ -101,6 +101,17 @@ fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> 
     }
 }
 
+/// A query's statements: `q=<SQL>` or a JSON array in the body.
+fn query_statements(params: &Params, body: &[u8]) -> Result<Vec<Statement>, Response> {
+    if let Some(sql) = params.get("q") {
+        return Ok(vec![Statement::new(sql)]);
+    }
+    if body.is_empty() {
+        return Err(bad_request("no query: pass q=<SQL> or a JSON array of statements in the body"));
+    }
+    parse_statements(body).map_err(bad_request)
+}
+
 fn results_json(results: &[StatementResult]) -> Vec<Value> {
     results.iter().map(StatementResult::to_json).collect()
 }

@@ -171,15 +171,9 @@ pub(super) async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery
             return response;
         }
     }
-    let statements = if let Some(sql) = params.get("q") {
-        vec![Statement::new(sql)]
-    } else if body.is_empty() {
-        return bad_request("no query: pass q=<SQL> or a JSON array of statements in the body");
-    } else {
-        match parse_statements(&body) {
-            Ok(statements) => statements,
-            Err(message) => return bad_request(message),
-        }
+    let statements = match query_statements(&params, &body) {
+        Ok(statements) => statements,
+        Err(response) => return response,
     };
     let reply = node.read(statements, options).await;
     let token = region_token_of(&node, &reply).await;

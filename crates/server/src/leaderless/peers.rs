@@ -79,17 +79,10 @@ pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: Soc
 }
 
 pub(super) async fn accept_loop(node: Arc<Leaderless>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(inbound(node.clone(), stream));
-            }
-            Err(error) => {
-                tracing::warn!("accepting a peer connection failed: {error}");
-                tokio::time::sleep(RECONNECT_DELAY).await;
-            }
-        }
-    }
+    crate::transport::accept_each(listener, |stream| {
+        tokio::spawn(inbound(node.clone(), stream));
+    })
+    .await;
 }
 
 /// Reads one peer's frames. The first must be a `Hello` from a member of the cluster
