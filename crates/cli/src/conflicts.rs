@@ -27,6 +27,7 @@ pub enum ConflictsCommand {
     /// default: the newest write shows), column-merge (each column's newest write), or
     /// keep-both (the newest shows, every other version waits for a person). Set it
     /// before the table's rows are written: a row keeps the policy it was first written under.
+    /// Leaderless: siblings (every read by key returns every concurrent version) or lww.
     Policy {
         /// HTTP address of any node of a region; the change goes to its leader.
         #[arg(long, default_value = "127.0.0.1:4001")]

@@ -122,8 +122,18 @@ fn sql_through_any_node_with_quorums_refusals_and_siblings() {
     let mut names: Vec<String> = rows(&both).iter().map(|row| row[0].as_str().unwrap_or_default().to_string()).collect();
     names.sort();
     assert_eq!(names, ["from eu", "from us"], "{}", both.body);
-    let keys_with_siblings = cluster.nodes[2].client().get("/db/conflicts").expect("answers").body["keys_with_siblings"]["people"].clone();
-    assert!(keys_with_siblings.as_u64().unwrap_or(0) >= 1, "{keys_with_siblings}");
+    let listed = cluster.nodes[2].client().get("/db/conflicts").expect("answers").body;
+    assert!(listed["keys_with_siblings"]["people"].as_u64().unwrap_or(0) >= 1, "{listed}");
+    let row = listed["conflicts"].as_array().and_then(|rows| rows.iter().find(|row| row["key"] == json!([5]))).cloned().unwrap_or_default();
+    assert_eq!(row["versions"].as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(row["versions"].as_array().map(|versions| versions.iter().filter(|version| version["shown"] == json!(true)).count()), Some(1), "{listed}");
+    // A table that asks for siblings gets them from every read by key.
+    let set = cluster.nodes[1].client().post_json("/db/conflicts/policy", &json!({"table": "people", "policy": "siblings"})).expect("answers");
+    assert_eq!(set.status, 200, "{}", set.body);
+    let plain = query(&mut cluster.nodes[3].client(), "SELECT name FROM people WHERE id = 5", "r=all");
+    assert_eq!(rows(&plain).len(), 2, "{}", plain.body);
+    let bad = cluster.nodes[1].client().post_json("/db/conflicts/policy", &json!({"table": "people", "policy": "newest"})).expect("answers");
+    assert_eq!(bad.status, 400, "{}", bad.body);
     let merged = result(&both)["context"].as_str().expect("a context").to_string();
     let reply = execute(&mut cluster.nodes[3].client(), &format!("?context={merged}&w=all"), json!(["UPDATE people SET name = 'settled' WHERE id = 5"]));
     assert_eq!(result(&reply)["rows_affected"], json!(1), "{}", reply.body);

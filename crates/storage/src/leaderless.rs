@@ -107,6 +107,7 @@ impl LeaderlessStore {
                  PRIMARY KEY (target, tbl, key)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS _tern_ll_schema (seq INTEGER PRIMARY KEY, origin TEXT NOT NULL UNIQUE, sql TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS _tern_ll_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS _tern_ll_policy (tbl TEXT PRIMARY KEY, siblings INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS _tern_ll_members (id INTEGER PRIMARY KEY CHECK (id = 1), members TEXT NOT NULL);",
         )?;
         let incarnation: Option<i64> = connection.query_row("SELECT value FROM _tern_ll_meta WHERE name = 'incarnation'", [], |row| row.get(0)).optional()?;
@@ -570,6 +571,51 @@ impl LeaderlessStore {
         }
     }
 
+    /// Sets whether reads of `table` by key return every standing version (siblings)
+    /// rather than the newest, recorded like a schema change (`origin` names it, so a node
+    /// that missed it pulls it). Already applied: nothing is done.
+    ///
+    /// # Errors
+    /// If the table does not exist, or on a SQLite failure.
+    pub fn apply_policy(&mut self, origin: &str, table: &str, siblings: bool) -> Result<()> {
+        if self.schema()?.iter().any(|(made_as, _)| made_as == origin) {
+            return Ok(());
+        }
+        let table: String = self
+            .connection
+            .query_row("SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE", [table], |row| row.get(0))
+            .optional()?
+            .ok_or_else(|| StorageError::new(format!("no such table: {table}")))?;
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = (|| {
+            self.connection.execute("INSERT OR REPLACE INTO _tern_ll_policy (tbl, siblings) VALUES (?1, ?2)", params![table, siblings])?;
+            self.connection.execute("INSERT INTO _tern_ll_schema (origin, sql) VALUES (?1, ?2)", params![origin, policy_statement(&table, siblings)])?;
+            Ok(())
+        })();
+        self.finish(outcome)
+    }
+
+    /// Tables whose reads by key return siblings.
+    ///
+    /// # Errors
+    /// On a SQLite failure.
+    pub fn sibling_tables(&self) -> Result<Vec<String>> {
+        let mut statement = self.connection.prepare_cached("SELECT tbl FROM _tern_ll_policy WHERE siblings = 1 ORDER BY tbl")?;
+        let rows = statement.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Up to `limit` keys holding concurrent versions, with them.
+    ///
+    /// # Errors
+    /// On a SQLite failure or damaged versions.
+    pub fn keys_with_siblings(&self, limit: usize) -> Result<Vec<(Key, KeyVersions)>> {
+        let mut statement = self.connection.prepare("SELECT tbl, key, versions FROM _tern_ll_versions WHERE siblings > 1 ORDER BY tbl, key LIMIT ?1")?;
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> =
+            statement.query_map([limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+        rows.into_iter().map(|(table, key, versions)| Ok((Key::new(table, key), decode_versions(&versions)?))).collect()
+    }
+
     fn tables(&self) -> Result<Vec<String>> {
         let mut statement = self.connection.prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_tern\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
@@ -675,6 +721,23 @@ impl LeaderlessStore {
             }
         }
     }
+}
+
+/// How a per-table siblings policy is recorded in the schema stream (never client SQL:
+/// a client's schema statement starts with CREATE, DROP or ALTER).
+pub fn policy_statement(table: &str, siblings: bool) -> String {
+    format!("{POLICY_PREFIX}{}{table}", if siblings { "on " } else { "off " })
+}
+
+pub const POLICY_PREFIX: &str = "tern:siblings ";
+
+/// The table and setting of a recorded policy statement.
+pub fn parse_policy_statement(sql: &str) -> Option<(String, bool)> {
+    let rest = sql.strip_prefix(POLICY_PREFIX)?;
+    if let Some(table) = rest.strip_prefix("on ") {
+        return Some((table.to_string(), true));
+    }
+    rest.strip_prefix("off ").map(|table| (table.to_string(), false))
 }
 
 /// `key1 IS ?1 AND key2 IS ?2 …` for the key columns, bound in key order.

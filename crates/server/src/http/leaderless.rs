@@ -15,6 +15,7 @@ pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
         .route("/db/query", get(query).post(query))
         .route("/db/repair", post(repair))
         .route("/db/conflicts", get(conflicts))
+        .route("/db/conflicts/policy", post(set_policy))
         .route("/cluster", get(cluster))
         .route("/cluster/add", post(add_member))
         .route("/cluster/remove", post(remove_member))
@@ -158,15 +159,58 @@ async fn status(State(node): State<Arc<Leaderless>>) -> Response {
     }
 }
 
+/// Rows this node holds with concurrent versions: each version's writer, hybrid time and
+/// row (the newest is the one shown), and the context a resolving write passes.
 async fn conflicts(State(node): State<Arc<Leaderless>>) -> Response {
-    match node.status().await {
-        Some(status) => Json(json!({
-            "keys_with_siblings": status.keys_with_siblings,
-            "note": "concurrent writes to one row stand side by side until a write that saw them replaces them; a read shows the newest by hybrid time, ?siblings shows them all with the context a resolving write passes as context=",
-        }))
-        .into_response(),
-        None => error_response(&RequestError::new(503, "the node is stopping")),
+    let (Some(status), Ok(rows)) = (node.status().await, node.conflicts().await) else {
+        return error_response(&RequestError::new(503, "the node is stopping"));
+    };
+    let listed: Vec<Value> = rows
+        .iter()
+        .map(|(key, versions)| {
+            let shown = tern_core::leaderless::visible(versions).map(|(dot, _)| dot);
+            let versions: Vec<Value> = versions
+                .siblings()
+                .into_iter()
+                .map(|(dot, value)| {
+                    let row = value.value.as_deref().and_then(|bytes| tern_storage::leaderless::decode_row(bytes).ok());
+                    let row: Option<serde_json::Map<String, Value>> = row.map(|row| row.into_iter().map(|(name, value)| (name, value.to_json())).collect());
+                    json!({ "writer": dot.0, "number": dot.1, "hybrid_time": value.stamp.to_string(), "row": row, "shown": Some(&dot) == shown.as_ref() })
+                })
+                .collect();
+            let values: Vec<Value> = tern_storage::leaderless::decode_key(&key.key).unwrap_or_default().iter().map(tern_storage::SqlValue::to_json).collect();
+            json!({ "table": key.table, "key": values, "versions": versions })
+        })
+        .collect();
+    Json(json!({
+        "keys_with_siblings": status.keys_with_siblings,
+        "conflicts": listed,
+        "note": "concurrent writes to one row stand side by side until a write that saw them replaces them; a read shows the newest by hybrid time, ?siblings (or a table's siblings policy) shows them all with the context a resolving write passes as context=",
+    }))
+    .into_response()
+}
+
+/// `POST /db/conflicts/policy {"table": T, "policy": "siblings" | "lww"}`: reads of T by key
+/// return every concurrent version (siblings, also `keep-both`), or the newest (lww).
+async fn set_policy(State(node): State<Arc<Leaderless>>, body: Bytes) -> Response {
+    let object = match object_body(&body) {
+        Ok(object) => object,
+        Err(response) => return response,
+    };
+    let (Some(table), Some(policy)) = (object.get("table").and_then(Value::as_str), object.get("policy").and_then(Value::as_str)) else {
+        return bad_request("expected {\"table\": \"name\", \"policy\": \"siblings\" or \"lww\"}");
+    };
+    let siblings = match policy {
+        "siblings" | "keep-both" => true,
+        "lww" => false,
+        other => return bad_request(format!("unknown policy {other:?} under --topology leaderless: siblings (or keep-both) or lww")),
+    };
+    let outcome = node.set_policy(table.to_string(), siblings).await;
+    if let Some(error) = &outcome.result.error {
+        let status = if outcome.unavailable { 503 } else { 400 };
+        return error_response(&RequestError::new(status, error.clone()));
     }
+    Json(json!({ "table": table, "policy": if siblings { "siblings" } else { "lww" }, "nodes": outcome.replicas })).into_response()
 }
 
 #[cfg(test)]

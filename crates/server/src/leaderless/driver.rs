@@ -31,8 +31,17 @@ enum Respond {
 }
 
 enum JobKind {
-    Write { levels: Levels, pre_read: Option<Count>, context: Option<Context> },
-    Read { levels: Levels, siblings: bool },
+    Write {
+        levels: Levels,
+        pre_read: Option<Count>,
+        context: Option<Context>,
+    },
+    Read {
+        levels: Levels,
+        siblings: bool,
+    },
+    /// A table's siblings policy, set on every node like a schema change.
+    Policy,
 }
 
 /// One client request: its statements, run one after another.
@@ -213,6 +222,13 @@ impl Driver {
             Command::Members { change, reply } => {
                 let _ = reply.send(self.change_members(change));
             }
+            Command::Policy { table, siblings, reply } => {
+                let statement = Statement::new(tern_storage::leaderless::policy_statement(&table, siblings));
+                self.start_job(VecDeque::from([statement]), JobKind::Policy, Respond::Local(reply));
+            }
+            Command::Conflicts { reply } => {
+                let _ = reply.send(self.store.keys_with_siblings(1_000).map_err(|error| error.to_string()));
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -313,6 +329,7 @@ impl Driver {
         match current.kind {
             JobKind::Read { levels, siblings } => self.start_read(job, statement, levels, siblings),
             JobKind::Write { .. } => self.start_write(job, statement),
+            JobKind::Policy => self.start_schema(job, statement),
         }
     }
 
@@ -327,7 +344,7 @@ impl Driver {
     fn levels(&self, job: u64) -> Levels {
         match self.jobs.get(&job).map(|current| &current.kind) {
             Some(JobKind::Write { levels, .. } | JobKind::Read { levels, .. }) => *levels,
-            None => Levels::default(),
+            Some(JobKind::Policy) | None => Levels::default(),
         }
     }
 
@@ -494,7 +511,7 @@ impl Driver {
 
     fn start_schema(&mut self, job: u64, statement: Statement) {
         let origin = format!("{}:{}", self.dot_name, self.next_id);
-        let result = self.store.apply_schema(&origin, &statement);
+        let result = self.apply_schema_item(&origin, &statement);
         if result.error.is_some() {
             return self.finish(job, Outcome { result, ..Outcome::default() });
         }
@@ -523,6 +540,17 @@ impl Driver {
             message.push_str(&format!("; {} did not answer (a node catches up on the schema within 10 s of coming back)", silent.join(", ")));
         }
         self.finish(job, Outcome { unavailable: failed.is_empty(), ..Outcome::error(message) });
+    }
+
+    /// A schema stream item: SQL, or a table's siblings policy.
+    fn apply_schema_item(&mut self, origin: &str, statement: &Statement) -> StatementResult {
+        match tern_storage::leaderless::parse_policy_statement(&statement.sql) {
+            Some((table, siblings)) => match self.store.apply_policy(origin, &table, siblings) {
+                Ok(()) => StatementResult::default(),
+                Err(error) => StatementResult::error(error.to_string()),
+            },
+            None => self.store.apply_schema(origin, statement),
+        }
     }
 
     // --- frames ---
@@ -566,7 +594,7 @@ impl Driver {
                 }
             }
             LeaderlessFrame::Schema { id, origin, statement } => {
-                let result = self.store.apply_schema(&origin, &statement);
+                let result = self.apply_schema_item(&origin, &statement);
                 self.node.send(&from, LeaderlessFrame::SchemaApplied { id, error: result.error });
             }
             LeaderlessFrame::SchemaApplied { id, error } => {
@@ -600,7 +628,7 @@ impl Driver {
                 self.schema_heard = true;
                 let made = self.store.schema().unwrap_or_default();
                 for (origin, sql) in statements.into_iter().filter(|(origin, _)| !made.iter().any(|(made_as, _)| made_as == origin)) {
-                    let result = self.store.apply_schema(&origin, &Statement::new(sql.clone()));
+                    let result = self.apply_schema_item(&origin, &Statement::new(sql.clone()));
                     if let Some(error) = result.error {
                         tracing::warn!("could not apply schema statement {sql:?} from {from}: {error}");
                     }
@@ -650,7 +678,8 @@ impl Driver {
             Wait::KeyRead { job, key } => match answer {
                 Answer::Read { versions, answered } => {
                     let Some(statement) = self.current_statement(job) else { return };
-                    let siblings = matches!(self.jobs.get(&job).map(|current| &current.kind), Some(JobKind::Read { siblings: true, .. }));
+                    let asked = matches!(self.jobs.get(&job).map(|current| &current.kind), Some(JobKind::Read { siblings: true, .. }));
+                    let siblings = asked || self.store.sibling_tables().unwrap_or_default().contains(&key.table);
                     let context = Some(encode_context(&versions.context()));
                     let result = self.store.evaluate(&statement, &[(key, versions)], siblings);
                     self.finish(job, Outcome { result, replicas: Some(answered), context, ..Outcome::default() });

@@ -134,6 +134,8 @@ pub(crate) enum Command {
     Query { statements: Vec<Statement>, levels: Levels, siblings: bool, reply: oneshot::Sender<Vec<Outcome>> },
     Repair { reply: oneshot::Sender<RepairReport> },
     Members { change: MemberChange, reply: oneshot::Sender<Result<Membership, String>> },
+    Policy { table: String, siblings: bool, reply: oneshot::Sender<Vec<Outcome>> },
+    Conflicts { reply: oneshot::Sender<Result<Vec<(Key, tern_core::leaderless::KeyVersions)>, String>> },
     Status { reply: oneshot::Sender<LeaderlessStatus> },
     Stop,
 }
@@ -274,6 +276,17 @@ impl Leaderless {
         self.ask(|reply| Command::Query { statements, levels, siblings, reply })
             .await
             .unwrap_or_else(|| vec![Outcome::unavailable("the node is stopping"); count])
+    }
+
+    /// Sets whether reads of `table` by key return every concurrent version, on every node.
+    pub async fn set_policy(&self, table: String, siblings: bool) -> Outcome {
+        let outcomes = self.ask(|reply| Command::Policy { table, siblings, reply }).await.unwrap_or_default();
+        outcomes.into_iter().next().unwrap_or_else(|| Outcome::unavailable("the node is stopping"))
+    }
+
+    /// Up to 1,000 rows holding concurrent versions, with them.
+    pub async fn conflicts(&self) -> Result<Vec<(Key, tern_core::leaderless::KeyVersions)>, String> {
+        self.ask(|reply| Command::Conflicts { reply }).await.unwrap_or_else(|| Err("the node is stopping".to_string()))
     }
 
     pub async fn repair(&self) -> Option<RepairReport> {
