@@ -26,14 +26,29 @@ fn hello(node: &Leaderless) -> Hello {
     }
 }
 
+/// Frames older than this when the link comes up are dropped; younger ones (a schema
+/// change or a forwarded write sent just before a peer's link was up) are written.
+const STALE_FRAME: Duration = Duration::from_secs(2);
+
 pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<(Instant, LeaderlessFrame)>) {
+    let mut waiting: std::collections::VecDeque<(Instant, LeaderlessFrame)> = std::collections::VecDeque::new();
+    // While the link is down, frames wait; those past `STALE_FRAME` are dropped (the
+    // protocol resends what matters: pings, hints, anti-entropy).
+    let hold = |waiting: &mut std::collections::VecDeque<(Instant, LeaderlessFrame)>, frames: &mut mpsc::UnboundedReceiver<(Instant, LeaderlessFrame)>| {
+        while let Ok(frame) = frames.try_recv() {
+            waiting.push_back(frame);
+        }
+        while waiting.front().is_some_and(|(queued, _)| queued.elapsed() > STALE_FRAME) {
+            waiting.pop_front();
+        }
+    };
     loop {
         let delay = node.wan_delay(&peer);
         let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             _ => {
-                while frames.try_recv().is_ok() {}
-                if frames.is_closed() {
+                hold(&mut waiting, &mut frames);
+                if frames.is_closed() && waiting.is_empty() {
                     return;
                 }
                 tokio::time::sleep(RECONNECT_DELAY).await;
@@ -47,26 +62,24 @@ pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: Soc
             continue;
         }
         tracing::debug!("connected to {peer} at {addr}");
-        // Frames queued while the link was down are stale: the protocol resends what matters.
-        while frames.try_recv().is_ok() {}
+        hold(&mut waiting, &mut frames);
         let written: std::io::Result<()> = async {
             loop {
-                let Some((queued, frame)) = frames.recv().await else { return Ok(()) };
+                let next = match waiting.pop_front() {
+                    Some(frame) => Some(frame),
+                    None => frames.recv().await,
+                };
+                let Some((queued, frame)) = next else { return Ok(()) };
                 let due = queued + delay;
                 if due > Instant::now() {
                     writer.flush().await?;
                     tokio::time::sleep_until(due.into()).await;
                 }
                 write_frame(&mut writer, &Frame::Leaderless(frame)).await?;
-                while let Ok((queued, frame)) = frames.try_recv() {
-                    let due = queued + delay;
-                    if due > Instant::now() {
-                        writer.flush().await?;
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    write_frame(&mut writer, &Frame::Leaderless(frame)).await?;
+                // Flush only when nothing else is ready: consecutive frames share a syscall.
+                if waiting.is_empty() && frames.is_empty() {
+                    writer.flush().await?;
                 }
-                writer.flush().await?;
             }
         }
         .await;
