@@ -257,6 +257,11 @@ impl Driver {
     // --- membership ---
 
     fn change_members(&mut self, change: MemberChange) -> Result<Membership, String> {
+        // Rows move to a new replica from the replicas that stay; with one replica per
+        // row there is none, and the row would stay behind on a node that no longer serves it.
+        if self.placement.replicas < 2 {
+            return Err("members cannot change with --replicas 1: a row's only copy would stay on the node that gives it up; run with 2 or more".to_string());
+        }
         let mut next = self.node.members();
         let before: Vec<String> = next.members.iter().map(|member| member.id.clone()).collect();
         match change {
