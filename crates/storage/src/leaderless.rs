@@ -295,27 +295,17 @@ impl LeaderlessStore {
         let binds = key_values.iter().map(rusqlite::types::Value::from);
         self.connection.execute(&format!("DELETE FROM {table} WHERE {}", key_condition(&shape)), params_from_iter(binds))?;
         let Some((_, Stamped { value: Some(bytes), .. })) = visible(versions) else { return Ok(()) };
-        let row = decode_row(&bytes)?;
-        let mut columns: Vec<String> = Vec::new();
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        for (name, value) in &row {
-            if shape.columns.iter().any(|column| column == name) {
-                columns.push(quote_identifier(name));
-                values.push(value.into());
-            }
-        }
+        let mut shown: Vec<(String, rusqlite::types::Value)> =
+            decode_row(&bytes)?.into_iter().filter(|(name, _)| shape.columns.contains(name)).map(|(name, value)| (name, (&value).into())).collect();
         // Key columns from the key itself: a version written before a column was renamed
         // still lands on its own row.
         for (place, index) in shape.key.iter().enumerate() {
-            let name = quote_identifier(&shape.columns[*index]);
-            if !columns.contains(&name) {
-                columns.push(name);
-                values.push((&key_values[place]).into());
+            let name = &shape.columns[*index];
+            if !shown.iter().any(|(column, _)| column == name) {
+                shown.push((name.clone(), (&key_values[place]).into()));
             }
         }
-        let marks: Vec<String> = (1..=columns.len()).map(|place| format!("?{place}")).collect();
-        let sql = format!("INSERT OR REPLACE INTO {table} ({}) VALUES ({})", columns.join(", "), marks.join(", "));
-        self.connection.execute(&sql, params_from_iter(values))?;
+        upsert_row(&self.connection, &key.table, &shown)?;
         Ok(())
     }
 
@@ -581,11 +571,7 @@ impl LeaderlessStore {
         if self.schema()?.iter().any(|(made_as, _)| made_as == origin) {
             return Ok(());
         }
-        let table: String = self
-            .connection
-            .query_row("SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE", [table], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StorageError::new(format!("no such table: {table}")))?;
+        let table = self.table_named(table).ok_or_else(|| StorageError::new(format!("no such table: {table}")))?;
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = (|| {
             self.connection.execute("INSERT OR REPLACE INTO _tern_ll_policy (tbl, siblings) VALUES (?1, ?2)", params![table, siblings])?;
@@ -593,6 +579,13 @@ impl LeaderlessStore {
             Ok(())
         })();
         self.finish(outcome)
+    }
+
+    /// The table SQLite means by `name` (names match without case), as it was created:
+    /// keys and policies use that spelling.
+    fn table_named(&self, name: &str) -> Option<String> {
+        let sql = "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE";
+        self.connection.query_row(sql, [name], |row| row.get(0)).ok()
     }
 
     /// Tables whose reads by key return siblings.
@@ -665,20 +658,15 @@ impl LeaderlessStore {
         let policy = ClientPolicy::install(&mut scratch, false, self.policy.limits())?;
         let fill = |scratch: &Connection, versions: Vec<(String, RowImage)>| -> Result<()> {
             for (table, row) in versions {
-                let columns: Vec<String> = row.iter().map(|(name, _)| quote_identifier(name)).collect();
-                let marks: Vec<String> = (1..=columns.len()).map(|place| format!("?{place}")).collect();
-                let sql = format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quote_identifier(&table), columns.join(", "), marks.join(", "));
+                let row: Vec<(String, rusqlite::types::Value)> = row.into_iter().map(|(name, value)| (name, (&value).into())).collect();
                 // A column dropped since the version was written: show what still fits.
-                if scratch.execute(&sql, params_from_iter(row.iter().map(|(_, value)| rusqlite::types::Value::from(value)))).is_err() {
+                if upsert_row(scratch, &table, &row).is_err() {
                     let known: Vec<String> = scratch
                         .prepare("SELECT name FROM pragma_table_info(?1)")?
                         .query_map([&table], |found| found.get(0))?
                         .collect::<rusqlite::Result<_>>()?;
-                    let kept: RowImage = row.into_iter().filter(|(name, _)| known.contains(name)).collect();
-                    let columns: Vec<String> = kept.iter().map(|(name, _)| quote_identifier(name)).collect();
-                    let marks: Vec<String> = (1..=columns.len()).map(|place| format!("?{place}")).collect();
-                    let sql = format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quote_identifier(&table), columns.join(", "), marks.join(", "));
-                    scratch.execute(&sql, params_from_iter(kept.iter().map(|(_, value)| rusqlite::types::Value::from(value))))?;
+                    let kept: Vec<(String, rusqlite::types::Value)> = row.into_iter().filter(|(name, _)| known.contains(name)).collect();
+                    upsert_row(scratch, &table, &kept)?;
                 }
             }
             Ok(())
@@ -738,6 +726,14 @@ pub fn parse_policy_statement(sql: &str) -> Option<(String, bool)> {
         return Some((table.to_string(), true));
     }
     rest.strip_prefix("off ").map(|table| (table.to_string(), false))
+}
+
+/// `INSERT OR REPLACE` of one row of `table`: the named columns, bound in order.
+fn upsert_row(connection: &Connection, table: &str, row: &[(String, rusqlite::types::Value)]) -> rusqlite::Result<usize> {
+    let columns: Vec<String> = row.iter().map(|(name, _)| quote_identifier(name)).collect();
+    let marks: Vec<String> = (1..=columns.len()).map(|place| format!("?{place}")).collect();
+    let sql = format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quote_identifier(table), columns.join(", "), marks.join(", "));
+    connection.execute(&sql, params_from_iter(row.iter().map(|(_, value)| value)))
 }
 
 /// `key1 IS ?1 AND key2 IS ?2 …` for the key columns, bound in key order.
@@ -829,8 +825,7 @@ impl LeaderlessStore {
     /// whole primary key.
     pub fn key_of(&mut self, table: &str, column: &str, value: &SqlValue) -> Option<Key> {
         // The table's own spelling: SQLite matches names without case, keys use the name.
-        let table: String =
-            self.connection.query_row("SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE", [table], |row| row.get(0)).ok()?;
+        let table = self.table_named(table)?;
         let table = table.as_str();
         let shape = self.shape(table).ok()?;
         let [index] = shape.key.as_slice() else { return None };

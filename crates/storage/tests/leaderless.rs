@@ -66,7 +66,7 @@ fn versions_show_the_newest_row_and_selects_run_over_merged_versions() {
     let row = |name: &str, visits: i64| {
         encode_row(&vec![("id".into(), SqlValue::Integer(1)), ("name".into(), SqlValue::Text(name.into())), ("visits".into(), SqlValue::Integer(visits))])
     };
-    let (dot, versions) = store.write_local(&key, "n1.1", None, Stamped { stamp: Timestamp::new(10, 0), value: Some(row("ann", 1)) }).unwrap();
+    let (dot, _) = store.write_local(&key, "n1.1", None, Stamped { stamp: Timestamp::new(10, 0), value: Some(row("ann", 1)) }).unwrap();
     assert_eq!(dot, ("n1.1".to_string(), 1));
     // A concurrent write from another node, newer by hybrid time.
     let mut theirs = KeyVersions::new();
@@ -90,7 +90,6 @@ fn versions_show_the_newest_row_and_selects_run_over_merged_versions() {
     let seen = stored.context();
     store.write_local(&key, "n1.1", Some(&seen), Stamped { stamp: Timestamp::new(30, 0), value: None }).unwrap();
     assert!(query(&store, "SELECT * FROM people", &[(key.clone(), store.load(&key).unwrap())]).is_empty());
-    let _ = versions;
     let multi = store.capture(&Statement::new("UPDATE people SET visits = 0"));
     assert_eq!(multi.result.error, None, "no rows stored, so nothing changes: {multi:?}");
     assert_eq!(decode_row(&row("x", 1)).unwrap().len(), 3);

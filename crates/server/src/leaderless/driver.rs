@@ -77,7 +77,6 @@ pub(super) struct Driver {
     node: Arc<Leaderless>,
     store: LeaderlessStore,
     core: LeaderlessNode,
-    placement: Placement,
     dot_name: String,
     next_id: u64,
     jobs: BTreeMap<u64, Job>,
@@ -138,7 +137,6 @@ impl Driver {
             node,
             store,
             core,
-            placement,
             dot_name,
             next_id: wall_clock_us(),
             jobs: BTreeMap::new(),
@@ -187,7 +185,7 @@ impl Driver {
             if Instant::now() >= self.next_schema_pull {
                 let interval = if self.schema_heard { SCHEMA_PULL_INTERVAL } else { Duration::from_secs(1) };
                 self.next_schema_pull = Instant::now() + interval;
-                for peer in self.placement.nodes() {
+                for peer in self.core.placement().nodes() {
                     if peer != self.me() {
                         self.node.send(&peer, LeaderlessFrame::SchemaPull);
                     }
@@ -241,7 +239,7 @@ impl Driver {
         LeaderlessStatus {
             id: self.node.config.id.clone(),
             region: self.node.config.region.clone(),
-            replicas: self.placement.replicas,
+            replicas: self.core.placement().replicas,
             default_w: settings.w.name(),
             default_r: settings.r.name(),
             keys_stored: self.store.key_count().unwrap_or(0),
@@ -259,7 +257,7 @@ impl Driver {
     fn change_members(&mut self, change: MemberChange) -> Result<Membership, String> {
         // Rows move to a new replica from the replicas that stay; with one replica per
         // row there is none, and the row would stay behind on a node that no longer serves it.
-        if self.placement.replicas < 2 {
+        if self.core.placement().replicas < 2 {
             return Err("members cannot change with --replicas 1: a row's only copy would stay on the node that gives it up; run with 2 or more".to_string());
         }
         let mut next = self.node.members();
@@ -276,8 +274,8 @@ impl Driver {
                     return Err(format!("{id} is not a member: the members are {}", before.join(", ")));
                 }
                 next.members.retain(|known| known.id != id);
-                if next.members.len() < self.placement.replicas {
-                    return Err(format!("removing {id} would leave {} nodes for {} replicas per row", next.members.len(), self.placement.replicas));
+                if next.members.len() < self.core.placement().replicas {
+                    return Err(format!("removing {id} would leave {} nodes for {} replicas per row", next.members.len(), self.core.placement().replicas));
                 }
             }
         }
@@ -300,9 +298,8 @@ impl Driver {
             panic!("cannot store the member list: {error}");
         }
         tracing::info!("members now (version {}): {}", members.version, members.members.iter().map(|member| member.id.as_str()).collect::<Vec<_>>().join(", "));
-        self.placement = placement_of(&members, self.node.config.leaderless.replicas, self.node.config.leaderless.vnodes);
+        let placement = placement_of(&members, self.node.config.leaderless.replicas, self.node.config.leaderless.vnodes);
         self.node.set_members(members);
-        let placement = self.placement.clone();
         self.handle(NodeEvent::Placement(placement));
     }
 
@@ -332,7 +329,7 @@ impl Driver {
             return;
         };
         match current.kind {
-            JobKind::Read { levels, siblings } => self.start_read(job, statement, levels, siblings),
+            JobKind::Read { levels, .. } => self.start_read(job, statement, levels),
             JobKind::Write { .. } => self.start_write(job, statement),
             JobKind::Policy => self.start_schema(job, statement),
         }
@@ -365,7 +362,7 @@ impl Driver {
 
     // --- reads ---
 
-    fn start_read(&mut self, job: u64, statement: Statement, levels: Levels, siblings: bool) {
+    fn start_read(&mut self, job: u64, statement: Statement, levels: Levels) {
         if !self.store.reads_only(&statement.sql) {
             return self.finish(job, Outcome::error("attempt to change the database in a query: send writes to /db/execute"));
         }
@@ -373,7 +370,6 @@ impl Driver {
         if let Some(key) = by_key {
             return self.request(Wait::KeyRead { job, key: key.clone() }, key, Request::Read, levels);
         }
-        let _ = siblings;
         match self.store.tables_read(&statement.sql) {
             Some(tables) if !tables.is_empty() => {
                 let id = self.id();
@@ -408,11 +404,11 @@ impl Driver {
     }
 
     fn route(&mut self, job: u64, statement: Statement, key: Key) {
-        if self.placement.is_replica(key.token(), self.me()) {
+        if self.core.placement().is_replica(key.token(), self.me()) {
             return self.coordinate(job, key);
         }
         let down = self.core.down_peers();
-        let Some(replica) = self.placement.replicas(&key).into_iter().find(|node| !down.contains(node)) else {
+        let Some(replica) = self.core.placement().replicas(&key).into_iter().find(|node| !down.contains(node)) else {
             return self.finish(job, Outcome::unavailable("every replica of this row is down: nothing was written; retry"));
         };
         let (levels, pre_read, context) = match self.jobs.get(&job).map(|current| &current.kind) {
@@ -427,7 +423,7 @@ impl Driver {
 
     fn probe(&mut self, job: u64, statement: Statement, nothing: StatementResult) {
         let down = self.core.down_peers();
-        let peers: BTreeSet<String> = self.placement.nodes().into_iter().filter(|node| node != self.me() && !down.contains(node)).collect();
+        let peers: BTreeSet<String> = self.core.placement().nodes().into_iter().filter(|node| node != self.me() && !down.contains(node)).collect();
         if peers.is_empty() {
             return self.finish(job, Outcome { result: nothing, ..Outcome::default() });
         }
@@ -439,8 +435,7 @@ impl Driver {
         self.waits.insert(id, Wait::Probe { job, waiting: peers, keys: BTreeSet::new(), error: None, deadline });
     }
 
-    fn probed(&mut self, id: u64, job: u64, keys: BTreeSet<Key>, error: Option<String>, silent: Vec<String>) {
-        let _ = id;
+    fn probed(&mut self, job: u64, keys: BTreeSet<Key>, error: Option<String>, silent: Vec<String>) {
         if let Some(message) = error {
             return self.finish(job, Outcome::error(message));
         }
@@ -472,7 +467,7 @@ impl Driver {
             _ => None,
         };
         match pre_read {
-            Some(count) if count.of(self.placement.replicas) > 1 => {
+            Some(count) if count.of(self.core.placement().replicas) > 1 => {
                 let levels = Levels { r: count, ..self.levels(job) };
                 self.request(Wait::PreRead { job, key: key.clone(), again: false }, key, Request::Read, levels);
             }
@@ -520,7 +515,7 @@ impl Driver {
         if result.error.is_some() {
             return self.finish(job, Outcome { result, ..Outcome::default() });
         }
-        let peers: BTreeSet<String> = self.placement.nodes().into_iter().filter(|node| node != self.me()).collect();
+        let peers: BTreeSet<String> = self.core.placement().nodes().into_iter().filter(|node| node != self.me()).collect();
         if peers.is_empty() {
             return self.finish(job, Outcome { result, ..Outcome::default() });
         }
@@ -533,7 +528,7 @@ impl Driver {
     }
 
     fn schema_done(&mut self, job: u64, failed: Vec<String>, silent: Vec<String>) {
-        let total = self.placement.nodes().len();
+        let total = self.core.placement().nodes().len();
         if failed.is_empty() && silent.is_empty() {
             return self.finish(job, Outcome { result: StatementResult::default(), replicas: Some(total), ..Outcome::default() });
         }
@@ -571,7 +566,7 @@ impl Driver {
                     Job { statements: VecDeque::from([statement.clone()]), outcomes: Vec::new(), kind, respond: Respond::Remote { peer: from, id } },
                 );
                 match key {
-                    Some(key) if self.placement.is_replica(key.token(), self.me()) => self.coordinate(job, key),
+                    Some(key) if self.core.placement().is_replica(key.token(), self.me()) => self.coordinate(job, key),
                     _ => self.finish(job, Outcome::error(format!("{} is not a replica of this row: the nodes disagree on the ring; retry", self.me()))),
                 }
             }
@@ -594,7 +589,7 @@ impl Driver {
                 }
                 if waiting.is_empty() {
                     if let Some(Wait::Probe { job, keys, error, .. }) = self.waits.remove(&id) {
-                        self.probed(id, job, keys, error, Vec::new());
+                        self.probed(job, keys, error, Vec::new());
                     }
                 }
             }
@@ -650,7 +645,7 @@ impl Driver {
                 Some(Wait::Forwarded { job, to, .. }) => {
                     self.finish(job, Outcome::unavailable(format!("timed out waiting for {to}, the replica coordinating this write: its outcome is unknown")));
                 }
-                Some(Wait::Probe { job, waiting, keys, error, .. }) => self.probed(id, job, keys, error, waiting.into_iter().collect()),
+                Some(Wait::Probe { job, waiting, keys, error, .. }) => self.probed(job, keys, error, waiting.into_iter().collect()),
                 Some(Wait::Schema { job, waiting, failed, .. }) => self.schema_done(job, failed, waiting.into_iter().collect()),
                 Some(other) => {
                     self.waits.insert(id, other);
@@ -752,7 +747,7 @@ impl Driver {
                     }
                 }
                 NodeOutput::BuildTree { op, peer, depth } => {
-                    let (me, placement) = (self.node.config.id.clone(), self.placement.clone());
+                    let (me, placement) = (self.node.config.id.clone(), self.core.placement().clone());
                     let tree = self
                         .store
                         .tree(depth, &|token| placement.shares(token, &me, &peer))
@@ -760,7 +755,7 @@ impl Driver {
                     self.handle(NodeEvent::TreeBuilt { op, tree });
                 }
                 NodeOutput::LoadRanges { op, peer, ranges } => {
-                    let (me, placement) = (self.node.config.id.clone(), self.placement.clone());
+                    let (me, placement) = (self.node.config.id.clone(), self.core.placement().clone());
                     let entries = self.store.entries_in(&ranges, &|token| placement.shares(token, &me, &peer)).unwrap_or_default();
                     self.handle(NodeEvent::RangesLoaded { op, entries });
                 }
