@@ -8,14 +8,17 @@ use tern_server::client::HttpClient;
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// Show the members: voters, learners, leader, and how far each is behind.
+    /// Show the members: each one's part (voter, non-voter, learner), leader priority,
+    /// region, and how far it is behind the leader.
     Show {
         /// HTTP address of any node.
         #[arg(long, default_value = "127.0.0.1:4001")]
         http: String,
     },
     /// Add a node: start it first with `tern server --join`. It catches up as a learner,
-    /// then the leader promotes it to voter; this waits for that (or --wait-s).
+    /// then the leader promotes it to voter; this waits for that (or --wait-s). A node
+    /// started with `--join --non-voters ITS_ID` stays a non-voting replica: this waits
+    /// until it has caught up.
     Add {
         /// HTTP address of any node; the request goes to the leader.
         #[arg(long, default_value = "127.0.0.1:4001")]
@@ -130,10 +133,14 @@ fn show(http: &str) -> Result<(), String> {
             (Some(last), Some(applied)) => format!("{} entries behind", last.saturating_sub(applied)),
             _ => String::new(),
         };
+        let leads = if cluster["leader"] == member["id"] { "leader" } else { "" };
+        let priority = member["leader_priority"].as_u64().map_or_else(|| "priority ?".to_string(), |priority| format!("priority {priority}"));
         println!(
-            "  {:<12} {:<8} {:<22} {:<12} {}",
+            "  {:<12} {:<6} {:<9} {:<10} {:<22} {:<12} {}",
             member["id"].as_str().unwrap_or("?"),
-            if member["voter"] == true { "voter" } else { "learner" },
+            leads,
+            member["member"].as_str().unwrap_or(if member["voter"] == true { "voter" } else { "learner" }),
+            priority,
             member["addr"].as_str().unwrap_or("?"),
             member["region"].as_str().unwrap_or(""),
             behind
@@ -173,6 +180,12 @@ fn add(http: &str, id: &str, addr: &str, wait: Duration) -> Result<(), String> {
             return None;
         }
         let member = cluster["members"].as_array().and_then(|members| members.iter().find(|member| member["id"] == id).cloned());
+        if let (Some(member), Some(last)) = (&member, cluster["leader_last_index"].as_u64()) {
+            let caught_up = member["applied_index"].as_u64().is_some_and(|applied| applied >= last);
+            if settled && member["member"] == "non-voter" && caught_up {
+                return None;
+            }
+        }
         Some(match (member, cluster["leader_last_index"].as_u64()) {
             (Some(member), Some(last)) => match member["applied_index"].as_u64() {
                 Some(applied) => format!("{id}: learner, {} of {last} entries", applied.min(last)),
@@ -181,7 +194,9 @@ fn add(http: &str, id: &str, addr: &str, wait: Duration) -> Result<(), String> {
             _ => format!("{id}: waiting for the membership change to apply"),
         })
     })?;
-    println!("{id} is a voter");
+    let cluster = leader_http(http).and_then(|leader| get(&leader, "/cluster"))?;
+    let non_voter = cluster["members"].as_array().into_iter().flatten().any(|member| member["id"] == id && member["member"] == "non-voter");
+    println!("{id} is {}", if non_voter { "a non-voting replica, caught up (it is never promoted)" } else { "a voter" });
     Ok(())
 }
 

@@ -220,6 +220,19 @@ pub struct ServerArgs {
     /// what differs, milliseconds; 0: only when asked (`tern repair`).
     #[arg(long, default_value_t = 30_000)]
     anti_entropy_interval_ms: u64,
+    /// Single-leader: this node's leader priority. When a voter of higher priority than
+    /// the leader's is healthy and caught up for 3 s, leadership moves to it by itself
+    /// (after a failover, back to the home region). 0: never handed leadership, and
+    /// campaigns only as a last resort (no leader for 10 election timeouts), handing over
+    /// as soon as it can. Give the home region's nodes 2 and the rest the default.
+    #[arg(long, default_value_t = 1)]
+    leader_priority: u8,
+    /// Single-leader: permanent non-voting replicas, comma separated ids, the same on
+    /// every node (a node joining as one names itself). They receive the log and serve
+    /// local reads, and never count toward a majority, an election or an ack (w=all and
+    /// --ack sync count voters), so a far one never slows a write. Never promoted.
+    #[arg(long, value_delimiter = ',')]
+    non_voters: Vec<String>,
 }
 
 impl ServerArgs {
@@ -270,6 +283,10 @@ impl ServerArgs {
                     "--topology leaderless needs every member's region (each node places rows with the same ring): write {missing}@REGION=ADDRESS in --cluster"
                 ));
             }
+        }
+        if leaderless && (self.leader_priority != 1 || !self.non_voters.is_empty()) {
+            return Err("--leader-priority and --non-voters are for leader-based topologies: under --topology leaderless every replica of a row takes writes"
+                .to_string());
         }
         if leaderless && self.join {
             return Err("--join is not supported under --topology leaderless: name every member in --cluster".to_string());
@@ -324,6 +341,8 @@ impl ServerArgs {
                 max_result_bytes: self.max_result_bytes.max(1),
             },
             leaderless: leaderless_settings,
+            leader_priority: self.leader_priority,
+            non_voters: self.non_voters.iter().map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect(),
             id: self.id,
         })
     }

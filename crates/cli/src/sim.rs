@@ -58,6 +58,11 @@ pub struct SimArgs {
     /// Automatic failover: nodes elect their leader (raft-rs) instead of a fixed one.
     #[arg(long)]
     failover: bool,
+    /// With --failover: random leader priorities and one or two non-voters (with 4 or
+    /// more nodes); checks that leadership returns to the highest priority after healing
+    /// and that no non-voter votes or leads.
+    #[arg(long, requires = "failover")]
+    placement: bool,
 }
 
 pub fn run(args: SimArgs) -> Result<(), String> {
@@ -71,6 +76,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         steps: args.steps,
         log_format: tern_core::LogFormat::from(args.log_format).name().to_string(),
         failover: args.failover,
+        placement: args.placement,
     };
     if args.trace.is_some() && args.seeds != 1 {
         return Err("--trace needs --seeds 1".to_string());
@@ -138,6 +144,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
                         operations: 0,
                         destroyed_disks: 0,
                         replaced_nodes: 0,
+                        leader_below_top_at_heal: false,
                         trace: None,
                     }
                 });
@@ -196,6 +203,10 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     println!("{tally}  ({nodes} nodes, --ack {ack}, --faults {faults}, {operations} client operations, {seconds:.1} s)");
     if destroyed + replaced > 0 {
         println!("faults that wipe a disk: {destroyed} leader disks destroyed, {replaced} nodes removed, wiped and added back");
+    }
+    if options.placement {
+        let moved_back = reports.iter().filter(|report| report.leader_below_top_at_heal).count();
+        println!("placement: in {moved_back} seeds no voter of the highest priority led when the faults healed, and leadership had to move back to one");
     }
     if args.expect_loss {
         if seeds_with_loss == 0 {

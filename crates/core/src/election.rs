@@ -164,7 +164,19 @@ pub(crate) struct Election {
     /// preferred first leader wait, so the first election goes to the preferred one
     /// even when it starts a little later than they do.
     hold_until: Micros,
+    /// Leader priority 0: raft's election timer does not make this node campaign (it
+    /// still votes, and takes over when a recovering candidate hands it leadership
+    /// because it alone holds acknowledged writes), except as a last resort.
+    never_campaigns: bool,
+    /// Priority 0: ticks in a row at which the timer would have run out. After
+    /// `LAST_RESORT_TIMEOUTS` timeouts without a leader it campaigns once: the voters that
+    /// may lead may all be unable to win (their metadata logs behind its own), and a
+    /// cluster with no leader at all is worse than a leader that hands over at once.
+    overdue_ticks: usize,
 }
+
+/// Election timeouts a priority-0 voter waits without a leader before it campaigns.
+const LAST_RESORT_TIMEOUTS: usize = 10;
 
 /// Raft needs non-zero numeric ids; tern's are names. FNV-1a of the name, stable across
 /// restarts and membership changes without coordination.
@@ -173,12 +185,15 @@ pub(crate) fn raft_id(name: &str) -> u64 {
 }
 
 impl Election {
-    /// `members` and `addresses` are the cluster as configured at start; saved state, once
-    /// there is any, knows better. A `joining` node starts with no membership: it neither
-    /// votes nor campaigns until a leader's snapshot tells it the cluster it was added to.
+    /// `members` and `addresses` are the cluster as configured at start, of which
+    /// `non_voters` start as learners; saved state, once there is any, knows better. A
+    /// `joining` node starts with no membership: it neither votes nor campaigns until a
+    /// leader's snapshot tells it the cluster it was added to.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: &NodeId,
-        (members, addresses): (&[NodeId], &BTreeMap<NodeId, String>),
+        (members, addresses, non_voters): (&[NodeId], &BTreeMap<NodeId, String>, &BTreeSet<NodeId>),
+        never_campaigns: bool,
         joining: bool,
         preferred: bool,
         saved: Option<&SavedElection>,
@@ -208,7 +223,11 @@ impl Election {
                 }
             }
             _ if joining => directory.clear(),
-            _ => storage.initialize_with_conf_state((directory.keys().map(|name| raft_id(name)).collect::<Vec<u64>>(), Vec::<u64>::new())),
+            _ => {
+                let ids =
+                    |learners: bool| directory.keys().filter(|name| non_voters.contains(*name) == learners).map(|name| raft_id(name)).collect::<Vec<u64>>();
+                storage.initialize_with_conf_state((ids(false), ids(true)));
+            }
         }
         directory.entry(id.clone()).or_default();
         let names: BTreeMap<u64, NodeId> = directory.keys().map(|name| (raft_id(name), name.clone())).collect();
@@ -242,6 +261,8 @@ impl Election {
             stretch_permille: 0,
             config,
             hold_until,
+            never_campaigns,
+            overdue_ticks: 0,
         };
         election.restretch();
         election
@@ -291,6 +312,15 @@ impl Election {
             return;
         }
         while now >= self.next_tick_at {
+            if self.never_campaigns && self.raw.raft.state != StateRole::Leader {
+                // One tick short of the timeout, so this tick cannot start a campaign.
+                let limit = self.raw.raft.randomized_election_timeout().saturating_sub(2);
+                let overdue = self.raw.raft.election_elapsed >= limit;
+                self.overdue_ticks = if overdue { self.overdue_ticks + 1 } else { 0 };
+                if self.overdue_ticks < LAST_RESORT_TIMEOUTS * self.config.election_ticks {
+                    self.raw.raft.election_elapsed = self.raw.raft.election_elapsed.min(limit);
+                }
+            }
             self.raw.tick();
             self.restretch();
             self.next_tick_at += self.tick_interval();
@@ -317,6 +347,13 @@ impl Election {
         let is_vote = matches!(message.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
         if is_vote && !may_vote && message.context[..] != *raft::CAMPAIGN_TRANSFER {
             return;
+        }
+        if is_vote && self.never_campaigns {
+            // Its timer is held short of the timeout (`on_tick`), which raft would also read
+            // as "heard from a leader within a timeout" and refuse every vote; tern's own
+            // vote lease (`may_vote`) already decided that, so let raft see the time passed.
+            let timeout = self.raw.raft.election_timeout();
+            self.raw.raft.election_elapsed = self.raw.raft.election_elapsed.max(timeout);
         }
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
         let configured = !(is_vote || is_snapshot) || self.configured();

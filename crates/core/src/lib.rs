@@ -36,7 +36,7 @@ pub mod types;
 
 pub use election::{ElectionConfig, Membership, SavedElection};
 pub use hlc::{ClockDrift, HybridClock, Timestamp};
-pub use message::Message;
+pub use message::{Message, Preference};
 pub use protocol::Protocol;
 pub use single_leader::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
 pub use types::{AckMode, AckRequirement, Entry, Fnv1a, LogFormat, Micros, NodeId, Position, ReadLevel, Topology};

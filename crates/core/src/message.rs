@@ -38,6 +38,9 @@ pub enum Message {
         /// The follower's log has entries the leader's lacks: where each epoch starts in
         /// it, `(epoch, first index)`, so the leader can find the common prefix.
         diverged: Option<Vec<(u64, u64)>>,
+        /// What the follower asks to be (its leader priority, whether it may vote): every
+        /// ack carries it, so a leader knows it before it could promote or hand over to it.
+        preference: Preference,
     },
     /// Raft's metadata group (votes, heartbeats, membership), as raft-rs protobuf bytes.
     Raft {
@@ -52,6 +55,33 @@ pub enum Message {
         epoch: u64,
         last: Position,
     },
+}
+
+/// What a member asks of the cluster's leader placement, from its own configuration
+/// (`--leader-priority`, `--non-voters`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preference {
+    /// Leadership moves by itself to a healthy, caught-up voter of a higher priority than
+    /// the leader's. 0: this member is never handed leadership and campaigns only as a
+    /// last resort (see `election.rs`), handing over at once when it leads.
+    pub leader_priority: u8,
+    /// `false`: a permanent non-voting replica (a learner never promoted): it receives the
+    /// log and serves reads, and counts for no majority, election or ack.
+    pub voter: bool,
+}
+
+impl Default for Preference {
+    fn default() -> Preference {
+        Preference { leader_priority: 1, voter: true }
+    }
+}
+
+impl Preference {
+    /// This member may be handed leadership (it may still lead when it alone holds
+    /// acknowledged writes after a failure: see `docs/design/placement.md`).
+    pub fn may_lead(&self) -> bool {
+        self.voter && self.leader_priority > 0
+    }
 }
 
 impl Message {

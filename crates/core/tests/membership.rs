@@ -15,6 +15,14 @@ struct Cluster {
     acknowledged: BTreeSet<u64>,
     /// The last membership each node reported through `Output::MembershipChanged`.
     reported: BTreeMap<String, Membership>,
+    /// Applied to every node's configuration (leader priorities, non-voters).
+    placement: fn(&mut Config),
+    /// Nodes cut off from the others: whatever they send or are sent is lost.
+    cut: BTreeSet<String>,
+    /// Every node seen leading (accepting writes) after a step.
+    led: BTreeSet<String>,
+    /// Seeds each node's election timer spread.
+    seed: u64,
 }
 
 fn config(id: &str, join: bool) -> Config {
@@ -33,6 +41,15 @@ fn config(id: &str, join: bool) -> Config {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::placed(|_| {})
+    }
+
+    /// a, b and c, each configured by `placement` too; returns once a leads.
+    fn placed(placement: fn(&mut Config)) -> Cluster {
+        Cluster::seeded(7, placement)
+    }
+
+    fn seeded(seed: u64, placement: fn(&mut Config)) -> Cluster {
         let mut cluster = Cluster {
             now: 0,
             nodes: BTreeMap::new(),
@@ -40,6 +57,10 @@ impl Cluster {
             network: VecDeque::new(),
             acknowledged: BTreeSet::new(),
             reported: BTreeMap::new(),
+            placement,
+            cut: BTreeSet::new(),
+            led: BTreeSet::new(),
+            seed,
         };
         for id in ["a", "b", "c"] {
             cluster.start(id, false);
@@ -49,7 +70,12 @@ impl Cluster {
     }
 
     fn start(&mut self, id: &str, join: bool) {
-        self.nodes.insert(id.to_string(), Replica::start(config(id, join), Position::ZERO, Vec::new(), None, self.now));
+        let mut config = config(id, join);
+        if let Some(elections) = &mut config.elections {
+            elections.seed = self.seed;
+        }
+        (self.placement)(&mut config);
+        self.nodes.insert(id.to_string(), Replica::start(config, Position::ZERO, Vec::new(), None, self.now));
         self.logs.insert(id.to_string(), Vec::new());
         self.pump();
     }
@@ -67,6 +93,9 @@ impl Cluster {
             }
             while let Some((from, to, message)) = self.network.pop_front() {
                 busy = true;
+                if self.cut.contains(&from) || self.cut.contains(&to) {
+                    continue;
+                }
                 if let Some(node) = self.nodes.get_mut(&to) {
                     node.handle(Event::Message { from: from.clone(), message }, self.now);
                 }
@@ -129,6 +158,7 @@ impl Cluster {
                 node.handle(Event::Tick, now);
             }
             self.pump();
+            self.led.extend(self.nodes.iter().filter(|(_, node)| node.accepting_writes(now).is_ok()).map(|(id, _)| id.clone()));
         }
         panic!("{what}: not reached in 20 s of cluster time");
     }
@@ -147,6 +177,11 @@ impl Cluster {
         let now = self.now;
         let leader = self.nodes.get_mut("a").expect("known");
         leader.change_membership(now, MembershipRequest::Add { id: "d".into(), address: "10.0.0.4:7000".into() }).expect("leader adds d");
+    }
+
+    /// The node that leads and accepts writes now, if one does.
+    fn leader(&self) -> Option<String> {
+        self.nodes.iter().find(|(_, node)| node.accepting_writes(self.now).is_ok()).map(|(id, _)| id.clone())
     }
 
     fn voters(&self, id: &str) -> Vec<String> {
@@ -245,4 +280,93 @@ fn a_leader_cut_off_past_its_lease_stops_writing_and_no_longer_claims_to_be_curr
     leader.handle(Event::Tick, later);
     while leader.poll_output().is_some() {}
     assert!(leader.lag_us(later).is_none_or(|lag| lag >= 500_000), "never current again by itself: {:?}", leader.lag_us(later));
+}
+
+// ---- leader placement: non-voters and leader priorities ----
+
+fn c_and_d_are_non_voters(config: &mut Config) {
+    config.non_voters = names(&["c", "d"]).into_iter().collect();
+}
+
+#[test]
+fn a_non_voter_gets_every_write_but_never_votes_counts_or_is_promoted() {
+    let mut cluster = Cluster::placed(c_and_d_are_non_voters);
+    assert_eq!(cluster.voters("a"), names(&["a", "b"]), "c starts as a learner");
+    // w=all counts the voters: with c cut off, a write that needs every member is
+    // acknowledged by a and b alone.
+    cluster.cut.insert("c".into());
+    cluster.write(1, AckRequirement::All);
+    assert!(cluster.acknowledged.contains(&1), "a non-voter's copy is not waited for");
+    cluster.cut.clear();
+    for index in 2..=10 {
+        cluster.write(index, AckRequirement::Majority);
+    }
+    // Caught up and in sync for seconds, it stays a learner; d, added as one, too.
+    cluster.start("d", true);
+    cluster.add_d();
+    cluster.run_until("c and d to hold the whole log", |cluster| ["c", "d"].iter().all(|id| cluster.logs[*id] == cluster.logs["a"]));
+    let settled = cluster.now + 3_000_000;
+    cluster.run_until("3 s more", |cluster| cluster.now >= settled);
+    for id in ["a", "b", "c", "d"] {
+        let membership = cluster.nodes[id].status(cluster.now).membership;
+        assert_eq!(membership.voters.into_iter().collect::<Vec<_>>(), names(&["a", "b"]), "{id}'s voters");
+        assert_eq!(membership.learners.into_iter().collect::<Vec<_>>(), names(&["c", "d"]), "{id}'s learners");
+    }
+    // Never handed leadership either.
+    let now = cluster.now;
+    let leader = cluster.nodes.get_mut("a").expect("a runs");
+    assert_eq!(leader.transfer_leadership(now, &"c".to_string()), Err(tern_core::TransferError::NotAnotherMember { id: "c".into() }));
+}
+
+fn a_is_home_and_c_never_leads(config: &mut Config) {
+    config.leader_priority = match config.id.as_str() {
+        "a" => 2,
+        "c" => 0,
+        _ => 1,
+    };
+}
+
+#[test]
+fn leadership_returns_to_the_highest_priority_once_it_has_been_back_for_the_settle_time() {
+    let mut cluster = Cluster::placed(a_is_home_and_c_never_leads);
+    cluster.write(1, AckRequirement::Majority);
+    let now = cluster.now;
+    let leader = cluster.nodes.get_mut("a").expect("a runs");
+    assert_eq!(leader.transfer_leadership(now, &"c".to_string()), Err(tern_core::TransferError::NeverLeads { id: "c".into() }));
+
+    // a is cut off: b is elected, never c, however long a stays away.
+    cluster.cut.insert("a".into());
+    cluster.led.clear();
+    cluster.run_until("a new leader", |cluster| cluster.leader().is_some_and(|leader| leader != "a"));
+    let away_until = cluster.now + 5_000_000;
+    cluster.run_until("a to have been away 5 s", |cluster| cluster.now >= away_until);
+    assert_eq!(cluster.leader().as_deref(), Some("b"));
+    assert!(!cluster.led.contains("c"), "priority 0 never leads: {:?}", cluster.led);
+
+    // Back, a catches up; b hands leadership over once a has been in sync for 3 s, not before.
+    cluster.cut.clear();
+    let healed = cluster.now;
+    cluster.run_until("a to lead again", |cluster| cluster.leader().as_deref() == Some("a"));
+    let took = cluster.now - healed;
+    assert!(took >= 3_000_000, "leadership moved back after {took} us, before the 3 s settle time");
+    assert!(took < 8_000_000, "leadership took {took} us to move back");
+    assert!(!cluster.led.contains("c"), "priority 0 never leads: {:?}", cluster.led);
+}
+
+#[test]
+fn priority_zero_never_takes_over_whichever_timer_runs_out_first() {
+    // a and b are cut off together for half a second, then b comes back: b and c have both
+    // been without a leader past the timeout, so whichever asks for votes first would
+    // win. The timers' spread differs per seed; c must never be the one.
+    for seed in 1..=16 {
+        let mut cluster = Cluster::seeded(seed, a_is_home_and_c_never_leads);
+        cluster.cut.extend(names(&["a", "b"]));
+        let apart_until = cluster.now + 500_000;
+        cluster.run_until("half a second apart", |cluster| cluster.now >= apart_until);
+        cluster.cut.remove("b");
+        cluster.led.clear();
+        cluster.run_until("a new leader", |cluster| cluster.leader().is_some_and(|leader| leader != "a"));
+        assert_eq!(cluster.leader().as_deref(), Some("b"), "seed {seed}");
+        assert!(!cluster.led.contains("c"), "seed {seed}: priority 0 led: {:?}", cluster.led);
+    }
 }

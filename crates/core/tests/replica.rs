@@ -2,7 +2,7 @@
 //! produce. Each test names the rule it checks.
 
 use tern_core::single_leader::Event;
-use tern_core::{AckMode, AckRequirement, Config, Entry, Message, Output, Position, Protocol, ReadError, Replica, WriteError};
+use tern_core::{AckMode, AckRequirement, Config, Entry, Message, Output, Position, Preference, Protocol, ReadError, Replica, WriteError};
 
 fn members() -> Vec<String> {
     vec!["n1".into(), "n2".into(), "n3".into()]
@@ -42,7 +42,15 @@ fn append(prev_index: u64, entries: Vec<Entry>, leader_last: u64, read_seq: u64)
 }
 
 fn ack(durable: u64, read_seq: u64) -> Message {
-    Message::AppendAck { epoch: 1, durable: Position::new(1, durable), next_index: durable + 1, read_seq, rejected: false, diverged: None }
+    Message::AppendAck {
+        epoch: 1,
+        durable: Position::new(1, durable),
+        next_index: durable + 1,
+        read_seq,
+        rejected: false,
+        diverged: None,
+        preference: Preference::default(),
+    }
 }
 
 fn send(to: &str, message: Message) -> Output {
@@ -154,7 +162,18 @@ fn follower_persists_before_it_acknowledges() {
     replica.handle(Event::Persisted(Position::new(1, 2)), 6);
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 2), next_index: 3, read_seq: 0, rejected: false, diverged: None })]
+        vec![send(
+            "n1",
+            Message::AppendAck {
+                epoch: 1,
+                durable: Position::new(1, 2),
+                next_index: 3,
+                read_seq: 0,
+                rejected: false,
+                diverged: None,
+                preference: Preference::default()
+            }
+        )]
     );
 }
 
@@ -170,7 +189,18 @@ fn follower_skips_duplicates_and_rejects_gaps() {
     replica.handle(Event::Message { from: "n1".into(), message: append(4, vec![entry(5)], 5, 0) }, 7);
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 3, read_seq: 0, rejected: true, diverged: None })]
+        vec![send(
+            "n1",
+            Message::AppendAck {
+                epoch: 1,
+                durable: Position::ZERO,
+                next_index: 3,
+                read_seq: 0,
+                rejected: true,
+                diverged: None,
+                preference: Preference::default()
+            }
+        )]
     );
 }
 
@@ -182,7 +212,15 @@ fn leader_resends_from_what_a_rejecting_follower_expects() {
     replica.handle(
         Event::Message {
             from: "n2".into(),
-            message: Message::AppendAck { epoch: 1, durable: Position::new(1, 1), next_index: 2, read_seq: 0, rejected: true, diverged: None },
+            message: Message::AppendAck {
+                epoch: 1,
+                durable: Position::new(1, 1),
+                next_index: 2,
+                read_seq: 0,
+                rejected: true,
+                diverged: None,
+                preference: Preference::default(),
+            },
         },
         20,
     );
@@ -195,7 +233,18 @@ fn follower_stale_epoch_leader_is_told_and_ignored() {
     replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1)], 1, 0) }, 5);
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 2, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None })]
+        vec![send(
+            "n1",
+            Message::AppendAck {
+                epoch: 2,
+                durable: Position::ZERO,
+                next_index: 1,
+                read_seq: 0,
+                rejected: true,
+                diverged: None,
+                preference: Preference::default()
+            }
+        )]
     );
 }
 
@@ -237,7 +286,15 @@ fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
     replica.handle(
         Event::Message {
             from: "n2".into(),
-            message: Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None },
+            message: Message::AppendAck {
+                epoch: 1,
+                durable: Position::ZERO,
+                next_index: 1,
+                read_seq: 0,
+                rejected: true,
+                diverged: None,
+                preference: Preference::default(),
+            },
         },
         20,
     );
@@ -248,7 +305,15 @@ fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
     replica.handle(
         Event::Message {
             from: "n3".into(),
-            message: Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None },
+            message: Message::AppendAck {
+                epoch: 1,
+                durable: Position::ZERO,
+                next_index: 1,
+                read_seq: 0,
+                rejected: true,
+                diverged: None,
+                preference: Preference::default(),
+            },
         },
         30,
     );
@@ -292,7 +357,15 @@ fn acks_from_another_epoch_count_for_nothing() {
     replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 10);
     drain(&mut replica);
     // A follower still answering an older leader's append says nothing about this log.
-    let stale = Message::AppendAck { epoch: 0, durable: Position::new(0, 1), next_index: 2, read_seq: 9, rejected: false, diverged: None };
+    let stale = Message::AppendAck {
+        epoch: 0,
+        durable: Position::new(0, 1),
+        next_index: 2,
+        read_seq: 9,
+        rejected: false,
+        diverged: None,
+        preference: Preference::default(),
+    };
     replica.handle(Event::Message { from: "n2".into(), message: stale }, 20);
     assert_eq!(drain(&mut replica), vec![]);
     assert_eq!(replica.status(20).followers[0].matched, 0);
@@ -310,7 +383,18 @@ fn an_installed_snapshot_never_moves_the_durable_position_backwards() {
     assert_eq!(replica.last(), Position::new(1, 3));
     assert_eq!(
         drain(&mut replica),
-        vec![send("n1", Message::AppendAck { epoch: 1, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false, diverged: None })]
+        vec![send(
+            "n1",
+            Message::AppendAck {
+                epoch: 1,
+                durable: Position::new(1, 3),
+                next_index: 4,
+                read_seq: 0,
+                rejected: false,
+                diverged: None,
+                preference: Preference::default()
+            }
+        )]
     );
 }
 
@@ -339,7 +423,15 @@ fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_mea
     replica.handle(
         Event::Message {
             from: "n2".into(),
-            message: Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None },
+            message: Message::AppendAck {
+                epoch: 1,
+                durable: Position::ZERO,
+                next_index: 1,
+                read_seq: 0,
+                rejected: true,
+                diverged: None,
+                preference: Preference::default(),
+            },
         },
         30,
     );
@@ -373,13 +465,29 @@ fn an_ack_of_another_epochs_entries_is_not_a_copy_of_ours() {
     let ours = Entry { index: 1, epoch: 2, payload: vec![1] };
     replica.handle(Event::LeaderAppended { entries: vec![ours], waiters: vec![(5, 1, AckRequirement::Majority)] }, 10);
     drain(&mut replica);
-    let theirs = Message::AppendAck { epoch: 2, durable: Position::new(1, 3), next_index: 4, read_seq: 0, rejected: false, diverged: None };
+    let theirs = Message::AppendAck {
+        epoch: 2,
+        durable: Position::new(1, 3),
+        next_index: 4,
+        read_seq: 0,
+        rejected: false,
+        diverged: None,
+        preference: Preference::default(),
+    };
     replica.handle(Event::Message { from: "n2".into(), message: theirs }, 20);
     assert!(drain(&mut replica).iter().all(|output| !matches!(output, Output::WriteDone { .. })), "n2's entry 1 is not ours");
     replica.handle(
         Event::Message {
             from: "n3".into(),
-            message: Message::AppendAck { epoch: 2, durable: Position::new(2, 1), next_index: 2, read_seq: 0, rejected: false, diverged: None },
+            message: Message::AppendAck {
+                epoch: 2,
+                durable: Position::new(2, 1),
+                next_index: 2,
+                read_seq: 0,
+                rejected: false,
+                diverged: None,
+                preference: Preference::default(),
+            },
         },
         30,
     );

@@ -1,6 +1,6 @@
 //! Configuration of one node, shared by `tern server` and the in-process demo cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +53,14 @@ pub struct NodeConfig {
     pub limits: tern_storage::Limits,
     /// Leaderless: replicas per row, default `w=`/`r=`, anti-entropy.
     pub leaderless: LeaderlessSettings,
+    /// Single-leader with failover: this node's leader priority (`--leader-priority`):
+    /// leadership moves by itself to a healthy, caught-up voter of higher priority than
+    /// the leader's; 0 is never handed leadership and leads only as a last resort.
+    pub leader_priority: u8,
+    /// Single-leader: permanent non-voting replicas (`--non-voters`, the same on every
+    /// node): they receive the log and serve reads, and count for no majority, election
+    /// or ack. A node joining as one names itself.
+    pub non_voters: BTreeSet<NodeId>,
 }
 
 /// Leaderless settings (`--replicas`, `--default-w`, `--default-r`,
@@ -110,7 +118,14 @@ impl NodeConfig {
             fault_injection: false,
             limits: tern_storage::Limits::default(),
             leaderless: LeaderlessSettings::default(),
+            leader_priority: 1,
+            non_voters: BTreeSet::new(),
         }
+    }
+
+    /// What this node asks of leader placement, as it tells its peers.
+    pub fn preference(&self) -> tern_core::Preference {
+        tern_core::Preference { leader_priority: self.leader_priority, voter: !self.non_voters.contains(&self.id) }
     }
 
     /// The nodes that elect this node's leader: all of `cluster` under single-leader,

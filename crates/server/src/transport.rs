@@ -153,6 +153,7 @@ fn own_hello(node: &Node) -> Hello {
         http_addr: node.http_addr.lock().expect("http addr lock").clone(),
         peer_addr: node.config.peer_addr.to_string(),
         topology: node.config.topology,
+        preference: node.config.preference(),
     }
 }
 
@@ -162,6 +163,7 @@ fn record_hello(node: &Node, hello: Hello) {
     let info = peers.entry(hello.id).or_default();
     info.region = hello.region;
     info.http_addr = hello.http_addr;
+    info.preference = Some(hello.preference);
     info.connected = true;
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tern_core::multi_leader::{Dot, RegionMessage};
-use tern_core::{AckRequirement, Message, NodeId, Position, ReadLevel, Topology};
+use tern_core::{AckRequirement, Message, NodeId, Position, Preference, ReadLevel, Topology};
 use tern_storage::{Statement, StatementResult, WriteRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,6 +19,8 @@ pub struct Hello {
     pub peer_addr: String,
     /// The sender's topology: a node of another topology is refused.
     pub topology: Topology,
+    /// The sender's leader priority and whether it votes (`/nodes` shows them).
+    pub preference: Preference,
 }
 
 /// The outcome of a write, as the HTTP layer reports it.
@@ -185,6 +187,7 @@ mod tests {
             http_addr: "127.0.0.1:1".into(),
             peer_addr: "127.0.0.1:2".into(),
             topology: Topology::MultiLeader,
+            preference: Preference { leader_priority: 0, voter: false },
         });
         let mut bytes = Vec::new();
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(write_frame(&mut bytes, &frame)).unwrap();

@@ -81,11 +81,16 @@ pub struct Options {
     /// its own leader. Without it the leader is fixed and a lost disk is replaced by an
     /// operator's promotion.
     pub failover: bool,
+    /// With failover: leader placement. Each voter gets a random leader priority (0 to
+    /// 3; n1 and n2 at least 1), and with 4 or more nodes one or two of the last ones
+    /// are non-voters. A checker then requires that after healing the leader is a voter
+    /// of the highest priority, and that no non-voter ever voted or led.
+    pub placement: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { nodes: 3, ack: AckMode::SemiSync, faults: Faults::All, steps: 200, log_format: "row".to_string(), failover: false }
+        Options { nodes: 3, ack: AckMode::SemiSync, faults: Faults::All, steps: 200, log_format: "row".to_string(), failover: false, placement: false }
     }
 }
 
@@ -100,7 +105,7 @@ impl Options {
             self.faults.name(),
             self.steps,
             if self.failover { " --failover" } else { "" }
-        )
+        ) + if self.placement { " --placement" } else { "" }
     }
 }
 
@@ -115,6 +120,9 @@ pub struct SeedReport {
     pub destroyed_disks: usize,
     /// With failover: nodes removed, wiped and added back (membership changes).
     pub replaced_nodes: usize,
+    /// Placement: when every fault healed, no voter of the highest priority led (so
+    /// leadership had to move back for the seed to pass).
+    pub leader_below_top_at_heal: bool,
     pub trace: Option<String>,
 }
 
@@ -122,6 +130,8 @@ pub struct SeedReport {
 pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
     let mut world = world::World::new(options, seed, keep_trace);
     let settled = world.run();
+    let placement = (options.placement && options.failover).then(|| world.await_preferred_leader());
+
     let lost = checkers::lost_writes::check(&world.history, &world.nodes, options.failover);
     let surviving: BTreeSet<u64> = world.nodes[0].disk.entries().iter().map(|entry| checkers::lost_writes::write_id(&entry.payload)).collect();
     let mut violations = lost.violations;
@@ -129,6 +139,9 @@ pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
     violations.extend(checkers::session::check(&world.history, &surviving));
     violations.extend(checkers::convergence::check(&world.nodes, settled));
     violations.extend(checkers::leader_safety::check(&world.observations));
+    if let Some(preferred_leader) = placement {
+        violations.extend(checkers::placement::check(&world, preferred_leader));
+    }
     SeedReport {
         seed,
         violations,
@@ -136,6 +149,7 @@ pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
         operations: world.history.len(),
         destroyed_disks: world.destroyed_disks,
         replaced_nodes: world.replaced_disks,
+        leader_below_top_at_heal: world.leader_below_top_at_heal,
         trace: world.trace().map(str::to_string),
     }
 }

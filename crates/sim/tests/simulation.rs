@@ -121,6 +121,23 @@ fn failover_under_async_counts_lost_writes_in_the_rollback_store() {
     assert!(losing > 0, "no seed of 300 lost an acknowledged async write across a failover");
 }
 
+/// Leader placement: random priorities (some 0) and one or two non-voters, under every
+/// fault. Besides every other promise, leadership must be back on a voter of the highest
+/// priority within 30 s of healing, and no non-voter may vote or lead. The seeds must
+/// actually move leadership back, or that check would prove nothing.
+#[test]
+fn placement_keeps_every_promise_and_leadership_returns_to_the_highest_priority() {
+    let mut moved_back = 0;
+    for (nodes, ack, seeds) in [(5, AckMode::SemiSync, 1..801), (4, AckMode::Sync, 1..401), (3, AckMode::SemiSync, 1..401)] {
+        let options = Options { nodes, ack, faults: Faults::All, steps: 200, failover: true, placement: true, ..Options::default() };
+        for seed in seeds {
+            let report = assert_seed_passes(&options, seed);
+            moved_back += usize::from(report.leader_below_top_at_heal);
+        }
+    }
+    assert!(moved_back >= 100, "in only {moved_back} of 1,600 seeds did leadership have to move back after healing");
+}
+
 /// Regressions found while building failover (semi-sync, --faults all, --failover):
 /// - seed 361: a follower echoed an old leader's heartbeat round, which the new leader
 ///   counted as a majority for its own rounds: it kept its lease while cut off, and two

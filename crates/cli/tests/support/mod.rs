@@ -114,6 +114,11 @@ impl ServerNode {
         HttpClient::new(&self.http).with_timeout(Duration::from_secs(30))
     }
 
+    /// More flags for the next start (a leader priority, say).
+    pub fn push_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|arg| arg.to_string()));
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -149,6 +154,22 @@ impl Cluster {
         let regions = ["us-east", "eu-west", "antarctica", "ap-south", "sa-east"];
         let node_regions: Vec<&str> = (0..count).map(|index| regions[index % regions.len()]).collect();
         Cluster::with_regions(name, &node_regions, "single-leader", extra)
+    }
+
+    /// Single-leader: node `i` (n1, n2, ...) in region `node_regions[i]`, n1 the first
+    /// leader, each with `extra`; none started.
+    pub fn new_in_regions(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
+        Cluster::with_regions(name, node_regions, "single-leader", extra)
+    }
+
+    /// Starts every node that is not running, then waits until each is ready.
+    pub fn start_all(&mut self) {
+        for node in &mut self.nodes {
+            if node.child.is_none() {
+                node.start();
+            }
+        }
+        self.wait_ready();
     }
 
     /// Multi-leader: node `i` (n1, n2, ...) in region `node_regions[i]`, each region's

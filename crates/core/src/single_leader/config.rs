@@ -40,6 +40,19 @@ pub struct Config {
     /// Bytes of recent entries kept in memory for shipping; older ones are read back
     /// from the durable log through `Output::ReadLog`.
     pub tail_cache_bytes: usize,
+    /// This node's leader priority (`--leader-priority`, default 1): with elections,
+    /// leadership moves to a healthy, caught-up voter of higher priority than the
+    /// leader's. 0 is never handed leadership and campaigns only as a last resort (no
+    /// leader for 10 election timeouts), handing over as soon as another voter can lead.
+    pub leader_priority: u8,
+    /// Permanent non-voting replicas (`--non-voters`): at first start they are raft
+    /// learners instead of voters (every node must be given the same set, as with
+    /// `members`), and a node in this set asks never to be promoted, also when it joins.
+    pub non_voters: BTreeSet<NodeId>,
+    /// How long a member of higher priority than the leader's must stay connected and
+    /// caught up before leadership moves to it (a flapping link does not move it back and
+    /// forth). A leader of priority 0 hands over without waiting.
+    pub leader_return_settle_us: Micros,
 }
 
 impl Config {
@@ -63,6 +76,14 @@ impl Config {
             max_inflight_entries: 4_096,
             snapshot_timeout_us: 60_000_000,
             tail_cache_bytes: 64 << 20,
+            leader_priority: 1,
+            non_voters: BTreeSet::new(),
+            leader_return_settle_us: 3_000_000,
         }
+    }
+
+    /// What this node asks of leader placement, as its acks tell the leader.
+    pub fn preference(&self) -> Preference {
+        Preference { leader_priority: self.leader_priority, voter: !self.non_voters.contains(&self.id) }
     }
 }

@@ -95,8 +95,16 @@ pub enum MembershipRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransferError {
     FailoverOff,
-    NotLeader { leader: Option<NodeId> },
-    NotAnotherMember { id: NodeId },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    NotAnotherMember {
+        id: NodeId,
+    },
+    /// The member's leader priority is 0.
+    NeverLeads {
+        id: NodeId,
+    },
 }
 
 impl std::fmt::Display for TransferError {
@@ -104,7 +112,8 @@ impl std::fmt::Display for TransferError {
         match self {
             TransferError::FailoverOff => write!(f, "automatic failover is off: the leader is fixed by --leader"),
             TransferError::NotLeader { leader } => f.write_str(&not_leader(leader.as_deref())),
-            TransferError::NotAnotherMember { id } => write!(f, "{id} is not another member of the cluster"),
+            TransferError::NotAnotherMember { id } => write!(f, "{id} is not another voting member of the cluster"),
+            TransferError::NeverLeads { id } => write!(f, "{id} has leader priority 0: it never leads (restart it with --leader-priority 1 or more)"),
         }
     }
 }

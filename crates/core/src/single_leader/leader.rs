@@ -28,6 +28,8 @@ impl Leader {
             next_heartbeat_at: now,
             commit_index: 0,
             handover: None,
+            preferred_since: None,
+            next_return_at: now,
         }
     }
 
@@ -459,13 +461,25 @@ impl Leader {
         now < self.lease_until && self.handover.is_none()
     }
 
-    /// The voter best placed to take over (in sync, furthest along).
+    /// The voter best placed to take over (in sync; one that may lead before one of
+    /// priority 0; furthest along).
     pub(super) fn best_successor(&self, voters: &BTreeSet<NodeId>) -> Option<NodeId> {
         self.peers
             .iter()
             .filter(|(id, progress)| progress.in_sync && voters.contains(*id))
-            .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse((*id).clone())))
+            .max_by_key(|(id, progress)| (progress.preference.unwrap_or_default().may_lead(), progress.matched, std::cmp::Reverse((*id).clone())))
             .map(|(id, _)| id.clone())
+    }
+
+    /// The voter leadership should move to: of a higher priority than `own`, in sync,
+    /// and the highest such priority (ties: furthest along, then by name).
+    pub(super) fn preferred_voter(&self, voters: &BTreeSet<NodeId>, own: u8) -> Option<NodeId> {
+        self.peers
+            .iter()
+            .filter_map(|(id, progress)| Some((id, progress, progress.preference?)))
+            .filter(|(id, progress, preference)| progress.in_sync && voters.contains(*id) && preference.may_lead() && preference.leader_priority > own)
+            .max_by_key(|(id, progress, preference)| (preference.leader_priority, progress.matched, std::cmp::Reverse((*id).clone())))
+            .map(|(id, _, _)| id.clone())
     }
 
     /// The lines of `/status` about each follower.
@@ -478,6 +492,7 @@ impl Leader {
                 lag_us: self.follower_lag_us(last_index, progress, now),
                 in_sync: progress.in_sync,
                 last_ack_ago_us: progress.last_ack_at.map(|at| now.saturating_sub(at)),
+                preference: progress.preference,
             })
             .collect()
     }
@@ -587,4 +602,10 @@ pub(super) struct Leader {
     /// An operator asked to hand leadership to this node; writes pause until it has
     /// caught up and raft transferred, or the deadline passes.
     pub(super) handover: Option<(NodeId, Micros)>,
+    /// A voter of higher priority than this leader's, connected and caught up since
+    /// this time: leadership moves to it once that has lasted the settle time.
+    pub(super) preferred_since: Option<(NodeId, Micros)>,
+    /// No move to a preferred member starts before this (set after each attempt, so one
+    /// that fails does not pause writes again at once).
+    pub(super) next_return_at: Micros,
 }

@@ -76,7 +76,8 @@ impl Replica {
 
     /// Leader: promotes the first learner that has caught up on the data log (it held
     /// everything this leader had at some point: `in_sync`) and on the metadata log, one
-    /// change at a time.
+    /// change at a time. A learner that asks to stay a non-voter (its acks say so, and it
+    /// cannot be in sync before it acked) is never promoted.
     pub(super) fn promote_caught_up_learner(&mut self, now: Micros) {
         if self.accepting_writes(now).is_err() {
             return;
@@ -86,8 +87,10 @@ impl Replica {
         if election.change_pending() {
             return;
         }
-        let caught_up =
-            self.shared.membership.learners.iter().find(|id| leader.peers.get(*id).is_some_and(|progress| progress.in_sync) && election.holds_metadata(id));
+        let caught_up = self.shared.membership.learners.iter().find(|id| {
+            leader.peers.get(*id).is_some_and(|progress| progress.in_sync && progress.preference.is_some_and(|preference| preference.voter))
+                && election.holds_metadata(id)
+        });
         if let Some(id) = caught_up.cloned() {
             if election.propose(&MemberChange::Promote { id }).is_ok() {
                 self.drain_election(now);

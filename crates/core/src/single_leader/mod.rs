@@ -15,7 +15,7 @@
 //!   the crate); the timer event (`Event::Tick`) comes no later than `poll_timeout()`.
 
 use crate::election::{Election, ElectionConfig, ElectionOutput, MemberChange, Membership, SavedElection};
-use crate::message::Message;
+use crate::message::{Message, Preference};
 use crate::types::{AckMode, AckRequirement, Entry, Micros, NodeId, Position};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -85,6 +85,8 @@ pub struct FollowerStatus {
     pub lag_us: Micros,
     pub in_sync: bool,
     pub last_ack_ago_us: Option<Micros>,
+    /// What the follower asked of leader placement in its latest ack.
+    pub preference: Option<Preference>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +110,8 @@ pub struct Status {
     pub membership: Membership,
     /// A membership change is proposed and not yet applied here.
     pub membership_change_pending: bool,
+    /// What this node asks of leader placement (its priority, whether it votes).
+    pub preference: Preference,
 }
 
 /// The single-leader replica: a thin dispatcher over its role, the context every role
@@ -150,9 +154,11 @@ impl Replica {
         if epoch_starts.last().is_none_or(|(epoch, _)| *epoch != last.epoch) && last.index > 0 {
             epoch_starts.push((last.epoch, last.index));
         }
-        let preferred = config.leader == config.id && !config.join;
-        let election =
-            config.elections.clone().map(|timing| Election::new(&config.id, (&config.members, &config.addresses), config.join, preferred, saved, timing, now));
+        let preferred = config.leader == config.id && !config.join && config.preference().may_lead();
+        let election = config.elections.clone().map(|timing| {
+            let start = (&config.members[..], &config.addresses, &config.non_voters);
+            Election::new(&config.id, start, config.leader_priority == 0, config.join, preferred, saved, timing, now)
+        });
         let membership = match &election {
             Some(election) => election.membership(),
             None => Membership { voters: config.members.iter().cloned().collect(), learners: Default::default(), addresses: config.addresses.clone() },
@@ -241,6 +247,7 @@ impl Replica {
             followers,
             membership: self.shared.membership.clone(),
             membership_change_pending: self.membership_change_pending(),
+            preference: self.shared.config.preference(),
         }
     }
 
@@ -249,8 +256,11 @@ impl Replica {
             Message::Append { epoch, leader, prev_index, prev_epoch, entries, commit_index, leader_last, read_seq } => {
                 self.on_append(now, epoch, leader, (prev_index, prev_epoch), entries, commit_index, leader_last, read_seq)
             }
-            Message::AppendAck { epoch, durable, next_index, read_seq, rejected, diverged } => {
+            Message::AppendAck { epoch, durable, next_index, read_seq, rejected, diverged, preference } => {
                 if let Role::Leader(leader) = &mut self.role {
+                    if let Some(progress) = leader.peers.get_mut(from) {
+                        progress.preference = Some(preference);
+                    }
                     leader.on_append_ack(&mut self.shared, now, from, epoch, durable, next_index, read_seq, rejected, diverged);
                 }
             }
@@ -323,6 +333,7 @@ impl Replica {
             }
         }
         self.continue_handover(now);
+        self.return_leadership_to_preferred(now);
         self.promote_caught_up_learner(now);
         if let Role::Leader(leader) = &mut self.role {
             leader.on_tick(&mut self.shared, now);

@@ -37,6 +37,9 @@ pub(super) struct Progress {
     /// or is paused, is not sent its whole window again every `resend_timeout_us`).
     pub(super) fruitless_resends: u32,
     pub(super) matched_at_resend: u64,
+    /// What the follower asks of leader placement, from its latest ack (`None` before
+    /// the first): a non-voter is never promoted, and leadership moves by priority.
+    pub(super) preference: Option<Preference>,
 }
 
 impl Progress {
@@ -55,6 +58,7 @@ impl Progress {
             diverged_after: None,
             fruitless_resends: 0,
             matched_at_resend: 0,
+            preference: None,
         }
     }
 }

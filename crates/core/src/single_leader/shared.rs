@@ -40,7 +40,9 @@ impl Shared {
     /// this node saw as a follower (0 otherwise); `diverged` carries our epoch starts when
     /// our log holds entries the leader lacks.
     pub(super) fn send_ack_to(&mut self, to: &NodeId, read_seq: u64, rejected: bool, diverged: Option<Vec<(u64, u64)>>) {
-        let message = Message::AppendAck { epoch: self.epoch, durable: self.last, next_index: self.accepted.index + 1, read_seq, rejected, diverged };
+        let preference = self.config.preference();
+        let message =
+            Message::AppendAck { epoch: self.epoch, durable: self.last, next_index: self.accepted.index + 1, read_seq, rejected, diverged, preference };
         self.send(to.clone(), message);
     }
 

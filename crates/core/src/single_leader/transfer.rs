@@ -17,6 +17,9 @@ impl Replica {
         if *to == self.shared.config.id || !self.shared.membership.voters.contains(to) {
             return Err(TransferError::NotAnotherMember { id: to.clone() });
         }
+        if leader.peers.get(to).and_then(|progress| progress.preference).is_some_and(|preference| preference.leader_priority == 0) {
+            return Err(TransferError::NeverLeads { id: to.clone() });
+        }
         leader.handover = Some((to.clone(), deadline));
         self.continue_handover(now);
         Ok(())
@@ -36,6 +39,39 @@ impl Replica {
                 self.drain_election(now);
             }
         }
+    }
+
+    /// Leader: hands leadership to the voter of highest priority above this node's own
+    /// once it has been connected and caught up for the settle time (at once when this
+    /// node's priority is 0: it leads only when it alone held acknowledged writes). The
+    /// handover is the operator's transfer: writes pause until the target holds
+    /// everything, and resume here if it does not take over.
+    pub(super) fn return_leadership_to_preferred(&mut self, now: Micros) {
+        let Some(election) = &self.election else { return };
+        let give_up_after = 2 * election.config().election_timeout_min_us() + 5_000_000;
+        let may_write = self.accepting_writes(now).is_ok();
+        let Role::Leader(leader) = &mut self.role else { return };
+        let own = self.shared.config.leader_priority;
+        let Some(preferred) = leader.preferred_voter(&self.shared.membership.voters, own) else {
+            leader.preferred_since = None;
+            return;
+        };
+        let since = match &leader.preferred_since {
+            Some((id, since)) if *id == preferred => *since,
+            _ => {
+                leader.preferred_since = Some((preferred.clone(), now));
+                now
+            }
+        };
+        let settle = if own == 0 { 0 } else { self.shared.config.leader_return_settle_us };
+        if !may_write || now < since + settle || now < leader.next_return_at {
+            return;
+        }
+        // Should this attempt fail, the next waits out this one and a settle time more.
+        leader.next_return_at = now + give_up_after + settle;
+        leader.preferred_since = None;
+        leader.handover = Some((preferred, now + give_up_after));
+        self.continue_handover(now);
     }
 
     /// Leader: the voter best placed to take over (in sync, furthest along), for handing

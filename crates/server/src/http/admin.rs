@@ -28,10 +28,14 @@ pub(super) async fn cluster(State(node): State<Arc<Node>>) -> Response {
             let info = peers.get(id).cloned().unwrap_or_default();
             let progress = status.followers.iter().find(|follower| follower.id == *id);
             let applied_index = if *id == node.config.id { Some(status.last.index) } else { progress.map(|follower| follower.matched) };
+            let preference =
+                if *id == node.config.id { Some(status.preference) } else { progress.and_then(|follower| follower.preference).or(info.preference) };
             json!({
                 "id": id,
                 "addr": membership.addresses.get(id),
                 "voter": membership.voters.contains(id),
+                "member": super::rqlite::member_kind(membership, id, preference),
+                "leader_priority": preference.map(|preference| preference.leader_priority),
                 "region": if *id == node.config.id { node.config.region.clone() } else { info.region },
                 "connected": *id == node.config.id || info.connected,
                 "applied_index": applied_index,

@@ -232,6 +232,8 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
                 "lag_ms": follower.lag_us as f64 / 1000.0,
                 "in_sync": follower.in_sync,
                 "last_ack_ms_ago": follower.last_ack_ago_us.map(|us| us as f64 / 1000.0),
+                "member": member_kind(&status.membership, &follower.id, follower.preference.or(info.preference)),
+                "leader_priority": follower.preference.or(info.preference).map(|preference| preference.leader_priority),
             })
         })
         .collect();
@@ -241,6 +243,8 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
             "id": node.config.id,
             "region": node.config.region,
             "role": if status.is_leader { "leader" } else if status.recovering { "candidate" } else { "follower" },
+            "member": member_kind(&status.membership, &node.config.id, Some(status.preference)),
+            "leader_priority": status.preference.leader_priority,
             "leader": status.leader,
             "epoch": status.epoch,
             "term": status.term,
@@ -287,11 +291,11 @@ pub(super) async fn nodes(State(node): State<Arc<Node>>) -> Response {
     let membership = &published.membership;
     for id in membership.members() {
         let addr = membership.addresses.get(id).cloned().unwrap_or_default();
-        let (api_addr, region, reachable) = if *id == node.config.id {
-            (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true)
+        let (api_addr, region, reachable, preference) = if *id == node.config.id {
+            (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true, Some(node.config.preference()))
         } else {
             let info = peers.get(id).cloned().unwrap_or_default();
-            (info.http_addr, info.region, info.connected)
+            (info.http_addr, info.region, info.connected, info.preference)
         };
         body.insert(
             id.clone(),
@@ -303,8 +307,24 @@ pub(super) async fn nodes(State(node): State<Arc<Node>>) -> Response {
                 "reachable": reachable,
                 "leader": published.leader.as_ref() == Some(id),
                 "voter": membership.voters.contains(id),
+                "member": member_kind(membership, id, preference),
+                "leader_priority": preference.map(|preference| preference.leader_priority),
             }),
         );
     }
     Json(Value::Object(body)).into_response()
+}
+
+/// What part a member plays: `voter`, `non-voter` (a permanent learner), `learner` (still
+/// catching up, to be promoted), or `none` (not a member as this node last applied it).
+pub(super) fn member_kind(membership: &tern_core::Membership, id: &str, preference: Option<tern_core::Preference>) -> &'static str {
+    if membership.voters.contains(id) {
+        "voter"
+    } else if !membership.learners.contains(id) {
+        "none"
+    } else if preference.is_some_and(|preference| !preference.voter) {
+        "non-voter"
+    } else {
+        "learner"
+    }
 }

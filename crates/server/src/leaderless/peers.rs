@@ -23,6 +23,7 @@ fn hello(node: &Leaderless) -> Hello {
         http_addr: node.http_addr.lock().expect("http addr lock").clone(),
         peer_addr: node.config.peer_addr.to_string(),
         topology: tern_core::Topology::Leaderless,
+        preference: node.config.preference(),
     }
 }
 

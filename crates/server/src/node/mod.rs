@@ -226,6 +226,8 @@ pub struct PeerInfo {
     pub region: String,
     pub http_addr: String,
     pub connected: bool,
+    /// Its leader priority and whether it votes, from its Hello.
+    pub preference: Option<tern_core::Preference>,
 }
 
 enum ForwardReply {
@@ -310,8 +312,11 @@ impl Node {
         if config.join && !config.failover {
             return Err("--join needs automatic failover (--failover on): membership is agreed by quorum vote".to_string());
         }
+        check_placement(&config)?;
         let mut core_config = Config::new(config.id.clone(), config.members(), config.leader.clone(), config.ack);
         core_config.addresses = config.addresses();
+        core_config.leader_priority = config.leader_priority;
+        core_config.non_voters = config.non_voters.clone();
         core_config.join = config.join;
         core_config.heartbeat_interval_us = config.heartbeat_interval.as_micros() as u64;
         core_config.in_sync_timeout_us = config.in_sync_timeout.as_micros() as u64;
@@ -437,4 +442,30 @@ impl Node {
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         }
     }
+}
+
+/// `--leader-priority` and `--non-voters` make sense together with the rest of the
+/// configuration: both need elections, a non-voter is a member (or the joining node
+/// itself), and the first leader is a voter that may lead.
+fn check_placement(config: &NodeConfig) -> Result<(), String> {
+    let placed = config.leader_priority != 1 || !config.non_voters.is_empty();
+    if placed && !config.failover {
+        return Err("--leader-priority and --non-voters need automatic failover (--failover on): without it the leader is fixed by --leader".to_string());
+    }
+    let members = config.members();
+    for id in &config.non_voters {
+        let known = members.contains(id) || (config.join && *id == config.id);
+        if !known {
+            return Err(format!("--non-voters names {id}, which is not a member in --cluster"));
+        }
+    }
+    if !config.join {
+        if members.iter().all(|id| config.non_voters.contains(id)) {
+            return Err("--non-voters names every member: a cluster needs at least one voter".to_string());
+        }
+        if config.non_voters.contains(&config.leader) {
+            return Err(format!("{} is the first leader (--leader, or first in --cluster) and cannot be a non-voter", config.leader));
+        }
+    }
+    Ok(())
 }

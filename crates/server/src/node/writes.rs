@@ -165,7 +165,7 @@ impl Node {
             |reply| Event::TransferLeader { to, reply },
             |error| match error {
                 TransferError::NotLeader { leader } => (503, leader.clone()),
-                TransferError::FailoverOff | TransferError::NotAnotherMember { .. } => (400, None),
+                TransferError::FailoverOff | TransferError::NotAnotherMember { .. } | TransferError::NeverLeads { .. } => (400, None),
             },
         )
         .await

@@ -5,4 +5,5 @@ pub mod convergence;
 pub mod leader_safety;
 pub mod linearizable;
 pub mod lost_writes;
+pub mod placement;
 pub mod session;

@@ -452,6 +452,7 @@ pub fn run_leaderless_seed(options: &LeaderlessOptions, seed: u64, keep_trace: b
         operations: world.writes.len() + world.reads.len(),
         destroyed_disks: usize::from(world.wiped.is_some()),
         replaced_nodes: 0,
+        leader_below_top_at_heal: false,
         trace: world.trace.take(),
     }
 }

@@ -376,5 +376,14 @@ pub fn run_regions_seed(options: &RegionOptions, seed: u64, keep_trace: bool) ->
     let mut world = RegionWorld::new(options, seed, keep_trace);
     world.run();
     let violations = checks::check(&world);
-    SeedReport { seed, violations, lost_async: 0, operations: world.history.len(), destroyed_disks: 0, replaced_nodes: 0, trace: world.trace.take() }
+    SeedReport {
+        seed,
+        violations,
+        lost_async: 0,
+        operations: world.history.len(),
+        destroyed_disks: 0,
+        replaced_nodes: 0,
+        leader_below_top_at_heal: false,
+        trace: world.trace.take(),
+    }
 }

@@ -12,7 +12,8 @@ impl World {
         }
         self.issued += 1;
         let leader = self.current_leader();
-        let members = self.nodes.len();
+        // w=all counts voters: non-voters never acknowledge a write.
+        let members = self.nodes.len() - self.non_voters.len();
         let default = self.options.ack.requirement();
         let state = &mut self.clients[client];
         let rng = &mut state.rng;

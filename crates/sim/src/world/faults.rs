@@ -114,6 +114,8 @@ impl World {
         // Only a leader whose lease holds speaks for the cluster: an old one cut off may
         // still think it leads, with a membership from before the change.
         // Nor one whose membership may be out of date (a change not yet applied).
+        let may_lead: BTreeSet<String> =
+            self.nodes.iter().zip(&self.priorities).filter(|(_, priority)| **priority > 0).map(|(node, _)| node.id.clone()).collect();
         let Some(replica) = self.nodes[leader].replica.as_mut().filter(|replica| replica.accepting_writes(now).is_ok() && !replica.membership_change_pending())
         else {
             let why = self.nodes[leader].replica.as_ref().map(|replica| (replica.accepting_writes(now).is_ok(), replica.membership_change_pending()));
@@ -124,7 +126,7 @@ impl World {
         match stage {
             ReplaceStage::Removing if leader == node => {
                 // It leads now: as an operator must, hand leadership to another voter first.
-                let to = replica.membership().voters.iter().find(|voter| **voter != id).cloned();
+                let to = replica.membership().voters.iter().find(|voter| **voter != id && may_lead.contains(*voter)).cloned();
                 if let Some(to) = to {
                     let outcome = replica.transfer_leadership(now, &to);
                     trace!(self, "{id} leads: transfer to {to}: {outcome:?}");
@@ -154,8 +156,9 @@ impl World {
                     self.start_node(node);
                 }
                 let Some(replica) = self.nodes[leader].replica.as_mut() else { return };
-                if replica.membership().voters.contains(&id) {
-                    trace!(self, "{id} is a voter again");
+                let non_voter_back = self.non_voters.contains(&id) && replica.membership().learners.contains(&id);
+                if replica.membership().voters.contains(&id) || non_voter_back {
+                    trace!(self, "{id} is a member again");
                     self.nodes[node].joining = false;
                     self.replacement = None;
                     return;

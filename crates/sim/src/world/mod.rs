@@ -19,7 +19,7 @@ use crate::history::{Op, OpKind, Outcome};
 use crate::rng::Rng;
 use crate::{Faults, Options};
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use tern_core::single_leader::Event as ReplicaEvent;
 use tern_core::{
@@ -216,6 +216,12 @@ pub struct World {
     /// empty, caught up as a learner and promoted.
     replacement: Option<(usize, ReplaceStage)>,
     pub replaced_disks: usize,
+    /// Placement: each node's leader priority (all 1 without `--placement`).
+    pub priorities: Vec<u8>,
+    /// Placement: the permanent non-voters (learners never promoted).
+    pub non_voters: BTreeSet<String>,
+    /// Placement: when everything healed, no voter of the highest priority led.
+    pub leader_below_top_at_heal: bool,
 }
 
 fn members(count: usize) -> Vec<String> {
@@ -296,8 +302,14 @@ impl World {
             rebuilding: None,
             replacement: None,
             replaced_disks: 0,
+            priorities: vec![1; count],
+            non_voters: BTreeSet::new(),
+            leader_below_top_at_heal: false,
         };
         world.tail_cache_bytes = world.rng.range(0, 400) as usize;
+        if options.placement && options.failover {
+            world.place_leaders();
+        }
         trace!(world, "seed {seed} nodes {count} ack {} faults {:?} loss {loss_percent}% dup {duplicate_percent}%", options.ack.name(), options.faults);
         for node in 0..count {
             world.start_node(node);
@@ -379,6 +391,7 @@ impl World {
             }
         }
         self.heal_everything();
+        self.leader_below_top_at_heal = self.options.placement && !self.top_priority_leads();
         let liveness_end = self.now + 3 * SECOND;
         while self.now < liveness_end && self.step() {}
         self.clients_on = false;
@@ -392,6 +405,50 @@ impl World {
             }
         }
         self.settled()
+    }
+
+    /// Draws the leader priorities and non-voters of a `--placement` run: every voter a
+    /// priority from 0 to 3 (n1, the first leader, and n2, to which a replaced leader
+    /// hands over, at least 1), and with 4 or more nodes one or two of the last ones
+    /// non-voters, always leaving 3 voters or more.
+    fn place_leaders(&mut self) {
+        let count = self.nodes.len();
+        for (index, priority) in self.priorities.iter_mut().enumerate() {
+            *priority = self.rng.range(if index < 2 { 1 } else { 0 }, 3) as u8;
+        }
+        let most = count.saturating_sub(3).min(2) as u64;
+        let non_voters = if most == 0 { 0 } else { self.rng.range(1, most) as usize };
+        self.non_voters = self.nodes[count - non_voters..].iter().map(|node| node.id.clone()).collect();
+        trace!(self, "placement: priorities {:?}, non-voters {:?}", self.priorities, self.non_voters);
+    }
+
+    /// Placement: with clients stopped and every fault healed, runs on until the leader
+    /// is a voter of the highest priority among the voters, for at most 30 s. How long
+    /// that took, or who led at the end.
+    pub fn await_preferred_leader(&mut self) -> Result<Micros, String> {
+        let (started, deadline) = (self.now, self.now + 30 * SECOND);
+        loop {
+            if self.top_priority_leads() {
+                return Ok(self.now - started);
+            }
+            let leader = self.current_leader();
+            let led = match &self.nodes[leader].replica {
+                Some(replica) if replica.is_leader() => format!("{} (priority {})", self.nodes[leader].id, self.priorities[leader]),
+                _ => "nobody".to_string(),
+            };
+            if self.now >= deadline || !self.step() {
+                return Err(format!("{led} leads; priorities {:?}, non-voters {:?}", self.priorities, self.non_voters));
+            }
+        }
+    }
+
+    /// A voter of the highest priority among the voters (as the leader applied them) leads.
+    fn top_priority_leads(&self) -> bool {
+        let leader = self.current_leader();
+        let Some(replica) = self.nodes[leader].replica.as_ref().filter(|replica| replica.is_leader()) else { return false };
+        let voters = &replica.membership().voters;
+        let top = self.nodes.iter().zip(&self.priorities).filter(|(node, _)| voters.contains(&node.id)).map(|(_, priority)| *priority).max();
+        top == Some(self.priorities[leader])
     }
 
     fn settled(&self) -> bool {

@@ -11,6 +11,8 @@ impl World {
         config.addresses = members(self.nodes.len()).into_iter().map(|id| (id.clone(), id)).collect();
         config.tail_cache_bytes = self.tail_cache_bytes;
         config.snapshot_timeout_us = 3 * SECOND;
+        config.leader_priority = self.priorities[node];
+        config.non_voters = self.non_voters.clone();
         if self.options.failover {
             // Slower than the server's loopback default: one-way latencies here reach 90 ms.
             config.elections = Some(ElectionConfig { tick_us: 50 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: self.seed });
@@ -213,6 +215,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The running replica (`None` while crashed).
+    pub fn replica(&self) -> Option<&Replica> {
+        self.replica.as_ref()
+    }
+
     pub fn last(&self) -> Position {
         self.disk.last()
     }
