@@ -6,6 +6,9 @@
 //! with every region writing. Ratios between the two are printed beside the figures.
 //! Then, on the multi-leader cluster, home regions: a write from each region to a row
 //! homed in each region (local, or sent to its home), and the duration of a move.
+//! Last, leader placement under single-leader: us-east clients' write latency with the
+//! three voters spread over the regions, against three voters in us-east and permanent
+//! non-voters in eu-west and antarctica, and what the far non-voters serve locally.
 
 use crate::cluster::{scratch_dir, start_processes_in_regions, wait_ready};
 use crate::stats::Samples;
@@ -84,7 +87,99 @@ pub fn run(wan: &str, clients: usize, duration: Duration) -> Result<(), String> 
     if let Some(homes) = &multi.homes {
         print_homes(homes, &latency);
     }
+    measure_placement(wan, clients, duration)
+}
+
+/// The two layouts of leader placement, by node: its region; `--non-voters` for the last.
+const SPREAD_VOTERS: [&str; 3] = ["us-east", "eu-west", "antarctica"];
+const HOME_VOTERS: [&str; 5] = ["us-east", "us-east", "us-east", "eu-west", "antarctica"];
+
+/// Writes from us-east clients at `w=majority` and `w=all` with far voters, then with far
+/// non-voters; local reads and replication delay in antarctica with the non-voters.
+fn measure_placement(wan: &str, clients: usize, duration: Duration) -> Result<(), String> {
+    println!("
+  leader placement: measuring 3 voters spread over the regions, then 3 voters in us-east with 2 far non-voters...");
+    let half = duration / 2;
+    let mut rows = Vec::new();
+    for (layout, regions, non_voters) in [("3 voters, one per region", &SPREAD_VOTERS[..], None), ("3 voters in us-east + 2 far non-voters", &HOME_VOTERS[..], Some("n4,n5"))] {
+        let data_dir = scratch_dir("bench-geo-placement")?;
+        let mut extra: Vec<String> = ["--wan", wan, "--election-tick-ms", "60", "--ack", "semi-sync"].iter().map(|arg| arg.to_string()).collect();
+        if let Some(non_voters) = non_voters {
+            extra.extend(["--non-voters".to_string(), non_voters.to_string()]);
+        }
+        let processes = start_processes_in_regions(regions, false, &data_dir, &extra)?;
+        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+        wait_ready(&addresses, Duration::from_secs(30))?;
+        let create = json!(["CREATE TABLE bench (id TEXT PRIMARY KEY, v TEXT NOT NULL)"]);
+        let reply = HttpClient::new(&addresses[0]).post_json("/db/execute?w=all", &create).map_err(|error| format!("placement: {error}"))?;
+        if reply.status != 200 {
+            return Err(format!("placement: cannot create the bench table: {}", reply.body));
+        }
+        let mut figures = Vec::new();
+        for w in ["majority", "all"] {
+            let warmup_end = Instant::now() + Duration::from_millis(500);
+            let end = warmup_end + half;
+            let writers: Vec<_> = (0..clients)
+                .map(|client| {
+                    let address = addresses[0].clone();
+                    std::thread::spawn(move || write_load(&address, &format!("/db/execute?w={w}"), &format!("{w}-{client}"), warmup_end, end))
+                })
+                .collect();
+            let mut samples = Samples::default();
+            for writer in writers {
+                samples.extend(writer.join().map_err(|_| "a bench client panicked".to_string())?.0);
+            }
+            figures.push(samples);
+        }
+        let far = (non_voters.is_some()).then(|| far_reads(&addresses[0], addresses.last().expect("five nodes")));
+        rows.push((layout, figures, far));
+        drop(processes);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    println!("
+leader placement (single-leader, {clients} client(s) in us-east writing to the leader there), write p50/p99 in ms:");
+    println!("  {:<42}{:>16}{:>16}", "voters", "w=majority", "w=all");
+    for (layout, figures, _) in &rows {
+        println!("  {:<42}{:>16}{:>16}", layout, figures[0].p50_p99(), figures[1].p50_p99());
+    }
+    print!("  {:<42}", "ratio of p50s (spread / in us-east)");
+    for column in 0..2 {
+        let ratio = match (rows[0].1[column].percentile(50.0), rows[1].1[column].percentile(50.0)) {
+            (Some(spread), Some(home)) if !home.is_zero() => format!("{:.1}x", spread.as_secs_f64() / home.as_secs_f64()),
+            _ => "-".to_string(),
+        };
+        print!("{ratio:>16}");
+    }
+    println!();
+    if let Some((_, _, Some((reads, delays)))) = rows.get(1) {
+        println!("  with the non-voters: a local read in antarctica (level=none) {} ms p50/p99;", reads.p50_p99());
+        println!("  a write acknowledged in us-east is readable in antarctica after {} ms p50/p99 (one-way WAN 75 ms)", delays.p50_p99());
+    }
     Ok(())
+}
+
+/// On the far non-voter: local reads, and how long after a leader's acknowledgement a
+/// write is readable there (a session read with the write's position).
+fn far_reads(leader: &str, far: &str) -> (Samples, Samples) {
+    let (mut reads, mut delays) = (Samples::default(), Samples::default());
+    let mut far_client = HttpClient::new(far).with_timeout(Duration::from_secs(10));
+    let mut leader_client = HttpClient::new(leader).with_timeout(Duration::from_secs(10));
+    let read = format!("/db/query?level=none&q={}", encode_query_value("SELECT COUNT(*) FROM bench"));
+    for round in 0..40 {
+        let started = Instant::now();
+        if far_client.get(&read).is_ok_and(|reply| reply.status == 200) {
+            reads.push(started.elapsed());
+        }
+        let body = json!([["INSERT INTO bench VALUES (?, 'probe')", format!("far-probe-{round}")]]);
+        let Ok(reply) = leader_client.post_json("/db/execute", &body) else { continue };
+        let acknowledged = Instant::now();
+        let Some(after) = reply.body["position"].as_str() else { continue };
+        let path = format!("/db/query?level=session&after={}&timeout=10s&q={}", encode_query_value(after), encode_query_value("SELECT 1"));
+        if far_client.get(&path).is_ok_and(|reply| reply.status == 200) {
+            delays.push(acknowledged.elapsed());
+        }
+    }
+    (reads, delays)
 }
 
 fn print_homes(homes: &HomeFigures, latency: &tern_server::WanLatency) {
@@ -188,7 +283,7 @@ fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) ->
         .flat_map(|region| (0..clients).map(move |client| (region, client)))
         .map(|(region, client)| {
             let address = addresses[region].clone();
-            std::thread::spawn(move || write_load(&address, &format!("{}-{client}", REGIONS[region]), warmup_end, end))
+            std::thread::spawn(move || write_load(&address, "/db/execute", &format!("{}-{client}", REGIONS[region]), warmup_end, end))
         })
         .collect();
     let probe = {
@@ -210,7 +305,7 @@ fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) ->
     Ok(GeoResult { name, writes, delays, throughput: total as f64 / duration.as_secs_f64(), errors, homes })
 }
 
-fn write_load(address: &str, prefix: &str, warmup_end: Instant, end: Instant) -> (Samples, u64) {
+fn write_load(address: &str, path: &str, prefix: &str, warmup_end: Instant, end: Instant) -> (Samples, u64) {
     let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(10));
     let (mut samples, mut errors, mut number) = (Samples::default(), 0u64, 0u64);
     loop {
@@ -220,7 +315,7 @@ fn write_load(address: &str, prefix: &str, warmup_end: Instant, end: Instant) ->
         }
         number += 1;
         let ok = client
-            .post_json("/db/execute", &json!([["INSERT INTO bench VALUES (?, 'x')", format!("{prefix}-{number}")]]))
+            .post_json(path, &json!([["INSERT INTO bench VALUES (?, 'x')", format!("{prefix}-{number}")]]))
             .is_ok_and(|reply| reply.status == 200);
         if started < warmup_end {
             continue;

@@ -20,10 +20,12 @@ pub fn scratch_dir(purpose: &str) -> Result<PathBuf, String> {
     Ok(directory)
 }
 
-/// One node of a cluster to start: id and region; the first is the leader.
+/// One node of a cluster to start: id, region and leader priority; the first is the leader.
 pub struct Member {
     pub id: String,
     pub region: String,
+    /// `--leader-priority` (single-leader): leadership returns to the highest.
+    pub leader_priority: u8,
 }
 
 pub struct ClusterSpec {
@@ -64,6 +66,7 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             // majority must fit well inside the lease.
             election_tick: if spec.wan.is_empty() { Duration::from_millis(25) } else { Duration::from_millis(60) },
             fault_injection: true,
+            leader_priority: member.leader_priority,
             ..NodeConfig::new(&member.id, &member.region, spec.data_dir.join(&member.id), *peer_addr)
         };
         nodes.push(tern_server::serve(config).await?);

@@ -73,7 +73,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     print_wan(&wan);
     for ((id, region), address) in REGIONS.iter().zip(&addresses) {
         let role = if *id == "n1" { "leader" } else { "follower" };
-        println!("  {id} {region:<11} {role:<9} http://{address}");
+        println!("  {id} {region:<11} {role:<9} leader priority {}  http://{address}", home_priority(id));
     }
     println!("data: {}", data_dir.display());
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
@@ -145,7 +145,8 @@ pub(crate) fn start_demo_regions(
 ) -> Result<(tokio::runtime::Runtime, Vec<Arc<tern_server::Node>>, Vec<String>), String> {
     let spec = ClusterSpec {
         topology,
-        members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string() }).collect(),
+        // Under single-leader, us-east is the company's home: leadership returns there.
+        members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string(), leader_priority: home_priority(id) }).collect(),
         log_format,
         ack,
         wan: wan.clone(),
@@ -155,6 +156,15 @@ pub(crate) fn start_demo_regions(
     let nodes = runtime.block_on(start_in_process(&spec))?;
     let addresses = nodes.iter().map(|node| node.http_addr.lock().expect("http addr lock").clone()).collect();
     Ok((runtime, nodes, addresses))
+}
+
+/// The demo's leader priorities: 2 for n1 (us-east, the company's home), 1 elsewhere.
+fn home_priority(id: &str) -> u8 {
+    if id == "n1" {
+        2
+    } else {
+        1
+    }
 }
 
 pub(crate) fn print_wan(wan: &WanLatency) {
@@ -352,7 +362,8 @@ fn time_until(started: Instant, mut condition: impl FnMut() -> bool) -> Option<D
 /// Cuts the leader's region off from the others (every frame between them dropped, as
 /// a network partition would), while a customer in eu-west keeps ordering; reports how
 /// long the election took, when writes resumed and when the old leader stopped writing;
-/// then heals and shows the old leader rejoin as a follower.
+/// then heals, shows the old leader rejoin as a follower, and leadership return to it
+/// (its priority is the highest) once it has been caught up for the settle time.
 fn failover_drill(runtime: &tokio::runtime::Runtime, nodes: &[Arc<tern_server::Node>], addresses: &[String]) -> Result<(), String> {
     let Some(old) = nodes.iter().position(|node| node.published().is_leader) else {
         return Err("failover drill: no leader to cut off".to_string());
@@ -426,14 +437,24 @@ failover drill: cutting {} ({old_id}, the leader) off from both other regions wh
         let published = nodes[old].published();
         !published.is_leader && published.epoch > old_epoch && published.leader.as_deref() == Some(new_id.as_str())
     });
-    stop.store(true, Ordering::Relaxed);
-    let refused = writer.join().map_err(|_| "the drill's writer panicked".to_string())?;
     let rolled_back = runtime.block_on(nodes[old].rollback_count());
     println!(
         "  healed: {} ({old_id}) rejoined as a follower of {new_id} {} after the heal; it rolled back {rolled_back} entries the new leader lacked",
         region_of(&old_id),
         ms(rejoined)
     );
+    let returned = time_until(healed_at, || nodes[old].published().is_leader && nodes[old].published().accepting_writes);
+    stop.store(true, Ordering::Relaxed);
+    let refused = writer.join().map_err(|_| "the drill's writer panicked".to_string())?;
+    match returned {
+        Some(returned) => println!(
+            "  leadership returned to {} ({old_id}, leader priority {}) {} after the heal: {new_id} handed it over once {old_id} had been caught up for 3 s",
+            region_of(&old_id),
+            home_priority(&old_id),
+            ms(Some(returned))
+        ),
+        None => return Err(format!("failover drill: leadership did not return to {} ({old_id}) within 30 s of the heal", region_of(&old_id))),
+    }
     println!(
         "  {} orders acknowledged during the drill; {refused} attempts refused or timed out while no leader could take them",
         acknowledged.lock().expect("drill lock").len()
