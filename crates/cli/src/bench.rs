@@ -39,7 +39,9 @@ pub struct BenchArgs {
     /// Instead: three regions on an emulated WAN (--wan), single-leader (semi-sync, leader
     /// in us-east) against multi-leader in one run: write latency per region, the delay
     /// until a write is readable in the other regions, and throughput with every region
-    /// writing (--clients: the first count, per region).
+    /// writing (--clients: the first count, per region); then leader placement: us-east
+    /// writes with the three voters spread over the regions against three voters in
+    /// us-east and far non-voters, and the far non-voters' local reads.
     #[arg(long)]
     geo: bool,
     /// Instead: offline devices' sync, for each count of writes made offline (comma
