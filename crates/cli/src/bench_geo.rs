@@ -97,11 +97,15 @@ const HOME_VOTERS: [&str; 5] = ["us-east", "us-east", "us-east", "eu-west", "ant
 /// Writes from us-east clients at `w=majority` and `w=all` with far voters, then with far
 /// non-voters; local reads and replication delay in antarctica with the non-voters.
 fn measure_placement(wan: &str, clients: usize, duration: Duration) -> Result<(), String> {
-    println!("
-  leader placement: measuring 3 voters spread over the regions, then 3 voters in us-east with 2 far non-voters...");
+    println!(
+        "
+  leader placement: measuring 3 voters spread over the regions, then 3 voters in us-east with 2 far non-voters..."
+    );
     let half = duration / 2;
     let mut rows = Vec::new();
-    for (layout, regions, non_voters) in [("3 voters, one per region", &SPREAD_VOTERS[..], None), ("3 voters in us-east + 2 far non-voters", &HOME_VOTERS[..], Some("n4,n5"))] {
+    for (layout, regions, non_voters) in
+        [("3 voters, one per region", &SPREAD_VOTERS[..], None), ("3 voters in us-east + 2 far non-voters", &HOME_VOTERS[..], Some("n4,n5"))]
+    {
         let data_dir = scratch_dir("bench-geo-placement")?;
         let mut extra: Vec<String> = ["--wan", wan, "--election-tick-ms", "60", "--ack", "semi-sync"].iter().map(|arg| arg.to_string()).collect();
         if let Some(non_voters) = non_voters {
@@ -136,8 +140,10 @@ fn measure_placement(wan: &str, clients: usize, duration: Duration) -> Result<()
         drop(processes);
         let _ = std::fs::remove_dir_all(&data_dir);
     }
-    println!("
-leader placement (single-leader, {clients} client(s) in us-east writing to the leader there), write p50/p99 in ms:");
+    println!(
+        "
+leader placement (single-leader, {clients} client(s) in us-east writing to the leader there), write p50/p99 in ms:"
+    );
     println!("  {:<42}{:>16}{:>16}", "voters", "w=majority", "w=all");
     for (layout, figures, _) in &rows {
         println!("  {:<42}{:>16}{:>16}", layout, figures[0].p50_p99(), figures[1].p50_p99());
@@ -314,9 +320,7 @@ fn write_load(address: &str, path: &str, prefix: &str, warmup_end: Instant, end:
             return (samples, errors);
         }
         number += 1;
-        let ok = client
-            .post_json(path, &json!([["INSERT INTO bench VALUES (?, 'x')", format!("{prefix}-{number}")]]))
-            .is_ok_and(|reply| reply.status == 200);
+        let ok = client.post_json(path, &json!([["INSERT INTO bench VALUES (?, 'x')", format!("{prefix}-{number}")]])).is_ok_and(|reply| reply.status == 200);
         if started < warmup_end {
             continue;
         }

@@ -284,9 +284,8 @@ impl ServerArgs {
                 ));
             }
         }
-        if leaderless && (self.leader_priority != 1 || !self.non_voters.is_empty()) {
-            return Err("--leader-priority and --non-voters are for leader-based topologies: under --topology leaderless every replica of a row takes writes"
-                .to_string());
+        if topology != Topology::SingleLeader && (self.leader_priority != 1 || !self.non_voters.is_empty()) {
+            return Err(format!("--leader-priority and --non-voters are for --topology single-leader (not supported under {})", topology.name()));
         }
         if leaderless && self.join {
             return Err("--join is not supported under --topology leaderless: name every member in --cluster".to_string());

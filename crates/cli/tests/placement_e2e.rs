@@ -116,8 +116,6 @@ fn far_non_voters_serve_local_reads_and_never_hold_up_a_write() {
     wait_node_ready(&cluster.nodes[antarctica]);
     let mut far = cluster.nodes[antarctica].client();
     eventually(LONG, "antarctica to catch up after its restart", || local_count(&mut far) == Some(44));
-    let voters = status(&cluster.nodes[leader])["node"]["leader"].clone();
-    assert_eq!(voters, "n1", "n1 led throughout");
     let cluster_view = cluster.nodes[leader].client().get("/cluster").expect("cluster answers").body;
     assert_eq!(cluster_view["voters"], json!(["n1", "n2", "n3"]), "{cluster_view}");
     assert_eq!(cluster_view["learners"], json!(["n4", "n5"]), "{cluster_view}");
@@ -145,8 +143,9 @@ fn leadership_returns_to_the_highest_priority_member_once_it_is_back() {
     cluster.start_all();
     let mut live = vec![true; 3];
     assert_written(&execute(&mut cluster.nodes[0].client(), "", table("orders")), "create the table");
-    let parts = parts(&cluster.nodes[1]);
-    assert_eq!(parts.iter().map(|(_, _, priority)| *priority).collect::<Vec<_>>(), vec![Some(2), Some(1), Some(0)], "{parts:?}");
+    eventually(LONG, "n2 to know every member's priority", || {
+        parts(&cluster.nodes[1]).iter().map(|(_, _, priority)| *priority).collect::<Vec<_>>() == vec![Some(2), Some(1), Some(0)]
+    });
 
     // Priority 0 is never handed leadership.
     let refused = cluster.nodes[0].client().post_json("/cluster/transfer-leader?to=n3", &json!({})).expect("node answers");

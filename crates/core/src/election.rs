@@ -348,7 +348,7 @@ impl Election {
         if is_vote && !may_vote && message.context[..] != *raft::CAMPAIGN_TRANSFER {
             return;
         }
-        if is_vote && self.never_campaigns {
+        if is_vote && self.never_campaigns && self.raw.raft.state != StateRole::Leader {
             // Its timer is held short of the timeout (`on_tick`), which raft would also read
             // as "heard from a leader within a timeout" and refuse every vote; tern's own
             // vote lease (`may_vote`) already decided that, so let raft see the time passed.

@@ -68,11 +68,15 @@ pub struct Preference {
     /// `false`: a permanent non-voting replica (a learner never promoted): it receives the
     /// log and serves reads, and counts for no majority, election or ack.
     pub voter: bool,
+    /// It handed leadership away by a transfer (an operator's, or off a full disk) within
+    /// the last minute: leadership does not move back to it for its priority meanwhile.
+    #[serde(default)]
+    pub yielding: bool,
 }
 
 impl Default for Preference {
     fn default() -> Preference {
-        Preference { leader_priority: 1, voter: true }
+        Preference { leader_priority: 1, voter: true, yielding: false }
     }
 }
 

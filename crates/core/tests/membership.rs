@@ -19,6 +19,8 @@ struct Cluster {
     placement: fn(&mut Config),
     /// Nodes cut off from the others: whatever they send or are sent is lost.
     cut: BTreeSet<String>,
+    /// Nodes whose raft messages (votes, raft heartbeats, transfers) alone are lost.
+    raft_cut: BTreeSet<String>,
     /// Every node seen leading (accepting writes) after a step.
     led: BTreeSet<String>,
     /// Seeds each node's election timer spread.
@@ -59,6 +61,7 @@ impl Cluster {
             reported: BTreeMap::new(),
             placement,
             cut: BTreeSet::new(),
+            raft_cut: BTreeSet::new(),
             led: BTreeSet::new(),
             seed,
         };
@@ -94,6 +97,10 @@ impl Cluster {
             while let Some((from, to, message)) = self.network.pop_front() {
                 busy = true;
                 if self.cut.contains(&from) || self.cut.contains(&to) {
+                    continue;
+                }
+                let raft = matches!(message, tern_core::Message::Raft { .. });
+                if raft && (self.raft_cut.contains(&from) || self.raft_cut.contains(&to)) {
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&to) {
@@ -289,7 +296,7 @@ fn c_and_d_are_non_voters(config: &mut Config) {
 }
 
 #[test]
-fn a_non_voter_gets_every_write_but_never_votes_counts_or_is_promoted() {
+fn a_non_voter_gets_every_write_but_never_counts_or_is_promoted() {
     let mut cluster = Cluster::placed(c_and_d_are_non_voters);
     assert_eq!(cluster.voters("a"), names(&["a", "b"]), "c starts as a learner");
     // w=all counts the voters: with c cut off, a write that needs every member is
@@ -316,6 +323,34 @@ fn a_non_voter_gets_every_write_but_never_votes_counts_or_is_promoted() {
     let now = cluster.now;
     let leader = cluster.nodes.get_mut("a").expect("a runs");
     assert_eq!(leader.transfer_leadership(now, &"c".to_string()), Err(tern_core::TransferError::NotAnotherMember { id: "c".into() }));
+
+    // Nor does its vote count: with a cut off, b alone is not a majority of a and b, and
+    // c and d answering b changes nothing; nobody leads.
+    cluster.cut.insert("a".into());
+    let until = cluster.now + 3_000_000;
+    cluster.run_until("3 s with a cut off", |cluster| cluster.now >= until);
+    assert_eq!(cluster.leader(), None, "with a cut off nobody may lead");
+}
+
+#[test]
+fn a_member_that_handed_leadership_away_does_not_take_it_back_for_its_priority() {
+    // An operator moves leadership off a (priority 2) for maintenance: b keeps it, though
+    // a stays connected and caught up well past the settle time.
+    let mut cluster = Cluster::placed(a_is_home_and_c_never_leads);
+    let now = cluster.now;
+    cluster.nodes.get_mut("a").expect("a runs").transfer_leadership(now, &"b".to_string()).expect("a hands over to b");
+    cluster.pump();
+    cluster.run_until("b to lead", |cluster| cluster.leader().as_deref() == Some("b"));
+    let until = cluster.now + 15_000_000;
+    cluster.run_until("15 s more", |cluster| cluster.now >= until);
+    assert_eq!(cluster.leader().as_deref(), Some("b"), "leadership went back to a during its yield");
+    // After the yield (a minute), its priority brings leadership home again.
+    while cluster.leader().as_deref() != Some("a") {
+        assert!(cluster.now < now + 80_000_000, "leadership did not return to a after its yield");
+        let step = cluster.now + 10_000_000;
+        cluster.run_until("10 s, or a leads", |cluster| cluster.now >= step || cluster.leader().as_deref() == Some("a"));
+    }
+    assert!(cluster.now >= now + 60_000_000, "back {} us after the transfer, before the minute's yield ended", cluster.now - now);
 }
 
 fn a_is_home_and_c_never_leads(config: &mut Config) {
@@ -369,4 +404,25 @@ fn priority_zero_never_takes_over_whichever_timer_runs_out_first() {
         assert_eq!(cluster.leader().as_deref(), Some("b"), "seed {seed}");
         assert!(!cluster.led.contains("c"), "seed {seed}: priority 0 led: {:?}", cluster.led);
     }
+}
+
+#[test]
+fn a_preferred_member_that_cannot_win_does_not_keep_writes_paused() {
+    // a (priority 2) holds the data and acknowledges b's appends, but its raft messages
+    // are lost, so every handover to it fails at its deadline. Each failure pauses writes
+    // for a few seconds; the pauses between attempts double, so b writes most of the time.
+    let mut cluster = Cluster::placed(a_is_home_and_c_never_leads);
+    cluster.cut.insert("a".into());
+    cluster.run_until("b to lead", |cluster| cluster.leader().as_deref() == Some("b"));
+    cluster.cut.clear();
+    cluster.raft_cut.insert("a".into());
+    let (start, mut writable, mut steps) = (cluster.now, 0u64, 0u64);
+    while cluster.now < start + 60_000_000 {
+        let step = cluster.now + 100_000;
+        cluster.run_until("100 ms", |cluster| cluster.now >= step);
+        steps += 1;
+        writable += u64::from(cluster.nodes["b"].accepting_writes(cluster.now).is_ok());
+    }
+    assert!(writable * 100 >= steps * 55, "b accepted writes in only {writable} of {steps} samples over a minute");
+    assert!(writable < steps, "no handover was even tried");
 }

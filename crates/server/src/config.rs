@@ -125,7 +125,7 @@ impl NodeConfig {
 
     /// What this node asks of leader placement, as it tells its peers.
     pub fn preference(&self) -> tern_core::Preference {
-        tern_core::Preference { leader_priority: self.leader_priority, voter: !self.non_voters.contains(&self.id) }
+        tern_core::Preference { leader_priority: self.leader_priority, voter: !self.non_voters.contains(&self.id), yielding: false }
     }
 
     /// The nodes that elect this node's leader: all of `cluster` under single-leader,

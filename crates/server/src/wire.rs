@@ -187,7 +187,7 @@ mod tests {
             http_addr: "127.0.0.1:1".into(),
             peer_addr: "127.0.0.1:2".into(),
             topology: Topology::MultiLeader,
-            preference: Preference { leader_priority: 0, voter: false },
+            preference: Preference { leader_priority: 0, voter: false, yielding: true },
         });
         let mut bytes = Vec::new();
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(write_frame(&mut bytes, &frame)).unwrap();

@@ -53,6 +53,9 @@ pub struct Config {
     /// caught up before leadership moves to it (a flapping link does not move it back and
     /// forth). A leader of priority 0 hands over without waiting.
     pub leader_return_settle_us: Micros,
+    /// A node that handed leadership away by `transfer_leadership` (an operator's, or off
+    /// a full disk) does not have it moved back to it for its priority for this long.
+    pub leader_yield_us: Micros,
 }
 
 impl Config {
@@ -79,11 +82,12 @@ impl Config {
             leader_priority: 1,
             non_voters: BTreeSet::new(),
             leader_return_settle_us: 3_000_000,
+            leader_yield_us: 60_000_000,
         }
     }
 
     /// What this node asks of leader placement, as its acks tell the leader.
     pub fn preference(&self) -> Preference {
-        Preference { leader_priority: self.leader_priority, voter: !self.non_voters.contains(&self.id) }
+        Preference { leader_priority: self.leader_priority, voter: !self.non_voters.contains(&self.id), yielding: false }
     }
 }

@@ -105,6 +105,10 @@ pub enum TransferError {
     NeverLeads {
         id: NodeId,
     },
+    /// No ack from the member since this node began leading: its priority is not known.
+    NotHeardFrom {
+        id: NodeId,
+    },
 }
 
 impl std::fmt::Display for TransferError {
@@ -113,6 +117,7 @@ impl std::fmt::Display for TransferError {
             TransferError::FailoverOff => write!(f, "automatic failover is off: the leader is fixed by --leader"),
             TransferError::NotLeader { leader } => f.write_str(&not_leader(leader.as_deref())),
             TransferError::NotAnotherMember { id } => write!(f, "{id} is not another voting member of the cluster"),
+            TransferError::NotHeardFrom { id } => write!(f, "{id} has not acknowledged this leader yet (it may be down or cut off): retry once it has"),
             TransferError::NeverLeads { id } => write!(f, "{id} has leader priority 0: it never leads (restart it with --leader-priority 1 or more)"),
         }
     }

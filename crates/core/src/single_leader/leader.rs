@@ -30,6 +30,7 @@ impl Leader {
             handover: None,
             preferred_since: None,
             next_return_at: now,
+            return_attempts: 0,
         }
     }
 
@@ -477,7 +478,9 @@ impl Leader {
         self.peers
             .iter()
             .filter_map(|(id, progress)| Some((id, progress, progress.preference?)))
-            .filter(|(id, progress, preference)| progress.in_sync && voters.contains(*id) && preference.may_lead() && preference.leader_priority > own)
+            .filter(|(id, progress, preference)| {
+                progress.in_sync && voters.contains(*id) && preference.may_lead() && !preference.yielding && preference.leader_priority > own
+            })
             .max_by_key(|(id, progress, preference)| (preference.leader_priority, progress.matched, std::cmp::Reverse((*id).clone())))
             .map(|(id, _, _)| id.clone())
     }
@@ -608,4 +611,7 @@ pub(super) struct Leader {
     /// No move to a preferred member starts before this (set after each attempt, so one
     /// that fails does not pause writes again at once).
     pub(super) next_return_at: Micros,
+    /// Moves to a preferred member tried in this leadership: each failed one doubles the
+    /// wait before the next (the move's target may be unable to win an election).
+    pub(super) return_attempts: u32,
 }

@@ -88,8 +88,10 @@ impl Replica {
             return;
         }
         let caught_up = self.shared.membership.learners.iter().find(|id| {
-            leader.peers.get(*id).is_some_and(|progress| progress.in_sync && progress.preference.is_some_and(|preference| preference.voter))
-                && election.holds_metadata(id)
+            let asks_to_vote = leader.peers.get(*id).is_some_and(|progress| progress.in_sync && progress.preference.is_some_and(|preference| preference.voter));
+            // Every node is given the same `--non-voters`: a non-voter restarted without
+            // the flag is not promoted either.
+            asks_to_vote && !self.shared.config.non_voters.contains(*id) && election.holds_metadata(id)
         });
         if let Some(id) = caught_up.cloned() {
             if election.propose(&MemberChange::Promote { id }).is_ok() {

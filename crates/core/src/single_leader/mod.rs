@@ -171,7 +171,8 @@ impl Replica {
             None => Some(config.leader.clone()),
             Some(_) => None,
         };
-        let shared = Shared { config, membership, epoch, leader, epoch_starts, last, accepted: last, outputs: VecDeque::new(), committed: 0 };
+        let shared =
+            Shared { config, membership, epoch, leader, epoch_starts, last, accepted: last, outputs: VecDeque::new(), committed: 0, yielding_until: None };
         let role = match &election {
             None if shared.config.leader == shared.config.id => Role::Leader(Leader::new(&shared, now, Micros::MAX)),
             _ => Role::Follower(Follower::new()),
@@ -247,7 +248,7 @@ impl Replica {
             followers,
             membership: self.shared.membership.clone(),
             membership_change_pending: self.membership_change_pending(),
-            preference: self.shared.config.preference(),
+            preference: self.shared.preference(),
         }
     }
 
@@ -315,6 +316,9 @@ impl Replica {
     /// Timers: elections, recovery resends, handover, learner promotion, and the leader's
     /// heartbeats, resends, in-sync membership and deadlines.
     pub(crate) fn on_tick(&mut self, now: Micros) {
+        if self.shared.yielding_until.is_some_and(|until| now >= until) {
+            self.shared.yielding_until = None;
+        }
         if let Some(election) = &mut self.election {
             election.on_tick(now);
             self.drain_election(now);

@@ -24,6 +24,9 @@ pub(super) struct Shared {
     /// copies, or a follower matched a leader's log that far and the leader said so):
     /// they can never be rolled back, so compaction may drop them. Only ever grows.
     pub(super) committed: u64,
+    /// This node handed leadership away by a transfer and asks not to have it moved back
+    /// for its priority before this time (see `Config::leader_yield_us`).
+    pub(super) yielding_until: Option<Micros>,
 }
 
 impl Shared {
@@ -40,10 +43,16 @@ impl Shared {
     /// this node saw as a follower (0 otherwise); `diverged` carries our epoch starts when
     /// our log holds entries the leader lacks.
     pub(super) fn send_ack_to(&mut self, to: &NodeId, read_seq: u64, rejected: bool, diverged: Option<Vec<(u64, u64)>>) {
-        let preference = self.config.preference();
+        let preference = self.preference();
         let message =
             Message::AppendAck { epoch: self.epoch, durable: self.last, next_index: self.accepted.index + 1, read_seq, rejected, diverged, preference };
         self.send(to.clone(), message);
+    }
+
+    /// What this node asks of leader placement now: its configuration's, and whether it
+    /// is yielding after handing leadership away.
+    pub(super) fn preference(&self) -> Preference {
+        Preference { yielding: self.yielding_until.is_some(), ..self.config.preference() }
     }
 
     /// Acknowledges to the leader this node follows, if it is another node.

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// The shortest pause between a failed move of leadership to a preferred member and the
+/// next attempt (it doubles with each failure in one leadership).
+const MIN_RETURN_PAUSE_US: Micros = 5_000_000;
+
 impl Replica {
     /// Leader: hand leadership to `to` (an operator's transfer). Writes pause at once; once
     /// `to` holds everything, raft's leadership transfer makes it campaign, and it
@@ -17,10 +21,14 @@ impl Replica {
         if *to == self.shared.config.id || !self.shared.membership.voters.contains(to) {
             return Err(TransferError::NotAnotherMember { id: to.clone() });
         }
-        if leader.peers.get(to).and_then(|progress| progress.preference).is_some_and(|preference| preference.leader_priority == 0) {
-            return Err(TransferError::NeverLeads { id: to.clone() });
+        match leader.peers.get(to).and_then(|progress| progress.preference) {
+            None => return Err(TransferError::NotHeardFrom { id: to.clone() }),
+            Some(preference) if preference.leader_priority == 0 => return Err(TransferError::NeverLeads { id: to.clone() }),
+            Some(_) => {}
         }
         leader.handover = Some((to.clone(), deadline));
+        // Its priority must not bring leadership straight back (a maintenance, a full disk).
+        self.shared.yielding_until = Some(now + self.shared.config.leader_yield_us);
         self.continue_handover(now);
         Ok(())
     }
@@ -67,8 +75,11 @@ impl Replica {
         if !may_write || now < since + settle || now < leader.next_return_at {
             return;
         }
-        // Should this attempt fail, the next waits out this one and a settle time more.
-        leader.next_return_at = now + give_up_after + settle;
+        // Should this attempt fail, the next waits out this one, then a pause (at least
+        // 5 s, doubling with every failure) in which writes go on here.
+        let pause = settle.max(MIN_RETURN_PAUSE_US) << leader.return_attempts.min(6);
+        leader.return_attempts += 1;
+        leader.next_return_at = now + give_up_after + pause;
         leader.preferred_since = None;
         leader.handover = Some((preferred, now + give_up_after));
         self.continue_handover(now);

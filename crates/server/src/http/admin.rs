@@ -40,6 +40,7 @@ pub(super) async fn cluster(State(node): State<Arc<Node>>) -> Response {
                 "connected": *id == node.config.id || info.connected,
                 "applied_index": applied_index,
                 "lag_ms": progress.map(|follower| follower.lag_us as f64 / 1000.0),
+                "in_sync": progress.map(|follower| follower.in_sync),
             })
         })
         .collect();

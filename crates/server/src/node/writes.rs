@@ -166,6 +166,7 @@ impl Node {
             |error| match error {
                 TransferError::NotLeader { leader } => (503, leader.clone()),
                 TransferError::FailoverOff | TransferError::NotAnotherMember { .. } | TransferError::NeverLeads { .. } => (400, None),
+                TransferError::NotHeardFrom { .. } => (503, None),
             },
         )
         .await
