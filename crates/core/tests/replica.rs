@@ -41,6 +41,11 @@ fn append(prev_index: u64, entries: Vec<Entry>, leader_last: u64, read_seq: u64)
     }
 }
 
+/// A follower's answer after it restarted with nothing: it expects index 1.
+fn empty_log_ack() -> Message {
+    Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: true, diverged: None, preference: Preference::default() }
+}
+
 fn ack(durable: u64, read_seq: u64) -> Message {
     Message::AppendAck {
         epoch: 1,
@@ -283,40 +288,12 @@ fn entries_evicted_from_the_cache_are_read_back_or_replaced_by_a_snapshot() {
     }
     drain(&mut replica);
     // n2 restarted with nothing: the leader must resend from 1, which left the cache.
-    replica.handle(
-        Event::Message {
-            from: "n2".into(),
-            message: Message::AppendAck {
-                epoch: 1,
-                durable: Position::ZERO,
-                next_index: 1,
-                read_seq: 0,
-                rejected: true,
-                diverged: None,
-                preference: Preference::default(),
-            },
-        },
-        20,
-    );
+    replica.handle(Event::Message { from: "n2".into(), message: empty_log_ack() }, 20);
     assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n2".into(), from_index: 1 }]);
     replica.handle(Event::LogRead { to: "n2".into(), entries: vec![entry(1), entry(2)] }, 21);
     assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1), entry(2)], 3, 1)), send("n2", append(2, vec![entry(3)], 3, 1))]);
 
-    replica.handle(
-        Event::Message {
-            from: "n3".into(),
-            message: Message::AppendAck {
-                epoch: 1,
-                durable: Position::ZERO,
-                next_index: 1,
-                read_seq: 0,
-                rejected: true,
-                diverged: None,
-                preference: Preference::default(),
-            },
-        },
-        30,
-    );
+    replica.handle(Event::Message { from: "n3".into(), message: empty_log_ack() }, 30);
     assert_eq!(drain(&mut replica), vec![Output::ReadLog { to: "n3".into(), from_index: 1 }]);
     replica.handle(Event::LogCompacted { to: "n3".into() }, 31);
     assert_eq!(drain(&mut replica), vec![Output::SendSnapshot { to: "n3".into(), rollback_after: None }]);
@@ -420,21 +397,7 @@ fn a_follower_that_lost_its_disk_is_resent_everything_and_counts_for_nothing_mea
     replica.handle(Event::Message { from: "n2".into(), message: ack(2, 0) }, 20);
     drain(&mut replica);
     // n2 comes back empty and rejects the next append as a gap.
-    replica.handle(
-        Event::Message {
-            from: "n2".into(),
-            message: Message::AppendAck {
-                epoch: 1,
-                durable: Position::ZERO,
-                next_index: 1,
-                read_seq: 0,
-                rejected: true,
-                diverged: None,
-                preference: Preference::default(),
-            },
-        },
-        30,
-    );
+    replica.handle(Event::Message { from: "n2".into(), message: empty_log_ack() }, 30);
     let commit_2 = Message::Append {
         epoch: 1,
         leader: "n1".into(),
