@@ -67,6 +67,8 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
             election_tick: if spec.wan.is_empty() { Duration::from_millis(25) } else { Duration::from_millis(60) },
             fault_injection: true,
             leader_priority: member.leader_priority,
+            // PostgreSQL clients can connect to every node (any free port).
+            pg_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             ..NodeConfig::new(&member.id, &member.region, spec.data_dir.join(&member.id), *peer_addr)
         };
         nodes.push(tern_server::serve(config).await?);

@@ -76,6 +76,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         println!("  {id} {region:<11} {role:<9} leader priority {}  http://{address}", home_priority(id));
     }
     println!("data: {}", data_dir.display());
+    print_pg(&nodes);
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
 
     setup_schema(&addresses[0])?;
@@ -146,7 +147,13 @@ pub(crate) fn start_demo_regions(
     let spec = ClusterSpec {
         topology,
         // Under single-leader, us-east is the company's home: leadership returns there.
-        members: REGIONS.iter().map(|(id, region)| Member { id: id.to_string(), region: region.to_string(), leader_priority: home_priority(id) }).collect(),
+        members: REGIONS
+            .iter()
+            .map(|(id, region)| {
+                let leader_priority = if topology == tern_core::Topology::SingleLeader { home_priority(id) } else { 1 };
+                Member { id: id.to_string(), region: region.to_string(), leader_priority }
+            })
+            .collect(),
         log_format,
         ack,
         wan: wan.clone(),
@@ -164,6 +171,15 @@ fn home_priority(id: &str) -> u8 {
         2
     } else {
         1
+    }
+}
+
+/// How to reach each node with a PostgreSQL client.
+pub(crate) fn print_pg(nodes: &[Arc<tern_server::Node>]) {
+    for node in nodes {
+        if let Some(address) = node.config.pg_addr {
+            println!("  psql -h {} -p {} -U tern   # {} ({}), PostgreSQL protocol", address.ip(), address.port(), node.config.id, node.config.region);
+        }
     }
 }
 

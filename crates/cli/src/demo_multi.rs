@@ -30,6 +30,7 @@ pub fn run(args: &DemoArgs, wan: WanLatency) -> Result<(), String> {
         println!("  {id} {region:<11} leader of {region:<11} http://{address}");
     }
     println!("data: {}", data_dir.display());
+    crate::demo::print_pg(&nodes);
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
     setup_schema(&addresses[0])?;
 

@@ -233,6 +233,10 @@ pub struct ServerArgs {
     /// --ack sync count voters), so a far one never slows a write. Never promoted.
     #[arg(long, value_delimiter = ',')]
     non_voters: Vec<String>,
+    /// Also speak PostgreSQL's wire protocol here (psql, psycopg, node-postgres, pgbench),
+    /// e.g. 127.0.0.1:5433. The SQL is SQLite's. Off by default.
+    #[arg(long)]
+    pg: Option<String>,
 }
 
 impl ServerArgs {
@@ -286,6 +290,9 @@ impl ServerArgs {
         }
         if topology != Topology::SingleLeader && (self.leader_priority != 1 || !self.non_voters.is_empty()) {
             return Err(format!("--leader-priority and --non-voters are for --topology single-leader (not supported under {})", topology.name()));
+        }
+        if leaderless && self.pg.is_some() {
+            return Err("--pg is not supported under --topology leaderless yet: use the HTTP API".to_string());
         }
         if leaderless && self.join {
             return Err("--join is not supported under --topology leaderless: name every member in --cluster".to_string());
@@ -342,6 +349,7 @@ impl ServerArgs {
             leaderless: leaderless_settings,
             leader_priority: self.leader_priority,
             non_voters: self.non_voters.iter().map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect(),
+            pg_addr: self.pg.as_deref().map(|text| text.parse().map_err(|error| format!("bad --pg {text:?}: {error}"))).transpose()?,
             id: self.id,
         })
     }

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// node): they receive the log and serve reads, and count for no majority, election
     /// or ack. A node joining as one names itself.
     pub non_voters: BTreeSet<NodeId>,
+    /// Where to speak PostgreSQL's wire protocol (`--pg`); off when `None`.
+    pub pg_addr: Option<SocketAddr>,
 }
 
 /// Leaderless settings (`--replicas`, `--default-w`, `--default-r`,
@@ -120,6 +122,7 @@ impl NodeConfig {
             leaderless: LeaderlessSettings::default(),
             leader_priority: 1,
             non_voters: BTreeSet::new(),
+            pg_addr: None,
         }
     }
 

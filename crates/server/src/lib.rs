@@ -19,6 +19,7 @@ pub mod device;
 pub mod http;
 pub mod leaderless;
 pub mod node;
+pub mod pg;
 pub mod transport;
 pub mod verify;
 pub mod wire;
@@ -36,7 +37,18 @@ pub async fn serve(mut config: NodeConfig) -> Result<Arc<Node>, String> {
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
     // The real address (port 0 becomes a free port) goes into peer handshakes.
     config.http_addr = listener.local_addr().map_err(|error| error.to_string())?;
+    let pg = match config.pg_addr {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|error| format!("cannot listen for PostgreSQL on {address}: {error}"))?;
+            config.pg_addr = listener.local_addr().ok();
+            Some(listener)
+        }
+        None => None,
+    };
     let node = Node::start(config).await?;
+    if let Some(listener) = pg {
+        tokio::spawn(pg::serve(node.clone(), listener));
+    }
     let app = http::router(node.clone());
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
