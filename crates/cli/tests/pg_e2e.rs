@@ -117,6 +117,21 @@ fn psql_writes_reads_and_blocks_through_any_node() {
     });
     assert_eq!(count(&mut client, "SELECT count(*) FROM people WHERE id = 10", "level=strong"), 0, "the failed block left nothing behind");
 
+    // psql's own catalog commands.
+    let (ok, output) = psql(&pg[1], "\\dt\n\\d people\n\\d nope\n");
+    assert!(ok, "{output}");
+    for expected in [
+        "List of relations",
+        "public | people | table | tern",
+        "Table \"public.people\"",
+        "double precision",
+        "bytea",
+        "not null",
+        "Did not find any relation named \"nope\"",
+    ] {
+        assert!(output.contains(expected), "psql's \\dt / \\d output lacks {expected:?}:\n{output}");
+    }
+
     // Errors come back with the SQLSTATE clients act on, and the session goes on.
     let (ok, output) = psql(&pg[0], "SELECT nope FROM people;\nSELEC 1;\nSET tern.read_level = 'sometimes';\nSELECT count(*) FROM people;");
     assert!(!ok || output.contains("ERROR"), "{output}");

@@ -10,6 +10,7 @@
 //! could not see the held writes. Several statements in one
 //! simple query run one after another, each on its own, stopping at the first error.
 
+mod catalog;
 mod lexer;
 mod values;
 
@@ -173,6 +174,9 @@ impl Session {
             return self.show(words.get(1).map_or("", String::as_str), format);
         }
         if let Some(answer) = introspection(sql, format) {
+            return answer;
+        }
+        if let Some(answer) = catalog::answer(&self.node, sql, format).await {
             return answer;
         }
         let statement = Statement { sql: sql.to_string(), params: if params.is_empty() { Params::None } else { Params::Positional(params) } };
