@@ -12,6 +12,7 @@ mod conflicts;
 mod demo;
 mod demo_multi;
 mod device;
+mod shell;
 mod sim;
 mod stats;
 
@@ -64,6 +65,9 @@ enum Command {
     /// An offline-first device replica: run SQL on it offline, sync it with a
     /// multi-leader cluster, see what is pending.
     Device(device::DeviceArgs),
+    /// An interactive SQL shell on any node (line editing, history, aligned tables, dot
+    /// commands); `-c SQL` or a pipe runs statements and exits.
+    Shell(shell::ShellArgs),
 }
 
 #[derive(Subcommand)]
@@ -397,6 +401,7 @@ fn main() {
         Command::Conflicts(command) => conflicts::run_conflicts(command),
         Command::Homes(command) => conflicts::run_homes(command),
         Command::Device(args) => device::run(args),
+        Command::Shell(args) => shell::run(args),
         Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {

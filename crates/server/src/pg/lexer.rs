@@ -83,7 +83,6 @@ fn has_code(text: &str) -> bool {
 }
 
 /// The first word of plain SQL, uppercased (`""` if there is none).
-#[cfg(test)]
 pub fn first_keyword(sql: &str) -> String {
     keywords(sql, 1).pop().unwrap_or_default()
 }

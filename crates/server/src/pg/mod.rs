@@ -14,6 +14,9 @@ mod catalog;
 mod lexer;
 mod values;
 
+/// Statement splitting and keywords, which `tern shell` shares.
+pub use lexer::{first_keyword, split_statements};
+
 use crate::node::{Node, ReadOptions};
 use crate::wire::{ReadReply, RequestError, WriteReply};
 use async_trait::async_trait;
