@@ -43,7 +43,7 @@ fn assert_written(reply: &tern_server::client::Reply, what: &str) {
 
 /// The `/nodes` entry of every member, as `node` sees them: (part it plays, priority).
 fn parts(node: &ServerNode) -> Vec<(String, String, Option<u64>)> {
-    let body = node.client().get("/nodes").expect("nodes answers").body;
+    let body = node.client().get("/nodes?nonvoters").expect("nodes answers").body;
     let mut parts: Vec<(String, String, Option<u64>)> = body
         .as_object()
         .into_iter()

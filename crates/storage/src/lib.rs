@@ -33,4 +33,4 @@ pub use engine::{
     Executed, Payload, Reader, RegionPayload, RollbackStore, RolledBack, StorageError, StorageErrorKind, TableConflicts, WriteRequest, DATABASE_FILE,
 };
 pub use guard::Limits;
-pub use sql::{parse_statements, Params, SqlValue, Statement, StatementResult};
+pub use sql::{parse_statements, JsonStyle, Params, SqlValue, Statement, StatementResult};

@@ -40,32 +40,53 @@ impl From<&SqlValue> for Value {
     }
 }
 
+/// How results are rendered as JSON, from rqlite's query-string flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsonStyle {
+    /// `associative`: rows as objects keyed by column, and types as one object.
+    pub associative: bool,
+    /// `blob_array`: BLOBs as arrays of byte values instead of base64 strings.
+    pub blob_array: bool,
+}
+
 impl SqlValue {
     /// JSON as rqlite renders it: blobs as base64 strings.
     pub fn to_json(&self) -> Json {
+        self.to_json_styled(JsonStyle::default())
+    }
+
+    pub fn to_json_styled(&self, style: JsonStyle) -> Json {
         match self {
             SqlValue::Null => Json::Null,
             SqlValue::Integer(number) => json!(number),
             SqlValue::Real(number) => serde_json::Number::from_f64(*number).map_or(Json::Null, Json::Number),
             SqlValue::Text(text) => Json::String(text.clone()),
+            SqlValue::Blob(bytes) if style.blob_array => json!(bytes),
             SqlValue::Blob(bytes) => Json::String(blob_text(bytes)),
         }
     }
 
-    /// A parameter from JSON. Booleans become 0/1 as in SQLite.
+    /// A parameter from JSON. Booleans become 0/1 as in SQLite; an array of byte values
+    /// (0 to 255) is a BLOB, as rqlite takes them.
     ///
     /// # Errors
-    /// Arrays and objects, which have no SQL value.
+    /// Objects and other arrays, which have no SQL value, and integers beyond SQLite's
+    /// signed 64 bits (which would otherwise silently become inexact reals).
     pub fn from_json(value: &Json) -> Result<SqlValue, String> {
         Ok(match value {
             Json::Null => SqlValue::Null,
             Json::Bool(flag) => SqlValue::Integer(i64::from(*flag)),
             Json::Number(number) => match number.as_i64() {
                 Some(integer) => SqlValue::Integer(integer),
+                None if number.is_u64() => return Err(format!("integer {number} is beyond SQLite's 64-bit signed range (at most 9223372036854775807)")),
                 None => SqlValue::Real(number.as_f64().ok_or_else(|| format!("number {number} is out of range"))?),
             },
             Json::String(text) => SqlValue::Text(text.clone()),
-            other => return Err(format!("parameter {other} is not a SQL value (expected null, number, string or boolean)")),
+            Json::Array(items) => {
+                let bytes: Option<Vec<u8>> = items.iter().map(|item| item.as_u64().and_then(|byte| u8::try_from(byte).ok())).collect();
+                SqlValue::Blob(bytes.ok_or_else(|| format!("parameter {value} is not a SQL value: an array must hold byte values 0 to 255 (a BLOB)"))?)
+            }
+            other => return Err(format!("parameter {other} is not a SQL value (expected null, number, string, boolean or an array of bytes)")),
         })
     }
 }
@@ -148,14 +169,29 @@ impl StatementResult {
     }
 
     pub fn to_json(&self) -> Json {
+        self.to_json_styled(JsonStyle::default())
+    }
+
+    /// rqlite's shape: `columns`, `types`, `values`; with `associative`, `types` as an
+    /// object and `rows` as objects keyed by column.
+    pub fn to_json_styled(&self, style: JsonStyle) -> Json {
         let mut object = Map::new();
         if let Some(error) = &self.error {
             object.insert("error".into(), Json::String(error.clone()));
+        } else if self.is_query && style.associative {
+            let types: Map<String, Json> = self.columns.iter().cloned().zip(self.types.iter().map(|kind| json!(kind))).collect();
+            object.insert("types".into(), Json::Object(types));
+            let rows: Vec<Json> = self
+                .values
+                .iter()
+                .map(|row| Json::Object(self.columns.iter().cloned().zip(row.iter().map(|value| value.to_json_styled(style))).collect()))
+                .collect();
+            object.insert("rows".into(), Json::Array(rows));
         } else if self.is_query {
             object.insert("columns".into(), json!(self.columns));
             object.insert("types".into(), json!(self.types));
             if !self.values.is_empty() {
-                let rows: Vec<Json> = self.values.iter().map(|row| Json::Array(row.iter().map(SqlValue::to_json).collect())).collect();
+                let rows: Vec<Json> = self.values.iter().map(|row| Json::Array(row.iter().map(|value| value.to_json_styled(style)).collect())).collect();
                 object.insert("values".into(), Json::Array(rows));
             }
         } else {
@@ -185,7 +221,24 @@ mod tests {
         assert!(parse_statements(b"[\"SELECT 1\"").unwrap_err().contains("not valid JSON"));
         assert!(parse_statements(b"{\"q\": 1}").unwrap_err().contains("JSON array"));
         assert!(parse_statements(b"[[1, 2]]").unwrap_err().starts_with("statement 0:"));
-        assert!(parse_statements(b"[[\"SELECT ?\", [1]]]").unwrap_err().contains("not a SQL value"));
+        assert!(parse_statements(b"[[\"SELECT ?\", [1, 300]]]").unwrap_err().contains("byte values 0 to 255"));
+        assert!(parse_statements(b"[[\"SELECT ?\", 18446744073709551615]]").unwrap_err().contains("64-bit signed range"));
+    }
+
+    #[test]
+    fn blobs_go_in_as_byte_arrays_and_come_out_as_rqlite_renders_them() {
+        let statements = parse_statements(b"[[\"SELECT ?\", [0, 255, 16]]]").unwrap();
+        assert_eq!(statements[0].params, Params::Positional(vec![SqlValue::Blob(vec![0, 255, 16])]));
+        let result = StatementResult {
+            is_query: true,
+            columns: vec!["b".into(), "n".into()],
+            types: vec!["blob".into(), "integer".into()],
+            values: vec![vec![SqlValue::Blob(vec![0, 255]), SqlValue::Integer(7)]],
+            ..StatementResult::default()
+        };
+        assert_eq!(result.to_json()["values"], json!([["AP8=", 7]]));
+        let style = JsonStyle { associative: true, blob_array: true };
+        assert_eq!(result.to_json_styled(style), json!({"types": {"b": "blob", "n": "integer"}, "rows": [{"b": [0, 255], "n": 7}]}));
     }
 
     #[test]

@@ -112,24 +112,47 @@ fn query_statements(params: &Params, body: &[u8]) -> Result<Vec<Statement>, Resp
     parse_statements(body).map_err(bad_request)
 }
 
-fn results_json(results: &[StatementResult]) -> Vec<Value> {
-    results.iter().map(StatementResult::to_json).collect()
+/// Results as rqlite renders them, in the style the query string asks for
+/// (`associative`, `blob_array`).
+fn results_json(results: &[StatementResult], params: &Params) -> Vec<Value> {
+    let style = tern_storage::JsonStyle { associative: params.flag("associative"), blob_array: params.flag("blob_array") };
+    results.iter().map(|result| result.to_json_styled(style)).collect()
 }
 
+/// A duration as Go writes them (`1m30s`, `500ms`, `1.5h`, `250us`), or a bare number of
+/// seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1.5s or 1m");
-    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(split) => text.split_at(split),
-        None => (text, "s"),
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "us" | "µs" => value / 1_000_000.0,
-        _ => return Err(bad()),
-    };
+    let bad = || format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1.5s, 1m30s or 1h");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(value) = text.parse::<f64>() {
+        return bounded_seconds(text, value);
+    }
+    let mut seconds = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(split);
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, after) = tail.split_at(unit_end);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        seconds += value
+            * match unit {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            };
+        rest = after;
+    }
+    bounded_seconds(text, seconds)
+}
+
+fn bounded_seconds(text: &str, seconds: f64) -> Result<Duration, String> {
     // Waits longer than an hour are a mistake, and huge values would overflow `Duration`.
     if !seconds.is_finite() || !(0.0..=3600.0).contains(&seconds) {
         return Err(format!("bad duration {text:?}: must be between 0 and 1h"));
@@ -158,6 +181,11 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("1e300").is_err(), "a huge value is an error, not a panic");
         assert!(parse_duration("99999999999999999999m").is_err());
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
+        assert_eq!(parse_duration("0.5h").unwrap(), Duration::from_secs(1800));
+        assert!(parse_duration("1m30").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub(super) fn write_response(reply: WriteReply, started: Instant, params: &Param
             return error_response(error);
         }
     }
-    let mut body = json!({ "results": results_json(&reply.results) });
+    let mut body = json!({ "results": results_json(&reply.results, params) });
     if let Some(position) = reply.position {
         body["position"] = json!(position.to_string());
     }
@@ -74,6 +74,10 @@ pub(super) fn write_response(reply: WriteReply, started: Instant, params: &Param
 pub(super) fn with_timings(mut body: Value, started: Instant, params: &Params) -> Response {
     if params.flag("timings") {
         body["time"] = json!(started.elapsed().as_secs_f64());
+    }
+    if params.flag("pretty") {
+        let text = serde_json::to_string_pretty(&body).unwrap_or_default();
+        return ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response();
     }
     Json(body).into_response()
 }
@@ -123,6 +127,11 @@ pub(super) async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
 
 pub(super) fn read_options(params: &Params) -> Result<ReadOptions, String> {
     let level = match params.get("level") {
+        // rqlite's `auto` is `none` on a read-only (non-voting) node and `weak` elsewhere:
+        // the handler knows which this node is (`auto_level`).
+        Some("auto") => ReadLevel::Weak,
+        // tern's freshness check already measures how far behind the data is.
+        Some("freshness_strict") => ReadLevel::None,
         Some(level) => level.parse::<ReadLevel>()?,
         // rqlite's default is weak; a read naming a position is a session read.
         None if params.get("after").is_some() => ReadLevel::Session,
@@ -150,7 +159,7 @@ pub(super) fn read_response(reply: ReadReply, token: Option<String>, started: In
     if let Some(error) = &reply.error {
         return error_response(error);
     }
-    let mut body = json!({ "results": results_json(&reply.results) });
+    let mut body = json!({ "results": results_json(&reply.results, params) });
     if let Some(token) = token {
         body["token"] = json!(token);
     }
@@ -161,7 +170,7 @@ pub(super) async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery
     let started = Instant::now();
     let params = Params::parse(raw);
     let options = match read_options(&params) {
-        Ok(options) => options,
+        Ok(options) => auto_level(&node, &params, options),
         Err(message) => return bad_request(message),
     };
     // `level=none` is served from whatever this node holds, as the level promises (bound
@@ -193,20 +202,38 @@ pub(super) async fn region_token_of(node: &Node, reply: &ReadReply) -> Option<St
 /// goes to the leader as one request (its reads run there too).
 pub(super) async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
-    let (params, statements) = match accept_statements(&node, raw, &body) {
-        Ok(accepted) => accepted,
-        Err(response) => return response,
+    let params = Params::parse(raw);
+    let statements = match parse_statements(&body) {
+        Ok(statements) => statements,
+        Err(message) => return bad_request(message),
     };
     if node.all_read_only(statements.clone()).await {
         let options = match read_options(&params) {
-            Ok(options) => options,
+            Ok(options) => auto_level(&node, &params, options),
             Err(message) => return bad_request(message),
         };
+        // As on /db/query: `level=none` reads whatever this node holds, ready or not.
+        if options.level != ReadLevel::None {
+            if let Some(response) = not_ready(&node) {
+                return response;
+            }
+        }
         let reply = node.read(statements, options).await;
         let token = region_token_of(&node, &reply).await;
         return read_response(reply, token, started, &params);
     }
+    if let Some(response) = not_ready(&node) {
+        return response;
+    }
     write_path(&node, statements, &params, started).await
+}
+
+/// rqlite's `level=auto`: `none` on a read-only (non-voting) node, else `weak`.
+fn auto_level(node: &Node, params: &Params, mut options: ReadOptions) -> ReadOptions {
+    if params.get("level") == Some("auto") && node.config.non_voters.contains(&node.config.id) {
+        options.level = ReadLevel::None;
+    }
+    options
 }
 
 pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
@@ -276,20 +303,26 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
     Json(body).into_response()
 }
 
-pub(super) async fn readyz(State(node): State<Arc<Node>>) -> Response {
+pub(super) async fn readyz(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    if Params::parse(raw).flag("noleader") {
+        // rqlite's `noleader`: ready once the node runs, leader or not.
+        return (StatusCode::OK, format!("[+]node {} ok\n", node.config.id)).into_response();
+    }
     match not_ready(&node) {
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]node {} not ready\n", node.config.id)).into_response(),
         None => (StatusCode::OK, format!("[+]node {} ok\n[+]leader {} ok\n", node.config.id, node.published().leader.unwrap_or_default())).into_response(),
     }
 }
 
-/// rqlite's `/nodes` shape: one object per node, keyed by id.
-pub(super) async fn nodes(State(node): State<Arc<Node>>) -> Response {
+/// rqlite's `/nodes` shape: one object per node, keyed by id; `ver=2`, a `nodes` array.
+/// Non-voters are listed with `nonvoters`, as rqlite does.
+pub(super) async fn nodes(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw);
     let published = node.published();
     let peers = node.peers.lock().expect("peers lock").clone();
     let mut body = serde_json::Map::new();
     let membership = &published.membership;
-    for id in membership.members() {
+    for id in membership.members().filter(|id| params.flag("nonvoters") || membership.voters.contains(*id)) {
         let addr = membership.addresses.get(id).cloned().unwrap_or_default();
         let (api_addr, region, reachable, preference) = if *id == node.config.id {
             (node.http_addr.lock().expect("http addr lock").clone(), node.config.region.clone(), true, Some(node.config.preference()))
@@ -311,6 +344,9 @@ pub(super) async fn nodes(State(node): State<Arc<Node>>) -> Response {
                 "leader_priority": preference.map(|preference| preference.leader_priority),
             }),
         );
+    }
+    if params.get("ver") == Some("2") {
+        return Json(json!({ "nodes": body.into_iter().map(|(_, entry)| entry).collect::<Vec<Value>>() })).into_response();
     }
     Json(Value::Object(body)).into_response()
 }
