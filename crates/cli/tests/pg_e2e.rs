@@ -132,10 +132,27 @@ fn psql_writes_reads_and_blocks_through_any_node() {
         assert!(output.contains(expected), "psql's \\dt / \\d output lacks {expected:?}:\n{output}");
     }
 
+    // SQL that only looks like the catalog is run as written; casts become SQLite's;
+    // savepoints are refused rather than half-applied.
+    let (_, output) = psql(
+        &pg[0],
+        "INSERT INTO people (id, name) VALUES (50, 'see pg_class');
+         SELECT name FROM people WHERE id = 50;
+         SELECT 5::float / 2 AS half, '7'::int + 1 AS eight;
+         BEGIN;
+         INSERT INTO people (id, name) VALUES (51, 'in a block');
+         SAVEPOINT s;
+         ROLLBACK;
+         SELECT count(*) AS after_block FROM people WHERE id = 51;",
+    );
+    for expected in ["see pg_class", "2.5", " 8\n", "0A000", "after_block \n-------------\n           0"] {
+        assert!(output.contains(expected), "psql output lacks {expected:?}:\n{output}");
+    }
+
     // Errors come back with the SQLSTATE clients act on, and the session goes on.
     let (ok, output) = psql(&pg[0], "SELECT nope FROM people;\nSELEC 1;\nSET tern.read_level = 'sometimes';\nSELECT count(*) FROM people;");
     assert!(!ok || output.contains("ERROR"), "{output}");
-    for code in ["42703", "42601", "22023", "5\n"] {
+    for code in ["42703", "42601", "22023", "        6\n(1 row)"] {
         assert!(output.contains(code), "psql output lacks {code:?}:\n{output}");
     }
 }

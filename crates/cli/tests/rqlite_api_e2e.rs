@@ -29,7 +29,7 @@ fn rqlite_options_render_results_as_rqlite_does() {
     assert!(pretty.body["time"].is_number(), "{}", pretty.body);
 
     // Go durations and rqlite's read levels.
-    for options in ["level=none&freshness=1m30s", "level=freshness_strict&freshness=500ms", "level=auto", "level=weak&timeout=1m"] {
+    for options in ["level=none&freshness=1m30s", "level=none&freshness=500ms&freshness_strict", "level=auto", "level=weak&timeout=1m"] {
         let reply = client.get(&format!("/db/query?{sql}&{options}")).unwrap();
         assert_eq!(reply.status, 200, "{options}: {}", reply.body);
     }

@@ -70,8 +70,10 @@ impl SqlValue {
     /// (0 to 255) is a BLOB, as rqlite takes them.
     ///
     /// # Errors
-    /// Objects and other arrays, which have no SQL value, and integers beyond SQLite's
-    /// signed 64 bits (which would otherwise silently become inexact reals).
+    /// Objects and other arrays, which have no SQL value, and integers from 2^63 to
+    /// 2^64 - 1, beyond SQLite's signed 64 bits (which would otherwise silently become
+    /// inexact reals). Larger numbers reach here as reals already (JSON numbers are parsed
+    /// as 64-bit floats beyond the integer types) and are taken as reals.
     pub fn from_json(value: &Json) -> Result<SqlValue, String> {
         Ok(match value {
             Json::Null => SqlValue::Null,

@@ -130,8 +130,6 @@ pub(super) fn read_options(params: &Params) -> Result<ReadOptions, String> {
         // rqlite's `auto` is `none` on a read-only (non-voting) node and `weak` elsewhere:
         // the handler knows which this node is (`auto_level`).
         Some("auto") => ReadLevel::Weak,
-        // tern's freshness check already measures how far behind the data is.
-        Some("freshness_strict") => ReadLevel::None,
         Some(level) => level.parse::<ReadLevel>()?,
         // rqlite's default is weak; a read naming a position is a session read.
         None if params.get("after").is_some() => ReadLevel::Session,
@@ -228,9 +226,12 @@ pub(super) async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
     write_path(&node, statements, &params, started).await
 }
 
-/// rqlite's `level=auto`: `none` on a read-only (non-voting) node, else `weak`.
+/// rqlite's `level=auto`: `none` on a read-only (non-voting) node, else `weak`. (rqlite's
+/// `freshness_strict` flag needs nothing here: tern's `freshness=` already measures how far
+/// behind this node's data is, not how long since it heard from the leader.)
 fn auto_level(node: &Node, params: &Params, mut options: ReadOptions) -> ReadOptions {
-    if params.get("level") == Some("auto") && node.config.non_voters.contains(&node.config.id) {
+    let learner = node.published().membership.learners.contains(&node.config.id);
+    if params.get("level") == Some("auto") && learner && node.config.non_voters.contains(&node.config.id) {
         options.level = ReadLevel::None;
     }
     options

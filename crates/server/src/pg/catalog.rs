@@ -22,12 +22,19 @@ struct Relation {
     view: bool,
 }
 
+/// A SELECT whose SQL itself (not a string in it) names the catalog: answered here, and
+/// left as PostgreSQL wrote it (its casts are PostgreSQL's, e.g. `::pg_catalog.regtype`).
+pub fn is_catalog_query(sql: &str) -> bool {
+    let code = super::lexer::plain_code(sql).to_lowercase();
+    let names_catalog = code.contains("pg_catalog.") || code.contains("information_schema.") || code.contains("pg_class");
+    names_catalog && super::lexer::first_keyword(sql) == "SELECT"
+}
+
 pub async fn answer(node: &Node, sql: &str, format: &Format) -> Option<PgWireResult<Response>> {
-    let lower = sql.to_lowercase();
-    if !(lower.contains("pg_catalog.") || lower.contains("information_schema.") || lower.contains("pg_class")) {
+    if !is_catalog_query(sql) {
         return None;
     }
-    Some(respond(node, sql, &lower, format).await)
+    Some(respond(node, sql, &sql.to_lowercase(), format).await)
 }
 
 async fn respond(node: &Node, sql: &str, lower: &str, format: &Format) -> PgWireResult<Response> {
@@ -187,20 +194,53 @@ fn name_pattern(sql: &str) -> Option<String> {
     Some(rest[..end].replace("''", "'"))
 }
 
+/// One piece of a psql pattern.
+#[derive(Clone, Copy, PartialEq)]
+enum Piece {
+    AnyRun,
+    AnyOne,
+    Literal(char),
+}
+
 /// psql's patterns are regular expressions made from a glob: literal characters, `.*`
-/// for `*`, `.` for `?`, and `\` escapes. That much is matched here.
+/// for `*`, `.` for `?`, and `\` escapes. That much is matched here, in time linear in
+/// pattern × name (no backtracking; longer patterns than any name are refused).
 fn matches(pattern: &str, name: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    fn at(pattern: &[char], name: &[char]) -> bool {
-        match pattern {
-            [] => name.is_empty(),
-            ['.', '*', rest @ ..] => (0..=name.len()).any(|skip| at(rest, &name[skip..])),
-            ['.', rest @ ..] => !name.is_empty() && at(rest, &name[1..]),
-            ['\\', literal, rest @ ..] | [literal, rest @ ..] => name.first() == Some(literal) && at(rest, &name[1..]),
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        let piece = match c {
+            '.' if chars.peek() == Some(&'*') => {
+                chars.next();
+                Piece::AnyRun
+            }
+            '.' => Piece::AnyOne,
+            '\\' => Piece::Literal(chars.next().unwrap_or('\\')),
+            other => Piece::Literal(other),
+        };
+        if !(piece == Piece::AnyRun && pieces.last() == Some(&Piece::AnyRun)) {
+            pieces.push(piece);
         }
     }
-    at(&pattern, &name)
+    let name: Vec<char> = name.chars().collect();
+    if pieces.len() > 4 * name.len() + 64 {
+        return false;
+    }
+    // reachable[j]: the pieces so far can match name[..j].
+    let mut reachable = vec![false; name.len() + 1];
+    reachable[0] = true;
+    for piece in pieces {
+        let mut next = vec![false; name.len() + 1];
+        for j in 0..=name.len() {
+            match piece {
+                Piece::AnyRun => next[j] = reachable[j] || (j > 0 && next[j - 1]),
+                Piece::AnyOne => next[j] = j > 0 && reachable[j - 1],
+                Piece::Literal(literal) => next[j] = j > 0 && reachable[j - 1] && name[j - 1] == literal,
+            }
+        }
+        reachable = next;
+    }
+    reachable[name.len()]
 }
 
 #[cfg(test)]
@@ -216,6 +256,15 @@ mod tests {
         assert!(matches("a.c", "abc"));
         assert!(matches("it\\'s", "it's") || matches("it's", "it's"));
         assert!(!matches("abc", "ab"));
+    }
+
+    #[test]
+    fn a_pattern_of_many_stars_is_matched_in_linear_time() {
+        // psql sends `\dt ******…x` as `.*.*.*…x`: no backtracking, no deep recursion.
+        assert!(matches(&format!("{}x", ".*".repeat(30)), "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaax"));
+        assert!(!matches(&format!("{}y", ".*".repeat(30)), "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaax"));
+        assert!(matches(&".*".repeat(100_000), "anything"));
+        assert!(!matches(&".".repeat(100_000), "short"), "a pattern far longer than any name is refused at once");
     }
 
     #[test]

@@ -55,12 +55,26 @@ fn walk(text: &str, mut code: impl FnMut(usize, char)) {
 }
 
 /// The statements of a simple-query string, split at `;` in plain SQL, trimmed, empty
-/// ones (and ones holding only comments) dropped.
+/// ones (and ones holding only comments) dropped. A `CREATE TRIGGER` statement's body
+/// (`BEGIN … ; … END`) is not split: there a `;` ends the statement only after `END`.
 pub fn split_statements(text: &str) -> Vec<&str> {
     let mut ends = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
     walk(text, |at, c| {
+        if c.is_alphanumeric() || c == '_' {
+            word.extend(c.to_uppercase());
+            return;
+        }
+        if !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
         if c == ';' {
-            ends.push(at);
+            let trigger = words.iter().take(4).any(|word| word == "TRIGGER") && words.first().is_some_and(|first| first == "CREATE");
+            if !trigger || words.last().is_some_and(|last| last == "END") {
+                ends.push(at);
+                words.clear();
+            }
         }
     });
     let mut statements = Vec::new();
@@ -73,6 +87,14 @@ pub fn split_statements(text: &str) -> Vec<&str> {
         start = (end + 1).min(text.len());
     }
     statements
+}
+
+/// `sql` with quoted text and comments left out: what the statement says in SQL itself
+/// (a table named in a string is not a table it reads).
+pub fn plain_code(sql: &str) -> String {
+    let mut code = String::with_capacity(sql.len());
+    walk(sql, |_, c| code.push(c));
+    code
 }
 
 /// Whether any plain SQL (not whitespace, not a comment) is in `text`.
@@ -158,55 +180,146 @@ pub fn rewrite_placeholders(sql: &str) -> (String, usize) {
     (rewritten, highest)
 }
 
-/// PostgreSQL's `expr::type` casts (`::text`, `::varchar(20)`, `::int[]`) in plain SQL
-/// are dropped: SQLite has no such syntax, and its values keep their own types.
-pub fn strip_casts(sql: &str) -> String {
-    let mut cuts: Vec<(usize, usize)> = Vec::new();
+/// PostgreSQL's `operand::type` casts become SQLite's `CAST(operand AS type)`, for an
+/// operand that is one token (a `?N` or `$N` placeholder, a quoted literal, a number, a
+/// name such as `t.x`) or a parenthesized group with the function name before it
+/// (`count(*)::float`). Types map to SQLite's (`int` → INTEGER, `float8` → REAL, `text` →
+/// TEXT, `bytea` → BLOB, `bool` → INTEGER).
+///
+/// # Errors
+/// A cast SQLite could not honour: to a type it has no counterpart for (dates, json, …),
+/// or of an operand that is not one of the above.
+pub fn translate_casts(sql: &str) -> Result<String, String> {
+    let mut casts: Vec<usize> = Vec::new();
     let mut previous: Option<usize> = None;
     walk(sql, |at, c| {
-        if c == ':' && previous == Some(at.wrapping_sub(1)) {
-            cuts.push((at - 1, at + 1));
+        if c == ':' && previous.is_some_and(|before| before + 1 == at) {
+            casts.push(at - 1);
+            previous = None;
+            return;
         }
         previous = (c == ':').then_some(at);
     });
-    if cuts.is_empty() {
-        return sql.to_string();
+    if casts.is_empty() {
+        return Ok(sql.to_string());
     }
-    let mut out = String::with_capacity(sql.len());
+    let mut out = String::with_capacity(sql.len() + 16 * casts.len());
     let mut copied = 0;
-    for (start, after_colons) in cuts {
-        if start < copied {
-            continue;
+    for colons in casts {
+        if colons < copied {
+            return Err("a cast (::) inside another cast's type is not supported; use CAST(x AS type)".to_string());
         }
-        // The type name: words, spaces between words (`double precision`), a (n) and [].
-        let rest = &sql[after_colons..];
-        let mut end = 0;
-        let mut depth = 0usize;
-        for (offset, c) in rest.char_indices() {
-            let keep = match c {
-                '(' | '[' => {
-                    depth += 1;
-                    true
-                }
-                ')' | ']' if depth > 0 => {
-                    depth -= 1;
-                    true
-                }
-                _ if depth > 0 => true,
-                c if c.is_alphanumeric() || c == '_' || c == '.' => true,
-                ' ' => rest[offset..].trim_start().starts_with("precision") || rest[offset..].trim_start().starts_with("varying"),
-                _ => false,
-            };
-            if !keep {
-                break;
-            }
-            end = offset + c.len_utf8();
-        }
-        out.push_str(&sql[copied..start]);
-        copied = after_colons + end;
+        let before = &sql[copied..colons];
+        let operand_start = copied
+            + operand_start(before)
+                .ok_or_else(|| "this :: cast's operand is not a single value, name or function call; write CAST(expression AS type)".to_string())?;
+        let rest = &sql[colons + 2..];
+        let (type_name, type_length) = cast_type(rest);
+        let sqlite_type = sqlite_type(&type_name).ok_or_else(|| {
+            format!("casts to {type_name:?} are not supported: SQLite has no such type (values keep theirs); drop the cast or cast to text, integer or real")
+        })?;
+        out.push_str(&sql[copied..operand_start]);
+        out.push_str("CAST(");
+        out.push_str(sql[operand_start..colons].trim_end());
+        out.push_str(" AS ");
+        out.push_str(sqlite_type);
+        out.push(')');
+        copied = colons + 2 + type_length;
     }
     out.push_str(&sql[copied..]);
-    out
+    Ok(out)
+}
+
+/// Where the operand that ends `before` starts (an offset into `before`).
+fn operand_start(before: &str) -> Option<usize> {
+    let trimmed = before.trim_end();
+    let last = trimmed.chars().next_back()?;
+    let chars: Vec<(usize, char)> = trimmed.char_indices().collect();
+    let mut index = chars.len() - 1;
+    match last {
+        '\'' | '"' => {
+            // A quoted literal: back to its opening quote (doubled quotes inside).
+            loop {
+                index = index.checked_sub(1)?;
+                if chars[index].1 == last {
+                    if index > 0 && chars[index - 1].1 == last {
+                        index -= 1;
+                        continue;
+                    }
+                    return Some(chars[index].0);
+                }
+            }
+        }
+        ')' => {
+            let mut depth = 0usize;
+            loop {
+                match chars[index].1 {
+                    ')' => depth += 1,
+                    '(' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+                index = index.checked_sub(1)?;
+            }
+            // The function's name, if any, goes with its parentheses.
+            while index > 0 && (chars[index - 1].1.is_alphanumeric() || chars[index - 1].1 == '_' || chars[index - 1].1 == '.') {
+                index -= 1;
+            }
+            Some(chars[index].0)
+        }
+        c if c.is_alphanumeric() || c == '_' || c == '.' || c == '?' || c == '$' => {
+            while index > 0 && {
+                let c = chars[index - 1].1;
+                c.is_alphanumeric() || c == '_' || c == '.' || c == '?' || c == '$'
+            } {
+                index -= 1;
+            }
+            Some(chars[index].0)
+        }
+        _ => None,
+    }
+}
+
+/// The type after `::` (words, `(n)`, `[]`), lowercased, and how many bytes it took.
+fn cast_type(rest: &str) -> (String, usize) {
+    let mut end = 0;
+    let mut depth = 0usize;
+    for (offset, c) in rest.char_indices() {
+        let keep = match c {
+            '(' | '[' => {
+                depth += 1;
+                true
+            }
+            ')' | ']' if depth > 0 => {
+                depth -= 1;
+                true
+            }
+            _ if depth > 0 => true,
+            c if c.is_alphanumeric() || c == '_' || c == '.' => true,
+            ' ' => ["precision", "varying", "without", "with", "time", "zone"].iter().any(|word| rest[offset..].trim_start().starts_with(word)) && end > 0,
+            _ => false,
+        };
+        if !keep {
+            break;
+        }
+        end = offset + c.len_utf8();
+    }
+    (rest[..end].trim().to_lowercase(), end)
+}
+
+fn sqlite_type(postgres: &str) -> Option<&'static str> {
+    let base = postgres.split(['(', '[']).next().unwrap_or("").trim().trim_start_matches("pg_catalog.");
+    Some(match base {
+        "int" | "int2" | "int4" | "int8" | "integer" | "bigint" | "smallint" | "bool" | "boolean" | "oid" => "INTEGER",
+        "float" | "float4" | "float8" | "real" | "double precision" | "numeric" | "decimal" => "REAL",
+        "text" | "varchar" | "char" | "character varying" | "character" | "bpchar" | "name" | "regclass" => "TEXT",
+        "bytea" => "BLOB",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -241,10 +354,23 @@ mod tests {
     }
 
     #[test]
-    fn casts_are_dropped_outside_quotes() {
-        assert_eq!(strip_casts("SELECT ?1::text, '1'::int + x::double precision, 'a::b', y::varchar(20)[]"), "SELECT ?1, '1' + x, 'a::b', y");
-        assert_eq!(strip_casts("SELECT 1"), "SELECT 1");
-        assert_eq!(strip_casts("SELECT :name, a::"), "SELECT :name, a");
+    fn casts_become_sqlite_casts_or_a_clear_refusal() {
+        let translated = translate_casts("SELECT ?1::text, '1'::int + t.x::double precision, 'a::b', count(*)::float / 2, y::varchar(20)");
+        assert_eq!(
+            translated.unwrap(),
+            "SELECT CAST(?1 AS TEXT), CAST('1' AS INTEGER) + CAST(t.x AS REAL), 'a::b', CAST(count(*) AS REAL) / 2, CAST(y AS TEXT)"
+        );
+        assert_eq!(translate_casts("SELECT 'it''s'::text").unwrap(), "SELECT CAST('it''s' AS TEXT)");
+        assert_eq!(translate_casts("SELECT 1").unwrap(), "SELECT 1");
+        assert!(translate_casts("SELECT '2024-01-01'::date + 1").unwrap_err().contains("\"date\""));
+        assert!(translate_casts("SELECT 1 + ::int").is_err());
+    }
+
+    #[test]
+    fn a_trigger_body_is_not_split() {
+        let text = "CREATE TRIGGER t AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); UPDATE c SET n = n + 1; END; SELECT 1";
+        assert_eq!(split_statements(text), vec!["CREATE TRIGGER t AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); UPDATE c SET n = n + 1; END", "SELECT 1"]);
+        assert_eq!(plain_code("SELECT 'pg_class' -- pg_catalog\n FROM x"), "SELECT '  FROM x");
     }
 
     proptest! {
@@ -255,7 +381,8 @@ mod tests {
                 prop_assert!(text.contains(statement));
             }
             let _ = keywords(&text, 3);
-            let _ = strip_casts(&text);
+            let _ = translate_casts(&text);
+            let _ = plain_code(&text);
             let (rewritten, _) = rewrite_placeholders(&text);
             prop_assert_eq!(rewritten.replace('?', "$").len(), text.replace('?', "$").len());
         }
@@ -265,7 +392,7 @@ mod tests {
             let text = String::from_utf8_lossy(&bytes);
             let _ = split_statements(&text);
             let _ = rewrite_placeholders(&text);
-            let _ = strip_casts(&text);
+            let _ = translate_casts(&text);
         }
     }
 }

@@ -7,7 +7,8 @@
 //! `BEGIN … COMMIT` is one all-or-nothing write request: the block's writes are held and
 //! sent together at COMMIT (answered with a row count of 0 until then). Reads before the
 //! block's first write are answered as outside it; a read after one is refused, since it
-//! could not see the held writes. Several statements in one
+//! could not see the held writes; so are savepoints. Any error in a block (a parameter
+//! that does not decode included) leaves it able only to roll back. Several statements in one
 //! simple query run one after another, each on its own, stopping at the first error.
 
 mod catalog;
@@ -26,8 +27,7 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use std::collections::HashMap;
@@ -114,8 +114,25 @@ struct SessionState {
     position: Option<Position>,
     /// Inside `BEGIN`: the writes held for COMMIT, and whether one failed.
     block: Option<Block>,
-    /// Results of statements run to answer a Describe, for the Execute that follows.
-    described: HashMap<String, Response>,
+    /// Statements run to answer a Describe, by portal: the Execute that follows sends
+    /// their rows or replays their result, and a second Describe does not run them again.
+    described: HashMap<(String, usize), Described>,
+}
+
+enum Described {
+    /// A query: pgwire holds the rows in the portal; the columns, for another Describe.
+    Rows(Vec<FieldInfo>),
+    /// Anything else, already done: its response, for the Execute.
+    Done(Response),
+}
+
+/// At most this many described portals are remembered.
+const MAX_DESCRIBED: usize = 64;
+
+/// A portal by name and by identity (each Bind makes a new portal, whose state is new),
+/// so a result described for one portal is never replayed for a later one of that name.
+fn portal_key(portal: &Portal<String>) -> (String, usize) {
+    (portal.name.clone(), Arc::as_ptr(&portal.state) as usize)
 }
 
 #[derive(Default)]
@@ -150,9 +167,17 @@ impl Session {
                 return Ok(Response::TransactionStart(Tag::new("BEGIN")));
             }
             "COMMIT" | "END" => return self.commit().await,
+            "ROLLBACK" | "ABORT" if words.iter().skip(1).any(|word| word == "TO") => {
+                self.fail_block();
+                return Err(error("0A000", "savepoints are not supported: a BEGIN block is sent whole at COMMIT; ROLLBACK the block instead"));
+            }
             "ROLLBACK" | "ABORT" => {
                 self.state().block = None;
                 return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
+            }
+            "SAVEPOINT" | "RELEASE" => {
+                self.fail_block();
+                return Err(error("0A000", "savepoints are not supported: a BEGIN block is sent whole at COMMIT"));
             }
             _ => {}
         }
@@ -166,6 +191,13 @@ impl Session {
             }
         }
         outcome
+    }
+
+    /// A statement of the open block failed: the block can only be rolled back.
+    fn fail_block(&self) {
+        if let Some(block) = &mut self.state().block {
+            block.failed = true;
+        }
     }
 
     async fn run_statement(&self, sql: &str, words: &[String], params: Vec<SqlValue>, format: &Format) -> PgWireResult<Response> {
@@ -342,7 +374,8 @@ fn one_value(column: &str, value: String, format: &Format) -> PgWireResult<Respo
 
 /// The value of `SET name = value` / `SET name TO value`, unquoted.
 fn setting_value(sql: &str) -> String {
-    let lower = sql.to_lowercase();
+    // ASCII lowercasing keeps every byte offset valid in `sql` too.
+    let lower = sql.to_ascii_lowercase();
     let after = match (lower.find('='), lower.find(" to ")) {
         (Some(equals), Some(to)) if to < equals => &sql[to + 4..],
         (Some(equals), _) => &sql[equals + 1..],
@@ -398,16 +431,17 @@ fn read_result(reply: ReadReply, format: &Format) -> PgWireResult<Response> {
 
 /// A request-level failure (no leader, timeout, too large) with the SQLSTATE that says so.
 fn request_error(failure: &RequestError) -> PgWireError {
+    // A write durable on the leader but not on enough copies (or whose forward timed out)
+    // may or may not stay: clients must not retry it blindly.
+    let unknown = failure.message.contains("outcome") && failure.message.contains("unknown");
     let code = match failure.status {
-        // The write is durable on the leader but not on enough copies: it may or may not stay.
-        504 if failure.message.contains("outcome unknown") => "08007",
-        503 | 504 => "57P03",
+        _ if unknown => "08007",
+        503 => "57P03",
         413 => "54000",
         400 => "22023",
         409 => "40001",
         _ => "XX000",
     };
-    let code = if failure.message.contains("outcome unknown") { "08007" } else { code };
     error(code, failure.message.clone())
 }
 
@@ -415,14 +449,20 @@ fn request_error(failure: &RequestError) -> PgWireError {
 impl SimpleQueryHandler for Session {
     async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+        // The client is not used: fewer bounds than the trait's are enough.
+        C: ClientInfo + Unpin + Send + Sync,
     {
         let mut responses = Vec::new();
         for sql in lexer::split_statements(query) {
-            match self.run(&lexer::strip_casts(sql), Vec::new(), &Format::UnifiedText).await {
+            let translated = to_sqlite(sql);
+            let outcome = match translated {
+                Ok(sql) => self.run(&sql, Vec::new(), &Format::UnifiedText).await,
+                Err(failure) => {
+                    self.fail_block();
+                    Err(failure)
+                }
+            };
+            match outcome {
                 Ok(response) => responses.push(response),
                 Err(failure) => {
                     // The rest of the string is not run, as PostgreSQL does.
@@ -453,7 +493,12 @@ impl QueryParser for KeepSql {
         if lexer::split_statements(sql).len() > 1 {
             return Err(error("42601", "cannot insert multiple commands into a prepared statement"));
         }
-        Ok(Some(lexer::rewrite_placeholders(&lexer::strip_casts(sql)).0))
+        let translated = to_sqlite(sql)?;
+        let (rewritten, count) = lexer::rewrite_placeholders(&translated);
+        if count > MAX_PARAMETERS {
+            return Err(error("54023", format!("${count}: a statement takes at most {MAX_PARAMETERS} parameters")));
+        }
+        Ok(Some(rewritten))
     }
 
     fn get_parameter_types(&self, sql: &String) -> PgWireResult<Vec<Type>> {
@@ -465,9 +510,20 @@ impl QueryParser for KeepSql {
     }
 }
 
-/// The highest `?N` in rewritten SQL.
+/// PostgreSQL's `::` casts in SQLite's words (catalog queries are answered as written).
+fn to_sqlite(sql: &str) -> PgWireResult<String> {
+    if catalog::is_catalog_query(sql) {
+        return Ok(sql.to_string());
+    }
+    lexer::translate_casts(sql).map_err(|message| error("0A000", message))
+}
+
+/// SQLite's default limit on a statement's parameters.
+const MAX_PARAMETERS: usize = 32_766;
+
+/// The highest `?N` in rewritten SQL (never above `MAX_PARAMETERS`: `parse_sql` refuses).
 fn placeholder_count(sql: &str) -> usize {
-    lexer::rewrite_placeholders(&sql.replace('?', "$")).1
+    lexer::rewrite_placeholders(&sql.replace('?', "$")).1.min(MAX_PARAMETERS)
 }
 
 #[async_trait]
@@ -481,24 +537,20 @@ impl ExtendedQueryHandler for Session {
 
     async fn do_query<C>(&self, _client: &mut C, portal: &Portal<String>, _max_rows: usize) -> PgWireResult<Response>
     where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore<Statement = Self::Statement>,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+        // The client is not used: fewer bounds than the trait's are enough.
+        C: ClientInfo + Unpin + Send + Sync,
     {
-        if let Some(response) = self.state().described.remove(&portal.name) {
+        if let Some(Described::Done(response)) = self.state().described.remove(&portal_key(portal)) {
             return Ok(response);
         }
-        let params = values::parameters(portal)?;
+        let params = values::parameters(portal).inspect_err(|_| self.fail_block())?;
         self.run(&portal.statement.statement, params, &portal.result_column_format).await
     }
 
     async fn do_describe_statement<C>(&self, _client: &mut C, statement: &StoredStatement<String>) -> PgWireResult<DescribeStatementResponse>
     where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore<Statement = Self::Statement>,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+        // The client is not used: fewer bounds than the trait's are enough.
+        C: ClientInfo + Unpin + Send + Sync,
     {
         let count = placeholder_count(&statement.statement).max(statement.parameter_types.len());
         let types = (0..count).map(|index| statement.parameter_types.get(index).cloned().flatten().unwrap_or(Type::TEXT)).collect();
@@ -508,25 +560,42 @@ impl ExtendedQueryHandler for Session {
 
     async fn do_describe_portal<C>(&self, _client: &mut C, portal: &Portal<String>) -> PgWireResult<DescribePortalResponse>
     where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore<Statement = Self::Statement>,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+        // The client is not used: fewer bounds than the trait's are enough.
+        C: ClientInfo + Unpin + Send + Sync,
     {
         // Clients describe a portal before executing it and need its columns first, which
         // SQLite knows only once the statement ran: it runs now, and Execute sends the rows.
-        let params = values::parameters(portal)?;
-        match self.run(&portal.statement.statement, params, &portal.result_column_format).await? {
-            Response::Query(rows) => {
-                let fields = rows.row_schema().to_vec();
-                portal.start(rows).await;
-                Ok(DescribePortalResponse::new(fields))
-            }
-            other => {
-                self.state().described.insert(portal.name.clone(), other);
-                Ok(DescribePortalResponse::no_data())
-            }
+        let key = portal_key(portal);
+        let earlier = match self.state().described.get(&key) {
+            Some(Described::Rows(fields)) => Some(DescribePortalResponse::new(fields.clone())),
+            Some(Described::Done(_)) => Some(DescribePortalResponse::no_data()),
+            None => None,
+        };
+        if let Some(answer) = earlier {
+            return Ok(answer);
         }
+        let params = values::parameters(portal).inspect_err(|_| self.fail_block())?;
+        let outcome = self.run(&portal.statement.statement, params, &portal.result_column_format).await?;
+        let rows = {
+            let mut state = self.state();
+            if state.described.len() >= MAX_DESCRIBED {
+                // Portals described and never executed: forget the oldest answers.
+                state.described.clear();
+            }
+            match outcome {
+                Response::Query(rows) => {
+                    state.described.insert(key, Described::Rows(rows.row_schema().to_vec()));
+                    rows
+                }
+                other => {
+                    state.described.insert(key, Described::Done(other));
+                    return Ok(DescribePortalResponse::no_data());
+                }
+            }
+        };
+        let fields = rows.row_schema().to_vec();
+        portal.start(rows).await;
+        Ok(DescribePortalResponse::new(fields))
     }
 }
 
