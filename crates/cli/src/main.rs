@@ -237,7 +237,7 @@ pub struct ServerArgs {
     /// --ack sync count voters), so a far one never slows a write. Never promoted.
     #[arg(long, value_delimiter = ',')]
     non_voters: Vec<String>,
-    /// Also speak PostgreSQL's wire protocol here (psql, psycopg, node-postgres, pgbench),
+    /// Also speak PostgreSQL's wire protocol here (psql, psycopg and pgbench are tested),
     /// e.g. 127.0.0.1:5433. The SQL is SQLite's. Off by default.
     #[arg(long)]
     pg: Option<String>,
