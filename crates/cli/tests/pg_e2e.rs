@@ -178,6 +178,13 @@ with psycopg.connect(dsn.format({port})) as conn:
     conn.commit()
     cur.execute("SELECT k, v, f, b FROM kv WHERE v = %s", (42,))
     assert cur.fetchall() == [("Andrés", 42, 0.25, b"\x00\x01")]
+    # Many unnamed portals in a row, of different shapes: a column list described for one
+    # is never used for another (a stale one once broke "D" messages here).
+    for i in range(200):
+        cur.execute("SELECT k FROM kv WHERE v = %s", (i,))
+        cur.fetchall()
+        cur.execute("SELECT k, v, f FROM kv WHERE v > %s LIMIT 1", (-100,))
+        assert len(cur.fetchall()[0]) == 3
     cur.execute("SELECT k, v FROM kv WHERE k = %s", ("it's",), binary=True)
     assert cur.fetchall() == [("it's", -7)]
     try:

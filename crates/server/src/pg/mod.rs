@@ -116,8 +116,12 @@ struct SessionState {
     block: Option<Block>,
     /// Statements run to answer a Describe, by portal: the Execute that follows sends
     /// their rows or replays their result, and a second Describe does not run them again.
-    described: HashMap<(String, usize), Described>,
+    /// Each entry holds the portal's own state (`PortalState`), so it is told apart from a
+    /// later portal of the same name by identity (an address it keeps from being reused).
+    described: HashMap<String, (PortalState, Described)>,
 }
+
+type PortalState = Arc<tokio::sync::Mutex<pgwire::api::portal::PortalExecutionState>>;
 
 enum Described {
     /// A query: pgwire holds the rows in the portal; the columns, for another Describe.
@@ -129,10 +133,12 @@ enum Described {
 /// At most this many described portals are remembered.
 const MAX_DESCRIBED: usize = 64;
 
-/// A portal by name and by identity (each Bind makes a new portal, whose state is new),
-/// so a result described for one portal is never replayed for a later one of that name.
-fn portal_key(portal: &Portal<String>) -> (String, usize) {
-    (portal.name.clone(), Arc::as_ptr(&portal.state) as usize)
+impl SessionState {
+    /// What a Describe of this very portal left (each Bind makes a new portal with a new
+    /// state, so a result described for one is never used for a later one of that name).
+    fn described_for(&self, portal: &Portal<String>) -> Option<&Described> {
+        self.described.get(&portal.name).filter(|(state, _)| Arc::ptr_eq(state, &portal.state)).map(|(_, described)| described)
+    }
 }
 
 #[derive(Default)]
@@ -174,6 +180,13 @@ impl Session {
             "ROLLBACK" | "ABORT" => {
                 self.state().block = None;
                 return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
+            }
+            // Drivers (psycopg's prepared-statement cache) free statements they prepared;
+            // pgwire replaces a statement parsed again under the same name, so there is
+            // nothing to free here.
+            "DEALLOCATE" => {
+                let all = words.iter().any(|word| word == "ALL");
+                return Ok(Response::Execution(Tag::new(if all { "DEALLOCATE ALL" } else { "DEALLOCATE" })));
             }
             "SAVEPOINT" | "RELEASE" => {
                 self.fail_block();
@@ -540,7 +553,14 @@ impl ExtendedQueryHandler for Session {
         // The client is not used: fewer bounds than the trait's are enough.
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if let Some(Described::Done(response)) = self.state().described.remove(&portal_key(portal)) {
+        let replay = {
+            let mut state = self.state();
+            match state.described_for(portal) {
+                Some(Described::Done(_)) => state.described.remove(&portal.name).map(|(_, described)| described),
+                _ => None,
+            }
+        };
+        if let Some(Described::Done(response)) = replay {
             return Ok(response);
         }
         let params = values::parameters(portal).inspect_err(|_| self.fail_block())?;
@@ -565,8 +585,7 @@ impl ExtendedQueryHandler for Session {
     {
         // Clients describe a portal before executing it and need its columns first, which
         // SQLite knows only once the statement ran: it runs now, and Execute sends the rows.
-        let key = portal_key(portal);
-        let earlier = match self.state().described.get(&key) {
+        let earlier = match self.state().described_for(portal) {
             Some(Described::Rows(fields)) => Some(DescribePortalResponse::new(fields.clone())),
             Some(Described::Done(_)) => Some(DescribePortalResponse::no_data()),
             None => None,
@@ -584,11 +603,11 @@ impl ExtendedQueryHandler for Session {
             }
             match outcome {
                 Response::Query(rows) => {
-                    state.described.insert(key, Described::Rows(rows.row_schema().to_vec()));
+                    state.described.insert(portal.name.clone(), (portal.state.clone(), Described::Rows(rows.row_schema().to_vec())));
                     rows
                 }
                 other => {
-                    state.described.insert(key, Described::Done(other));
+                    state.described.insert(portal.name.clone(), (portal.state.clone(), Described::Done(other)));
                     return Ok(DescribePortalResponse::no_data());
                 }
             }
