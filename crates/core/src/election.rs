@@ -57,6 +57,12 @@ impl ElectionConfig {
     pub fn election_timeout_min_us(&self) -> Micros {
         self.tick_us * self.election_ticks as Micros
     }
+
+    /// How long a leader handing leadership over waits (writes paused) for the target to
+    /// take over before it resumes writes itself: two election timeouts and 5 s to catch up.
+    pub fn handover_timeout_us(&self) -> Micros {
+        2 * self.election_timeout_min_us() + 5_000_000
+    }
 }
 
 /// What must survive a restart for votes to stay single per term: raft's hard state

@@ -10,13 +10,13 @@ impl Replica {
     /// Leader: hand leadership to `to` (an operator's transfer). Writes pause at once; once
     /// `to` holds everything, raft's leadership transfer makes it campaign, and it
     /// recovers and leads as after any election. Writes resume here if that has not
-    /// happened within two election timeouts.
+    /// happened within `ElectionConfig::handover_timeout_us`.
     ///
     /// # Errors
     /// If this node does not lead, elections are off, or `to` is not another member.
     pub fn transfer_leadership(&mut self, now: Micros, to: &NodeId) -> Result<(), TransferError> {
         let Some(election) = &self.election else { return Err(TransferError::FailoverOff) };
-        let deadline = now + 2 * election.config().election_timeout_min_us() + 5_000_000;
+        let deadline = now + election.config().handover_timeout_us();
         let Role::Leader(leader) = &mut self.role else { return Err(TransferError::NotLeader { leader: self.shared.leader.clone() }) };
         if *to == self.shared.config.id || !self.shared.membership.voters.contains(to) {
             return Err(TransferError::NotAnotherMember { id: to.clone() });
@@ -56,7 +56,7 @@ impl Replica {
     /// everything, and resume here if it does not take over.
     pub(super) fn return_leadership_to_preferred(&mut self, now: Micros) {
         let Some(election) = &self.election else { return };
-        let give_up_after = 2 * election.config().election_timeout_min_us() + 5_000_000;
+        let give_up_after = election.config().handover_timeout_us();
         let may_write = self.accepting_writes(now).is_ok();
         let Role::Leader(leader) = &mut self.role else { return };
         let own = self.shared.config.leader_priority;

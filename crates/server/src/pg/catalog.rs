@@ -25,6 +25,11 @@ struct Relation {
 /// A SELECT whose SQL itself (not a string in it) names the catalog: answered here, and
 /// left as PostgreSQL wrote it (its casts are PostgreSQL's, e.g. `::pg_catalog.regtype`).
 pub fn is_catalog_query(sql: &str) -> bool {
+    let lower = sql.to_lowercase();
+    // The cheap test first: most statements name no catalog at all, quoted or not.
+    if !(lower.contains("pg_catalog.") || lower.contains("information_schema.") || lower.contains("pg_class")) {
+        return false;
+    }
     let code = super::lexer::plain_code(sql).to_lowercase();
     let names_catalog = code.contains("pg_catalog.") || code.contains("information_schema.") || code.contains("pg_class");
     names_catalog && super::lexer::first_keyword(sql) == "SELECT"
@@ -38,11 +43,19 @@ pub async fn answer(node: &Node, sql: &str, format: &Format) -> Option<PgWireRes
 }
 
 async fn respond(node: &Node, sql: &str, lower: &str, format: &Format) -> PgWireResult<Response> {
-    let relations = relations(node).await?;
     let pattern = name_pattern(sql);
+    let list = lower.contains("as \"schema\"") && lower.contains("from pg_catalog.pg_class c");
+    let lookup = lower.starts_with("select c.oid,") && lower.contains("n.nspname") && pattern.is_some();
+    let kind = lower.contains("c.relchecks");
+    let attributes = lower.contains("from pg_catalog.pg_attribute a");
+    if !(list || lookup || kind || attributes) {
+        // Every other catalog question: no rows, and no need to read the schema.
+        return Ok(Response::Query(query_response(&table(&["?column?"], Vec::new()), format)?));
+    }
+    let relations = relations(node).await?;
     let matching = |relation: &&Relation| pattern.as_ref().is_none_or(|pattern| matches(pattern, &relation.name));
     let text = |value: &str| SqlValue::Text(value.to_string());
-    let result = if lower.contains("as \"schema\"") && lower.contains("from pg_catalog.pg_class c") {
+    let result = if list {
         // \dt and \d: the relation list.
         let views = lower.contains("'v'");
         let mut listed: Vec<&Relation> = relations.iter().collect();
@@ -54,11 +67,11 @@ async fn respond(node: &Node, sql: &str, lower: &str, format: &Format) -> PgWire
             .map(|relation| vec![text("public"), text(&relation.name), text(if relation.view { "view" } else { "table" }), text("tern")])
             .collect();
         table(&["Schema", "Name", "Type", "Owner"], rows)
-    } else if lower.starts_with("select c.oid,") && lower.contains("n.nspname") && pattern.is_some() {
+    } else if lookup {
         // \d NAME, first: which relations the name means.
         let rows = relations.iter().filter(matching).map(|relation| vec![SqlValue::Integer(relation.oid), text("public"), text(&relation.name)]).collect();
         table(&["oid", "nspname", "relname"], rows)
-    } else if lower.contains("c.relchecks") {
+    } else if kind {
         // \d NAME, then: what kind of relation it is (psql 15's fifteen columns).
         let relation = relations.iter().find(|relation| lower.contains(&format!("'{}'", relation.oid)));
         let rows = relation
@@ -86,7 +99,7 @@ async fn respond(node: &Node, sql: &str, lower: &str, format: &Format) -> PgWire
             "amname",
         ];
         table(&columns, rows)
-    } else if lower.contains("from pg_catalog.pg_attribute a") {
+    } else {
         // \d NAME, then: its columns.
         let relation = relations.iter().find(|relation| lower.contains(&format!("'{}'", relation.oid)));
         let rows = match relation {
@@ -94,8 +107,6 @@ async fn respond(node: &Node, sql: &str, lower: &str, format: &Format) -> PgWire
             None => Vec::new(),
         };
         table(&["attname", "format_type", "pg_get_expr", "attnotnull", "attcollation", "attidentity", "attgenerated"], rows)
-    } else {
-        table(&["?column?"], Vec::new())
     };
     Ok(Response::Query(query_response(&result, format)?))
 }

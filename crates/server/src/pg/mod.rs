@@ -166,7 +166,6 @@ impl Session {
     async fn run(&self, sql: &str, params: Vec<SqlValue>, format: &Format) -> PgWireResult<Response> {
         let words = lexer::keywords(sql, 3);
         let first = words.first().map_or("", String::as_str);
-        let in_block = self.state().block.is_some();
         match first {
             "BEGIN" | "START" => {
                 self.state().block.get_or_insert_with(Block::default);
@@ -194,16 +193,10 @@ impl Session {
             }
             _ => {}
         }
-        if in_block && self.state().block.as_ref().is_some_and(|block| block.failed) {
+        if self.state().block.as_ref().is_some_and(|block| block.failed) {
             return Err(error("25P02", "current transaction is aborted, commands ignored until end of transaction block"));
         }
-        let outcome = self.run_statement(sql, &words, params, format).await;
-        if outcome.is_err() {
-            if let Some(block) = &mut self.state().block {
-                block.failed = true;
-            }
-        }
-        outcome
+        self.run_statement(sql, &words, params, format).await.inspect_err(|_| self.fail_block())
     }
 
     /// A statement of the open block failed: the block can only be rolled back.
@@ -313,8 +306,8 @@ impl Session {
         if result.is_query {
             let mut response = values::query_response(&result, format)?;
             // RETURNING: pgwire appends the number of rows sent.
-            let (name, oid) = command_name(words);
-            response.set_command_tag(&if oid == Some("0") { format!("{name} 0") } else { name });
+            let (name, count) = command_name(words);
+            response.set_command_tag(&if count == TagCount::OidAndRows { format!("{name} 0") } else { name });
             return Ok(Response::Query(response));
         }
         Ok(Response::Execution(command_tag(words, rows)))
@@ -407,27 +400,36 @@ fn requirement_name(requirement: AckRequirement) -> String {
     }
 }
 
+/// What follows a command's name in its completion tag.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TagCount {
+    None,
+    Rows,
+    /// An OID (always 0), then the rows: INSERT's.
+    OidAndRows,
+}
+
 /// How PostgreSQL names a command in its completion tag (`INSERT`, `CREATE TABLE`, …),
-/// and whether the row count follows (after an OID of 0 for INSERT).
-fn command_name(words: &[String]) -> (String, Option<&'static str>) {
+/// and what follows the name.
+fn command_name(words: &[String]) -> (String, TagCount) {
     let first = words.first().map_or("", String::as_str);
     match first {
-        "INSERT" | "REPLACE" => ("INSERT".to_string(), Some("0")),
-        "UPDATE" | "DELETE" => (first.to_string(), Some("")),
+        "INSERT" | "REPLACE" => ("INSERT".to_string(), TagCount::OidAndRows),
+        "UPDATE" | "DELETE" => (first.to_string(), TagCount::Rows),
         "CREATE" | "DROP" | "ALTER" => {
             let object = words.iter().skip(1).find(|word| !matches!(word.as_str(), "UNIQUE" | "TEMP" | "TEMPORARY" | "VIRTUAL" | "IF"));
-            (format!("{first} {}", object.map_or("", String::as_str)).trim().to_string(), None)
+            (format!("{first} {}", object.map_or("", String::as_str)).trim().to_string(), TagCount::None)
         }
-        other => (other.to_string(), None),
+        other => (other.to_string(), TagCount::None),
     }
 }
 
 /// `INSERT 0 n`, `UPDATE n`, `CREATE TABLE`, … as PostgreSQL tags its commands.
 fn command_tag(words: &[String], rows: usize) -> Tag {
     match command_name(words) {
-        (name, Some("0")) => Tag::new(&name).with_oid(0).with_rows(rows),
-        (name, Some(_)) => Tag::new(&name).with_rows(rows),
-        (name, None) => Tag::new(&name),
+        (name, TagCount::OidAndRows) => Tag::new(&name).with_oid(0).with_rows(rows),
+        (name, TagCount::Rows) => Tag::new(&name).with_rows(rows),
+        (name, TagCount::None) => Tag::new(&name),
     }
 }
 
@@ -525,7 +527,8 @@ impl QueryParser for KeepSql {
 
 /// PostgreSQL's `::` casts in SQLite's words (catalog queries are answered as written).
 fn to_sqlite(sql: &str) -> PgWireResult<String> {
-    if catalog::is_catalog_query(sql) {
+    // Most statements have no cast: no need to walk them twice more.
+    if !sql.contains("::") || catalog::is_catalog_query(sql) {
         return Ok(sql.to_string());
     }
     lexer::translate_casts(sql).map_err(|message| error("0A000", message))
