@@ -15,6 +15,7 @@
 //!   used by the server yet).
 //! - [`row_versions`]: multi-leader's kept versions per row, applied under each table's
 //!   conflict policy with the user table showing the visible one (not used by the server yet).
+//! - [`schema_view`]: client reads of `sqlite_master` see the user's objects, not `_tern_*`.
 //! - [`sql`]: requests and results in rqlite's shapes.
 
 pub mod capture;
@@ -25,12 +26,19 @@ pub mod guard;
 pub mod leaderless;
 pub mod region_log;
 pub mod row_versions;
+pub mod schema_view;
 pub mod sql;
 pub mod sync;
 
 pub use engine::{
-    all_read_only, changes_schema, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch, Change, Engine,
-    Executed, Payload, Reader, RegionPayload, RollbackStore, RolledBack, StorageError, StorageErrorKind, TableConflicts, WriteRequest, DATABASE_FILE,
+    all_read_only, changes_schema, dump_to_statements, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch,
+    Change, Engine, Executed, Payload, Reader, RegionPayload, RollbackStore, RolledBack, StorageError, StorageErrorKind, TableConflicts, WriteRequest,
+    DATABASE_FILE,
 };
 pub use guard::Limits;
+
+/// The version of SQLite this build carries.
+pub fn sqlite_version() -> &'static str {
+    rusqlite::version()
+}
 pub use sql::{parse_statements, JsonStyle, Params, SqlValue, Statement, StatementResult};

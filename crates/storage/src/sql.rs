@@ -47,6 +47,8 @@ pub struct JsonStyle {
     pub associative: bool,
     /// `blob_array`: BLOBs as arrays of byte values instead of base64 strings.
     pub blob_array: bool,
+    /// `timings`: each result's `time`, in seconds.
+    pub timings: bool,
 }
 
 impl SqlValue {
@@ -153,7 +155,7 @@ fn statement_from_json(item: &Json) -> Result<Statement, String> {
 }
 
 /// The outcome of one statement, as rqlite reports it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatementResult {
     /// Set for statements that return rows (queries).
     pub is_query: bool,
@@ -163,6 +165,23 @@ pub struct StatementResult {
     pub last_insert_id: i64,
     pub rows_affected: i64,
     pub error: Option<String>,
+    /// How long the statement ran, in seconds (rqlite's per-result `time` with `timings`).
+    #[serde(default)]
+    pub time_s: f64,
+}
+
+/// Two results are equal when they say the same: how long each took is not compared.
+impl PartialEq for StatementResult {
+    fn eq(&self, other: &StatementResult) -> bool {
+        let StatementResult { is_query, columns, types, values, last_insert_id, rows_affected, error, time_s: _ } = self;
+        *is_query == other.is_query
+            && *columns == other.columns
+            && *types == other.types
+            && *values == other.values
+            && *last_insert_id == other.last_insert_id
+            && *rows_affected == other.rows_affected
+            && *error == other.error
+    }
 }
 
 impl StatementResult {
@@ -199,6 +218,9 @@ impl StatementResult {
         } else {
             object.insert("last_insert_id".into(), json!(self.last_insert_id));
             object.insert("rows_affected".into(), json!(self.rows_affected));
+        }
+        if style.timings && self.error.is_none() {
+            object.insert("time".into(), json!(self.time_s));
         }
         Json::Object(object)
     }
@@ -239,7 +261,7 @@ mod tests {
             ..StatementResult::default()
         };
         assert_eq!(result.to_json()["values"], json!([["AP8=", 7]]));
-        let style = JsonStyle { associative: true, blob_array: true };
+        let style = JsonStyle { associative: true, blob_array: true, timings: false };
         assert_eq!(result.to_json_styled(style), json!({"types": {"b": "blob", "n": "integer"}, "rows": [{"b": [0, 255], "n": 7}]}));
     }
 

@@ -80,10 +80,38 @@ pub(super) async fn remove_member(State(node): State<Arc<Node>>, RawQuery(raw): 
     let Some(id) = params.get("id") else {
         return error_response(&RequestError::new(400, "missing ?id=<node id>"));
     };
+    remove(&node, id).await
+}
+
+async fn remove(node: &Node, id: &str) -> Response {
     match node.change_membership(tern_core::MembershipRequest::Remove { id: id.to_string() }).await {
         Ok(()) => Json(json!({"removing": id, "leader": node.config.id})).into_response(),
         Err(error) => error_response(&error),
     }
+}
+
+/// rqlite's `DELETE /remove` with `{"id": "<node id>"}`: the same as `/cluster/remove`.
+pub(super) async fn remove_node(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let object = match object_body(&body) {
+        Ok(object) => object,
+        Err(response) => return response,
+    };
+    let Some(id) = object.get("id").and_then(Value::as_str) else {
+        return bad_request("expected {\"id\": \"<node id>\"}");
+    };
+    remove(&node, id).await
+}
+
+/// rqlite's `/debug/vars` (Go's expvar): the command line and tern's own counters.
+pub(super) async fn debug_vars(State(node): State<Arc<Node>>) -> Response {
+    Json(json!({
+        "cmdline": std::env::args().collect::<Vec<String>>(),
+        "log": {
+            "entries": node.log_stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+            "bytes": node.log_stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        },
+    }))
+    .into_response()
 }
 
 /// This node's rollback store: entries it removed from its log because the leader of a

@@ -6,7 +6,7 @@ use crate::node::{Node, ReadOptions};
 use crate::wire::{ReadReply, RequestError, WriteReply};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use tern_core::{AckRequirement, Position, ReadLevel};
 use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
 
 mod admin;
+mod backup;
 mod debug;
 mod devices;
 mod leaderless;
@@ -24,6 +25,7 @@ mod regions;
 mod rqlite;
 
 use admin::*;
+use backup::*;
 use debug::*;
 use devices::*;
 pub use leaderless::leaderless_router;
@@ -39,6 +41,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(status))
         .route("/readyz", get(readyz))
         .route("/nodes", get(nodes))
+        .route("/db/backup", get(backup))
+        .route("/db/load", post(load))
+        .route("/remove", axum::routing::delete(remove_node))
+        .route("/debug/vars", get(debug_vars))
         .route("/db/conflicts", get(conflicts))
         .route("/db/conflicts/resolve", post(resolve_conflict))
         .route("/db/conflicts/policy", post(set_policy))
@@ -57,7 +63,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/debug/partition", post(partition))
         .route("/debug/panic", post(panic_storage))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(with_version_header))
         .with_state(node)
+}
+
+/// rqlite's tools read the server's version from this header (its shell prints it on
+/// connecting).
+async fn with_version_header(mut response: Response) -> Response {
+    response.headers_mut().insert("X-RQLITE-VERSION", axum::http::HeaderValue::from_static(concat!("tern-", env!("CARGO_PKG_VERSION"))));
+    response
 }
 
 /// Query-string parameters; flags like `?transaction` have an empty value.
@@ -113,9 +127,9 @@ fn query_statements(params: &Params, body: &[u8]) -> Result<Vec<Statement>, Resp
 }
 
 /// Results as rqlite renders them, in the style the query string asks for
-/// (`associative`, `blob_array`).
+/// (`associative`, `blob_array`, `timings`).
 fn results_json(results: &[StatementResult], params: &Params) -> Vec<Value> {
-    let style = tern_storage::JsonStyle { associative: params.flag("associative"), blob_array: params.flag("blob_array") };
+    let style = tern_storage::JsonStyle { associative: params.flag("associative"), blob_array: params.flag("blob_array"), timings: params.flag("timings") };
     results.iter().map(|result| result.to_json_styled(style)).collect()
 }
 
@@ -186,6 +200,14 @@ mod tests {
         assert_eq!(parse_duration("0.5h").unwrap(), Duration::from_secs(1800));
         assert!(parse_duration("1m30").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn status_times_are_rfc3339() {
+        let at = |seconds: u64| rqlite::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(seconds));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_796_256_245), "2026-12-03T00:04:05Z");
     }
 
     #[test]

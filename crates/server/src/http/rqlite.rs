@@ -97,9 +97,78 @@ pub(super) async fn write_path(node: &Node, statements: Vec<Statement>, params: 
     if let Some(message) = tern_storage::request_shape_error(&request) {
         return bad_request(message);
     }
+    let limit = match write_timeout(params) {
+        Ok(limit) => limit,
+        Err(response) => return response,
+    };
     // Multi-leader: rows homed in another region are written there, unless ?home=local.
-    let reply = node.write(request, requirement, regions, !matches!(params.get("home"), Some("local"))).await;
-    write_response(reply, started, params)
+    let write = node.write(request, requirement, regions, !matches!(params.get("home"), Some("local")));
+    match limit {
+        None => write_response(write.await, started, params),
+        Some(limit) => match tokio::time::timeout(limit, write).await {
+            Ok(reply) => write_response(reply, started, params),
+            Err(_) => timed_out(limit),
+        },
+    }
+}
+
+/// A write's own `timeout=` (rqlite's per-request timeout): how long this request waits
+/// for its write. It can shorten the node's `--write-timeout-ms`, not lengthen it.
+fn write_timeout(params: &Params) -> Result<Option<Duration>, Response> {
+    params.get("timeout").map(parse_duration).transpose().map_err(bad_request)
+}
+
+fn timed_out(limit: Duration) -> Response {
+    error_response(&RequestError::new(
+        503,
+        format!("the write did not finish within timeout={limit:?}: its outcome is unknown (it may still be applied; read before retrying)"),
+    ))
+}
+
+/// rqlite's `queue`: the statements are accepted at once and written with others in a
+/// batch; the answer is a sequence number. With `wait`, it comes once the batch is written.
+async fn queued_write(node: &Arc<Node>, statements: Vec<Statement>, params: &Params, started: Instant) -> Response {
+    if params.flag("transaction") {
+        return bad_request("?queue cannot be combined with ?transaction: a queued request is written in one batch with others (send it without ?queue)");
+    }
+    let requirement = match write_options(params) {
+        Ok(None) => None,
+        Ok(Some(WriteWait::Copies(requirement))) => Some(requirement),
+        Ok(Some(WriteWait::Regions(_))) => return bad_request("?queue cannot be combined with w=regions: (send it without ?queue)"),
+        Err(message) => return bad_request(message),
+    };
+    let limit = match write_timeout(params) {
+        Ok(limit) => limit.unwrap_or(node.config.write_timeout * 2 + Duration::from_secs(5)),
+        Err(response) => return response,
+    };
+    let (sequence, outcome) = match node.enqueue(statements, requirement, params.flag("wait")) {
+        Ok(queued) => queued,
+        Err(error) => return error_response(&error),
+    };
+    if let Some(outcome) = outcome {
+        match tokio::time::timeout(limit, outcome).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(error))) => return error_response(&error),
+            Ok(Err(_)) => return error_response(&RequestError::new(503, "this node's write queue stopped: the outcome is unknown")),
+            Err(_) => return timed_out(limit),
+        }
+    }
+    with_timings(json!({ "results": [], "sequence_number": sequence }), started, params)
+}
+
+/// rqlite's `redirect`: a node that does not lead answers 301 with the same request at
+/// its leader's address, instead of forwarding the request there. `None`: serve it here
+/// (this node leads, or no leader is known and the request's own path says so).
+fn redirect_to_leader(node: &Node, uri: &Uri) -> Option<Response> {
+    let leader = node.published().leader.filter(|leader| *leader != node.config.id)?;
+    let address = node.peers.lock().expect("peers lock").get(&leader).map(|info| info.http_addr.clone()).filter(|address| !address.is_empty());
+    let Some(address) = address else {
+        let mut error = RequestError::new(503, format!("the leader is {leader}, but this node does not know its HTTP address yet: retry shortly"));
+        error.leader = Some(leader);
+        return Some(error_response(&error));
+    };
+    let location = format!("http://{address}{}", uri.path_and_query().map_or(uri.path(), |path| path.as_str()));
+    Some((StatusCode::MOVED_PERMANENTLY, [(axum::http::header::LOCATION, location)], Json(json!({ "leader": leader }))).into_response())
 }
 
 /// What `/db/execute` and `/db/request` share before they differ: the query string, a
@@ -113,7 +182,7 @@ pub(super) fn accept_statements(node: &Node, raw: Option<String>, body: &[u8]) -
     Ok((params, statements))
 }
 
-pub(super) async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+pub(super) async fn execute(State(node): State<Arc<Node>>, uri: Uri, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     let (params, statements) = match accept_statements(&node, raw, &body) {
         Ok(accepted) => accepted,
@@ -121,6 +190,14 @@ pub(super) async fn execute(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
     };
     if statements.is_empty() {
         return Json(json!({ "results": [] })).into_response();
+    }
+    if params.flag("redirect") {
+        if let Some(response) = redirect_to_leader(&node, &uri) {
+            return response;
+        }
+    }
+    if params.flag("queue") {
+        return queued_write(&node, statements, &params, started).await;
     }
     write_path(&node, statements, &params, started).await
 }
@@ -164,13 +241,18 @@ pub(super) fn read_response(reply: ReadReply, token: Option<String>, started: In
     with_timings(body, started, params)
 }
 
-pub(super) async fn query(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+pub(super) async fn query(State(node): State<Arc<Node>>, uri: Uri, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     let params = Params::parse(raw);
     let options = match read_options(&params) {
         Ok(options) => auto_level(&node, &params, options),
         Err(message) => return bad_request(message),
     };
+    if params.flag("redirect") && served_by_leader(options.level) {
+        if let Some(response) = redirect_to_leader(&node, &uri) {
+            return response;
+        }
+    }
     // `level=none` is served from whatever this node holds, as the level promises (bound
     // it with `freshness=`): also before it has heard from a leader, and during elections.
     if options.level != ReadLevel::None {
@@ -198,14 +280,20 @@ pub(super) async fn region_token_of(node: &Node, reply: &ReadReply) -> Option<St
 
 /// rqlite's unified endpoint: reads take the read path at `level=`; anything that writes
 /// goes to the leader as one request (its reads run there too).
-pub(super) async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+pub(super) async fn request(State(node): State<Arc<Node>>, uri: Uri, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     let params = Params::parse(raw);
     let statements = match parse_statements(&body) {
         Ok(statements) => statements,
         Err(message) => return bad_request(message),
     };
-    if node.all_read_only(statements.clone()).await {
+    let read_only = node.all_read_only(statements.clone()).await;
+    if params.flag("redirect") && (!read_only || read_options(&params).is_ok_and(|options| served_by_leader(options.level))) {
+        if let Some(response) = redirect_to_leader(&node, &uri) {
+            return response;
+        }
+    }
+    if read_only {
         let options = match read_options(&params) {
             Ok(options) => auto_level(&node, &params, options),
             Err(message) => return bad_request(message),
@@ -224,6 +312,11 @@ pub(super) async fn request(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
         return response;
     }
     write_path(&node, statements, &params, started).await
+}
+
+/// Is a read at `level` answered by the leader (so `redirect` sends it there)?
+fn served_by_leader(level: ReadLevel) -> bool {
+    matches!(level, ReadLevel::Weak | ReadLevel::Strong | ReadLevel::Linearizable)
 }
 
 /// rqlite's `level=auto`: `none` on a read-only (non-voting) node, else `weak`. (rqlite's
@@ -283,9 +376,33 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
             "commit_index": status.commit_index,
             "ready": published.ready,
             "lag_ms": status.lag_us.map(|us| us as f64 / 1000.0),
-            "http_addr": node.http_addr.lock().expect("http addr lock").clone(),
+                        "http_addr": node.http_addr.lock().expect("http addr lock").clone(),
             "peer_addr": node.config.peer_addr.to_string(),
+            // rqlite's node section.
+            "start_time": rfc3339(std::time::SystemTime::now() - Duration::from_micros(node.now_us())),
+            "current_time": rfc3339(std::time::SystemTime::now()),
+            "uptime": format!("{:.3}s", node.now_us() as f64 / 1e6),
         },
+        // rqlite's sections, which its tools read (the shell's .restore reads store.sqlite3).
+        "store": {
+            "node_id": node.config.id,
+            "dir": node.config.data_dir.display().to_string(),
+            "leader": { "node_id": status.leader, "addr": status.leader.as_ref().and_then(|leader| published.membership.addresses.get(leader)) },
+            "sqlite3": {
+                "version": tern_storage::sqlite_version(),
+                "path": node.config.data_dir.join(tern_storage::DATABASE_FILE).display().to_string(),
+                "db_size": std::fs::metadata(node.config.data_dir.join(tern_storage::DATABASE_FILE)).map(|metadata| metadata.len()).unwrap_or(0),
+                "fk_constraints": "disabled",
+            },
+            "raft": {
+                "state": if status.is_leader { "Leader" } else if status.recovering { "Candidate" } else { "Follower" },
+                "term": status.term,
+                "commit_index": status.commit_index,
+                "applied_index": status.last.index,
+            },
+        },
+        "http": { "bind_addr": node.http_addr.lock().expect("http addr lock").clone(), "auth": "disabled" },
+        "build": { "version": concat!("tern-", env!("CARGO_PKG_VERSION")), "compiler": "rustc" },
         "log": {
             "entries": node.log_stats.entries.load(std::sync::atomic::Ordering::Relaxed),
             "bytes": node.log_stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
@@ -302,6 +419,23 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
         body["regions"] = regions_status(&node).await;
     }
     Json(body).into_response()
+}
+
+/// A time as RFC 3339 in UTC with seconds (`2026-12-02T10:04:05Z`), as rqlite's status shows.
+pub(super) fn rfc3339(time: std::time::SystemTime) -> String {
+    let seconds = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs()) as i64;
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", of_day / 3600, of_day % 3600 / 60, of_day % 60)
 }
 
 pub(super) async fn readyz(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod devices;
 mod driver;
 mod peers;
+mod queue;
 mod reads;
 mod regions;
 mod storage_thread;
@@ -284,6 +285,8 @@ pub struct Node {
     remote_regions: BTreeMap<String, String>,
     /// Multi-leader: moves of homed rows asked of this node and not yet answered.
     pub(crate) moves: Mutex<Vec<regions::MoveInProgress>>,
+    /// rqlite's queued writes, started by the first one.
+    write_queue: std::sync::OnceLock<queue::WriteQueue>,
 }
 
 fn storage_gone() -> RequestError {
@@ -351,6 +354,7 @@ impl Node {
         write_lease.publish(&replica, 0);
         let remote_regions = config.remote_nodes().into_iter().map(|(id, _, region)| (id, region)).collect();
         let node = Arc::new(Node {
+            write_queue: std::sync::OnceLock::new(),
             http_addr: Mutex::new(config.http_addr.to_string()),
             config,
             started,

@@ -144,6 +144,42 @@ impl Node {
         Ok(done)
     }
 
+    /// A copy of the user's database as this node holds it, in one snapshot: a SQLite
+    /// file, or (`Some(tables)`) an SQL text dump of those tables (all when empty).
+    pub async fn backup(&self, dump_tables: Option<Vec<String>>) -> Result<Vec<u8>, String> {
+        let scratch = self.scratch_file("backup");
+        self.with_reader(move |reader| match dump_tables {
+            Some(tables) => reader.dump_sql(&tables).map(String::into_bytes).map_err(|error| error.to_string()),
+            None => {
+                let copied =
+                    reader.backup_file(&scratch).map_err(|error| error.to_string()).and_then(|()| std::fs::read(&scratch).map_err(|error| error.to_string()));
+                let _ = std::fs::remove_file(&scratch);
+                copied
+            }
+        })
+        .await?
+    }
+
+    /// The statements of one write that make this database hold what the SQLite file
+    /// `file` holds (`/db/load`).
+    pub async fn load_statements(&self, file: Vec<u8>) -> Result<Vec<String>, String> {
+        let scratch = self.scratch_file("load");
+        self.with_reader(move |reader| {
+            let statements = std::fs::write(&scratch, &file)
+                .map_err(|error| format!("cannot stage the uploaded file: {error}"))
+                .and_then(|()| reader.load_statements(&scratch).map_err(|error| format!("the uploaded file cannot be read as a SQLite database: {error}")));
+            let _ = std::fs::remove_file(&scratch);
+            statements
+        })
+        .await?
+    }
+
+    /// A path in the data directory for a file that lives for one request.
+    fn scratch_file(&self, purpose: &str) -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        self.config.data_dir.join(format!("{purpose}-{}.tmp", NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+
     /// Multi-leader: every write this node's database holds, per origin region (what a
     /// read here has seen, as a session token).
     pub async fn region_token(&self) -> Option<VersionVector> {

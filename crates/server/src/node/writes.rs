@@ -94,6 +94,9 @@ impl Node {
         let id = self.next_forward_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.forwards.lock().expect("forwards lock").insert(id, tx);
+        // Unregistered however this ends: the reply came, the wait ran out, or the caller
+        // stopped waiting (a client's own `timeout=`).
+        let _slot = ForwardSlot { forwards: &self.forwards, id };
         self.send_to(to, frame(id));
         // Give up as soon as this node stops following that leader (it died or was
         // replaced): the client hears "outcome unknown" now, not after the timeout.
@@ -105,14 +108,10 @@ impl Node {
                 std::future::pending::<()>().await;
             }
         };
-        let reply = tokio::select! {
+        tokio::select! {
             reply = tokio::time::timeout(wait, rx) => reply.ok().and_then(Result::ok),
             () = leader_gone => None,
-        };
-        if reply.is_none() {
-            self.forwards.lock().expect("forwards lock").remove(&id);
         }
-        reply
     }
 
     pub(crate) async fn write_local(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>) -> WriteReply {
@@ -212,6 +211,18 @@ impl Node {
             }
             Err(_) => Err(RequestError::new(503, "replica loop stopped")),
         }
+    }
+}
+
+/// A forwarded request's entry in `Node::forwards`, removed when its wait ends.
+struct ForwardSlot<'node> {
+    forwards: &'node Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
+    id: u64,
+}
+
+impl Drop for ForwardSlot<'_> {
+    fn drop(&mut self) {
+        self.forwards.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.id);
     }
 }
 

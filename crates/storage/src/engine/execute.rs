@@ -309,7 +309,7 @@ impl Engine {
         };
         if read_only {
             let _client = self.policy.scope(&self.connection)?;
-            return Ok((run_client_statement(&self.connection, &self.policy, &sql, params), false));
+            return Ok((run_client_statement(&self.connection, &self.policy, &crate::schema_view::hide_internal_schema(&sql), params), false));
         }
         let ships_as_sql = match self.format {
             LogFormat::Statement => !needs_rows,

@@ -10,7 +10,7 @@
 //!
 //! Here: the entry and request types, the `Engine` itself and opening it. By concern:
 //! `execute` (the leader's write path), `statements` (one client statement), `rowids` and
-//! `maintenance` (`VACUUM`, checkpoints), `apply` (followers), `log`, `snapshot`,
+//! `maintenance` (`VACUUM`, checkpoints), `backup` (`/db/backup` and `/db/load`), `apply` (followers), `log`, `snapshot`,
 //! `checksums`, `reader`, `rollback` (the rollback store) and `error`.
 
 use crate::capture::physical::WalTail;
@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use tern_core::{Entry, LogFormat, Position};
 
 mod apply;
+mod backup;
 mod checksums;
 mod error;
 mod execute;
@@ -38,6 +39,7 @@ mod rowids;
 mod snapshot;
 mod statements;
 
+pub use backup::*;
 pub use checksums::*;
 pub use error::*;
 use log::*;

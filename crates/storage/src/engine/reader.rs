@@ -5,7 +5,7 @@ use super::*;
 /// A read-only connection for serving queries while the writer works (WAL readers see
 /// the last committed state and never block the writer).
 pub struct Reader {
-    connection: Connection,
+    pub(super) connection: Connection,
     policy: ClientPolicy,
 }
 
@@ -52,7 +52,7 @@ impl Reader {
         let mut last = StatementResult::default();
         for piece in &pieces {
             last = match self.policy.scope(&self.connection) {
-                Ok(_client) => run_client_statement(&self.connection, &self.policy, piece, &statement.params),
+                Ok(_client) => run_client_statement(&self.connection, &self.policy, &crate::schema_view::hide_internal_schema(piece), &statement.params),
                 Err(error) => StatementResult::error(describe(&error)),
             };
             if last.error.is_some() {
@@ -77,7 +77,7 @@ impl Reader {
 
     /// Runs `read` in one read transaction (one snapshot of the database), ended by a
     /// guard whatever happens inside.
-    fn in_read_transaction<T>(&self, read: impl FnOnce() -> T) -> Result<T> {
+    pub(super) fn in_read_transaction<T>(&self, read: impl FnOnce() -> T) -> Result<T> {
         let transaction = self.connection.unchecked_transaction()?;
         let outcome = read();
         // Nothing was written: ending it by rollback is the same as a commit, and works

@@ -98,6 +98,7 @@ pub fn run_statement(connection: &Connection, sql: &str, params: &Params) -> Sta
 }
 
 pub(crate) fn run_statement_with(connection: &Connection, policy: Option<&ClientPolicy>, sql: &str, params: &Params) -> StatementResult {
+    let started = std::time::Instant::now();
     let max_bytes = policy.map_or(usize::MAX, |policy| policy.limits().max_result_bytes);
     let mut too_large = false;
     let outcome = (|| -> rusqlite::Result<StatementResult> {
@@ -134,7 +135,9 @@ pub(crate) fn run_statement_with(connection: &Connection, policy: Option<&Client
             "the result is larger than {max_bytes} bytes (--max-result-bytes): select fewer rows or columns, e.g. with LIMIT and OFFSET"
         ));
     }
-    outcome.unwrap_or_else(|error| StatementResult::error(policy.map_or_else(|| describe(&error), |policy| policy.explain(&error))))
+    let mut result = outcome.unwrap_or_else(|error| StatementResult::error(policy.map_or_else(|| describe(&error), |policy| policy.explain(&error))));
+    result.time_s = started.elapsed().as_secs_f64();
+    result
 }
 
 pub(super) const PARAMETERS_NEED_ONE_STATEMENT: &str = "a statement string with parameters must hold one statement: send each as its own [sql, params...] item";
