@@ -265,6 +265,79 @@ impl Raw {
     }
 }
 
+/// node-postgres (npm `pg`), installed into the temp directory when missing.
+fn node_postgres() -> Result<std::path::PathBuf, String> {
+    let directory = std::env::temp_dir().join("tern-test-node-postgres");
+    if directory.join("node_modules/pg/package.json").exists() && installed("node") {
+        return Ok(directory);
+    }
+    if !installed("npm") {
+        let script = "(apt-get install -y -q nodejs npm || (apt-get update -q && apt-get install -y -q nodejs npm)) >/dev/null 2>&1";
+        let _ = Command::new("sh").args(["-c", script]).status();
+    }
+    let _ = Command::new("npm").args(["install", "--prefix", &directory.display().to_string(), "--no-audit", "--no-fund", "pg@8"]).output();
+    if directory.join("node_modules/pg/package.json").exists() && installed("node") {
+        Ok(directory)
+    } else {
+        Err("node with node-postgres is not available, and neither npm nor apt-get could install it".to_string())
+    }
+}
+
+#[test]
+fn node_postgres_runs_parameterized_queries_and_transactions() {
+    let modules = match node_postgres() {
+        Ok(modules) => modules,
+        Err(reason) => {
+            println!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let (_cluster, pg) = cluster_with_pg("pg-node");
+    let (host, port) = pg[0].rsplit_once(':').expect("host:port");
+    let (_, follower_port) = pg[2].rsplit_once(':').expect("host:port");
+    let script = format!(
+        r#"
+const {{ Client }} = require("pg");
+const assert = require("assert");
+(async () => {{
+  const leader = new Client({{ host: "{host}", port: {port}, user: "tern", database: "tern" }});
+  await leader.connect();
+  await leader.query("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT, balance INTEGER, photo BLOB)");
+  await leader.query("INSERT INTO accounts VALUES ($1, $2, $3, $4)", [1, "Andrés", 100, Buffer.from([0, 255])]);
+  await leader.query("INSERT INTO accounts VALUES ($1, $2, $3, NULL)", [2, "日本", 50]);
+  let result = await leader.query("SELECT owner, balance, photo FROM accounts WHERE id = $1", [1]);
+  assert.deepStrictEqual(result.rows, [{{ owner: "Andrés", balance: 100, photo: Buffer.from([0, 255]) }}]);
+  // A transfer in one block: all of it, or (on a failure) none of it.
+  await leader.query("BEGIN");
+  await leader.query("UPDATE accounts SET balance = balance - 30 WHERE id = 1");
+  await leader.query("UPDATE accounts SET balance = balance + 30 WHERE id = 2");
+  await leader.query("COMMIT");
+    // A block's writes run at COMMIT as one request: the duplicate key fails the COMMIT,
+  // and the update before it is not applied either.
+  await leader.query("BEGIN");
+  await leader.query("UPDATE accounts SET balance = balance - 1000 WHERE id = 1");
+  await leader.query("INSERT INTO accounts VALUES (1, 'again', 0, NULL)");
+  await assert.rejects(leader.query("COMMIT"), (error) => error.code === "23505");
+  result = await leader.query("SELECT id, balance FROM accounts ORDER BY id");
+  assert.deepStrictEqual(result.rows, [{{ id: 1, balance: 70 }}, {{ id: 2, balance: 80 }}]);
+  await assert.rejects(leader.query("SELEC 1"), (error) => error.code === "42601");
+  await leader.end();
+  const follower = new Client({{ host: "{host}", port: {follower_port}, user: "tern", database: "tern" }});
+  await follower.connect();
+  await follower.query("SET tern.read_level = 'session'");
+  await follower.query("INSERT INTO accounts VALUES ($1, $2, $3, NULL)", [3, "session", 1]);
+  result = await follower.query("SELECT owner FROM accounts WHERE id = $1", [3]);
+  assert.deepStrictEqual(result.rows, [{{ owner: "session" }}], "read-your-writes on a follower");
+  await follower.end();
+  console.log("node-postgres ok");
+}})().catch((error) => {{ console.error(error); process.exit(1); }});
+"#
+    );
+    let output = Command::new("node").args(["-e", &script]).env("NODE_PATH", modules.join("node_modules")).output().expect("node runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && text.contains("node-postgres ok"), "{text}");
+}
+
 #[test]
 fn hostile_bytes_and_any_text_never_take_the_door_down_or_change_data() {
     let (cluster, pg) = cluster_with_pg("pg-hostile");

@@ -59,9 +59,24 @@ pub fn format_at(format: &Format, index: usize) -> FieldFormat {
     }
 }
 
-/// A result column's PostgreSQL type: from its values when they agree (SQLite columns
-/// hold any type), else from its declared type, else text.
+/// A result column's PostgreSQL type: [`value_type`], with integers as `int4` when every
+/// one fits and the column is not declared `BIGINT`/`INT8` (SQLite's INTEGER is 64-bit,
+/// but PostgreSQL's `integer` is `int4`, and clients such as node-postgres give `int8` as
+/// strings).
 fn column_type(result: &StatementResult, column: usize) -> Type {
+    let kind = value_type(result, column);
+    let declared = result.types.get(column).map(|kind| kind.to_uppercase()).unwrap_or_default();
+    let fits = || result.values.iter().all(|row| !matches!(row.get(column), Some(SqlValue::Integer(number)) if i32::try_from(*number).is_err()));
+    if kind == Type::INT8 && !declared.contains("BIGINT") && !declared.contains("INT8") && fits() {
+        Type::INT4
+    } else {
+        kind
+    }
+}
+
+/// A result column's type from its values when they agree (SQLite columns hold any type),
+/// else from its declared type, else text.
+fn value_type(result: &StatementResult, column: usize) -> Type {
     let mut seen: Option<Type> = None;
     for row in &result.values {
         let here = match row.get(column) {
@@ -130,7 +145,8 @@ pub fn query_response(result: &StatementResult, format: &Format) -> PgWireResult
             let value = row.get(index).unwrap_or(&SqlValue::Null);
             match (field.datatype(), value) {
                 (_, SqlValue::Null) => encoder.encode_field(&None::<String>)?,
-                (&Type::INT8, SqlValue::Integer(number)) => encoder.encode_field(number)?,
+                                (&Type::INT8, SqlValue::Integer(number)) => encoder.encode_field(number)?,
+                (&Type::INT4, SqlValue::Integer(number)) => encoder.encode_field(&i32::try_from(*number).unwrap_or_default())?,
                 (&Type::FLOAT8, SqlValue::Integer(number)) => encoder.encode_field(&(*number as f64))?,
                 (&Type::FLOAT8, SqlValue::Real(number)) => encoder.encode_field(number)?,
                 (&Type::BYTEA, SqlValue::Blob(bytes)) => encoder.encode_field(bytes)?,
@@ -174,8 +190,9 @@ fn parameter(portal: &Portal<String>, index: usize) -> PgWireResult<SqlValue> {
         Type::FLOAT4 => portal.parameter::<f32>(index, &kind)?.map(|number| SqlValue::Real(number.into())),
         Type::FLOAT8 => portal.parameter::<f64>(index, &kind)?.map(SqlValue::Real),
         Type::BOOL => portal.parameter::<bool>(index, &kind)?.map(|flag| SqlValue::Integer(flag.into())),
-        Type::BYTEA => Some(SqlValue::Blob(raw.to_vec())),
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                // Binary bytes of no declared type are bytes: node-postgres sends a Buffer so.
+        Type::BYTEA | Type::UNKNOWN => Some(SqlValue::Blob(raw.to_vec())),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
             Some(SqlValue::Text(String::from_utf8(raw.to_vec()).map_err(|_| error("22021", format!("parameter ${} is not valid UTF-8", index + 1)))?))
         }
         other => {
@@ -217,8 +234,13 @@ mod tests {
             ],
             &["INTEGER", "", "TEXT", "BLOB"],
         );
-        let kinds: Vec<Type> = (0..4).map(|column| column_type(&mixed, column)).collect();
-        assert_eq!(kinds, vec![Type::INT8, Type::FLOAT8, Type::TEXT, Type::BYTEA]);
+                let kinds: Vec<Type> = (0..4).map(|column| column_type(&mixed, column)).collect();
+        assert_eq!(kinds, vec![Type::INT4, Type::FLOAT8, Type::TEXT, Type::BYTEA]);
+        // Integers are int8 when one does not fit in 32 bits, or the column says BIGINT.
+        let wide = result(vec![vec![SqlValue::Integer(1 << 40), SqlValue::Integer(1)]], &["INTEGER", "BIGINT"]);
+        assert_eq!([column_type(&wide, 0), column_type(&wide, 1)], [Type::INT8, Type::INT8]);
+        let empty = result(Vec::new(), &["INT"]);
+        assert_eq!(column_type(&empty, 0), Type::INT4);
     }
 
     #[test]
