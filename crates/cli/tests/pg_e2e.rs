@@ -372,6 +372,25 @@ fn hostile_bytes_and_any_text_never_take_the_door_down_or_change_data() {
         let kinds = session.query(&text);
         assert_eq!(kinds.last(), Some(&b'Z'), "query {text:?} was not answered");
     }
+
+    // Messages over the size limit (--max-body-bytes, 8 MiB by default): one declaring
+    // 1 GB, and one that really is 9 MiB. Each is refused with a FATAL 54000 as its header
+    // arrives, and the connection closes; the door serves the next client as before.
+    let oversized = |declared: u32, body: usize| {
+        let mut stream = Raw::connect(&pg[0]).stream;
+        let mut message = vec![b'Q'];
+        message.extend_from_slice(&declared.to_be_bytes());
+        let _ = stream.write_all(&message);
+        let _ = stream.write_all(&vec![b' '; body]);
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply).to_string();
+        assert!(reply.first() == Some(&b'E') && text.contains("54000") && text.contains("max-body-bytes"), "{text:?}");
+    };
+    oversized(1 << 30, 1024);
+    oversized(9 << 20, 9 << 20);
+    assert!(!Raw::connect(&pg[0]).query("SELECT count(*) FROM t").contains(&b'E'), "the door still serves");
+
     let reply = cluster.nodes[2].client().get("/db/query?level=strong&q=SELECT%20count(*)%20FROM%20t").expect("HTTP answers");
     assert_eq!(reply.body["results"][0]["values"], json!([[2]]), "the table changed: {}", reply.body);
 }

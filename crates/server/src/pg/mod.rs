@@ -13,6 +13,7 @@
 
 mod catalog;
 mod lexer;
+mod relay;
 mod values;
 
 /// Statement splitting and keywords, which `tern shell` shares.
@@ -55,8 +56,9 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
             }
         };
         let handlers = Connection { session: Arc::new(Session::new(node.clone())), startup: startup.clone() };
+        let max_message_bytes = node.config.max_body_bytes;
         tokio::spawn(async move {
-            if let Err(error) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(error) = relay::serve(socket, handlers, max_message_bytes).await {
                 tracing::debug!("PostgreSQL connection ended: {error}");
             }
         });

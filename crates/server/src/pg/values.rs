@@ -145,7 +145,7 @@ pub fn query_response(result: &StatementResult, format: &Format) -> PgWireResult
             let value = row.get(index).unwrap_or(&SqlValue::Null);
             match (field.datatype(), value) {
                 (_, SqlValue::Null) => encoder.encode_field(&None::<String>)?,
-                                (&Type::INT8, SqlValue::Integer(number)) => encoder.encode_field(number)?,
+                (&Type::INT8, SqlValue::Integer(number)) => encoder.encode_field(number)?,
                 (&Type::INT4, SqlValue::Integer(number)) => encoder.encode_field(&i32::try_from(*number).unwrap_or_default())?,
                 (&Type::FLOAT8, SqlValue::Integer(number)) => encoder.encode_field(&(*number as f64))?,
                 (&Type::FLOAT8, SqlValue::Real(number)) => encoder.encode_field(number)?,
@@ -190,7 +190,7 @@ fn parameter(portal: &Portal<String>, index: usize) -> PgWireResult<SqlValue> {
         Type::FLOAT4 => portal.parameter::<f32>(index, &kind)?.map(|number| SqlValue::Real(number.into())),
         Type::FLOAT8 => portal.parameter::<f64>(index, &kind)?.map(SqlValue::Real),
         Type::BOOL => portal.parameter::<bool>(index, &kind)?.map(|flag| SqlValue::Integer(flag.into())),
-                // Binary bytes of no declared type are bytes: node-postgres sends a Buffer so.
+        // Binary bytes of no declared type are bytes: node-postgres sends a Buffer so.
         Type::BYTEA | Type::UNKNOWN => Some(SqlValue::Blob(raw.to_vec())),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
             Some(SqlValue::Text(String::from_utf8(raw.to_vec()).map_err(|_| error("22021", format!("parameter ${} is not valid UTF-8", index + 1)))?))
@@ -234,7 +234,7 @@ mod tests {
             ],
             &["INTEGER", "", "TEXT", "BLOB"],
         );
-                let kinds: Vec<Type> = (0..4).map(|column| column_type(&mixed, column)).collect();
+        let kinds: Vec<Type> = (0..4).map(|column| column_type(&mixed, column)).collect();
         assert_eq!(kinds, vec![Type::INT4, Type::FLOAT8, Type::TEXT, Type::BYTEA]);
         // Integers are int8 when one does not fit in 32 bits, or the column says BIGINT.
         let wide = result(vec![vec![SqlValue::Integer(1 << 40), SqlValue::Integer(1)]], &["INTEGER", "BIGINT"]);
