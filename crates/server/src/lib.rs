@@ -18,6 +18,7 @@ pub mod config;
 pub mod device;
 pub mod http;
 pub mod leaderless;
+pub mod metrics;
 pub mod node;
 pub mod pg;
 pub mod transport;

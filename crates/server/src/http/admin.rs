@@ -102,6 +102,41 @@ pub(super) async fn remove_node(State(node): State<Arc<Node>>, body: Bytes) -> R
     remove(&node, id).await
 }
 
+/// Prometheus metrics: what was counted, with this node's state read now.
+pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    use crate::metrics::{gauge, gauge_of};
+    let Some(handle) = crate::metrics::install() else {
+        return error_response(&RequestError::new(503, "metrics are off: another metrics recorder was installed in this process"));
+    };
+    let id = node.config.id.as_str();
+    let stats = &node.log_stats;
+    gauge("tern_log_entries", id, stats.entries.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    gauge("tern_log_bytes", id, stats.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    gauge("tern_rollback_entries", id, node.rollback_count().await as f64);
+    if let Some(status) = node.status().await {
+        gauge("tern_is_leader", id, f64::from(u8::from(status.is_leader)));
+        gauge("tern_epoch", id, status.epoch as f64);
+        for follower in &status.followers {
+            let behind = status.last.index.saturating_sub(follower.matched);
+            gauge_of("tern_follower_lag_entries", id, "peer", &follower.id, behind as f64);
+            gauge_of("tern_follower_lag_seconds", id, "peer", &follower.id, follower.lag_us as f64 / 1e6);
+            gauge_of("tern_follower_in_sync", id, "peer", &follower.id, f64::from(u8::from(follower.in_sync)));
+        }
+    }
+    if node.config.topology == tern_core::Topology::MultiLeader {
+        for table in node.conflicts().await.unwrap_or_default() {
+            gauge_of("tern_conflicts", id, "table", &table.table, (table.rows.len() + table.unique.len()) as f64);
+        }
+        let regions = node.region_status().await.unwrap_or_default();
+        for (region, holds, _) in &regions.regions {
+            gauge_of("tern_region_lag_seconds", id, "region", region, regions.behind_ms.get(region).copied().unwrap_or(0.0) / 1000.0);
+            let missing = regions.holds.get(&node.config.region).saturating_sub(holds.get(&node.config.region));
+            gauge_of("tern_region_missing_writes", id, "region", region, missing as f64);
+        }
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
 /// rqlite's `/debug/vars` (Go's expvar): the command line and tern's own counters.
 pub(super) async fn debug_vars(State(node): State<Arc<Node>>) -> Response {
     Json(json!({

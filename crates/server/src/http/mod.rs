@@ -45,6 +45,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/load", post(load))
         .route("/remove", axum::routing::delete(remove_node))
         .route("/debug/vars", get(debug_vars))
+        .route("/metrics", get(metrics))
         .route("/db/conflicts", get(conflicts))
         .route("/db/conflicts/resolve", post(resolve_conflict))
         .route("/db/conflicts/policy", post(set_policy))

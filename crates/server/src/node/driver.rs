@@ -277,6 +277,12 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
         published.send_if_modified(|current| {
             if (current.is_leader, current.epoch, &current.leader) != (next_published.is_leader, next_published.epoch, &next_published.leader) {
                 let epoch = next_published.epoch;
+                if next_published.is_leader && !current.is_leader {
+                    crate::metrics::count("tern_leader_elections_total", &node.config.id);
+                }
+                if next_published.leader.is_some() && current.leader != next_published.leader {
+                    crate::metrics::count("tern_leader_changes_total", &node.config.id);
+                }
                 match (&next_published.is_leader, &next_published.leader) {
                     (true, _) => tracing::info!("leading epoch {epoch}"),
                     (false, Some(leader)) => tracing::info!("following {leader} in epoch {epoch}"),

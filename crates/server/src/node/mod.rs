@@ -299,6 +299,7 @@ impl Node {
     /// # Errors
     /// If the database cannot be opened or the peer address cannot be bound.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, String> {
+        crate::metrics::install();
         let mut engine =
             Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);

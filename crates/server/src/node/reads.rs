@@ -5,6 +5,15 @@ use super::*;
 impl Node {
     /// Serves a read at the requested consistency level.
     pub async fn read(&self, statements: Vec<Statement>, options: ReadOptions) -> ReadReply {
+        let started = Instant::now();
+        let level = options.level;
+        let reply = self.read_at_level(statements, options).await;
+        let failed = reply.results.iter().any(|result| result.error.is_some());
+        crate::metrics::read_answered(&self.config.id, level.name(), crate::metrics::outcome(reply.error.as_ref(), failed), started.elapsed());
+        reply
+    }
+
+    async fn read_at_level(&self, statements: Vec<Statement>, options: ReadOptions) -> ReadReply {
         let published = self.published();
         match options.level {
             ReadLevel::None => {

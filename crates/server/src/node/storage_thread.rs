@@ -140,9 +140,11 @@ impl StorageContext {
                     let path = self.engine.directory().join(format!("snapshot-for-{to}.db"));
                     let (format, database) = (self.engine.format(), self.engine.database_path());
                     let events = self.events.clone();
+                    let node_id = self.node_id.clone();
                     let spawned = std::thread::Builder::new().name(format!("tern-snapshot-{to}")).spawn(move || {
                         match tern_storage::write_snapshot_of(format, &database, &path) {
                             Ok(position) => {
+                                crate::metrics::count("tern_snapshots_sent_total", &node_id);
                                 tracing::info!("snapshot at {position} made for {to}");
                                 let _ = events.send(Event::SnapshotReady { to, path, position, rollback_after });
                             }
@@ -159,6 +161,7 @@ impl StorageContext {
                 StorageCommand::InstallSnapshot { path, rollback_after: None } => match self.engine.install_snapshot(&path, false) {
                     Ok(position) => {
                         self.reader_generation.fetch_add(1, Ordering::AcqRel);
+                        crate::metrics::count("tern_snapshots_installed_total", &self.node_id);
                         tracing::info!("snapshot installed at {position}");
                         let _ = self.events.send(Event::SnapshotInstalled(position));
                     }
@@ -169,6 +172,7 @@ impl StorageContext {
                     match outcome {
                         Ok((entries, position)) => {
                             self.reader_generation.fetch_add(1, Ordering::AcqRel);
+                            crate::metrics::count("tern_snapshots_installed_total", &self.node_id);
                             tracing::warn!(
                                 "log diverged after index {common}: {entries} entries moved to the rollback store; snapshot installed at {position}"
                             );
@@ -241,7 +245,12 @@ impl StorageContext {
             batch.into_iter().map(|(request, requirement, _, reply)| (request, requirement, reply)).collect();
         let requests: Vec<WriteRequest> = batch.iter().map(|(request, _, _)| request.clone()).collect();
         let still_leading = || lease.allows(epoch);
-        match self.engine.execute_batch_while(epoch, &requests, &still_leading) {
+        let started = Instant::now();
+        let executed = self.engine.execute_batch_while(epoch, &requests, &still_leading);
+        if matches!(executed, Ok(Executed::Committed(_))) {
+            crate::metrics::committed(&self.node_id, requests.len(), started.elapsed());
+        }
+        match executed {
             Ok(Executed::StoppedLeading) => {
                 for (_, _, reply) in batch {
                     let _ = reply.send(stopped_leading());
@@ -361,8 +370,9 @@ impl StorageContext {
         let held = self.engine.last().index.saturating_sub(self.engine.first_index()) + 1;
         if held > self.log_retain + self.log_retain / 4 + 64 {
             let committed = self.write_lease.compactable_through.load(Ordering::Acquire);
-            if let Err(error) = self.engine.compact(self.log_retain, committed) {
-                tracing::error!("log compaction failed: {error}");
+            match self.engine.compact(self.log_retain, committed) {
+                Ok(()) => crate::metrics::count("tern_log_compactions_total", &self.node_id),
+                Err(error) => tracing::error!("log compaction failed: {error}"),
             }
         }
     }

@@ -20,6 +20,15 @@ impl Node {
     /// home, and the request follows it, up to [`HOME_HOPS`] times (nothing was written
     /// on the way: a region that is not a row's home undoes the request).
     pub async fn write(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>, to_home: bool) -> WriteReply {
+        let started = Instant::now();
+        let ack = if regions.is_some() { "regions" } else { crate::metrics::ack_label(requirement.unwrap_or(self.config.ack.requirement())) };
+        let reply = self.write_following_home(request, requirement, regions, to_home).await;
+        let failed = reply.results.iter().any(|result| result.error.is_some());
+        crate::metrics::write_answered(&self.config.id, ack, crate::metrics::outcome(reply.error.as_ref(), failed), started.elapsed());
+        reply
+    }
+
+    async fn write_following_home(&self, request: WriteRequest, requirement: Option<AckRequirement>, regions: Option<usize>, to_home: bool) -> WriteReply {
         let multi_leader = self.config.topology == tern_core::Topology::MultiLeader;
         let kept = (to_home && multi_leader).then(|| request.clone());
         let mut reply = self.write_in_region(request, requirement, regions).await;
