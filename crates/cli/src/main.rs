@@ -7,6 +7,7 @@ mod bench;
 mod bench_devices;
 mod bench_geo;
 mod bench_leaderless;
+mod changes;
 mod cluster;
 mod conflicts;
 mod demo;
@@ -68,6 +69,9 @@ enum Command {
     /// An interactive SQL shell on any node (line editing, history, aligned tables, dot
     /// commands); `-c SQL` or a pipe runs statements and exits.
     Shell(shell::ShellArgs),
+    /// The change stream: one JSON line per changed row, in log order, resumable with
+    /// --from; --follow keeps waiting for new changes.
+    Changes(changes::ChangesArgs),
 }
 
 #[derive(Subcommand)]
@@ -402,6 +406,7 @@ fn main() {
         Command::Homes(command) => conflicts::run_homes(command),
         Command::Device(args) => device::run(args),
         Command::Shell(args) => shell::run(args),
+        Command::Changes(args) => changes::run(args),
         Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {

@@ -32,8 +32,8 @@ pub mod sync;
 
 pub use engine::{
     all_read_only, changes_schema, dump_to_statements, is_maintenance, page_hashes, request_shape_error, write_logical_snapshot, write_snapshot_of, Batch,
-    Change, Engine, Executed, Payload, Reader, RegionPayload, RollbackStore, RolledBack, StorageError, StorageErrorKind, TableConflicts, WriteRequest,
-    DATABASE_FILE,
+    Change, ChangeCursor, ChangeEvent, ChangePage, ChangesError, Engine, Executed, Payload, Reader, RegionPayload, RollbackStore, RolledBack, StorageError,
+    StorageErrorKind, TableConflicts, WriteRequest, DATABASE_FILE,
 };
 pub use guard::Limits;
 

@@ -18,6 +18,7 @@ use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
 
 mod admin;
 mod backup;
+mod changes;
 mod debug;
 mod devices;
 mod leaderless;
@@ -26,6 +27,7 @@ mod rqlite;
 
 use admin::*;
 use backup::*;
+use changes::*;
 use debug::*;
 use devices::*;
 pub use leaderless::leaderless_router;
@@ -46,6 +48,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/remove", axum::routing::delete(remove_node))
         .route("/debug/vars", get(debug_vars))
         .route("/metrics", get(metrics))
+        .route("/db/changes", get(changes))
         .route("/db/conflicts", get(conflicts))
         .route("/db/conflicts/resolve", post(resolve_conflict))
         .route("/db/conflicts/policy", post(set_policy))

@@ -303,6 +303,7 @@ impl Node {
         let mut engine =
             Engine::open(&config.data_dir, config.log_format).map_err(|error| format!("cannot open database in {}: {error}", config.data_dir.display()))?;
         engine.set_statement_rewrite(config.statement_rewrite);
+        engine.set_origin_region(&config.region);
         engine.settle_topology(config.topology).map_err(|error| format!("cannot start: {error}"))?;
         if config.topology == tern_core::Topology::MultiLeader {
             engine.set_region(&config.region, &config.all_regions()).map_err(|error| format!("cannot run multi-leader: {error}"))?;

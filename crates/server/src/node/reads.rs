@@ -183,6 +183,12 @@ impl Node {
         .await?
     }
 
+    /// A page of the change stream after `after`, from entries this node knows committed.
+    pub async fn change_page(&self, after: tern_storage::ChangeCursor, max_events: usize) -> Result<tern_storage::ChangePage, tern_storage::ChangesError> {
+        let through = self.status().await.map_or(0, |status| status.commit_index);
+        self.with_reader(move |reader| reader.change_page(after, through, max_events)).await.map_err(tern_storage::ChangesError::Storage)?
+    }
+
     /// A path in the data directory for a file that lives for one request.
     fn scratch_file(&self, purpose: &str) -> std::path::PathBuf {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -225,6 +225,9 @@ pub struct ChangedRow {
     /// Updates and deletes: each column's value before the change, where the changeset
     /// carries it (a delete: every column; an update: the key and the columns it set).
     pub old: Vec<Option<SqlValue>>,
+    /// Inserts and updates: each column's value after the change, where the changeset
+    /// carries it (an insert: every column; an update: the columns it set).
+    pub new: Vec<Option<SqlValue>>,
 }
 
 /// Every row `changeset` inserts, updates or deletes, in changeset order.
@@ -317,9 +320,22 @@ pub fn changed_rows(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedRow>> {
                     old.push((!value.is_null()).then(|| sql_value(value)));
                 }
             }
+            let mut new = Vec::new();
+            if op != ffi::SQLITE_DELETE {
+                for column in 0..columns {
+                    let mut value = ptr::null_mut();
+                    // SAFETY: `column` is below the table's column count; a value the
+                    // change does not carry is a null pointer.
+                    let code = unsafe { sqlite3changeset_new(iter, column, &mut value) };
+                    if code != ffi::SQLITE_OK {
+                        return Err(failed(code, "reading a new value"));
+                    }
+                    new.push((!value.is_null()).then(|| sql_value(value)));
+                }
+            }
             // SAFETY: SQLite's NUL-terminated table name, valid while the iterator is here.
             let table = unsafe { CStr::from_ptr(table) }.to_string_lossy().into_owned();
-            rows.push(ChangedRow { table, key, change, old });
+            rows.push(ChangedRow { table, key, change, old, new });
         }
     })();
     // SAFETY: created above, finalized once.

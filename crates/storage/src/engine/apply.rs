@@ -118,6 +118,7 @@ impl Engine {
                         write.execute(params![database_pages + 1, rusqlite::types::Null])?;
                     }
                 }
+                Change::Origin { .. } => {}
                 Change::Rowids(tables) => {
                     self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
                     let set = set_rowids(&self.connection, tables);

@@ -187,7 +187,9 @@ impl Engine {
         let entry = if capture.changes.is_empty() {
             None
         } else {
-            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
+            let mut changes = vec![self.origin()];
+            changes.extend(capture.changes);
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes }.encode() };
             if entry.payload.len() > self.max_entry_bytes {
                 // Nothing could ship it to a follower: refuse it before it is committed.
                 return Err(StorageError::with_kind(

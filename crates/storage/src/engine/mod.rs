@@ -27,6 +27,7 @@ use tern_core::{Entry, LogFormat, Position};
 
 mod apply;
 mod backup;
+mod changes;
 mod checksums;
 mod error;
 mod execute;
@@ -40,6 +41,7 @@ mod snapshot;
 mod statements;
 
 pub use backup::*;
+pub use changes::*;
 pub use checksums::*;
 pub use error::*;
 use log::*;
@@ -76,6 +78,10 @@ pub enum Change {
     /// values (in column order) and rowid. A follower inserting such rows picks rowids of
     /// its own, in changeset order; this sets them to the leader's.
     Rowids(Vec<(String, Vec<(Vec<SqlValue>, i64)>)>),
+    /// Where and when the entry was written (the leader's region, milliseconds since the
+    /// Unix epoch by its clock): what a change stream reports. Applying it does nothing.
+    /// First in the entries of logical formats since stop 30; older entries lack it.
+    Origin { region: String, unix_ms: u64 },
 }
 
 /// What one log entry carries: the changes of one client request, in order.
@@ -181,6 +187,8 @@ pub struct Engine {
     vacuum_pending: bool,
     /// Multi-leader: this engine's region (see `regions`); `None` under single-leader.
     region: Option<RegionState>,
+    /// The region written into each entry's `Change::Origin`.
+    origin_region: String,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -295,6 +303,7 @@ impl Engine {
             vacuum_pending: false,
             max_entry_bytes: MAX_ENTRY_BYTES,
             region: None,
+            origin_region: String::new(),
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
@@ -307,6 +316,17 @@ impl Engine {
 
     /// Statement format: turn the rewriting of non-deterministic functions off (on by
     /// default). Off lets replicas diverge; it exists to demonstrate that.
+    /// The region this node runs in, recorded in the entries it writes as leader.
+    pub fn set_origin_region(&mut self, region: &str) {
+        self.origin_region = region.to_string();
+    }
+
+    /// Where and when an entry written now comes from.
+    pub(super) fn origin(&self) -> Change {
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64);
+        Change::Origin { region: self.origin_region.clone(), unix_ms }
+    }
+
     pub fn set_statement_rewrite(&mut self, enabled: bool) {
         self.rewrite_statements = enabled;
     }

@@ -414,7 +414,9 @@ impl Engine {
             let mut capture = Capture::new();
             let region_writes = body(self, &mut capture)?;
             capture.flush_rows()?;
-            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: capture.changes }.encode() };
+            let mut changes = vec![self.origin()];
+            changes.extend(capture.changes);
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes }.encode() };
             append_log(&self.connection, &entry)?;
             if !still_leading() {
                 return Ok(Executed::StoppedLeading);

@@ -97,6 +97,7 @@ pub(super) fn describe_entry(payload: &[u8]) -> String {
             Change::Pages { pages, .. } => format!("{} page images", pages.len()),
             Change::Vacuum => "VACUUM".to_string(),
             Change::Rowids(tables) => format!("rowids of {} rows", tables.iter().map(|(_, rows)| rows.len()).sum::<usize>()),
+            Change::Origin { region, unix_ms } => format!("written in {region:?} at {unix_ms} ms"),
         })
         .collect();
     parts.join("; ")
