@@ -67,6 +67,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         return crate::demo_multi::run(&args, wan);
     }
     let data_dir = scratch_dir("demo")?;
+    let logs = crate::log_to_file(&data_dir.join("nodes.log")).map(std::path::Path::to_path_buf);
     let (runtime, nodes, addresses) = start_demo_regions(tern_core::Topology::SingleLeader, args.log_format.into(), args.ack.into(), &wan, &data_dir)?;
     let (log_format, ack): (tern_core::LogFormat, tern_core::AckMode) = (args.log_format.into(), args.ack.into());
     println!("tern demo: 3 nodes, single leader in us-east, {} log, --ack {}", log_format.name(), ack.name());
@@ -76,6 +77,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         println!("  {id} {region:<11} {role:<9} leader priority {}  http://{address}", home_priority(id));
     }
     println!("data: {}", data_dir.display());
+    print_logs(logs.as_deref());
+    println!("dashboard: http://{}/ (live while the drill runs)", addresses[0]);
     print_pg(&nodes);
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
 
@@ -175,6 +178,14 @@ fn home_priority(id: &str) -> u8 {
 }
 
 /// How to reach each node with a PostgreSQL client.
+/// Where the nodes' log lines went (or that they stay on stderr, as TERN_LOG asked).
+pub(crate) fn print_logs(path: Option<&std::path::Path>) {
+    match path {
+        Some(path) => println!("node logs: {} (TERN_LOG=info to see them here instead)", path.display()),
+        None => println!("node logs: on stderr (TERN_LOG is set)"),
+    }
+}
+
 pub(crate) fn print_pg(nodes: &[Arc<tern_server::Node>]) {
     for node in nodes {
         if let Some(address) = node.config.pg_addr {

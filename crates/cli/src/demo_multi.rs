@@ -22,6 +22,7 @@ const THINK_TIME: Duration = Duration::from_millis(20);
 
 pub fn run(args: &DemoArgs, wan: WanLatency) -> Result<(), String> {
     let data_dir = scratch_dir("demo-multi")?;
+    let logs = crate::log_to_file(&data_dir.join("nodes.log")).map(std::path::Path::to_path_buf);
     let ack: tern_core::AckMode = args.ack.into();
     let (runtime, nodes, addresses) = crate::demo::start_demo_regions(tern_core::Topology::MultiLeader, tern_core::LogFormat::Row, ack, &wan, &data_dir)?;
     println!("tern demo: 3 regions, multi-leader (each region leads itself and takes writes), row log, --ack {}", ack.name());
@@ -30,6 +31,8 @@ pub fn run(args: &DemoArgs, wan: WanLatency) -> Result<(), String> {
         println!("  {id} {region:<11} leader of {region:<11} http://{address}");
     }
     println!("data: {}", data_dir.display());
+    crate::demo::print_logs(logs.as_deref());
+    println!("dashboard: http://{}/ (live while the drill runs)", addresses[0]);
     crate::demo::print_pg(&nodes);
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
     setup_schema(&addresses[0])?;

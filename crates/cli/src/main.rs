@@ -363,9 +363,43 @@ impl ServerArgs {
     }
 }
 
-/// Logging to stderr, filtered by `TERN_LOG` as `RUST_LOG` filters elsewhere: a level
-/// (`warn`) or per-module directives (`info,tern_server::transport=debug`).
-fn init_tracing() {
+/// Where log lines go once a command names a file (`tern demo`: its data directory, so
+/// the nodes' lines do not interleave its report); stderr until then.
+static LOG_FILE: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.get() {
+            Some(file) => file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).write(bytes),
+            None => std::io::stderr().write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match LOG_FILE.get() {
+            Some(file) => file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).flush(),
+            None => std::io::stderr().flush(),
+        }
+    }
+}
+
+/// Sends log lines to `path` from now on, unless `TERN_LOG` asks for them (then they stay
+/// on stderr). Returns the path when they go there.
+pub fn log_to_file(path: &std::path::Path) -> Option<&std::path::Path> {
+    if std::env::var_os("TERN_LOG").is_some() {
+        return None;
+    }
+    let file = std::fs::File::create(path).ok()?;
+    LOG_FILE.set(std::sync::Mutex::new(file)).ok()?;
+    Some(path)
+}
+
+/// Logging to stderr (or a command's file, see [`log_to_file`]), filtered by `TERN_LOG`
+/// as `RUST_LOG` filters elsewhere: a level (`warn`) or per-module directives
+/// (`info,tern_server::transport=debug`). `plain`: no terminal colours (lines for a file).
+fn init_tracing(plain: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("TERN_LOG") {
         Ok(text) => EnvFilter::try_new(&text).unwrap_or_else(|error| {
@@ -374,7 +408,7 @@ fn init_tracing() {
         }),
         Err(_) => EnvFilter::new("info"),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(!plain).with_writer(|| LogWriter).init();
 }
 
 /// A panic anywhere ends the process. A node whose replica loop or storage thread died
@@ -391,7 +425,7 @@ fn exit_on_panic() {
 
 fn main() {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(matches!(cli.command, Command::Demo(_)) && std::env::var_os("TERN_LOG").is_none());
     exit_on_panic();
     let outcome = match cli.command {
         Command::Server(args) => run_server(*args),

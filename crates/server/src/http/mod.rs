@@ -19,6 +19,7 @@ use tern_storage::{parse_statements, Statement, StatementResult, WriteRequest};
 mod admin;
 mod backup;
 mod changes;
+mod dashboard;
 mod debug;
 mod devices;
 mod leaderless;
@@ -28,6 +29,7 @@ mod rqlite;
 use admin::*;
 use backup::*;
 use changes::*;
+use dashboard::*;
 use debug::*;
 use devices::*;
 pub use leaderless::leaderless_router;
@@ -49,6 +51,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/debug/vars", get(debug_vars))
         .route("/metrics", get(metrics))
         .route("/db/changes", get(changes))
+        .route("/", get(dashboard_page))
+        .route("/dashboard/state", get(dashboard_state))
         .route("/db/conflicts", get(conflicts))
         .route("/db/conflicts/resolve", post(resolve_conflict))
         .route("/db/conflicts/policy", post(set_policy))
