@@ -93,6 +93,13 @@ fn a_resuming_consumer_sees_every_change_once_in_order_across_a_failover() {
 
     // `tern changes` from the 30th row's cursor prints rows 31..=60, then stops.
     let after_30 = seen.iter().find(|event| event["key"] == json!([30])).expect("row 30")["cursor"].as_str().unwrap().to_string();
+    // (A node streams what it knows committed: a follower learns the newest commit with
+    // the leader's next message, so wait until both have row 60.)
+    for index in &alive {
+        eventually(Duration::from_secs(30), "every survivor to stream row 60", || {
+            page(&cluster.nodes[*index], &after_30, 100).is_some_and(|events| events.iter().any(|event| event["key"] == json!([60])))
+        });
+    }
     let nodes: Vec<String> = alive.iter().map(|index| cluster.nodes[*index].http.clone()).collect();
     let output =
         Command::new(env!("CARGO_BIN_EXE_tern")).args(["changes", "--http", &nodes.join(","), "--from", &after_30]).output().expect("tern changes runs");

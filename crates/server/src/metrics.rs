@@ -55,6 +55,13 @@ fn describe() {
     describe_gauge!("tern_conflicts", "Multi-leader: rows with losing versions on record, per table");
     describe_gauge!("tern_region_lag_seconds", Unit::Seconds, "Multi-leader: how long this region has lacked some of another region's writes");
     describe_gauge!("tern_region_missing_writes", "Multi-leader: writes of this region another region still lacks");
+    describe_counter!("tern_leaderless_merges_total", "Leaderless: row versions from peers merged here (anti-entropy, read repair, hints)");
+    describe_counter!("tern_leaderless_repairs_total", "Leaderless: repairs (Merkle comparisons with every peer) asked of this node");
+    describe_gauge!("tern_leaderless_hints_pending", "Leaderless: hints kept for another node, by node");
+    describe_gauge!("tern_leaderless_keys", "Leaderless: keys this node stores");
+    describe_gauge!("tern_leaderless_peers_down", "Leaderless: peers this node cannot reach");
+    describe_gauge!("tern_leaderless_requests_in_flight", "Leaderless: requests this node coordinates now");
+    describe_gauge!("tern_leaderless_keys_with_siblings", "Leaderless: keys holding concurrent versions, by table");
 }
 
 /// What a request came to, as a label.

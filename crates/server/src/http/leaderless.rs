@@ -20,6 +20,7 @@ pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
         .route("/cluster/add", post(add_member))
         .route("/cluster/remove", post(remove_member))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(|| async { "[+]node ok\n" }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
@@ -157,6 +158,29 @@ async fn status(State(node): State<Arc<Leaderless>>) -> Response {
         }
         None => error_response(&RequestError::new(503, "the node is stopping")),
     }
+}
+
+/// Prometheus metrics under leaderless: hints pending per node, keys, peers down, rows
+/// with siblings per table, and the merges and repairs counted as they happen.
+async fn metrics(State(node): State<Arc<Leaderless>>) -> Response {
+    use crate::metrics::{gauge, gauge_of};
+    let Some(handle) = crate::metrics::install() else {
+        return error_response(&RequestError::new(503, "metrics are off: another metrics recorder was installed in this process"));
+    };
+    let Some(status) = node.status().await else {
+        return error_response(&RequestError::new(503, "the node is stopping"));
+    };
+    let id = node.config.id.as_str();
+    for (target, count) in &status.hints {
+        gauge_of("tern_leaderless_hints_pending", id, "for_node", target, *count as f64);
+    }
+    gauge("tern_leaderless_keys", id, status.keys_stored as f64);
+    gauge("tern_leaderless_peers_down", id, status.peers_down.len() as f64);
+    gauge("tern_leaderless_requests_in_flight", id, status.requests_in_flight as f64);
+    for (table, keys) in &status.keys_with_siblings {
+        gauge_of("tern_leaderless_keys_with_siblings", id, "table", table, *keys as f64);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 /// Rows this node holds with concurrent versions: each version's writer, hybrid time and

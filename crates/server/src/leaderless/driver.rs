@@ -719,10 +719,15 @@ impl Driver {
             }
             let Some(output) = output else { return };
             match output {
-                NodeOutput::Merge { key, versions } => merges.push((key, versions)),
+                NodeOutput::Merge { key, versions } => {
+                    // Versions from peers: anti-entropy, read repair and hints handed off.
+                    crate::metrics::count("tern_leaderless_merges_total", &self.node.config.id);
+                    merges.push((key, versions));
+                }
                 NodeOutput::Send { to, message } => self.node.send(&to, LeaderlessFrame::Node(message)),
                 NodeOutput::Answer { id, answer } => self.on_answer(id, answer),
                 NodeOutput::Repaired { id, report } => {
+                    crate::metrics::count("tern_leaderless_repairs_total", &self.node.config.id);
                     if let Some(Wait::Repair { reply }) = self.waits.remove(&id) {
                         let _ = reply.send(report);
                     }

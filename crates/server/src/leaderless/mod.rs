@@ -175,6 +175,7 @@ impl Leaderless {
     /// # Errors
     /// If the store cannot be opened or the peer address bound.
     pub async fn start(config: NodeConfig, http_addr: String) -> Result<Arc<Leaderless>, String> {
+        crate::metrics::install();
         let listener =
             tokio::net::TcpListener::bind(config.peer_addr).await.map_err(|error| format!("cannot listen for peers on {}: {error}", config.peer_addr))?;
         let store = tern_storage::leaderless::LeaderlessStore::open(&config.data_dir, config.limits).map_err(|error| error.to_string())?;

@@ -27,8 +27,11 @@ impl Reader {
         Ok(Reader { connection, policy })
     }
 
-    /// Does `sql` only read? Statements that fail to prepare (or that the client rules
-    /// refuse) count as reads, so their error comes from the read path.
+    /// Does `sql` only read? A statement that fails to prepare (or that the client rules
+    /// refuse) counts as a read when it begins like one (`SELECT`, `VALUES`, `EXPLAIN`), so
+    /// its error comes from the read path; any other goes to the write path. (A write that
+    /// names a table this replica has not received yet fails to prepare here, and must
+    /// still reach the leader.)
     pub(super) fn reads_only(&self, sql: &str) -> bool {
         self.read_only_pieces(sql).is_some()
     }
@@ -37,14 +40,31 @@ impl Reader {
     pub(super) fn read_only_pieces(&self, sql: &str) -> Option<Vec<String>> {
         let _client = self.policy.scope(&self.connection).ok()?;
         let pieces = split_statements(&self.connection, sql);
-        pieces.iter().all(|piece| is_read_only(&self.connection, piece) || self.connection.prepare(piece).is_err()).then_some(pieces)
+        let reads_when_unprepared = |piece: &str| matches!(first_keyword(piece).as_str(), "SELECT" | "VALUES" | "EXPLAIN" | "");
+        pieces
+            .iter()
+            .all(|piece| is_read_only(&self.connection, piece) || (reads_when_unprepared(piece) && self.connection.prepare(piece).is_err()))
+            .then_some(pieces)
+    }
+
+    /// Why `sql` is not served on the read path: its own error where one of its statements
+    /// does not prepare (a refused ATTACH, a table this replica lacks), else that it writes.
+    fn why_not_a_read(&self, sql: &str) -> StatementResult {
+        if let Ok(_client) = self.policy.scope(&self.connection) {
+            for piece in split_statements(&self.connection, sql) {
+                if let Err(error) = self.connection.prepare(&piece) {
+                    return StatementResult::error(self.policy.explain(&error));
+                }
+            }
+        }
+        StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request")
     }
 
     /// One statement string on the read path: several statements in it run in order, and
     /// the last one's result (or the first error) is the answer.
     pub(super) fn query_one(&self, statement: &Statement) -> StatementResult {
         let Some(pieces) = self.read_only_pieces(&statement.sql) else {
-            return StatementResult::error("attempt to change the database in a query: send writes to /db/execute or /db/request");
+            return self.why_not_a_read(&statement.sql);
         };
         if pieces.len() > 1 && statement.params != Params::None {
             return StatementResult::error(PARAMETERS_NEED_ONE_STATEMENT);
@@ -256,7 +276,7 @@ impl Reader {
 }
 
 /// True if every statement only reads (decided by SQLite's own `sqlite3_stmt_readonly`).
-/// Statements that fail to prepare count as reads, so their error comes from the read path.
+/// A statement that fails to prepare counts as a read only when it begins like one (see `Reader::reads_only`).
 pub fn all_read_only(reader: &Reader, statements: &[Statement]) -> bool {
     statements.iter().all(|statement| reader.reads_only(&statement.sql))
 }
