@@ -134,3 +134,22 @@ fn a_cursor_older_than_the_log_is_gone_with_the_oldest_position() {
     let (status, _) = client.request_raw("GET", &format!("/db/changes?from={resume}&limit=5"), None).expect("answers");
     assert_eq!(status, 200, "resuming just before the oldest entry works");
 }
+
+/// Multi-leader: a region's stream carries the other regions' writes as it applied them,
+/// each named by the region that made it.
+#[test]
+fn a_regions_stream_names_the_region_each_write_came_from() {
+    let cluster = Cluster::start_multi_leader("changes-regions", &["us-east", "eu-west", "antarctica"], &[]);
+    let reply = execute(&mut cluster.nodes[0].client(), "?w=regions:all", json!(["CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for (index, region) in [(0, "us-east"), (1, "eu-west"), (2, "antarctica")] {
+        let reply = execute(&mut cluster.nodes[index].client(), "", json!([["INSERT INTO notes VALUES (?, 'hello')", region]]));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    eventually(Duration::from_secs(30), "us-east's stream to hold every region's row, each with its origin", || {
+        let Some(events) = page(&cluster.nodes[0], "0", 1000) else { return false };
+        ["us-east", "eu-west", "antarctica"]
+            .iter()
+            .all(|region| events.iter().any(|event| event["op"] == "insert" && event["key"] == json!([region]) && event["region"] == *region))
+    });
+}

@@ -117,16 +117,15 @@ impl Reader {
 
 /// The events of one entry, numbered from 0.
 fn entry_events(connection: &Connection, position: Position, payload: &Payload, columns: &mut HashMap<String, Vec<String>>) -> Result<Vec<ChangeEvent>> {
-    let origin = payload.changes.iter().find_map(|change| match change {
-        Change::Origin { region, unix_ms } => Some((region.clone(), *unix_ms)),
-        _ => None,
-    });
-    let mut events = Vec::new();
-    let mut push = |op: &'static str, table: Option<String>, key, before, after, sql| {
-        let number = events.len() as u32;
-        events.push(ChangeEvent { position, number, op, table, key, before, after, sql, origin: origin.clone() });
-    };
+    // The changes after an origin marker are its: an entry of a multi-leader region that
+    // applies other regions' writes holds one marker per write.
+    let mut origin: Option<(String, u64)> = None;
+    let mut events: Vec<ChangeEvent> = Vec::new();
     for change in &payload.changes {
+        let mut push = |op: &'static str, table: Option<String>, key, before, after, sql| {
+            let number = events.len() as u32;
+            events.push(ChangeEvent { position, number, op, table, key, before, after, sql, origin: origin.clone() });
+        };
         match change {
             Change::Sql { sql, params } => push("statement", None, Vec::new(), None, None, Some((sql.clone(), params.clone()))),
             Change::Vacuum => push("statement", None, Vec::new(), None, None, Some(("VACUUM".to_string(), Params::None))),
@@ -158,7 +157,8 @@ fn entry_events(connection: &Connection, position: Position, payload: &Payload, 
                     push(op, Some(row.table), row.key, before, after, None);
                 }
             }
-            Change::Pages { .. } | Change::Rowids(_) | Change::Origin { .. } => {}
+            Change::Origin { region, unix_ms } => origin = Some((region.clone(), *unix_ms)),
+            Change::Pages { .. } | Change::Rowids(_) => {}
         }
     }
     Ok(events)

@@ -78,9 +78,11 @@ pub enum Change {
     /// values (in column order) and rowid. A follower inserting such rows picks rowids of
     /// its own, in changeset order; this sets them to the leader's.
     Rowids(Vec<(String, Vec<(Vec<SqlValue>, i64)>)>),
-    /// Where and when the entry was written (the leader's region, milliseconds since the
-    /// Unix epoch by its clock): what a change stream reports. Applying it does nothing.
-    /// First in the entries of logical formats since stop 30; older entries lack it.
+    /// Where and when the changes after it were written (the leader's region, milliseconds
+    /// since the Unix epoch by its clock; under multi-leader, before each other region's
+    /// write an entry applies, that write's region and time): what a change stream
+    /// reports. Applying it does nothing. First in the entries of logical formats since
+    /// stop 30; older entries lack it.
     Origin { region: String, unix_ms: u64 },
 }
 

@@ -445,9 +445,10 @@ impl Engine {
         let payloads = writes.iter().map(|write| RegionPayload::decode(&write.payload)).collect::<Result<Vec<_>>>()?;
         let executed = self.logged_transaction(epoch, still_leading, &|engine, capture| {
             for (write, payload) in writes.iter().zip(&payloads) {
-                if !payload.schema.is_empty() {
-                    capture.flush_rows()?;
-                }
+                // Each write's rows in a changeset of their own, after a marker of where
+                // and when it was made: the change stream names its origin region.
+                capture.flush_rows()?;
+                capture.changes.push(Change::Origin { region: write.dot.region.clone(), unix_ms: payload.stamp.time.wall_us / 1000 });
                 for (sql, params) in &payload.schema {
                     let result = run_statement(&engine.connection, sql, params);
                     match result.error {
