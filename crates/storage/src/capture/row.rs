@@ -31,6 +31,9 @@ const SQLITE_CHANGESETAPPLY_FKNOACTION: c_int = 0x0008;
 type TableFilter = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 type ConflictHandler = unsafe extern "C" fn(*mut c_void, c_int, *mut RawChangesetIter) -> c_int;
 
+/// `sqlite3changeset_old` or `sqlite3changeset_new`: one column's value of the current change.
+type ValueReader = unsafe extern "C" fn(*mut RawChangesetIter, c_int, *mut *mut ffi::sqlite3_value) -> c_int;
+
 extern "C" {
     fn sqlite3session_create(db: *mut ffi::sqlite3, db_name: *const c_char, session: *mut *mut RawSession) -> c_int;
     fn sqlite3session_delete(session: *mut RawSession);
@@ -289,50 +292,28 @@ pub fn changed_rows(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedRow>> {
                 }
                 key.push(sql_value(value));
             }
+            // Each column's value where the change carries it (SQLite gives a null pointer
+            // for one it does not: an update's unchanged columns).
+            let values = |read: ValueReader, what: &str| -> rusqlite::Result<Vec<Option<SqlValue>>> {
+                (0..columns)
+                    .map(|column| {
+                        let mut value = ptr::null_mut();
+                        // SAFETY: `column` is below the table's column count; `value` is an out-pointer.
+                        let code = unsafe { read(iter, column, &mut value) };
+                        if code != ffi::SQLITE_OK {
+                            return Err(failed(code, what));
+                        }
+                        Ok((!value.is_null()).then(|| sql_value(value)))
+                    })
+                    .collect()
+            };
+            let old = if op == ffi::SQLITE_INSERT { Vec::new() } else { values(sqlite3changeset_old, "reading an old value")? };
+            let new = if op == ffi::SQLITE_DELETE { Vec::new() } else { values(sqlite3changeset_new, "reading a new value")? };
             let change = match op {
                 ffi::SQLITE_INSERT => RowChange::Insert,
                 ffi::SQLITE_DELETE => RowChange::Delete,
-                _ => {
-                    let mut set = Vec::with_capacity(columns.max(0) as usize);
-                    for column in 0..columns {
-                        let mut value = ptr::null_mut();
-                        // SAFETY: `column` is below the table's column count; an update
-                        // carries a new value only for the columns it set (else null).
-                        let code = unsafe { sqlite3changeset_new(iter, column, &mut value) };
-                        if code != ffi::SQLITE_OK {
-                            return Err(failed(code, "reading an updated value"));
-                        }
-                        set.push(!value.is_null());
-                    }
-                    RowChange::Update { columns: set }
-                }
+                _ => RowChange::Update { columns: new.iter().map(Option::is_some).collect() },
             };
-            let mut old = Vec::new();
-            if op != ffi::SQLITE_INSERT {
-                for column in 0..columns {
-                    let mut value = ptr::null_mut();
-                    // SAFETY: `column` is below the table's column count; a value the
-                    // change does not carry is a null pointer.
-                    let code = unsafe { sqlite3changeset_old(iter, column, &mut value) };
-                    if code != ffi::SQLITE_OK {
-                        return Err(failed(code, "reading an old value"));
-                    }
-                    old.push((!value.is_null()).then(|| sql_value(value)));
-                }
-            }
-            let mut new = Vec::new();
-            if op != ffi::SQLITE_DELETE {
-                for column in 0..columns {
-                    let mut value = ptr::null_mut();
-                    // SAFETY: `column` is below the table's column count; a value the
-                    // change does not carry is a null pointer.
-                    let code = unsafe { sqlite3changeset_new(iter, column, &mut value) };
-                    if code != ffi::SQLITE_OK {
-                        return Err(failed(code, "reading a new value"));
-                    }
-                    new.push((!value.is_null()).then(|| sql_value(value)));
-                }
-            }
             // SAFETY: SQLite's NUL-terminated table name, valid while the iterator is here.
             let table = unsafe { CStr::from_ptr(table) }.to_string_lossy().into_owned();
             rows.push(ChangedRow { table, key, change, old, new });
