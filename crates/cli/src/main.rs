@@ -72,6 +72,28 @@ enum Command {
     /// The change stream: one JSON line per changed row, in log order, resumable with
     /// --from; --follow keeps waiting for new changes.
     Changes(changes::ChangesArgs),
+    /// Client authentication: `tern auth hash` reads a password on standard input and
+    /// prints its bcrypt hash, for an --auth file.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Read a password (one line) on standard input; print its bcrypt hash.
+    Hash,
+}
+
+fn run_auth(command: AuthCommand) -> Result<(), String> {
+    let AuthCommand::Hash = command;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|error| format!("cannot read the password: {error}"))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err("no password on standard input: echo -n 'secret' | tern auth hash".to_string());
+    }
+    println!("{}", tern_server::auth::hash_password(password)?);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -245,6 +267,12 @@ pub struct ServerArgs {
     /// e.g. 127.0.0.1:5433. The SQL is SQLite's. Off by default.
     #[arg(long)]
     pg: Option<String>,
+    /// Users, their bcrypt-hashed passwords and permissions (rqlite's auth file format: a
+    /// JSON list of {"username", "password", "perms"}; user "*" is anyone). Every HTTP
+    /// request then needs HTTP basic auth with the permission its endpoint needs.
+    /// `tern auth hash` makes a hash.
+    #[arg(long)]
+    auth: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -327,7 +355,15 @@ impl ServerArgs {
         if !same_group(&leader) {
             return Err(format!("--leader {leader} is not in region {}: under multi-leader each region leads itself", self.region));
         }
+        let auth = self.auth.as_deref().map(tern_server::auth::Users::load).transpose()?.map(std::sync::Arc::new);
+        if auth.is_some() && self.pg.is_some() {
+            return Err("--auth with --pg: the PostgreSQL door does not check passwords yet, so it would let anyone in; run one without the other".to_string());
+        }
+        if auth.is_some() && self.topology == TopologyArg::Leaderless {
+            return Err("--auth is not built for the leaderless topology yet: its HTTP API would stay open".to_string());
+        }
         Ok(NodeConfig {
+            auth,
             data_dir: self.data.clone().unwrap_or_else(|| PathBuf::from(&self.id)),
             region: self.region,
             http_addr,
@@ -441,6 +477,7 @@ fn main() {
         Command::Device(args) => device::run(args),
         Command::Shell(args) => shell::run(args),
         Command::Changes(args) => changes::run(args),
+        Command::Auth(command) => run_auth(command),
         Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {

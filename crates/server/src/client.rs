@@ -22,6 +22,8 @@ pub struct HttpClient {
     timeout: Duration,
     runtime: tokio::runtime::Runtime,
     connection: Option<SendRequest<Full<Bytes>>>,
+    /// Sent as the `Authorization` header of every request.
+    authorization: Option<String>,
 }
 
 /// A response: status code and body parsed as JSON (or a string if it is not JSON).
@@ -39,7 +41,20 @@ impl HttpClient {
     pub fn new(addr: &str) -> HttpClient {
         let addr = addr.trim_start_matches("http://").trim_end_matches('/').to_string();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime");
-        HttpClient { addr, timeout: Duration::from_secs(30), runtime, connection: None }
+        HttpClient { addr, timeout: Duration::from_secs(30), runtime, connection: None, authorization: None }
+    }
+
+    /// Sends HTTP basic auth with every request.
+    pub fn with_basic_auth(self, user: &str, password: &str) -> HttpClient {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.with_authorization(Some(format!("Basic {encoded}")))
+    }
+
+    /// Sends this `Authorization` header with every request (`None`: none).
+    pub fn with_authorization(mut self, header: Option<String>) -> HttpClient {
+        self.authorization = header;
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -90,11 +105,12 @@ impl HttpClient {
     }
 
     fn try_request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Bytes)> {
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.addr)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+        let mut builder =
+            hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.addr).header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = builder
             .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
         let (addr, connection) = (&self.addr, &mut self.connection);

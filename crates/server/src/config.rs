@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub non_voters: BTreeSet<NodeId>,
     /// Where to speak PostgreSQL's wire protocol (`--pg`); off when `None`.
     pub pg_addr: Option<SocketAddr>,
+    /// Users and their permissions (`--auth FILE`); `None`: anyone may do anything.
+    pub auth: Option<std::sync::Arc<crate::auth::Users>>,
 }
 
 /// Leaderless settings (`--replicas`, `--default-w`, `--default-r`,
@@ -123,6 +125,7 @@ impl NodeConfig {
             leader_priority: 1,
             non_voters: BTreeSet::new(),
             pg_addr: None,
+            auth: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //!   on a thread of its own with its SQLite store, its peer links and its HTTP API.
 //! - [`device`]: an offline-first device replica that syncs with a cluster (issue 15).
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod device;

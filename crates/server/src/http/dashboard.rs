@@ -12,7 +12,9 @@ pub(super) async fn dashboard_page() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
 
-pub(super) async fn dashboard_state(State(node): State<Arc<Node>>) -> Response {
+pub(super) async fn dashboard_state(State(node): State<Arc<Node>>, headers: axum::http::HeaderMap) -> Response {
+    // With --auth, the members are asked with the caller's own credentials.
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).map(str::to_string);
     let published = node.published();
     let peers = node.peers.lock().expect("peers lock").clone();
     let own_http = node.http_addr.lock().expect("http addr lock").clone();
@@ -34,7 +36,7 @@ pub(super) async fn dashboard_state(State(node): State<Arc<Node>>) -> Response {
             .into_iter()
             .map(|(id, http, region)| {
                 let answers = http.map(|address| {
-                    let mut client = HttpClient::new(&address).with_timeout(Duration::from_millis(800));
+                    let mut client = HttpClient::new(&address).with_timeout(Duration::from_millis(800)).with_authorization(authorization.clone());
                     let status = client.get("/status").ok().filter(|reply| reply.status == 200).map(|reply| reply.body);
                     let metrics = client
                         .request_raw("GET", "/metrics", None)

@@ -72,7 +72,40 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/debug/panic", post(panic_storage))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(with_version_header))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authorize))
         .with_state(node)
+}
+
+/// With `--auth`: who the caller is (HTTP basic auth) and whether they may make this
+/// request; a 401 or 403 before any handler runs otherwise. The caller goes with the
+/// request (`/db/request` checks `execute` for writes).
+async fn authorize(State(node): State<Arc<Node>>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(users) = node.config.auth.clone() else { return next.run(request).await };
+    let needed = crate::auth::needed(request.method().as_str(), request.uri().path());
+    let header = request.headers().get(axum::http::header::AUTHORIZATION).map(|value| value.as_bytes().to_vec());
+    // bcrypt takes milliseconds: off the async workers.
+    let caller = tokio::task::spawn_blocking(move || users.caller(header.as_deref())).await;
+    let refusal = match caller {
+        Ok(Ok(caller)) if caller.may(needed) => {
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
+        Ok(Ok(caller)) => caller.refusal(needed),
+        Ok(Err(refusal)) => refusal,
+        Err(_) => return error_response(&RequestError::new(500, "checking credentials failed")),
+    };
+    refusal_response(&refusal)
+}
+
+fn refusal_response(refusal: &crate::auth::Refusal) -> Response {
+    match refusal {
+        crate::auth::Refusal::Unauthenticated(message) => {
+            let mut response = error_response(&RequestError::new(401, message.clone()));
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Basic realm=\"tern\""));
+            response
+        }
+        crate::auth::Refusal::Forbidden(message) => error_response(&RequestError::new(403, message.clone())),
+    }
 }
 
 /// rqlite's tools read the server's version from this header (its shell prints it on

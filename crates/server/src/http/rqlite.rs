@@ -280,7 +280,13 @@ pub(super) async fn region_token_of(node: &Node, reply: &ReadReply) -> Option<St
 
 /// rqlite's unified endpoint: reads take the read path at `level=`; anything that writes
 /// goes to the leader as one request (its reads run there too).
-pub(super) async fn request(State(node): State<Arc<Node>>, uri: Uri, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+pub(super) async fn request(
+    State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let params = Params::parse(raw);
     let statements = match parse_statements(&body) {
@@ -288,6 +294,12 @@ pub(super) async fn request(State(node): State<Arc<Node>>, uri: Uri, RawQuery(ra
         Err(message) => return bad_request(message),
     };
     let read_only = node.all_read_only(statements.clone()).await;
+    // The middleware let a `query` caller in; a write needs `execute` too.
+    if let Some(axum::Extension(caller)) = &caller {
+        if !read_only && !caller.may(crate::auth::Permission::Execute) {
+            return refusal_response(&caller.refusal(crate::auth::Permission::Execute));
+        }
+    }
     if params.flag("redirect") && (!read_only || read_options(&params).is_ok_and(|options| served_by_leader(options.level))) {
         if let Some(response) = redirect_to_leader(&node, &uri) {
             return response;

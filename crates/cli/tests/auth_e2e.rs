@@ -1,0 +1,106 @@
+//! `--auth` on real processes: requests without credentials, with a wrong password, or
+//! without the permission their endpoint needs are refused (401, 401, 403) and change
+//! nothing, through the leader and through a follower; health endpoints stay open where
+//! the file says so. Passwords are hashed by `tern auth hash`.
+
+mod support;
+
+use serde_json::json;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use support::*;
+use tern_server::client::HttpClient;
+
+fn hash(password: &str) -> String {
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_tern")).args(["auth", "hash"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("tern auth hash runs");
+    child.stdin.take().expect("stdin").write_all(password.as_bytes()).expect("password written");
+    let output = child.wait_with_output().expect("tern auth hash ends");
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).expect("text").trim().to_string();
+    assert!(hash.starts_with("$2") && !hash.contains(password), "a bcrypt hash, not the password: {hash}");
+    hash
+}
+
+#[test]
+fn credentials_and_permissions_guard_every_node() {
+    let scratch = std::env::temp_dir().join(format!("tern-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let file = scratch.join("users.json");
+    let users = json!([
+        {"username": "admin", "password": hash("admin-pw"), "perms": ["all"]},
+        {"username": "reader", "password": hash("reader-pw"), "perms": ["query"]},
+        {"username": "*", "perms": ["ready", "status"]}
+    ]);
+    std::fs::write(&file, users.to_string()).expect("auth file written");
+    let cluster = Cluster::start("auth", 3, &["--auth", &file.display().to_string()]);
+    let leader = cluster.leader();
+    let follower = cluster.nodes.iter().find(|node| node.id != leader.id).expect("a follower");
+    let as_user = |node: &ServerNode, user: &str, password: &str| HttpClient::new(&node.http).with_basic_auth(user, password);
+
+    let mut admin = as_user(follower, "admin", "admin-pw");
+    let reply = admin.post_json("/db/execute", &json!(["CREATE TABLE secrets (v TEXT)", "INSERT INTO secrets VALUES ('one')"])).expect("answers");
+    assert_eq!(reply.status, 200, "admin writes through a follower: {}", reply.body);
+
+    let insert = json!(["INSERT INTO secrets VALUES ('intruder')"]);
+    for node in [leader, follower] {
+        let reply = node.client().post_json("/db/execute", &insert).expect("answers");
+        assert_eq!(reply.status, 401, "no credentials on {}: {}", node.id, reply.body);
+        let reply = as_user(node, "admin", "guess").post_json("/db/execute", &insert).expect("answers");
+        assert_eq!(reply.status, 401, "a wrong password on {}: {}", node.id, reply.body);
+        let reply = as_user(node, "nobody", "admin-pw").post_json("/db/execute", &insert).expect("answers");
+        assert_eq!(reply.status, 401, "an unknown user on {}: {}", node.id, reply.body);
+        let mut reader = as_user(node, "reader", "reader-pw");
+        let reply = reader.post_json("/db/execute", &insert).expect("answers");
+        assert_eq!(reply.status, 403, "a reader's write on {}: {}", node.id, reply.body);
+        assert!(reply.body["error"].as_str().unwrap_or("").contains("execute"), "{}", reply.body);
+        let reply = reader.post_json("/db/request", &insert).expect("answers");
+        assert_eq!(reply.status, 403, "a reader's write through /db/request on {}: {}", node.id, reply.body);
+        let reply = reader.post_json("/db/request", &json!(["SELECT count(*) FROM secrets"])).expect("answers");
+        assert_eq!(reply.status, 200, "a reader's read through /db/request on {}: {}", node.id, reply.body);
+        let reply = reader.get("/db/query?q=SELECT%20v%20FROM%20secrets&level=strong").expect("answers");
+        assert_eq!(reply.body["results"][0]["values"], json!([["one"]]), "a reader reads on {}: {}", node.id, reply.body);
+        for (method, path) in
+            [("GET", "/db/backup"), ("POST", "/db/load"), ("POST", "/cluster/remove?id=n3"), ("POST", "/cluster/transfer-leader?to=n2"), ("DELETE", "/remove")]
+        {
+            let reply = reader.request(method, path, Some(b"{\"id\": \"n3\"}")).expect("answers");
+            assert_eq!(reply.status, 403, "{method} {path} as a reader on {}: {}", node.id, reply.body);
+            let reply = node.client().request(method, path, Some(b"{\"id\": \"n3\"}")).expect("answers");
+            assert_eq!(reply.status, 401, "{method} {path} without credentials on {}: {}", node.id, reply.body);
+        }
+        // Left open by the "*" entry.
+        assert_eq!(node.client().get("/readyz").expect("answers").status, 200);
+        assert_eq!(node.client().get("/status").expect("answers").status, 200);
+        assert_eq!(node.client().get("/db/query?q=SELECT%201").expect("answers").status, 401);
+    }
+    let reply = as_user(leader, "admin", "admin-pw").get("/db/query?q=SELECT%20count(*)%20FROM%20secrets&level=strong").expect("answers");
+    assert_eq!(reply.body["results"][0]["values"], json!([[1]]), "nothing refused was written: {}", reply.body);
+    let reply = as_user(leader, "admin", "admin-pw").get("/cluster").expect("answers");
+    assert_eq!(reply.body["voters"].as_array().map(Vec::len), Some(3), "nobody was removed: {}", reply.body);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn an_auth_file_with_plain_passwords_is_refused_at_start() {
+    let scratch = std::env::temp_dir().join(format!("tern-auth-plain-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let file = scratch.join("users.json");
+    std::fs::write(&file, r#"[{"username": "ann", "password": "plain", "perms": ["all"]}]"#).expect("written");
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "server",
+            "--data",
+            &scratch.join("n1").display().to_string(),
+            "--http",
+            &free_port_addr(),
+            "--peer",
+            &free_port_addr(),
+            "--auth",
+            &file.display().to_string(),
+        ])
+        .output()
+        .expect("tern server runs");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains("bcrypt"), "{text}");
+    let _ = std::fs::remove_dir_all(scratch);
+}
