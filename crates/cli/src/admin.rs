@@ -68,7 +68,7 @@ pub fn run_cluster(command: ClusterCommand) -> Result<(), String> {
 
 /// `GET path` on the node at `http`: the JSON body of a 200, else what went wrong.
 pub(crate) fn get(http: &str, path: &str) -> Result<Value, String> {
-    let reply = HttpClient::new(http).get(path).map_err(|error| format!("cannot reach {http}: {error}"))?;
+    let reply = HttpClient::new(http).with_env_credentials().get(path).map_err(|error| format!("cannot reach {http}: {error}"))?;
     if reply.status != 200 {
         return Err(format!("{http} answered {}: {}", reply.status, reply.body));
     }
@@ -110,7 +110,8 @@ pub(crate) fn post_json_to_leader(http: &str, path: &str, body: &Value) -> Resul
 
 fn post_to_leader_once(http: &str, path: &str, body: &Value) -> Result<(String, Value), String> {
     let leader = leader_http(http)?;
-    let reply = HttpClient::new(&leader).post_json(path, body).map_err(|error| format!("cannot reach the leader at {leader}: {error}"))?;
+    let reply =
+        HttpClient::new(&leader).with_env_credentials().post_json(path, body).map_err(|error| format!("cannot reach the leader at {leader}: {error}"))?;
     if reply.status != 200 {
         let message = reply.body["error"].as_str().map_or_else(|| reply.body.to_string(), str::to_string);
         return Err(format!("the leader at {leader} refused ({}): {message}", reply.status));

@@ -34,7 +34,7 @@ pub fn run(args: ChangesArgs) -> Result<(), String> {
             Some(cursor) => format!("/db/changes?limit=1000&from={cursor}"),
             None => "/db/changes?limit=1000".to_string(),
         };
-        let mut client = HttpClient::new(&nodes[node]).with_timeout(Duration::from_secs(30));
+        let mut client = HttpClient::new(&nodes[node]).with_timeout(Duration::from_secs(30)).with_env_credentials();
         match client.request_raw("GET", &path, None) {
             Ok((200, body)) => {
                 failures = 0;

@@ -164,8 +164,10 @@ pub fn run_rehome(args: RehomeArgs) -> Result<(), String> {
         body["table"] = json!(table);
     }
     let started = std::time::Instant::now();
-    let reply =
-        tern_server::client::HttpClient::new(&args.http).post_json("/db/homes/move", &body).map_err(|error| format!("cannot reach {}: {error}", args.http))?;
+    let reply = tern_server::client::HttpClient::new(&args.http)
+        .with_env_credentials()
+        .post_json("/db/homes/move", &body)
+        .map_err(|error| format!("cannot reach {}: {error}", args.http))?;
     if reply.status != 200 {
         return Err(format!("the move was refused ({}): {}", reply.status, reply.body["error"].as_str().unwrap_or(&reply.body.to_string())));
     }
@@ -231,8 +233,10 @@ pub struct RepairArgs {
 
 pub fn run_repair(args: RepairArgs) -> Result<(), String> {
     let started = std::time::Instant::now();
-    let reply =
-        tern_server::client::HttpClient::new(&args.http).post_json("/db/repair", &json!({})).map_err(|error| format!("cannot reach {}: {error}", args.http))?;
+    let reply = tern_server::client::HttpClient::new(&args.http)
+        .with_env_credentials()
+        .post_json("/db/repair", &json!({}))
+        .map_err(|error| format!("cannot reach {}: {error}", args.http))?;
     if reply.status != 200 {
         return Err(format!("the repair was refused ({}): {}", reply.status, reply.body["error"].as_str().unwrap_or(&reply.body.to_string())));
     }

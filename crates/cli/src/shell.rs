@@ -32,8 +32,13 @@ struct Shell {
 
 pub fn run(args: ShellArgs) -> Result<(), String> {
     let address = args.url.trim_start_matches("http://").trim_end_matches('/').to_string();
-    let mut shell =
-        Shell { client: HttpClient::new(&address).with_timeout(Duration::from_secs(60)), level: "weak".to_string(), w: None, timing: false, position: None };
+    let mut shell = Shell {
+        client: HttpClient::new(&address).with_timeout(Duration::from_secs(60)).with_env_credentials(),
+        level: "weak".to_string(),
+        w: None,
+        timing: false,
+        position: None,
+    };
     for command in &args.commands {
         shell.run_all(command)?;
     }

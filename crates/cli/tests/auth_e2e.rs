@@ -75,6 +75,20 @@ fn credentials_and_permissions_guard_every_node() {
     }
     let reply = as_user(leader, "admin", "admin-pw").get("/db/query?q=SELECT%20count(*)%20FROM%20secrets&level=strong").expect("answers");
     assert_eq!(reply.body["results"][0]["values"], json!([[1]]), "nothing refused was written: {}", reply.body);
+    // tern's own tools send TERN_USER and TERN_PASSWORD.
+    let shell = |user: Option<(&str, &str)>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
+        command.args(["shell", &follower.http, "-c", "SELECT count(*) AS n FROM secrets"]).env_remove("TERN_USER").env_remove("TERN_PASSWORD");
+        if let Some((user, password)) = user {
+            command.env("TERN_USER", user).env("TERN_PASSWORD", password);
+        }
+        let output = command.output().expect("tern shell runs");
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    let allowed = shell(Some(("reader", "reader-pw")));
+    assert!(allowed.contains('1') && !allowed.contains("401"), "{allowed}");
+    let refused = shell(None);
+    assert!(refused.contains("credentials"), "{refused}");
     let reply = as_user(leader, "admin", "admin-pw").get("/cluster").expect("answers");
     assert_eq!(reply.body["voters"].as_array().map(Vec::len), Some(3), "nobody was removed: {}", reply.body);
     let _ = std::fs::remove_dir_all(scratch);

@@ -51,6 +51,15 @@ impl HttpClient {
         self.with_authorization(Some(format!("Basic {encoded}")))
     }
 
+    /// Sends HTTP basic auth as `TERN_USER` and `TERN_PASSWORD` say, when both are set
+    /// (tern's own tools against a node started with `--auth`).
+    pub fn with_env_credentials(self) -> HttpClient {
+        match (std::env::var("TERN_USER"), std::env::var("TERN_PASSWORD")) {
+            (Ok(user), Ok(password)) => self.with_basic_auth(&user, &password),
+            _ => self,
+        }
+    }
+
     /// Sends this `Authorization` header with every request (`None`: none).
     pub fn with_authorization(mut self, header: Option<String>) -> HttpClient {
         self.authorization = header;
