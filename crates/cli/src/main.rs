@@ -356,9 +356,7 @@ impl ServerArgs {
             return Err(format!("--leader {leader} is not in region {}: under multi-leader each region leads itself", self.region));
         }
         let auth = self.auth.as_deref().map(tern_server::auth::Users::load).transpose()?.map(std::sync::Arc::new);
-        if auth.is_some() && self.pg.is_some() {
-            return Err("--auth with --pg: the PostgreSQL door does not check passwords yet, so it would let anyone in; run one without the other".to_string());
-        }
+
         if auth.is_some() && self.topology == TopologyArg::Leaderless {
             return Err("--auth is not built for the leaderless topology yet: its HTTP API would stay open".to_string());
         }

@@ -94,6 +94,53 @@ fn credentials_and_permissions_guard_every_node() {
     let _ = std::fs::remove_dir_all(scratch);
 }
 
+/// psql and the PostgreSQL door: a password is asked for and checked against the same
+/// users; a reader reads and cannot write.
+#[test]
+fn the_postgresql_door_checks_passwords_and_permissions() {
+    let installed = || Command::new("sh").args(["-c", "command -v psql"]).output().is_ok_and(|output| output.status.success());
+    if !installed() {
+        let _ = Command::new("sh")
+            .args(["-c", "(apt-get install -y -q postgresql-client || (apt-get update -q && apt-get install -y -q postgresql-client)) >/dev/null 2>&1"])
+            .status();
+    }
+    if !installed() {
+        println!("SKIPPED: psql is not installed and apt-get could not install it");
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("tern-auth-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let file = scratch.join("users.json");
+    let users = json!([
+        {"username": "admin", "password": hash("admin-pw"), "perms": ["all"]},
+        {"username": "reader", "password": hash("reader-pw"), "perms": ["query"]},
+        {"username": "*", "perms": ["ready", "status"]}
+    ]);
+    std::fs::write(&file, users.to_string()).expect("auth file written");
+    let pg = free_port_addr();
+    let mut cluster = Cluster::new("auth-pg", 1, &["--auth", &file.display().to_string(), "--pg", &pg]);
+    cluster.start_all();
+    let (host, port) = pg.rsplit_once(':').expect("host:port");
+    let psql = |user: &str, password: &str, sql: &str| {
+        let output = Command::new("psql")
+            .args(["-h", host, "-p", port, "-U", user, "-d", "tern", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql runs");
+        (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    };
+    let (ok, text) = psql("admin", "admin-pw", "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('one')");
+    assert!(ok, "{text}");
+    let (ok, text) = psql("admin", "wrong", "SELECT 1");
+    assert!(!ok && text.to_lowercase().contains("password authentication failed"), "a wrong password: {text}");
+    let (ok, text) = psql("reader", "reader-pw", "INSERT INTO t VALUES ('intruder')");
+    assert!(!ok && text.contains("execute"), "a reader's write: {text}");
+    let (ok, text) = psql("reader", "reader-pw", "SELECT count(*) FROM t");
+    assert!(ok && text.contains(" 1\n"), "a reader reads one row: {text}");
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
 #[test]
 fn an_auth_file_with_plain_passwords_is_refused_at_start() {
     let scratch = std::env::temp_dir().join(format!("tern-auth-plain-{}", std::process::id()));

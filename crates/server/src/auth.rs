@@ -177,6 +177,14 @@ impl Users {
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
         let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
         let (user, password) = decoded.split_once(':').ok_or_else(bad)?;
+        self.login(user, password)
+    }
+
+    /// The caller `user` is, if `password` is theirs.
+    ///
+    /// # Errors
+    /// 401 for an unknown user or a wrong password.
+    pub fn login(&self, user: &str, password: &str) -> Result<Caller, Refusal> {
         let wrong = || Refusal::Unauthenticated("wrong user name or password".to_string());
         let (hash, permissions) = self.users.get(user).ok_or_else(wrong)?;
         let key = {

@@ -41,11 +41,6 @@ use values::error;
 
 /// Accepts PostgreSQL connections until the listener fails.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
-    let mut parameters = DefaultServerParameterProvider::default();
-    // libpq reads the leading number; clients compare it with 16.
-    parameters.server_version = "16.6".to_string();
-    parameters.date_style = "ISO, MDY".to_string();
-    let startup = Arc::new(Trust { driver: AuthDriver::new(parameters) });
     loop {
         let (socket, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -55,7 +50,9 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
                 continue;
             }
         };
-        let handlers = Connection { session: Arc::new(Session::new(node.clone())), startup: startup.clone() };
+        let session = Arc::new(Session::new(node.clone()));
+        let startup = Arc::new(Startup { driver: AuthDriver::new(server_parameters()), session: session.clone() });
+        let handlers = Connection { session, startup };
         let max_message_bytes = node.config.max_body_bytes;
         tokio::spawn(async move {
             if let Err(error) = relay::serve(socket, handlers, max_message_bytes).await {
@@ -65,10 +62,19 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
     }
 }
 
+/// What the server reports at startup.
+fn server_parameters() -> DefaultServerParameterProvider {
+    let mut parameters = DefaultServerParameterProvider::default();
+    // libpq reads the leading number; clients compare it with 16.
+    parameters.server_version = "16.6".to_string();
+    parameters.date_style = "ISO, MDY".to_string();
+    parameters
+}
+
 /// Every handler of one connection: the session is the connection's own.
 struct Connection {
     session: Arc<Session>,
-    startup: Arc<Trust>,
+    startup: Arc<Startup>,
 }
 
 impl PgWireServerHandlers for Connection {
@@ -86,24 +92,84 @@ impl PgWireServerHandlers for Connection {
 }
 
 /// No password: the HTTP API has none either (issue 20 brings authentication to both).
-struct Trust {
+/// A connection's startup: trusted without `--auth`, else a password checked by `Login`.
+struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider>,
+    session: Arc<Session>,
 }
 
 #[async_trait]
-impl StartupHandler for Trust {
+impl StartupHandler for Startup {
     async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let PgWireFrontendMessage::Startup(ref startup) = message {
-            protocol_negotiation(client, startup).await?;
-            save_startup_parameters_to_metadata(client, startup);
-            self.driver.complete_authentication(client, None).await?;
+        let Some(users) = self.session.node.config.auth.clone() else {
+            if let PgWireFrontendMessage::Startup(ref startup) = message {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                self.driver.complete_authentication(client, None).await?;
+            }
+            return Ok(());
+        };
+        // With --auth: a cleartext password (the connection is not encrypted: see
+        // docs/security.md), checked against the same users as HTTP's.
+        let outcome = match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let source = Arc::new(Login { users, session: self.session.clone() });
+                let mechanism =
+                    pgwire::api::auth::mechanism::AuthMechanismFactory::<()>::create(&pgwire::api::auth::cleartext::CleartextPasswordAuth::new(source));
+                self.driver.begin_authentication(client, mechanism).await?
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => self.driver.advance_authentication(client, message).await?,
+            _ => return Ok(()),
+        };
+        if let pgwire::api::auth::driver::AuthOutcome::Authenticated { final_message, .. } = outcome {
+            self.driver.complete_authentication(client, final_message).await?;
         }
         Ok(())
+    }
+}
+
+/// Checks a PostgreSQL client's password against `--auth`'s users; the caller it finds
+/// goes with the session.
+struct Login {
+    users: Arc<crate::auth::Users>,
+    session: Arc<Session>,
+}
+
+impl Debug for Login {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Login")
+    }
+}
+
+#[async_trait]
+impl pgwire::api::auth::AuthSource for Login {
+    async fn get_password(&self, login: &pgwire::api::auth::LoginInfo) -> PgWireResult<pgwire::api::auth::Password> {
+        Err(PgWireError::InvalidPassword(login.user().unwrap_or_default().to_owned()))
+    }
+
+    async fn verify_password(&self, login: &pgwire::api::auth::LoginInfo, presented: &[u8]) -> PgWireResult<Option<()>> {
+        let user = login.user().unwrap_or_default().to_owned();
+        let password = String::from_utf8_lossy(presented).into_owned();
+        let users = self.users.clone();
+        let checked = tokio::task::spawn_blocking({
+            let user = user.clone();
+            move || users.login(&user, &password)
+        })
+        .await;
+        match checked {
+            Ok(Ok(caller)) => {
+                *self.session.caller.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(caller);
+                Ok(None)
+            }
+            _ => Err(PgWireError::InvalidPassword(user)),
+        }
     }
 }
 
@@ -153,11 +219,13 @@ struct Session {
     node: Arc<Node>,
     parser: Arc<KeepSql>,
     state: Mutex<SessionState>,
+    /// With `--auth`: who logged in (set by `Login`).
+    caller: Mutex<Option<crate::auth::Caller>>,
 }
 
 impl Session {
     fn new(node: Arc<Node>) -> Session {
-        Session { node, parser: Arc::new(KeepSql), state: Mutex::new(SessionState::default()) }
+        Session { node, parser: Arc::new(KeepSql), state: Mutex::new(SessionState::default()), caller: Mutex::new(None) }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -231,6 +299,14 @@ impl Session {
             (true, keyword) if keyword != "WITH" => false,
             _ => self.node.all_read_only(vec![statement.clone()]).await,
         };
+        if self.node.config.auth.is_some() {
+            let needed = if read_only { crate::auth::Permission::Query } else { crate::auth::Permission::Execute };
+            let caller = self.caller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if !caller.as_ref().is_some_and(|caller| caller.may(needed)) {
+                let who = caller.and_then(|caller| caller.user).unwrap_or_default();
+                return Err(error("42501", format!("user {who:?} lacks the {} permission", needed.name())));
+            }
+        }
         if let Some(block) = &mut self.state().block {
             if read_only && !block.writes.is_empty() {
                 return Err(error(
