@@ -357,9 +357,6 @@ impl ServerArgs {
         }
         let auth = self.auth.as_deref().map(tern_server::auth::Users::load).transpose()?.map(std::sync::Arc::new);
 
-        if auth.is_some() && self.topology == TopologyArg::Leaderless {
-            return Err("--auth is not built for the leaderless topology yet: its HTTP API would stay open".to_string());
-        }
         Ok(NodeConfig {
             auth,
             data_dir: self.data.clone().unwrap_or_else(|| PathBuf::from(&self.id)),

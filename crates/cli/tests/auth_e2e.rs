@@ -141,6 +141,35 @@ fn the_postgresql_door_checks_passwords_and_permissions() {
     let _ = std::fs::remove_dir_all(scratch);
 }
 
+/// The leaderless topology's API is guarded the same way.
+#[test]
+fn a_leaderless_cluster_checks_credentials_too() {
+    let scratch = std::env::temp_dir().join(format!("tern-auth-leaderless-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let file = scratch.join("users.json");
+    let users = json!([
+        {"username": "admin", "password": hash("admin-pw"), "perms": ["all"]},
+        {"username": "reader", "password": hash("reader-pw"), "perms": ["query"]},
+        {"username": "*", "perms": ["ready", "status"]}
+    ]);
+    std::fs::write(&file, users.to_string()).expect("auth file written");
+    let cluster = Cluster::start_leaderless("auth-leaderless", &["us-east", "eu-west", "antarctica"], &["--auth", &file.display().to_string()]);
+    let node = &cluster.nodes[1];
+    let mut admin = HttpClient::new(&node.http).with_basic_auth("admin", "admin-pw");
+    let reply = admin.post_json("/db/execute", &json!(["CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)"])).expect("answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let insert = json!([["INSERT INTO kv VALUES (?, ?)", "a", "1"]]);
+    assert_eq!(node.client().post_json("/db/execute", &insert).expect("answers").status, 401);
+    let mut reader = HttpClient::new(&node.http).with_basic_auth("reader", "reader-pw");
+    assert_eq!(reader.post_json("/db/execute", &insert).expect("answers").status, 403);
+    assert_eq!(reader.post_json("/db/repair", &json!({})).expect("answers").status, 403);
+    assert_eq!(node.client().get("/readyz").expect("answers").status, 200);
+    let reply = reader.get("/db/query?q=SELECT%20count(*)%20FROM%20kv").expect("answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["results"][0]["values"], json!([[0]]), "nothing refused was written: {}", reply.body);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
 #[test]
 fn an_auth_file_with_plain_passwords_is_refused_at_start() {
     let scratch = std::env::temp_dir().join(format!("tern-auth-plain-{}", std::process::id()));

@@ -237,7 +237,7 @@ pub fn needed(method: &str, path: &str) -> Permission {
         "/cluster" if method == "GET" => Permission::Status,
         "/cluster/add" => Permission::Join,
         "/cluster/remove" | "/remove" => Permission::Remove,
-        "/cluster/transfer-leader" | "/debug/partition" | "/debug/panic" => Permission::Cluster,
+        "/cluster/transfer-leader" | "/debug/partition" | "/debug/panic" | "/db/repair" => Permission::Cluster,
         _ if path.starts_with("/db/conflicts") || path.starts_with("/db/homes") => Permission::Conflicts,
         _ => Permission::All,
     }

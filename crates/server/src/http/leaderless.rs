@@ -23,7 +23,13 @@ pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
         .route("/metrics", get(metrics))
         .route("/readyz", get(|| async { "[+]node ok\n" }))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authorize_leaderless))
         .with_state(node)
+}
+
+/// `--auth`, as on the other topologies' API.
+async fn authorize_leaderless(State(node): State<Arc<Leaderless>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    authorize_with(node.config.auth.clone(), request, next).await
 }
 
 fn levels(settings: &crate::config::LeaderlessSettings, params: &Params) -> Result<Levels, String> {

@@ -79,8 +79,13 @@ pub fn router(node: Arc<Node>) -> Router {
 /// With `--auth`: who the caller is (HTTP basic auth) and whether they may make this
 /// request; a 401 or 403 before any handler runs otherwise. The caller goes with the
 /// request (`/db/request` checks `execute` for writes).
-async fn authorize(State(node): State<Arc<Node>>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let Some(users) = node.config.auth.clone() else { return next.run(request).await };
+async fn authorize(State(node): State<Arc<Node>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    authorize_with(node.config.auth.clone(), request, next).await
+}
+
+/// The check itself, for any router: `users` from the node's configuration.
+async fn authorize_with(users: Option<Arc<crate::auth::Users>>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(users) = users else { return next.run(request).await };
     let needed = crate::auth::needed(request.method().as_str(), request.uri().path());
     let header = request.headers().get(axum::http::header::AUTHORIZATION).map(|value| value.as_bytes().to_vec());
     // bcrypt takes milliseconds: off the async workers.
