@@ -22,9 +22,10 @@ fn hash(password: &str) -> String {
     hash
 }
 
-#[test]
-fn credentials_and_permissions_guard_every_node() {
-    let scratch = std::env::temp_dir().join(format!("tern-auth-{}", std::process::id()));
+/// A scratch directory holding an auth file: `admin` may do anything, `reader` may
+/// query, and anyone may ask `/readyz` and `/status`.
+fn users_file(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let scratch = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     let file = scratch.join("users.json");
     let users = json!([
@@ -33,6 +34,12 @@ fn credentials_and_permissions_guard_every_node() {
         {"username": "*", "perms": ["ready", "status"]}
     ]);
     std::fs::write(&file, users.to_string()).expect("auth file written");
+    (scratch, file)
+}
+
+#[test]
+fn credentials_and_permissions_guard_every_node() {
+    let (scratch, file) = users_file("tern-auth");
     let cluster = Cluster::start("auth", 3, &["--auth", &file.display().to_string()]);
     let leader = cluster.leader();
     let follower = cluster.nodes.iter().find(|node| node.id != leader.id).expect("a follower");
@@ -108,15 +115,7 @@ fn the_postgresql_door_checks_passwords_and_permissions() {
         println!("SKIPPED: psql is not installed and apt-get could not install it");
         return;
     }
-    let scratch = std::env::temp_dir().join(format!("tern-auth-pg-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let file = scratch.join("users.json");
-    let users = json!([
-        {"username": "admin", "password": hash("admin-pw"), "perms": ["all"]},
-        {"username": "reader", "password": hash("reader-pw"), "perms": ["query"]},
-        {"username": "*", "perms": ["ready", "status"]}
-    ]);
-    std::fs::write(&file, users.to_string()).expect("auth file written");
+    let (scratch, file) = users_file("tern-auth-pg");
     let pg = free_port_addr();
     let mut cluster = Cluster::new("auth-pg", 1, &["--auth", &file.display().to_string(), "--pg", &pg]);
     cluster.start_all();
@@ -144,15 +143,7 @@ fn the_postgresql_door_checks_passwords_and_permissions() {
 /// The leaderless topology's API is guarded the same way.
 #[test]
 fn a_leaderless_cluster_checks_credentials_too() {
-    let scratch = std::env::temp_dir().join(format!("tern-auth-leaderless-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let file = scratch.join("users.json");
-    let users = json!([
-        {"username": "admin", "password": hash("admin-pw"), "perms": ["all"]},
-        {"username": "reader", "password": hash("reader-pw"), "perms": ["query"]},
-        {"username": "*", "perms": ["ready", "status"]}
-    ]);
-    std::fs::write(&file, users.to_string()).expect("auth file written");
+    let (scratch, file) = users_file("tern-auth-leaderless");
     let cluster = Cluster::start_leaderless("auth-leaderless", &["us-east", "eu-west", "antarctica"], &["--auth", &file.display().to_string()]);
     let node = &cluster.nodes[1];
     let mut admin = HttpClient::new(&node.http).with_basic_auth("admin", "admin-pw");
