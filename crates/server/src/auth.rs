@@ -279,6 +279,21 @@ mod tests {
         assert!(Users::parse("{}").is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Any bytes as an Authorization header, and any text as user and password, are
+        /// refused with a 401 (never a panic, never a caller).
+        #[test]
+        fn any_header_or_text_is_refused_cleanly(header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), user in ".{0,12}", password in ".{0,12}") {
+            let users = Users::parse(&format!(r#"[{{"username": "ann", "password": "{}", "perms": ["all"]}}]"#, bcrypt::hash("s3cret", 4).unwrap())).unwrap();
+            proptest::prop_assert!(matches!(users.caller(Some(&header)), Err(Refusal::Unauthenticated(_))));
+            if !(user == "ann" && password == "s3cret") {
+                proptest::prop_assert!(matches!(users.login(&user, &password), Err(Refusal::Unauthenticated(_))));
+            }
+        }
+    }
+
     #[test]
     fn every_endpoint_needs_a_permission() {
         assert_eq!(needed("POST", "/db/execute"), Permission::Execute);

@@ -178,4 +178,18 @@ mod tests {
             assert!(parse_cursor(bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// Any text as `from=` is a cursor or an explanation, never a panic.
+        #[test]
+        fn any_from_is_parsed_or_explained(text in ".{0,40}", digits in "[0-9.]{0,30}") {
+            for candidate in [text, digits] {
+                if let Err(message) = parse_cursor(&candidate) {
+                    proptest::prop_assert!(message.contains("bad from="));
+                }
+            }
+        }
+    }
 }
