@@ -34,16 +34,7 @@ pub(super) async fn changes(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
     };
     let follow = params.flag("follow");
     let mut sent = 0usize;
-    let mut lines = String::new();
-    for event in first.events.iter().take(limit) {
-        lines.push_str(&event_json(event).to_string());
-        lines.push('\n');
-        sent += 1;
-        cursor = cursor_after(event);
-    }
-    if first.events.len() <= limit {
-        cursor = first.next;
-    }
+    let lines = take_page(&first, limit, &mut sent, &mut cursor);
     let state = (node, cursor, sent, limit, follow, first.events.is_empty());
     let rest = futures::stream::unfold(Some(state), |state| async move {
         let (node, mut cursor, mut sent, limit, follow, mut idle) = state?;
@@ -68,16 +59,7 @@ pub(super) async fn changes(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
             if idle && !follow {
                 return None;
             }
-            let mut lines = String::new();
-            for event in page.events.iter().take(limit - sent) {
-                lines.push_str(&event_json(event).to_string());
-                lines.push('\n');
-                sent += 1;
-                cursor = cursor_after(event);
-            }
-            if sent < limit {
-                cursor = page.next;
-            }
+            let lines = take_page(&page, limit, &mut sent, &mut cursor);
             if !lines.is_empty() {
                 return Some((Ok(Bytes::from(lines)), Some((node, cursor, sent, limit, follow, idle))));
             }
@@ -88,6 +70,22 @@ pub(super) async fn changes(State(node): State<Arc<Node>>, RawQuery(raw): RawQue
 }
 
 use futures::StreamExt;
+
+/// A page's events as NDJSON lines, up to `limit` events sent in all; `sent` and `cursor`
+/// move past what was taken (past the whole page when all of it was).
+fn take_page(page: &tern_storage::ChangePage, limit: usize, sent: &mut usize, cursor: &mut ChangeCursor) -> String {
+    let mut lines = String::new();
+    for event in page.events.iter().take(limit - *sent) {
+        lines.push_str(&event_json(event).to_string());
+        lines.push('\n');
+        *sent += 1;
+        *cursor = cursor_after(event);
+    }
+    if *sent < limit {
+        *cursor = page.next;
+    }
+    lines
+}
 
 /// `from=`: a position (`epoch.index`: after that whole entry) or an event's cursor
 /// (`epoch.index.number`: after that event). The epoch is not needed to find the place
