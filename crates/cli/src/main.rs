@@ -76,12 +76,50 @@ enum Command {
     /// prints its bcrypt hash, for an --auth file.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Make a cluster CA and a certificate per node for TLS (a test cluster's, or until an
+    /// operator's own CA takes over): DIR/ca.pem, DIR/ca.key, DIR/ID.pem, DIR/ID.key. Each
+    /// node certificate names the node's id and --hosts, and serves as both server and
+    /// client; start each node with --tls-dir DIR.
+    Certs(CertsArgs),
 }
 
 #[derive(Subcommand)]
 enum AuthCommand {
     /// Read a password (one line) on standard input; print its bcrypt hash.
     Hash,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Where to write the files (created if missing). A CA already there (ca.pem and
+    /// ca.key) signs the new node certificates; node files of the same ids are replaced.
+    dir: PathBuf,
+    /// The node ids, comma separated (they must be DNS names: letters, digits, hyphens).
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// Host names and IP addresses clients dial (HTTP, PostgreSQL), put in every node
+    /// certificate.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    hosts: Vec<String>,
+    /// The cluster's name, in the CA's common name.
+    #[arg(long, default_value = "tern")]
+    cluster: String,
+}
+
+fn run_certs(args: CertsArgs) -> Result<(), String> {
+    let ids: Vec<String> = args.nodes.iter().map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect();
+    let hosts: Vec<String> = args.hosts.iter().map(|host| host.trim().to_string()).filter(|host| !host.is_empty()).collect();
+    // A CA already in DIR signs the new certificates (a node added to a running cluster).
+    let existing_key = std::fs::read_to_string(args.dir.join("ca.key")).ok().filter(|_| args.dir.join("ca.pem").exists());
+    let generated = tern_server::tls::generate(&args.cluster, &ids, &hosts, existing_key.as_deref())?;
+    if existing_key.is_some() {
+        println!("signing with the CA already in {} (ca.pem, ca.key)", args.dir.display());
+    }
+    for path in tern_server::tls::write_certificates(&args.dir, &generated, existing_key.is_none())? {
+        println!("wrote {}", path.display());
+    }
+    println!("start each node with --tls-dir {} (clients: TERN_CA={}/ca.pem, https:// addresses)", args.dir.display(), args.dir.display());
+    Ok(())
 }
 
 fn run_auth(command: AuthCommand) -> Result<(), String> {
@@ -273,9 +311,65 @@ pub struct ServerArgs {
     /// `tern auth hash` makes a hash.
     #[arg(long)]
     auth: Option<PathBuf>,
+    /// Mutual TLS between nodes: this node's certificate (PEM), which must name its --id.
+    /// With --node-key and --node-ca, every peer connection, both ways, is TLS, and a peer
+    /// without a certificate signed by the CA, or whose certificate does not name the node
+    /// it says it is, is refused before any of its frames is read.
+    #[arg(long, requires_all = ["node_key", "node_ca"])]
+    node_cert: Option<PathBuf>,
+    /// Mutual TLS between nodes: this node's private key (PEM).
+    #[arg(long, requires_all = ["node_cert", "node_ca"])]
+    node_key: Option<PathBuf>,
+    /// Mutual TLS between nodes: the cluster CA's certificate (PEM), `tern certs` makes one.
+    #[arg(long, requires_all = ["node_cert", "node_key"])]
+    node_ca: Option<PathBuf>,
+    /// HTTPS for the client API, and TLS for the PostgreSQL door (which then refuses
+    /// clients that do not ask for TLS): the server certificate (PEM).
+    #[arg(long, requires = "http_key")]
+    http_cert: Option<PathBuf>,
+    /// HTTPS: the server's private key (PEM).
+    #[arg(long, requires = "http_cert")]
+    http_key: Option<PathBuf>,
+    /// HTTPS: also require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "http_cert")]
+    http_ca: Option<PathBuf>,
+    /// TLS everywhere from one directory `tern certs` wrote: DIR/ID.pem, DIR/ID.key and
+    /// DIR/ca.pem as the node and HTTP certificates (the HTTP API requires no client
+    /// certificate). Excludes the six flags above.
+    #[arg(long, conflicts_with_all = ["node_cert", "node_key", "node_ca", "http_cert", "http_key", "http_ca"])]
+    tls_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
+    /// The certificates the TLS flags name, loaded.
+    fn tls(&self) -> Result<(Option<std::sync::Arc<tern_server::tls::PeerTls>>, Option<std::sync::Arc<tern_server::tls::HttpTls>>), String> {
+        use tern_server::tls::{HttpTls, PeerTls, TlsFiles};
+        let (peer, http) = match &self.tls_dir {
+            Some(dir) => {
+                let files = TlsFiles { cert: dir.join(format!("{}.pem", self.id)), key: dir.join(format!("{}.key", self.id)), ca: Some(dir.join("ca.pem")) };
+                (Some(files.clone()), Some(TlsFiles { ca: None, ..files }))
+            }
+            None => (
+                match (&self.node_cert, &self.node_key, &self.node_ca) {
+                    (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: Some(ca.clone()) }),
+                    _ => None,
+                },
+                match (&self.http_cert, &self.http_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: self.http_ca.clone() }),
+                    _ => None,
+                },
+            ),
+        };
+        let peer = peer
+            .map(|files| {
+                let ca = files.ca.as_deref().expect("the node CA is required with the node certificate");
+                PeerTls::load(&self.id, &files.cert, &files.key, ca).map(std::sync::Arc::new)
+            })
+            .transpose()?;
+        let http = http.map(|files| HttpTls::load(&files).map(std::sync::Arc::new)).transpose()?;
+        Ok((peer, http))
+    }
+
     fn into_config(self) -> Result<NodeConfig, String> {
         if self.max_body_bytes > tern_server::node::MAX_BODY_BYTES_LIMIT {
             return Err(format!(
@@ -356,9 +450,12 @@ impl ServerArgs {
             return Err(format!("--leader {leader} is not in region {}: under multi-leader each region leads itself", self.region));
         }
         let auth = self.auth.as_deref().map(tern_server::auth::Users::load).transpose()?.map(std::sync::Arc::new);
+        let (peer_tls, http_tls) = self.tls()?;
 
         Ok(NodeConfig {
             auth,
+            peer_tls,
+            http_tls,
             data_dir: self.data.clone().unwrap_or_else(|| PathBuf::from(&self.id)),
             region: self.region,
             http_addr,
@@ -473,6 +570,7 @@ fn main() {
         Command::Shell(args) => shell::run(args),
         Command::Changes(args) => changes::run(args),
         Command::Auth(command) => run_auth(command),
+        Command::Certs(args) => run_certs(args),
         Command::Rehome(args) => conflicts::run_rehome(args),
     };
     if let Err(message) = outcome {

@@ -15,6 +15,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct HttpClient {
@@ -24,6 +25,35 @@ pub struct HttpClient {
     connection: Option<SendRequest<Full<Bytes>>>,
     /// Sent as the `Authorization` header of every request.
     authorization: Option<String>,
+    /// HTTPS (an `https://` address): whom to trust, and what to present.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    https: bool,
+}
+
+/// What `https://` addresses are trusted with when a client is not given its own
+/// configuration: set by [`trust_for_https`], else read once from `TERN_CA` (a PEM CA
+/// file), with `TERN_CERT` and `TERN_KEY` as a client certificate when both are set.
+static HTTPS_TRUST: std::sync::Mutex<Option<Arc<rustls::ClientConfig>>> = std::sync::Mutex::new(None);
+
+/// Makes `config` what `https://` clients of this process trust (tern's own tools after
+/// reading `--ca`; the demo with `--tls`).
+pub fn trust_for_https(config: Arc<rustls::ClientConfig>) {
+    *HTTPS_TRUST.lock().expect("https trust lock") = Some(config);
+}
+
+fn default_https_trust() -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut trust = HTTPS_TRUST.lock().expect("https trust lock");
+    if let Some(config) = trust.as_ref() {
+        return Ok(config.clone());
+    }
+    let ca = std::env::var("TERN_CA").map_err(|_| "an https:// address needs a CA to trust: set TERN_CA to the cluster's ca.pem".to_string())?;
+    let identity = match (std::env::var("TERN_CERT"), std::env::var("TERN_KEY")) {
+        (Ok(cert), Ok(key)) => Some((std::path::PathBuf::from(cert), std::path::PathBuf::from(key))),
+        _ => None,
+    };
+    let config = crate::tls::client_config_from(std::path::Path::new(&ca), identity.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())))?;
+    *trust = Some(config.clone());
+    Ok(config)
 }
 
 /// A response: status code and body parsed as JSON (or a string if it is not JSON).
@@ -34,14 +64,23 @@ pub struct Reply {
 }
 
 impl HttpClient {
-    /// `addr` is `host:port` (an `http://` prefix is accepted).
+    /// `addr` is `host:port`, `http://host:port`, or `https://host:port` (TLS, trusting
+    /// what [`trust_for_https`] or `TERN_CA` says unless [`HttpClient::with_tls`] is used).
     ///
     /// # Panics
     /// If the operating system refuses the runtime's timer or I/O driver.
     pub fn new(addr: &str) -> HttpClient {
-        let addr = addr.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let https = addr.starts_with("https://");
+        let addr = addr.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime");
-        HttpClient { addr, timeout: Duration::from_secs(30), runtime, connection: None, authorization: None }
+        HttpClient { addr, timeout: Duration::from_secs(30), runtime, connection: None, authorization: None, tls: None, https }
+    }
+
+    /// Speaks HTTPS with this configuration (`None`: plain HTTP).
+    pub fn with_tls(mut self, config: Option<Arc<rustls::ClientConfig>>) -> HttpClient {
+        self.https = config.is_some();
+        self.tls = config;
+        self
     }
 
     /// Sends HTTP basic auth with every request.
@@ -122,14 +161,31 @@ impl HttpClient {
         let request = builder
             .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
-        let (addr, connection) = (&self.addr, &mut self.connection);
+        if self.https && self.tls.is_none() {
+            self.tls = Some(default_https_trust().map_err(std::io::Error::other)?);
+        }
+        let (addr, connection, tls) = (&self.addr, &mut self.connection, &self.tls);
         let exchange = async move {
             if connection.as_ref().is_none_or(SendRequest::is_closed) {
                 let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 stream.set_nodelay(true)?;
-                let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
                 // The connection's I/O runs while this runtime is blocked on a request.
-                tokio::spawn(driver);
+                let sender = match tls {
+                    None => {
+                        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                        tokio::spawn(driver);
+                        sender
+                    }
+                    Some(config) => {
+                        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+                        let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream).await?;
+                        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                        tokio::spawn(driver);
+                        sender
+                    }
+                };
                 *connection = Some(sender);
             }
             let sender = connection.as_mut().expect("connected above");

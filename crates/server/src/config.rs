@@ -65,6 +65,12 @@ pub struct NodeConfig {
     pub pg_addr: Option<SocketAddr>,
     /// Users and their permissions (`--auth FILE`); `None`: anyone may do anything.
     pub auth: Option<std::sync::Arc<crate::auth::Users>>,
+    /// Mutual TLS between nodes (`--node-cert`, `--node-key`, `--node-ca`); plain TCP when
+    /// `None`.
+    pub peer_tls: Option<std::sync::Arc<crate::tls::PeerTls>>,
+    /// HTTPS for the client API and TLS for the PostgreSQL door (`--http-cert`,
+    /// `--http-key`, `--http-ca`); plain when `None`.
+    pub http_tls: Option<std::sync::Arc<crate::tls::HttpTls>>,
 }
 
 /// Leaderless settings (`--replicas`, `--default-w`, `--default-r`,
@@ -126,6 +132,29 @@ impl NodeConfig {
             non_voters: BTreeSet::new(),
             pg_addr: None,
             auth: None,
+            peer_tls: None,
+            http_tls: None,
+        }
+    }
+
+    /// `https` when the HTTP API speaks TLS, else `http`: every member is assumed to serve
+    /// its API as this one does.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// A client for another member's HTTP API at `address` (`host:port`): over HTTPS when
+    /// this node serves HTTPS, trusting the cluster CA (`--node-ca`) and presenting this
+    /// node's certificate, else trusting what `TERN_CA` says.
+    pub fn member_client(&self, address: &str) -> crate::client::HttpClient {
+        let client = crate::client::HttpClient::new(&format!("{}://{address}", self.http_scheme()));
+        match &self.peer_tls {
+            Some(tls) if self.http_tls.is_some() => client.with_tls(Some(tls.client_config())),
+            _ => client,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod leaderless;
 pub mod metrics;
 pub mod node;
 pub mod pg;
+pub mod tls;
 pub mod transport;
 pub mod verify;
 pub mod wire;
@@ -52,10 +53,6 @@ pub async fn serve(mut config: NodeConfig) -> Result<Arc<Node>, String> {
         tokio::spawn(pg::serve(node.clone(), listener));
     }
     let app = http::router(node.clone());
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server stopped: {error}");
-        }
-    });
+    tls::spawn_http(listener, app, node.config.http_tls.as_deref());
     Ok(node)
 }

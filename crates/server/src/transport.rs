@@ -7,6 +7,7 @@
 //! frames in order and lets many be in flight at once, as on a real long link.
 
 use crate::node::{Event, IncomingSnapshot, Node};
+use crate::tls::PeerWriter;
 use crate::wire::{read_frame, read_frame_up_to, write_frame, Frame, Hello, MAX_HELLO_BYTES};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_core::Position;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -54,6 +55,7 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
             }
         }
     };
+    let mut refused = RepeatedWarning::default();
     loop {
         let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -69,7 +71,15 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
             }
         };
         let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = match crate::tls::dial(node.config.peer_tls.as_deref(), stream, &peer).await {
+            Ok(halves) => halves,
+            Err(error) => {
+                refused.note(&format!("TLS with {peer} at {addr} failed: {error}"));
+                hold(&mut waiting, &mut frames);
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
         let mut writer = BufWriter::with_capacity(256 << 10, write_half);
         if write_frame(&mut writer, &Frame::Hello(own_hello(&node))).await.is_err() || writer.flush().await.is_err() {
             tokio::time::sleep(RECONNECT_DELAY).await;
@@ -89,6 +99,7 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
             }
         }
         tracing::debug!("connected to {peer} at {addr}");
+        refused = RepeatedWarning::default();
         node.post(Event::PeerConnected(peer.clone()));
         hold(&mut waiting, &mut frames);
         let mut failed = false;
@@ -113,7 +124,7 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
 async fn pump(
     node: &Node,
     peer: &str,
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut BufWriter<PeerWriter>,
     frames: &mut mpsc::UnboundedReceiver<Queued>,
     release: &(dyn Fn(usize) + Sync),
 ) -> std::io::Result<()> {
@@ -133,7 +144,7 @@ async fn pump(
 async fn write_when_due(
     node: &Node,
     peer: &str,
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut BufWriter<PeerWriter>,
     (enqueued, frame, weight): Queued,
     release: &(dyn Fn(usize) + Sync),
 ) -> std::io::Result<()> {
@@ -194,10 +205,46 @@ pub(crate) async fn accept_each(listener: TcpListener, serve: impl Fn(TcpStream)
     }
 }
 
+/// With TLS between nodes, a peer may only speak as the node its certificate names.
+pub(crate) fn check_claim(tls: bool, certificate: Option<&rustls::pki_types::CertificateDer<'static>>, claimed: &str, remote: &str) -> Result<(), String> {
+    if !tls {
+        return Ok(());
+    }
+    match certificate {
+        Some(certificate) if crate::tls::certificate_names(certificate, claimed) => Ok(()),
+        _ => Err(format!("refused a peer connection from {remote}: it says it is {claimed:?}, and its certificate does not name {claimed:?}")),
+    }
+}
+
+/// A warning said once until things change, then at debug level (a peer that keeps
+/// refusing our handshake is retried every 100 ms).
+#[derive(Default)]
+pub(crate) struct RepeatedWarning {
+    said: bool,
+}
+
+impl RepeatedWarning {
+    pub(crate) fn note(&mut self, message: &str) {
+        if self.said {
+            tracing::debug!("{message}");
+        } else {
+            tracing::warn!("{message}");
+            self.said = true;
+        }
+    }
+}
+
 /// Reads one peer's frames. The first must be a `Hello` from a member of the cluster.
 async fn inbound(node: Arc<Node>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (read_half, mut write_half) = stream.into_split();
+    let remote = stream.peer_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
+    let (read_half, mut write_half, certificate) = match crate::tls::accept(node.config.peer_tls.as_deref(), stream).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::warn!("refused a peer connection from {remote}: TLS: {error}");
+            return;
+        }
+    };
     let mut reader = BufReader::with_capacity(256 << 10, read_half);
     let mut buffer = Vec::new();
     let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;
@@ -218,10 +265,14 @@ async fn inbound(node: Arc<Node>, stream: TcpStream) {
         tracing::warn!("refused a peer connection from {:?}: not a member of this cluster", hello.id);
         return;
     }
+    if let Err(refusal) = check_claim(node.config.peer_tls.is_some(), certificate.as_ref(), &hello.id, &remote) {
+        tracing::warn!("{refusal}");
+        return;
+    }
     let from = hello.id.clone();
     node.connect_back(&from, &hello.peer_addr);
     record_hello(&node, hello);
-    if write_frame(&mut write_half, &Frame::Hello(own_hello(&node))).await.is_err() {
+    if write_frame(&mut write_half, &Frame::Hello(own_hello(&node))).await.is_err() || write_half.flush().await.is_err() {
         return;
     }
     let mut snapshot: Option<IncomingSnapshot> = None;

@@ -114,6 +114,11 @@ impl ServerNode {
         HttpClient::new(&self.http).with_timeout(Duration::from_secs(30))
     }
 
+    /// The flags it starts with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     /// More flags for the next start (a leader priority, say).
     pub fn push_args(&mut self, args: &[&str]) {
         self.args.extend(args.iter().map(|arg| arg.to_string()));

@@ -177,11 +177,12 @@ pub(super) async fn verify(State(node): State<Arc<Node>>, RawQuery(raw): RawQuer
         }
         let address = peers.get(id).map(|info| info.http_addr.clone()).unwrap_or_default();
         let id = id.clone();
+        let asking = node.clone();
         let report = tokio::task::spawn_blocking(move || {
             if address.is_empty() {
                 return json!({"id": id, "error": "HTTP address unknown (no handshake yet)"});
             }
-            let mut client = crate::client::HttpClient::new(&address).with_timeout(Duration::from_secs(30));
+            let mut client = asking.config.member_client(&address).with_timeout(Duration::from_secs(30));
             match client.get("/db/verify?local") {
                 Ok(reply) if reply.status == 200 => reply.body,
                 Ok(reply) => json!({"id": id, "error": format!("answered {}: {}", reply.status, reply.body)}),

@@ -4,7 +4,6 @@
 //! API itself (each with a short timeout), so the browser talks to one origin only.
 
 use super::*;
-use crate::client::HttpClient;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -31,12 +30,13 @@ pub(super) async fn dashboard_state(State(node): State<Arc<Node>>, headers: axum
             }
         })
         .collect();
+    let asking = node.clone();
     let asked = tokio::task::spawn_blocking(move || {
         members
             .into_iter()
             .map(|(id, http, region)| {
                 let answers = http.map(|address| {
-                    let mut client = HttpClient::new(&address).with_timeout(Duration::from_millis(800)).with_authorization(authorization.clone());
+                    let mut client = asking.config.member_client(&address).with_timeout(Duration::from_millis(800)).with_authorization(authorization.clone());
                     let status = client.get("/status").ok().filter(|reply| reply.status == 200).map(|reply| reply.body);
                     let metrics = client
                         .request_raw("GET", "/metrics", None)

@@ -167,7 +167,7 @@ fn redirect_to_leader(node: &Node, uri: &Uri) -> Option<Response> {
         error.leader = Some(leader);
         return Some(error_response(&error));
     };
-    let location = format!("http://{address}{}", uri.path_and_query().map_or(uri.path(), |path| path.as_str()));
+    let location = format!("{}://{address}{}", node.config.http_scheme(), uri.path_and_query().map_or(uri.path(), |path| path.as_str()));
     Some((StatusCode::MOVED_PERMANENTLY, [(axum::http::header::LOCATION, location)], Json(json!({ "leader": leader }))).into_response())
 }
 
@@ -481,7 +481,7 @@ pub(super) async fn nodes(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery
             id.clone(),
             json!({
                 "id": id,
-                "api_addr": if api_addr.is_empty() { Value::Null } else { json!(format!("http://{api_addr}")) },
+                "api_addr": if api_addr.is_empty() { Value::Null } else { json!(format!("{}://{api_addr}", node.config.http_scheme())) },
                 "addr": addr,
                 "region": region,
                 "reachable": reachable,

@@ -317,10 +317,6 @@ pub async fn serve(mut config: NodeConfig) -> Result<Arc<Leaderless>, String> {
     config.http_addr = listener.local_addr().map_err(|error| error.to_string())?;
     let node = Leaderless::start(config.clone(), config.http_addr.to_string()).await?;
     let app = crate::http::leaderless_router(node.clone());
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server stopped: {error}");
-        }
-    });
+    crate::tls::spawn_http(listener, app, node.config.http_tls.as_deref());
     Ok(node)
 }

@@ -43,6 +43,7 @@ pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: Soc
             waiting.pop_front();
         }
     };
+    let mut refused = crate::transport::RepeatedWarning::default();
     loop {
         let delay = node.wan_delay(&peer);
         let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
@@ -57,12 +58,22 @@ pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: Soc
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut writer = BufWriter::with_capacity(256 << 10, stream);
+        let (_reader, writer) = match crate::tls::dial(node.config.peer_tls.as_deref(), stream, &peer).await {
+            Ok(halves) => halves,
+            Err(error) => {
+                refused.note(&format!("TLS with {peer} at {addr} failed: {error}"));
+                hold(&mut waiting, &mut frames);
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        let mut writer = BufWriter::with_capacity(256 << 10, writer);
         if write_frame(&mut writer, &Frame::Hello(hello(&node))).await.is_err() || writer.flush().await.is_err() {
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
         }
         tracing::debug!("connected to {peer} at {addr}");
+        refused = crate::transport::RepeatedWarning::default();
         hold(&mut waiting, &mut frames);
         let written: std::io::Result<()> = async {
             loop {
@@ -103,7 +114,15 @@ pub(super) async fn accept_loop(node: Arc<Leaderless>, listener: TcpListener) {
 /// running leaderless; anything else closes the connection.
 async fn inbound(node: Arc<Leaderless>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::with_capacity(256 << 10, stream);
+    let remote = stream.peer_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
+    let (reader, _writer, certificate) = match crate::tls::accept(node.config.peer_tls.as_deref(), stream).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::warn!("refused a peer connection from {remote}: TLS: {error}");
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(256 << 10, reader);
     let mut buffer = Vec::new();
     let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;
     let Ok(Ok(Some(Frame::Hello(hello)))) = first else { return };
@@ -117,6 +136,10 @@ async fn inbound(node: Arc<Leaderless>, stream: TcpStream) {
     }
     if hello.id == node.config.id || !node.is_member(&hello.id) {
         tracing::warn!("refused a peer connection from {:?}: not a member of this cluster", hello.id);
+        return;
+    }
+    if let Err(refusal) = crate::transport::check_claim(node.config.peer_tls.is_some(), certificate.as_ref(), &hello.id, &remote) {
+        tracing::warn!("{refusal}");
         return;
     }
     let from = hello.id;

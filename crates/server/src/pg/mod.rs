@@ -54,8 +54,9 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
         let startup = Arc::new(Startup { driver: AuthDriver::new(server_parameters()), session: session.clone() });
         let handlers = Connection { session, startup };
         let max_message_bytes = node.config.max_body_bytes;
+        let tls = node.config.http_tls.as_ref().map(|tls| tls.acceptor.clone());
         tokio::spawn(async move {
-            if let Err(error) = relay::serve(socket, handlers, max_message_bytes).await {
+            if let Err(error) = relay::serve(socket, handlers, max_message_bytes, tls).await {
                 tracing::debug!("PostgreSQL connection ended: {error}");
             }
         });

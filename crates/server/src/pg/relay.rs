@@ -5,14 +5,16 @@
 //! arrives, and pgwire reads them from one end of a socket pair. A message over the limit
 //! ends the connection with a FATAL error (SQLSTATE 54000) before its body is read.
 //!
-//! The relay also answers the TLS and GSS encryption requests a client may send first
-//! ('N': this door speaks plain text), which pgwire does only on its TCP path.
+//! The relay also answers the TLS and GSS encryption requests a client may send first,
+//! which pgwire does only on its TCP path. With a certificate (`--http-cert`), a TLS
+//! request is answered 'S' and the connection continues encrypted; a client that does not
+//! ask for TLS is then refused, so no password crosses in the clear. Without one, 'N':
+//! this door speaks plain text. GSS encryption is always declined.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
@@ -26,43 +28,101 @@ const STARTUP_WAIT: Duration = Duration::from_secs(60);
 
 /// Serves one client connection: pgwire on one end of a socket pair, the relay between
 /// it and the client.
-pub async fn serve<H: pgwire::api::PgWireServerHandlers + Send + Sync + 'static>(client: TcpStream, handlers: H, max_message_bytes: usize) -> io::Result<()> {
+pub async fn serve<H: pgwire::api::PgWireServerHandlers + Send + Sync + 'static>(
+    client: TcpStream,
+    handlers: H,
+    max_message_bytes: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> io::Result<()> {
     let (ours, theirs) = UnixStream::pair()?;
     let server = tokio::spawn(pgwire::tokio::process_socket_unix(theirs, handlers));
-    let outcome = relay(client, ours, max_message_bytes).await;
+    let outcome = relay(client, ours, max_message_bytes, tls).await;
     server.abort();
     outcome
 }
 
-async fn relay(client: TcpStream, server: UnixStream, max_message_bytes: usize) -> io::Result<()> {
-    let _ = client.set_nodelay(true);
-    let (mut from_client, to_client) = client.into_split();
-    let to_client = Arc::new(Mutex::new(to_client));
-    let (mut from_server, mut to_server) = server.into_split();
+/// How a connection's opening went.
+enum Opened {
+    /// The startup packet went to pgwire.
+    Started,
+    /// The client asked for TLS and was told yes.
+    WantsTls,
+    /// The client did not ask for TLS where it is required, and was told so.
+    Refused,
+}
 
-    // Startup: packets without a type byte. Encryption requests are declined here.
-    let startup = async {
-        loop {
-            let length = from_client.read_u32().await? as usize;
-            if !(8..=MAX_STARTUP_BYTES).contains(&length) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("startup packet of {length} bytes")));
+/// Reads the packets that open a connection (no type byte), answering encryption
+/// requests, until the startup packet, which goes to pgwire.
+async fn open<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, to_server: &mut tokio::net::unix::OwnedWriteHalf, tls: TlsStage) -> io::Result<Opened> {
+    loop {
+        let length = client.read_u32().await? as usize;
+        if !(8..=MAX_STARTUP_BYTES).contains(&length) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("startup packet of {length} bytes")));
+        }
+        let mut body = vec![0; length - 4];
+        client.read_exact(&mut body).await?;
+        let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        if code == SSL_REQUEST && tls == TlsStage::Offered {
+            client.write_all(b"S").await?;
+            return Ok(Opened::WantsTls);
+        }
+        if code == SSL_REQUEST || code == GSSENC_REQUEST {
+            client.write_all(b"N").await?;
+            continue;
+        }
+        if tls == TlsStage::Offered {
+            let message = "this node's PostgreSQL door requires TLS: connect with sslmode=require (or prefer)";
+            let _ = client.write_all(&fatal("28000", message)).await;
+            let _ = client.shutdown().await;
+            return Ok(Opened::Refused);
+        }
+        to_server.write_all(&(length as u32).to_be_bytes()).await?;
+        to_server.write_all(&body).await?;
+        return Ok(Opened::Started);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TlsStage {
+    /// No certificate: plain text only.
+    Plain,
+    /// A certificate: the client must ask for TLS.
+    Offered,
+    /// Inside TLS already.
+    Encrypted,
+}
+
+type ClientReader = Box<dyn AsyncRead + Send + Unpin>;
+type ClientWriter = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+
+fn split_client<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (ClientReader, ClientWriter) {
+    let (reader, writer) = tokio::io::split(stream);
+    (Box::new(reader), Arc::new(Mutex::new(Box::new(writer))))
+}
+
+async fn relay(mut client: TcpStream, server: UnixStream, max_message_bytes: usize, tls: Option<tokio_rustls::TlsAcceptor>) -> io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let (mut from_server, mut to_server) = server.into_split();
+    let opening = async {
+        let stage = if tls.is_some() { TlsStage::Offered } else { TlsStage::Plain };
+        match open(&mut client, &mut to_server, stage).await? {
+            Opened::Started => Ok(Some(split_client(client))),
+            Opened::Refused => Ok(None),
+            Opened::WantsTls => {
+                let acceptor = tls.expect("TLS is offered only with an acceptor");
+                let mut encrypted = acceptor.accept(client).await?;
+                match open(&mut encrypted, &mut to_server, TlsStage::Encrypted).await? {
+                    Opened::Started => Ok(Some(split_client(encrypted))),
+                    _ => Ok(None),
+                }
             }
-            let mut body = vec![0; length - 4];
-            from_client.read_exact(&mut body).await?;
-            let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-            if code == SSL_REQUEST || code == GSSENC_REQUEST {
-                to_client.lock().await.write_all(b"N").await?;
-                continue;
-            }
-            to_server.write_all(&(length as u32).to_be_bytes()).await?;
-            to_server.write_all(&body).await?;
-            return Ok::<(), io::Error>(());
         }
     };
-    match tokio::time::timeout(STARTUP_WAIT, startup).await {
-        Ok(result) => result?,
-        Err(_) => return Ok(()),
-    }
+    let (mut from_client, to_client) = match tokio::time::timeout(STARTUP_WAIT, opening).await {
+        Ok(Ok(Some(halves))) => halves,
+        Ok(Ok(None)) | Err(_) => return Ok(()),
+        Ok(Err(error)) => return Err(error),
+    };
 
     let replies = {
         let to_client = to_client.clone();
@@ -88,9 +148,9 @@ async fn relay(client: TcpStream, server: UnixStream, max_message_bytes: usize) 
 /// Forwards typed messages (a type byte, a 4-byte length, the body), checking each
 /// length as its header arrives.
 async fn forward_checked(
-    from_client: &mut tokio::net::tcp::OwnedReadHalf,
+    from_client: &mut ClientReader,
     to_server: &mut tokio::net::unix::OwnedWriteHalf,
-    to_client: &Mutex<OwnedWriteHalf>,
+    to_client: &Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     max_message_bytes: usize,
 ) -> io::Result<()> {
     let mut buffer = vec![0; 64 * 1024];
@@ -135,11 +195,18 @@ async fn forward_checked(
 }
 
 /// Tells the client its message is over the limit, as a FATAL error, and closes.
-async fn refuse(to_client: &Mutex<OwnedWriteHalf>, kind: u8, length: usize) {
+async fn refuse(to_client: &Mutex<Box<dyn AsyncWrite + Send + Unpin>>, kind: u8, length: usize) {
     let kind = if kind.is_ascii_graphic() { (kind as char).to_string() } else { format!("0x{kind:02x}") };
     let message = format!("message '{kind}' of {length} bytes is over this node's limit (--max-body-bytes): send less at once");
+    let mut writer = to_client.lock().await;
+    let _ = writer.write_all(&fatal("54000", &message)).await;
+    let _ = writer.shutdown().await;
+}
+
+/// A FATAL ErrorResponse message.
+fn fatal(sqlstate: &str, message: &str) -> Vec<u8> {
     let mut fields = Vec::new();
-    for (code, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "54000"), (b'M', message.as_str())] {
+    for (code, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', sqlstate), (b'M', message)] {
         fields.push(code);
         fields.extend_from_slice(value.as_bytes());
         fields.push(0);
@@ -148,7 +215,5 @@ async fn refuse(to_client: &Mutex<OwnedWriteHalf>, kind: u8, length: usize) {
     let mut frame = vec![b'E'];
     frame.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
     frame.extend_from_slice(&fields);
-    let mut writer = to_client.lock().await;
-    let _ = writer.write_all(&frame).await;
-    let _ = writer.shutdown().await;
+    frame
 }
