@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// after a write returns an older value, for t = 0, 10, 100, 1000 ms.
     #[arg(long)]
     leaderless: bool,
+    /// Instead: the cost of TLS. The same cluster and writes (each --acks mode, each
+    /// --clients count) with plain TCP and HTTP, then with TLS between nodes and HTTPS to
+    /// the leader (`tern certs`, `--tls-dir`), in one run: writes/s and p50 of each, and
+    /// their ratio. Clients keep their connections, as real ones do.
+    #[arg(long)]
+    tls: bool,
     /// One-way WAN latency per region pair for --geo, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
@@ -87,6 +93,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     if args.failover > 0 {
         return measure_failover(&args);
+    }
+    if args.tls {
+        return measure_tls(&args);
     }
     if let Some(counts) = &args.devices {
         let counts: Vec<usize> =
@@ -124,11 +133,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     );
     let mut points = Vec::new();
     for ack in &acks {
-        let w = match *ack {
-            "async" => "1",
-            "semi-sync" => "majority",
-            _ => "sync",
-        };
+        let w = ack_query(ack);
         for &count in &clients {
             let point = measure(&leader, ack, w, count, args.value_size, Duration::from_secs(args.duration));
             println!(
@@ -151,6 +156,85 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     drop(processes);
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
+}
+
+/// The plain cluster, then the TLS one, the same points on each.
+fn measure_tls(args: &BenchArgs) -> Result<(), String> {
+    let clients: Vec<usize> =
+        args.clients.split(',').map(|count| count.trim().parse().map_err(|_| format!("bad --clients item {count:?}"))).collect::<Result<_, _>>()?;
+    let acks: Vec<&str> = args.acks.iter().map(|ack| AckMode::from(*ack).name()).collect();
+    let data_dir = scratch_dir("bench-tls")?;
+    let certs = data_dir.join("certs");
+    let generated = tern_server::tls::generate("bench", &["n1".to_string(), "n2".to_string(), "n3".to_string()], &["127.0.0.1".to_string()], None)?;
+    tern_server::tls::write_certificates(&certs, &generated, true)?;
+    tern_server::client::trust_for_https(tern_server::tls::client_config_from(&certs.join("ca.pem"), None)?);
+    println!(
+        "tern bench --tls: 3 tern server processes on loopback, {} log, single-row INSERTs of {} bytes to the leader, {} s per point; plain TCP/HTTP, then TLS between nodes and HTTPS (TLS 1.3, ring), in this run",
+        format_name(args.log_format),
+        args.value_size,
+        args.duration
+    );
+    let mut results: Vec<(bool, Point)> = Vec::new();
+    for tls in [false, true] {
+        let mut extra = vec!["--log-format".to_string(), format_name(args.log_format)];
+        if tls {
+            extra.extend(["--tls-dir".to_string(), certs.display().to_string()]);
+        }
+        let run_dir = data_dir.join(if tls { "tls" } else { "plain" });
+        let processes = start_processes(3, &run_dir, &extra)?;
+        let scheme = if tls { "https://" } else { "" };
+        let addresses: Vec<String> = processes.iter().map(|process| format!("{scheme}{}", process.http)).collect();
+        wait_ready(&addresses, Duration::from_secs(30))?;
+        let leader = addresses[0].clone();
+        let reply = HttpClient::new(&leader)
+            .post_json("/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))
+            .map_err(|error| format!("cannot create the bench table: {error}"))?;
+        if reply.status != 200 {
+            return Err(format!("cannot create the bench table: {}", reply.body));
+        }
+        for ack in &acks {
+            let w = ack_query(ack);
+            for &count in &clients {
+                let point = measure(&leader, ack, w, count, args.value_size, Duration::from_secs(args.duration));
+                println!(
+                    "  {:<5} {:<10} {:>3} client(s): {:>8.0} writes/s  p50 {:>6} ms  ({} errors)",
+                    if tls { "tls" } else { "plain" },
+                    point.ack,
+                    point.clients,
+                    point.writes_per_second(),
+                    point.percentile_ms(50.0),
+                    point.errors
+                );
+                results.push((tls, point));
+            }
+        }
+        drop(processes);
+    }
+    println!("\n| ack | clients | plain writes/s | TLS writes/s | TLS/plain | plain p50 ms | TLS p50 ms |\n|---|---|---|---|---|---|---|");
+    for (_, plain) in results.iter().filter(|(tls, _)| !tls) {
+        let Some((_, tls)) = results.iter().find(|(tls, point)| *tls && point.ack == plain.ack && point.clients == plain.clients) else { continue };
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {} | {} |",
+            plain.ack,
+            plain.clients,
+            plain.writes_per_second(),
+            tls.writes_per_second(),
+            tls.writes_per_second() / plain.writes_per_second().max(1e-9),
+            plain.percentile_ms(50.0),
+            tls.percentile_ms(50.0)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+/// The `w=` of an ack mode's name.
+fn ack_query(ack: &str) -> &'static str {
+    match ack {
+        "async" => "1",
+        "semi-sync" => "majority",
+        _ => "sync",
+    }
 }
 
 fn measure(leader: &str, ack: &str, w: &str, clients: usize, value_size: usize, duration: Duration) -> Point {

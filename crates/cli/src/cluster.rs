@@ -35,6 +35,26 @@ pub struct ClusterSpec {
     pub ack: AckMode,
     pub wan: WanLatency,
     pub data_dir: PathBuf,
+    /// TLS everywhere: certificates made for the members in `data_dir/certs`, mutual TLS
+    /// between nodes, HTTPS and TLS for the PostgreSQL door; this process trusts the CA.
+    pub tls: bool,
+}
+
+/// The peer and HTTP TLS settings of each member, from certificates made now.
+fn demo_tls(spec: &ClusterSpec) -> Result<Vec<(Arc<tern_server::tls::PeerTls>, Arc<tern_server::tls::HttpTls>)>, String> {
+    use tern_server::tls::{client_config_from, generate, write_certificates, HttpTls, PeerTls, TlsFiles};
+    let ids: Vec<String> = spec.members.iter().map(|member| member.id.clone()).collect();
+    let dir = spec.data_dir.join("certs");
+    write_certificates(&dir, &generate("demo", &ids, &["localhost".to_string(), "127.0.0.1".to_string()], None)?, true)?;
+    tern_server::client::trust_for_https(client_config_from(&dir.join("ca.pem"), None)?);
+    ids.iter()
+        .map(|id| {
+            let (cert, key) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+            let peer = PeerTls::load(id, &cert, &key, &dir.join("ca.pem"))?;
+            let http = HttpTls::load(&TlsFiles { cert, key, ca: None })?;
+            Ok((Arc::new(peer), Arc::new(http)))
+        })
+        .collect()
 }
 
 /// Starts every member in this process, connected over loopback TCP.
@@ -47,9 +67,16 @@ pub async fn start_in_process(spec: &ClusterSpec) -> Result<Vec<Arc<Node>>, Stri
         cluster.push((member.id.clone(), free_addr()?));
     }
     let regions: BTreeMap<String, String> = spec.members.iter().map(|member| (member.id.clone(), member.region.clone())).collect();
+    let tls = if spec.tls { Some(demo_tls(spec)?) } else { None };
     let mut nodes = Vec::new();
-    for (member, (_, peer_addr)) in spec.members.iter().zip(&cluster) {
+    for (index, (member, (_, peer_addr))) in spec.members.iter().zip(&cluster).enumerate() {
+        let (peer_tls, http_tls) = match &tls {
+            Some(settings) => (Some(settings[index].0.clone()), Some(settings[index].1.clone())),
+            None => (None, None),
+        };
         let config = NodeConfig {
+            peer_tls,
+            http_tls,
             cluster: cluster.clone(),
             // Multi-leader: the region's first member leads it first.
             leader: spec

@@ -41,6 +41,19 @@ pub struct DemoArgs {
     /// Skip the failover drill (cutting the leader's region off) after the workload.
     #[arg(long)]
     no_failover_drill: bool,
+    /// TLS everywhere: certificates made for the three nodes (in the data directory's
+    /// certs/), mutual TLS between them, HTTPS, and TLS for the PostgreSQL door.
+    #[arg(long)]
+    pub(crate) tls: bool,
+}
+
+/// A node's URL as a person would paste it (addresses under --tls carry `https://`).
+pub(crate) fn url(address: &str) -> String {
+    if address.starts_with("https://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 const REGIONS: [(&str, &str); 3] = [("n1", "us-east"), ("n2", "eu-west"), ("n3", "antarctica")];
@@ -68,17 +81,21 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     }
     let data_dir = scratch_dir("demo")?;
     let logs = crate::log_to_file(&data_dir.join("nodes.log")).map(std::path::Path::to_path_buf);
-    let (runtime, nodes, addresses) = start_demo_regions(tern_core::Topology::SingleLeader, args.log_format.into(), args.ack.into(), &wan, &data_dir)?;
+    let (runtime, nodes, addresses) =
+        start_demo_regions(tern_core::Topology::SingleLeader, args.log_format.into(), args.ack.into(), &wan, &data_dir, args.tls)?;
     let (log_format, ack): (tern_core::LogFormat, tern_core::AckMode) = (args.log_format.into(), args.ack.into());
     println!("tern demo: 3 nodes, single leader in us-east, {} log, --ack {}", log_format.name(), ack.name());
     print_wan(&wan);
     for ((id, region), address) in REGIONS.iter().zip(&addresses) {
         let role = if *id == "n1" { "leader" } else { "follower" };
-        println!("  {id} {region:<11} {role:<9} leader priority {}  http://{address}", home_priority(id));
+        println!("  {id} {region:<11} {role:<9} leader priority {}  {}", home_priority(id), url(address));
     }
     println!("data: {}", data_dir.display());
     print_logs(logs.as_deref());
-    println!("dashboard: http://{}/ (live while the drill runs)", addresses[0]);
+    println!("dashboard: {}/ (live while the drill runs)", url(&addresses[0]));
+    if args.tls {
+        println!("TLS everywhere: certificates in {}/certs (curl --cacert {}/certs/ca.pem; TERN_CA for tern's tools)", data_dir.display(), data_dir.display());
+    }
     print_pg(&nodes);
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
 
@@ -146,6 +163,7 @@ pub(crate) fn start_demo_regions(
     ack: tern_core::AckMode,
     wan: &WanLatency,
     data_dir: &std::path::Path,
+    tls: bool,
 ) -> Result<(tokio::runtime::Runtime, Vec<Arc<tern_server::Node>>, Vec<String>), String> {
     let spec = ClusterSpec {
         topology,
@@ -161,10 +179,12 @@ pub(crate) fn start_demo_regions(
         ack,
         wan: wan.clone(),
         data_dir: data_dir.to_path_buf(),
+        tls,
     };
     let runtime = crate::runtime()?;
     let nodes = runtime.block_on(start_in_process(&spec))?;
-    let addresses = nodes.iter().map(|node| node.http_addr.lock().expect("http addr lock").clone()).collect();
+    let scheme = if tls { "https://" } else { "" };
+    let addresses = nodes.iter().map(|node| format!("{scheme}{}", node.http_addr.lock().expect("http addr lock"))).collect();
     Ok((runtime, nodes, addresses))
 }
 
@@ -216,7 +236,11 @@ pub(crate) fn serve_until_done(runtime: &tokio::runtime::Runtime, exit_after: Op
             });
         }
         None => {
-            println!("\nthe cluster keeps serving; try: curl -s 'http://{example}/db/query?level=none&q=SELECT+count(*)+FROM+orders'");
+            println!(
+                "\nthe cluster keeps serving; try: curl -s{} '{}/db/query?level=none&q=SELECT+count(*)+FROM+orders'",
+                if example.starts_with("https://") { " --cacert <data>/certs/ca.pem" } else { "" },
+                url(example)
+            );
             println!("press Ctrl-C to stop.");
             runtime.block_on(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -24,15 +24,16 @@ pub fn run(args: &DemoArgs, wan: WanLatency) -> Result<(), String> {
     let data_dir = scratch_dir("demo-multi")?;
     let logs = crate::log_to_file(&data_dir.join("nodes.log")).map(std::path::Path::to_path_buf);
     let ack: tern_core::AckMode = args.ack.into();
-    let (runtime, nodes, addresses) = crate::demo::start_demo_regions(tern_core::Topology::MultiLeader, tern_core::LogFormat::Row, ack, &wan, &data_dir)?;
+    let (runtime, nodes, addresses) =
+        crate::demo::start_demo_regions(tern_core::Topology::MultiLeader, tern_core::LogFormat::Row, ack, &wan, &data_dir, args.tls)?;
     println!("tern demo: 3 regions, multi-leader (each region leads itself and takes writes), row log, --ack {}", ack.name());
     crate::demo::print_wan(&wan);
     for ((id, region), address) in REGIONS.iter().zip(&addresses) {
-        println!("  {id} {region:<11} leader of {region:<11} http://{address}");
+        println!("  {id} {region:<11} leader of {region:<11} {}", crate::demo::url(address));
     }
     println!("data: {}", data_dir.display());
     crate::demo::print_logs(logs.as_deref());
-    println!("dashboard: http://{}/ (live while the drill runs)", addresses[0]);
+    println!("dashboard: {}/ (live while the drill runs)", crate::demo::url(&addresses[0]));
     crate::demo::print_pg(&nodes);
     crate::cluster::wait_ready(&addresses, Duration::from_secs(30))?;
     setup_schema(&addresses[0])?;

@@ -185,3 +185,36 @@ fn an_auth_file_with_plain_passwords_is_refused_at_start() {
     assert!(!output.status.success() && text.contains("bcrypt"), "{text}");
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+/// A forwarded request names its user, and the leader checks that user against its own
+/// file: a follower whose file is laxer (here it lets `reader` execute) cannot lend the
+/// permission by forwarding.
+#[test]
+fn the_leader_checks_the_user_a_follower_forwards_for() {
+    let (scratch, strict) = users_file("tern-auth-forwarded");
+    let lax = scratch.join("lax.json");
+    let users = json!([
+        {"username": "admin", "password": hash("admin-pw"), "perms": ["all"]},
+        {"username": "reader", "password": hash("reader-pw"), "perms": ["query", "execute"]},
+        {"username": "*", "perms": ["ready", "status"]}
+    ]);
+    std::fs::write(&lax, users.to_string()).expect("lax file written");
+    let mut cluster = Cluster::new("auth-forwarded", 3, &[]);
+    for node in &mut cluster.nodes {
+        let file = if node.id == "n1" { &strict } else { &lax };
+        node.push_args(&["--auth", &file.display().to_string()]);
+    }
+    cluster.start_all();
+    let follower = &cluster.nodes[1];
+    let mut admin = HttpClient::new(&follower.http).with_basic_auth("admin", "admin-pw");
+    let reply = admin.post_json("/db/execute", &json!(["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('admin')"])).expect("answers");
+    assert_eq!(reply.status, 200, "admin writes through the follower: {}", reply.body);
+    let mut reader = HttpClient::new(&follower.http).with_basic_auth("reader", "reader-pw");
+    let reply = reader.post_json("/db/execute", &json!(["INSERT INTO t VALUES ('reader')"])).expect("answers");
+    assert_eq!(reply.status, 403, "the leader refuses the reader's forwarded write: {}", reply.body);
+    assert!(reply.body.to_string().contains("on the leader"), "{}", reply.body);
+    let reply = reader.get("/db/query?q=SELECT%20v%20FROM%20t&level=strong").expect("answers");
+    assert_eq!(reply.body["results"][0]["values"], json!([["admin"]]), "the reader's forwarded read is served, and nothing else was written: {}", reply.body);
+    assert!(cluster.nodes[0].log_text().contains("forwarded for user \"reader\""), "the leader logs whom it refused");
+    let _ = std::fs::remove_dir_all(scratch);
+}

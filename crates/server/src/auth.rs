@@ -96,6 +96,22 @@ impl Caller {
     }
 }
 
+tokio::task_local! {
+    /// The user a request is served for (HTTP basic auth, a PostgreSQL login), within the
+    /// task serving it: a write or read forwarded to the leader carries it.
+    static ACTING_USER: Option<String>;
+}
+
+/// Runs `work` as done for `user`.
+pub async fn acting_as<F: std::future::Future>(user: Option<String>, work: F) -> F::Output {
+    ACTING_USER.scope(user, work).await
+}
+
+/// The user the current task serves, if one logged in.
+pub fn acting_user() -> Option<String> {
+    ACTING_USER.try_with(Clone::clone).ok().flatten()
+}
+
 /// Why a request is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -161,6 +177,13 @@ impl Users {
             }
         }
         Ok(Users { users, anyone, verified: Mutex::new(HashSet::new()), keys: std::collections::hash_map::RandomState::new() })
+    }
+
+    /// Whether a user this node's file names (or anyone, through `*`) has `permission`:
+    /// the leader's own check of a request a follower forwarded in that user's name.
+    pub fn permits(&self, user: &str, permission: Permission) -> bool {
+        let has = |permissions: &BTreeSet<Permission>| permissions.contains(&Permission::All) || permissions.contains(&permission);
+        has(&self.anyone) || self.users.get(user).is_some_and(|(_, permissions)| has(permissions))
     }
 
     /// Who sent a request with this `Authorization` header (or none).

@@ -77,6 +77,10 @@ pub enum Frame {
         /// Multi-leader: sent on by another region to this region, the rows' home; not sent
         /// on again.
         to_home: bool,
+        /// The user the forwarding node served it for (`--auth`): the receiver checks that
+        /// user's permission in its own file. `None`: no login (no `--auth` there, or the
+        /// node's own work), trusted as the authenticated peer's.
+        user: Option<String>,
     },
     ForwardWriteReply {
         id: u64,
@@ -86,6 +90,8 @@ pub enum Frame {
         id: u64,
         statements: Vec<Statement>,
         level: ReadLevel,
+        /// As `ForwardWrite`'s.
+        user: Option<String>,
     },
     ForwardReadReply {
         id: u64,

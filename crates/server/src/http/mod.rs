@@ -92,8 +92,9 @@ async fn authorize_with(users: Option<Arc<crate::auth::Users>>, mut request: axu
     let caller = tokio::task::spawn_blocking(move || users.caller(header.as_deref())).await;
     let refusal = match caller {
         Ok(Ok(caller)) if caller.may(needed) => {
+            let user = caller.user.clone();
             request.extensions_mut().insert(caller);
-            return next.run(request).await;
+            return crate::auth::acting_as(user, next.run(request)).await;
         }
         Ok(Ok(caller)) => caller.refusal(needed),
         Ok(Err(refusal)) => refusal,

@@ -125,6 +125,19 @@ impl Node {
 
     // ---- writes ----
 
+    /// A request forwarded in a user's name is checked again here, against this node's
+    /// own `--auth` file: a follower with a laxer file (or a bug) cannot lend a user a
+    /// permission this node would not give. `None` (no login where it was sent from, or
+    /// that node's own work) is served, as the authenticated peer's.
+    fn refuse_forwarded(&self, from: &str, user: Option<&str>, permission: crate::auth::Permission) -> Option<RequestError> {
+        let (Some(users), Some(user)) = (&self.config.auth, user) else { return None };
+        if users.permits(user, permission) {
+            return None;
+        }
+        tracing::warn!("refused a request {from} forwarded for user {user:?}: this node's --auth gives that user no {} permission", permission.name());
+        Some(RequestError::new(403, format!("user {user:?} lacks the {} permission (on the leader, {})", permission.name(), self.config.id)))
+    }
+
     pub(crate) fn on_frame(self: &Arc<Node>, from: &str, frame: Frame) {
         if self.is_cut_off(from) {
             return;
@@ -142,15 +155,20 @@ impl Node {
                     self.post(Event::Region { region, message });
                 }
             }
-            Frame::ForwardWrite { id, request, requirement, regions, to_home } => {
+            Frame::ForwardWrite { id, request, requirement, regions, to_home, user } => {
+                if let Some(refusal) = self.refuse_forwarded(from, user.as_deref(), crate::auth::Permission::Execute) {
+                    let reply = WriteReply { results: Vec::new(), position: None, error: Some(refusal), region_write: None };
+                    self.send_to(from, Frame::ForwardWriteReply { id, reply });
+                    return;
+                }
                 let node = self.clone();
                 let origin = from.to_string();
-                tokio::spawn(async move {
+                tokio::spawn(crate::auth::acting_as(user, async move {
                     // From another region, to this one as the rows' home: to its leader.
                     let reply =
                         if to_home { node.write_in_region(request, requirement, regions).await } else { node.write_local(request, requirement, regions).await };
                     node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
-                });
+                }));
             }
             Frame::ForwardDevicePush { id, writes } => {
                 let node = self.clone();
@@ -161,7 +179,11 @@ impl Node {
                     node.send_to(&origin, Frame::ForwardWriteReply { id, reply });
                 });
             }
-            Frame::ForwardRead { id, statements, level } => {
+            Frame::ForwardRead { id, statements, level, user } => {
+                if let Some(refusal) = self.refuse_forwarded(from, user.as_deref(), crate::auth::Permission::Query) {
+                    self.send_to(from, Frame::ForwardReadReply { id, reply: ReadReply { results: Vec::new(), error: Some(refusal) } });
+                    return;
+                }
                 let node = self.clone();
                 let origin = from.to_string();
                 tokio::spawn(async move {

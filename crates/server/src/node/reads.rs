@@ -87,7 +87,8 @@ impl Node {
             Some(leader) if *leader != self.config.id => leader.clone(),
             _ => return self.read_as_leader(statements, level).await,
         };
-        match self.forward(&leader, Duration::from_secs(10), |id| Frame::ForwardRead { id, statements, level }).await {
+        let user = crate::auth::acting_user();
+        match self.forward(&leader, Duration::from_secs(10), |id| Frame::ForwardRead { id, statements, level, user }).await {
             Some(ForwardReply::Read(reply)) => reply,
             _ => read_error(503, format!("leader {leader} did not answer the forwarded read in time")),
         }

@@ -52,7 +52,8 @@ impl Node {
             return WriteReply { results: Vec::new(), position: None, error: Some(RequestError::homed_in(home)), region_write: None };
         };
         let wait = self.config.write_timeout * 2 + Duration::from_secs(5);
-        match self.forward_to(&target, wait, false, |id| Frame::ForwardWrite { id, request, requirement, regions, to_home: true }).await {
+        let user = crate::auth::acting_user();
+        match self.forward_to(&target, wait, false, |id| Frame::ForwardWrite { id, request, requirement, regions, to_home: true, user }).await {
             Some(ForwardReply::Write(reply)) => reply,
             _ => {
                 let message = format!("region {home}, this request's rows' home, did not answer in time: its outcome is unknown");
@@ -69,7 +70,8 @@ impl Node {
             _ => return self.write_local(request, requirement, regions).await,
         };
         let wait = self.config.write_timeout * if regions.is_some() { 2 } else { 1 } + Duration::from_secs(5);
-        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement, regions, to_home: false }).await {
+        let user = crate::auth::acting_user();
+        match self.forward(&leader, wait, |id| Frame::ForwardWrite { id, request, requirement, regions, to_home: false, user }).await {
             Some(ForwardReply::Write(reply)) => reply,
             _ => {
                 let mut error = RequestError::new(503, format!("leader {leader} did not answer the forwarded write in time: its outcome is unknown"));

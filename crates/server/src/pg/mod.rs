@@ -229,6 +229,11 @@ impl Session {
         Session { node, parser: Arc::new(KeepSql), state: Mutex::new(SessionState::default()), caller: Mutex::new(None) }
     }
 
+    /// The user who logged in (with `--auth`), whom forwarded requests name.
+    fn user(&self) -> Option<String> {
+        self.caller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(|caller| caller.user.clone())
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -321,11 +326,13 @@ impl Session {
             }
         }
         if read_only {
-            let reply = self.node.read(vec![statement], self.read_options()).await;
+            let reply = crate::auth::acting_as(self.user(), self.node.read(vec![statement], self.read_options())).await;
             return read_result(reply, format);
         }
         let requirement = self.state().w;
-        let reply = self.node.write(WriteRequest { statements: vec![statement], transaction: false }, requirement, None, true).await;
+        let reply =
+            crate::auth::acting_as(self.user(), self.node.write(WriteRequest { statements: vec![statement], transaction: false }, requirement, None, true))
+                .await;
         self.write_result(reply, words, format)
     }
 
@@ -341,7 +348,8 @@ impl Session {
             return Ok(Response::TransactionEnd(Tag::new("COMMIT")));
         }
         let requirement = self.state().w;
-        let reply = self.node.write(WriteRequest { statements: block.writes, transaction: true }, requirement, None, true).await;
+        let reply =
+            crate::auth::acting_as(self.user(), self.node.write(WriteRequest { statements: block.writes, transaction: true }, requirement, None, true)).await;
         if let Some(failure) = &reply.error {
             return Err(request_error(failure));
         }
