@@ -174,7 +174,9 @@ fn measure_tls(args: &BenchArgs) -> Result<(), String> {
         args.value_size,
         args.duration
     );
-    let mut results: Vec<(bool, Point)> = Vec::new();
+    // Both clusters run for the whole bench, and each point is measured on one right after
+    // the other: drift on a shared machine then touches both alike.
+    let mut clusters = Vec::new();
     for tls in [false, true] {
         let mut extra = vec!["--log-format".to_string(), format_name(args.log_format)];
         if tls {
@@ -192,10 +194,15 @@ fn measure_tls(args: &BenchArgs) -> Result<(), String> {
         if reply.status != 200 {
             return Err(format!("cannot create the bench table: {}", reply.body));
         }
-        for ack in &acks {
-            let w = ack_query(ack);
-            for &count in &clients {
-                let point = measure(&leader, ack, w, count, args.value_size, Duration::from_secs(args.duration));
+        clusters.push((tls, leader, processes));
+    }
+    let mut results: Vec<(bool, Point)> = Vec::new();
+    for ack in &acks {
+        let w = ack_query(ack);
+        for &count in &clients {
+            for (tls, leader, _) in &clusters {
+                let tls = *tls;
+                let point = measure(leader, ack, w, count, args.value_size, Duration::from_secs(args.duration));
                 println!(
                     "  {:<5} {:<10} {:>3} client(s): {:>8.0} writes/s  p50 {:>6} ms  ({} errors)",
                     if tls { "tls" } else { "plain" },
@@ -208,8 +215,8 @@ fn measure_tls(args: &BenchArgs) -> Result<(), String> {
                 results.push((tls, point));
             }
         }
-        drop(processes);
     }
+    drop(clusters);
     println!("\n| ack | clients | plain writes/s | TLS writes/s | TLS/plain | plain p50 ms | TLS p50 ms |\n|---|---|---|---|---|---|---|");
     for (_, plain) in results.iter().filter(|(tls, _)| !tls) {
         let Some((_, tls)) = results.iter().find(|(tls, point)| *tls && point.ack == plain.ack && point.clients == plain.clients) else { continue };
