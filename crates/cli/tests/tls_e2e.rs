@@ -120,7 +120,7 @@ async fn send_as(peer: &str, tls: Option<(&Path, &Path, &Path)>, claimed: &str, 
     });
     let request =
         tern_storage::WriteRequest { statements: vec![tern_storage::Statement::new(format!("INSERT INTO t VALUES ('{marker}')"))], transaction: false };
-    let write = Frame::ForwardWrite { id: 1, request, requirement: None, regions: None, to_home: false };
+    let write = Frame::ForwardWrite { id: 1, request, requirement: None, regions: None, to_home: false, user: None };
     let send = |mut writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>| async move {
         write_frame(&mut writer, &hello).await?;
         write_frame(&mut writer, &write).await?;
