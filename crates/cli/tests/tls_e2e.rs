@@ -241,3 +241,60 @@ fn the_postgresql_door_speaks_tls_and_refuses_plain_text() {
     let (ok, text) = psql("disable", "SELECT 1");
     assert!(!ok && text.contains("requires TLS"), "plain text is refused: {text}");
 }
+
+/// Leaderless peer links use the same mutual TLS: a row written at one node with `w=all`
+/// is read at another with `r=all`, every copy having crossed TLS.
+#[test]
+fn a_leaderless_cluster_replicates_over_tls() {
+    let certs_dir = shared_certs();
+    let dir = certs_dir.display().to_string();
+    let mut cluster = Cluster::new_leaderless("tls-leaderless", &["us-east", "eu-west", "antarctica"], &["--replicas", "3", "--tls-dir", &dir]);
+    for node in &mut cluster.nodes {
+        node.http = format!("https://{}", node.http);
+    }
+    cluster.start_all();
+    let reply = execute(&mut cluster.nodes[0].client(), "", json!(["CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = execute(&mut cluster.nodes[0].client(), "?w=all", json!([["INSERT INTO kv VALUES (?, ?)", "a", "over tls"]]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body["results"][0]["error"].is_null(), "w=all: every replica acknowledged over TLS: {}", reply.body);
+    let reply = query(&mut cluster.nodes[2].client(), "SELECT v FROM kv WHERE k = 'a'", "r=all");
+    assert_eq!(rows(&reply), vec![json!(["over tls"])], "{}", reply.body);
+    let logs = cluster.logs();
+    assert!(!logs.contains("refused a peer connection") && !logs.contains("TLS with"), "members refused each other:\n{logs}");
+}
+
+/// The explicit flags, and client certificates for the API (`--http-ca`): a client
+/// without one gets no answer, a client with one signed by the CA is served.
+#[test]
+fn the_api_can_require_client_certificates() {
+    let certs_dir = shared_certs();
+    let file = |name: &str| certs_dir.join(name).display().to_string();
+    let flags = [
+        "--node-cert".to_string(),
+        file("n1.pem"),
+        "--node-key".to_string(),
+        file("n1.key"),
+        "--node-ca".to_string(),
+        file("ca.pem"),
+        "--http-cert".to_string(),
+        file("n1.pem"),
+        "--http-key".to_string(),
+        file("n1.key"),
+        "--http-ca".to_string(),
+        file("ca.pem"),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::new("tls-client-certs", 1, &flags);
+    let address = format!("https://{}", cluster.nodes[0].http);
+    cluster.nodes[0].http = address.clone();
+    cluster.nodes[0].start();
+    let with_certificate =
+        tern_server::tls::client_config_from(&certs_dir.join("ca.pem"), Some((&certs_dir.join("n4.pem"), &certs_dir.join("n4.key")))).expect("loads");
+    let mut client = tern_server::client::HttpClient::new(&address).with_tls(Some(with_certificate)).with_timeout(Duration::from_secs(5));
+    eventually(Duration::from_secs(30), "the node to answer a client with a certificate", || client.get("/readyz").is_ok_and(|reply| reply.status == 200));
+    let reply = client.post_json("/db/execute", &json!(["CREATE TABLE t (v)"])).expect("answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let without = tern_server::client::HttpClient::new(&address).with_timeout(Duration::from_secs(5)).get("/readyz");
+    assert!(without.is_err(), "a client without a certificate is not served: {without:?}");
+}

@@ -188,6 +188,11 @@ impl Cluster {
         cluster
     }
 
+    /// Leaderless: node `i` (n1, n2, ...) in region `node_regions[i]`; none started.
+    pub fn new_leaderless(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
+        Cluster::with_regions(name, node_regions, "leaderless", extra)
+    }
+
     /// Leaderless: node `i` (n1, n2, ...) in region `node_regions[i]`; all started.
     pub fn start_leaderless(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
         let mut cluster = Cluster::with_regions(name, node_regions, "leaderless", extra);
