@@ -3,6 +3,9 @@
 use super::*;
 
 pub(super) fn not_ready(node: &Node) -> Option<Response> {
+    if node.with_published(|published| published.ready) {
+        return None;
+    }
     let published = node.published();
     (!published.ready).then(|| {
         let message = match &published.leader {
@@ -335,8 +338,10 @@ fn served_by_leader(level: ReadLevel) -> bool {
 /// `freshness_strict` flag needs nothing here: tern's `freshness=` already measures how far
 /// behind this node's data is, not how long since it heard from the leader.)
 fn auto_level(node: &Node, params: &Params, mut options: ReadOptions) -> ReadOptions {
-    let learner = node.published().membership.learners.contains(&node.config.id);
-    if params.get("level") == Some("auto") && learner && node.config.non_voters.contains(&node.config.id) {
+    if params.get("level") == Some("auto")
+        && node.config.non_voters.contains(&node.config.id)
+        && node.with_published(|published| published.membership.learners.contains(&node.config.id))
+    {
         options.level = ReadLevel::None;
     }
     options

@@ -265,6 +265,8 @@ pub struct Node {
     pending_writes: AtomicUsize,
     /// Pooled read-only connections, each with the reader generation it was opened in.
     readers: Mutex<Vec<(u64, Reader)>>,
+    /// SQL texts of reads that ran over the inline budget (see `read_inline`).
+    slow_reads: Mutex<std::collections::HashSet<String>>,
     /// Bumped when a snapshot replaces the database file: older readers are discarded.
     reader_generation: Arc<AtomicU64>,
     forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
@@ -367,6 +369,7 @@ impl Node {
             outbound: Mutex::new(BTreeMap::new()),
             pending_writes: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
+            slow_reads: Mutex::new(std::collections::HashSet::new()),
             reader_generation: reader_generation.clone(),
             forwards: Mutex::new(HashMap::new()),
             next_forward_id: AtomicU64::new(1),
@@ -407,6 +410,12 @@ impl Node {
 
     pub fn published(&self) -> Published {
         self.published.borrow().clone()
+    }
+
+    /// One look at what the replica loop last published, without copying it (a copy
+    /// holds the membership: allocations a read by key should not pay for).
+    pub fn with_published<T>(&self, look: impl FnOnce(&Published) -> T) -> T {
+        look(&self.published.borrow())
     }
 
     /// This node's lag behind the leader, if known. A leader is current while its write

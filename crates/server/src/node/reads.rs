@@ -14,7 +14,6 @@ impl Node {
     }
 
     async fn read_at_level(&self, statements: Vec<Statement>, options: ReadOptions) -> ReadReply {
-        let published = self.published();
         match options.level {
             ReadLevel::None => {
                 if let Some(freshness) = options.freshness {
@@ -72,7 +71,7 @@ impl Node {
                 }
             }
             ReadLevel::Weak | ReadLevel::Strong | ReadLevel::Linearizable => {
-                if published.is_leader {
+                if self.with_published(|published| published.is_leader) {
                     self.read_as_leader(statements, options.level).await
                 } else {
                     self.read_at_leader(statements, options.level).await
@@ -116,9 +115,48 @@ impl Node {
     /// Runs the statements on a local read-only connection; returns the reply and the
     /// log index the read's snapshot contained.
     pub(super) async fn read_here(&self, statements: Vec<Statement>) -> (ReadReply, u64) {
+        if let Some(answered) = self.read_inline(&statements) {
+            return answered;
+        }
         match self.with_reader(move |reader| reader.query(&statements).map_err(|error| error.to_string())).await {
             Ok(Ok((results, observed))) => (ReadReply { results, error: None }, observed),
             Ok(Err(error)) | Err(error) => (read_error(500, error), 0),
+        }
+    }
+
+    /// Serves a short read on this async worker, with no hop to a blocking thread (which
+    /// costs more than a read by key itself): on a pooled reader, within
+    /// `INLINE_READ_BUDGET`. `None` when no reader is pooled, when these statements ran
+    /// over the budget before (they go to a blocking thread from then on), or when they
+    /// do now (then they are run again there: a read changes nothing). A worker is thus
+    /// held at most about the budget by any read.
+    fn read_inline(&self, statements: &[Statement]) -> Option<(ReadReply, u64)> {
+        let key = inline_key(statements);
+        if self.slow_reads.lock().expect("slow reads lock").contains(&key) {
+            return None;
+        }
+        let generation = self.reader_generation.load(Ordering::Acquire);
+        let reader = {
+            let mut readers = self.readers.lock().expect("readers lock");
+            readers.retain(|(opened_in, _)| *opened_in == generation);
+            readers.pop().map(|(_, reader)| reader)?
+        };
+        let outcome = reader.query_within(statements, INLINE_READ_BUDGET);
+        if self.reader_generation.load(Ordering::Acquire) == generation {
+            self.readers.lock().expect("readers lock").push((generation, reader));
+        }
+        match outcome {
+            Ok(Some((results, observed))) => Some((ReadReply { results, error: None }, observed)),
+            Ok(None) => {
+                let mut slow = self.slow_reads.lock().expect("slow reads lock");
+                // Bounded: a client sending ever new slow texts only resets the memory.
+                if slow.len() >= 4096 {
+                    slow.clear();
+                }
+                slow.insert(key);
+                None
+            }
+            Err(error) => Some((read_error(500, error.to_string()), 0)),
         }
     }
 
@@ -261,4 +299,18 @@ impl Node {
 
 pub(super) fn read_error(status: u16, message: impl Into<String>) -> ReadReply {
     ReadReply { results: Vec::new(), error: Some(RequestError::new(status, message)) }
+}
+
+/// How long a read may run on an async worker before it is handed to a blocking thread
+/// (a read by key takes a few microseconds; a scan of thousands of rows, milliseconds).
+const INLINE_READ_BUDGET: Duration = Duration::from_micros(500);
+
+/// What identifies a read for `slow_reads`: its SQL texts, in order.
+fn inline_key(statements: &[Statement]) -> String {
+    let mut key = String::new();
+    for statement in statements {
+        key.push_str(&statement.sql);
+        key.push('\0');
+    }
+    key
 }

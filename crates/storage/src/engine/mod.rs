@@ -225,10 +225,10 @@ fn forget_cached_pages(connection: &Connection) -> Result<()> {
 /// The position a database holds: physical databases record it in their own pages,
 /// logical ones are at their newest log row.
 fn database_position(connection: &Connection) -> Result<Position> {
+    // Cached: every read asks it, and parsing it cost more than the read by key itself.
     let recorded = connection
-        .query_row("SELECT (SELECT value FROM _tern_meta WHERE key = 'applied_epoch'), (SELECT value FROM _tern_meta WHERE key = 'applied_index')", [], |row| {
-            Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
-        })
+        .prepare_cached("SELECT (SELECT value FROM _tern_meta WHERE key = 'applied_epoch'), (SELECT value FROM _tern_meta WHERE key = 'applied_index')")
+        .and_then(|mut statement| statement.query_row([], |row| Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))))
         .optional();
     match recorded {
         Ok(Some((Some(epoch), Some(index)))) => Ok(Position::new(epoch as u64, index as u64)),

@@ -95,14 +95,54 @@ impl Reader {
         Ok((results, observed?))
     }
 
+    /// Like [`Reader::query`], but gives up as soon as one statement runs longer than
+    /// `budget` (`Ok(None)`): for serving short reads on the caller's own thread, and
+    /// handing the rest to a thread that may block. Reads change nothing, so the caller
+    /// can run the same statements again elsewhere.
+    ///
+    /// # Errors
+    /// On a SQLite failure outside the statements themselves.
+    pub fn query_within(&self, statements: &[Statement], budget: std::time::Duration) -> Result<Option<(Vec<StatementResult>, u64)>> {
+        let limits = self.policy.limits();
+        self.policy.set_limits(Limits { statement_timeout: budget.min(limits.statement_timeout), ..limits });
+        let outcome = self.in_read_transaction(|| {
+            let observed = database_position(&self.connection).map(|position| position.index);
+            let mut results = Vec::with_capacity(statements.len());
+            for statement in statements {
+                results.push(self.query_one(statement));
+                if self.policy.interrupted() {
+                    return None;
+                }
+            }
+            Some((observed, results))
+        });
+        self.policy.set_limits(limits);
+        match outcome? {
+            Some((observed, results)) => Ok(Some((results, observed?))),
+            None => Ok(None),
+        }
+    }
+
     /// Runs `read` in one read transaction (one snapshot of the database), ended by a
     /// guard whatever happens inside.
     pub(super) fn in_read_transaction<T>(&self, read: impl FnOnce() -> T) -> Result<T> {
-        let transaction = self.connection.unchecked_transaction()?;
+        /// Ends the transaction however `read` ends (a panic included). Nothing was
+        /// written: a rollback is the same as a commit, and does nothing if SQLite already
+        /// ended the transaction after an error.
+        struct End<'connection>(&'connection Connection);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                if !self.0.is_autocommit() {
+                    let _ = self.0.prepare_cached("ROLLBACK").and_then(|mut statement| statement.execute([]));
+                }
+            }
+        }
+        // Cached statements: parsing BEGIN and ROLLBACK on every read cost more than
+        // the read by key itself.
+        self.connection.prepare_cached("BEGIN")?.execute([])?;
+        let end = End(&self.connection);
         let outcome = read();
-        // Nothing was written: ending it by rollback is the same as a commit, and works
-        // also if SQLite already ended it after an error.
-        transaction.finish()?;
+        drop(end);
         Ok(outcome)
     }
 

@@ -148,6 +148,10 @@ pub(super) const PARAMETERS_NEED_ONE_STATEMENT: &str = "a statement string with 
 /// say). Prepare with the client rules in force: a refused statement still ends there.
 /// One item, the text unchanged, when it holds one statement (or none).
 pub fn split_statements(connection: &Connection, sql: &str) -> Vec<String> {
+    // No semicolon anywhere (not even in a literal): one statement, with no tokenizing.
+    if !sql.contains(';') {
+        return vec![sql.to_owned()];
+    }
     let tokens = tokenize(sql);
     let semicolons: Vec<usize> =
         tokens.iter().filter(|token| token.kind == TokenKind::Other && &sql[token.start..token.end] == ";").map(|token| token.end).collect();
