@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// their ratio. Clients keep their connections, as real ones do.
     #[arg(long)]
     tls: bool,
+    /// Instead: the costs a cluster is sized by: resident memory per node idle and under
+    /// load, a follower's catch-up speed from the log and from a snapshot, level=none read
+    /// throughput with 1 to 5 nodes, and write throughput as values grow from 64 B to 64 KiB.
+    #[arg(long)]
+    sizing: bool,
     /// One-way WAN latency per region pair for --geo, milliseconds.
     #[arg(long, default_value = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90")]
     wan: String,
@@ -68,7 +73,7 @@ fn format_name(format: LogFormatArg) -> String {
     LogFormat::from(format).name().to_string()
 }
 
-struct Point {
+pub(crate) struct Point {
     ack: String,
     clients: usize,
     writes: u64,
@@ -78,11 +83,11 @@ struct Point {
 }
 
 impl Point {
-    fn writes_per_second(&self) -> f64 {
+    pub(crate) fn writes_per_second(&self) -> f64 {
         self.writes as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile_ms(&self, percent: f64) -> String {
+    pub(crate) fn percentile_ms(&self, percent: f64) -> String {
         self.latency.percentile(percent).map_or("-".into(), millis)
     }
 }
@@ -96,6 +101,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     if args.tls {
         return measure_tls(&args);
+    }
+    if args.sizing {
+        return crate::bench_sizing::run(Duration::from_secs(args.duration));
     }
     if let Some(counts) = &args.devices {
         let counts: Vec<usize> =
@@ -244,7 +252,7 @@ fn ack_query(ack: &str) -> &'static str {
     }
 }
 
-fn measure(leader: &str, ack: &str, w: &str, clients: usize, value_size: usize, duration: Duration) -> Point {
+pub(crate) fn measure(leader: &str, ack: &str, w: &str, clients: usize, value_size: usize, duration: Duration) -> Point {
     let warmup_end = Instant::now() + Duration::from_secs(1);
     let end = warmup_end + duration;
     let value = "x".repeat(value_size);

@@ -7,6 +7,7 @@ mod bench;
 mod bench_devices;
 mod bench_geo;
 mod bench_leaderless;
+mod bench_sizing;
 mod changes;
 mod cluster;
 mod conflicts;
@@ -580,7 +581,12 @@ fn main() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| format!("cannot start the runtime: {error}"))
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // TERN_WORKERS: async worker threads (default: one per core), for experiments.
+    if let Some(workers) = std::env::var("TERN_WORKERS").ok().and_then(|text| text.parse().ok()) {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().map_err(|error| format!("cannot start the runtime: {error}"))
 }
 
 /// Waits for Ctrl-C or SIGTERM.

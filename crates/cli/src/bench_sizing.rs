@@ -1,0 +1,231 @@
+//! `tern bench --sizing`: the costs a user sizes a cluster by, on real processes:
+//! resident memory per node idle and under load, how fast a follower catches up (from
+//! the log and from a snapshot), read throughput as nodes are added, and write
+//! throughput as the value grows.
+
+use crate::cluster::{scratch_dir, start_processes, wait_ready, ServerProcess};
+use crate::stats::{millis, Samples};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tern_server::client::HttpClient;
+
+/// Rows written to make a follower fall behind.
+const CATCH_UP_WRITES: u64 = 20_000;
+/// Rows per write request while it is behind (batched, so the setup is quick).
+const CATCH_UP_BATCH: u64 = 100;
+/// `--log-retain` of the snapshot case.
+const SNAPSHOT_RETAIN: u64 = 50;
+
+pub fn run(duration: Duration) -> Result<(), String> {
+    println!("tern bench --sizing: real tern server processes on loopback, {} s per point", duration.as_secs());
+    memory_and_catch_up(duration)?;
+    reads_as_nodes_are_added(duration)?;
+    writes_as_values_grow(duration)?;
+    Ok(())
+}
+
+/// Resident memory of a process, from /proc (Linux), in MiB.
+fn rss_mib(process: &ServerProcess) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.child.id())).ok()?;
+    let kib: f64 = status.lines().find(|line| line.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn rss_line(processes: &[ServerProcess]) -> String {
+    processes
+        .iter()
+        .enumerate()
+        .map(|(index, process)| format!("n{} {}", index + 1, rss_mib(process).map_or("?".to_string(), |mib| format!("{mib:.0} MiB"))))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn post(client: &mut HttpClient, path: &str, body: &serde_json::Value) -> Result<(), String> {
+    let reply = client.post_json(path, body).map_err(|error| format!("{path}: {error}"))?;
+    if reply.status != 200 || !reply.body["results"][0]["error"].is_null() {
+        return Err(format!("{path}: {} {}", reply.status, reply.body));
+    }
+    Ok(())
+}
+
+fn applied_index(address: &str) -> Option<u64> {
+    HttpClient::new(address).with_timeout(Duration::from_secs(2)).get("/status").ok()?.body["node"]["applied_index"].as_u64()
+}
+
+/// Bytes of a node's data directory (database, WAL, and whatever else it keeps).
+fn directory_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(metadata) if metadata.is_dir() => directory_bytes(&entry.path()),
+                Ok(metadata) => metadata.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// Memory idle, under 32 clients of writes, and a follower's catch-up from the log and
+/// from a snapshot (a cluster keeping few log entries).
+fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
+    println!("\nresident memory and catch-up (3 nodes, semi-sync, row log, 256-byte values):");
+        // Each write request is one log entry: keeping 50 of the 200 puts a follower that
+    // missed them all past the log, so it gets a snapshot.
+    for (label, retain) in [("from the log", 1_000_000u64), ("from a snapshot", SNAPSHOT_RETAIN)] {
+        let data_dir = scratch_dir("bench-sizing")?;
+        let mut processes = start_processes(3, &data_dir, &["--log-retain".to_string(), retain.to_string()])?;
+        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+        wait_ready(&addresses, Duration::from_secs(30))?;
+        let mut leader = HttpClient::new(&addresses[0]);
+        post(&mut leader, "/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))?;
+                if retain > SNAPSHOT_RETAIN {
+            std::thread::sleep(Duration::from_secs(1));
+            println!("  idle: {}", rss_line(&processes));
+            let load = std::thread::scope(|scope| {
+                let writing = scope.spawn(|| crate::bench::measure(&addresses[0], "semi-sync", "majority", 32, 256, duration));
+                std::thread::sleep(duration / 2 + Duration::from_secs(1));
+                let during = rss_line(&processes);
+                (writing.join(), during)
+            });
+            let (point, during) = load;
+            let point = point.map_err(|_| "the load thread panicked".to_string())?;
+            println!("  under 32 clients of writes ({:.0} writes/s): {during}", point.writes_per_second());
+        }
+        processes[2].kill();
+        let value = "x".repeat(256);
+        let started = Instant::now();
+        for batch in 0..CATCH_UP_WRITES / CATCH_UP_BATCH {
+            let statements: Vec<serde_json::Value> = (0..CATCH_UP_BATCH)
+                .map(|offset| json!(["INSERT OR REPLACE INTO bench (id, v) VALUES (?, ?)", 1_000_000 + batch * CATCH_UP_BATCH + offset, value]))
+                .collect();
+            post(&mut leader, "/db/execute", &serde_json::Value::Array(statements))?;
+        }
+        let written_in = started.elapsed();
+        let target = applied_index(&addresses[0]).ok_or("the leader does not answer /status")?;
+        let bytes_before = directory_bytes(&data_dir.join("n3"));
+        let restarted = Instant::now();
+        processes[2].restart()?;
+        loop {
+            if applied_index(&addresses[2]).is_some_and(|index| index >= target) {
+                break;
+            }
+            if restarted.elapsed() > Duration::from_secs(120) {
+                return Err(format!("n3 did not catch up ({label}) within 120 s"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = restarted.elapsed();
+        let received = directory_bytes(&data_dir.join("n3")).saturating_sub(bytes_before);
+        let entries = CATCH_UP_WRITES / CATCH_UP_BATCH;
+        println!(
+            "  catch-up {label}: {} rows of 256 B ({} entries, written in {} ms) applied by a restarted follower in {} ms: {:.0} rows/s, {:.1} MB/s of data directory growth ({:.1} MB){}",
+            CATCH_UP_WRITES,
+            entries,
+            written_in.as_millis(),
+            took.as_millis(),
+            CATCH_UP_WRITES as f64 / took.as_secs_f64(),
+            received as f64 / 1e6 / took.as_secs_f64(),
+            received as f64 / 1e6,
+                        if retain <= SNAPSHOT_RETAIN { " (the leader's log keeps 50 entries: a snapshot)" } else { "" }
+        );
+        drop(processes);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    Ok(())
+}
+
+/// `level=none` reads by key, 16 clients spread over every node, for 1 to 5 nodes.
+fn reads_as_nodes_are_added(duration: Duration) -> Result<(), String> {
+    println!("\nlevel=none reads by key (16 clients spread over the nodes; every node on these same 2 cores):");
+    println!("| nodes | reads/s | p50 ms | p99 ms |\n|---|---|---|---|");
+    for nodes in 1..=5usize {
+        let data_dir = scratch_dir("bench-reads")?;
+        let processes = start_processes(nodes, &data_dir, &[])?;
+        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+        wait_ready(&addresses, Duration::from_secs(30))?;
+        let mut leader = HttpClient::new(&addresses[0]);
+        post(
+            &mut leader,
+            "/db/execute?w=all",
+            &json!([
+                "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)",
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<10000) INSERT INTO kv SELECT x, substr(hex(zeroblob(128)),1,256) FROM c"
+            ]),
+        )?;
+        // Every node has the rows (w=all waits for the voters, not for them to apply).
+        let target = applied_index(&addresses[0]).unwrap_or(0);
+        for address in &addresses {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while applied_index(address).is_none_or(|index| index < target) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let warmup_end = Instant::now() + Duration::from_secs(1);
+        let end = warmup_end + duration;
+        let workers: Vec<_> = (0..16usize)
+            .map(|worker| {
+                let address = addresses[worker % addresses.len()].clone();
+                std::thread::spawn(move || {
+                    let mut client = HttpClient::new(&address);
+                    let mut latency = Samples::default();
+                    let mut key = worker as u64 * 7919;
+                    loop {
+                        let started = Instant::now();
+                        if started >= end {
+                            break;
+                        }
+                        key = (key * 48_271 + 1) % 10_000;
+                        let ok = client
+                            .post_json("/db/query?level=none", &json!([["SELECT v FROM kv WHERE k = ?", key + 1]]))
+                            .is_ok_and(|reply| reply.status == 200);
+                        if ok && started >= warmup_end {
+                            latency.push(started.elapsed());
+                        }
+                    }
+                    latency
+                })
+            })
+            .collect();
+        let mut latency = Samples::default();
+        for worker in workers {
+            latency.extend(worker.join().map_err(|_| "a read client panicked".to_string())?);
+        }
+        println!(
+            "| {nodes} | {:.0} | {} | {} |",
+            latency.len() as f64 / duration.as_secs_f64(),
+            latency.percentile(50.0).map_or("-".into(), millis),
+            latency.percentile(99.0).map_or("-".into(), millis)
+        );
+        drop(processes);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    Ok(())
+}
+
+/// Semi-sync writes of one row, 1 and 32 clients, values of 64 B to 64 KiB.
+fn writes_as_values_grow(duration: Duration) -> Result<(), String> {
+    println!("\nsemi-sync single-row INSERTs to the leader as the value grows (3 nodes, row log):");
+    println!("| value | 1 client writes/s (p50 ms) | 32 clients writes/s (p50 ms) | 32 clients MB/s |\n|---|---|---|---|");
+    let data_dir = scratch_dir("bench-values")?;
+    let processes = start_processes(3, &data_dir, &[])?;
+    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+    wait_ready(&addresses, Duration::from_secs(30))?;
+    post(&mut HttpClient::new(&addresses[0]), "/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))?;
+    for size in [64usize, 1024, 16 * 1024, 64 * 1024] {
+        let one = crate::bench::measure(&addresses[0], "semi-sync", "majority", 1, size, duration);
+        let many = crate::bench::measure(&addresses[0], "semi-sync", "majority", 32, size, duration);
+        let label = if size >= 1024 { format!("{} KiB", size / 1024) } else { format!("{size} B") };
+        println!(
+            "| {label} | {:.0} ({}) | {:.0} ({}) | {:.1} |",
+            one.writes_per_second(),
+            one.percentile_ms(50.0),
+            many.writes_per_second(),
+            many.percentile_ms(50.0),
+            many.writes_per_second() * size as f64 / 1e6
+        );
+    }
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
