@@ -71,13 +71,13 @@ python3 - "$OUT" <<'EOF'
 import re, sys
 rows = {}
 for line in open(sys.argv[1]):
-    m = re.match(r'^(.*?): (?:op=\S+ )?clients=(\d+) .*?(?:writes|reads)/s=(\d+)(?: .*?p50=([\d.]+)ms)?', line)
-    if m:
-        rows[(m.group(1).strip(), int(m.group(2)))] = (int(m.group(3)), m.group(4))
-        continue
     m = re.match(r'^postgres (\S+) pgbench UPDATE: clients=(\d+) writes/s=(\d+) txns=\d+ p50=([\d.]+)ms', line)
     if m:
         rows[(f"postgres {m.group(1)}", int(m.group(2)))] = (int(m.group(3)), m.group(4))
+        continue
+    m = re.match(r'^(.*?): (?:op=\S+ )?clients=(\d+) .*?(?:writes|reads)/s=(\d+)(?: .*?p50=([\d.]+)ms)?', line)
+    if m:
+        rows[(m.group(1).strip(), int(m.group(2)))] = (int(m.group(3)), m.group(4))
 def get(name, clients):
     return rows.get((name, clients))
 comparisons = [

@@ -70,7 +70,7 @@ fn directory_bytes(path: &std::path::Path) -> u64 {
 /// from a snapshot (a cluster keeping few log entries).
 fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
     println!("\nresident memory and catch-up (3 nodes, semi-sync, row log, 256-byte values):");
-        // Each write request is one log entry: keeping 50 of the 200 puts a follower that
+    // Each write request is one log entry: keeping 50 of the 200 puts a follower that
     // missed them all past the log, so it gets a snapshot.
     for (label, retain) in [("from the log", 1_000_000u64), ("from a snapshot", SNAPSHOT_RETAIN)] {
         let data_dir = scratch_dir("bench-sizing")?;
@@ -79,7 +79,7 @@ fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
         wait_ready(&addresses, Duration::from_secs(30))?;
         let mut leader = HttpClient::new(&addresses[0]);
         post(&mut leader, "/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))?;
-                if retain > SNAPSHOT_RETAIN {
+        if retain > SNAPSHOT_RETAIN {
             std::thread::sleep(Duration::from_secs(1));
             println!("  idle: {}", rss_line(&processes));
             let load = std::thread::scope(|scope| {

@@ -98,12 +98,18 @@ pub(super) fn append_log(log: &Connection, entry: &Entry) -> Result<()> {
 }
 
 pub(super) fn read_meta(connection: &Connection, key: &str) -> Result<Option<u64>> {
-    Ok(connection.query_row("SELECT value FROM _tern_meta WHERE key = ?1", [key], |row| row.get::<_, i64>(0)).optional()?.map(|value| value as u64))
+    // Cached: the write path reads and writes these on every commit.
+    Ok(connection
+        .prepare_cached("SELECT value FROM _tern_meta WHERE key = ?1")?
+        .query_row([key], |row| row.get::<_, i64>(0))
+        .optional()?
+        .map(|value| value as u64))
 }
 
 pub(super) fn write_meta(connection: &Connection, key: &str, value: u64) -> Result<()> {
     connection
-        .execute("INSERT INTO _tern_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value as i64])?;
+        .prepare_cached("INSERT INTO _tern_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute(params![key, value as i64])?;
     Ok(())
 }
 
