@@ -105,13 +105,7 @@ fn credentials_and_permissions_guard_every_node() {
 /// users; a reader reads and cannot write.
 #[test]
 fn the_postgresql_door_checks_passwords_and_permissions() {
-    let installed = || Command::new("sh").args(["-c", "command -v psql"]).output().is_ok_and(|output| output.status.success());
-    if !installed() {
-        let _ = Command::new("sh")
-            .args(["-c", "(apt-get install -y -q postgresql-client || (apt-get update -q && apt-get install -y -q postgresql-client)) >/dev/null 2>&1"])
-            .status();
-    }
-    if !installed() {
+    if !psql_available() {
         println!("SKIPPED: psql is not installed and apt-get could not install it");
         return;
     }

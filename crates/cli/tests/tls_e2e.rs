@@ -212,13 +212,7 @@ fn a_peer_without_the_clusters_certificate_cannot_connect_and_its_frames_are_nev
 /// that does not ask for TLS is refused before it can send a password.
 #[test]
 fn the_postgresql_door_speaks_tls_and_refuses_plain_text() {
-    let installed = || Command::new("sh").args(["-c", "command -v psql"]).output().is_ok_and(|output| output.status.success());
-    if !installed() {
-        let _ = Command::new("sh")
-            .args(["-c", "(apt-get install -y -q postgresql-client || (apt-get update -q && apt-get install -y -q postgresql-client)) >/dev/null 2>&1"])
-            .status();
-    }
-    if !installed() {
+    if !psql_available() {
         println!("SKIPPED: psql is not installed and apt-get could not install it");
         return;
     }

@@ -398,6 +398,37 @@ mod tests {
         assert!(!certificate_names(&n1, "not a name"));
     }
 
+    /// The peer door with TLS: any bytes a stranger sends end in a refused handshake
+    /// (never a panic, never a connection that reads frames).
+    #[test]
+    fn any_bytes_instead_of_a_handshake_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tern-tls-unit-{}", std::process::id()));
+        write_certificates(&dir, &generate("unit", &["n1".to_string()], &[], None).unwrap(), true).unwrap();
+        let tls = Arc::new(PeerTls::load("n1", &dir.join("n1.pem"), &dir.join("n1.key"), &dir.join("ca.pem")).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let config = proptest::test_runner::Config { cases: 48, ..proptest::test_runner::Config::default() };
+        proptest::proptest!(config, |(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048))| {
+            let tls = tls.clone();
+            let refused = runtime.block_on(async move {
+                use tokio::io::AsyncWriteExt;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let address = listener.local_addr().unwrap();
+                let sending = tokio::spawn(async move {
+                    let mut stranger = TcpStream::connect(address).await.unwrap();
+                    let _ = stranger.write_all(&bytes).await;
+                    // Then nothing more: the handshake cannot complete.
+                    let _ = stranger.shutdown().await;
+                });
+                let (stream, _) = listener.accept().await.unwrap();
+                let outcome = accept(Some(&tls), stream).await;
+                let _ = sending.await;
+                outcome.is_err()
+            });
+            proptest::prop_assert!(refused);
+        });
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn an_id_that_is_no_dns_name_is_refused() {
         for id in ["n 1", "", "127.0.0.1", "n_1/x"] {

@@ -70,15 +70,10 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = match crate::tls::dial(node.config.peer_tls.as_deref(), stream, &peer).await {
-            Ok(halves) => halves,
-            Err(error) => {
-                refused.note(&format!("TLS with {peer} at {addr} failed: {error}"));
-                hold(&mut waiting, &mut frames);
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                continue;
-            }
+        let Some((read_half, write_half)) = open_peer_link(node.config.peer_tls.as_deref(), stream, &peer, addr, &mut refused).await else {
+            hold(&mut waiting, &mut frames);
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
         };
         let mut writer = BufWriter::with_capacity(256 << 10, write_half);
         if write_frame(&mut writer, &Frame::Hello(own_hello(&node))).await.is_err() || writer.flush().await.is_err() {
@@ -201,6 +196,25 @@ pub(crate) async fn accept_each(listener: TcpListener, serve: impl Fn(TcpStream)
                 tracing::warn!("accepting a peer connection failed: {error}");
                 tokio::time::sleep(RECONNECT_DELAY).await;
             }
+        }
+    }
+}
+
+/// Sets up an outgoing peer connection: no Nagle delay, and TLS when configured (a failed
+/// handshake is warned about once through `refused`, then at debug level).
+pub(crate) async fn open_peer_link(
+    tls: Option<&crate::tls::PeerTls>,
+    stream: TcpStream,
+    peer: &str,
+    addr: SocketAddr,
+    refused: &mut RepeatedWarning,
+) -> Option<(crate::tls::PeerReader, PeerWriter)> {
+    let _ = stream.set_nodelay(true);
+    match crate::tls::dial(tls, stream, peer).await {
+        Ok(halves) => Some(halves),
+        Err(error) => {
+            refused.note(&format!("TLS with {peer} at {addr} failed: {error}"));
+            None
         }
     }
 }

@@ -354,6 +354,18 @@ impl Drop for Cluster {
     }
 }
 
+/// Whether psql is installed, installing Debian's postgresql-client when it is not (CI
+/// runs as root); a test that needs it says SKIPPED when this is false.
+pub fn psql_available() -> bool {
+    let installed = || Command::new("sh").args(["-c", "command -v psql"]).output().is_ok_and(|output| output.status.success());
+    if !installed() {
+        let _ = Command::new("sh")
+            .args(["-c", "(apt-get install -y -q postgresql-client || (apt-get update -q && apt-get install -y -q postgresql-client)) >/dev/null 2>&1"])
+            .status();
+    }
+    installed()
+}
+
 /// Polls `condition` every 20 ms until it holds, or panics naming what was awaited.
 pub fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

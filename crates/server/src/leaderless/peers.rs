@@ -57,15 +57,10 @@ pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: Soc
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (_reader, writer) = match crate::tls::dial(node.config.peer_tls.as_deref(), stream, &peer).await {
-            Ok(halves) => halves,
-            Err(error) => {
-                refused.note(&format!("TLS with {peer} at {addr} failed: {error}"));
-                hold(&mut waiting, &mut frames);
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                continue;
-            }
+        let Some((_reader, writer)) = crate::transport::open_peer_link(node.config.peer_tls.as_deref(), stream, &peer, addr, &mut refused).await else {
+            hold(&mut waiting, &mut frames);
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
         };
         let mut writer = BufWriter::with_capacity(256 << 10, writer);
         if write_frame(&mut writer, &Frame::Hello(hello(&node))).await.is_err() || writer.flush().await.is_err() {
