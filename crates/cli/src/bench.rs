@@ -173,9 +173,7 @@ fn measure_tls(args: &BenchArgs) -> Result<(), String> {
     let acks: Vec<&str> = args.acks.iter().map(|ack| AckMode::from(*ack).name()).collect();
     let data_dir = scratch_dir("bench-tls")?;
     let certs = data_dir.join("certs");
-    let generated = tern_server::tls::generate("bench", &["n1".to_string(), "n2".to_string(), "n3".to_string()], &["127.0.0.1".to_string()], None)?;
-    tern_server::tls::write_certificates(&certs, &generated, true)?;
-    tern_server::client::trust_for_https(tern_server::tls::client_config_from(&certs.join("ca.pem"), None)?);
+    crate::cluster::make_certificates(&certs, "bench", &["n1".to_string(), "n2".to_string(), "n3".to_string()], &["127.0.0.1".to_string()])?;
     println!(
         "tern bench --tls: 3 tern server processes on loopback, {} log, single-row INSERTs of {} bytes to the leader, {} s per point; plain TCP/HTTP, then TLS between nodes and HTTPS (TLS 1.3, ring), in this run",
         format_name(args.log_format),

@@ -24,6 +24,16 @@ pub fn run(duration: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// `count` server processes in a fresh scratch directory, once every one is ready: the
+/// directory, the processes and their HTTP addresses.
+fn start_ready(purpose: &str, count: usize, extra: &[String]) -> Result<(std::path::PathBuf, Vec<ServerProcess>, Vec<String>), String> {
+    let data_dir = scratch_dir(purpose)?;
+    let processes = start_processes(count, &data_dir, extra)?;
+    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+    wait_ready(&addresses, Duration::from_secs(30))?;
+    Ok((data_dir, processes, addresses))
+}
+
 /// Resident memory of a process, from /proc (Linux), in MiB.
 fn rss_mib(process: &ServerProcess) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", process.child.id())).ok()?;
@@ -73,10 +83,7 @@ fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
     // Each write request is one log entry: keeping 50 of the 200 puts a follower that
     // missed them all past the log, so it gets a snapshot.
     for (label, retain) in [("from the log", 1_000_000u64), ("from a snapshot", SNAPSHOT_RETAIN)] {
-        let data_dir = scratch_dir("bench-sizing")?;
-        let mut processes = start_processes(3, &data_dir, &["--log-retain".to_string(), retain.to_string()])?;
-        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
-        wait_ready(&addresses, Duration::from_secs(30))?;
+        let (data_dir, mut processes, addresses) = start_ready("bench-sizing", 3, &["--log-retain".to_string(), retain.to_string()])?;
         let mut leader = HttpClient::new(&addresses[0]);
         post(&mut leader, "/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))?;
         if retain > SNAPSHOT_RETAIN {
@@ -118,6 +125,8 @@ fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
         let took = restarted.elapsed();
         let received = directory_bytes(&data_dir.join("n3")).saturating_sub(bytes_before);
         let entries = CATCH_UP_WRITES / CATCH_UP_BATCH;
+        let megabytes = received as f64 / 1e6;
+        let how = if retain <= SNAPSHOT_RETAIN { " (the leader's log keeps 50 entries: a snapshot)" } else { "" };
         println!(
             "  catch-up {label}: {} rows of 256 B ({} entries, written in {} ms) applied by a restarted follower in {} ms: {:.0} rows/s, {:.1} MB/s of data directory growth ({:.1} MB){}",
             CATCH_UP_WRITES,
@@ -125,9 +134,9 @@ fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
             written_in.as_millis(),
             took.as_millis(),
             CATCH_UP_WRITES as f64 / took.as_secs_f64(),
-            received as f64 / 1e6 / took.as_secs_f64(),
-            received as f64 / 1e6,
-                        if retain <= SNAPSHOT_RETAIN { " (the leader's log keeps 50 entries: a snapshot)" } else { "" }
+                        megabytes / took.as_secs_f64(),
+            megabytes,
+            how
         );
         drop(processes);
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -140,10 +149,7 @@ fn reads_as_nodes_are_added(duration: Duration) -> Result<(), String> {
     println!("\nlevel=none reads by key (16 clients spread over the nodes; every node on these same 2 cores):");
     println!("| nodes | reads/s | p50 ms | p99 ms |\n|---|---|---|---|");
     for nodes in 1..=5usize {
-        let data_dir = scratch_dir("bench-reads")?;
-        let processes = start_processes(nodes, &data_dir, &[])?;
-        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
-        wait_ready(&addresses, Duration::from_secs(30))?;
+        let (data_dir, processes, addresses) = start_ready("bench-reads", nodes, &[])?;
         let mut leader = HttpClient::new(&addresses[0]);
         post(
             &mut leader,
@@ -207,10 +213,7 @@ fn reads_as_nodes_are_added(duration: Duration) -> Result<(), String> {
 fn writes_as_values_grow(duration: Duration) -> Result<(), String> {
     println!("\nsemi-sync single-row INSERTs to the leader as the value grows (3 nodes, row log):");
     println!("| value | 1 client writes/s (p50 ms) | 32 clients writes/s (p50 ms) | 32 clients MB/s |\n|---|---|---|---|");
-    let data_dir = scratch_dir("bench-values")?;
-    let processes = start_processes(3, &data_dir, &[])?;
-    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
-    wait_ready(&addresses, Duration::from_secs(30))?;
+    let (data_dir, processes, addresses) = start_ready("bench-values", 3, &[])?;
     post(&mut HttpClient::new(&addresses[0]), "/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))?;
     for size in [64usize, 1024, 16 * 1024, 64 * 1024] {
         let one = crate::bench::measure(&addresses[0], "semi-sync", "majority", 1, size, duration);

@@ -40,18 +40,26 @@ pub struct ClusterSpec {
     pub tls: bool,
 }
 
+/// Makes a CA and certificates for `ids` in `dir` (as `tern certs` does) and has this
+/// process's HTTPS clients trust that CA.
+///
+/// # Errors
+/// If they cannot be made or written.
+pub fn make_certificates(dir: &Path, cluster: &str, ids: &[String], hosts: &[String]) -> Result<(), String> {
+    use tern_server::tls::{client_config_from, generate, write_certificates};
+    write_certificates(dir, &generate(cluster, ids, hosts, None)?, true)?;
+    tern_server::client::trust_for_https(client_config_from(&dir.join("ca.pem"), None)?);
+    Ok(())
+}
+
 /// The peer and HTTP TLS settings of each member, from certificates made now.
 fn demo_tls(spec: &ClusterSpec) -> Result<Vec<(Arc<tern_server::tls::PeerTls>, Arc<tern_server::tls::HttpTls>)>, String> {
-    use tern_server::tls::{client_config_from, generate, write_certificates, HttpTls, PeerTls, TlsFiles};
     let ids: Vec<String> = spec.members.iter().map(|member| member.id.clone()).collect();
     let dir = spec.data_dir.join("certs");
-    write_certificates(&dir, &generate("demo", &ids, &["localhost".to_string(), "127.0.0.1".to_string()], None)?, true)?;
-    tern_server::client::trust_for_https(client_config_from(&dir.join("ca.pem"), None)?);
+    make_certificates(&dir, "demo", &ids, &["localhost".to_string(), "127.0.0.1".to_string()])?;
     ids.iter()
         .map(|id| {
-            let (cert, key) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
-            let peer = PeerTls::load(id, &cert, &key, &dir.join("ca.pem"))?;
-            let http = HttpTls::load(&TlsFiles { cert, key, ca: None })?;
+            let (peer, http) = tern_server::tls::load_dir(&dir, id)?;
             Ok((Arc::new(peer), Arc::new(http)))
         })
         .collect()

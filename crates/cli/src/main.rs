@@ -344,30 +344,20 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// The certificates the TLS flags name, loaded.
     fn tls(&self) -> Result<(Option<std::sync::Arc<tern_server::tls::PeerTls>>, Option<std::sync::Arc<tern_server::tls::HttpTls>>), String> {
+        use std::sync::Arc;
         use tern_server::tls::{HttpTls, PeerTls, TlsFiles};
-        let (peer, http) = match &self.tls_dir {
-            Some(dir) => {
-                let files = TlsFiles { cert: dir.join(format!("{}.pem", self.id)), key: dir.join(format!("{}.key", self.id)), ca: Some(dir.join("ca.pem")) };
-                (Some(files.clone()), Some(TlsFiles { ca: None, ..files }))
-            }
-            None => (
-                match (&self.node_cert, &self.node_key, &self.node_ca) {
-                    (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: Some(ca.clone()) }),
-                    _ => None,
-                },
-                match (&self.http_cert, &self.http_key) {
-                    (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: self.http_ca.clone() }),
-                    _ => None,
-                },
-            ),
+        if let Some(dir) = &self.tls_dir {
+            let (peer, http) = tern_server::tls::load_dir(dir, &self.id)?;
+            return Ok((Some(Arc::new(peer)), Some(Arc::new(http))));
+        }
+        let peer = match (&self.node_cert, &self.node_key, &self.node_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(Arc::new(PeerTls::load(&self.id, cert, key, ca)?)),
+            _ => None,
         };
-        let peer = peer
-            .map(|files| {
-                let ca = files.ca.as_deref().expect("the node CA is required with the node certificate");
-                PeerTls::load(&self.id, &files.cert, &files.key, ca).map(std::sync::Arc::new)
-            })
-            .transpose()?;
-        let http = http.map(|files| HttpTls::load(&files).map(std::sync::Arc::new)).transpose()?;
+        let http = match (&self.http_cert, &self.http_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(HttpTls::load(&TlsFiles { cert: cert.clone(), key: key.clone(), ca: self.http_ca.clone() })?)),
+            _ => None,
+        };
         Ok((peer, http))
     }
 

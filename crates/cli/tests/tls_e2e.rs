@@ -52,7 +52,11 @@ fn tls_cluster_of(name: &str, count: usize, certs_dir: &Path, extra: &[&str]) ->
     let dir = certs_dir.display().to_string();
     let mut flags = vec!["--tls-dir", dir.as_str()];
     flags.extend_from_slice(extra);
-    let mut cluster = Cluster::new(name, count, &flags);
+    serve_https(Cluster::new(name, count, &flags))
+}
+
+/// Starts a cluster made with TLS flags, its nodes addressed as `https://`.
+fn serve_https(mut cluster: Cluster) -> Cluster {
     for node in &mut cluster.nodes {
         node.http = format!("https://{}", node.http);
     }
@@ -242,11 +246,7 @@ fn the_postgresql_door_speaks_tls_and_refuses_plain_text() {
 fn a_leaderless_cluster_replicates_over_tls() {
     let certs_dir = shared_certs();
     let dir = certs_dir.display().to_string();
-    let mut cluster = Cluster::new_leaderless("tls-leaderless", &["us-east", "eu-west", "antarctica"], &["--replicas", "3", "--tls-dir", &dir]);
-    for node in &mut cluster.nodes {
-        node.http = format!("https://{}", node.http);
-    }
-    cluster.start_all();
+    let cluster = serve_https(Cluster::new_leaderless("tls-leaderless", &["us-east", "eu-west", "antarctica"], &["--replicas", "3", "--tls-dir", &dir]));
     let reply = execute(&mut cluster.nodes[0].client(), "", json!(["CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)"]));
     assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = execute(&mut cluster.nodes[0].client(), "?w=all", json!([["INSERT INTO kv VALUES (?, ?)", "a", "over tls"]]));

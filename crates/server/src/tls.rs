@@ -176,6 +176,18 @@ impl HttpTls {
     }
 }
 
+/// The node and HTTP TLS settings of node `id` from a directory `tern certs` wrote
+/// (`ID.pem`, `ID.key`, `ca.pem`; the HTTP API then asks for no client certificate).
+///
+/// # Errors
+/// If a file cannot be read or does not hold what it should.
+pub fn load_dir(dir: &Path, id: &str) -> Result<(PeerTls, HttpTls), String> {
+    let (cert, key) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+    let peer = PeerTls::load(id, &cert, &key, &dir.join("ca.pem"))?;
+    let http = HttpTls::load(&TlsFiles { cert, key, ca: None })?;
+    Ok((peer, http))
+}
+
 /// An HTTPS listener for `axum::serve`: TCP connections are accepted and their handshakes
 /// run each on a task of its own (a client that stalls its handshake holds no one up);
 /// those that complete are served.
@@ -190,29 +202,19 @@ impl TlsListener {
     pub fn new(listener: tokio::net::TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (sender, handshaken) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!("accepting an HTTPS connection failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
+        tokio::spawn(crate::transport::accept_each(listener, "HTTPS", move |stream, remote| {
+            let _ = stream.set_nodelay(true);
+            let (sender, acceptor) = (sender.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send((stream, remote)).await;
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let (sender, acceptor) = (sender.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send((stream, remote)).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!("TLS handshake with HTTP client {remote} failed: {error}"),
-                        Err(_) => tracing::debug!("TLS handshake with HTTP client {remote} timed out"),
-                    }
-                });
-            }
-        });
+                    Ok(Err(error)) => tracing::debug!("TLS handshake with HTTP client {remote} failed: {error}"),
+                    Err(_) => tracing::debug!("TLS handshake with HTTP client {remote} timed out"),
+                }
+            });
+        }));
         Ok(TlsListener { local, handshaken })
     }
 }

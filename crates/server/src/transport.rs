@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_core::Position;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -180,20 +179,21 @@ fn set_connected(node: &Node, peer: &str, connected: bool) {
 }
 
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
-    accept_each(listener, |stream| {
+    accept_each(listener, "peer", |stream, _| {
         tokio::spawn(inbound(node.clone(), stream));
     })
     .await;
 }
 
-/// Accepts peer connections for ever, handing each to `serve`; a failed accept is
-/// retried after a pause (a full file table clears as connections close).
-pub(crate) async fn accept_each(listener: TcpListener, serve: impl Fn(TcpStream)) {
+/// Accepts connections (`what`: peer, HTTPS, PostgreSQL) for ever, handing each to
+/// `serve` with its remote address; a failed accept is retried after a pause (a full
+/// file table clears as connections close).
+pub(crate) async fn accept_each(listener: TcpListener, what: &str, mut serve: impl FnMut(TcpStream, SocketAddr)) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => serve(stream),
+            Ok((stream, remote)) => serve(stream, remote),
             Err(error) => {
-                tracing::warn!("accepting a peer connection failed: {error}");
+                tracing::warn!("accepting a {what} connection failed: {error}");
                 tokio::time::sleep(RECONNECT_DELAY).await;
             }
         }
@@ -214,6 +214,24 @@ pub(crate) async fn open_peer_link(
         Ok(halves) => Some(halves),
         Err(error) => {
             refused.note(&format!("TLS with {peer} at {addr} failed: {error}"));
+            None
+        }
+    }
+}
+
+/// An incoming peer connection, set up: no Nagle delay, TLS when configured (a failed
+/// handshake is refused and logged). Its halves, the certificate the peer presented, and
+/// its remote address for log lines.
+pub(crate) async fn accept_peer_link(
+    tls: Option<&crate::tls::PeerTls>,
+    stream: TcpStream,
+) -> Option<(crate::tls::PeerReader, PeerWriter, Option<rustls::pki_types::CertificateDer<'static>>, String)> {
+    let _ = stream.set_nodelay(true);
+    let remote = stream.peer_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
+    match crate::tls::accept(tls, stream).await {
+        Ok((reader, writer, certificate)) => Some((reader, writer, certificate, remote)),
+        Err(error) => {
+            tracing::warn!("refused a peer connection from {remote}: TLS: {error}");
             None
         }
     }
@@ -250,15 +268,7 @@ impl RepeatedWarning {
 
 /// Reads one peer's frames. The first must be a `Hello` from a member of the cluster.
 async fn inbound(node: Arc<Node>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let remote = stream.peer_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
-    let (read_half, mut write_half, certificate) = match crate::tls::accept(node.config.peer_tls.as_deref(), stream).await {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            tracing::warn!("refused a peer connection from {remote}: TLS: {error}");
-            return;
-        }
-    };
+    let Some((read_half, mut write_half, certificate, remote)) = accept_peer_link(node.config.peer_tls.as_deref(), stream).await else { return };
     let mut reader = BufReader::with_capacity(256 << 10, read_half);
     let mut buffer = Vec::new();
     let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;

@@ -3,17 +3,13 @@
 use super::*;
 
 pub(super) fn not_ready(node: &Node) -> Option<Response> {
-    if node.with_published(|published| published.ready) {
-        return None;
-    }
-    let published = node.published();
-    (!published.ready).then(|| {
-        let message = match &published.leader {
+    let message = node.with_published(|published| {
+        (!published.ready).then(|| match &published.leader {
             Some(leader) => format!("node {} is not ready: it has not heard from leader {leader} yet", node.config.id),
             None => format!("node {} is not ready: no leader is known (an election is under way); retry shortly", node.config.id),
-        };
-        error_response(&RequestError::new(503, message))
-    })
+        })
+    })?;
+    Some(error_response(&RequestError::new(503, message)))
 }
 
 /// What a write's `w=` asks for.

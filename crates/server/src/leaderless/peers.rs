@@ -99,7 +99,7 @@ pub(super) async fn outbound_loop(node: Arc<Leaderless>, peer: String, addr: Soc
 }
 
 pub(super) async fn accept_loop(node: Arc<Leaderless>, listener: TcpListener) {
-    crate::transport::accept_each(listener, |stream| {
+    crate::transport::accept_each(listener, "peer", |stream, _| {
         tokio::spawn(inbound(node.clone(), stream));
     })
     .await;
@@ -108,15 +108,7 @@ pub(super) async fn accept_loop(node: Arc<Leaderless>, listener: TcpListener) {
 /// Reads one peer's frames. The first must be a `Hello` from a member of the cluster
 /// running leaderless; anything else closes the connection.
 async fn inbound(node: Arc<Leaderless>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let remote = stream.peer_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
-    let (reader, _writer, certificate) = match crate::tls::accept(node.config.peer_tls.as_deref(), stream).await {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            tracing::warn!("refused a peer connection from {remote}: TLS: {error}");
-            return;
-        }
-    };
+    let Some((reader, _writer, certificate, remote)) = crate::transport::accept_peer_link(node.config.peer_tls.as_deref(), stream).await else { return };
     let mut reader = BufReader::with_capacity(256 << 10, reader);
     let mut buffer = Vec::new();
     let first = tokio::time::timeout(Duration::from_secs(10), read_frame_up_to(&mut reader, &mut buffer, MAX_HELLO_BYTES)).await;

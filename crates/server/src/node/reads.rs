@@ -131,20 +131,17 @@ impl Node {
     /// do now (then they are run again there: a read changes nothing). A worker is thus
     /// held at most about the budget by any read.
     fn read_inline(&self, statements: &[Statement]) -> Option<(ReadReply, u64)> {
-        let key = inline_key(statements);
-        if self.slow_reads.lock().expect("slow reads lock").contains(&key) {
-            return None;
+        {
+            // The key is built only when some read has been slow: most nodes never see one.
+            let slow = self.slow_reads.lock().expect("slow reads lock");
+            if !slow.is_empty() && slow.contains(&inline_key(statements)) {
+                return None;
+            }
         }
         let generation = self.reader_generation.load(Ordering::Acquire);
-        let reader = {
-            let mut readers = self.readers.lock().expect("readers lock");
-            readers.retain(|(opened_in, _)| *opened_in == generation);
-            readers.pop().map(|(_, reader)| reader)?
-        };
+        let reader = self.pooled_reader(generation)?;
         let outcome = reader.query_within(statements, INLINE_READ_BUDGET);
-        if self.reader_generation.load(Ordering::Acquire) == generation {
-            self.readers.lock().expect("readers lock").push((generation, reader));
-        }
+        self.return_reader(generation, reader);
         match outcome {
             Ok(Some((results, observed))) => Some((ReadReply { results, error: None }, observed)),
             Ok(None) => {
@@ -153,7 +150,7 @@ impl Node {
                 if slow.len() >= 4096 {
                     slow.clear();
                 }
-                slow.insert(key);
+                slow.insert(inline_key(statements));
                 None
             }
             Err(error) => Some((read_error(500, error.to_string()), 0)),
@@ -164,12 +161,7 @@ impl Node {
     /// off the async workers, and returns the connection to the pool.
     pub(super) async fn with_reader<T: Send + 'static>(&self, work: impl FnOnce(&Reader) -> T + Send + 'static) -> Result<T, String> {
         let generation = self.reader_generation.load(Ordering::Acquire);
-        // A connection opened before a snapshot replaced the file still reads the old one.
-        let pooled = {
-            let mut readers = self.readers.lock().expect("readers lock");
-            readers.retain(|(opened_in, _)| *opened_in == generation);
-            readers.pop().map(|(_, reader)| reader)
-        };
+        let pooled = self.pooled_reader(generation);
         let directory = self.config.data_dir.clone();
         let limits = self.config.limits;
         let outcome = tokio::task::spawn_blocking(move || {
@@ -183,13 +175,27 @@ impl Node {
         .await
         .map_err(|join_error| join_error.to_string())?;
         let (reader, done) = outcome?;
+        self.return_reader(generation, reader);
+        Ok(done)
+    }
+
+    /// A pooled reader opened in `generation`; older ones are dropped (a connection
+    /// opened before a snapshot replaced the file still reads the old one).
+    fn pooled_reader(&self, generation: u64) -> Option<Reader> {
+        let mut readers = self.readers.lock().expect("readers lock");
+        readers.retain(|(opened_in, _)| *opened_in == generation);
+        readers.pop().map(|(_, reader)| reader)
+    }
+
+    /// Back to the pool (at most 16 kept), unless a snapshot replaced the file since it
+    /// was taken.
+    fn return_reader(&self, generation: u64, reader: Reader) {
         if self.reader_generation.load(Ordering::Acquire) == generation {
             let mut readers = self.readers.lock().expect("readers lock");
             if readers.len() < 16 {
                 readers.push((generation, reader));
             }
         }
-        Ok(done)
     }
 
     /// A copy of the user's database as this node holds it, in one snapshot: a SQLite

@@ -39,17 +39,9 @@ use tern_core::{AckRequirement, Position, ReadLevel};
 use tern_storage::{Params, SqlValue, Statement, WriteRequest};
 use values::error;
 
-/// Accepts PostgreSQL connections until the listener fails.
+/// Accepts PostgreSQL connections for ever.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
-    loop {
-        let (socket, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!("PostgreSQL listener: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    crate::transport::accept_each(listener, "PostgreSQL", |socket, _| {
         let session = Arc::new(Session::new(node.clone()));
         let startup = Arc::new(Startup { driver: AuthDriver::new(server_parameters()), session: session.clone() });
         let handlers = Connection { session, startup };
@@ -60,7 +52,8 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
                 tracing::debug!("PostgreSQL connection ended: {error}");
             }
         });
-    }
+    })
+    .await;
 }
 
 /// What the server reports at startup.
