@@ -156,8 +156,12 @@ fn redirects_queued_writes_write_timeouts_and_timings() {
     assert_eq!(written, (0..=50).map(|n| json!([n])).collect::<Vec<_>>(), "with wait, every earlier queued write is in, in order");
     assert_eq!(execute(&mut client, "?queue&transaction", json!(["INSERT INTO q(n) VALUES (1)"])).status, 400);
 
-    // A write's own timeout: too short to be met, so the outcome is unknown (503).
-    let reply = execute(&mut client, "?timeout=1us", json!(["INSERT INTO q(n) VALUES (100)"]));
+    // A write's own timeout, here one that cannot be met: the leader is paused, so the
+    // forwarded write hangs and its outcome is unknown (503). (Unpaused, a write can finish
+    // inside the timer's 1 ms granularity, however short the timeout.)
+    leader.signal("STOP");
+    let reply = execute(&mut client, "?timeout=50ms", json!(["INSERT INTO q(n) VALUES (100)"]));
+    leader.signal("CONT");
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert!(reply.body["error"].as_str().unwrap_or("").contains("outcome is unknown"), "{}", reply.body);
     assert_eq!(execute(&mut client, "?timeout=soon", json!(["INSERT INTO q(n) VALUES (100)"])).status, 400);
