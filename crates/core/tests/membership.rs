@@ -1,7 +1,8 @@
-//! Membership changes, driven through a small in-memory cluster: messages are delivered
-//! at once and in order, persists complete at once, and time moves in 5 ms steps. What is
-//! checked is the protocol, not timing: who is a voter, who holds the data, which
-//! requests are refused and why.
+//! Membership changes and other work of an elected leader (shipping before its own sync),
+//! driven through a small in-memory cluster: messages are delivered at once and in order,
+//! persists complete at once, and time moves in 5 ms steps. What is checked is the
+//! protocol, not timing: who is a voter, who holds the data, which requests are refused
+//! and why.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tern_core::single_leader::Event;
@@ -425,4 +426,39 @@ fn a_preferred_member_that_cannot_win_does_not_keep_writes_paused() {
     }
     assert!(writable * 100 >= steps * 55, "b accepted writes in only {writable} of {steps} samples over a minute");
     assert!(writable < steps, "no handover was even tried");
+}
+
+/// The leader's entry `index` of its epoch.
+fn leader_entry(cluster: &Cluster, index: u64) -> Entry {
+    Entry { index, epoch: cluster.nodes["a"].epoch(), payload: vec![index as u8] }
+}
+
+#[test]
+fn an_elected_leader_ships_a_written_entry_before_its_own_sync_ends() {
+    let mut cluster = Cluster::new();
+    let entry = leader_entry(&cluster, 1);
+    cluster.logs.get_mut("a").expect("known").push(entry.clone());
+    let now = cluster.now;
+    cluster.nodes.get_mut("a").expect("known").handle(Event::LeaderWrote { entries: vec![entry.clone()] }, now);
+    cluster.pump();
+    for follower in ["b", "c"] {
+        assert_eq!(cluster.logs[follower], vec![entry.clone()], "{follower} holds the entry while the leader still syncs it");
+    }
+    let status = cluster.nodes["a"].status(now);
+    assert_eq!(status.last, Position::ZERO, "the leader's own copy is not durable yet");
+    assert_eq!(status.commit_index, 1, "two durable copies of three commit it, the leader's not among them");
+    assert!(cluster.acknowledged.is_empty(), "no waiter before the leader's sync ends");
+    cluster.nodes.get_mut("a").expect("known").handle(Event::LeaderAppended { entries: vec![entry.clone()], waiters: vec![(1, 1, AckRequirement::All)] }, now);
+    cluster.pump();
+    assert_eq!(cluster.acknowledged, BTreeSet::from([1]), "every copy is durable: done at once");
+    assert_eq!(cluster.nodes["a"].status(now).last, entry.position());
+}
+
+#[test]
+#[should_panic(expected = "leader log must be contiguous")]
+fn a_written_entry_that_skips_an_index_is_a_driver_bug() {
+    let mut cluster = Cluster::new();
+    let entry = leader_entry(&cluster, 2);
+    let now = cluster.now;
+    cluster.nodes.get_mut("a").expect("known").handle(Event::LeaderWrote { entries: vec![entry] }, now);
 }

@@ -70,6 +70,17 @@ fn leader_ships_each_new_entry_to_every_follower() {
 }
 
 #[test]
+fn without_elections_a_written_entry_ships_only_once_durable() {
+    // A restarted leader keeps its epoch here: had the entry shipped before its sync and the
+    // leader crashed, it could write another entry at the same (epoch, index).
+    let mut replica = leader(AckMode::SemiSync);
+    replica.handle(Event::LeaderWrote { entries: vec![entry(1)] }, 10);
+    assert_eq!(drain(&mut replica), vec![]);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 20);
+    assert_eq!(drain(&mut replica), vec![send("n2", append(0, vec![entry(1)], 1, 1)), send("n3", append(0, vec![entry(1)], 1, 1))]);
+}
+
+#[test]
 fn semi_sync_acknowledges_when_one_follower_of_three_has_it_durably() {
     let mut replica = leader(AckMode::SemiSync);
     replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckMode::SemiSync.requirement())] }, 10);

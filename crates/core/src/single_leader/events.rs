@@ -17,7 +17,15 @@ pub enum Event {
     },
     /// A peer link (re)connected.
     PeerConnected(NodeId),
-    /// Leader: these entries committed durably here; `waiters` are `(tag, index, requirement)`.
+    /// Leader: these entries committed here but are not durable yet (the storage is
+    /// syncing them): they ship to the followers now, so the leader's sync and theirs
+    /// overlap, and the leader's own copy counts only once `LeaderAppended` says it is
+    /// durable. Optional: a driver may hand in `LeaderAppended` alone.
+    LeaderWrote {
+        entries: Vec<Entry>,
+    },
+    /// Leader: these entries committed durably here (whether or not `LeaderWrote` handed
+    /// them in before); `waiters` are `(tag, index, requirement)`.
     LeaderAppended {
         entries: Vec<Entry>,
         waiters: Vec<(u64, u64, AckRequirement)>,
@@ -67,15 +75,27 @@ impl Protocol for Replica {
                 s.rolled_back(position);
                 self.after_snapshot(now);
             }
+            Event::LeaderWrote { entries } => {
+                // Shipping before the leader's sync is safe only if every leadership has
+                // an epoch of its own: a leader that crashes before its sync ends then
+                // never writes another entry at that (epoch, index), which its followers
+                // may hold. Without elections a restarted leader keeps its epoch, so the
+                // entries wait for `LeaderAppended`. Nor does a node that no longer leads
+                // that epoch ship them: `LeaderAppended` settles them once durable.
+                if let Role::Leader(leader) = &mut self.role {
+                    if s.config.elections.is_some() && entries.first().is_none_or(|entry| entry.epoch == s.epoch) {
+                        leader.wrote(s, now, entries);
+                    }
+                }
+            }
             Event::LeaderAppended { entries, waiters } => match &mut self.role {
                 Role::Leader(leader) if entries.first().is_none_or(|entry| entry.epoch == s.epoch) => leader.append(s, now, entries, waiters),
                 _ => settle_unled_writes(s, entries, waiters),
             },
-            Event::Persisted(position) => {
-                if let Some(follower) = self.role.follower_mut() {
-                    follower.on_persisted(s, position);
-                }
-            }
+            Event::Persisted(position) => match &mut self.role {
+                Role::Leader(leader) => leader.on_persisted(s, now, position),
+                Role::Follower(follower) | Role::Recovering { follower, .. } => follower.on_persisted(s, position),
+            },
             Event::PersistFailed => {
                 if let Some(follower) = self.role.follower_mut() {
                     follower.on_persist_failed(s, now);
@@ -148,9 +168,6 @@ impl Replica {
             }
         }
         if let Role::Leader(leader) = &self.role {
-            if s.accepted != s.last {
-                return Err(format!("a leader's accepted {} differs from its durable end {}", s.accepted, s.last));
-            }
             leader.check_invariants()?;
         }
         Ok(())

@@ -10,7 +10,7 @@ const APPEND_TIMES_LIMIT: usize = 65_536;
 
 impl Leader {
     pub(super) fn new(s: &Shared, now: Micros, lease_until: Micros) -> Leader {
-        let progress = Progress::new(s.last, now);
+        let progress = Progress::new(s.accepted, now);
         let peers = s.membership.members().filter(|member| **member != s.config.id).map(|member| (member.clone(), progress.clone())).collect();
         Leader {
             peers,
@@ -34,36 +34,34 @@ impl Leader {
         }
     }
 
-    /// `entries` of this leader's epoch were executed and durably committed locally. Each
-    /// waiter is acknowledged once enough copies of its entry are durable.
+    /// `entries` of this leader's epoch committed locally and are being synced: they join
+    /// the log and ship now; the leader's own copy counts once they are durable
+    /// (`append`, or `on_persisted`).
+    ///
+    /// # Panics
+    /// If the entries do not continue the log (a driver bug).
+    pub(super) fn wrote(&mut self, s: &mut Shared, now: Micros, entries: Vec<Entry>) {
+        self.extend_log(s, now, entries);
+        self.replicate_to_all(s, now);
+    }
+
+    /// `entries` of this leader's epoch committed durably here, whether or not `wrote`
+    /// shipped them before. Each waiter is acknowledged once enough copies of its entry
+    /// are durable.
     ///
     /// # Panics
     /// If the entries do not continue the log (a driver bug).
     pub(super) fn append(&mut self, s: &mut Shared, now: Micros, entries: Vec<Entry>, waiters: Vec<(u64, u64, AckRequirement)>) {
-        if let Some(first) = entries.first() {
-            s.note_epoch_start(first);
-        }
-        for entry in entries {
-            assert_eq!(entry.index, s.last.index + 1, "leader log must be contiguous");
-            assert_eq!(entry.epoch, s.epoch, "leader writes entries in its own epoch");
-            s.last = entry.position();
-            self.append_times.push_back((entry.index, now));
-            if self.append_times.len() > APPEND_TIMES_LIMIT {
-                // A follower this far behind (or gone) is reported as lagging since the
-                // oldest write still timed: bounded memory, an understated lag.
-                self.append_times.pop_front();
-            }
-            self.tail_bytes += entry.payload.len();
-            self.tail.push_back(entry);
-        }
-        s.accepted = s.last;
-        while self.tail_bytes > s.config.tail_cache_bytes && self.tail.len() > 1 {
-            let dropped = self.tail.pop_front().expect("tail has more than one entry");
-            self.tail_bytes -= dropped.payload.len();
+        let durable = entries.last().map(Entry::position);
+        let unseen: Vec<Entry> = entries.into_iter().filter(|entry| entry.index > s.accepted.index).collect();
+        self.extend_log(s, now, unseen);
+        if let Some(durable) = durable {
+            assert!(s.epoch_at(durable.index) == Some(durable.epoch), "a durable entry {durable} the leader's log does not hold");
+            s.last = s.last.max(durable);
         }
         let members = s.membership.voters.len();
         for (tag, index, requirement) in waiters {
-            assert!(index <= s.last.index, "waiter for an entry not yet appended");
+            assert!(index <= s.last.index, "waiter for an entry not yet durable");
             if let AckRequirement::Nodes(requested) = requirement {
                 if requested > members {
                     s.outputs.push_back(Output::WriteDone { tag, result: Err(WriteError::Unsatisfiable { requested, members }) });
@@ -73,11 +71,48 @@ impl Leader {
             let position = Position::new(s.epoch, index);
             self.writes.push(WriteWaiter { tag, position, requirement, deadline: now + s.config.write_timeout_us });
         }
+        self.replicate_to_all(s, now);
+        self.advance(s, now);
+    }
+
+    /// The storage made the log durable up to `durable` (entries a follower's persist left
+    /// pending when this node was elected, say).
+    pub(super) fn on_persisted(&mut self, s: &mut Shared, now: Micros, durable: Position) {
+        if durable.index > s.last.index && durable.index <= s.accepted.index {
+            s.last = durable;
+            self.advance(s, now);
+        }
+    }
+
+    /// Adds entries after `accepted` to the log's end and the shipping tail.
+    fn extend_log(&mut self, s: &mut Shared, now: Micros, entries: Vec<Entry>) {
+        if let Some(first) = entries.first() {
+            s.note_epoch_start(first);
+        }
+        for entry in entries {
+            assert_eq!(entry.index, s.accepted.index + 1, "leader log must be contiguous");
+            assert_eq!(entry.epoch, s.epoch, "leader writes entries in its own epoch");
+            s.accepted = entry.position();
+            self.append_times.push_back((entry.index, now));
+            if self.append_times.len() > APPEND_TIMES_LIMIT {
+                // A follower this far behind (or gone) is reported as lagging since the
+                // oldest write still timed: bounded memory, an understated lag.
+                self.append_times.pop_front();
+            }
+            self.tail_bytes += entry.payload.len();
+            self.tail.push_back(entry);
+        }
+        while self.tail_bytes > s.config.tail_cache_bytes && self.tail.len() > 1 {
+            let dropped = self.tail.pop_front().expect("tail has more than one entry");
+            self.tail_bytes -= dropped.payload.len();
+        }
+    }
+
+    fn replicate_to_all(&mut self, s: &mut Shared, now: Micros) {
         let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
         for peer in peers {
             self.replicate_to(s, &peer, now);
         }
-        self.advance(s, now);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -97,7 +132,7 @@ impl Leader {
             // An ack from another epoch says nothing about this leader's log.
             return;
         }
-        let last_index = s.last.index;
+        let last_index = s.accepted.index;
         // A durable end counts only if it is our entry (same epoch at that index; log
         // matching then covers everything before it). A follower may hold an older
         // leader's entry at the same index, which must not count as a copy of ours.
@@ -227,11 +262,11 @@ impl Leader {
         let mut entries = Vec::new();
         // An empty append claims only what was already sent: claiming `last` would make a
         // follower still receiving the window reject it as a gap and cause a resend.
-        let mut prev_index = s.last.index.min(progress.next - 1);
-        let probe = divergence_probe(&s.epoch_starts, s.last.index, progress);
+        let mut prev_index = s.accepted.index.min(progress.next - 1);
+        let probe = divergence_probe(&s.epoch_starts, s.accepted.index, progress);
         let window_open = progress.next <= progress.matched + s.config.max_inflight_entries;
-        if progress.next <= s.last.index && window_open && !progress.fetching && !progress.snapshotting {
-            let tail_start = self.tail.front().map_or(s.last.index + 1, |entry| entry.index);
+        if progress.next <= s.accepted.index && window_open && !progress.fetching && !progress.snapshotting {
+            let tail_start = self.tail.front().map_or(s.accepted.index + 1, |entry| entry.index);
             if progress.next < tail_start {
                 progress.fetching = true;
                 s.outputs.push_back(Output::ReadLog { to: peer.clone(), from_index: progress.next });
@@ -264,13 +299,16 @@ impl Leader {
             prev_epoch: if prev_index == 0 { 0 } else { epoch_in(&s.epoch_starts, prev_index).unwrap_or(0) },
             entries,
             commit_index: self.commit_index,
-            leader_last: s.last.index,
+            leader_last: s.accepted.index,
             read_seq: self.read_seq,
         };
         s.send(peer.clone(), message);
         // Keep going while the window allows: one append per message keeps messages bounded.
         let more_due = self.peers.get(peer).is_some_and(|progress| {
-            progress.next <= s.last.index && !progress.fetching && !progress.snapshotting && progress.next <= progress.matched + s.config.max_inflight_entries
+            progress.next <= s.accepted.index
+                && !progress.fetching
+                && !progress.snapshotting
+                && progress.next <= progress.matched + s.config.max_inflight_entries
         });
         if more_due {
             self.send_append(s, peer, now, false);
@@ -371,7 +409,7 @@ impl Leader {
             prev_epoch,
             entries,
             commit_index: self.commit_index,
-            leader_last: s.last.index,
+            leader_last: s.accepted.index,
             read_seq: self.read_seq,
         };
         s.send(to.clone(), message);
@@ -429,7 +467,7 @@ impl Leader {
         let mut added = Vec::new();
         for id in membership.members() {
             if *id != s.config.id && !self.peers.contains_key(id) {
-                self.peers.insert(id.clone(), Progress::new(s.last, now));
+                self.peers.insert(id.clone(), Progress::new(s.accepted, now));
                 added.push(id.clone());
             }
         }

@@ -9,8 +9,13 @@
 //!   acknowledgements to the leader are only sent on `Event::Persisted`, so an ack always
 //!   means "on disk".
 //! - A leader hands in `Event::LeaderAppended` only after its own transaction holding
-//!   those entries committed durably (fsync): the leader's copy is the first of the
-//!   copies counted for `w=`.
+//!   those entries committed durably (fsync): only then is the leader's copy counted for
+//!   `w=` and the commit index. It may hand in `Event::LeaderWrote` for them earlier,
+//!   once they committed but while the sync is still running: they ship at once, so the
+//!   leader's sync and the followers' overlap (Raft's parallel leader append). Entries
+//!   handed to `LeaderWrote` must then be made durable (or the node stop) in order, each
+//!   followed by its `LeaderAppended`. Without elections `LeaderWrote` is ignored (a
+//!   restarted leader keeps its epoch and could reuse an index its followers hold).
 //! - Every event goes through `Protocol::handle` (the `on_*` handlers are private to
 //!   the crate); the timer event (`Event::Tick`) comes no later than `poll_timeout()`.
 

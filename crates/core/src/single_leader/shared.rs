@@ -15,9 +15,12 @@ pub(super) struct Shared {
     /// `accepted`. Entries below the first start (compacted or under a snapshot) are
     /// taken to match any leader's.
     pub(super) epoch_starts: Vec<(u64, u64)>,
-    /// Durable end of the local log (leader: committed locally; follower: persisted).
+    /// Durable end of the local log (leader: committed and synced locally; follower:
+    /// persisted).
     pub(super) last: Position,
-    /// Follower: end of what was handed to `Persist` (>= `last`). Leader: equals `last`.
+    /// End of the local log including what is not durable yet (>= `last`). Follower: what
+    /// was handed to `Persist`. Leader: what its storage committed and is still syncing
+    /// (`Event::LeaderWrote`), shipped already; its own copy counts only up to `last`.
     pub(super) accepted: Position,
     pub(super) outputs: VecDeque<Output>,
     /// Entries up to here are on a majority in the current history (a leader counted the

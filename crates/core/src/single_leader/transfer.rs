@@ -36,7 +36,7 @@ impl Replica {
     pub(super) fn continue_handover(&mut self, now: Micros) {
         let Role::Leader(leader) = &mut self.role else { return };
         let Some((to, deadline)) = leader.handover.clone() else { return };
-        let caught_up = leader.peers.get(&to).is_some_and(|progress| progress.matched >= self.shared.last.index);
+        let caught_up = leader.peers.get(&to).is_some_and(|progress| progress.matched >= self.shared.accepted.index);
         if now >= deadline {
             leader.handover = None;
             return;

@@ -108,6 +108,12 @@ enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// The disk starts on a leader's queued write: it commits (unsynced) and ships it,
+    /// and the sync runs until the write's `PersistDone`.
+    LeaderCommit {
+        node: usize,
+        incarnation: u64,
+    },
     /// A node's timer, armed for the replica's `poll_timeout` (or a pending session
     /// read's deadline); `timer` tells the armed one from those it replaced.
     Tick {
@@ -524,7 +530,9 @@ impl World {
 
     fn target_node(&self, event: &Event) -> Option<usize> {
         match event {
-            Event::Deliver { to: Addr::Node(node), .. } | Event::PersistDone { node, .. } | Event::Tick { node, .. } => Some(*node),
+            Event::Deliver { to: Addr::Node(node), .. } | Event::PersistDone { node, .. } | Event::LeaderCommit { node, .. } | Event::Tick { node, .. } => {
+                Some(*node)
+            }
             _ => None,
         }
     }
@@ -581,6 +589,11 @@ impl World {
             Event::PersistDone { node, incarnation } => {
                 if self.nodes[node].incarnation == incarnation {
                     self.complete_persist(node);
+                }
+            }
+            Event::LeaderCommit { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.commit_leader_write(node);
                 }
             }
             Event::Tick { node, incarnation, timer } => {

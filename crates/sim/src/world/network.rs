@@ -159,7 +159,7 @@ impl World {
                 let entry = Entry { index: state.next_index, epoch, payload: encode(write_id, key) };
                 state.next_index += 1;
                 self.observations.created.insert((entry.epoch, entry.index), write_id);
-                self.enqueue_persist(node, Persist::LeaderWrite { entry, client, op, requirement });
+                self.enqueue_persist(node, Persist::LeaderWrite { entry, client, op, requirement, stage: WriteStage::Queued });
             }
             Request::Read { key, level, after, max_lag_us } => match level {
                 ReadLevel::None => {

@@ -53,8 +53,14 @@ impl World {
         let stalled = self.nodes[node].disk_stalled_until;
         let fsync = self.rng.range(200, 1_500);
         let previous = self.nodes[node].persists.back().map_or(0, |(done, _)| *done);
-        let done_at = previous.max(self.now).max(stalled) + fsync;
+        // A stalled disk still takes writes (a leader's commit lands in the page cache
+        // and ships) but its syncs wait out the stall.
+        let starts_at = previous.max(self.now);
+        let done_at = starts_at.max(stalled) + fsync;
         let incarnation = self.nodes[node].incarnation;
+        if matches!(persist, Persist::LeaderWrite { .. }) {
+            self.schedule(starts_at - self.now, Event::LeaderCommit { node, incarnation });
+        }
         self.nodes[node].persists.push_back((done_at, persist));
         self.schedule(done_at - self.now, Event::PersistDone { node, incarnation });
     }
@@ -63,16 +69,11 @@ impl World {
         let Some((_, persist)) = self.nodes[node].persists.pop_front() else { return };
         let now = self.node_now(node);
         match persist {
-            Persist::LeaderWrite { entry, client, op, requirement } => {
-                // The storage commits a write only under the rule the server's storage
-                // thread applies (`may_commit`: the lease of the epoch it was started in
-                // still holds), and only if it continues the log (the disk's rule).
-                let replica = self.nodes[node].replica.as_ref().expect("persists only complete on running nodes");
-                let still_leading = tern_core::single_leader::may_commit(replica.published_lease(now), entry.epoch, now);
-                let appended = if still_leading { self.nodes[node].disk.append_own(entry.epoch, entry.index, entry.payload.clone()) } else { None };
-                let Some(entry) = appended else {
-                    trace!(self, "{} drops write {} at {}: no longer leading", self.nodes[node].id, decode(&entry.payload).0, entry.position());
-                    self.reply(node, client, op, Reply::WriteFailed);
+            Persist::LeaderWrite { entry, stage: WriteStage::Written, requirement, client, op } => {
+                // Committed and shipped at `commit_leader_write`; now synced. Nothing
+                // else reached the disk meanwhile (it works in order), so it continues the log.
+                let Some(entry) = self.nodes[node].disk.append_own(entry.epoch, entry.index, entry.payload.clone()) else {
+                    self.observations.mismatched_applies.push(format!("{} could not sync its own written entry {}", self.nodes[node].id, entry.position()));
                     return;
                 };
                 self.compact_if_due(node);
@@ -86,6 +87,9 @@ impl World {
                     .as_mut()
                     .expect("persists only complete on running nodes")
                     .handle(ReplicaEvent::LeaderAppended { entries: vec![entry], waiters: vec![(tag, index, requirement)] }, now);
+            }
+            Persist::LeaderWrite { .. } => {
+                // Refused at commit (and answered then).
             }
             Persist::Follower { entries } => {
                 // The disk skips entries it already holds (a snapshot covered them); the
@@ -134,6 +138,38 @@ impl World {
         self.drain(node);
     }
 
+    /// The disk starts on the first queued leader write: the storage commits it only
+    /// under the rule the server's storage thread applies (`may_commit`: the lease of the
+    /// epoch it was started in still holds), and only if it continues the log (the
+    /// disk's rule). Committed, it ships at once (`LeaderWrote`) while its sync runs; a
+    /// crash before the sync ends loses it here (the model's power loss), though
+    /// followers may hold it.
+    pub(super) fn commit_leader_write(&mut self, node: usize) {
+        let now = self.node_now(node);
+        let last = self.nodes[node].disk.last();
+        let Some(replica) = self.nodes[node].replica.as_ref() else { return };
+        let lease = replica.published_lease(now);
+        let state = &mut self.nodes[node];
+        let Some(Persist::LeaderWrite { entry, stage, client, op, .. }) =
+            state.persists.iter_mut().map(|(_, persist)| persist).find(|persist| matches!(persist, Persist::LeaderWrite { stage: WriteStage::Queued, .. }))
+        else {
+            return;
+        };
+        let (client, op) = (*client, *op);
+        let commits = tern_core::single_leader::may_commit(lease, entry.epoch, now) && entry.index == last.index + 1;
+        if !commits {
+            *stage = WriteStage::Refused;
+            let (write, position) = (decode(&entry.payload).0, entry.position());
+            trace!(self, "{} drops write {write} at {position}: no longer leading", self.nodes[node].id);
+            self.reply(node, client, op, Reply::WriteFailed);
+            return;
+        }
+        *stage = WriteStage::Written;
+        let entry = entry.clone();
+        state.replica.as_mut().expect("running").handle(ReplicaEvent::LeaderWrote { entries: vec![entry] }, now);
+        self.drain(node);
+    }
+
     /// Compaction keeps the newest COMPACTION_KEEP entries shippable, once twice as many
     /// are, and every entry not yet committed (as the server compacts its engine now and then).
     fn compact_if_due(&mut self, node: usize) {
@@ -147,14 +183,27 @@ impl World {
     // ---- core outputs ----
 }
 
+/// Where a leader's write stands on its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WriteStage {
+    /// Waiting for the disk.
+    Queued,
+    /// Committed and shipped; its sync runs until the persist completes.
+    Written,
+    /// Not committed: the lease had run out, or it no longer continued the log.
+    Refused,
+}
+
 /// A persist in the disk's queue, completed in order.
 pub(super) enum Persist {
-    /// Leader: a client's write, acknowledged by the core once durable.
+    /// Leader: a client's write, shipped once committed and acknowledged by the core once
+    /// durable.
     LeaderWrite {
         entry: Entry,
         client: usize,
         op: usize,
         requirement: AckRequirement,
+        stage: WriteStage,
     },
     Follower {
         entries: Vec<Entry>,
