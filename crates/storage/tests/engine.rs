@@ -328,3 +328,29 @@ fn a_read_over_its_budget_gives_up_and_the_reader_still_serves_it_in_full() {
     assert_eq!(results[0].values, vec![vec![SqlValue::Integer(3_000_000)]]);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn a_leaders_commit_is_synced_by_sync_commits_once_and_nothing_else_goes_unsynced() {
+    for format in FORMATS {
+        let root = scratch(&format!("sync-{}", format.name()));
+        let mut leader = Engine::open(&root, format).unwrap();
+        assert!(!leader.sync_commits().unwrap(), "{format:?}: nothing committed yet");
+        let executed = leader.execute_batch_while(1, &[request(&["CREATE TABLE t (v)"])], &|| true).unwrap();
+        assert!(matches!(executed, tern_storage::Executed::Committed(_)), "{format:?}");
+        assert!(leader.sync_commits().unwrap(), "{format:?}: the commit waited for its sync");
+        assert!(!leader.sync_commits().unwrap(), "{format:?}: and needs it once");
+        // A batch that does not commit leaves nothing to sync, and the next commit is
+        // deferred again (the connection went back to FULL in between, else the
+        // setting would stay NORMAL for a follower's applies).
+        let stopped = leader.execute_batch_while(1, &[request(&["INSERT INTO t VALUES (1)"])], &|| false).unwrap();
+        assert!(matches!(stopped, tern_storage::Executed::StoppedLeading), "{format:?}");
+        assert!(!leader.sync_commits().unwrap(), "{format:?}");
+        // execute_batch syncs on its own: durable on return, as it promises.
+        leader.execute_batch(1, &[request(&["INSERT INTO t VALUES (2)"])]).unwrap();
+        assert!(!leader.sync_commits().unwrap(), "{format:?}");
+        drop(leader);
+        let leader = Engine::open(&root, format).unwrap();
+        assert_eq!(leader.last(), Position::new(1, 2), "{format:?}: both commits survive reopening");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -103,6 +103,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                             replica.handle(ReplicaEvent::Message { from, message }, now);
                         }
                         Event::PeerConnected(peer) => replica.handle(ReplicaEvent::PeerConnected(peer), now),
+                        Event::Wrote { entries } => replica.handle(ReplicaEvent::LeaderWrote { entries }, now),
                         Event::Appended { entries, writes: new_writes, region_writes } => {
                             if let Some(entry) = entries.last() {
                                 for write in region_writes {

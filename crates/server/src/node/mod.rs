@@ -4,7 +4,9 @@
 //!
 //! Write path on the leader: HTTP handler → storage thread (group commit: every request
 //! queued while the previous commit was fsyncing goes into the next transaction) →
-//! `Event::Appended` → core (ships entries, counts acks) → `Output::WriteDone` → reply.
+//! `Event::Wrote` as soon as it committed → core (ships the entry) while the storage
+//! thread syncs it → `Event::Appended` (durable here; the core counts this copy and acks)
+//! → `Output::WriteDone` → reply.
 //! On a follower the same request is forwarded to the leader over the peer link.
 //!
 //! By concern: `driver` (the replica loop), `storage_thread`, `writes`, `reads`, `peers`.
@@ -49,6 +51,11 @@ pub(crate) enum Event {
     PeerConnected(String),
     /// The leader's storage could not write a batch: its disk is full.
     DiskFull,
+    /// Leader: entries committed and still syncing: they ship now (`Appended` follows
+    /// once they are durable).
+    Wrote {
+        entries: Vec<Entry>,
+    },
     Appended {
         entries: Vec<Entry>,
         writes: Vec<PendingWrite>,
@@ -389,6 +396,9 @@ impl Node {
             log_retain: node.config.log_retain,
             reader_generation,
             node_id: node.config.id.clone(),
+            // TERN_SHIP_AFTER_SYNC=1: the leader's entries ship only once durable here,
+            // as before the sync overlapped (for measuring what the overlap gives).
+            ship_before_sync: std::env::var_os("TERN_SHIP_AFTER_SYNC").is_none_or(|value| value != "1"),
         };
         std::thread::Builder::new()
             .name(format!("tern-storage-{}", node.config.id))

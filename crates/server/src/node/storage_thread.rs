@@ -46,6 +46,9 @@ pub(super) struct StorageContext {
     pub(super) log_retain: u64,
     pub(super) reader_generation: Arc<AtomicU64>,
     pub(super) node_id: String,
+    /// Ship the leader's entries while its commit syncs (`Event::Wrote`); off only to
+    /// measure the difference.
+    pub(super) ship_before_sync: bool,
 }
 
 /// Most requests committed in one transaction.
@@ -247,7 +250,18 @@ impl StorageContext {
         let still_leading = || lease.allows(epoch);
         let started = Instant::now();
         let executed = self.engine.execute_batch_while(epoch, &requests, &still_leading);
-        if matches!(executed, Ok(Executed::Committed(_))) {
+        if let Ok(Executed::Committed(outcome)) = &executed {
+            if let Some(entry) = outcome.entry.as_ref().filter(|_| self.ship_before_sync) {
+                // The entry ships while the sync below runs; the core counts this node's
+                // copy only once `appended` says it is durable.
+                let _ = self.events.send(Event::Wrote { entries: vec![entry.clone()] });
+            }
+            if let Err(error) = self.engine.sync_commits() {
+                // The commit's pages may be gone from the OS cache: its durability is
+                // unknown, and retrying the sync would not tell. Stop, so the cluster
+                // fails over and this node recovers from what its disk really holds.
+                panic!("the leader's commit could not be synced: {error}");
+            }
             crate::metrics::committed(&self.node_id, requests.len(), started.elapsed());
         }
         match executed {

@@ -10,13 +10,18 @@ impl Engine {
     /// If the transaction cannot commit; then nothing of the batch happened.
     pub fn execute_batch(&mut self, epoch: u64, requests: &[WriteRequest]) -> Result<Batch> {
         match self.execute_batch_while(epoch, requests, &|| true)? {
-            Executed::Committed(batch) => Ok(batch),
+            Executed::Committed(batch) => {
+                self.sync_commits()?;
+                Ok(batch)
+            }
             Executed::StoppedLeading => unreachable!("the condition is always true"),
         }
     }
 
     /// `execute_batch`, committing only if `still_leading()` holds just before the commit:
     /// a leader whose lease ran out while the batch executed must not extend its log.
+    /// In the logical formats the commit is not synced yet: the caller ships the entry,
+    /// then calls `sync_commits` before counting it durable here.
     ///
     /// # Errors
     /// If the transaction cannot commit; then nothing of the batch happened.
@@ -31,6 +36,10 @@ impl Engine {
             return Err(StorageError::new("VACUUM must be executed alone, not in a group commit"));
         }
         let mut batch = {
+            // Logical formats commit to the WAL without its sync: the entry ships while
+            // `sync_commits` makes it durable (the caller's next step). The setting cannot
+            // change inside a transaction, so it is made before and restored after.
+            let deferred = (self.format != LogFormat::Physical).then(|| SyncDeferred::new(&self.connection)).transpose()?;
             let transaction = begin_immediate(&self.connection)?;
             if self.format == LogFormat::Physical {
                 crate::capture::row::pages_written(&self.connection, true);
@@ -43,6 +52,8 @@ impl Engine {
                 return Ok(Executed::StoppedLeading);
             }
             transaction.commit()?;
+            self.unsynced = deferred.is_some();
+            drop(deferred);
             batch
         };
         if self.format == LogFormat::Physical && batch.changed.iter().any(|changed| *changed) {
@@ -53,6 +64,28 @@ impl Engine {
             self.last = entry.position();
         }
         Ok(Executed::Committed(batch))
+    }
+
+    /// Makes the last commit durable if it was made without its sync (`execute_batch_while`,
+    /// logical formats): the WAL file is synced as `synchronous=FULL` would have at commit.
+    /// Returns whether anything needed syncing.
+    ///
+    /// # Errors
+    /// If the sync fails. The commit's durability is then unknown (its pages may be
+    /// gone from the OS cache), so the caller must stop the node, not retry.
+    pub fn sync_commits(&mut self) -> Result<bool> {
+        if !std::mem::take(&mut self.unsynced) {
+            return Ok(false);
+        }
+        let wal = self.directory.join(format!("{DATABASE_FILE}-wal"));
+        match std::fs::File::open(&wal) {
+            Ok(file) => file.sync_data().map_err(|error| StorageError::new(format!("cannot sync {}: {error}", wal.display())))?,
+            // No WAL file: a checkpoint moved everything into the database file, and
+            // synced it.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(StorageError::new(format!("cannot open {} to sync it: {error}", wal.display()))),
+        }
+        Ok(true)
     }
 
     /// Physical format, before commit: the entry will hold every page the transaction
@@ -409,5 +442,29 @@ impl<'connection> Capture<'connection> {
             }
         }
         Ok(())
+    }
+}
+
+/// `synchronous=NORMAL` for one commit: in WAL mode it writes the commit's frames without
+/// syncing them (checkpoints still sync). Dropping it goes back to `FULL`, whether the
+/// commit succeeded or not, so no other commit goes unsynced.
+struct SyncDeferred<'a> {
+    connection: &'a Connection,
+}
+
+impl<'a> SyncDeferred<'a> {
+    fn new(connection: &'a Connection) -> Result<SyncDeferred<'a>> {
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(SyncDeferred { connection })
+    }
+}
+
+impl Drop for SyncDeferred<'_> {
+    fn drop(&mut self) {
+        // Not an error to return: the commit may already have happened, and a later
+        // commit left unsynced would break every durability promise.
+        if let Err(error) = self.connection.pragma_update(None, "synchronous", "FULL") {
+            panic!("cannot restore synchronous=FULL after a commit: {error}");
+        }
     }
 }

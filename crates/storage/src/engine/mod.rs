@@ -6,7 +6,10 @@
 //! SQLite database and change in the same transaction. After any crash the database holds
 //! exactly the entries of `_tern_log` and their effects, no more, no less.
 //! Every write transaction commits with `synchronous=FULL` in WAL mode, so a commit that
-//! returned is on disk; many client requests share one commit (group commit).
+//! returned is on disk; many client requests share one commit (group commit). One
+//! exception, the leader's client writes in the logical formats: they commit without the
+//! sync, their entry ships, and `Engine::sync_commits` syncs the WAL while the followers
+//! persist; the leader counts its own copy only after that sync.
 //!
 //! Here: the entry and request types, the `Engine` itself and opening it. By concern:
 //! `execute` (the leader's write path), `statements` (one client statement), `rowids` and
@@ -191,6 +194,9 @@ pub struct Engine {
     region: Option<RegionState>,
     /// The region written into each entry's `Change::Origin`.
     origin_region: String,
+    /// Logical formats: the leader's last commit went to the WAL without its sync, for
+    /// `sync_commits` to make durable after the entry shipped (see `execute`).
+    unsynced: bool,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -306,6 +312,7 @@ impl Engine {
             max_entry_bytes: MAX_ENTRY_BYTES,
             region: None,
             origin_region: String::new(),
+            unsynced: false,
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
