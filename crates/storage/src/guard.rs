@@ -125,9 +125,11 @@ struct PolicyState {
     deadline_us: AtomicU64,
     interrupted: AtomicBool,
     base: Instant,
-    /// The writer connection also applies replicated pages through `sqlite_dbpage`, so its
-    /// defensive mode is on only inside a scope; a reader's is on always.
-    writer: bool,
+    /// The connection applies replicated pages through `sqlite_dbpage` (the physical
+    /// format's writer), so its defensive mode is on only inside a scope; on every other
+    /// connection it is on always. (Switching it expires every prepared statement, so it
+    /// is switched only where it must be.)
+    applies_pages: bool,
     refusal: Mutex<Option<String>>,
     limits: Mutex<Limits>,
     /// While set, what a statement being prepared touches.
@@ -168,7 +170,7 @@ impl Drop for ClientScope<'_> {
     fn drop(&mut self) {
         self.policy.state.active.store(false, Ordering::Release);
         self.policy.state.deadline_us.store(0, Ordering::Release);
-        if self.policy.state.writer {
+        if self.policy.state.applies_pages {
             // tern's own apply path writes pages through sqlite_dbpage (physical format).
             let _ = self.connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false);
         }
@@ -177,18 +179,18 @@ impl Drop for ClientScope<'_> {
 
 impl ClientPolicy {
     /// Installs the policy on `connection`; its rules apply inside [`ClientPolicy::scope`]
-    /// only, since tern runs its own statements on the same connections. `writer`: the
-    /// connection applies replicated pages, so defensive mode is on only inside a scope.
+    /// only, since tern runs its own statements on the same connections. `applies_pages`:
+    /// the connection writes replicated pages, so defensive mode is on only inside a scope.
     ///
     /// # Errors
     /// If SQLite refuses the hooks.
-    pub fn install(connection: &mut Connection, writer: bool, limits: Limits) -> rusqlite::Result<ClientPolicy> {
+    pub fn install(connection: &mut Connection, applies_pages: bool, limits: Limits) -> rusqlite::Result<ClientPolicy> {
         let state = Arc::new(PolicyState {
             active: AtomicBool::new(false),
             deadline_us: AtomicU64::new(0),
             interrupted: AtomicBool::new(false),
             base: Instant::now(),
-            writer,
+            applies_pages,
             refusal: Mutex::new(None),
             limits: Mutex::new(limits),
             recording: Mutex::new(None),
@@ -242,7 +244,7 @@ impl ClientPolicy {
                 late
             }),
         )?;
-        if !writer {
+        if !applies_pages {
             connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         }
         Ok(ClientPolicy { state })
@@ -270,7 +272,7 @@ impl ClientPolicy {
     /// # Errors
     /// If defensive mode cannot be switched on.
     pub fn scope<'policy>(&'policy self, connection: &'policy Connection) -> rusqlite::Result<ClientScope<'policy>> {
-        if self.state.writer {
+        if self.state.applies_pages {
             connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         }
         self.state.active.store(true, Ordering::Release);

@@ -121,7 +121,7 @@ impl LeaderlessStore {
                 value
             }
         };
-        let policy = ClientPolicy::install(&mut connection, true, limits)?;
+        let policy = ClientPolicy::install(&mut connection, false, limits)?;
         Ok(LeaderlessStore { connection, policy, shapes: BTreeMap::new(), incarnation, skipped: Vec::new() })
     }
 

@@ -283,7 +283,7 @@ impl Engine {
     pub fn open(directory: &Path, format: LogFormat) -> Result<Engine> {
         std::fs::create_dir_all(directory)?;
         let mut connection = Connection::open(directory.join(DATABASE_FILE))?;
-        let policy = ClientPolicy::install(&mut connection, true, Limits::default())?;
+        let policy = ClientPolicy::install(&mut connection, format == LogFormat::Physical, Limits::default())?;
         let client = ClientCounters::install(&connection)?;
         let (separate_log, wal) = if format == LogFormat::Physical {
             configure_physical_data(&connection)?;

@@ -86,7 +86,7 @@ impl Engine {
             let _ = directory.sync_all();
         }
         self.connection = Connection::open(&database)?;
-        self.policy = ClientPolicy::install(&mut self.connection, true, self.policy.limits())?;
+        self.policy = ClientPolicy::install(&mut self.connection, self.format == LogFormat::Physical, self.policy.limits())?;
         self.client = ClientCounters::install(&self.connection)?;
         if self.format == LogFormat::Physical {
             configure_physical_data(&self.connection)?;
