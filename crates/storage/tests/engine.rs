@@ -354,3 +354,48 @@ fn a_leaders_commit_is_synced_by_sync_commits_once_and_nothing_else_goes_unsynce
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+#[test]
+fn foreign_key_actions_run_once_on_the_leader_and_are_not_run_again_on_apply() {
+    for format in FORMATS {
+        let (root, mut leader, mut follower) = leader_and_follower(&format!("fk-{}", format.name()), format);
+        let requests = [
+            // First a schema without actions: applying needs no special care.
+            request(&[
+                "CREATE TABLE plain_parent (id INTEGER PRIMARY KEY)",
+                "CREATE TABLE plain_child (id INTEGER PRIMARY KEY, parent REFERENCES plain_parent(id))",
+            ]),
+            request(&["INSERT INTO plain_parent VALUES (1)", "INSERT INTO plain_child VALUES (10, 1)"]),
+            // Then actions: deleting a station cascades to its readings, renumbering one
+            // renumbers its readings, and its sensors' station goes NULL.
+            request(&[
+                "CREATE TABLE stations (id INTEGER PRIMARY KEY, name TEXT)",
+                "CREATE TABLE readings (id INTEGER PRIMARY KEY, station INTEGER REFERENCES stations(id) ON DELETE CASCADE ON UPDATE CASCADE, value REAL)",
+                "CREATE TABLE sensors (id INTEGER PRIMARY KEY, station INTEGER REFERENCES stations(id) ON UPDATE SET NULL)",
+            ]),
+            request(&[
+                "INSERT INTO stations VALUES (1, 'McMurdo'), (2, 'Palmer')",
+                "INSERT INTO readings VALUES (1, 1, -20.5), (2, 1, -21.0), (3, 2, -3.5)",
+                "INSERT INTO sensors VALUES (1, 2)",
+            ]),
+            request(&["DELETE FROM stations WHERE id = 1"]),
+            request(&["UPDATE stations SET id = 3 WHERE id = 2"]),
+            request(&["INSERT INTO plain_child VALUES (11, 1)"]),
+        ];
+        for request in &requests {
+            let batch = leader.execute_batch(1, std::slice::from_ref(request)).unwrap();
+            assert!(batch.results[0].iter().all(|result| result.error.is_none()), "{format:?}: {:?}", batch.results);
+            follower.apply(&[batch.entry.expect("every request changes something")]).unwrap();
+        }
+        let sums = leader.table_checksums().unwrap();
+        assert_eq!(sums, follower.table_checksums().unwrap(), "{format:?}");
+        let rows = |table: &str| sums.iter().find(|(name, _, _)| name == table).map(|(_, rows, _)| *rows);
+        assert_eq!(rows("readings"), Some(1), "{format:?}: the cascade removed McMurdo's two readings, once");
+        assert_eq!(rows("plain_child"), Some(2), "{format:?}");
+        let reader = tern_storage::Reader::open(&root.join("follower")).unwrap();
+        let (results, _) = reader.query(&[Statement::new("SELECT station FROM sensors"), Statement::new("SELECT station FROM readings")]).unwrap();
+        assert_eq!(results[0].values, vec![vec![SqlValue::Null]], "{format:?}: the update's SET NULL reached the follower");
+        assert_eq!(results[1].values, vec![vec![SqlValue::Integer(3)]], "{format:?}: and its cascade");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

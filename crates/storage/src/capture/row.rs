@@ -160,12 +160,14 @@ impl Drop for Session<'_> {
 
 /// Applies a changeset recorded on another replica. Any conflict (a row missing, present
 /// or different from what the changeset expects) aborts the whole changeset, since it
-/// means the replicas diverged. Foreign-key actions are not re-run (their effects were
-/// recorded too); the caller disables triggers for the same reason.
+/// means the replicas diverged. With `fk_actions` (the schema has foreign keys with
+/// actions), those actions are not re-run: their effects were recorded too. (Saying so
+/// costs a reload of the schema, so callers say it only when there are some.) The caller
+/// disables triggers for the same reason.
 ///
 /// # Errors
 /// A conflict (`SQLITE_ABORT`) or any other SQLite error; nothing is applied then.
-pub fn apply_changeset(connection: &Connection, changeset: &[u8]) -> rusqlite::Result<()> {
+pub fn apply_changeset(connection: &Connection, changeset: &[u8], fk_actions: bool) -> rusqlite::Result<()> {
     if changeset.is_empty() {
         return Ok(());
     }
@@ -182,7 +184,7 @@ pub fn apply_changeset(connection: &Connection, changeset: &[u8]) -> rusqlite::R
             ptr::null_mut(),
             ptr::null_mut(),
             ptr::null_mut(),
-            SQLITE_CHANGESETAPPLY_FKNOACTION,
+            if fk_actions { SQLITE_CHANGESETAPPLY_FKNOACTION } else { 0 },
         )
     };
     if code != ffi::SQLITE_OK {
@@ -408,7 +410,7 @@ mod tests {
         drop(session);
         assert!(!changeset.is_empty());
 
-        apply_changeset(&target, &changeset).unwrap();
+        apply_changeset(&target, &changeset, true).unwrap();
         assert_eq!(table_dump(&target, "keyed"), table_dump(&source, "keyed"));
         assert_eq!(table_dump(&target, "loose"), table_dump(&source, "loose"));
         assert_eq!(table_dump(&target, "loose"), vec!["Integer(1),Text(\"x\"),Integer(1)", "Integer(2),Text(\"x\"),Integer(5)"]);
@@ -424,7 +426,7 @@ mod tests {
         source.execute_batch("INSERT INTO t VALUES (1, 'a'), (2, 'b')").unwrap();
         let changeset = session.changeset().unwrap();
         drop(session);
-        assert!(apply_changeset(&target, &changeset).is_err());
+        assert!(apply_changeset(&target, &changeset, false).is_err());
         assert_eq!(table_dump(&target, "t"), vec!["Integer(2),Integer(2),Text(\"other\")"]);
     }
 

@@ -119,12 +119,7 @@ impl Engine {
                     }
                 }
                 Change::Origin { .. } => {}
-                Change::Rowids(tables) => {
-                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
-                    let set = set_rowids(&self.connection, tables);
-                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
-                    set?;
-                }
+                Change::Rowids(tables) => self.without_triggers(|| Ok(set_rowids(&self.connection, tables)?))?,
                 Change::Vacuum => {
                     return Err(StorageError::new(if self.format == LogFormat::Physical {
                         "a logical VACUUM entry reached a node running the physical log format"
@@ -133,14 +128,54 @@ impl Engine {
                     }));
                 }
                 Change::Rows(changeset) => {
-                    // The leader's triggers already ran and their effects are in the changeset.
-                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
-                    let applied = apply_changeset(&self.connection, changeset);
-                    self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
-                    applied?;
+                    // The leader's triggers and foreign-key actions already ran, and their
+                    // effects are in the changeset.
+                    let fk_actions = self.has_foreign_key_actions()?;
+                    self.without_triggers(|| Ok(apply_changeset(&self.connection, changeset, fk_actions)?))?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Runs `apply` with triggers off, if the schema has any. Switching them expires every
+    /// prepared statement of the connection (SQLite does so on any change of its flags),
+    /// so a schema without triggers is left as it is.
+    fn without_triggers(&self, apply: impl FnOnce() -> Result<()>) -> Result<()> {
+        let any: bool = self
+            .connection
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger') \
+                 OR EXISTS (SELECT 1 FROM temp.sqlite_schema WHERE type = 'trigger')",
+            )?
+            .query_row([], |row| row.get(0))?;
+        if !any {
+            return apply();
+        }
+        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        let applied = apply();
+        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+        applied
+    }
+
+    /// Whether some foreign key of the schema has an action (`ON DELETE CASCADE`, say),
+    /// which a changeset must be applied without. Asking SQLite to leave actions out
+    /// makes it reload the whole schema at the next statement, so it is asked only when
+    /// there are some. Remembered per schema version.
+    fn has_foreign_key_actions(&self) -> Result<bool> {
+        let version: i64 = self.connection.prepare_cached("PRAGMA main.schema_version")?.query_row([], |row| row.get(0))?;
+        if let Some((known, actions)) = self.foreign_key_actions.get() {
+            if known == version {
+                return Ok(actions);
+            }
+        }
+        let actions: bool = self.connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema AS s, pragma_foreign_key_list(s.name) AS f \
+             WHERE s.type = 'table' AND (f.on_delete NOT IN ('NO ACTION', 'RESTRICT') OR f.on_update NOT IN ('NO ACTION', 'RESTRICT')))",
+            [],
+            |row| row.get(0),
+        )?;
+        self.foreign_key_actions.set(Some((version, actions)));
+        Ok(actions)
     }
 }

@@ -197,6 +197,9 @@ pub struct Engine {
     /// Logical formats: the leader's last commit went to the WAL without its sync, for
     /// `sync_commits` to make durable after the entry shipped (see `execute`).
     unsynced: bool,
+    /// Row format: whether the schema's foreign keys have actions, as of a schema version
+    /// (see `apply`).
+    foreign_key_actions: std::cell::Cell<Option<(i64, bool)>>,
 }
 
 pub const LOG_FILE: &str = "log.db";
@@ -313,6 +316,7 @@ impl Engine {
             region: None,
             origin_region: String::new(),
             unsynced: false,
+            foreign_key_actions: std::cell::Cell::new(None),
         };
         engine.load_position()?;
         if engine.format == LogFormat::Physical {
