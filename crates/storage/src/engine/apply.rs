@@ -119,7 +119,7 @@ impl Engine {
                     }
                 }
                 Change::Origin { .. } => {}
-                Change::Rowids(tables) => self.without_triggers(|| Ok(set_rowids(&self.connection, tables)?))?,
+                Change::Rowids(tables) => self.without_triggers(|| set_rowids(&self.connection, tables))?,
                 Change::Vacuum => {
                     return Err(StorageError::new(if self.format == LogFormat::Physical {
                         "a logical VACUUM entry reached a node running the physical log format"
