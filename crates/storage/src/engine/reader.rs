@@ -23,6 +23,10 @@ impl Reader {
         // `file:` options.
         let mut connection = Connection::open_with_flags(directory.join(DATABASE_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Up to 16 MiB of pages per reader (SQLite's default is 2 MiB): a follower's reads by
+        // key then mostly skip the pread of each page. The pool hands out the most recently
+        // used reader first, so the warm ones serve. (docs/performance.md: the read path.)
+        connection.pragma_update(None, "cache_size", -16384)?;
         let policy = ClientPolicy::install(&mut connection, false, limits)?;
         Ok(Reader { connection, policy })
     }
