@@ -10,6 +10,8 @@
 # The peers run through their own scripts in $PEERS_DIR (default ../shared/bench/peers),
 # which wait for a quiet machine before each point. Every line each run prints is kept
 # in $OUT (default /tmp/tern-compare.txt); the table at the end is built from it.
+# The "HTTP floor" rows run the same reads against bench/http_floor.rs, a server that only
+# answers: no server, tern included, can beat that ratio on this machine.
 #
 # Env: SECS (per point, default 10), PEERS_LIST (default "rqlite etcd pg"), TERN (the
 # binary; default target/release/tern, built if missing), PEERS_DIR, OUT.
@@ -45,13 +47,32 @@ for _ in $(seq 300); do
     ((ok)) && break; sleep 0.1
 done
 ((ok)) || { echo "tern did not become ready; its logs:" >&2; tail -5 "$WORK"/n*.log >&2; exit 1; }
-post() { curl -sS --fail-with-body -m 60 -XPOST "http://$1$2" -H 'Content-Type: application/json' -d "$3"; }
-post "${HTTP[1]}" /db/execute '["CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)"]' >/dev/null
-post "${HTTP[1]}" '/db/execute?w=all' '["WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<100000) INSERT INTO kv SELECT x, substr(hex(zeroblob(128)),1,256) FROM c"]' >/dev/null
+# Retried while the cluster settles its first leader (503 until then).
+post() {
+  for _ in $(seq 50); do
+    curl -sS --fail-with-body -m 60 -XPOST "http://$1$2" -H 'Content-Type: application/json' -d "$3" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  curl -sS --fail-with-body -m 60 -XPOST "http://$1$2" -H 'Content-Type: application/json' -d "$3"
+}
+# Both idempotent, as a retried request may have been applied.
+post "${HTTP[1]}" /db/execute '["CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)"]' >/dev/null
+post "${HTTP[1]}" '/db/execute?w=all' '["WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<100000) INSERT OR REPLACE INTO kv SELECT x, substr(hex(zeroblob(128)),1,256) FROM c"]' >/dev/null
 tern_load() { "$LOAD" --secs "$SECS" --value-size 256 "$@" | tee -a "$OUT"; }
 for c in 1 32; do tern_load --op put --addr "${HTTP[1]}" --clients "$c" --path /db/execute --label "tern put->leader"; done
 for c in 1 32; do tern_load --op get --addr "${HTTP[2]}" --clients "$c" --path '/db/query?level=none' --label "tern get level=none->follower"; done
 for c in 1 32; do tern_load --op get --addr "${HTTP[1]}" --clients "$c" --path '/db/query?level=strong' --label "tern get level=strong->leader"; done
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+
+# ---- the floor: an HTTP server that only answers (bench/http_floor.rs) ---------------
+rustc -O --edition 2021 -o "$WORK/http_floor" "$ROOT/bench/http_floor.rs"
+FLOOR=127.0.0.1:$(free_port)
+"$WORK/http_floor" "$FLOOR" &
+PIDS+=($!)
+sleep 0.3
+for c in 1 32; do tern_load --op get --addr "$FLOOR" --clients "$c" --path '/db/query?level=none' --label "floor get"; done
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
@@ -85,6 +106,8 @@ comparisons = [
     ("writes (semi-sync), 32 clients", ("tern put->leader", 32), [("rqlite put->leader", 32), ("etcd put->leader", 32), ("postgres sync-any1-on", 16)]),
     ("level=none reads on a follower, 1 client", ("tern get level=none->follower", 1), [("rqlite get level=none->follower", 1)]),
     ("level=none reads on a follower, 32 clients", ("tern get level=none->follower", 32), [("rqlite get level=none->follower", 32)]),
+    ("the HTTP floor (bench/http_floor.rs), 1 client", ("floor get", 1), [("rqlite get level=none->follower", 1)]),
+    ("the HTTP floor (bench/http_floor.rs), 32 clients", ("floor get", 32), [("rqlite get level=none->follower", 32)]),
     ("level=strong reads, 1 client", ("tern get level=strong->leader", 1), [("rqlite get level=strong->leader", 1)]),
     ("level=strong reads, 32 clients", ("tern get level=strong->leader", 32), [("rqlite get level=strong->leader", 32)]),
 ]
