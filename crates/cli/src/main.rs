@@ -14,6 +14,7 @@ mod conflicts;
 mod demo;
 mod demo_multi;
 mod device;
+mod lab;
 mod shell;
 mod sim;
 mod stats;
@@ -44,6 +45,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the deterministic cluster simulator with faults and check its properties.
     Sim(sim::SimArgs),
+    /// Measure the primer's claims about replication (stale reads, lost writes, ...) as
+    /// experiments, and write a report with plots.
+    Lab(lab::LabArgs),
     /// Compare every replica's data (table checksums; page hashes for --log-format physical).
     Verify(VerifyArgs),
     /// Inspect a node's rollback store: entries it removed because a later leader lacked them.
@@ -551,6 +555,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Lab(args) => lab::run(args),
         Command::Repair(args) => conflicts::run_repair(args),
         Command::Verify(args) => run_verify(args),
         Command::Rollback(command) => run_rollback(command),

@@ -1,0 +1,163 @@
+//! `tern lab`: the primer's claims about replication as experiments measured on this
+//! machine, each ending in a verdict, written up as a Markdown report with SVG plots.
+//!
+//! An experiment (`experiments.rs`) runs on the deterministic simulator or on tern's own
+//! storage engine, and returns a [`Finding`]: the setup in words, a table, a plot, and
+//! whether what it measured agrees with its claim. A finding that contradicts its claim
+//! makes `tern lab` fail, so `tern lab --quick` in the test suite guards every verdict.
+
+mod experiments;
+mod plot;
+
+use clap::Args;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Experiments to run, by name (all of them when none is named; see --list).
+    experiments: Vec<String>,
+    /// Name every experiment and its claim, and run nothing.
+    #[arg(long)]
+    list: bool,
+    /// Run each experiment small enough for a test suite (seconds, not minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where the report (report.md) and its plots (*.svg) go.
+    #[arg(long, default_value = "tern-lab")]
+    out: PathBuf,
+    /// First seed of the simulated runs (each run derives its own from it).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// How big a run each experiment makes.
+pub struct Scale {
+    pub quick: bool,
+    pub seed: u64,
+}
+
+impl Scale {
+    /// `full` normally, `quick` with `--quick`.
+    pub fn pick(&self, quick: usize, full: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+/// One claim of the primer, and how to test it.
+pub struct Experiment {
+    pub name: &'static str,
+    /// The claim, in one sentence.
+    pub claim: &'static str,
+    pub run: fn(&Scale) -> Result<Finding, String>,
+}
+
+/// What an experiment measured.
+pub struct Finding {
+    /// How it was measured, in a few sentences.
+    pub setup: String,
+    pub headers: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+    /// The first is `<name>.svg`, the next `<name>-2.svg` and so on.
+    pub plots: Vec<plot::Plot>,
+    /// Whether the measurement agrees with the claim, and the verdict in one line.
+    pub holds: bool,
+    pub verdict: String,
+}
+
+pub fn run(args: LabArgs) -> Result<(), String> {
+    let all = experiments::all();
+    if args.list {
+        for experiment in &all {
+            println!("{:<22} {}", experiment.name, experiment.claim);
+        }
+        return Ok(());
+    }
+    let chosen: Vec<&Experiment> = if args.experiments.is_empty() {
+        all.iter().collect()
+    } else {
+        args.experiments
+            .iter()
+            .map(|name| {
+                all.iter().find(|experiment| experiment.name == name.as_str()).ok_or_else(|| {
+                    let names: Vec<&str> = all.iter().map(|experiment| experiment.name).collect();
+                    format!("no experiment is named {name:?}; there are: {}", names.join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    std::fs::create_dir_all(&args.out).map_err(|error| format!("cannot create {}: {error}", args.out.display()))?;
+    let scale = Scale { quick: args.quick, seed: args.seed };
+    let started = Instant::now();
+    let mut report = String::new();
+    let mut contradicted = Vec::new();
+    for (number, experiment) in chosen.iter().enumerate() {
+        let left = match number {
+            0 => String::new(),
+            done => format!(", about {} s left", (started.elapsed() / done as u32 * (chosen.len() - done) as u32).as_secs()),
+        };
+        println!("[{}/{}] {}: {} ({} s so far{left})", number + 1, chosen.len(), experiment.name, experiment.claim, started.elapsed().as_secs());
+        let began = Instant::now();
+        let finding = (experiment.run)(&scale).map_err(|error| format!("experiment {} failed to run: {error}", experiment.name))?;
+        let plot_files: Vec<String> = (1..=finding.plots.len())
+            .map(|number| if number == 1 { format!("{}.svg", experiment.name) } else { format!("{}-{number}.svg", experiment.name) })
+            .collect();
+        for (plot, file) in finding.plots.iter().zip(&plot_files) {
+            plot::draw(plot, &args.out.join(file))?;
+        }
+        println!("        {} {} ({:.1} s)", if finding.holds { "holds:" } else { "CONTRADICTED:" }, finding.verdict, began.elapsed().as_secs_f64());
+        if !finding.holds {
+            contradicted.push(format!("{}: {}", experiment.name, finding.verdict));
+        }
+        write_section(&mut report, experiment, &finding, &plot_files);
+    }
+    let report = header(&args, &scale, chosen.len(), started.elapsed()) + &report;
+    let path = args.out.join("report.md");
+    std::fs::write(&path, report).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    println!("report: {}", path.display());
+    if contradicted.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} experiment(s) contradicted their claim:\n  {}", contradicted.len(), contradicted.join("\n  ")))
+    }
+}
+
+fn header(args: &LabArgs, scale: &Scale, experiments: usize, took: Duration) -> String {
+    let mut command = String::from("tern lab");
+    if scale.quick {
+        command.push_str(" --quick");
+    }
+    if scale.seed != 1 {
+        let _ = write!(command, " --seed {}", scale.seed);
+    }
+    for name in &args.experiments {
+        let _ = write!(command, " {name}");
+    }
+    format!(
+        "# tern lab: the primer's claims, measured\n\n\
+         Generated by `{command}` ({experiments} experiment(s), {} s). Every figure below comes from that run; \
+         the simulated experiments are deterministic for a given seed, so the same command prints the same tables.\n\n",
+        took.as_secs()
+    )
+}
+
+fn write_section(report: &mut String, experiment: &Experiment, finding: &Finding, plot_files: &[String]) {
+    let _ = writeln!(report, "## {}\n", experiment.name);
+    let _ = writeln!(report, "**Claim.** {}\n", experiment.claim);
+    let _ = writeln!(report, "**Setup.** {}\n", finding.setup);
+    let _ = writeln!(report, "| {} |", finding.headers.join(" | "));
+    let _ = writeln!(report, "|{}", "---|".repeat(finding.headers.len()));
+    for row in &finding.rows {
+        let _ = writeln!(report, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(report);
+    for (plot, file) in finding.plots.iter().zip(plot_files) {
+        let _ = writeln!(report, "![{}]({file})\n", plot.title());
+    }
+    let _ = writeln!(report, "**Verdict.** {} {}\n", if finding.holds { "Holds:" } else { "Contradicted:" }, finding.verdict);
+}

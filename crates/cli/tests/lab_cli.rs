@@ -1,0 +1,39 @@
+//! `tern lab` as a user runs it: every experiment's verdict checked in `--quick` mode, the
+//! report and its plots written, unknown experiments refused.
+
+use std::process::Command;
+
+fn tern_lab(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tern")).arg("lab").args(args).output().expect("tern runs");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn every_quick_experiment_agrees_with_its_claim_and_is_written_up_with_a_plot() {
+    let (ok, listed) = tern_lab(&["--list"]);
+    assert!(ok, "{listed}");
+    let names: Vec<String> = listed.lines().filter_map(|line| line.split_whitespace().next()).map(str::to_string).collect();
+    assert!(names.len() >= 3, "{listed}");
+
+    let out = std::env::temp_dir().join(format!("tern-lab-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (ok, output) = tern_lab(&["--quick", "--out", out.to_str().expect("utf-8 path")]);
+    assert!(ok, "an experiment contradicted its claim, or failed to run:\n{output}");
+    assert!(output.contains(&format!("[{}/{}]", names.len(), names.len())), "a progress line per experiment: {output}");
+    let report = std::fs::read_to_string(out.join("report.md")).expect("report.md written");
+    for name in &names {
+        assert!(report.contains(&format!("## {name}\n")), "no section for {name}:\n{report}");
+        let plot = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap_or_else(|_| panic!("no plot for {name}"));
+        assert!(plot.contains("<svg") && plot.contains("<rect"), "{name}.svg holds no bars");
+    }
+    assert_eq!(report.matches("**Verdict.** Holds:").count(), names.len(), "{report}");
+    assert!(!report.contains("Contradicted"), "{report}");
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn an_unknown_experiment_is_refused_with_the_names_there_are() {
+    let (ok, output) = tern_lab(&["no-such-claim", "--out", std::env::temp_dir().join("tern-lab-unknown").to_str().expect("utf-8")]);
+    assert!(!ok, "{output}");
+    assert!(output.contains("no experiment is named \"no-such-claim\"") && output.contains("async-loses-writes"), "{output}");
+}
