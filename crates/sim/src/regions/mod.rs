@@ -371,6 +371,27 @@ impl RegionWorld {
     }
 }
 
+/// What one multi-leader run left behind once healed, for `tern lab`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConflictCounts {
+    /// Row writes made, in every region.
+    pub writes: usize,
+    /// Conflicts the rows hold (every region holds the same ones once healed).
+    pub conflicts: usize,
+    /// Keys that changed home region (`homes`).
+    pub moves: usize,
+    /// What the checkers found wrong.
+    pub violations: usize,
+}
+
+/// Runs one multi-leader seed and counts its writes, conflicts and moves.
+pub fn count_conflicts(options: &RegionOptions, seed: u64) -> ConflictCounts {
+    let mut world = RegionWorld::new(options, seed, false);
+    world.run();
+    let conflicts = world.regions.first().map_or(0, |region| (0..KEYS).map(|key| region.rows[key].conflicts().len()).sum());
+    ConflictCounts { writes: world.history.len(), conflicts, moves: world.moves, violations: checks::check(&world).len() }
+}
+
 /// Runs one multi-leader seed and every checker on it.
 pub fn run_regions_seed(options: &RegionOptions, seed: u64, keep_trace: bool) -> SeedReport {
     let mut world = RegionWorld::new(options, seed, keep_trace);
