@@ -5,7 +5,7 @@ use super::{keys, LeaderlessWorld};
 use tern_core::leaderless::{Dot, Key, KeyVersions};
 
 /// Whether `versions` hold the write `dot` or something that replaced it.
-fn covers(versions: &KeyVersions, dot: &Dot) -> bool {
+pub(super) fn covers(versions: &KeyVersions, dot: &Dot) -> bool {
     versions.context().get(&dot.0).is_some_and(|seen| *seen >= dot.1)
 }
 

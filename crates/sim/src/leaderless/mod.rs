@@ -440,6 +440,23 @@ impl LeaderlessWorld {
 }
 
 /// Runs one leaderless seed and every checker on it.
+/// For `tern lab`: runs one seed and, for each `(r, w)`, counts the pairs of a read and a
+/// write of its key acknowledged by `w` strict replicas before the read began, and how
+/// many of those writes the read missed (saw neither it nor a write that saw it).
+pub fn quorum_misses(options: &LeaderlessOptions, seed: u64) -> BTreeMap<(usize, usize), (usize, usize)> {
+    let mut world = LeaderlessWorld::new(options, seed, false);
+    world.run();
+    let mut counts: BTreeMap<(usize, usize), (usize, usize)> = BTreeMap::new();
+    for read in &world.reads {
+        for write in world.writes.iter().filter(|write| write.key == read.key && write.strict && write.acked < read.invoked) {
+            let entry = counts.entry((read.r, write.w)).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(!checks::covers(&read.versions, &write.dot));
+        }
+    }
+    counts
+}
+
 pub fn run_leaderless_seed(options: &LeaderlessOptions, seed: u64, keep_trace: bool) -> SeedReport {
     let mut world = LeaderlessWorld::new(options, seed, keep_trace);
     let mut violations = world.run();

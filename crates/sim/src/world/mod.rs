@@ -65,6 +65,9 @@ const CLIENT_TIMEOUT: Micros = 12 * SECOND;
 
 const SESSION_WAIT: Micros = 5 * SECOND;
 
+/// The simulated regions, in the order of `REGION_LATENCY_MS`.
+pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "antarctica"];
+
 /// One-way latency between the simulated regions (us-east, eu-west, antarctica).
 const REGION_LATENCY_MS: [[u64; 3]; 3] = [[0, 40, 75], [40, 0, 90], [75, 90, 0]];
 
@@ -368,6 +371,16 @@ impl World {
 
     fn node_now(&self, node: usize) -> Micros {
         self.now + self.nodes[node].skew
+    }
+
+    /// The region (0 us-east, 1 eu-west, 2 antarctica) a client sits in, for reports.
+    pub fn client_region(&self, client: usize) -> usize {
+        self.clients[client].region
+    }
+
+    /// The region of the node that leads now (see `current_leader`), for reports.
+    pub fn leader_region(&self) -> usize {
+        self.nodes[self.current_leader()].region
     }
 
     /// The configured leader (every node is always configured with the same one); with
