@@ -76,36 +76,54 @@ fn directory_bytes(path: &std::path::Path) -> u64 {
     })
 }
 
-/// Memory idle, under 32 clients of writes, and a follower's catch-up from the log and
-/// from a snapshot (a cluster keeping few log entries).
-fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
-    println!("\nresident memory and catch-up (3 nodes, semi-sync, row log, 256-byte values):");
-    // Each write request is one log entry: keeping 50 of the 200 puts a follower that
-    // missed them all past the log, so it gets a snapshot.
-    for (label, retain) in [("from the log", 1_000_000u64), ("from a snapshot", SNAPSHOT_RETAIN)] {
-        let (data_dir, mut processes, addresses) = start_ready("bench-sizing", 3, &["--log-retain".to_string(), retain.to_string()])?;
+/// How a restarted follower caught up.
+pub struct CatchUp {
+    /// Rows and log entries it had missed.
+    pub rows: u64,
+    pub entries: u64,
+    /// How long writing them took on the leader.
+    pub written_in: Duration,
+    /// From its restart to holding the leader's applied index.
+    pub took: Duration,
+    /// Growth of its data directory meanwhile.
+    pub bytes: u64,
+    /// Whether it then held the leader's rows (count and total bytes of the table).
+    pub same_rows: bool,
+    /// Snapshots it installed meanwhile (its `tern_snapshots_installed_total`).
+    pub snapshots: u64,
+}
+
+/// The sum of a counter over its labels, from a node's `/metrics`.
+fn counter(address: &str, name: &str) -> u64 {
+    let Ok((200, text)) = HttpClient::new(address).request_raw("GET", "/metrics", None) else { return 0 };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A 3-node cluster started with `extra` flags: n3 is killed, `rows` rows of 256 B are
+/// written in requests of `batch` rows (one log entry each), n3 is restarted and timed
+/// until it holds the leader's applied index. `before_kill` runs on the fresh cluster
+/// first (its processes and HTTP addresses).
+pub fn catch_up(
+    rows: u64,
+    batch: u64,
+    extra: &[String],
+    before_kill: impl FnOnce(&[ServerProcess], &[String]) -> Result<(), String>,
+) -> Result<CatchUp, String> {
+    let (data_dir, mut processes, addresses) = start_ready("catch-up", 3, extra)?;
+    let outcome = (|| {
         let mut leader = HttpClient::new(&addresses[0]);
         post(&mut leader, "/db/execute?w=all", &json!(["CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]))?;
-        if retain > SNAPSHOT_RETAIN {
-            std::thread::sleep(Duration::from_secs(1));
-            println!("  idle: {}", rss_line(&processes));
-            let load = std::thread::scope(|scope| {
-                let writing = scope.spawn(|| crate::bench::measure(&addresses[0], "semi-sync", "majority", 32, 256, duration));
-                std::thread::sleep(duration / 2 + Duration::from_secs(1));
-                let during = rss_line(&processes);
-                (writing.join(), during)
-            });
-            let (point, during) = load;
-            let point = point.map_err(|_| "the load thread panicked".to_string())?;
-            println!("  under 32 clients of writes ({:.0} writes/s): {during}", point.writes_per_second());
-        }
+        before_kill(&processes, &addresses)?;
         processes[2].kill();
         let value = "x".repeat(256);
         let started = Instant::now();
-        for batch in 0..CATCH_UP_WRITES / CATCH_UP_BATCH {
-            let statements: Vec<serde_json::Value> = (0..CATCH_UP_BATCH)
-                .map(|offset| json!(["INSERT OR REPLACE INTO bench (id, v) VALUES (?, ?)", 1_000_000 + batch * CATCH_UP_BATCH + offset, value]))
-                .collect();
+        for request in 0..rows / batch {
+            let statements: Vec<serde_json::Value> =
+                (0..batch).map(|offset| json!(["INSERT OR REPLACE INTO bench (id, v) VALUES (?, ?)", 1_000_000 + request * batch + offset, value])).collect();
             post(&mut leader, "/db/execute", &serde_json::Value::Array(statements))?;
         }
         let written_in = started.elapsed();
@@ -113,33 +131,70 @@ fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
         let bytes_before = directory_bytes(&data_dir.join("n3"));
         let restarted = Instant::now();
         processes[2].restart()?;
-        loop {
-            if applied_index(&addresses[2]).is_some_and(|index| index >= target) {
-                break;
-            }
+        while applied_index(&addresses[2]).is_none_or(|index| index < target) {
             if restarted.elapsed() > Duration::from_secs(120) {
-                return Err(format!("n3 did not catch up ({label}) within 120 s"));
+                return Err(format!("n3 did not catch up (flags {extra:?}) within 120 s"));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let took = restarted.elapsed();
-        let received = directory_bytes(&data_dir.join("n3")).saturating_sub(bytes_before);
-        let entries = CATCH_UP_WRITES / CATCH_UP_BATCH;
-        let megabytes = received as f64 / 1e6;
+        let bytes = directory_bytes(&data_dir.join("n3")).saturating_sub(bytes_before);
+        let table = |address: &str| {
+            HttpClient::new(address)
+                .get("/db/query?level=none&q=SELECT%20count(*),%20sum(length(v))%20FROM%20bench")
+                .ok()
+                .map(|reply| reply.body["results"][0]["values"].clone())
+        };
+        let same_rows = table(&addresses[0]).is_some_and(|leader| Some(leader) == table(&addresses[2]));
+        let snapshots = counter(&addresses[2], "tern_snapshots_installed_total");
+        Ok(CatchUp { rows, entries: rows / batch, written_in, took, bytes, same_rows, snapshots })
+    })();
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    outcome
+}
+
+/// Memory idle, under 32 clients of writes, and a follower's catch-up from the log and
+/// from a snapshot (a cluster keeping few log entries).
+fn memory_and_catch_up(duration: Duration) -> Result<(), String> {
+    println!("\nresident memory and catch-up (3 nodes, semi-sync, row log, 256-byte values):");
+    // Each write request is one log entry: keeping 50 of the 200 puts a follower that
+    // missed them all past the log, so it gets a snapshot.
+    for (label, retain) in [("from the log", 1_000_000u64), ("from a snapshot", SNAPSHOT_RETAIN)] {
+        let measure_memory = |processes: &[ServerProcess], addresses: &[String]| -> Result<(), String> {
+            if retain <= SNAPSHOT_RETAIN {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            println!("  idle: {}", rss_line(processes));
+            let (point, during) = std::thread::scope(|scope| {
+                let writing = scope.spawn(|| crate::bench::measure(&addresses[0], "semi-sync", "majority", 32, 256, duration));
+                std::thread::sleep(duration / 2 + Duration::from_secs(1));
+                let during = rss_line(processes);
+                (writing.join(), during)
+            });
+            let point = point.map_err(|_| "the load thread panicked".to_string())?;
+            println!("  under 32 clients of writes ({:.0} writes/s): {during}", point.writes_per_second());
+            Ok(())
+        };
+        // A 1 MiB tail cache: what n3 missed is read from the log, or is gone from it.
+        let extra = ["--log-retain".to_string(), retain.to_string(), "--tail-cache-mib".to_string(), "1".to_string()];
+        let caught = catch_up(CATCH_UP_WRITES, CATCH_UP_BATCH, &extra, measure_memory)?;
+        let megabytes = caught.bytes as f64 / 1e6;
         let how = if retain <= SNAPSHOT_RETAIN { " (the leader's log keeps 50 entries: a snapshot)" } else { "" };
         println!(
-            "  catch-up {label}: {} rows of 256 B ({} entries, written in {} ms) applied by a restarted follower in {} ms: {:.0} rows/s, {:.1} MB/s of data directory growth ({:.1} MB){}",
-            CATCH_UP_WRITES,
-            entries,
-            written_in.as_millis(),
-            took.as_millis(),
-            CATCH_UP_WRITES as f64 / took.as_secs_f64(),
-                        megabytes / took.as_secs_f64(),
+            "  catch-up {label}: {} rows of 256 B ({} entries, written in {} ms) applied by a restarted follower in {} ms: {:.0} rows/s, {:.1} MB/s of data directory growth ({:.1} MB){}{}; {} snapshot(s) installed",
+            caught.rows,
+            caught.entries,
+            caught.written_in.as_millis(),
+            caught.took.as_millis(),
+            caught.rows as f64 / caught.took.as_secs_f64(),
+            megabytes / caught.took.as_secs_f64(),
             megabytes,
-            how
+            how,
+            if caught.same_rows { "" } else { "; ITS ROWS DIFFER FROM THE LEADER'S" },
+            caught.snapshots
         );
-        drop(processes);
-        let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(())
 }

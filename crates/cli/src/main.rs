@@ -240,6 +240,10 @@ pub struct ServerArgs {
     /// holds; a device further behind is sent a snapshot when it syncs.
     #[arg(long, default_value_t = 100_000)]
     region_log_retain: u64,
+    /// Leader: the newest log entries kept in memory, in MiB, to ship to followers without
+    /// reading the log (older ones come from the log on disk, or a snapshot).
+    #[arg(long, default_value_t = 64)]
+    tail_cache_mib: usize,
     /// Leader heartbeat interval, milliseconds.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
@@ -465,6 +469,7 @@ impl ServerArgs {
             max_body_bytes: self.max_body_bytes,
             log_retain: self.log_retain.max(1),
             region_log_retain: self.region_log_retain,
+            tail_cache_bytes: self.tail_cache_mib << 20,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms.max(1)),
             in_sync_timeout: Duration::from_millis(self.in_sync_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),

@@ -25,6 +25,8 @@ fn every_quick_experiment_agrees_with_its_claim_and_is_written_up_with_a_plot() 
         assert!(report.contains(&format!("## {name}\n")), "no section for {name}:\n{report}");
         let plot = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap_or_else(|_| panic!("no plot for {name}"));
         assert!(plot.contains("<svg") && plot.contains("<rect"), "{name}.svg holds no bars");
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap_or_else(|_| panic!("no PNG for {name}"));
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000, "{name}.png is no picture ({} bytes)", png.len());
     }
     assert_eq!(report.matches("**Verdict.** Holds:").count(), names.len(), "{report}");
     assert!(!report.contains("Contradicted"), "{report}");

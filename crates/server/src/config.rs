@@ -32,6 +32,8 @@ pub struct NodeConfig {
     /// Multi-leader: writes kept per origin in the region log beyond what every region
     /// holds; a device further behind gets a snapshot when it syncs.
     pub region_log_retain: u64,
+    /// Leader: bytes of the newest log entries kept in memory for shipping.
+    pub tail_cache_bytes: usize,
     pub heartbeat_interval: Duration,
     pub in_sync_timeout: Duration,
     pub write_timeout: Duration,
@@ -118,6 +120,7 @@ impl NodeConfig {
             max_body_bytes: 8 << 20,
             log_retain: 100_000,
             region_log_retain: 100_000,
+            tail_cache_bytes: 64 << 20,
             heartbeat_interval: Duration::from_millis(50),
             in_sync_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(10),

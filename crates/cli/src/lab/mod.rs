@@ -1,10 +1,12 @@
 //! `tern lab`: the primer's claims about replication as experiments measured on this
-//! machine, each ending in a verdict, written up as a Markdown report with SVG plots.
+//! machine, each ending in a verdict, written up as a Markdown report with plots (SVG
+//! and PNG).
 //!
-//! An experiment (`experiments.rs`) runs on the deterministic simulator or on tern's own
-//! storage engine, and returns a [`Finding`]: the setup in words, a table, a plot, and
-//! whether what it measured agrees with its claim. A finding that contradicts its claim
-//! makes `tern lab` fail, so `tern lab --quick` in the test suite guards every verdict.
+//! An experiment (`experiments.rs`) runs on the deterministic simulators, on tern's own
+//! storage engine, or (catch-up) on real `tern server` processes, and returns a
+//! [`Finding`]: the setup in words, a table, plots, and whether what it measured agrees
+//! with its claim. A finding that contradicts its claim makes `tern lab` fail, so
+//! `tern lab --quick` in the test suite guards every verdict.
 
 mod experiments;
 mod plot;
@@ -24,7 +26,7 @@ pub struct LabArgs {
     /// Run each experiment small enough for a test suite (seconds, not minutes).
     #[arg(long)]
     quick: bool,
-    /// Where the report (report.md) and its plots (*.svg) go.
+    /// Where the report (report.md) and its plots (*.svg, *.png) go.
     #[arg(long, default_value = "tern-lab")]
     out: PathBuf,
     /// First seed of the simulated runs (each run derives its own from it).
@@ -157,7 +159,8 @@ fn write_section(report: &mut String, experiment: &Experiment, finding: &Finding
     }
     let _ = writeln!(report);
     for (plot, file) in finding.plots.iter().zip(plot_files) {
-        let _ = writeln!(report, "![{}]({file})\n", plot.title());
+        let png = file.trim_end_matches(".svg").to_string() + ".png";
+        let _ = writeln!(report, "![{}]({file})\n\n([PNG]({png}))\n", plot.title());
     }
     let _ = writeln!(report, "**Verdict.** {} {}\n", if finding.holds { "Holds:" } else { "Contradicted:" }, finding.verdict);
 }

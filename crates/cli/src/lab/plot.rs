@@ -1,6 +1,8 @@
-//! The lab's plots, drawn with plotters as SVG: bars for one figure per case, with
-//! labelled axes and units.
+//! The lab's plots, drawn with plotters as SVG and PNG: bars for one figure per case,
+//! with labelled axes and units. The PNG's text uses DejaVu Sans, bundled
+//! (`assets/DejaVuSans.ttf`), so plots look the same on machines without fonts.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -24,13 +26,37 @@ impl Plot {
 
 const COLOURS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
 
-/// Writes `plot` as an SVG file at `path`.
-pub fn draw(plot: &Plot, path: &Path) -> Result<(), String> {
-    draw_svg(plot, path).map_err(|error| format!("cannot draw {}: {error}", path.display()))
+const SIZE: (u32, u32) = (720, 420);
+
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// Writes `plot` as `<path>` (SVG) and beside it with the `.png` extension.
+pub fn draw(plot: &Plot, svg: &Path) -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| "the bundled font does not load".to_string()))
+        .clone()?;
+    let failed = |path: &Path, error: Box<dyn std::error::Error>| format!("cannot draw {}: {error}", path.display());
+    render(plot, SVGBackend::new(svg, SIZE).into_drawing_area()).map_err(|error| failed(svg, error))?;
+    let png = svg.with_extension("png");
+    let mut pixels = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    render(plot, BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area()).map_err(|error| failed(&png, error))?;
+    write_png(&png, &pixels).map_err(|error| failed(&png, error))
 }
 
-fn draw_svg(plot: &Plot, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+fn write_png(path: &Path, pixels: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, SIZE.0, SIZE.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(pixels)?;
+    Ok(())
+}
+
+fn render<DB: DrawingBackend>(plot: &Plot, root: DrawingArea<DB, Shift>) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
     root.fill(&WHITE)?;
     let highest = plot.series.iter().flat_map(|(_, values)| values.iter().copied()).fold(0.0_f64, f64::max);
     let top = if highest > 0.0 { highest * 1.15 } else { 1.0 };
@@ -69,7 +95,7 @@ fn draw_svg(plot: &Plot, path: &Path) -> Result<(), Box<dyn std::error::Error>> 
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
     }
     if plot.series.len() > 1 {
-        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
     }
     root.present()?;
     Ok(())

@@ -335,6 +335,7 @@ impl Node {
         core_config.heartbeat_interval_us = config.heartbeat_interval.as_micros() as u64;
         core_config.in_sync_timeout_us = config.in_sync_timeout.as_micros() as u64;
         core_config.write_timeout_us = config.write_timeout.as_micros() as u64;
+        core_config.tail_cache_bytes = config.tail_cache_bytes;
         if config.failover {
             let tick_us = config.election_tick.as_micros() as u64;
             let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64)
