@@ -16,15 +16,16 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tern_server::client::{encode_query_value, HttpClient};
 
-const REGIONS: [&str; 3] = ["us-east", "eu-west", "antarctica"];
+pub(crate) const REGIONS: [&str; 3] = ["us-east", "eu-west", "antarctica"];
 
 /// What one topology measured.
-struct GeoResult {
+pub(crate) struct GeoResult {
     name: &'static str,
-    writes: Vec<Samples>,
+    /// Write latencies of each region's clients (the order of `REGIONS`).
+    pub(crate) writes: Vec<Samples>,
     delays: Vec<Samples>,
     throughput: f64,
-    errors: u64,
+    pub(crate) errors: u64,
     /// Multi-leader only: home regions' figures.
     homes: Option<HomeFigures>,
 }
@@ -49,8 +50,8 @@ pub fn run(wan: &str, clients: usize, duration: Duration) -> Result<(), String> 
          region writing to their own region's node, {} s per topology",
         duration.as_secs()
     );
-    let single = measure("single-leader", wan, clients, duration)?;
-    let multi = measure("multi-leader", wan, clients, duration)?;
+    let single = measure("single-leader", wan, clients, duration, true)?;
+    let multi = measure("multi-leader", wan, clients, duration, true)?;
     println!("\nwrite latency p50/p99 in ms, per region:");
     println!("  {:<15}{:>16}{:>16}{:>16}", "topology", REGIONS[0], REGIONS[1], REGIONS[2]);
     for result in [&single, &multi] {
@@ -266,7 +267,10 @@ fn measure_homes(addresses: &[String]) -> Result<HomeFigures, String> {
     Ok(HomeFigures { writes, moves })
 }
 
-fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) -> Result<GeoResult, String> {
+/// Runs `name` ("single-leader" or "multi-leader") as 3 processes in `REGIONS` on the
+/// emulated WAN, `clients` writers per region for `duration`; `homes`: then home
+/// regions' figures too (multi-leader).
+pub(crate) fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration, homes: bool) -> Result<GeoResult, String> {
     let data_dir = scratch_dir(&format!("bench-geo-{name}"))?;
     let multi = name == "multi-leader";
     let mut extra: Vec<String> = ["--wan", wan, "--election-tick-ms", "60", "--ack", "semi-sync"].iter().map(|arg| arg.to_string()).collect();
@@ -305,7 +309,7 @@ fn measure(name: &'static str, wan: &str, clients: usize, duration: Duration) ->
     }
     let delays = probe.join().map_err(|_| "the delay probe panicked".to_string())?;
     let total: usize = writes.iter().map(Samples::len).sum();
-    let homes = if multi { Some(measure_homes(&addresses)?) } else { None };
+    let homes = if multi && homes { Some(measure_homes(&addresses)?) } else { None };
     drop(processes);
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(GeoResult { name, writes, delays, throughput: total as f64 / duration.as_secs_f64(), errors, homes })
