@@ -46,6 +46,11 @@ pub fn all() -> Vec<Experiment> {
             run: multi_leader_write_latency,
         },
         Experiment {
+            name: "cut-off-region",
+            claim: "With a leader in every region, a region cut off from the others keeps taking writes, and they reach the others once it is back; with a single leader elsewhere, its writes stop.",
+            run: cut_off_region,
+        },
+        Experiment {
             name: "conflicts-and-home-regions",
             claim: "With a leader in every region, concurrent writes to one row conflict, and more regions writing leave more conflicts; giving each row a home region avoids them, unless a row moves home the naive way.",
             run: conflicts_and_home_regions,
@@ -402,6 +407,122 @@ fn multi_leader_write_latency(scale: &Scale) -> Result<Finding, String> {
             y_label: "write latency p50 (ms)".to_string(),
             cases: regions.iter().map(|region| region.to_string()).collect(),
             series: vec![("one leader (us-east)".to_string(), single_p50), ("a leader per region".to_string(), multi_p50)],
+        }],
+        holds,
+        verdict,
+    })
+}
+
+/// What a region cut off from the others could write, under one topology.
+struct CutOff {
+    /// Antarctica's writes while cut off: acknowledged, and asked.
+    acknowledged: usize,
+    asked: usize,
+    /// Antarctica's acknowledged writes that us-east holds after healing.
+    arrived: usize,
+}
+
+/// 3 real processes (us-east, eu-west, antarctica) on the emulated WAN; antarctica is cut
+/// off from the others (fault injection) while its client writes for `duration`, then
+/// healed; returns what it wrote and what of it reached us-east.
+fn cut_off_run(multi: bool, wan: &str, duration: std::time::Duration) -> Result<CutOff, String> {
+    use tern_server::client::HttpClient;
+    let name = if multi { "cut-off-multi" } else { "cut-off-single" };
+    let data_dir = crate::cluster::scratch_dir(name)?;
+    let mut extra: Vec<String> = ["--wan", wan, "--fault-injection", "on", "--ack", "semi-sync"].iter().map(|arg| arg.to_string()).collect();
+    if multi {
+        extra.extend(["--topology".to_string(), "multi-leader".to_string()]);
+    }
+    let processes = crate::cluster::start_processes_in_regions(&crate::bench_geo::REGIONS, multi, &data_dir, &extra)?;
+    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+    let outcome = (|| {
+        crate::cluster::wait_ready(&addresses, std::time::Duration::from_secs(30))?;
+        let w = if multi { "regions:all" } else { "all" };
+        let create = serde_json::json!(["CREATE TABLE cut (id TEXT PRIMARY KEY)"]);
+        let reply = HttpClient::new(&addresses[0]).post_json(&format!("/db/execute?w={w}"), &create).map_err(|error| error.to_string())?;
+        if reply.status != 200 {
+            return Err(format!("cannot create the table: {}", reply.body));
+        }
+        let partition = |address: &str, drop: &str| HttpClient::new(address).request("POST", &format!("/debug/partition?drop={drop}"), None);
+        partition(&addresses[2], "n1,n2").map_err(|error| error.to_string())?;
+        partition(&addresses[0], "n3").map_err(|error| error.to_string())?;
+        partition(&addresses[1], "n3").map_err(|error| error.to_string())?;
+        let mut antarctica = HttpClient::new(&addresses[2]).with_timeout(std::time::Duration::from_secs(1));
+        let (mut acknowledged, mut asked) = (Vec::new(), 0);
+        let end = std::time::Instant::now() + duration;
+        while std::time::Instant::now() < end {
+            asked += 1;
+            let id = format!("antarctica-{asked}");
+            let written = antarctica.post_json("/db/execute", &serde_json::json!([["INSERT INTO cut VALUES (?)", id]]));
+            if written.is_ok_and(|reply| reply.status == 200 && reply.body["results"][0]["error"].is_null()) {
+                acknowledged.push(id);
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        for address in &addresses {
+            partition(address, "").map_err(|error| error.to_string())?;
+        }
+        // Once healed, what reached us-east (waiting up to 20 s for the exchange).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let arrived = loop {
+            let reply = HttpClient::new(&addresses[0]).get("/db/query?level=none&q=SELECT%20id%20FROM%20cut").map_err(|error| error.to_string())?;
+            let held: BTreeSet<String> =
+                reply.body["results"][0]["values"].as_array().into_iter().flatten().filter_map(|row| row[0].as_str().map(str::to_string)).collect();
+            let arrived = acknowledged.iter().filter(|id| held.contains(*id)).count();
+            if arrived == acknowledged.len() || std::time::Instant::now() > deadline {
+                break arrived;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        Ok(CutOff { acknowledged: acknowledged.len(), asked, arrived })
+    })();
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    outcome
+}
+
+/// Claim 8 of the issue (its availability half): a region cut off from the others.
+fn cut_off_region(scale: &Scale) -> Result<Finding, String> {
+    const WAN: &str = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90";
+    let duration = std::time::Duration::from_secs(scale.pick(3, 10) as u64);
+    let single = cut_off_run(false, WAN, duration)?;
+    let multi = cut_off_run(true, WAN, duration)?;
+    let share = |cut: &CutOff| cut.acknowledged as f64 * 100.0 / cut.asked.max(1) as f64;
+    let rows = [("one leader, in us-east", &single), ("a leader in every region", &multi)]
+        .iter()
+        .map(|(name, cut)| {
+            vec![
+                name.to_string(),
+                cut.asked.to_string(),
+                format!("{} ({:.0}%)", cut.acknowledged, share(cut)),
+                format!("{} of {}", cut.arrived, cut.acknowledged),
+            ]
+        })
+        .collect();
+    let holds = single.acknowledged == 0 && multi.acknowledged > 0 && multi.arrived == multi.acknowledged;
+    let verdict = format!(
+        "cut off, Antarctica had {} of {} writes acknowledged under one leader in us-east, and {} of {} with its own leader; {} of those \
+         reached us-east after healing",
+        single.acknowledged, single.asked, multi.acknowledged, multi.asked, multi.arrived
+    );
+    Ok(Finding {
+        setup: format!(
+            "Real `tern server` processes, one per region, on tern's emulated WAN ({WAN} ms one-way), fault injection on. Antarctica \
+             is cut off from the other two (every peer frame to and from it dropped, `POST /debug/partition`), and a client there \
+             writes single rows to its own region's node for {} s (1 s timeout per request, 100 ms pause after a failure); then the \
+             cut heals and us-east is read until it holds every write Antarctica had acknowledged (20 s at most). Single-leader: \
+             the leader in us-east, semi-sync. Multi-leader: each region leads itself.",
+            duration.as_secs()
+        ),
+        headers: vec!["topology", "writes tried in Antarctica", "acknowledged", "reached us-east after healing"],
+        rows,
+        plots: vec![Plot {
+            title: "Writes acknowledged in a cut-off region".to_string(),
+            x_label: "topology".to_string(),
+            y_label: "acknowledged (% of writes tried)".to_string(),
+            cases: vec!["one leader (us-east)".to_string(), "a leader per region".to_string()],
+            series: vec![("acknowledged".to_string(), vec![share(&single), share(&multi)])],
         }],
         holds,
         verdict,
