@@ -689,28 +689,26 @@ fn stale_follower_reads(scale: &Scale) -> Result<Finding, String> {
     let mut shares = Vec::new();
     let mut latencies = Vec::new();
     let mut tail_latencies = Vec::new();
+    let mut stale_by_level = BTreeMap::new();
     for level in levels {
         let (reads, stale, times, staleness) = measured.remove(level.name()).unwrap_or_default();
-        let percentile = |samples: &[Micros], p: usize| {
-            let mut sorted = samples.to_vec();
-            sorted.sort_unstable();
-            sorted.get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1))).map_or(0.0, |us| *us as f64 / 1000.0)
-        };
         let share = if reads == 0 { 0.0 } else { stale as f64 * 100.0 / reads as f64 };
+        let (p50, p99) = (percentile_ms(&times, 50), percentile_ms(&times, 99));
+        stale_by_level.insert(level.name(), stale);
         shares.push(share);
-        latencies.push(percentile(&times, 50));
-        tail_latencies.push(percentile(&times, 99));
+        latencies.push(p50);
+        tail_latencies.push(p99);
         rows.push(vec![
             format!("`{}`", level.name()),
             reads.to_string(),
             stale.to_string(),
             format!("{share:.1}%"),
-            if staleness.is_empty() { "-".to_string() } else { format!("{:.0}", percentile(&staleness, 50)) },
-            format!("{:.1}", percentile(&times, 50)),
-            format!("{:.1}", percentile(&times, 99)),
+            if staleness.is_empty() { "-".to_string() } else { format!("{:.0}", percentile_ms(&staleness, 50)) },
+            format!("{p50:.1}"),
+            format!("{p99:.1}"),
         ]);
     }
-    let stale_of = |level: ReadLevel| rows.iter().find(|row| row[0] == format!("`{}`", level.name())).map_or(0, |row| row[2].parse::<usize>().unwrap_or(0));
+    let stale_of = |level: ReadLevel| stale_by_level[level.name()];
     let follower_stale = stale_of(ReadLevel::None);
     let confirmed_stale = stale_of(ReadLevel::Strong) + stale_of(ReadLevel::Linearizable);
     let holds = follower_stale > 0 && confirmed_stale == 0;

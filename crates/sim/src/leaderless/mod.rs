@@ -439,7 +439,6 @@ impl LeaderlessWorld {
     }
 }
 
-/// Runs one leaderless seed and every checker on it.
 /// For `tern lab`: runs one seed and, for each `(r, w)`, counts the pairs of a read and a
 /// write of its key acknowledged by `w` strict replicas before the read began, and how
 /// many of those writes the read missed (saw neither it nor a write that saw it).
@@ -457,6 +456,7 @@ pub fn quorum_misses(options: &LeaderlessOptions, seed: u64) -> BTreeMap<(usize,
     counts
 }
 
+/// Runs one leaderless seed and every checker on it.
 pub fn run_leaderless_seed(options: &LeaderlessOptions, seed: u64, keep_trace: bool) -> SeedReport {
     let mut world = LeaderlessWorld::new(options, seed, keep_trace);
     let mut violations = world.run();

@@ -141,7 +141,7 @@ impl Engine {
     /// Runs `apply` with triggers off, if the schema has any. Switching them expires every
     /// prepared statement of the connection (SQLite does so on any change of its flags),
     /// so a schema without triggers is left as it is.
-    fn without_triggers(&self, apply: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub(super) fn without_triggers<T>(&self, apply: impl FnOnce() -> Result<T>) -> Result<T> {
         let any: bool = self
             .connection
             .prepare_cached(

@@ -454,7 +454,8 @@ struct SyncDeferred<'a> {
 
 impl<'a> SyncDeferred<'a> {
     fn new(connection: &'a Connection) -> Result<SyncDeferred<'a>> {
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Cached statements: this runs around every group commit.
+        connection.prepare_cached("PRAGMA synchronous = NORMAL")?.execute([])?;
         Ok(SyncDeferred { connection })
     }
 }
@@ -463,7 +464,7 @@ impl Drop for SyncDeferred<'_> {
     fn drop(&mut self) {
         // Not an error to return: the commit may already have happened, and a later
         // commit left unsynced would break every durability promise.
-        if let Err(error) = self.connection.pragma_update(None, "synchronous", "FULL") {
+        if let Err(error) = self.connection.prepare_cached("PRAGMA synchronous = FULL").and_then(|mut statement| statement.execute([])) {
             panic!("cannot restore synchronous=FULL after a commit: {error}");
         }
     }

@@ -270,9 +270,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         self.run_cached("DELETE FROM temp._tern_rowid_auto")?;
-        let mut placed = Vec::new();
-        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
-        let moved = (|| -> Result<()> {
+        self.without_triggers(|| {
+            let mut placed = Vec::new();
             let Some((regions, place)) = region.rowid_class else {
                 for (table, rowid) in picked {
                     let target = self.free_device_rowid(&table)?;
@@ -280,7 +279,7 @@ impl Engine {
                     self.connection.execute(&format!("UPDATE main.{name} SET rowid = ?1 WHERE rowid = ?2"), rusqlite::params![target, rowid])?;
                     placed.push((table, rowid, target));
                 }
-                return Ok(());
+                return Ok(placed);
             };
             for (table, rowid) in picked {
                 if rowid.rem_euclid(regions) == place {
@@ -294,11 +293,8 @@ impl Engine {
                 self.connection.execute(&format!("UPDATE main.{name} SET rowid = ?1 WHERE rowid = ?2"), rusqlite::params![target, rowid])?;
                 placed.push((table, rowid, target));
             }
-            Ok(())
-        })();
-        self.connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
-        moved?;
-        Ok(placed)
+            Ok(placed)
+        })
     }
 
     /// A device: a rowid of [`DEVICE_ROWIDS`] no row of `table` has, picked at random.
