@@ -317,12 +317,19 @@ fn a_read_over_its_budget_gives_up_and_the_reader_still_serves_it_in_full() {
     engine.execute_batch(1, &[request(&["CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv VALUES (1, 'one')"])]).unwrap();
     let reader = tern_storage::Reader::open(&root).unwrap();
     let by_key = [Statement::new("SELECT v FROM kv WHERE k = 1")];
-    let (results, observed) = reader.query_within(&by_key, std::time::Duration::from_secs(1)).unwrap().expect("a read by key fits in a second");
+    let (results, observed) = reader.query_within(&by_key, std::time::Duration::from_secs(1), true).unwrap().expect("a read by key fits in a second");
     assert_eq!(results[0].values, vec![vec![SqlValue::Text("one".into())]]);
     assert_eq!(observed, reader.query(&by_key).unwrap().1, "the same position as an ordinary read");
+    assert!(observed > 0);
+    // Without the position: the same answer, outside any explicit transaction.
+    let (results, unread) = reader.query_within(&by_key, std::time::Duration::from_secs(1), false).unwrap().expect("fits");
+    assert_eq!((results[0].values.clone(), unread), (vec![vec![SqlValue::Text("one".into())]], 0));
+    assert!(reader.connection_is_idle(), "no transaction left open");
     // About ten million steps of the VM: far more than 1 µs.
     let slow = [Statement::new("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c")];
-    assert!(reader.query_within(&slow, std::time::Duration::from_micros(1)).unwrap().is_none(), "over its budget, the read gives up");
+    assert!(reader.query_within(&slow, std::time::Duration::from_micros(1), true).unwrap().is_none(), "over its budget, the read gives up");
+    assert!(reader.query_within(&slow, std::time::Duration::from_micros(1), false).unwrap().is_none(), "also without a position");
+    assert!(reader.connection_is_idle(), "an interrupted lone statement leaves no transaction open");
     let (results, _) = reader.query(&slow).unwrap();
     assert!(results[0].error.is_none(), "the reader's own limits are back: {:?}", results[0].error);
     assert_eq!(results[0].values, vec![vec![SqlValue::Integer(3_000_000)]]);

@@ -22,12 +22,12 @@ impl Node {
                         return read_error(503, format!("this node's data is staler than freshness={freshness:?} (lag {lag:?})"));
                     }
                 }
-                self.read_here(statements).await.0
+                self.read_here(statements, false).await.0
             }
             ReadLevel::Bounded => {
                 let bound = options.max_lag.unwrap_or(Duration::from_secs(1));
                 if self.lag().is_some_and(|lag| lag <= bound) {
-                    self.read_here(statements).await.0
+                    self.read_here(statements, false).await.0
                 } else {
                     self.read_at_leader(statements, ReadLevel::Weak).await
                 }
@@ -38,7 +38,7 @@ impl Node {
                 loop {
                     let holds = self.region_token().await;
                     if holds.as_ref().is_some_and(|holds| holds.dominates(&wanted)) {
-                        return self.read_here(statements).await.0;
+                        return self.read_here(statements, false).await.0;
                     }
                     if Instant::now() >= deadline {
                         let held = holds.map_or_else(|| "unknown".to_string(), |holds| holds.to_string());
@@ -59,7 +59,7 @@ impl Node {
                 let holds = |published: &Published| tern_core::log_holds(&published.epoch_starts, published.last, after);
                 let reached = tokio::time::timeout(options.timeout, watcher.wait_for(holds)).await.is_ok_and(|waited| waited.is_ok());
                 match reached {
-                    true => self.read_here(statements).await.0,
+                    true => self.read_here(statements, false).await.0,
                     false => read_error(
                         503,
                         format!(
@@ -99,7 +99,7 @@ impl Node {
             let error = self.not_accepting(&published);
             return ReadReply { results: Vec::new(), error: Some(error) };
         }
-        let (reply, observed_index) = self.read_here(statements).await;
+        let (reply, observed_index) = self.read_here(statements, level != ReadLevel::Weak).await;
         if reply.error.is_some() || matches!(level, ReadLevel::Weak) {
             return reply;
         }
@@ -112,10 +112,11 @@ impl Node {
         }
     }
 
-    /// Runs the statements on a local read-only connection; returns the reply and the
-    /// log index the read's snapshot contained.
-    pub(super) async fn read_here(&self, statements: Vec<Statement>) -> (ReadReply, u64) {
-        if let Some(answered) = self.read_inline(&statements) {
+    /// Runs the statements on a local read-only connection; returns the reply and, with
+    /// `position`, the log index the read's snapshot contained (else 0: most levels need
+    /// no index, and a read by key then runs one statement instead of four).
+    pub(super) async fn read_here(&self, statements: Vec<Statement>, position: bool) -> (ReadReply, u64) {
+        if let Some(answered) = self.read_inline(&statements, position) {
             return answered;
         }
         match self.with_reader(move |reader| reader.query(&statements).map_err(|error| error.to_string())).await {
@@ -130,7 +131,7 @@ impl Node {
     /// over the budget before (they go to a blocking thread from then on), or when they
     /// do now (then they are run again there: a read changes nothing). A worker is thus
     /// held at most about the budget by any read.
-    fn read_inline(&self, statements: &[Statement]) -> Option<(ReadReply, u64)> {
+    fn read_inline(&self, statements: &[Statement], position: bool) -> Option<(ReadReply, u64)> {
         {
             // The key is built only when some read has been slow: most nodes never see one.
             let slow = self.slow_reads.lock().expect("slow reads lock");
@@ -140,7 +141,7 @@ impl Node {
         }
         let generation = self.reader_generation.load(Ordering::Acquire);
         let reader = self.pooled_reader(generation)?;
-        let outcome = reader.query_within(statements, INLINE_READ_BUDGET);
+        let outcome = reader.query_within(statements, INLINE_READ_BUDGET, position);
         self.return_reader(generation, reader);
         match outcome {
             Ok(Some((results, observed))) => Some((ReadReply { results, error: None }, observed)),

@@ -104,13 +104,16 @@ impl Reader {
     /// handing the rest to a thread that may block. Reads change nothing, so the caller
     /// can run the same statements again elsewhere.
     ///
+    /// With `position: false` the log index is not read (it is 0) and a lone statement
+    /// with no `;` runs in its own implicit snapshot: no `BEGIN`, no position query, no
+    /// `ROLLBACK`, three of the four statements a read by key otherwise runs.
+    ///
     /// # Errors
     /// On a SQLite failure outside the statements themselves.
-    pub fn query_within(&self, statements: &[Statement], budget: std::time::Duration) -> Result<Option<(Vec<StatementResult>, u64)>> {
+    pub fn query_within(&self, statements: &[Statement], budget: std::time::Duration, position: bool) -> Result<Option<(Vec<StatementResult>, u64)>> {
         let limits = self.policy.limits();
         self.policy.set_limits(Limits { statement_timeout: budget.min(limits.statement_timeout), ..limits });
-        let outcome = self.in_read_transaction(|| {
-            let observed = database_position(&self.connection).map(|position| position.index);
+        let run_all = || {
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
                 results.push(self.query_one(statement));
@@ -118,13 +121,25 @@ impl Reader {
                     return None;
                 }
             }
-            Some((observed, results))
-        });
+            Some(results)
+        };
+        let outcome = match statements {
+            [only] if !position && !only.sql.contains(';') => Ok(run_all().map(|results| (Ok(0), results))),
+            _ => self.in_read_transaction(|| {
+                let observed = if position { database_position(&self.connection).map(|position| position.index) } else { Ok(0) };
+                run_all().map(|results| (observed, results))
+            }),
+        };
         self.policy.set_limits(limits);
         match outcome? {
             Some((observed, results)) => Ok(Some((results, observed?))),
             None => Ok(None),
         }
+    }
+
+    /// Whether no transaction is open on this connection (as between reads).
+    pub fn connection_is_idle(&self) -> bool {
+        self.connection.is_autocommit()
     }
 
     /// Runs `read` in one read transaction (one snapshot of the database), ended by a
