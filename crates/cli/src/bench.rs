@@ -2,7 +2,7 @@
 //! fixed-size value to the leader over HTTP, per ack mode and client count.
 
 use crate::args::{AckArg, LogFormatArg};
-use crate::cluster::{scratch_dir, start_processes, wait_ready};
+use crate::cluster::{scratch_dir, start_processes, wait_ready, ServerProcess};
 use crate::stats::{millis, Samples};
 use clap::Args;
 use serde_json::json;
@@ -401,6 +401,46 @@ fn compare_formats(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// One failover, timed: `write` (one write through the client it is given; true when
+/// acknowledged) runs against the leader for `before`, the leader is SIGKILLed, and
+/// `write` is retried on every node in turn (from the first) until one is acknowledged.
+/// The killed node then restarts from its data directory and the cluster is ready again.
+/// Returns the killed node's index and the time from the kill to that acknowledgement.
+/// Each attempt is given up after `attempt_timeout` (a node that forwards to the dead
+/// leader may hold a write until its own, longer timeout).
+pub(crate) fn time_a_failover(
+    processes: &mut [ServerProcess],
+    addresses: &[String],
+    before: Duration,
+    attempt_timeout: Duration,
+    mut write: impl FnMut(&mut HttpClient) -> bool,
+) -> Result<(usize, Duration), String> {
+    let leader = find_leader(addresses, Duration::from_secs(30))?;
+    let mut client = HttpClient::new(&addresses[leader]).with_timeout(Duration::from_secs(2));
+    let until = Instant::now() + before;
+    while Instant::now() < until {
+        write(&mut client);
+    }
+    let killed_at = Instant::now();
+    processes[leader].kill();
+    let mut attempt = 0usize;
+    let recovered = loop {
+        let address = &addresses[attempt % addresses.len()];
+        attempt += 1;
+        let mut client = HttpClient::new(address).with_timeout(attempt_timeout);
+        if write(&mut client) {
+            break killed_at.elapsed();
+        }
+        if killed_at.elapsed() > Duration::from_secs(30) {
+            return Err("no write acknowledged within 30 s of the kill".to_string());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    processes[leader].restart()?;
+    wait_ready(addresses, Duration::from_secs(30))?;
+    Ok((leader, recovered))
+}
+
 /// The address of the node that reports itself leader and accepting writes.
 fn find_leader(addresses: &[String], timeout: Duration) -> Result<usize, String> {
     let deadline = Instant::now() + timeout;
@@ -445,34 +485,13 @@ fn measure_failover(args: &BenchArgs) -> Result<(), String> {
     };
     let mut samples = Samples::default();
     for round in 1..=args.failover {
-        let leader = find_leader(&addresses, Duration::from_secs(30))?;
-        let mut client = HttpClient::new(&addresses[leader]).with_timeout(Duration::from_secs(2));
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until {
-            write(&mut client, next_id);
+        let (leader, recovered) = time_a_failover(&mut processes, &addresses, Duration::from_secs(2), Duration::from_secs(2), |client| {
             next_id += 1;
-        }
-        let killed_at = Instant::now();
-        processes[leader].kill();
-        let mut attempt = 0usize;
-        let recovered = loop {
-            let address = &addresses[attempt % addresses.len()];
-            attempt += 1;
-            let mut client = HttpClient::new(address).with_timeout(Duration::from_secs(2));
-            if write(&mut client, next_id) {
-                next_id += 1;
-                break killed_at.elapsed();
-            }
-            next_id += 1;
-            if killed_at.elapsed() > Duration::from_secs(30) {
-                return Err(format!("round {round}: no write acknowledged within 30 s of the kill"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+            write(client, next_id)
+        })
+        .map_err(|error| format!("round {round}: {error}"))?;
         println!("  round {round:>2}: killed n{}, first acknowledged write after {} ms", leader + 1, millis(recovered));
         samples.push(recovered);
-        processes[leader].restart()?;
-        wait_ready(&addresses, Duration::from_secs(30))?;
     }
     println!(
         "kill -> first acknowledged write over {} kills: p50 {} ms, max {} ms",

@@ -26,7 +26,7 @@ pub fn run(duration: Duration) -> Result<(), String> {
 
 /// `count` server processes in a fresh scratch directory, once every one is ready: the
 /// directory, the processes and their HTTP addresses.
-fn start_ready(purpose: &str, count: usize, extra: &[String]) -> Result<(std::path::PathBuf, Vec<ServerProcess>, Vec<String>), String> {
+pub(crate) fn start_ready(purpose: &str, count: usize, extra: &[String]) -> Result<(std::path::PathBuf, Vec<ServerProcess>, Vec<String>), String> {
     let data_dir = scratch_dir(purpose)?;
     let processes = start_processes(count, &data_dir, extra)?;
     let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
@@ -205,53 +205,8 @@ fn reads_as_nodes_are_added(duration: Duration) -> Result<(), String> {
     println!("| nodes | reads/s | p50 ms | p99 ms |\n|---|---|---|---|");
     for nodes in 1..=5usize {
         let (data_dir, processes, addresses) = start_ready("bench-reads", nodes, &[])?;
-        let mut leader = HttpClient::new(&addresses[0]);
-        post(
-            &mut leader,
-            "/db/execute?w=all",
-            &json!([
-                "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)",
-                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<10000) INSERT INTO kv SELECT x, substr(hex(zeroblob(128)),1,256) FROM c"
-            ]),
-        )?;
-        // Every node has the rows (w=all waits for the voters, not for them to apply).
-        let target = applied_index(&addresses[0]).unwrap_or(0);
-        for address in &addresses {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while applied_index(address).is_none_or(|index| index < target) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let warmup_end = Instant::now() + Duration::from_secs(1);
-        let end = warmup_end + duration;
-        let workers: Vec<_> = (0..16usize)
-            .map(|worker| {
-                let address = addresses[worker % addresses.len()].clone();
-                std::thread::spawn(move || {
-                    let mut client = HttpClient::new(&address);
-                    let mut latency = Samples::default();
-                    let mut key = worker as u64 * 7919;
-                    loop {
-                        let started = Instant::now();
-                        if started >= end {
-                            break;
-                        }
-                        key = (key * 48_271 + 1) % 10_000;
-                        let ok = client
-                            .post_json("/db/query?level=none", &json!([["SELECT v FROM kv WHERE k = ?", key + 1]]))
-                            .is_ok_and(|reply| reply.status == 200);
-                        if ok && started >= warmup_end {
-                            latency.push(started.elapsed());
-                        }
-                    }
-                    latency
-                })
-            })
-            .collect();
-        let mut latency = Samples::default();
-        for worker in workers {
-            latency.extend(worker.join().map_err(|_| "a read client panicked".to_string())?);
-        }
+        fill_kv(&addresses, READ_ROWS)?;
+        let latency = read_by_key(&addresses, 16, READ_ROWS, Duration::from_secs(1), duration)?;
         println!(
             "| {nodes} | {:.0} | {} | {} |",
             latency.len() as f64 / duration.as_secs_f64(),
@@ -262,6 +217,76 @@ fn reads_as_nodes_are_added(duration: Duration) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(())
+}
+
+/// Rows of the table the read measurements read by key.
+pub(crate) const READ_ROWS: u64 = 10_000;
+
+/// Creates `kv (k INTEGER PRIMARY KEY, v TEXT)` with `rows` rows of 256 bytes through the
+/// first address (the leader), and waits until every node has applied them (`w=all`
+/// waits for the voters to hold them, not to apply them).
+pub(crate) fn fill_kv(addresses: &[String], rows: u64) -> Result<(), String> {
+    let mut leader = HttpClient::new(&addresses[0]);
+    // Idempotent, and retried: a cluster just started may still be settling its leader.
+    let fill = json!([
+        "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)",
+        format!("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{rows}) INSERT OR REPLACE INTO kv SELECT x, substr(hex(zeroblob(128)),1,256) FROM c")
+    ]);
+    let mut attempts = 0;
+    while let Err(error) = post(&mut leader, "/db/execute?w=all", &fill) {
+        attempts += 1;
+        if attempts == 10 {
+            return Err(error);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let target = applied_index(&addresses[0]).unwrap_or(0);
+    for address in addresses {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while applied_index(address).is_none_or(|index| index < target) {
+            if Instant::now() > deadline {
+                return Err(format!("{address} did not apply the kv rows within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+/// `clients` threads in this process, spread round robin over `addresses`, each reading
+/// `kv` by key (`level=none`, keys 1..=`rows`) as fast as it is answered; the latency of
+/// each answered read after `warmup`, over `duration`.
+pub(crate) fn read_by_key(addresses: &[String], clients: usize, rows: u64, warmup: Duration, duration: Duration) -> Result<Samples, String> {
+    let warmup_end = Instant::now() + warmup;
+    let end = warmup_end + duration;
+    let workers: Vec<_> = (0..clients)
+        .map(|worker| {
+            let address = addresses[worker % addresses.len()].clone();
+            std::thread::spawn(move || {
+                let mut client = HttpClient::new(&address);
+                let mut latency = Samples::default();
+                let mut key = worker as u64 * 7919;
+                loop {
+                    let started = Instant::now();
+                    if started >= end {
+                        break;
+                    }
+                    key = (key * 48_271 + 1) % rows;
+                    let ok =
+                        client.post_json("/db/query?level=none", &json!([["SELECT v FROM kv WHERE k = ?", key + 1]])).is_ok_and(|reply| reply.status == 200);
+                    if ok && started >= warmup_end {
+                        latency.push(started.elapsed());
+                    }
+                }
+                latency
+            })
+        })
+        .collect();
+    let mut latency = Samples::default();
+    for worker in workers {
+        latency.extend(worker.join().map_err(|_| "a read client panicked".to_string())?);
+    }
+    Ok(latency)
 }
 
 /// Semi-sync writes of one row, 1 and 32 clients, values of 64 B to 64 KiB.

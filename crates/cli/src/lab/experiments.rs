@@ -41,6 +41,16 @@ pub fn all() -> Vec<Experiment> {
             run: follower_catch_up,
         },
         Experiment {
+            name: "failover-over-the-wan",
+            claim: "When the leader dies a follower takes over, and the farther apart the replicas, the longer it takes: the new leader needs votes and a write's round trip across the WAN.",
+            run: super::failover::failover_over_the_wan,
+        },
+        Experiment {
+            name: "followers-add-read-throughput",
+            claim: "Each follower adds read capacity: with every node on a machine of its own, reads per second grow with the number of nodes.",
+            run: super::scaling::followers_add_read_throughput,
+        },
+        Experiment {
             name: "multi-leader-write-latency",
             claim: "A leader in every region cuts the write latency of users far from a single leader: their writes commit in their own region.",
             run: multi_leader_write_latency,
@@ -54,6 +64,11 @@ pub fn all() -> Vec<Experiment> {
             name: "conflicts-and-home-regions",
             claim: "With a leader in every region, concurrent writes to one row conflict, and more regions writing leave more conflicts; giving each row a home region avoids them, unless a row moves home the naive way.",
             run: conflicts_and_home_regions,
+        },
+        Experiment {
+            name: "offline-devices",
+            claim: "A device that works offline converges when it syncs; the longer it was away, the more it exchanges and the more of its edits conflict with others' (each conflict kept on record, none lost).",
+            run: super::offline::offline_devices,
         },
         Experiment {
             name: "leaderless-quorums",
@@ -141,6 +156,7 @@ fn local_replica_reads(scale: &Scale) -> Result<Finding, String> {
             series: vec![("local replica".to_string(), local), ("leader".to_string(), remote)],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -223,6 +239,7 @@ fn async_loses_writes(scale: &Scale) -> Result<Finding, String> {
             series: vec![("lost".to_string(), lost_per_thousand)],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -292,6 +309,7 @@ fn sync_waits_for_the_slowest(scale: &Scale) -> Result<Finding, String> {
             series: vec![("p50".to_string(), p50s), ("p99".to_string(), p99s)],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -350,6 +368,7 @@ fn follower_catch_up(scale: &Scale) -> Result<Finding, String> {
             series: vec![("catch-up time".to_string(), seconds)],
         }],
         holds: right,
+        not_measured: None,
         verdict: if right { verdict } else { format!("{verdict}; but the rows or the way it caught up were not as expected (see the table)") },
     })
 }
@@ -409,6 +428,7 @@ fn multi_leader_write_latency(scale: &Scale) -> Result<Finding, String> {
             series: vec![("one leader (us-east)".to_string(), single_p50), ("a leader per region".to_string(), multi_p50)],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -525,6 +545,7 @@ fn cut_off_region(scale: &Scale) -> Result<Finding, String> {
             series: vec![("acknowledged".to_string(), vec![share(&single), share(&multi)])],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -587,6 +608,7 @@ fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
             series: vec![("conflicts".to_string(), rates)],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -645,6 +667,7 @@ fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
             series: vec![("missed".to_string(), shares)],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -744,6 +767,7 @@ fn stale_follower_reads(scale: &Scale) -> Result<Finding, String> {
             },
         ],
         holds,
+        not_measured: None,
         verdict,
     })
 }
@@ -792,6 +816,7 @@ fn statement_rewriting(scale: &Scale) -> Result<Finding, String> {
             series: vec![("bytes per write".to_string(), bytes.iter().map(|(_, per_write)| *per_write).collect())],
         }],
         holds,
+        not_measured: None,
         verdict,
     })
 }

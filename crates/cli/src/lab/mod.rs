@@ -9,7 +9,10 @@
 //! `tern lab --quick` in the test suite guards every verdict.
 
 mod experiments;
+mod failover;
+mod offline;
 mod plot;
+mod scaling;
 
 use clap::Args;
 use std::fmt::Write as _;
@@ -70,6 +73,36 @@ pub struct Finding {
     /// Whether the measurement agrees with the claim, and the verdict in one line.
     pub holds: bool,
     pub verdict: String,
+    /// Why the experiment could not measure on this machine (then `holds` and `verdict`
+    /// say nothing, and the run does not fail).
+    pub not_measured: Option<String>,
+}
+
+impl Finding {
+    /// An experiment this machine cannot run, and why (said in the report).
+    pub fn not_measured(setup: String, reason: String) -> Finding {
+        Finding {
+            setup,
+            headers: vec!["result"],
+            rows: vec![vec!["not measured".to_string()]],
+            plots: Vec::new(),
+            holds: true,
+            verdict: String::new(),
+            not_measured: Some(reason),
+        }
+    }
+
+    fn verdict_word(&self) -> &'static str {
+        match (&self.not_measured, self.holds) {
+            (Some(_), _) => "Not measured:",
+            (None, true) => "Holds:",
+            (None, false) => "Contradicted:",
+        }
+    }
+
+    fn verdict_text(&self) -> &str {
+        self.not_measured.as_deref().unwrap_or(&self.verdict)
+    }
 }
 
 pub fn run(args: LabArgs) -> Result<(), String> {
@@ -112,7 +145,11 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         for (plot, file) in finding.plots.iter().zip(&plot_files) {
             plot::draw(plot, &args.out.join(file))?;
         }
-        println!("        {} {} ({:.1} s)", if finding.holds { "holds:" } else { "CONTRADICTED:" }, finding.verdict, began.elapsed().as_secs_f64());
+        let said = match finding.verdict_word() {
+            "Contradicted:" => "CONTRADICTED:".to_string(),
+            word => word.to_lowercase(),
+        };
+        println!("        {said} {} ({:.1} s)", finding.verdict_text(), began.elapsed().as_secs_f64());
         if !finding.holds {
             contradicted.push(format!("{}: {}", experiment.name, finding.verdict));
         }
@@ -162,5 +199,5 @@ fn write_section(report: &mut String, experiment: &Experiment, finding: &Finding
         let png = file.trim_end_matches(".svg").to_string() + ".png";
         let _ = writeln!(report, "![{}]({file})\n\n([PNG]({png}))\n", plot.title());
     }
-    let _ = writeln!(report, "**Verdict.** {} {}\n", if finding.holds { "Holds:" } else { "Contradicted:" }, finding.verdict);
+    let _ = writeln!(report, "**Verdict.** {} {}\n", finding.verdict_word(), finding.verdict_text());
 }
