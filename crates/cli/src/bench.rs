@@ -442,7 +442,7 @@ pub(crate) fn time_a_failover(
 }
 
 /// The address of the node that reports itself leader and accepting writes.
-fn find_leader(addresses: &[String], timeout: Duration) -> Result<usize, String> {
+pub(crate) fn find_leader(addresses: &[String], timeout: Duration) -> Result<usize, String> {
     let deadline = Instant::now() + timeout;
     loop {
         for (index, address) in addresses.iter().enumerate() {

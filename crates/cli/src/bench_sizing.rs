@@ -58,7 +58,7 @@ fn post(client: &mut HttpClient, path: &str, body: &serde_json::Value) -> Result
     Ok(())
 }
 
-fn applied_index(address: &str) -> Option<u64> {
+pub(crate) fn applied_index(address: &str) -> Option<u64> {
     HttpClient::new(address).with_timeout(Duration::from_secs(2)).get("/status").ok()?.body["node"]["applied_index"].as_u64()
 }
 

@@ -49,3 +49,29 @@ fn an_unknown_experiment_is_refused_with_the_names_there_are() {
     assert!(!ok, "{output}");
     assert!(output.contains("no experiment is named \"no-such-claim\"") && output.contains("async-loses-writes"), "{output}");
 }
+
+/// `--real`: each simulated experiment with a real-process form runs again on real
+/// processes and the emulated WAN, and both verdicts hold.
+#[test]
+fn with_real_the_simulated_claims_hold_on_real_processes_too() {
+    let out = std::env::temp_dir().join(format!("tern-lab-real-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let names = ["local-replica-reads", "async-loses-writes", "sync-waits-for-the-slowest", "stale-follower-reads"];
+    let mut args = vec!["--quick", "--real", "--out", out.to_str().expect("utf-8 path")];
+    args.extend(names);
+    let (ok, output) = tern_lab(&args);
+    assert!(ok, "a simulated or real experiment contradicted its claim, or failed to run:\n{output}");
+    let report = std::fs::read_to_string(out.join("report.md")).expect("report.md written");
+    assert!(report.contains("`tern lab --quick --real "), "the command is on record: {report}");
+    for name in names {
+        for section in [name.to_string(), format!("{name}-real")] {
+            let text = report.split(&format!("## {section}\n")).nth(1).unwrap_or_else(|| panic!("no section {section}:\n{report}"));
+            let text = text.split("\n## ").next().unwrap_or(text);
+            assert!(text.contains("**Verdict.** Holds:"), "{section}: {text}");
+            assert!(out.join(format!("{section}.svg")).exists(), "no plot for {section}");
+        }
+        let real = report.split(&format!("## {name}-real\n")).nth(1).expect("checked");
+        assert!(real.contains("Real `tern server` processes"), "{name}-real says how it was measured");
+    }
+    let _ = std::fs::remove_dir_all(out);
+}

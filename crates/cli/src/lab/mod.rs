@@ -12,6 +12,7 @@ mod experiments;
 mod failover;
 mod offline;
 mod plot;
+mod real;
 mod scaling;
 
 use clap::Args;
@@ -35,6 +36,10 @@ pub struct LabArgs {
     /// First seed of the simulated runs (each run derives its own from it).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run each simulated experiment that has a real-process form again as real `tern
+    /// server` processes on the emulated WAN, to check that the two agree.
+    #[arg(long)]
+    real: bool,
 }
 
 /// How big a run each experiment makes.
@@ -60,6 +65,8 @@ pub struct Experiment {
     /// The claim, in one sentence.
     pub claim: &'static str,
     pub run: fn(&Scale) -> Result<Finding, String>,
+    /// The same claim measured on real processes (`--real`), for a simulated experiment.
+    pub real: Option<fn(&Scale) -> Result<Finding, String>>,
 }
 
 /// What an experiment measured.
@@ -128,20 +135,27 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     };
     std::fs::create_dir_all(&args.out).map_err(|error| format!("cannot create {}: {error}", args.out.display()))?;
     let scale = Scale { quick: args.quick, seed: args.seed };
+    // What runs: each experiment, and with --real its real-process form right after it.
+    let mut runs: Vec<(String, &Experiment, fn(&Scale) -> Result<Finding, String>)> = Vec::new();
+    for experiment in &chosen {
+        runs.push((experiment.name.to_string(), experiment, experiment.run));
+        if let (true, Some(real)) = (args.real, experiment.real) {
+            runs.push((format!("{}-real", experiment.name), experiment, real));
+        }
+    }
     let started = Instant::now();
     let mut report = String::new();
     let mut contradicted = Vec::new();
-    for (number, experiment) in chosen.iter().enumerate() {
+    for (number, (name, experiment, run)) in runs.iter().enumerate() {
         let left = match number {
             0 => String::new(),
-            done => format!(", about {} s left", (started.elapsed() / done as u32 * (chosen.len() - done) as u32).as_secs()),
+            done => format!(", about {} s left", (started.elapsed() / done as u32 * (runs.len() - done) as u32).as_secs()),
         };
-        println!("[{}/{}] {}: {} ({} s so far{left})", number + 1, chosen.len(), experiment.name, experiment.claim, started.elapsed().as_secs());
+        println!("[{}/{}] {name}: {} ({} s so far{left})", number + 1, runs.len(), experiment.claim, started.elapsed().as_secs());
         let began = Instant::now();
-        let finding = (experiment.run)(&scale).map_err(|error| format!("experiment {} failed to run: {error}", experiment.name))?;
-        let plot_files: Vec<String> = (1..=finding.plots.len())
-            .map(|number| if number == 1 { format!("{}.svg", experiment.name) } else { format!("{}-{number}.svg", experiment.name) })
-            .collect();
+        let finding = run(&scale).map_err(|error| format!("experiment {name} failed to run: {error}"))?;
+        let plot_files: Vec<String> =
+            (1..=finding.plots.len()).map(|number| if number == 1 { format!("{name}.svg") } else { format!("{name}-{number}.svg") }).collect();
         for (plot, file) in finding.plots.iter().zip(&plot_files) {
             plot::draw(plot, &args.out.join(file))?;
         }
@@ -151,11 +165,11 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         };
         println!("        {said} {} ({:.1} s)", finding.verdict_text(), began.elapsed().as_secs_f64());
         if !finding.holds {
-            contradicted.push(format!("{}: {}", experiment.name, finding.verdict));
+            contradicted.push(format!("{name}: {}", finding.verdict));
         }
-        write_section(&mut report, experiment, &finding, &plot_files);
+        write_section(&mut report, name, experiment.claim, &finding, &plot_files);
     }
-    let report = header(&args, &scale, chosen.len(), started.elapsed()) + &report;
+    let report = header(&args, &scale, runs.len(), started.elapsed()) + &report;
     let path = args.out.join("report.md");
     std::fs::write(&path, report).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
     println!("report: {}", path.display());
@@ -174,6 +188,9 @@ fn header(args: &LabArgs, scale: &Scale, experiments: usize, took: Duration) -> 
     if scale.seed != 1 {
         let _ = write!(command, " --seed {}", scale.seed);
     }
+    if args.real {
+        command.push_str(" --real");
+    }
     for name in &args.experiments {
         let _ = write!(command, " {name}");
     }
@@ -185,9 +202,9 @@ fn header(args: &LabArgs, scale: &Scale, experiments: usize, took: Duration) -> 
     )
 }
 
-fn write_section(report: &mut String, experiment: &Experiment, finding: &Finding, plot_files: &[String]) {
-    let _ = writeln!(report, "## {}\n", experiment.name);
-    let _ = writeln!(report, "**Claim.** {}\n", experiment.claim);
+fn write_section(report: &mut String, name: &str, claim: &str, finding: &Finding, plot_files: &[String]) {
+    let _ = writeln!(report, "## {name}\n");
+    let _ = writeln!(report, "**Claim.** {claim}\n");
     let _ = writeln!(report, "**Setup.** {}\n", finding.setup);
     let _ = writeln!(report, "| {} |", finding.headers.join(" | "));
     let _ = writeln!(report, "|{}", "---|".repeat(finding.headers.len()));

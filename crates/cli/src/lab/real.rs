@@ -1,0 +1,346 @@
+//! `tern lab --real`: the simulated experiments again on real `tern server` processes,
+//! one per region on tern's emulated WAN (the same one-way delays the simulator uses),
+//! so a user can check that the simulator and real processes agree. Each function here
+//! answers the claim of the simulated experiment of the same name.
+
+use super::plot::Plot;
+use super::{Finding, Scale};
+use crate::bench::find_leader;
+use crate::bench_geo::REGIONS;
+use crate::bench_sizing::{applied_index, fill_kv};
+use crate::cluster::{scratch_dir, start_processes_in_regions, wait_ready, ServerProcess};
+use crate::stats::Samples;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use tern_server::client::HttpClient;
+
+/// The simulator's WAN (`tern_sim::world`): us-east–eu-west 40 ms, us-east–antarctica 75,
+/// eu-west–antarctica 90, one way.
+const WAN: &str = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90";
+
+/// Three processes, one per region in `REGIONS`, on the emulated WAN; removed with
+/// their data when dropped.
+struct Cluster {
+    directory: std::path::PathBuf,
+    processes: Vec<ServerProcess>,
+    addresses: Vec<String>,
+}
+
+impl Cluster {
+    fn start(purpose: &str, ack: &str, extra: &[&str]) -> Result<Cluster, String> {
+        let directory = scratch_dir(purpose)?;
+        let mut flags: Vec<String> = ["--wan", WAN, "--election-tick-ms", "60", "--ack", ack].iter().map(|flag| flag.to_string()).collect();
+        flags.extend(extra.iter().map(|flag| flag.to_string()));
+        let processes = start_processes_in_regions(&REGIONS, false, &directory, &flags)?;
+        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+        let cluster = Cluster { directory, processes, addresses };
+        wait_ready(&cluster.addresses, Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    fn client(&self, node: usize) -> HttpClient {
+        HttpClient::new(&self.addresses[node]).with_timeout(Duration::from_secs(10))
+    }
+
+    fn leader(&self) -> Result<usize, String> {
+        find_leader(&self.addresses, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.processes.clear();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// Posts `body` to `path` and returns the reply's body, or why it failed.
+fn post(client: &mut HttpClient, path: &str, body: &Value) -> Result<Value, String> {
+    let reply = client.post_json(path, body).map_err(|error| format!("{path}: {error}"))?;
+    if reply.status != 200 || !reply.body["results"][0]["error"].is_null() {
+        return Err(format!("{path}: {} {}", reply.status, reply.body));
+    }
+    Ok(reply.body)
+}
+
+fn p50_ms(samples: &Samples) -> f64 {
+    samples.percentile(50.0).map_or(0.0, |p50| p50.as_secs_f64() * 1000.0)
+}
+
+/// Times `count` calls of `request`, each with the client it is given; errors fail the run.
+fn timed(count: usize, client: &mut HttpClient, mut request: impl FnMut(&mut HttpClient) -> Result<(), String>) -> Result<Samples, String> {
+    let mut samples = Samples::default();
+    for _ in 0..count {
+        let started = Instant::now();
+        request(client)?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+const REAL_SETUP: &str = "Real `tern server` processes on this machine, one in each of us-east, eu-west and antarctica, with tern's \
+     emulated WAN between them (one-way 40 ms us-east–eu-west, 75 ms us-east–antarctica, 90 ms eu-west–antarctica: the simulator's), \
+     election tick 60 ms.";
+
+pub fn local_replica_reads(scale: &Scale) -> Result<Finding, String> {
+    let reads = scale.pick(10, 40);
+    let cluster = Cluster::start("lab-real-reads", "semi-sync", &[])?;
+    let leader = cluster.leader()?;
+    fill_kv(&cluster.addresses, 100)?;
+    let per_region: Vec<std::thread::JoinHandle<Result<(Samples, Samples), String>>> = (0..REGIONS.len())
+        .map(|region| {
+            let mut client = cluster.client(region);
+            std::thread::spawn(move || {
+                let read = |level: &'static str| {
+                    move |client: &mut HttpClient| post(client, &format!("/db/query?level={level}"), &json!(["SELECT v FROM kv WHERE k = 7"])).map(drop)
+                };
+                Ok((timed(reads, &mut client, read("none"))?, timed(reads, &mut client, read("weak"))?))
+            })
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for (region, handle) in REGIONS.iter().zip(per_region) {
+        let (here, at_leader) = handle.join().map_err(|_| "a read client panicked".to_string())??;
+        local.push(p50_ms(&here));
+        remote.push(p50_ms(&at_leader));
+        rows.push(vec![
+            region.to_string(),
+            format!("{:.1} ({} reads)", p50_ms(&here), here.len()),
+            format!("{:.1} ({} reads)", p50_ms(&at_leader), at_leader.len()),
+        ]);
+    }
+    let far: Vec<usize> = (0..REGIONS.len()).filter(|region| *region != leader).collect();
+    // As the simulated verdict: far from the leader the local replica is at least 10×
+    // faster, and everywhere it is as fast as anywhere else (within 1 ms).
+    let holds = far.iter().all(|&region| local[region] * 10.0 < remote[region]) && local.iter().all(|p50| (p50 - local[leader]).abs() < 1.0);
+    let verdict = format!(
+        "local reads p50 {:.1} / {:.1} / {:.1} ms in us-east / eu-west / antarctica; reads from the leader in {} {:.1} / {:.1} / {:.1} ms",
+        local[0], local[1], local[2], REGIONS[leader], remote[0], remote[1], remote[2]
+    );
+    Ok(Finding {
+        setup: format!(
+            "{REAL_SETUP} Semi-sync, the leader in {}. A client in each region sends {reads} reads by key to its own region's node \
+             at `level=none` (answered there) and {reads} at `level=weak` (forwarded to the leader), one after another.",
+            REGIONS[leader]
+        ),
+        headers: vec!["client region", "local replica read p50 ms", "leader read p50 ms"],
+        rows,
+        plots: vec![Plot {
+            title: format!("Read latency by client region, real processes (leader in {})", REGIONS[leader]),
+            x_label: "client region".to_string(),
+            y_label: "read latency p50 (ms)".to_string(),
+            cases: REGIONS.iter().map(|region| region.to_string()).collect(),
+            series: vec![("local replica".to_string(), local), ("leader".to_string(), remote)],
+        }],
+        holds,
+        verdict,
+        not_measured: None,
+    })
+}
+
+pub fn sync_waits_for_the_slowest(scale: &Scale) -> Result<Finding, String> {
+    let writes = scale.pick(10, 40);
+    let cluster = Cluster::start("lab-real-acks", "semi-sync", &[])?;
+    let leader = cluster.leader()?;
+    post(&mut cluster.client(leader), "/db/execute?w=all", &json!(["CREATE TABLE ticks (id INTEGER PRIMARY KEY AUTOINCREMENT, w TEXT)"]))?;
+    let cases = [("w=1 (async)", "1"), ("majority (semi-sync)", "majority"), ("every in-sync follower (sync)", "sync"), ("w=all (all nodes)", "all")];
+    let mut client = cluster.client(leader);
+    let mut rows = Vec::new();
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for (name, w) in cases {
+        let samples =
+            timed(writes, &mut client, |client| post(client, &format!("/db/execute?w={w}"), &json!([["INSERT INTO ticks (w) VALUES (?)", w]])).map(drop))?;
+        let p99 = samples.percentile(99.0).map_or(0.0, |p99| p99.as_secs_f64() * 1000.0);
+        p50s.push(p50_ms(&samples));
+        p99s.push(p99);
+        rows.push(vec![name.to_string(), samples.len().to_string(), format!("{:.1}", p50_ms(&samples)), format!("{p99:.1}")]);
+    }
+    let (one, majority, in_sync, all) = (p50s[0], p50s[1], p50s[2], p50s[3]);
+    let holds = one < majority && majority < in_sync && majority < all;
+    Ok(Finding {
+        setup: format!(
+            "{REAL_SETUP} The leader in {}; a client beside it sends {writes} single-row writes per case, one after another, each \
+             asking with `w=` for the copies it waits for.",
+            REGIONS[leader]
+        ),
+        headers: vec!["a write waits for", "writes", "latency p50 ms", "latency p99 ms"],
+        rows,
+        plots: vec![Plot {
+            title: "Write latency by the copies a write waits for, real processes".to_string(),
+            x_label: "copies waited for".to_string(),
+            y_label: "latency (ms)".to_string(),
+            cases: cases.iter().map(|(_, w)| format!("w={w}")).collect(),
+            series: vec![("p50".to_string(), p50s), ("p99".to_string(), p99s)],
+        }],
+        holds,
+        verdict: format!(
+            "p50 {one:.1} ms with one copy, {majority:.1} ms with a majority, {in_sync:.1} ms with every in-sync follower, {all:.1} ms with all three"
+        ),
+        not_measured: None,
+    })
+}
+
+/// The value a read at `level` on `client`'s node returns for the one counter row.
+fn counter(client: &mut HttpClient, level: &str) -> Result<i64, String> {
+    let body = post(client, &format!("/db/query?level={level}"), &json!(["SELECT v FROM counter WHERE id = 1"]))?;
+    body["results"][0]["values"][0][0].as_i64().ok_or_else(|| format!("no counter in {body}"))
+}
+
+pub fn stale_follower_reads(scale: &Scale) -> Result<Finding, String> {
+    let rounds = scale.pick(10, 50);
+    // Async: a write is acknowledged once the leader holds it. (Under semi-sync here the far
+    // follower, 75 ms from the leader, holds each write before the 80 ms round trip to the
+    // nearest one acknowledges it: a follower applies what it receives.)
+    let cluster = Cluster::start("lab-real-stale", "async", &[])?;
+    let leader = cluster.leader()?;
+    // The follower farthest from the leader.
+    let far = if REGIONS[leader] == "antarctica" { 1 } else { 2 };
+    let mut writer = cluster.client(leader);
+    post(&mut writer, "/db/execute?w=all", &json!(["CREATE TABLE counter (id INTEGER PRIMARY KEY, v INTEGER)", "INSERT INTO counter VALUES (1, 0)"]))?;
+    let target = applied_index(&cluster.addresses[leader]).unwrap_or(0);
+    while applied_index(&cluster.addresses[far]).is_none_or(|index| index < target) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let levels = ["none", "strong", "linearizable"];
+    let mut reader = cluster.client(far);
+    let mut stale = [0usize; 3];
+    let mut latency: [Samples; 3] = Default::default();
+    for value in 1..=rounds as i64 {
+        post(&mut writer, "/db/execute", &json!([["UPDATE counter SET v = ? WHERE id = 1", value]]))?;
+        // Right after the write is acknowledged, from the far follower, at each level.
+        for (index, level) in levels.iter().enumerate() {
+            let started = Instant::now();
+            let seen = counter(&mut reader, level)?;
+            latency[index].push(started.elapsed());
+            stale[index] += usize::from(seen < value);
+        }
+    }
+    let holds = stale[0] > 0 && stale[1] == 0 && stale[2] == 0;
+    let rows = levels
+        .iter()
+        .enumerate()
+        .map(|(index, level)| vec![format!("`{level}`"), rounds.to_string(), stale[index].to_string(), format!("{:.1}", p50_ms(&latency[index]))])
+        .collect();
+    Ok(Finding {
+        setup: format!(
+            "{REAL_SETUP} Async, the leader in {}. {rounds} times: a client beside the leader sets a counter to the next value \
+             and, once that write is acknowledged, a client in {} reads it at each level, `none` first. A read is stale when it \
+             returns an older value. (Under semi-sync on this WAN no read here is stale: the far follower holds each write before \
+             the nearer one's acknowledgement reaches the leader, and a follower applies what it receives.)",
+            REGIONS[leader], REGIONS[far]
+        ),
+        headers: vec!["read level", "reads", "stale", "latency p50 ms"],
+        rows,
+        plots: vec![Plot {
+            title: format!("Stale reads right after a write, from {} (real processes)", REGIONS[far]),
+            x_label: "read level".to_string(),
+            y_label: "stale reads".to_string(),
+            cases: levels.iter().map(|level| level.to_string()).collect(),
+            series: vec![("stale".to_string(), stale.iter().map(|count| *count as f64).collect())],
+        }],
+        holds,
+        verdict: format!("{} of {rounds} `none` reads were stale, {} `strong` and {} `linearizable`", stale[0], stale[1], stale[2]),
+        not_measured: None,
+    })
+}
+
+/// One leader crash under `ack`: writes acknowledged, of them missing once the cluster
+/// has a new leader and the old one is back, and of those in the old leader's rollback
+/// store.
+fn crash_the_leader(ack: &str, writing_for: Duration) -> Result<(usize, usize, usize), String> {
+    // The statement log: the rollback store then shows each write's SQL, so a lost write
+    // can be found in it by its id.
+    let mut cluster = Cluster::start("lab-real-crash", ack, &["--log-format", "statement"])?;
+    let leader = cluster.leader()?;
+    post(&mut cluster.client(leader), "/db/execute?w=all", &json!(["CREATE TABLE ticks (id INTEGER PRIMARY KEY)"]))?;
+    let address = cluster.addresses[leader].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut client = HttpClient::new(&address).with_timeout(Duration::from_secs(2));
+            let mut acknowledged = Vec::new();
+            for id in 1u64.. {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                // A literal, not a parameter: the rollback store's description shows it.
+                if post(&mut client, "/db/execute", &json!([format!("INSERT INTO ticks VALUES ({id})")])).is_ok() {
+                    acknowledged.push(id);
+                }
+            }
+            acknowledged
+        })
+    };
+    std::thread::sleep(writing_for);
+    cluster.processes[leader].kill();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let acknowledged = writer.join().map_err(|_| "the writer panicked".to_string())?;
+    let survivors: Vec<String> = cluster.addresses.iter().enumerate().filter(|(node, _)| *node != leader).map(|(_, address)| address.clone()).collect();
+    let new_leader = find_leader(&survivors, Duration::from_secs(30))?;
+    cluster.processes[leader].restart()?;
+    wait_ready(&cluster.addresses, Duration::from_secs(30))?;
+    // The old leader is back once it holds the new leader's applied index.
+    let target = applied_index(&survivors[new_leader]).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied_index(&cluster.addresses[leader]).is_none_or(|index| index < target) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = post(&mut HttpClient::new(&survivors[new_leader]), "/db/query?level=strong", &json!(["SELECT id FROM ticks"]))?;
+    let present: BTreeSet<u64> = held["results"][0]["values"].as_array().into_iter().flatten().filter_map(|row| row[0].as_u64()).collect();
+    let lost: Vec<u64> = acknowledged.iter().copied().filter(|id| !present.contains(id)).collect();
+    let rolled_back = cluster.client(leader).get("/db/rollback").map_err(|error| format!("/db/rollback: {error}"))?.body;
+    let described: String =
+        rolled_back["entries"].as_array().into_iter().flatten().filter_map(|entry| entry["description"].as_str()).collect::<Vec<_>>().join("\n");
+    let kept = lost.iter().filter(|id| described.contains(&format!("VALUES ({id})"))).count();
+    Ok((acknowledged.len(), lost.len(), kept))
+}
+
+pub fn async_loses_writes(scale: &Scale) -> Result<Finding, String> {
+    let crashes = scale.pick(1, 3);
+    let writing_for = Duration::from_millis(scale.pick(1_000, 2_000) as u64);
+    let modes = ["async", "semi-sync", "sync"];
+    let mut rows = Vec::new();
+    let mut lost_by_mode = Vec::new();
+    let mut unkept = 0;
+    for ack in modes {
+        let (mut acknowledged, mut lost, mut kept, mut losing) = (0, 0, 0, 0);
+        for _ in 0..crashes {
+            let (acked, missing, in_store) = crash_the_leader(ack, writing_for)?;
+            acknowledged += acked;
+            lost += missing;
+            kept += in_store;
+            losing += usize::from(missing > 0);
+        }
+        unkept += lost - kept;
+        lost_by_mode.push(lost);
+        rows.push(vec![format!("`{ack}`"), format!("{losing} of {crashes}"), acknowledged.to_string(), lost.to_string(), kept.to_string()]);
+    }
+    let holds = lost_by_mode[0] > 0 && lost_by_mode[1] + lost_by_mode[2] == 0 && unkept == 0;
+    Ok(Finding {
+        setup: format!(
+            "{REAL_SETUP} Statement log. Per ack mode, {crashes} time(s): a client beside the leader writes one row at a time for \
+             {:.1} s (the cluster default `w`), the leader is SIGKILLed, a new leader is elected, and the old one restarts and \
+             rejoins. A write is lost when it was acknowledged and the new leader does not hold it; the old leader's rollback \
+             store (`/db/rollback`) is searched for it.",
+            writing_for.as_secs_f64()
+        ),
+        headers: vec!["ack mode", "crashes that lost writes", "writes acknowledged", "lost", "lost ones in the old leader's rollback store"],
+        rows,
+        plots: vec![Plot {
+            title: "Acknowledged writes lost to a leader crash, real processes".to_string(),
+            x_label: "ack mode".to_string(),
+            y_label: "writes lost".to_string(),
+            cases: modes.iter().map(|mode| mode.to_string()).collect(),
+            series: vec![("lost".to_string(), lost_by_mode.iter().map(|lost| *lost as f64).collect())],
+        }],
+        holds,
+        verdict: format!(
+            "async lost {} acknowledged write(s) ({} of them not found in a rollback store); semi-sync lost {}, sync {}",
+            lost_by_mode[0], unkept, lost_by_mode[1], lost_by_mode[2]
+        ),
+        not_measured: None,
+    })
+}
