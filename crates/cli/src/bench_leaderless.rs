@@ -14,19 +14,20 @@ use tern_server::client::HttpClient;
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "antarctica"];
 /// (N, R, W): partial quorums first, then the strict ones (R + W > N).
 const CONFIGS: [(usize, &[(usize, usize)]); 2] = [(3, &[(1, 1), (1, 2), (2, 2), (1, 3), (3, 1)]), (2, &[(1, 1), (2, 1), (1, 2)])];
-const DELAYS_MS: [u64; 4] = [0, 10, 100, 1000];
+pub(crate) const DELAYS_MS: [u64; 4] = [0, 10, 100, 1000];
 /// Concurrent staleness probes, each writing then reading its own rows.
-const PROBES: usize = 24;
+pub(crate) const PROBES: usize = 24;
 
-struct Figures {
-    n: usize,
-    r: usize,
-    w: usize,
-    writes: Vec<Samples>,
-    reads: Vec<Samples>,
-    /// Per delay: (stale reads, reads).
-    stale: Vec<(usize, usize)>,
-    errors: u64,
+pub(crate) struct Figures {
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    /// Per region.
+    pub writes: Vec<Samples>,
+    pub reads: Vec<Samples>,
+    /// Per delay of `DELAYS_MS`: (stale reads, reads).
+    pub stale: Vec<(usize, usize)>,
+    pub errors: u64,
 }
 
 pub fn run(wan: &str, duration: Duration) -> Result<(), String> {
@@ -37,10 +38,27 @@ pub fn run(wan: &str, duration: Duration) -> Result<(), String> {
     );
     let mut all = Vec::new();
     for (n, quorums) in CONFIGS {
-        let data_dir = scratch_dir(&format!("bench-leaderless-{n}"))?;
-        let extra: Vec<String> = ["--wan", wan, "--topology", "leaderless", "--replicas", &n.to_string()].iter().map(|arg| arg.to_string()).collect();
-        let processes = start_processes_in_regions(&REGIONS, true, &data_dir, &extra)?;
-        let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+        all.extend(measure_cluster(wan, n, quorums, duration, |r, w| println!("  N={n} R={r} W={w}: measuring..."))?);
+    }
+    print_figures(&all);
+    Ok(())
+}
+
+/// A leaderless cluster of `n`-way replicated real processes, one per region on the
+/// emulated WAN `wan`, measured at each (R, W) of `quorums` for `duration` (then the
+/// staleness probes); `starting` is told each (R, W) as it starts.
+pub(crate) fn measure_cluster(
+    wan: &str,
+    n: usize,
+    quorums: &[(usize, usize)],
+    duration: Duration,
+    starting: impl Fn(usize, usize),
+) -> Result<Vec<Figures>, String> {
+    let data_dir = scratch_dir(&format!("bench-leaderless-{n}"))?;
+    let extra: Vec<String> = ["--wan", wan, "--topology", "leaderless", "--replicas", &n.to_string()].iter().map(|arg| arg.to_string()).collect();
+    let processes = start_processes_in_regions(&REGIONS, true, &data_dir, &extra)?;
+    let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
+    let measured = (|| {
         wait_ready(&addresses, Duration::from_secs(30))?;
         // The nodes find each other (a second of pings) before the first write.
         std::thread::sleep(Duration::from_millis(1500));
@@ -50,16 +68,16 @@ pub fn run(wan: &str, duration: Duration) -> Result<(), String> {
         if reply.status != 200 {
             return Err(format!("cannot create the table: {}", reply.body));
         }
-        for (r, w) in quorums {
-            println!("  N={n} R={r} W={w}: measuring...");
-            let figures = measure(&addresses, n, *r, *w, duration)?;
-            all.push(figures);
+        let mut figures = Vec::new();
+        for &(r, w) in quorums {
+            starting(r, w);
+            figures.push(measure(&addresses, n, r, w, duration)?);
         }
-        drop(processes);
-        let _ = std::fs::remove_dir_all(&data_dir);
-    }
-    print_figures(&all);
-    Ok(())
+        Ok(figures)
+    })();
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    measured
 }
 
 fn measure(addresses: &[String], n: usize, r: usize, w: usize, duration: Duration) -> Result<Figures, String> {

@@ -56,7 +56,7 @@ fn an_unknown_experiment_is_refused_with_the_names_there_are() {
 fn with_real_the_simulated_claims_hold_on_real_processes_too() {
     let out = std::env::temp_dir().join(format!("tern-lab-real-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let names = ["local-replica-reads", "async-loses-writes", "sync-waits-for-the-slowest", "stale-follower-reads"];
+    let names = ["local-replica-reads", "async-loses-writes", "sync-waits-for-the-slowest", "stale-follower-reads", "leaderless-quorums"];
     let mut args = vec!["--quick", "--real", "--out", out.to_str().expect("utf-8 path")];
     args.extend(names);
     let (ok, output) = tern_lab(&args);

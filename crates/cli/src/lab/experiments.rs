@@ -34,6 +34,12 @@ pub fn all() -> Vec<Experiment> {
             real: Some(super::real::sync_waits_for_the_slowest),
         },
         Experiment {
+            name: "writes-while-a-follower-is-down",
+            claim: "Synchronous replication stops writes while a follower is down (here until it leaves the in-sync set); semi-synchronous and asynchronous replication go on; a write that waits for every node cannot complete.",
+            run: super::failover::writes_while_a_follower_is_down,
+            real: None,
+        },
+        Experiment {
             name: "stale-follower-reads",
             claim: "Reads from a follower can return stale data; reads that confirm leadership (strong, linearizable) never do.",
             run: stale_follower_reads,
@@ -85,7 +91,7 @@ pub fn all() -> Vec<Experiment> {
             name: "leaderless-quorums",
             claim: "In a leaderless store a read sees every write acknowledged before it when R + W > N; with smaller quorums it can miss one.",
             run: leaderless_quorums,
-            real: None,
+            real: Some(super::real::leaderless_quorums),
         },
         Experiment {
             name: "statement-rewriting",

@@ -17,18 +17,18 @@ use tern_server::client::HttpClient;
 
 /// The simulator's WAN (`tern_sim::world`): us-east–eu-west 40 ms, us-east–antarctica 75,
 /// eu-west–antarctica 90, one way.
-const WAN: &str = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90";
+pub(super) const WAN: &str = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90";
 
 /// Three processes, one per region in `REGIONS`, on the emulated WAN; removed with
 /// their data when dropped.
-struct Cluster {
+pub(super) struct Cluster {
     directory: std::path::PathBuf,
-    processes: Vec<ServerProcess>,
-    addresses: Vec<String>,
+    pub(super) processes: Vec<ServerProcess>,
+    pub(super) addresses: Vec<String>,
 }
 
 impl Cluster {
-    fn start(purpose: &str, ack: &str, extra: &[&str]) -> Result<Cluster, String> {
+    pub(super) fn start(purpose: &str, ack: &str, extra: &[&str]) -> Result<Cluster, String> {
         let directory = scratch_dir(purpose)?;
         let mut flags: Vec<String> = ["--wan", WAN, "--election-tick-ms", "60", "--ack", ack].iter().map(|flag| flag.to_string()).collect();
         flags.extend(extra.iter().map(|flag| flag.to_string()));
@@ -39,11 +39,11 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn client(&self, node: usize) -> HttpClient {
+    pub(super) fn client(&self, node: usize) -> HttpClient {
         HttpClient::new(&self.addresses[node]).with_timeout(Duration::from_secs(10))
     }
 
-    fn leader(&self) -> Result<usize, String> {
+    pub(super) fn leader(&self) -> Result<usize, String> {
         find_leader(&self.addresses, Duration::from_secs(30))
     }
 }
@@ -56,7 +56,7 @@ impl Drop for Cluster {
 }
 
 /// Posts `body` to `path` and returns the reply's body, or why it failed.
-fn post(client: &mut HttpClient, path: &str, body: &Value) -> Result<Value, String> {
+pub(super) fn post(client: &mut HttpClient, path: &str, body: &Value) -> Result<Value, String> {
     let reply = client.post_json(path, body).map_err(|error| format!("{path}: {error}"))?;
     if reply.status != 200 || !reply.body["results"][0]["error"].is_null() {
         return Err(format!("{path}: {} {}", reply.status, reply.body));
@@ -79,7 +79,7 @@ fn timed(count: usize, client: &mut HttpClient, mut request: impl FnMut(&mut Htt
     Ok(samples)
 }
 
-const REAL_SETUP: &str = "Real `tern server` processes on this machine, one in each of us-east, eu-west and antarctica, with tern's \
+pub(super) const REAL_SETUP: &str = "Real `tern server` processes on this machine, one in each of us-east, eu-west and antarctica, with tern's \
      emulated WAN between them (one-way 40 ms us-east–eu-west, 75 ms us-east–antarctica, 90 ms eu-west–antarctica: the simulator's), \
      election tick 60 ms.";
 
@@ -341,6 +341,58 @@ pub fn async_loses_writes(scale: &Scale) -> Result<Finding, String> {
             "async lost {} acknowledged write(s) ({} of them not found in a rollback store); semi-sync lost {}, sync {}",
             lost_by_mode[0], unkept, lost_by_mode[1], lost_by_mode[2]
         ),
+        not_measured: None,
+    })
+}
+
+pub fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
+    use crate::bench_leaderless::{measure_cluster, DELAYS_MS, PROBES};
+    let quorums: &[(usize, usize)] = if scale.quick { &[(1, 1), (2, 2)] } else { &[(1, 1), (1, 2), (2, 2), (1, 3), (3, 1)] };
+    let duration = Duration::from_millis(scale.pick(500, 2_000) as u64);
+    let measured = measure_cluster(WAN, 3, quorums, duration, |_, _| {})?;
+    let mut rows = Vec::new();
+    let (mut cases, mut shares) = (Vec::new(), Vec::new());
+    let (mut overlapping_stale, mut smaller_stale, mut errors) = (0, 0, 0);
+    for figures in &measured {
+        let (stale, reads) = figures.stale.iter().fold((0, 0), |(stale, reads), (s, r)| (stale + s, reads + r));
+        let strict = figures.r + figures.w > figures.n;
+        if strict {
+            overlapping_stale += stale;
+        } else {
+            smaller_stale += stale;
+        }
+        errors += figures.errors;
+        let at_once = figures.stale[0];
+        cases.push(format!("R={} W={}", figures.r, figures.w));
+        shares.push(at_once.0 as f64 * 100.0 / at_once.1.max(1) as f64);
+        let by_delay: Vec<String> = figures.stale.iter().map(|(stale, reads)| format!("{stale}/{reads}")).collect();
+        rows.push(vec![
+            format!("R={}, W={}", figures.r, figures.w),
+            if strict { "yes" } else { "no" }.to_string(),
+            by_delay.join(" · "),
+            format!("{stale} of {reads}"),
+        ]);
+    }
+    let holds = overlapping_stale == 0 && smaller_stale > 0;
+    Ok(Finding {
+        setup: format!(
+            "{REAL_SETUP} Leaderless, N=3 (every node holds every row). Per (R, W): each region writes and reads its own rows for \
+             {:.1} s, then {PROBES} probes each write a new value in one region with `w=W` and, {} ms after the acknowledgement, read \
+             it in another with `r=R`. A read is stale when it does not return that value.",
+            duration.as_secs_f64(),
+            DELAYS_MS.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ")
+        ),
+        headers: vec!["quorums", "R + W > N", "stale reads per delay (0 · 10 · 100 · 1000 ms)", "stale in all"],
+        rows,
+        plots: vec![Plot {
+            title: "Stale reads right after a write, by quorums (N=3, real processes)".to_string(),
+            x_label: "read and write quorums".to_string(),
+            y_label: "reads stale at 0 ms (%)".to_string(),
+            cases,
+            series: vec![("stale at once".to_string(), shares)],
+        }],
+        holds,
+        verdict: format!("reads with R+W>N were stale {overlapping_stale} time(s); reads with R+W≤N {smaller_stale} ({errors} failed requests)"),
         not_measured: None,
     })
 }
