@@ -489,3 +489,33 @@ fn a_move_waits_for_a_cut_off_old_home_and_a_cut_off_new_home_takes_over_only_on
         assert!(conflicts(&cluster, node).is_empty(), "no conflict");
     }
 }
+
+/// A home rule (or a policy) is answered only once every region holds it: a region that
+/// lacked it would write the table's homed rows as its own, and a client starting on the
+/// answer would make the very conflicts the rule is for (found by `tern lab --real`).
+#[test]
+fn a_home_rule_is_answered_once_every_region_holds_it() {
+    let wan = "us-east:eu-west=60,us-east:antarctica=150,eu-west:antarctica=150";
+    let cluster = Cluster::start_multi_leader("ml-rule-everywhere", &["us-east", "eu-west", "antarctica"], &["--wan", wan]);
+    let us = 0;
+    ok(&execute(
+        &mut cluster.nodes[us].client(),
+        "?w=regions:all",
+        json!(["CREATE TABLE customers (id INTEGER PRIMARY KEY, home TEXT)", "CREATE TABLE notes (id INTEGER PRIMARY KEY)"]),
+    ));
+    let rule = post(&cluster, us, "/db/homes/rule", json!({"table": "customers", "column": "home"}));
+    assert_eq!(rule.status, 200, "{}", rule.body);
+    for node in [2, 1] {
+        let homes = cluster.nodes[node].client().get("/db/homes").expect("node answers").body;
+        assert!(
+            homes["tables"].as_array().is_some_and(|tables| tables.iter().any(|table| table["table"] == "customers")),
+            "node {node} lacks the rule: {homes}"
+        );
+    }
+    // Antarctica already forwards a write of a us-east customer to us-east.
+    let forwarded = execute(&mut cluster.nodes[2].client(), "", json!(["INSERT INTO customers VALUES (1, 'us-east')"]));
+    ok(&forwarded);
+    assert!(forwarded.body["token"].as_str().unwrap_or_default().starts_with("us-east:"), "made in us-east: {}", forwarded.body);
+    let policy = post(&cluster, us, "/db/conflicts/policy", json!({"table": "notes", "policy": "keep-both"}));
+    assert_eq!(policy.status, 200, "{}", policy.body);
+}

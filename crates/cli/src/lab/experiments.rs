@@ -79,7 +79,7 @@ pub fn all() -> Vec<Experiment> {
             name: "conflicts-and-home-regions",
             claim: "With a leader in every region, concurrent writes to one row conflict, and more regions writing leave more conflicts; giving each row a home region avoids them, unless a row moves home the naive way.",
             run: conflicts_and_home_regions,
-            real: None,
+            real: Some(super::real::conflicts_and_home_regions),
         },
         Experiment {
             name: "offline-devices",

@@ -28,11 +28,23 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
+    /// Single-leader, acknowledging writes by `ack`, with `extra` flags.
     pub(super) fn start(purpose: &str, ack: &str, extra: &[&str]) -> Result<Cluster, String> {
+        let mut flags = vec!["--ack", ack];
+        flags.extend(extra);
+        Cluster::launch(purpose, false, &flags)
+    }
+
+    /// A leader in every region.
+    fn start_multi_leader(purpose: &str) -> Result<Cluster, String> {
+        Cluster::launch(purpose, true, &["--topology", "multi-leader"])
+    }
+
+    fn launch(purpose: &str, name_regions: bool, extra: &[&str]) -> Result<Cluster, String> {
         let directory = scratch_dir(purpose)?;
-        let mut flags: Vec<String> = ["--wan", WAN, "--election-tick-ms", "60", "--ack", ack].iter().map(|flag| flag.to_string()).collect();
+        let mut flags: Vec<String> = ["--wan", WAN, "--election-tick-ms", "60"].iter().map(|flag| flag.to_string()).collect();
         flags.extend(extra.iter().map(|flag| flag.to_string()));
-        let processes = start_processes_in_regions(&REGIONS, false, &directory, &flags)?;
+        let processes = start_processes_in_regions(&REGIONS, name_regions, &directory, &flags)?;
         let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
         let cluster = Cluster { directory, processes, addresses };
         wait_ready(&cluster.addresses, Duration::from_secs(30))?;
@@ -393,6 +405,149 @@ pub fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
         }],
         holds,
         verdict: format!("reads with R+W>N were stale {overlapping_stale} time(s); reads with R+W≤N {smaller_stale} ({errors} failed requests)"),
+        not_measured: None,
+    })
+}
+
+/// Rows of each table the conflicts experiment writes, and the pause between one
+/// client's writes (so that conflicts do not saturate at one per row).
+const CONFLICT_ROWS: u64 = 20;
+const CONFLICT_PAUSE: Duration = Duration::from_millis(2);
+
+/// `writers` (region indexes) update random rows of `table` for `duration`, each from its
+/// own region's node; with `move_homes`, a row's home moves (fenced) every 100 ms too.
+fn contend(cluster: &Cluster, table: &str, writers: &[usize], duration: Duration, move_homes: bool, seed: u64) -> Result<usize, String> {
+    let end = Instant::now() + duration;
+    let threads: Vec<_> = writers
+        .iter()
+        .map(|&region| {
+            let (address, table) = (cluster.addresses[region].clone(), table.to_string());
+            std::thread::spawn(move || {
+                let mut client = HttpClient::new(&address).with_timeout(Duration::from_secs(10));
+                let mut rng = tern_sim::rng::Rng::new(seed * 31 + region as u64);
+                let mut written = 0;
+                while Instant::now() < end {
+                    let id = rng.range(1, CONFLICT_ROWS);
+                    let sql = format!("UPDATE {table} SET v = ? WHERE id = ?");
+                    if post(&mut client, "/db/execute", &json!([[sql, format!("{}-{written}", REGIONS[region]), id]])).is_ok() {
+                        written += 1;
+                    }
+                    std::thread::sleep(CONFLICT_PAUSE);
+                }
+                written
+            })
+        })
+        .collect();
+    if move_homes {
+        let mut client = cluster.client(0);
+        let mut rng = tern_sim::rng::Rng::new(seed);
+        while Instant::now() < end {
+            let (id, to) = (rng.range(1, CONFLICT_ROWS), REGIONS[rng.range(0, 2) as usize]);
+            let reply =
+                client.post_json("/db/homes/move", &json!({"table": table, "key": [id], "to": to})).map_err(|error| format!("/db/homes/move: {error}"))?;
+            if reply.status != 200 {
+                return Err(format!("/db/homes/move: {} {}", reply.status, reply.body));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    threads.into_iter().map(|thread| thread.join().map_err(|_| "a writer panicked".to_string())).sum()
+}
+
+/// Once every region holds the same rows of `table`: the conflicts on record for it
+/// (losing versions), per region.
+fn settled_conflicts(cluster: &Cluster, table: &str) -> Result<Vec<usize>, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<Value> = (0..REGIONS.len())
+            .map(|region| {
+                post(&mut cluster.client(region), "/db/query", &json!([format!("SELECT * FROM {table} ORDER BY id")]))
+                    .map(|body| body["results"][0]["values"].clone())
+            })
+            .collect::<Result<_, _>>()?;
+        let counts: Vec<usize> = (0..REGIONS.len())
+            .map(|region| {
+                let listed = cluster.client(region).get("/db/conflicts").map_err(|error| format!("/db/conflicts: {error}"))?;
+                Ok(listed.body["conflicts"].as_array().map_or(0, |all| all.iter().filter(|conflict| conflict["table"] == table).count()))
+            })
+            .collect::<Result<_, String>>()?;
+        if rows.iter().all(|held| *held == rows[0]) && counts.iter().all(|count| *count == counts[0]) {
+            return Ok(counts);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the regions did not converge on {table} within 30 s (conflicts {counts:?})"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
+    let duration = Duration::from_millis(scale.pick(1_500, 4_000) as u64);
+    let cluster = Cluster::start_multi_leader("lab-real-conflicts")?;
+    let fill = |table: &str, homed: bool| -> Result<(), String> {
+        let create = if homed {
+            format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, home TEXT NOT NULL, v TEXT)")
+        } else {
+            format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)")
+        };
+        // Homes dealt round the regions.
+        let rows = if homed {
+            format!("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{CONFLICT_ROWS}) INSERT INTO {table} SELECT x, CASE x % 3 WHEN 0 THEN 'us-east' WHEN 1 THEN 'eu-west' ELSE 'antarctica' END, '' FROM c")
+        } else {
+            format!("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{CONFLICT_ROWS}) INSERT INTO {table} SELECT x, '' FROM c")
+        };
+        // The rows first: once the rule holds, each region may write only its own.
+        post(&mut cluster.client(0), "/db/execute?w=regions:all", &json!([create, rows]))?;
+        if homed {
+            let reply = cluster
+                .client(0)
+                .post_json("/db/homes/rule", &json!({"table": table, "column": "home"}))
+                .map_err(|error| format!("/db/homes/rule: {error}"))?;
+            if reply.status != 200 {
+                return Err(format!("/db/homes/rule: {} {}", reply.status, reply.body));
+            }
+        }
+        Ok(())
+    };
+    // (case, table, writing regions, homed, moves)
+    let cases: [(&str, &str, &[usize], bool, bool); 4] = [
+        ("2 regions write every row", "two_regions", &[0, 1], false, false),
+        ("3 regions write every row", "three_regions", &[0, 1, 2], false, false),
+        ("home regions", "homed", &[0, 1, 2], true, false),
+        ("home regions, rows moving (fenced)", "moving", &[0, 1, 2], true, true),
+    ];
+    let mut rows = Vec::new();
+    let mut counted = Vec::new();
+    let mut agreed = true;
+    for (number, (name, table, writers, homed, moves)) in cases.iter().enumerate() {
+        fill(table, *homed)?;
+        let written = contend(&cluster, table, writers, duration, *moves, scale.seed + number as u64)?;
+        let conflicts = settled_conflicts(&cluster, table)?;
+        agreed &= conflicts.iter().all(|count| *count == conflicts[0]);
+        counted.push(conflicts[0]);
+        rows.push(vec![name.to_string(), written.to_string(), conflicts[0].to_string(), "yes".to_string()]);
+    }
+    let holds = agreed && counted[0] > 0 && counted[1] > counted[0] && counted[2] == 0 && counted[3] == 0;
+    Ok(Finding {
+        setup: format!(
+            "{REAL_SETUP} A leader in every region, the regions exchanging writes asynchronously. Per case a table of              {CONFLICT_ROWS} rows; a client in each writing region updates random rows through its own region's node, a write              every {} ms, for {:.1} s; then the regions converge (the same rows everywhere) and the losing versions on record              (`/db/conflicts`, last writer wins) are counted. With home regions (`/db/homes/rule`) a row is written only by its              home, writes from elsewhere being forwarded there; rows move by `/db/homes/move` (fenced) every 100 ms in the last              case. The naive move of the simulated experiment cannot be made on real processes: a write of a row's home column              goes to its current home like any other write of the row.",
+            CONFLICT_PAUSE.as_millis(),
+            duration.as_secs_f64()
+        ),
+        headers: vec!["case", "writes acknowledged", "conflicts on record after converging", "same count in every region"],
+        rows,
+        plots: vec![Plot {
+            title: "Conflicts on record after converging (real processes)".to_string(),
+            x_label: "case".to_string(),
+            y_label: "conflicts".to_string(),
+            cases: vec!["2 regions".to_string(), "3 regions".to_string(), "homes".to_string(), "homes, moving".to_string()],
+            series: vec![("conflicts".to_string(), counted.iter().map(|count| *count as f64).collect())],
+        }],
+        holds,
+        verdict: format!(
+            "{} conflict(s) with 2 regions writing every row, {} with 3; {} with home regions, {} with rows moving home (fenced)",
+            counted[0], counted[1], counted[2], counted[3]
+        ),
         not_measured: None,
     })
 }

@@ -185,11 +185,11 @@ pub(crate) enum StorageCommand {
         epoch: u64,
     },
     /// Multi-leader, region leader: set a table's policy or settle a row's conflicts, in
-    /// `epoch`; answered with the entry's position.
+    /// `epoch`; answered with the entry's position and the change's region write.
     RegionAdmin {
         change: RegionChange,
         epoch: u64,
-        reply: oneshot::Sender<Result<Position, RequestError>>,
+        reply: oneshot::Sender<Result<(Position, Option<tern_core::multi_leader::Dot>), RequestError>>,
     },
     /// Fault injection (`POST /debug/panic`): panic on the storage thread, to show that
     /// a node that cannot continue exits and the others fail over.

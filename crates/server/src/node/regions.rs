@@ -443,22 +443,29 @@ impl Node {
     pub(super) async fn wait_for_regions(&self, mut reply: WriteReply, regions: usize) -> WriteReply {
         // A request that changed nothing is in no region's stream: nothing to wait for.
         let Some(dot) = reply.region_write.clone() else { return reply };
+        if let Err(held) = self.regions_hold(&dot, regions).await {
+            let message = format!(
+                "write {dot} is committed in region {}, but {held} of the {regions} regions asked for (w=regions) held it within {} ms; \
+                 it stays, and will reach the others when they are reachable",
+                self.config.region,
+                self.config.write_timeout.as_millis()
+            );
+            reply.error = Some(RequestError::new(503, message));
+        }
+        reply
+    }
+
+    /// Waits (up to the write timeout) until `regions` regions hold region write `dot`;
+    /// else how many did.
+    async fn regions_hold(&self, dot: &tern_core::multi_leader::Dot, regions: usize) -> Result<(), usize> {
         let (answer, answered) = oneshot::channel();
         let deadline = self.now_us() + self.config.write_timeout.as_micros() as u64;
         self.post(Event::WaitForRegions { dot: dot.clone(), regions, deadline, reply: answer });
-        let held = match answered.await {
-            Ok(Ok(())) => return reply,
-            Ok(Err(held)) => held,
-            Err(_) => 1,
-        };
-        let message = format!(
-            "write {dot} is committed in region {}, but {held} of the {regions} regions asked for (w=regions) held it within {} ms; \
-             it stays, and will reach the others when they are reachable",
-            self.config.region,
-            self.config.write_timeout.as_millis()
-        );
-        reply.error = Some(RequestError::new(503, message));
-        reply
+        match answered.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(held)) => Err(held),
+            Err(_) => Err(1),
+        }
     }
 
     /// Multi-leader: a schema change may be made here only in the schema region, and only
@@ -518,6 +525,11 @@ impl Node {
     /// # Errors
     /// Single-leader; not the region's leader (503, naming it); a change that does not
     /// fit the database (400).
+    ///
+    /// A home rule or a policy is answered once every region holds it: until a region
+    /// does, it writes the table's rows as before (a homed row there as its own), so a
+    /// client that starts writing on the answer could otherwise make the very conflicts
+    /// the rule is for. (`tern lab --real`'s conflicts experiment found that window.)
     pub async fn region_change(&self, change: RegionChange) -> Result<Position, RequestError> {
         if self.config.topology != tern_core::Topology::MultiLeader {
             return Err(RequestError::new(400, "conflict policies and resolutions need --topology multi-leader"));
@@ -526,11 +538,29 @@ impl Node {
         if !published.accepting_writes {
             return Err(self.not_accepting(&published));
         }
+        let rule = match &change {
+            RegionChange::HomeRule { table, .. } => Some(format!("the home rule of {table}")),
+            RegionChange::Policy { table, .. } => Some(format!("the conflict policy of {table}")),
+            RegionChange::Resolve { .. } | RegionChange::CompactLog { .. } => None,
+        };
         let (reply, answer) = oneshot::channel();
         if !self.storage_send(StorageCommand::RegionAdmin { change, epoch: published.epoch, reply }) {
             return Err(storage_gone());
         }
-        answer.await.map_err(|_| storage_gone())?
+        let (position, dot) = answer.await.map_err(|_| storage_gone())??;
+        let regions = self.config.all_regions().len();
+        if let (Some(rule), Some(dot)) = (rule, dot) {
+            if let Err(held) = self.regions_hold(&dot, regions).await {
+                let message = format!(
+                    "{rule} is in force in region {}, but only {held} of the {regions} regions held it within {} ms; a region \
+                     without it writes the table as before until it arrives (it will, once that region is reachable)",
+                    self.config.region,
+                    self.config.write_timeout.as_millis()
+                );
+                return Err(RequestError::new(503, message));
+            }
+        }
+        Ok(position)
     }
 
     /// Multi-leader: every row holding losing versions, per table.

@@ -353,7 +353,7 @@ impl StorageContext {
 
     /// Region leader: a policy or a resolution, logged as one entry of this region while
     /// this node leads `epoch`.
-    fn region_admin(&mut self, change: RegionChange, epoch: u64) -> Result<Position, RequestError> {
+    fn region_admin(&mut self, change: RegionChange, epoch: u64) -> Result<(Position, Option<tern_core::multi_leader::Dot>), RequestError> {
         let lease = self.write_lease.clone();
         let still_leading = || lease.allows(epoch);
         if !still_leading() {
@@ -369,8 +369,9 @@ impl StorageContext {
             Ok(Executed::Committed(batch)) => match batch.entry {
                 Some(entry) => {
                     let position = entry.position();
+                    let dot = batch.region_writes.first().map(|write| write.dot.clone());
                     self.appended(entry, Vec::new(), batch.region_writes);
-                    Ok(position)
+                    Ok((position, dot))
                 }
                 None => Err(RequestError::new(500, "nothing was logged")),
             },
