@@ -574,8 +574,8 @@ fn cut_off_region(scale: &Scale) -> Result<Finding, String> {
 fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
     let seeds = scale.pick(20, 200);
     let steps = 300;
-    let run = |regions: usize, homes: bool, mutation: Option<Mutation>| {
-        let options = RegionOptions { regions, policy: Policy::LastWriterWins, steps, mutation, homes };
+    let run_with = |regions: usize, policy: Policy, homes: bool, mutation: Option<Mutation>| {
+        let options = RegionOptions { regions, policy, steps, mutation, homes };
         let mut total = ConflictCounts::default();
         for offset in 0..seeds {
             let counts = count_conflicts(&options, scale.seed + offset as u64);
@@ -586,12 +586,21 @@ fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
         }
         total
     };
+    let run = |regions: usize, homes: bool, mutation: Option<Mutation>| run_with(regions, Policy::LastWriterWins, homes, mutation);
     let mut cases = Vec::new();
     for regions in [2, 3, 5] {
         cases.push((format!("{regions} regions, any region writes any row"), format!("{regions} regions"), run(regions, false, None)));
     }
     cases.push(("3 regions, home regions, fenced moves".to_string(), "homes, fenced".to_string(), run(3, true, None)));
     cases.push(("3 regions, home regions, naive moves".to_string(), "homes, naive".to_string(), run(3, true, Some(Mutation::NaiveRehome))));
+    // The same concurrency under the other policies (after the verdict's cases).
+    for policy in [Policy::ColumnMerge, Policy::KeepBoth] {
+        cases.push((
+            format!("3 regions, any region writes any row, {}", policy.name()),
+            format!("3 regions, {}", policy.name()),
+            run_with(3, policy, false, None),
+        ));
+    }
     let rates: Vec<f64> = cases.iter().map(|(_, _, counts)| counts.conflicts as f64 / seeds as f64).collect();
     let rows = cases
         .iter()
@@ -615,13 +624,15 @@ fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
              replaces them, and those on record once everything healed are the conflicts counted here. \
              {seeds} seeds of {steps} steps of 10 ms per case. With home regions only a row's home region writes it, and rows move \
              between regions now and then: fenced (the old home stops and hands over its position) or naive (the new home just \
-             starts writing)."
+             starts writing). The last two cases run the 3-region case under the other policies, with the same seeds: \
+             column-merge keeps a row's losing versions per column, keep-both keeps what last writer wins keeps and differs in \
+             what the row shows until someone settles it. (WAN latency is fixed in this simulator; `--real` varies it.)"
         ),
         headers: vec!["case", "writes", "conflicts on record", "per run", "rows moved home"],
         rows,
         plots: vec![Plot {
             title: "Conflicts on record after healing, per run".to_string(),
-            x_label: "topology".to_string(),
+            x_label: "regions writing, and how".to_string(),
             y_label: "conflicts per run".to_string(),
             cases: cases.iter().map(|(_, short, _)| short.clone()).collect(),
             series: vec![("conflicts".to_string(), rates)],

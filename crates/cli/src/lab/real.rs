@@ -19,6 +19,9 @@ use tern_server::client::HttpClient;
 /// eu-west–antarctica 90, one way.
 pub(super) const WAN: &str = "us-east:eu-west=40,us-east:antarctica=75,eu-west:antarctica=90";
 
+/// The same regions a tenth as far apart (rounded up).
+const NEAR_WAN: &str = "us-east:eu-west=4,us-east:antarctica=8,eu-west:antarctica=9";
+
 /// Three processes, one per region in `REGIONS`, on the emulated WAN; removed with
 /// their data when dropped.
 pub(super) struct Cluster {
@@ -32,17 +35,17 @@ impl Cluster {
     pub(super) fn start(purpose: &str, ack: &str, extra: &[&str]) -> Result<Cluster, String> {
         let mut flags = vec!["--ack", ack];
         flags.extend(extra);
-        Cluster::launch(purpose, false, &flags)
+        Cluster::launch(purpose, WAN, false, &flags)
     }
 
-    /// A leader in every region.
-    fn start_multi_leader(purpose: &str) -> Result<Cluster, String> {
-        Cluster::launch(purpose, true, &["--topology", "multi-leader"])
+    /// A leader in every region, the regions `wan` apart.
+    fn start_multi_leader(purpose: &str, wan: &str) -> Result<Cluster, String> {
+        Cluster::launch(purpose, wan, true, &["--topology", "multi-leader"])
     }
 
-    fn launch(purpose: &str, name_regions: bool, extra: &[&str]) -> Result<Cluster, String> {
+    fn launch(purpose: &str, wan: &str, name_regions: bool, extra: &[&str]) -> Result<Cluster, String> {
         let directory = scratch_dir(purpose)?;
-        let mut flags: Vec<String> = ["--wan", WAN, "--election-tick-ms", "60"].iter().map(|flag| flag.to_string()).collect();
+        let mut flags: Vec<String> = ["--wan", wan, "--election-tick-ms", "60"].iter().map(|flag| flag.to_string()).collect();
         flags.extend(extra.iter().map(|flag| flag.to_string()));
         let processes = start_processes_in_regions(&REGIONS, name_regions, &directory, &flags)?;
         let addresses: Vec<String> = processes.iter().map(|process| process.http.clone()).collect();
@@ -378,9 +381,12 @@ pub fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
         cases.push(format!("R={} W={}", figures.r, figures.w));
         shares.push(at_once.0 as f64 * 100.0 / at_once.1.max(1) as f64);
         let by_delay: Vec<String> = figures.stale.iter().map(|(stale, reads)| format!("{stale}/{reads}")).collect();
+        let p50s = |samples: &[Samples]| samples.iter().map(|samples| format!("{:.1}", p50_ms(samples))).collect::<Vec<_>>().join(" · ");
         rows.push(vec![
             format!("R={}, W={}", figures.r, figures.w),
             if strict { "yes" } else { "no" }.to_string(),
+            p50s(&figures.writes),
+            p50s(&figures.reads),
             by_delay.join(" · "),
             format!("{stale} of {reads}"),
         ]);
@@ -389,12 +395,19 @@ pub fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
     Ok(Finding {
         setup: format!(
             "{REAL_SETUP} Leaderless, N=3 (every node holds every row). Per (R, W): each region writes and reads its own rows for \
-             {:.1} s, then {PROBES} probes each write a new value in one region with `w=W` and, {} ms after the acknowledgement, read \
+             {:.1} s (the latencies), then {PROBES} probes each write a new value in one region with `w=W` and, {} ms after the acknowledgement, read \
              it in another with `r=R`. A read is stale when it does not return that value.",
             duration.as_secs_f64(),
             DELAYS_MS.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ")
         ),
-        headers: vec!["quorums", "R + W > N", "stale reads per delay (0 · 10 · 100 · 1000 ms)", "stale in all"],
+        headers: vec![
+            "quorums",
+            "R + W > N",
+            "write p50 ms (us-east · eu-west · antarctica)",
+            "read p50 ms (same)",
+            "stale reads per delay (0 · 10 · 100 · 1000 ms)",
+            "stale in all",
+        ],
         rows,
         plots: vec![Plot {
             title: "Stale reads right after a write, by quorums (N=3, real processes)".to_string(),
@@ -483,8 +496,8 @@ fn settled_conflicts(cluster: &Cluster, table: &str) -> Result<Vec<usize>, Strin
 
 pub fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
     let duration = Duration::from_millis(scale.pick(1_500, 4_000) as u64);
-    let cluster = Cluster::start_multi_leader("lab-real-conflicts")?;
-    let fill = |table: &str, homed: bool| -> Result<(), String> {
+    let cluster = Cluster::start_multi_leader("lab-real-conflicts", WAN)?;
+    let fill = |cluster: &Cluster, table: &str, homed: bool| -> Result<(), String> {
         let create = if homed {
             format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, home TEXT NOT NULL, v TEXT)")
         } else {
@@ -520,13 +533,27 @@ pub fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
     let mut counted = Vec::new();
     let mut agreed = true;
     for (number, (name, table, writers, homed, moves)) in cases.iter().enumerate() {
-        fill(table, *homed)?;
+        fill(&cluster, table, *homed)?;
         let written = contend(&cluster, table, writers, duration, *moves, scale.seed + number as u64)?;
         let conflicts = settled_conflicts(&cluster, table)?;
         agreed &= conflicts.iter().all(|count| *count == conflicts[0]);
         counted.push(conflicts[0]);
         rows.push(vec![name.to_string(), written.to_string(), conflicts[0].to_string(), "yes".to_string()]);
     }
+    drop(cluster);
+    // The 3-region case again with the regions a tenth as far apart.
+    let near = Cluster::start_multi_leader("lab-real-conflicts-near", NEAR_WAN)?;
+    fill(&near, "near", false)?;
+    let written = contend(&near, "near", &[0, 1, 2], duration, false, scale.seed + cases.len() as u64)?;
+    let conflicts = settled_conflicts(&near, "near")?;
+    agreed &= conflicts.iter().all(|count| *count == conflicts[0]);
+    rows.push(vec![
+        "3 regions write every row, a tenth as far apart (4 / 8 / 9 ms)".to_string(),
+        written.to_string(),
+        conflicts[0].to_string(),
+        "yes".to_string(),
+    ]);
+    let near_conflicts = conflicts[0];
     let holds = agreed && counted[0] > 0 && counted[1] > counted[0] && counted[2] == 0 && counted[3] == 0;
     Ok(Finding {
         setup: format!(
@@ -540,12 +567,13 @@ pub fn conflicts_and_home_regions(scale: &Scale) -> Result<Finding, String> {
             title: "Conflicts on record after converging (real processes)".to_string(),
             x_label: "case".to_string(),
             y_label: "conflicts".to_string(),
-            cases: vec!["2 regions".to_string(), "3 regions".to_string(), "homes".to_string(), "homes, moving".to_string()],
-            series: vec![("conflicts".to_string(), counted.iter().map(|count| *count as f64).collect())],
+            cases: vec!["2 regions".to_string(), "3 regions".to_string(), "homes".to_string(), "homes, moving".to_string(), "3 regions, near".to_string()],
+            series: vec![("conflicts".to_string(), counted.iter().chain([&near_conflicts]).map(|count| *count as f64).collect())],
         }],
         holds,
         verdict: format!(
-            "{} conflict(s) with 2 regions writing every row, {} with 3; {} with home regions, {} with rows moving home (fenced)",
+            "{} conflict(s) with 2 regions writing every row, {} with 3 ({near_conflicts} with the regions a tenth as far apart); {} with \
+             home regions, {} with rows moving home (fenced)",
             counted[0], counted[1], counted[2], counted[3]
         ),
         not_measured: None,
