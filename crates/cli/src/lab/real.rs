@@ -43,7 +43,7 @@ impl Cluster {
         Cluster::launch(purpose, wan, true, &["--topology", "multi-leader"])
     }
 
-    fn launch(purpose: &str, wan: &str, name_regions: bool, extra: &[&str]) -> Result<Cluster, String> {
+    pub(super) fn launch(purpose: &str, wan: &str, name_regions: bool, extra: &[&str]) -> Result<Cluster, String> {
         let directory = scratch_dir(purpose)?;
         let mut flags: Vec<String> = ["--wan", wan, "--election-tick-ms", "60"].iter().map(|flag| flag.to_string()).collect();
         flags.extend(extra.iter().map(|flag| flag.to_string()));
@@ -172,26 +172,79 @@ pub fn sync_waits_for_the_slowest(scale: &Scale) -> Result<Finding, String> {
         p99s.push(p99);
         rows.push(vec![name.to_string(), samples.len().to_string(), format!("{:.1}", p50_ms(&samples)), format!("{p99:.1}")]);
     }
+    drop(cluster);
     let (one, majority, in_sync, all) = (p50s[0], p50s[1], p50s[2], p50s[3]);
-    let holds = one < majority && majority < in_sync && majority < all;
+    // Then Antarctica, the slowest follower, farther and farther away.
+    // From 50 ms on, eu-west (40 ms) stays the nearest follower: a majority waits for it.
+    let distances: Vec<u64> = if scale.quick { vec![50, 200] } else { vec![50, 100, 200, 300] };
+    let moving_cases = [("w=1", "1"), ("majority", "majority"), ("sync", "sync")];
+    let mut by_distance: Vec<Vec<f64>> = vec![Vec::new(); moving_cases.len()];
+    for &distance in &distances {
+        let wan = format!("us-east:eu-west=40,us-east:antarctica={distance},eu-west:antarctica={distance}");
+        let cluster = Cluster::launch("lab-real-acks-far", &wan, false, &["--ack", "semi-sync"])?;
+        let leader = cluster.leader()?;
+        if REGIONS[leader] == "antarctica" {
+            return Err("the leader was elected in antarctica, the follower this measurement moves away: run it again".to_string());
+        }
+        let mut client = cluster.client(leader);
+        post(&mut client, "/db/execute?w=all", &json!(["CREATE TABLE ticks (id INTEGER PRIMARY KEY AUTOINCREMENT, w TEXT)"]))?;
+        let mut cells = vec![format!("antarctica {distance} ms away")];
+        for (index, (_, w)) in moving_cases.iter().enumerate() {
+            let samples = timed(writes / 2, &mut client, |client| {
+                post(client, &format!("/db/execute?w={w}"), &json!([["INSERT INTO ticks (w) VALUES (?)", w]])).map(drop)
+            })?;
+            by_distance[index].push(p50_ms(&samples));
+            cells.push(format!("{:.1}", p50_ms(&samples)));
+        }
+        rows.push(vec![
+            cells[0].clone(),
+            format!("{} per w", writes / 2),
+            format!("w=1 {} · majority {} · sync {}", cells[1], cells[2], cells[3]),
+            "-".to_string(),
+        ]);
+    }
+    let (nearest, farthest) = (distances[0] as f64, distances[distances.len() - 1] as f64);
+    let grew = |series: &[f64]| series[series.len() - 1] - series[0];
+    // sync follows the slowest follower (two crossings more per ms it moves away); a
+    // majority (the nearest follower, eu-west) and one copy do not (within 20 ms).
+    let follows_the_slowest = grew(&by_distance[2]) >= farthest - nearest && grew(&by_distance[1]).abs() < 20.0 && grew(&by_distance[0]).abs() < 20.0;
+    let holds = one < majority && majority < in_sync && majority < all && follows_the_slowest;
     Ok(Finding {
         setup: format!(
             "{REAL_SETUP} The leader in {}; a client beside it sends {writes} single-row writes per case, one after another, each \
-             asking with `w=` for the copies it waits for.",
-            REGIONS[leader]
+             asking with `w=` for the copies it waits for. Then, on a cluster per distance, Antarctica (the slowest follower) is \
+             put {} ms one way from us-east, and {} writes per `w=` are timed the same way.",
+            REGIONS[leader],
+            distances.iter().map(u64::to_string).collect::<Vec<_>>().join(" / "),
+            writes / 2
         ),
         headers: vec!["a write waits for", "writes", "latency p50 ms", "latency p99 ms"],
         rows,
-        plots: vec![Plot {
-            title: "Write latency by the copies a write waits for, real processes".to_string(),
-            x_label: "copies waited for".to_string(),
-            y_label: "latency (ms)".to_string(),
-            cases: cases.iter().map(|(_, w)| format!("w={w}")).collect(),
-            series: vec![("p50".to_string(), p50s), ("p99".to_string(), p99s)],
-        }],
+        plots: vec![
+            Plot {
+                title: "Write latency by the copies a write waits for, real processes".to_string(),
+                x_label: "copies waited for".to_string(),
+                y_label: "latency (ms)".to_string(),
+                cases: cases.iter().map(|(_, w)| format!("w={w}")).collect(),
+                series: vec![("p50".to_string(), p50s), ("p99".to_string(), p99s)],
+            },
+            Plot {
+                title: "Write latency as the slowest follower moves away (real processes)".to_string(),
+                x_label: "one-way latency from the leader to Antarctica (ms)".to_string(),
+                y_label: "write latency p50 (ms)".to_string(),
+                cases: distances.iter().map(u64::to_string).collect(),
+                series: moving_cases.iter().zip(by_distance.iter()).map(|((name, _), series)| (name.to_string(), series.clone())).collect(),
+            },
+        ],
         holds,
         verdict: format!(
-            "p50 {one:.1} ms with one copy, {majority:.1} ms with a majority, {in_sync:.1} ms with every in-sync follower, {all:.1} ms with all three"
+            "p50 {one:.1} ms with one copy, {majority:.1} ms with a majority, {in_sync:.1} ms with every in-sync follower, {all:.1} ms \
+             with all three; as Antarctica moved from {nearest:.0} to {farthest:.0} ms away, sync writes went from {:.1} to {:.1} ms, \
+             majority writes from {:.1} to {:.1} ms",
+            by_distance[2][0],
+            by_distance[2][by_distance[2].len() - 1],
+            by_distance[1][0],
+            by_distance[1][by_distance[1].len() - 1]
         ),
         not_measured: None,
     })
@@ -233,30 +286,60 @@ pub fn stale_follower_reads(scale: &Scale) -> Result<Finding, String> {
         }
     }
     let holds = stale[0] > 0 && stale[1] == 0 && stale[2] == 0;
-    let rows = levels
+    let mut rows: Vec<Vec<String>> = levels
         .iter()
         .enumerate()
-        .map(|(index, level)| vec![format!("`{level}`"), rounds.to_string(), stale[index].to_string(), format!("{:.1}", p50_ms(&latency[index]))])
+        .map(|(index, level)| vec![format!("`{level}` at once"), rounds.to_string(), stale[index].to_string(), format!("{:.1}", p50_ms(&latency[index]))])
         .collect();
+    // How long a follower stays behind: `none` reads made a while after the write.
+    let delays = [0u64, 25, 50, 100, 200];
+    let per_delay = scale.pick(5, 20);
+    let mut share = Vec::new();
+    let mut value = rounds as i64;
+    for delay in delays {
+        let mut behind = 0;
+        for _ in 0..per_delay {
+            value += 1;
+            post(&mut writer, "/db/execute", &json!([["UPDATE counter SET v = ? WHERE id = 1", value]]))?;
+            std::thread::sleep(Duration::from_millis(delay));
+            behind += usize::from(counter(&mut reader, "none")? < value);
+        }
+        share.push(behind as f64 * 100.0 / per_delay as f64);
+        rows.push(vec![format!("`none` {delay} ms after"), per_delay.to_string(), behind.to_string(), "-".to_string()]);
+    }
     Ok(Finding {
         setup: format!(
             "{REAL_SETUP} Async, the leader in {}. {rounds} times: a client beside the leader sets a counter to the next value \
              and, once that write is acknowledged, a client in {} reads it at each level, `none` first. A read is stale when it \
-             returns an older value. (Under semi-sync on this WAN no read here is stale: the far follower holds each write before \
-             the nearer one's acknowledgement reaches the leader, and a follower applies what it receives.)",
+             returns an older value. Then {per_delay} writes per delay, each read at `none` that long after its acknowledgement: \
+             how long the follower stays behind. (Under semi-sync on this WAN no read here is stale: the far follower holds each \
+             write before the nearer one's acknowledgement reaches the leader, and a follower applies what it receives.)",
             REGIONS[leader], REGIONS[far]
         ),
         headers: vec!["read level", "reads", "stale", "latency p50 ms"],
         rows,
-        plots: vec![Plot {
-            title: format!("Stale reads right after a write, from {} (real processes)", REGIONS[far]),
-            x_label: "read level".to_string(),
-            y_label: "stale reads".to_string(),
-            cases: levels.iter().map(|level| level.to_string()).collect(),
-            series: vec![("stale".to_string(), stale.iter().map(|count| *count as f64).collect())],
-        }],
+        plots: vec![
+            Plot {
+                title: format!("Stale reads right after a write, from {} (real processes)", REGIONS[far]),
+                x_label: "read level".to_string(),
+                y_label: "stale reads".to_string(),
+                cases: levels.iter().map(|level| level.to_string()).collect(),
+                series: vec![("stale".to_string(), stale.iter().map(|count| *count as f64).collect())],
+            },
+            Plot {
+                title: format!("Stale `none` reads from {} by time since the write", REGIONS[far]),
+                x_label: "time since the write was acknowledged (ms)".to_string(),
+                y_label: "stale reads (%)".to_string(),
+                cases: delays.iter().map(u64::to_string).collect(),
+                series: vec![("stale".to_string(), share.clone())],
+            },
+        ],
         holds,
-        verdict: format!("{} of {rounds} `none` reads were stale, {} `strong` and {} `linearizable`", stale[0], stale[1], stale[2]),
+        verdict: format!(
+            "{} of {rounds} `none` reads were stale, {} `strong` and {} `linearizable`; `none` reads were stale {:.0}% of the time at \
+             once, {:.0}% 100 ms after the write and {:.0}% 200 ms after",
+            stale[0], stale[1], stale[2], share[0], share[3], share[4]
+        ),
         not_measured: None,
     })
 }
