@@ -451,7 +451,20 @@ pub fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
     let mut rows = Vec::new();
     let (mut cases, mut shares) = (Vec::new(), Vec::new());
     let (mut overlapping_stale, mut smaller_stale, mut errors) = (0, 0, 0);
+    // A write that waits for a second copy crosses the WAN and back at least: faster means
+    // the emulated delay was missing from a link, and the run measured no WAN at all.
+    let wan = tern_server::config::WanLatency::parse(WAN)?;
+    let round_trip_ms = |region: &str| {
+        let nearest = REGIONS.iter().filter(|other| **other != region).map(|other| wan.one_way(region, other)).min().unwrap_or_default();
+        2.0 * nearest.as_secs_f64() * 1_000.0
+    };
+    let mut too_fast = Vec::new();
     for figures in &measured {
+        for (region, writes) in REGIONS.iter().zip(&figures.writes) {
+            if figures.w >= 2 && p50_ms(writes) < round_trip_ms(region) {
+                too_fast.push(format!("W={} in {region}: {:.1} ms, under the {:.0}-ms round trip", figures.w, p50_ms(writes), round_trip_ms(region)));
+            }
+        }
         let (stale, reads) = figures.stale.iter().fold((0, 0), |(stale, reads), (s, r)| (stale + s, reads + r));
         let strict = figures.r + figures.w > figures.n;
         if strict {
@@ -473,6 +486,9 @@ pub fn leaderless_quorums(scale: &Scale) -> Result<Finding, String> {
             by_delay.join(" · "),
             format!("{stale} of {reads}"),
         ]);
+    }
+    if !too_fast.is_empty() {
+        return Err(format!("the emulated WAN was not in effect: {}", too_fast.join("; ")));
     }
     let holds = overlapping_stale == 0 && smaller_stale > 0;
     Ok(Finding {

@@ -234,14 +234,17 @@ impl Leaderless {
         let mut outbound = self.outbound.lock().expect("outbound lock");
         // A link dropped here still writes what was queued on it, then closes.
         outbound.retain(|peer, _| members.members.iter().any(|member| member.id == *peer));
-        for member in &members.members {
-            if member.id != self.config.id && !outbound.contains_key(&member.id) {
-                let (sender, queue) = mpsc::unbounded_channel();
-                outbound.insert(member.id.clone(), sender);
-                self.runtime.spawn(peers::outbound_loop(self.clone(), member.id.clone(), member.addr, queue));
-            }
-        }
+        let new: Vec<Member> = members.members.iter().filter(|member| member.id != self.config.id && !outbound.contains_key(&member.id)).cloned().collect();
+        // The members first: a new link looks up its peer's region (for the emulated WAN
+        // delay) as it starts, and one started before found none and sent undelayed for
+        // its whole life (`tern lab --real` saw a leaderless pair of regions 75 ms apart
+        // answer in 1.4 ms).
         *self.members.lock().expect("members lock") = members;
+        for member in new {
+            let (sender, queue) = mpsc::unbounded_channel();
+            outbound.insert(member.id.clone(), sender);
+            self.runtime.spawn(peers::outbound_loop(self.clone(), member.id, member.addr, queue));
+        }
     }
 
     fn wan_delay(&self, peer: &str) -> std::time::Duration {
