@@ -272,8 +272,8 @@ pub struct Node {
     pending_writes: AtomicUsize,
     /// Pooled read-only connections, each with the reader generation it was opened in.
     readers: Mutex<Vec<(u64, Reader)>>,
-    /// SQL texts of reads that ran over the inline budget (see `read_inline`).
-    slow_reads: Mutex<std::collections::HashSet<String>>,
+    /// SQL texts of reads that ran over the inline budget lately (see `read_inline`).
+    slow_reads: Mutex<reads::SlowReads>,
     /// Bumped when a snapshot replaces the database file: older readers are discarded.
     reader_generation: Arc<AtomicU64>,
     forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
@@ -377,7 +377,7 @@ impl Node {
             outbound: Mutex::new(BTreeMap::new()),
             pending_writes: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
-            slow_reads: Mutex::new(std::collections::HashSet::new()),
+            slow_reads: Mutex::new(reads::SlowReads::default()),
             reader_generation: reader_generation.clone(),
             forwards: Mutex::new(HashMap::new()),
             next_forward_id: AtomicU64::new(1),

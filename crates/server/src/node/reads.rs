@@ -128,16 +128,12 @@ impl Node {
     /// Serves a short read on this async worker, with no hop to a blocking thread (which
     /// costs more than a read by key itself): on a pooled reader, within
     /// `INLINE_READ_BUDGET`. `None` when no reader is pooled, when these statements ran
-    /// over the budget before (they go to a blocking thread from then on), or when they
-    /// do now (then they are run again there: a read changes nothing). A worker is thus
-    /// held at most about the budget by any read.
+    /// over the budget lately (they go to a blocking thread for a while, see
+    /// `SlowReads`), or when they do now (then they are run again there: a read changes
+    /// nothing). A worker is thus held at most about the budget by any read.
     fn read_inline(&self, statements: &[Statement], position: bool) -> Option<(ReadReply, u64)> {
-        {
-            // The key is built only when some read has been slow: most nodes never see one.
-            let slow = self.slow_reads.lock().expect("slow reads lock");
-            if !slow.is_empty() && slow.contains(&inline_key(statements)) {
-                return None;
-            }
+        if self.slow_reads.lock().expect("slow reads lock").demoted(statements, Instant::now()) {
+            return None;
         }
         let generation = self.reader_generation.load(Ordering::Acquire);
         let reader = self.pooled_reader(generation)?;
@@ -146,12 +142,7 @@ impl Node {
         match outcome {
             Ok(Some((results, observed))) => Some((ReadReply { results, error: None }, observed)),
             Ok(None) => {
-                let mut slow = self.slow_reads.lock().expect("slow reads lock");
-                // Bounded: a client sending ever new slow texts only resets the memory.
-                if slow.len() >= 4096 {
-                    slow.clear();
-                }
-                slow.insert(inline_key(statements));
+                self.slow_reads.lock().expect("slow reads lock").demote(statements, Instant::now());
                 None
             }
             Err(error) => Some((read_error(500, error.to_string()), 0)),
@@ -312,7 +303,53 @@ pub(super) fn read_error(status: u16, message: impl Into<String>) -> ReadReply {
 /// (a read by key takes a few microseconds; a scan of thousands of rows, milliseconds).
 const INLINE_READ_BUDGET: Duration = Duration::from_micros(500);
 
-/// What identifies a read for `slow_reads`: its SQL texts, in order.
+/// Reads that ran over `INLINE_READ_BUDGET`, by their SQL texts, each with the time it
+/// may be tried inline again.
+///
+/// A demotion lasts `SLOW_READ_RETRY`, not for good: the budget is wall-clock time, and
+/// a worker preempted in the middle of a read by key (common on a busy 2-core machine)
+/// overruns it as surely as a scan does. A permanent demotion sent a hot read by key to a
+/// blocking thread for the rest of the process's life, at 40% of its throughput (32k
+/// reads/s before one `perf record` on the follower, 13k after). A read that really is
+/// slow costs a worker one budget per `SLOW_READ_RETRY` this way.
+#[derive(Default)]
+pub(super) struct SlowReads {
+    until: HashMap<String, Instant>,
+}
+
+const SLOW_READ_RETRY: Duration = Duration::from_secs(1);
+
+impl SlowReads {
+    /// Whether `statements` go to a blocking thread now; an expired demotion is forgotten.
+    fn demoted(&mut self, statements: &[Statement], now: Instant) -> bool {
+        // The key is built only when some read has been slow: most nodes never see one.
+        if self.until.is_empty() {
+            return false;
+        }
+        let key = inline_key(statements);
+        match self.until.get(&key) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.until.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn demote(&mut self, statements: &[Statement], now: Instant) {
+        // Bounded: a client sending ever new slow texts only resets the memory.
+        if self.until.len() >= 4096 {
+            self.until.retain(|_, until| now < *until);
+            if self.until.len() >= 4096 {
+                self.until.clear();
+            }
+        }
+        self.until.insert(inline_key(statements), now + SLOW_READ_RETRY);
+    }
+}
+
+/// What identifies a read for `SlowReads`: its SQL texts, in order.
 fn inline_key(statements: &[Statement]) -> String {
     let mut key = String::new();
     for statement in statements {
@@ -320,4 +357,37 @@ fn inline_key(statements: &[Statement]) -> String {
         key.push('\0');
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_read_goes_to_a_blocking_thread_for_a_while_not_for_good() {
+        let scan = [Statement::new("SELECT count(*) FROM t")];
+        let by_key = [Statement::new("SELECT v FROM t WHERE k = ?")];
+        let start = Instant::now();
+        let mut slow = SlowReads::default();
+        assert!(!slow.demoted(&scan, start));
+        slow.demote(&scan, start);
+        assert!(slow.demoted(&scan, start));
+        assert!(slow.demoted(&scan, start + SLOW_READ_RETRY - Duration::from_millis(1)));
+        assert!(!slow.demoted(&by_key, start), "only the texts that ran over");
+        assert!(!slow.demoted(&scan, start + SLOW_READ_RETRY), "tried inline again after the retry period");
+        assert!(slow.until.is_empty(), "an expired demotion is forgotten");
+    }
+
+    #[test]
+    fn the_memory_of_slow_reads_is_bounded() {
+        let start = Instant::now();
+        let mut slow = SlowReads::default();
+        for n in 0..5000 {
+            slow.demote(&[Statement::new(format!("SELECT {n}"))], start);
+            assert!(slow.until.len() <= 4096);
+        }
+        slow.demote(&[Statement::new("SELECT 'late'")], start + SLOW_READ_RETRY);
+        assert!(slow.until.len() <= 4096);
+        assert!(slow.demoted(&[Statement::new("SELECT 'late'")], start + SLOW_READ_RETRY));
+    }
 }
