@@ -93,6 +93,25 @@ fn semi_sync_acknowledges_when_one_follower_of_three_has_it_durably() {
 }
 
 #[test]
+fn a_write_that_changed_nothing_waits_for_the_copies_of_the_entry_it_saw() {
+    // Entry 1 is on the leader alone when a write that changed nothing saw it: the write
+    // is handed in with no entry of its own, and is done only once a follower holds 1.
+    let mut replica = leader(AckMode::SemiSync);
+    replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckRequirement::Majority)] }, 10);
+    drain(&mut replica);
+    replica.handle(Event::LeaderAppended { entries: vec![], waiters: vec![(8, 1, AckRequirement::Majority), (9, 1, AckRequirement::Nodes(1))] }, 15);
+    assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 9, result: Ok(Position::new(1, 1)) }], "w=1: the leader's own copy is enough");
+    replica.handle(Event::Message { from: "n2".into(), message: ack(1, 0) }, 20);
+    assert_eq!(
+        drain(&mut replica),
+        vec![Output::WriteDone { tag: 7, result: Ok(Position::new(1, 1)) }, Output::WriteDone { tag: 8, result: Ok(Position::new(1, 1)) }]
+    );
+    // Once a majority holds it, a later write that changes nothing is done at once.
+    replica.handle(Event::LeaderAppended { entries: vec![], waiters: vec![(10, 1, AckRequirement::Majority)] }, 30);
+    assert_eq!(drain(&mut replica), vec![Output::WriteDone { tag: 10, result: Ok(Position::new(1, 1)) }]);
+}
+
+#[test]
 fn async_acknowledges_on_the_leaders_own_durable_commit() {
     let mut replica = leader(AckMode::Async);
     replica.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: vec![(7, 1, AckMode::Async.requirement())] }, 10);

@@ -25,7 +25,9 @@ pub enum Event {
         entries: Vec<Entry>,
     },
     /// Leader: these entries committed durably here (whether or not `LeaderWrote` handed
-    /// them in before); `waiters` are `(tag, index, requirement)`.
+    /// them in before); `waiters` are `(tag, index, requirement)`. A waiter's index may be
+    /// an earlier entry's, with no entries handed in: a write that changed nothing waits
+    /// for the last entry it saw.
     LeaderAppended {
         entries: Vec<Entry>,
         waiters: Vec<(u64, u64, AckRequirement)>,

@@ -68,7 +68,9 @@ impl Leader {
                     continue;
                 }
             }
-            let position = Position::new(s.epoch, index);
+            // A write that changed nothing waits for the entry it saw, which may be an
+            // earlier epoch's.
+            let position = Position::new(s.epoch_at(index).unwrap_or(s.epoch), index);
             self.writes.push(WriteWaiter { tag, position, requirement, deadline: now + s.config.write_timeout_us });
         }
         self.replicate_to_all(s, now);

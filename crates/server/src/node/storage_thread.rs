@@ -271,6 +271,12 @@ impl StorageContext {
                 }
             }
             Ok(Executed::Committed(outcome)) => {
+                // What a request that changed nothing saw: the batch's entry if the batch
+                // made one, else every entry this node holds. It waits, as a write that
+                // changed something does, until that is on as many nodes as it asked for:
+                // answered at once, a rewrite of a value only the leader held yet was
+                // acknowledged though a crash of the leader could still take it back.
+                let seen = outcome.entry.as_ref().map_or(self.engine.last().index, |entry| entry.index);
                 let mut writes = Vec::new();
                 for (number, ((results, changed), (_, requirement, reply))) in outcome.results.into_iter().zip(outcome.changed).zip(batch).enumerate() {
                     if let Some(home) = outcome.homed_elsewhere.get(number).cloned().flatten() {
@@ -278,21 +284,15 @@ impl StorageContext {
                         let _ = reply.send(WriteReply { results, position: None, error: Some(RequestError::homed_in(&home)), region_write: None });
                         continue;
                     }
-                    match &outcome.entry {
-                        Some(entry) if changed => writes.push(PendingWrite {
-                            index: entry.index,
-                            region_write: outcome.region_writes.first().map(|write| write.dot.clone()),
-                            requirement,
-                            results,
-                            reply,
-                        }),
-                        _ => {
-                            let _ = reply.send(WriteReply { results, position: None, error: None, region_write: None });
-                        }
-                    }
+                    let region_write = if changed { outcome.region_writes.first().map(|write| write.dot.clone()) } else { None };
+                    writes.push(PendingWrite { index: seen, region_write, requirement, results, reply });
                 }
-                if let Some(entry) = outcome.entry {
-                    self.appended(entry, writes, outcome.region_writes);
+                match outcome.entry {
+                    Some(entry) => self.appended(entry, writes, outcome.region_writes),
+                    None if !writes.is_empty() => {
+                        let _ = self.events.send(Event::Appended { entries: Vec::new(), writes, region_writes: Vec::new() });
+                    }
+                    None => {}
                 }
             }
             Err(error) => {
