@@ -233,6 +233,10 @@ pub struct ServerArgs {
     /// Largest accepted request body, in bytes (larger requests get 413).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// After answering an HTTP read, keep polling for the next request this many
+    /// microseconds before sleeping (waking a core costs more than a read by key); 0: sleep at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    idle_poll_us: u64,
     /// Log entries kept after compaction; followers further behind receive a snapshot.
     #[arg(long, default_value_t = 100_000)]
     log_retain: u64,
@@ -467,6 +471,7 @@ impl ServerArgs {
             wan: WanLatency::parse(&self.wan)?,
             regions,
             max_body_bytes: self.max_body_bytes,
+            idle_poll: Duration::from_micros(self.idle_poll_us),
             log_retain: self.log_retain.max(1),
             region_log_retain: self.region_log_retain,
             tail_cache_bytes: self.tail_cache_mib << 20,

@@ -588,3 +588,24 @@ fn a_write_that_changes_nothing_waits_for_the_copies_of_what_it_saw() {
     cluster.nodes[paused].signal("CONT");
     eventually(LONG, "the rewrite to be acknowledged by every node once the follower is back", || put(&mut leader, "?w=all", "b").status == 200);
 }
+
+/// After answering a read a node polls for the next request for `--idle-poll-us` (here
+/// the default, 100 us), then sleeps: one that served a burst of reads uses next to no
+/// CPU once they stop. A poller that never stopped would use a whole core.
+#[test]
+fn a_node_stops_polling_for_requests_once_reads_stop() {
+    let cluster = Cluster::start("idle-poll", 1, &[]);
+    let node = &cluster.nodes[0];
+    let mut client = node.client();
+    let reply = execute(&mut client, "", json!(["CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv VALUES (1, 'one')"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for _ in 0..500 {
+        assert_eq!(rows(&query(&mut client, "SELECT v FROM kv WHERE k = 1", "level=none")), vec![json!(["one"])]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = node.cpu_ticks().expect("the node's CPU time is readable");
+    std::thread::sleep(Duration::from_secs(2));
+    let used = node.cpu_ticks().expect("the node's CPU time is readable") - before;
+    // Idle, a node uses about 2 ticks in 2 s (its timers); polling without end, 200.
+    assert!(used < 40, "an idle node used {used} ticks of CPU in 2 s after serving reads");
+}

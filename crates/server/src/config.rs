@@ -27,6 +27,9 @@ pub struct NodeConfig {
     pub regions: BTreeMap<NodeId, String>,
     /// Requests with larger bodies are refused with 413.
     pub max_body_bytes: usize,
+    /// After answering an HTTP read, keep one async worker polling for the next request
+    /// this long before it sleeps (`idle_poll`); zero: sleep at once.
+    pub idle_poll: std::time::Duration,
     /// Log entries kept after compaction; a follower further behind gets a snapshot.
     pub log_retain: u64,
     /// Multi-leader: writes kept per origin in the region log beyond what every region
@@ -118,6 +121,7 @@ impl NodeConfig {
             wan: WanLatency::default(),
             regions: BTreeMap::from([(id.to_string(), region.to_string())]),
             max_body_bytes: 8 << 20,
+            idle_poll: std::time::Duration::from_micros(100),
             log_retain: 100_000,
             region_log_retain: 100_000,
             tail_cache_bytes: 64 << 20,

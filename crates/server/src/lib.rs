@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod device;
 pub mod http;
+pub mod idle_poll;
 pub mod leaderless;
 pub mod metrics;
 pub mod node;

@@ -68,6 +68,16 @@ impl ServerNode {
         self.child.as_mut().is_some_and(|child| child.try_wait().expect("wait works").is_none())
     }
 
+    /// CPU time the process has used (user and system), from /proc (Linux), in clock
+    /// ticks (1/100 s).
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name, which may hold spaces, in parentheses.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
     /// The process's resident memory, from /proc (Linux), in bytes.
     pub fn rss_bytes(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();

@@ -24,6 +24,7 @@ pub fn leaderless_router(node: Arc<Leaderless>) -> Router {
         .route("/readyz", get(|| async { "[+]node ok\n" }))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authorize_leaderless))
+        .layer(axum::middleware::from_fn_with_state(crate::idle_poll::IdlePoll::start(node.config.idle_poll), super::after_read))
         .with_state(node)
 }
 

@@ -73,7 +73,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(with_version_header))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(crate::idle_poll::IdlePoll::start(node.config.idle_poll), after_read))
         .with_state(node)
+}
+
+/// `--idle-poll-us`: after answering a read, poll for the next request a while before
+/// the worker sleeps. Not after writes: a writer's next request comes a commit later,
+/// and polling meanwhile only takes a core from the commit's own threads.
+async fn after_read(State(poll): State<Option<Arc<crate::idle_poll::IdlePoll>>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let read = request.uri().path() == "/db/query";
+    let response = next.run(request).await;
+    if let (true, Some(poll)) = (read, &poll) {
+        poll.answered();
+    }
+    response
 }
 
 /// With `--auth`: who the caller is (HTTP basic auth) and whether they may make this
