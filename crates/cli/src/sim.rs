@@ -63,6 +63,11 @@ pub struct SimArgs {
     /// and that no non-voter votes or leads.
     #[arg(long, requires = "failover")]
     placement: bool,
+    /// One write in five changes nothing (its rows already hold what it writes): it
+    /// makes no log entry, and is acknowledged once the last entry it saw has the copies
+    /// it asked for; a checker requires that entry to survive as a write's would.
+    #[arg(long)]
+    rewrites: bool,
 }
 
 pub fn run(args: SimArgs) -> Result<(), String> {
@@ -77,6 +82,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         log_format: tern_core::LogFormat::from(args.log_format).name().to_string(),
         failover: args.failover,
         placement: args.placement,
+        rewrites: args.rewrites,
     };
     if args.trace.is_some() && args.seeds != 1 {
         return Err("--trace needs --seeds 1".to_string());
@@ -145,6 +151,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
                         destroyed_disks: 0,
                         replaced_nodes: 0,
                         leader_below_top_at_heal: false,
+                        rewrites_acknowledged: 0,
                         trace: None,
                     }
                 });
@@ -207,6 +214,10 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     if options.placement {
         let moved_back = reports.iter().filter(|report| report.leader_below_top_at_heal).count();
         println!("placement: in {moved_back} seeds no voter of the highest priority led when the faults healed, and leadership had to move back to one");
+    }
+    if options.rewrites {
+        let acknowledged: usize = reports.iter().map(|report| report.rewrites_acknowledged).sum();
+        println!("rewrites: {acknowledged} writes that changed nothing were acknowledged, each on the last entry it saw");
     }
     if args.expect_loss {
         if seeds_with_loss == 0 {

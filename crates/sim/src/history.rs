@@ -4,8 +4,22 @@ use tern_core::{AckRequirement, Micros, Position, ReadLevel};
 
 #[derive(Clone, Debug)]
 pub enum OpKind {
-    Write { write_id: u64, key: u8, requirement: AckRequirement },
-    Read { key: u8, level: ReadLevel, after: Position },
+    Write {
+        write_id: u64,
+        key: u8,
+        requirement: AckRequirement,
+    },
+    /// A write that changes nothing (`--rewrites`): the leader's rows already hold what
+    /// it writes, so it makes no entry; acknowledged, its position is the last entry the
+    /// leader had written when it ran, which must then survive as a write's would.
+    Rewrite {
+        requirement: AckRequirement,
+    },
+    Read {
+        key: u8,
+        level: ReadLevel,
+        after: Position,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

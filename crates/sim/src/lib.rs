@@ -86,11 +86,23 @@ pub struct Options {
     /// are non-voters. A checker then requires that after healing the leader is a voter
     /// of the highest priority, and that no non-voter ever voted or led.
     pub placement: bool,
+    /// One write in five changes nothing (`OpKind::Rewrite`). Off by default: drawing
+    /// them changes every seed's history.
+    pub rewrites: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { nodes: 3, ack: AckMode::SemiSync, faults: Faults::All, steps: 200, log_format: "row".to_string(), failover: false, placement: false }
+        Options {
+            nodes: 3,
+            ack: AckMode::SemiSync,
+            faults: Faults::All,
+            steps: 200,
+            log_format: "row".to_string(),
+            failover: false,
+            placement: false,
+            rewrites: false,
+        }
     }
 }
 
@@ -106,6 +118,7 @@ impl Options {
             self.steps,
             if self.failover { " --failover" } else { "" }
         ) + if self.placement { " --placement" } else { "" }
+            + if self.rewrites { " --rewrites" } else { "" }
     }
 }
 
@@ -123,6 +136,8 @@ pub struct SeedReport {
     /// Placement: when every fault healed, no voter of the highest priority led (so
     /// leadership had to move back for the seed to pass).
     pub leader_below_top_at_heal: bool,
+    /// With `rewrites`: writes that changed nothing and were acknowledged on an entry.
+    pub rewrites_acknowledged: usize,
     pub trace: Option<String>,
 }
 
@@ -150,6 +165,11 @@ pub fn run_seed(options: &Options, seed: u64, keep_trace: bool) -> SeedReport {
         destroyed_disks: world.destroyed_disks,
         replaced_nodes: world.replaced_disks,
         leader_below_top_at_heal: world.leader_below_top_at_heal,
+        rewrites_acknowledged: world
+            .history
+            .iter()
+            .filter(|op| matches!((&op.kind, &op.outcome), (history::OpKind::Rewrite { .. }, history::Outcome::WriteOk(position)) if position.index > 0))
+            .count(),
         trace: world.trace().map(str::to_string),
     }
 }

@@ -103,7 +103,7 @@ pub fn all() -> Vec<Experiment> {
 }
 
 fn simulated(ack: AckMode, faults: Faults, steps: usize) -> Options {
-    Options { nodes: 3, ack, faults, steps, log_format: "row".to_string(), failover: true, placement: false }
+    Options { nodes: 3, ack, faults, steps, log_format: "row".to_string(), failover: true, placement: false, rewrites: false }
 }
 
 fn per_thousand(part: usize, whole: usize) -> String {

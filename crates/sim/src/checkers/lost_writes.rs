@@ -1,6 +1,7 @@
 //! Checker 1, "no acknowledged write lost": every write acknowledged with a requirement
 //! that promises a majority of durable copies (`semi-sync`, `sync`, `w=majority`,
-//! `w=all`) is in every node's log once the cluster has healed and settled.
+//! `w=all`) is in every node's log once the cluster has healed and settled; so is the
+//! entry an acknowledged write that changed nothing saw (`--rewrites`).
 //!
 //! Checker 6, "async honesty", reads the same data: writes acknowledged with fewer copies
 //! (`w=1`, the `async` default) that are missing are counted separately. They may be lost
@@ -26,6 +27,17 @@ pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) ->
     let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.entries().iter().map(|entry| write_id(&entry.payload)).collect()).collect();
     let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
     for op in history {
+        if let (OpKind::Rewrite { requirement }, Outcome::WriteOk(position)) = (&op.kind, &op.outcome) {
+            // What it saw must survive as a write acknowledged there would.
+            let missing: Vec<&str> = nodes.iter().filter(|node| !holds(node, *position)).map(|node| node.id.as_str()).collect();
+            if position.index > 0 && !missing.is_empty() && is_durable_requirement(*requirement, members) {
+                result.violations.push(format!(
+                    "an acknowledged write that changed nothing ({requirement:?}) saw entry {position}, which is missing on {}",
+                    missing.join(", ")
+                ));
+            }
+            continue;
+        }
         let (OpKind::Write { write_id: id, requirement, .. }, Outcome::WriteOk(position)) = (&op.kind, &op.outcome) else { continue };
         let missing: Vec<&str> = nodes.iter().zip(&held).filter(|(_, ids)| !ids.contains(id)).map(|(node, _)| node.id.as_str()).collect();
         if missing.is_empty() {
@@ -44,6 +56,11 @@ pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) ->
         }
     }
     result
+}
+
+/// Whether the node's log holds the entry at `position` (the same epoch at that index).
+fn holds(node: &Node, position: tern_core::Position) -> bool {
+    node.disk.entries().iter().any(|entry| entry.index == position.index && entry.epoch == position.epoch)
 }
 
 pub fn write_id(payload: &[u8]) -> u64 {

@@ -470,6 +470,7 @@ pub fn run_leaderless_seed(options: &LeaderlessOptions, seed: u64, keep_trace: b
         destroyed_disks: usize::from(world.wiped.is_some()),
         replaced_nodes: 0,
         leader_below_top_at_heal: false,
+        rewrites_acknowledged: 0,
         trace: world.trace.take(),
     }
 }

@@ -405,6 +405,7 @@ pub fn run_regions_seed(options: &RegionOptions, seed: u64, keep_trace: bool) ->
         destroyed_disks: 0,
         replaced_nodes: 0,
         leader_below_top_at_heal: false,
+        rewrites_acknowledged: 0,
         trace: world.trace.take(),
     }
 }

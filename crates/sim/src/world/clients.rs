@@ -30,7 +30,11 @@ impl World {
                 60..=89 => AckRequirement::Majority,
                 _ => AckRequirement::Nodes(members),
             };
-            (OpKind::Write { write_id, key, requirement }, leader, Request::Write { write_id, key, requirement })
+            if self.options.rewrites && rng.chance(20) {
+                (OpKind::Rewrite { requirement }, leader, Request::Rewrite { requirement })
+            } else {
+                (OpKind::Write { write_id, key, requirement }, leader, Request::Write { write_id, key, requirement })
+            }
         } else {
             let key = rng.range(0, KEYS - 1) as u8;
             let level = *rng.pick(&[ReadLevel::None, ReadLevel::Bounded, ReadLevel::Session, ReadLevel::Weak, ReadLevel::Strong, ReadLevel::Linearizable]);

@@ -80,6 +80,7 @@ enum Addr {
 #[derive(Clone, Debug)]
 enum Request {
     Write { write_id: u64, key: u8, requirement: AckRequirement },
+    Rewrite { requirement: AckRequirement },
     Read { key: u8, level: ReadLevel, after: Position, max_lag_us: Micros },
 }
 
@@ -625,7 +626,7 @@ impl World {
             Event::ClientTimeout { client, op } => {
                 if self.clients[client].current == Some(op) {
                     let outcome = match self.history[op].kind {
-                        OpKind::Write { .. } => Outcome::Unknown,
+                        OpKind::Write { .. } | OpKind::Rewrite { .. } => Outcome::Unknown,
                         OpKind::Read { .. } => Outcome::Failed,
                     };
                     self.complete_op(client, op, outcome);

@@ -130,7 +130,7 @@ impl World {
         if leader == node {
             // No leader is known (an election is under way): the client hears a refusal.
             let reply = match request {
-                Request::Write { .. } => Reply::WriteFailed,
+                Request::Write { .. } | Request::Rewrite { .. } => Reply::WriteFailed,
                 Request::Read { .. } => Reply::ReadFailed,
             };
             self.reply(node, client, op, reply);
@@ -160,6 +160,15 @@ impl World {
                 state.next_index += 1;
                 self.observations.created.insert((entry.epoch, entry.index), write_id);
                 self.enqueue_persist(node, Persist::LeaderWrite { entry, client, op, requirement, stage: WriteStage::Queued });
+            }
+            Request::Rewrite { requirement } => {
+                if replica.accepting_writes(now).is_err() {
+                    self.reply(node, client, op, Reply::WriteFailed);
+                    return;
+                }
+                // Runs after the writes queued before it, as the server's storage thread
+                // runs batches in order.
+                self.enqueue_persist(node, Persist::LeaderRewrite { client, op, requirement });
             }
             Request::Read { key, level, after, max_lag_us } => match level {
                 ReadLevel::None => {

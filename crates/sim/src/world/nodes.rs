@@ -91,6 +91,20 @@ impl World {
             Persist::LeaderWrite { .. } => {
                 // Refused at commit (and answered then).
             }
+            Persist::LeaderRewrite { client, op, requirement } => {
+                // It changed nothing: no entry, and it waits for the copies of the last
+                // entry on this disk, the state it saw.
+                let seen = self.nodes[node].last().index;
+                let state = &mut self.nodes[node];
+                let tag = state.next_tag;
+                state.next_tag += 1;
+                state.write_tags.insert(tag, (client, op));
+                state
+                    .replica
+                    .as_mut()
+                    .expect("persists only complete on running nodes")
+                    .handle(ReplicaEvent::LeaderAppended { entries: Vec::new(), waiters: vec![(tag, seen, requirement)] }, now);
+            }
             Persist::Follower { entries } => {
                 // The disk skips entries it already holds (a snapshot covered them); the
                 // rest must be what the leader created there.
@@ -204,6 +218,13 @@ pub(super) enum Persist {
         op: usize,
         requirement: AckRequirement,
         stage: WriteStage,
+    },
+    /// Leader: a client's write that changed nothing (`--rewrites`), answered once the
+    /// entries before it are durable here and copied as far as it asked.
+    LeaderRewrite {
+        client: usize,
+        op: usize,
+        requirement: AckRequirement,
     },
     Follower {
         entries: Vec<Entry>,
