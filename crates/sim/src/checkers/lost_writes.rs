@@ -13,6 +13,7 @@
 use crate::history::{is_durable_requirement, Op, OpKind, Outcome};
 use crate::world::Node;
 use std::collections::BTreeSet;
+use tern_core::{Entry, Position};
 
 pub struct LostWrites {
     /// Durable-requirement writes missing somewhere: violations.
@@ -25,11 +26,13 @@ pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) ->
     let rolled_back: BTreeSet<u64> = nodes.iter().flat_map(|node| node.disk.rollback.iter().chain(&node.wiped).map(|entry| write_id(&entry.payload))).collect();
     let members = nodes.len();
     let held: Vec<BTreeSet<u64>> = nodes.iter().map(|node| node.disk.entries().iter().map(|entry| write_id(&entry.payload)).collect()).collect();
+    // Entries by position (the same epoch at an index), for what writes that changed nothing saw.
+    let positions: Vec<BTreeSet<Position>> = nodes.iter().map(|node| node.disk.entries().iter().map(Entry::position).collect()).collect();
     let mut result = LostWrites { violations: Vec::new(), lost_async: Vec::new() };
     for op in history {
         if let (OpKind::Rewrite { requirement }, Outcome::WriteOk(position)) = (&op.kind, &op.outcome) {
             // What it saw must survive as a write acknowledged there would.
-            let missing: Vec<&str> = nodes.iter().filter(|node| !holds(node, *position)).map(|node| node.id.as_str()).collect();
+            let missing: Vec<&str> = nodes.iter().zip(&positions).filter(|(_, held)| !held.contains(position)).map(|(node, _)| node.id.as_str()).collect();
             if position.index > 0 && !missing.is_empty() && is_durable_requirement(*requirement, members) {
                 result.violations.push(format!(
                     "an acknowledged write that changed nothing ({requirement:?}) saw entry {position}, which is missing on {}",
@@ -56,11 +59,6 @@ pub fn check(history: &[Op], nodes: &[Node], rollbacks_keep_everything: bool) ->
         }
     }
     result
-}
-
-/// Whether the node's log holds the entry at `position` (the same epoch at that index).
-fn holds(node: &Node, position: tern_core::Position) -> bool {
-    node.disk.entries().iter().any(|entry| entry.index == position.index && entry.epoch == position.epoch)
 }
 
 pub fn write_id(payload: &[u8]) -> u64 {
