@@ -609,3 +609,30 @@ fn a_node_stops_polling_for_requests_once_reads_stop() {
     // Idle, a node uses about 2 ticks in 2 s (its timers); polling without end, 200.
     assert!(used < 40, "an idle node used {used} ticks of CPU in 2 s after serving reads");
 }
+
+/// One bulk insert of 400,000 rows makes a log entry of about 108 MB, which takes a few
+/// hundred milliseconds to cross even loopback and seconds to apply. The leader must
+/// keep its leadership through it and the write must be answered: raft's heartbeats
+/// queued behind the entry made the followers campaign, the leader resent the entry
+/// while its followers were still applying it, and it heard nothing from them
+/// meanwhile, so the client got "outcome unknown" and a new leader.
+#[test]
+fn a_bulk_insert_of_100_mb_keeps_its_leader_and_is_answered() {
+    let cluster = Cluster::start("bulk-insert", 3, &[]);
+    let leader = cluster.leader();
+    let before = leader.client().get("/status").expect("status").body;
+    let epoch = before["node"]["epoch"].as_u64().expect("an epoch");
+    let mut client = leader.client().with_timeout(LONG);
+    let reply = execute(&mut client, "", json!(["CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)"]));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let bulk = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) \
+                INSERT INTO kv SELECT x, substr(hex(zeroblob(128)), 1, 256) FROM c";
+    let reply = execute(&mut client, "?w=all", json!([bulk]));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, cluster.logs());
+    assert!(reply.body["position"].is_string(), "{}", reply.body);
+    for node in &cluster.nodes {
+        let status = node.client().get("/status").expect("status").body;
+        assert_eq!(status["node"]["epoch"].as_u64(), Some(epoch), "{} is in another epoch: an election ran during the insert\n{}", node.id, cluster.logs());
+        assert_eq!(count(&mut node.client(), "SELECT count(*) FROM kv", "level=none"), 400_000, "{}", node.id);
+    }
+}

@@ -8,6 +8,7 @@
 //!
 //! Layout:
 //! - [`types`]: positions, entries, ack modes, read levels, log formats.
+//! - [`byte_buf`]: byte vectors on the wire and in the log as byte strings.
 //! - [`protocol`]: the driving contract every topology implements (`handle`,
 //!   `poll_output`, `poll_timeout`).
 //! - [`quorum`]: quorum counting and deadline waiters, for every topology.
@@ -23,6 +24,7 @@
 //! - [`storage_contract`]: what the core expects of a node's durable storage, and the
 //!   conformance suite the storage engine and the simulator's disk model both pass.
 
+pub mod byte_buf;
 pub mod election;
 pub mod hlc;
 pub mod leaderless;
@@ -39,4 +41,4 @@ pub use hlc::{ClockDrift, HybridClock, Timestamp};
 pub use message::{Message, Preference};
 pub use protocol::Protocol;
 pub use single_leader::{log_holds, Config, MembershipError, MembershipRequest, Output, ReadError, Replica, Status, TransferError, WriteError};
-pub use types::{AckMode, AckRequirement, Entry, Fnv1a, LogFormat, Micros, NodeId, Position, ReadLevel, Topology};
+pub use types::{AckMode, AckRequirement, Entry, Fnv1a, LogFormat, Micros, NodeId, Position, ReadLevel, SharedBytes, Topology};

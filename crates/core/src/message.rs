@@ -44,6 +44,7 @@ pub enum Message {
     },
     /// Raft's metadata group (votes, heartbeats, membership), as raft-rs protobuf bytes.
     Raft {
+        #[serde(with = "crate::byte_buf")]
         bytes: Vec<u8>,
     },
     /// A node raft elected for `epoch` asks for every node's durable position before it

@@ -174,7 +174,7 @@ impl Cluster {
     /// The leader writes entry `index` and waits for `requirement`.
     fn write(&mut self, index: u64, requirement: AckRequirement) {
         let epoch = self.nodes["a"].epoch();
-        let entry = Entry { index, epoch, payload: vec![index as u8] };
+        let entry = Entry { index, epoch, payload: vec![index as u8].into() };
         self.logs.get_mut("a").expect("known").push(entry.clone());
         self.nodes.get_mut("a").expect("known").handle(Event::LeaderAppended { entries: vec![entry], waiters: vec![(index, index, requirement)] }, self.now);
         self.pump();
@@ -430,7 +430,7 @@ fn a_preferred_member_that_cannot_win_does_not_keep_writes_paused() {
 
 /// The leader's entry `index` of its epoch.
 fn leader_entry(cluster: &Cluster, index: u64) -> Entry {
-    Entry { index, epoch: cluster.nodes["a"].epoch(), payload: vec![index as u8] }
+    Entry { index, epoch: cluster.nodes["a"].epoch(), payload: vec![index as u8].into() }
 }
 
 #[test]

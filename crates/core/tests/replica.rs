@@ -9,7 +9,7 @@ fn members() -> Vec<String> {
 }
 
 fn entry(index: u64) -> Entry {
-    Entry { index, epoch: 1, payload: vec![index as u8] }
+    Entry { index, epoch: 1, payload: vec![index as u8].into() }
 }
 
 fn drain(replica: &mut Replica) -> Vec<Output> {
@@ -455,7 +455,7 @@ fn an_ack_of_another_epochs_entries_is_not_a_copy_of_ours() {
     let config = Config { epoch: 2, ..Config::new("n1", members(), "n1", AckMode::SemiSync) };
     let mut replica = Replica::new(config, Position::ZERO, 0);
     drain(&mut replica);
-    let ours = Entry { index: 1, epoch: 2, payload: vec![1] };
+    let ours = Entry { index: 1, epoch: 2, payload: vec![1].into() };
     replica.handle(Event::LeaderAppended { entries: vec![ours], waiters: vec![(5, 1, AckRequirement::Majority)] }, 10);
     drain(&mut replica);
     let theirs = Message::AppendAck {
@@ -550,4 +550,86 @@ fn poll_timeout_names_the_resend_and_the_in_sync_deadlines() {
     drain(&mut leader);
     assert_eq!(leader.status(1_100_001).followers.iter().map(|follower| follower.in_sync).collect::<Vec<_>>(), vec![false, true]);
     assert_eq!(leader.poll_timeout(), Some(1_200_001), "then n3");
+}
+
+/// A follower still writing a large entry acknowledges heartbeats with the entry received
+/// (`next_index` past it) but not durable: the leader does not send it again however long
+/// the write takes (a resent bulk entry held the follower's link for seconds more, and
+/// the heartbeats behind it made the followers elect a new leader). An entry a follower
+/// never reports receiving is still resent after `resend_timeout_us`.
+#[test]
+fn an_entry_the_follower_reports_received_is_not_resent_while_it_persists() {
+    let mut config = Config::new("n1", members(), "n1", AckMode::SemiSync);
+    config.heartbeat_interval_us = 100_000;
+    let mut leader = Replica::new(config, Position::ZERO, 0);
+    drain(&mut leader);
+    leader.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: Vec::new() }, 1_000);
+    drain(&mut leader);
+    // n2 holds entry 1 but is still writing it; n3 never got it.
+    let received_not_durable = Message::AppendAck {
+        epoch: 1,
+        durable: Position::ZERO,
+        next_index: 2,
+        read_seq: 0,
+        rejected: false,
+        diverged: None,
+        preference: Preference::default(),
+    };
+    leader.handle(Event::Message { from: "n2".into(), message: received_not_durable.clone() }, 50_000);
+    leader.handle(Event::Message { from: "n3".into(), message: empty_log_ack_not_rejecting() }, 50_000);
+    drain(&mut leader);
+    let mut resent_to = Vec::new();
+    let mut now = 50_000;
+    while now < 3_000_000 {
+        now += 100_000;
+        leader.handle(Event::Message { from: "n2".into(), message: received_not_durable.clone() }, now);
+        leader.handle(Event::Message { from: "n3".into(), message: empty_log_ack_not_rejecting() }, now);
+        leader.handle(Event::Tick, now);
+        for output in drain(&mut leader) {
+            if let Output::Send { to, message: Message::Append { entries, .. } } = output {
+                if !entries.is_empty() {
+                    resent_to.push((to, now));
+                }
+            }
+        }
+    }
+    assert!(resent_to.iter().all(|(to, _)| to == "n3"), "entry 1 was resent to n2, which holds it: {resent_to:?}");
+    assert_eq!(resent_to.first(), Some(&("n3".to_string(), 550_000)), "entry 1 went to n3 at 1 ms and is resent once 500 ms passed with no report of it");
+}
+
+/// A follower that expects index 1 and did not refuse anything (it answered a heartbeat).
+fn empty_log_ack_not_rejecting() -> Message {
+    Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: false, diverged: None, preference: Preference::default() }
+}
+
+/// A follower still persisting entries answers heartbeats meanwhile: the ack echoes the
+/// heartbeat round (the leader's lease and linearizable reads go on) and names the
+/// entries received (`next_index`) with only what is durable as `durable`.
+#[test]
+fn a_follower_answers_heartbeats_while_it_persists() {
+    let mut replica = follower("n2");
+    replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1), entry(2)], 2, 4) }, 5);
+    assert_eq!(drain(&mut replica), vec![Output::Persist { entries: vec![entry(1), entry(2)] }]);
+    replica.handle(Event::Message { from: "n1".into(), message: append(2, Vec::new(), 2, 5) }, 50_000);
+    let received_not_durable = Message::AppendAck {
+        epoch: 1,
+        durable: Position::ZERO,
+        next_index: 3,
+        read_seq: 5,
+        rejected: false,
+        diverged: None,
+        preference: Preference::default(),
+    };
+    assert_eq!(drain(&mut replica), vec![send("n1", received_not_durable)]);
+    replica.handle(Event::Persisted(Position::new(1, 2)), 60_000);
+    let durable = Message::AppendAck {
+        epoch: 1,
+        durable: Position::new(1, 2),
+        next_index: 3,
+        read_seq: 5,
+        rejected: false,
+        diverged: None,
+        preference: Preference::default(),
+    };
+    assert_eq!(drain(&mut replica), vec![send("n1", durable)], "and the persist's own ack when it completes");
 }

@@ -57,3 +57,13 @@ pub async fn serve(mut config: NodeConfig) -> Result<Arc<Node>, String> {
     tls::spawn_http(listener, app, node.config.http_tls.as_deref());
     Ok(node)
 }
+
+/// Runs blocking or long work (an fsync, encoding a frame of many megabytes) from an async
+/// task without holding up the other tasks scheduled on its worker thread (the replica
+/// loop's heartbeats among them).
+pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}

@@ -29,12 +29,30 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// is dropped: the node that forwarded it has given up or will soon.
 const STALE_FRAME: Duration = Duration::from_secs(2);
 
+/// Which of a peer's two outbound connections a loop keeps (see `PeerQueue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Everything but raft's messages: entries, tern's heartbeats and acks, forwarded
+    /// requests, snapshots. Its reconnection tells the core that frames may be lost.
+    Data,
+    /// Raft's messages alone (votes, raft's heartbeats, membership), so that no entry
+    /// being shipped delays them.
+    Raft,
+}
+
 /// Keeps a connection to `peer` open and writes every frame queued for it. While the
 /// peer is unreachable, the core's messages are dropped (it resends what matters, and a
 /// backlog of appends to a dead follower would flood it when it returns), but forwarded
 /// client requests and replies wait, up to `STALE_FRAME`: each is sent once, and losing
 /// one during a reconnect left a client waiting out its whole timeout.
-pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAddr, mut frames: mpsc::UnboundedReceiver<Queued>, queued: Arc<AtomicUsize>) {
+pub(crate) async fn outbound_loop(
+    node: Arc<Node>,
+    peer: String,
+    addr: SocketAddr,
+    mut frames: mpsc::UnboundedReceiver<Queued>,
+    queued: Arc<AtomicUsize>,
+    link: Link,
+) {
     let mut waiting: std::collections::VecDeque<Queued> = std::collections::VecDeque::new();
     // Every frame leaving the queue, written or dropped, gives its weight back.
     let release = |weight: usize| {
@@ -92,9 +110,12 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
                 continue;
             }
         }
-        tracing::debug!("connected to {peer} at {addr}");
+        tracing::debug!("connected to {peer} at {addr} ({link:?} link)");
         refused = RepeatedWarning::default();
-        node.post(Event::PeerConnected(peer.clone()));
+        if link == Link::Data {
+            // What was in flight on the old connection may be lost: the core resends.
+            node.post(Event::PeerConnected(peer.clone()));
+        }
         hold(&mut waiting, &mut frames);
         let mut failed = false;
         while let Some((_, frame, weight)) = waiting.pop_front() {
@@ -105,8 +126,10 @@ pub(crate) async fn outbound_loop(node: Arc<Node>, peer: String, addr: SocketAdd
             }
         }
         if failed || writer.flush().await.is_err() || pump(&node, &peer, &mut writer, &mut frames, &release).await.is_err() {
-            tracing::debug!("connection to {peer} lost");
-            set_connected(&node, &peer, false);
+            tracing::debug!("connection to {peer} lost ({link:?} link)");
+            if link == Link::Data {
+                set_connected(&node, &peer, false);
+            }
             tokio::time::sleep(RECONNECT_DELAY).await;
         } else {
             return;

@@ -112,6 +112,7 @@ pub enum Frame {
     /// `Output::SendSnapshot`).
     SnapshotChunk {
         offset: u64,
+        #[serde(with = "tern_core::byte_buf")]
         bytes: Vec<u8>,
         done: Option<Position>,
         rollback_after: Option<u64>,
@@ -121,7 +122,8 @@ pub enum Frame {
 /// # Errors
 /// On a socket error.
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(writer: &mut W, frame: &Frame) -> std::io::Result<()> {
-    let bytes = postcard::to_stdvec(frame).expect("encoding a frame to memory cannot fail");
+    let encode = || postcard::to_stdvec(frame).expect("encoding a frame to memory cannot fail");
+    let bytes = if entry_bytes(frame) > OFF_THE_WORKER_BYTES { crate::blocking(encode) } else { encode() };
     writer.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
     writer.write_all(&bytes).await
 }
@@ -160,7 +162,27 @@ pub async fn read_frame_up_to<R: AsyncReadExt + Unpin>(reader: &mut R, buffer: &
     if received < length {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("peer frame cut off after {received} of {length} bytes")));
     }
-    postcard::from_bytes(buffer).map(Some).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable peer frame: {error}")))
+    let decode = || {
+        postcard::from_bytes(buffer).map(Some).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable peer frame: {error}")))
+    };
+    if length > OFF_THE_WORKER_BYTES {
+        crate::blocking(decode)
+    } else {
+        decode()
+    }
+}
+
+/// Frames larger than this are encoded and decoded off the async worker: copying 100 MB
+/// takes a worker for a tenth of a second or more here, and with two workers the replica
+/// loop, and the heartbeats it sends, waited behind two such copies.
+const OFF_THE_WORKER_BYTES: usize = 1 << 20;
+
+/// The bytes of log entries a frame carries (the bulk of any large frame).
+fn entry_bytes(frame: &Frame) -> usize {
+    match frame {
+        Frame::Replica(Message::Append { entries, .. }) => entries.iter().map(|entry| entry.payload.len()).sum(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

@@ -138,7 +138,7 @@ impl SimDisk {
         if index != self.last().index + 1 {
             return None;
         }
-        let entry = Entry { index, epoch, payload };
+        let entry = Entry { index, epoch, payload: payload.into() };
         self.append(std::slice::from_ref(&entry));
         Some(entry)
     }

@@ -122,7 +122,7 @@ proptest! {
         let before = follower.last();
         // Bytes that happen to decode to a well-formed entry may apply; anything else is refused whole.
         if Payload::decode(&payload).is_err() {
-            let entry = Entry { index: 1, epoch: 1, payload };
+            let entry = Entry { index: 1, epoch: 1, payload: payload.into() };
             prop_assert!(follower.apply(&[entry]).is_err());
             prop_assert_eq!(follower.last(), before);
         }

@@ -246,7 +246,7 @@ fn a_logical_vacuum_entry_is_refused_by_a_physical_node() {
     let root = scratch("logical-vacuum");
     let mut follower = Engine::open(&root.join("follower"), LogFormat::Physical).unwrap();
     let before = (follower.last(), follower.page_hashes().unwrap());
-    let vacuum = Entry { index: 1, epoch: 1, payload: tern_storage::Payload { changes: vec![tern_storage::Change::Vacuum] }.encode() };
+    let vacuum = Entry { index: 1, epoch: 1, payload: tern_storage::Payload { changes: vec![tern_storage::Change::Vacuum] }.encode().into() };
     let error = follower.apply(&[vacuum]).expect_err("a physical node never runs a logged VACUUM").to_string();
     assert!(error.contains("physical"), "{error}");
     assert_eq!((follower.last(), follower.page_hashes().unwrap()), before);

@@ -62,9 +62,11 @@ impl Follower {
         s.committed = s.committed.max(commit_index.min(matched));
         let new_entries: Vec<Entry> = entries.into_iter().filter(|entry| entry.index > s.accepted.index).collect();
         if new_entries.is_empty() {
-            if !self.ack_owed {
-                self.send_ack(s, false);
-            }
+            // Answered even while a persist is outstanding: a large entry can take seconds
+            // to apply, and a leader that heard nothing meanwhile let its lease run out
+            // and resent the entry. The ack names the entries received (`next_index`) and
+            // what is durable; the persist's own ack follows when it completes.
+            self.send_ack(s, false);
             return;
         }
         for (offset, entry) in new_entries.iter().enumerate() {

@@ -143,6 +143,8 @@ impl Leader {
         let common = diverged.as_ref().map(|starts| common_prefix(&s.epoch_starts, last_index, starts, durable.index.max(next_index - 1)));
         let Some(progress) = self.peers.get_mut(from) else { return };
         progress.last_ack_at = Some(now);
+        // A rejecting follower holds nothing beyond what it names as durable.
+        progress.received = if rejected { 0 } else { next_index.saturating_sub(1).min(last_index) };
         // A round not yet started cannot have been seen (a stale or corrupt echo).
         progress.acked_read_seq = progress.acked_read_seq.max(read_seq.min(self.read_seq));
         if durable_is_ours {
@@ -206,7 +208,7 @@ impl Leader {
                 progress.snapshot_wait = None;
                 progress.snapshotting = false;
             }
-            let waiting = progress.next > progress.matched + 1;
+            let waiting = progress.lost_in_flight();
             let backoff = resend_timeout << progress.fruitless_resends.min(MAX_RESEND_BACKOFF_SHIFT);
             if waiting && !progress.fetching && !progress.snapshotting && now.saturating_sub(progress.last_sent_at) > backoff {
                 progress.fruitless_resends = if progress.matched == progress.matched_at_resend { progress.fruitless_resends + 1 } else { 0 };
@@ -453,6 +455,7 @@ impl Leader {
     pub(super) fn on_peer_connected(&mut self, s: &mut Shared, now: Micros, peer: &NodeId) {
         let Some(progress) = self.peers.get_mut(peer) else { return };
         progress.next = progress.matched + 1;
+        progress.received = 0;
         if progress.snapshot_wait.is_some() {
             // A snapshot sent before the connection dropped may never have been installed
             // (the peer restarted, say): do not wait out its deadline before sending another.
@@ -566,7 +569,7 @@ impl Leader {
             let snapshot = progress.snapshot_wait.map(|(_, deadline)| deadline);
             // `on_tick` acts once the time since is *more* than the timeout.
             let silent = progress.last_ack_at.filter(|_| progress.in_sync).map(|at| at + in_sync_timeout + 1);
-            let waiting = progress.next > progress.matched + 1 && !progress.fetching && !progress.snapshotting;
+            let waiting = progress.lost_in_flight() && !progress.fetching && !progress.snapshotting;
             let backoff = resend_timeout << progress.fruitless_resends.min(MAX_RESEND_BACKOFF_SHIFT);
             let resend = waiting.then_some(progress.last_sent_at + backoff + 1);
             [snapshot, silent, resend].into_iter().flatten()

@@ -10,6 +10,11 @@ pub(super) struct Progress {
     pub(super) matched: u64,
     /// Next index to send.
     pub(super) next: u64,
+    /// Highest index the follower said it holds, durable or still being written (its
+    /// latest ack's `next_index - 1`). Entries up to here reached it: they are not resent
+    /// while it persists them, however long that takes (a bulk insert's entry can take
+    /// seconds to apply, and resending it held the follower's link for as long again).
+    pub(super) received: u64,
     pub(super) last_ack_at: Option<Micros>,
     /// When entries beyond `matched` were last sent; for resending lost ones.
     pub(super) last_sent_at: Micros,
@@ -47,6 +52,7 @@ impl Progress {
         Progress {
             matched: 0,
             next: last.index + 1,
+            received: 0,
             last_ack_at: None,
             last_sent_at: now,
             acked_read_seq: 0,
@@ -60,5 +66,11 @@ impl Progress {
             matched_at_resend: 0,
             preference: None,
         }
+    }
+
+    /// Entries were sent that the follower neither holds durably nor reported receiving:
+    /// lost on the way, if no ack reports them within the resend timeout.
+    pub(super) fn lost_in_flight(&self) -> bool {
+        self.next > self.matched.max(self.received) + 1
     }
 }

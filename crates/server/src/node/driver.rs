@@ -34,15 +34,6 @@ pub(super) fn save_election(directory: &std::path::Path, state: &SavedElection) 
     std::fs::File::open(directory)?.sync_all()
 }
 
-/// Runs blocking file work (an fsync) from the replica loop, an async task, without
-/// holding up the other tasks scheduled on its worker thread.
-pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
-        _ => work(),
-    }
-}
-
 /// The shortest sleep of the replica loop: a deadline already due waits this long at most
 /// for other events to join it, and a core that kept naming a past deadline could not spin.
 const MIN_WAKE: Duration = Duration::from_millis(1);
@@ -187,7 +178,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
             }
         }
         if let Some(state) = &unsaved_election {
-            if blocking(|| save_election(&node.config.data_dir, state)).is_ok() {
+            if crate::blocking(|| save_election(&node.config.data_dir, state)).is_ok() {
                 tracing::info!("election state saved again: this node takes part in elections again");
                 unsaved_election = None;
             }
@@ -211,7 +202,7 @@ pub(super) async fn run_replica(node: Arc<Node>, mut replica: Replica, mut event
                     // refuses it (full), they are dropped and later raft messages held back
                     // until a save succeeds: the node neither votes nor campaigns, and the
                     // others carry on.
-                    match blocking(|| save_election(&node.config.data_dir, &state)) {
+                    match crate::blocking(|| save_election(&node.config.data_dir, &state)) {
                         Ok(()) => {
                             unsaved_election = None;
                             for (to, message) in then {

@@ -70,10 +70,15 @@ impl Node {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        outbound.insert(id.to_string(), PeerQueue { frames: tx, queued: queued.clone(), dropped: Arc::new(AtomicU64::new(0)) });
+        let (raft_tx, raft_rx) = mpsc::unbounded_channel();
+        let raft_queued = Arc::new(AtomicUsize::new(0));
+        let queue =
+            PeerQueue { frames: tx, queued: queued.clone(), dropped: Arc::new(AtomicU64::new(0)), raft_frames: raft_tx, raft_queued: raft_queued.clone() };
+        outbound.insert(id.to_string(), queue);
         let region = self.config.regions.get(id).cloned().unwrap_or_default();
         self.peers.lock().expect("peers lock").entry(id.to_string()).or_insert(PeerInfo { region, ..PeerInfo::default() });
-        tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, rx, queued));
+        tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, rx, queued, transport::Link::Data));
+        tokio::spawn(transport::outbound_loop(self.clone(), id.to_string(), addr, raft_rx, raft_queued, transport::Link::Raft));
     }
 
     /// A node not yet in any membership (joining) answers whoever contacts it: the
@@ -269,14 +274,27 @@ pub(super) const CONTROL_FRAME_BYTES: usize = 4 << 10;
 
 pub(super) const CONTROL_RESERVE_BYTES: usize = 4 << 20;
 
-/// Frames waiting for one peer's connection, with their weight in bytes counted so the
-/// queue stays bounded: `queued` goes up here and down as the transport writes them.
+/// Bytes of raft messages a node holds for one peer (votes, heartbeats, membership:
+/// small) before it drops new ones.
+const RAFT_QUEUE_BYTES: usize = 4 << 20;
+
+/// Frames waiting for one peer's connections, with their weight in bytes counted so the
+/// queues stay bounded: `queued` goes up here and down as the transport writes them.
+///
+/// Raft's messages have a connection of their own (`raft_frames`): an entry of tens of
+/// megabytes takes a while to cross a link (300 ms for 81 MB on loopback here, seconds
+/// on a long one), and raft's heartbeats queued behind it made followers campaign and
+/// the leader give up its quorum in the middle of a bulk insert. The core takes
+/// messages in any order (the simulator's network reorders them), so the two
+/// connections need no ordering between them.
 #[derive(Clone)]
 pub(crate) struct PeerQueue {
     pub(super) frames: mpsc::UnboundedSender<(Instant, Frame, usize)>,
     pub(super) queued: Arc<AtomicUsize>,
     /// Frames dropped because the queue was full.
     pub(super) dropped: Arc<AtomicU64>,
+    pub(super) raft_frames: mpsc::UnboundedSender<(Instant, Frame, usize)>,
+    pub(super) raft_queued: Arc<AtomicUsize>,
 }
 
 impl PeerQueue {
@@ -294,6 +312,17 @@ impl PeerQueue {
 
     pub(super) fn offer(&self, frame: Frame) {
         let weight = frame_weight(&frame);
+        if matches!(frame, Frame::Replica(Message::Raft { .. })) {
+            if self.raft_queued.load(Ordering::Acquire) + weight <= RAFT_QUEUE_BYTES {
+                self.raft_queued.fetch_add(weight, Ordering::AcqRel);
+                if self.raft_frames.send((Instant::now(), frame, weight)).is_err() {
+                    self.raft_queued.fetch_sub(weight, Ordering::AcqRel);
+                }
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         // Small frames (raft heartbeats and votes, acks, empty appends) may use a reserve
         // beyond the budget: a queue full of resent entries must not starve the peer of
         // the messages that keep it from campaigning.

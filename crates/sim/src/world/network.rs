@@ -156,7 +156,7 @@ impl World {
                     state.leading_epoch = epoch;
                     state.next_index = state.last().index + 1;
                 }
-                let entry = Entry { index: state.next_index, epoch, payload: encode(write_id, key) };
+                let entry = Entry { index: state.next_index, epoch, payload: encode(write_id, key).into() };
                 state.next_index += 1;
                 self.observations.created.insert((entry.epoch, entry.index), write_id);
                 self.enqueue_persist(node, Persist::LeaderWrite { entry, client, op, requirement, stage: WriteStage::Queued });

@@ -72,7 +72,7 @@ impl World {
             Persist::LeaderWrite { entry, stage: WriteStage::Written, requirement, client, op } => {
                 // Committed and shipped at `commit_leader_write`; now synced. Nothing
                 // else reached the disk meanwhile (it works in order), so it continues the log.
-                let Some(entry) = self.nodes[node].disk.append_own(entry.epoch, entry.index, entry.payload.clone()) else {
+                let Some(entry) = self.nodes[node].disk.append_own(entry.epoch, entry.index, entry.payload.to_vec()) else {
                     self.observations.mismatched_applies.push(format!("{} could not sync its own written entry {}", self.nodes[node].id, entry.position()));
                     return;
                 };

@@ -138,7 +138,7 @@ impl Engine {
             .read_committed()?
             .ok_or_else(|| StorageError::new("a committed transaction is missing from the WAL"))?;
         let change = Change::Pages { page_size: committed.page_size, database_pages: committed.database_pages, pages: committed.pages.into_iter().collect() };
-        let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: vec![change] }.encode() };
+        let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes: vec![change] }.encode().into() };
         let transaction = begin_immediate(self.log())?;
         append_log(&transaction, &entry)?;
         transaction.commit()?;
@@ -222,7 +222,7 @@ impl Engine {
         } else {
             let mut changes = vec![self.origin()];
             changes.extend(capture.changes);
-            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes }.encode() };
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes }.encode().into() };
             if entry.payload.len() > self.max_entry_bytes {
                 // Nothing could ship it to a follower: refuse it before it is committed.
                 return Err(StorageError::with_kind(

@@ -26,7 +26,7 @@ impl Engine {
         let mut entries = Vec::new();
         let mut bytes = 0;
         while let Some(row) = rows.next()? {
-            let entry = Entry { index: row.get::<_, i64>(0)? as u64, epoch: row.get::<_, i64>(1)? as u64, payload: row.get(2)? };
+            let entry = Entry { index: row.get::<_, i64>(0)? as u64, epoch: row.get::<_, i64>(1)? as u64, payload: row.get::<_, Vec<u8>>(2)?.into() };
             bytes += entry.payload.len();
             entries.push(entry);
             if bytes >= max_bytes {
@@ -92,7 +92,7 @@ pub(super) fn append_log(log: &Connection, entry: &Entry) -> Result<()> {
     log.prepare_cached("INSERT INTO _tern_log (idx, epoch, payload) VALUES (?1, ?2, ?3)")?.execute(params![
         entry.index as i64,
         entry.epoch as i64,
-        entry.payload
+        &*entry.payload
     ])?;
     Ok(())
 }

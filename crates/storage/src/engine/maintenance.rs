@@ -62,7 +62,7 @@ impl Engine {
             return refused(error);
         }
         if self.format != LogFormat::Physical {
-            let entry = Entry { index: self.last.index + 1, epoch, payload: vacuum_payload() };
+            let entry = Entry { index: self.last.index + 1, epoch, payload: vacuum_payload().into() };
             let result = match self.log_and_run_vacuum(&entry) {
                 Ok(()) => StatementResult::default(),
                 // Logged: it is part of the log now and ships as such; this node runs it

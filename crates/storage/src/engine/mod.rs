@@ -68,9 +68,14 @@ pub enum Change {
     /// other non-row statements in the row format.
     Sql { sql: String, params: Params },
     /// Row images recorded by SQLite's session extension (row format).
-    Rows(Vec<u8>),
+    Rows(#[serde(with = "tern_core::byte_buf")] Vec<u8>),
     /// Page images of committed transactions, read from the leader's WAL (physical format).
-    Pages { page_size: u32, database_pages: u32, pages: Vec<(u32, Vec<u8>)> },
+    Pages {
+        page_size: u32,
+        database_pages: u32,
+        #[serde(with = "tern_core::byte_buf::numbered")]
+        pages: Vec<(u32, Vec<u8>)>,
+    },
     /// `VACUUM` (logical formats), run by every replica. It renumbers the rowids of tables
     /// without an INTEGER PRIMARY KEY, but as a function of the rows alone (it copies them
     /// in rowid order), so replicas that hold the same rows renumber them the same way.

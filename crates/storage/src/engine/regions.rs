@@ -412,7 +412,7 @@ impl Engine {
             capture.flush_rows()?;
             let mut changes = vec![self.origin()];
             changes.extend(capture.changes);
-            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes }.encode() };
+            let entry = Entry { index: self.last.index + 1, epoch, payload: Payload { changes }.encode().into() };
             append_log(&self.connection, &entry)?;
             if !still_leading() {
                 return Ok(Executed::StoppedLeading);

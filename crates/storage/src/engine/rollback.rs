@@ -48,7 +48,7 @@ impl RollbackStore {
             transaction.execute(
                 "INSERT INTO rolled_back (epoch, idx, rolled_back_at_ms, format, description, payload)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM rolled_back WHERE epoch = ?1 AND idx = ?2)",
-                params![entry.epoch as i64, entry.index as i64, now_ms, format.name(), describe_entry(&entry.payload), entry.payload],
+                params![entry.epoch as i64, entry.index as i64, now_ms, format.name(), describe_entry(&entry.payload), &*entry.payload],
             )?;
         }
         transaction.commit()?;

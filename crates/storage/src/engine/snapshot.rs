@@ -28,7 +28,7 @@ impl Engine {
             let mut statement = self.log().prepare("SELECT idx, epoch, payload FROM _tern_log WHERE idx > ?1 ORDER BY idx")?;
             let mut rows = statement.query([index as i64])?;
             while let Some(row) = rows.next()? {
-                entries.push(Entry { index: row.get::<_, i64>(0)? as u64, epoch: row.get::<_, i64>(1)? as u64, payload: row.get(2)? });
+                entries.push(Entry { index: row.get::<_, i64>(0)? as u64, epoch: row.get::<_, i64>(1)? as u64, payload: row.get::<_, Vec<u8>>(2)?.into() });
             }
         }
         let store = RollbackStore::open(&self.directory)?;
