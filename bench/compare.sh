@@ -58,17 +58,26 @@ post() {
 # Both idempotent, as a retried request may have been applied.
 post "${HTTP[1]}" /db/execute '["CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)"]' >/dev/null
 post "${HTTP[1]}" '/db/execute?w=all' '["WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<100000) INSERT OR REPLACE INTO kv SELECT x, substr(hex(zeroblob(128)),1,256) FROM c"]' >/dev/null
+# The write and strong-read points go to the leader and the follower points to another
+# node: found after the prefill, as an election may have moved leadership meanwhile
+# (writes sent to a follower would be measured forwarded).
+LEAD=1
+for i in 1 2 3; do
+  if curl -sf "http://${HTTP[$i]}/status" | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["node"]["role"] != "leader")'; then LEAD=$i; fi
+done
+FOLLOW=$(( LEAD % 3 + 1 ))
+echo "# leader n$LEAD, follower points on n$FOLLOW" | tee -a "$OUT"
 tern_load() { "$LOAD" --secs "$SECS" --value-size 256 "$@" | tee -a "$OUT"; }
 # The load generator's clients write the same keys with the same value in every run. A
 # write that changes nothing makes no log entry in tern (it waits only for the copies of
 # the state it saw), so each write point starts from rows that hold another value: every
 # write of the run then changes its row, as the first run's do.
 reset_values() {
-  post "${HTTP[1]}" '/db/execute?w=all' '["UPDATE kv SET v = substr(hex(zeroblob(128)),1,256) WHERE v <> substr(hex(zeroblob(128)),1,256)"]' >/dev/null
+  post "${HTTP[$LEAD]}" '/db/execute?w=all' '["UPDATE kv SET v = substr(hex(zeroblob(128)),1,256) WHERE v <> substr(hex(zeroblob(128)),1,256)"]' >/dev/null
 }
-for c in 1 32; do reset_values; tern_load --op put --addr "${HTTP[1]}" --clients "$c" --path /db/execute --label "tern put->leader"; done
-for c in 1 32; do tern_load --op get --addr "${HTTP[2]}" --clients "$c" --path '/db/query?level=none' --label "tern get level=none->follower"; done
-for c in 1 32; do tern_load --op get --addr "${HTTP[1]}" --clients "$c" --path '/db/query?level=strong' --label "tern get level=strong->leader"; done
+for c in 1 32; do reset_values; tern_load --op put --addr "${HTTP[$LEAD]}" --clients "$c" --path /db/execute --label "tern put->leader"; done
+for c in 1 32; do tern_load --op get --addr "${HTTP[$FOLLOW]}" --clients "$c" --path '/db/query?level=none' --label "tern get level=none->follower"; done
+for c in 1 32; do tern_load --op get --addr "${HTTP[$LEAD]}" --clients "$c" --path '/db/query?level=strong' --label "tern get level=strong->leader"; done
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
