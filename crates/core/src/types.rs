@@ -63,7 +63,7 @@ pub struct Entry {
 /// follower's append and to the storage thread, and a bulk insert's entry can hold a
 /// hundred megabytes (copying it for two followers took the replica loop 0.1–0.8 s, long
 /// enough to miss its heartbeats). Serialized as a byte string (see [`crate::byte_buf`]).
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SharedBytes(std::sync::Arc<[u8]>);
 
 impl std::ops::Deref for SharedBytes {
@@ -80,21 +80,9 @@ impl From<Vec<u8>> for SharedBytes {
     }
 }
 
-impl From<&[u8]> for SharedBytes {
-    fn from(bytes: &[u8]) -> SharedBytes {
-        SharedBytes(bytes.into())
-    }
-}
-
 impl PartialEq<Vec<u8>> for SharedBytes {
     fn eq(&self, other: &Vec<u8>) -> bool {
         *self.0 == **other
-    }
-}
-
-impl PartialEq<[u8]> for SharedBytes {
-    fn eq(&self, other: &[u8]) -> bool {
-        *self.0 == *other
     }
 }
 

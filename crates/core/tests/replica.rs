@@ -47,15 +47,12 @@ fn empty_log_ack() -> Message {
 }
 
 fn ack(durable: u64, read_seq: u64) -> Message {
-    Message::AppendAck {
-        epoch: 1,
-        durable: Position::new(1, durable),
-        next_index: durable + 1,
-        read_seq,
-        rejected: false,
-        diverged: None,
-        preference: Preference::default(),
-    }
+    ack_holding(Position::new(1, durable), durable + 1, read_seq)
+}
+
+/// An accepting ack: `durable` on disk, entries before `next_index` received.
+fn ack_holding(durable: Position, next_index: u64, read_seq: u64) -> Message {
+    Message::AppendAck { epoch: 1, durable, next_index, read_seq, rejected: false, diverged: None, preference: Preference::default() }
 }
 
 fn send(to: &str, message: Message) -> Output {
@@ -566,24 +563,18 @@ fn an_entry_the_follower_reports_received_is_not_resent_while_it_persists() {
     leader.handle(Event::LeaderAppended { entries: vec![entry(1)], waiters: Vec::new() }, 1_000);
     drain(&mut leader);
     // n2 holds entry 1 but is still writing it; n3 never got it.
-    let received_not_durable = Message::AppendAck {
-        epoch: 1,
-        durable: Position::ZERO,
-        next_index: 2,
-        read_seq: 0,
-        rejected: false,
-        diverged: None,
-        preference: Preference::default(),
-    };
+    let received_not_durable = ack_holding(Position::ZERO, 2, 0);
+    // It answered a heartbeat: it expects index 1 and refused nothing.
+    let holds_nothing = ack_holding(Position::ZERO, 1, 0);
     leader.handle(Event::Message { from: "n2".into(), message: received_not_durable.clone() }, 50_000);
-    leader.handle(Event::Message { from: "n3".into(), message: empty_log_ack_not_rejecting() }, 50_000);
+    leader.handle(Event::Message { from: "n3".into(), message: holds_nothing.clone() }, 50_000);
     drain(&mut leader);
     let mut resent_to = Vec::new();
     let mut now = 50_000;
     while now < 3_000_000 {
         now += 100_000;
         leader.handle(Event::Message { from: "n2".into(), message: received_not_durable.clone() }, now);
-        leader.handle(Event::Message { from: "n3".into(), message: empty_log_ack_not_rejecting() }, now);
+        leader.handle(Event::Message { from: "n3".into(), message: holds_nothing.clone() }, now);
         leader.handle(Event::Tick, now);
         for output in drain(&mut leader) {
             if let Output::Send { to, message: Message::Append { entries, .. } } = output {
@@ -597,11 +588,6 @@ fn an_entry_the_follower_reports_received_is_not_resent_while_it_persists() {
     assert_eq!(resent_to.first(), Some(&("n3".to_string(), 550_000)), "entry 1 went to n3 at 1 ms and is resent once 500 ms passed with no report of it");
 }
 
-/// A follower that expects index 1 and did not refuse anything (it answered a heartbeat).
-fn empty_log_ack_not_rejecting() -> Message {
-    Message::AppendAck { epoch: 1, durable: Position::ZERO, next_index: 1, read_seq: 0, rejected: false, diverged: None, preference: Preference::default() }
-}
-
 /// A follower still persisting entries answers heartbeats meanwhile: the ack echoes the
 /// heartbeat round (the leader's lease and linearizable reads go on) and names the
 /// entries received (`next_index`) with only what is durable as `durable`.
@@ -611,25 +597,9 @@ fn a_follower_answers_heartbeats_while_it_persists() {
     replica.handle(Event::Message { from: "n1".into(), message: append(0, vec![entry(1), entry(2)], 2, 4) }, 5);
     assert_eq!(drain(&mut replica), vec![Output::Persist { entries: vec![entry(1), entry(2)] }]);
     replica.handle(Event::Message { from: "n1".into(), message: append(2, Vec::new(), 2, 5) }, 50_000);
-    let received_not_durable = Message::AppendAck {
-        epoch: 1,
-        durable: Position::ZERO,
-        next_index: 3,
-        read_seq: 5,
-        rejected: false,
-        diverged: None,
-        preference: Preference::default(),
-    };
+    let received_not_durable = ack_holding(Position::ZERO, 3, 5);
     assert_eq!(drain(&mut replica), vec![send("n1", received_not_durable)]);
     replica.handle(Event::Persisted(Position::new(1, 2)), 60_000);
-    let durable = Message::AppendAck {
-        epoch: 1,
-        durable: Position::new(1, 2),
-        next_index: 3,
-        read_seq: 5,
-        rejected: false,
-        diverged: None,
-        preference: Preference::default(),
-    };
+    let durable = ack_holding(Position::new(1, 2), 3, 5);
     assert_eq!(drain(&mut replica), vec![send("n1", durable)], "and the persist's own ack when it completes");
 }
