@@ -83,6 +83,10 @@ pub(crate) struct Point {
 }
 
 impl Point {
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes
+    }
+
     pub(crate) fn writes_per_second(&self) -> f64 {
         self.writes as f64 / self.elapsed.as_secs_f64()
     }
