@@ -155,13 +155,49 @@ pub struct Cluster {
 impl Cluster {
     /// `count` nodes, n1 the leader, all started, each with the same extra flags.
     pub fn start(name: &str, count: usize, extra: &[&str]) -> Cluster {
-        let cluster = Cluster::new(name, count, extra);
-        let mut cluster = cluster;
-        for node in &mut cluster.nodes {
-            node.start();
+        Cluster::started(|| Cluster::new(name, count, extra))
+    }
+
+    /// Makes a cluster, starts every node and waits until each is ready. A port found free
+    /// can be taken by another process before the node binds it (the node then exits with
+    /// "Address already in use"): the cluster is then made again, on other ports.
+    fn started(make: impl Fn() -> Cluster) -> Cluster {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut cluster = make();
+            for node in &mut cluster.nodes {
+                node.start();
+            }
+            match cluster.try_wait_ready() {
+                Ok(()) => return cluster,
+                Err(why) if attempt < ATTEMPTS && why.contains("Address already in use") => {
+                    eprintln!("a port was taken before its node bound it; starting the cluster again on other ports: {why}");
+                }
+                Err(why) => panic!("{why}"),
+            }
         }
-        cluster.wait_ready();
-        cluster
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Waits until every started node is ready; fails at once, with the node's log, if
+    /// one exits, and at a 30 s deadline otherwise.
+    fn try_wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &mut self.nodes {
+            if node.child.is_none() {
+                continue;
+            }
+            let mut client = HttpClient::new(&node.http).with_timeout(Duration::from_secs(2));
+            while !client.get("/readyz").is_ok_and(|reply| reply.status == 200) {
+                let exited = node.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some());
+                if exited || Instant::now() > deadline {
+                    let how = if exited { "exited" } else { "did not become ready within 30 s" };
+                    return Err(format!("{} at {} {how} ({})", node.id, node.http, node.log_text()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
     }
 
     /// Like `start` but leaves every node stopped.
@@ -190,12 +226,7 @@ impl Cluster {
     /// Multi-leader: node `i` (n1, n2, ...) in region `node_regions[i]`, each region's
     /// first node its first leader; all started, each with `extra` and fault injection.
     pub fn start_multi_leader(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
-        let mut cluster = Cluster::with_regions(name, node_regions, "multi-leader", extra);
-        for node in &mut cluster.nodes {
-            node.start();
-        }
-        cluster.wait_ready();
-        cluster
+        Cluster::started(|| Cluster::with_regions(name, node_regions, "multi-leader", extra))
     }
 
     /// Leaderless: node `i` (n1, n2, ...) in region `node_regions[i]`; none started.
@@ -205,12 +236,7 @@ impl Cluster {
 
     /// Leaderless: node `i` (n1, n2, ...) in region `node_regions[i]`; all started.
     pub fn start_leaderless(name: &str, node_regions: &[&str], extra: &[&str]) -> Cluster {
-        let mut cluster = Cluster::with_regions(name, node_regions, "leaderless", extra);
-        for node in &mut cluster.nodes {
-            node.start();
-        }
-        cluster.wait_ready();
-        cluster
+        Cluster::started(|| Cluster::with_regions(name, node_regions, "leaderless", extra))
     }
 
     fn with_regions(name: &str, node_regions: &[&str], topology: &str, extra: &[&str]) -> Cluster {
