@@ -180,13 +180,13 @@ impl Cluster {
     }
 
     /// Waits until every started node is ready; fails at once, with the node's log, if
-    /// one exits, and at a 30 s deadline otherwise.
+    /// one exits, and after 30 s for a node otherwise.
     fn try_wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
         for node in &mut self.nodes {
             if node.child.is_none() {
                 continue;
             }
+            let deadline = Instant::now() + Duration::from_secs(30);
             let mut client = HttpClient::new(&node.http).with_timeout(Duration::from_secs(2));
             while !client.get("/readyz").is_ok_and(|reply| reply.status == 200) {
                 let exited = node.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some());
@@ -349,11 +349,9 @@ impl Cluster {
         ServerNode { id: id.into(), http, peer, data, args, wrapper: Vec::new(), log: self.dir.join(format!("{id}.log")), child: None }
     }
 
-    pub fn wait_ready(&self) {
-        for node in &self.nodes {
-            if node.child.is_some() {
-                wait_node_ready(node);
-            }
+    pub fn wait_ready(&mut self) {
+        if let Err(why) = self.try_wait_ready() {
+            panic!("{why}");
         }
     }
 
